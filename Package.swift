@@ -1,0 +1,27 @@
+// swift-tools-version:5.10
+// libburst_attention — exact distributed attention (BurstAttention) behind a C ABI.
+// The CMake build (CMakeLists.txt) compiles the same sources into the installed
+// libburst_attention.so; this package drives the Swift tests and the benchmark.
+import PackageDescription
+
+let package = Package(
+    name: "BurstAttention",
+    products: [
+        .library(name: "burst_attention", type: .dynamic, targets: ["BurstAttention"]),
+    ],
+    targets: [
+        // C shims (no code of their own).
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
+        .systemLibrary(name: "CBurstABI"),
+        // LAO: tiled kernels, no communication.
+        .target(name: "LocalAttention"),
+        // GAO: schedules over the Transport protocol; loopback transport.
+        .target(name: "GlobalAttention", dependencies: ["LocalAttention"]),
+        // The only module that imports MPI.
+        .target(name: "MPITransport", dependencies: ["GlobalAttention", "CMPI"]),
+        // The C ABI.
+        .target(name: "BurstAttention", dependencies: ["GlobalAttention", "MPITransport", "CBurstABI"]),
+        .testTarget(name: "LocalAttentionTests", dependencies: ["LocalAttention"]),
+        .testTarget(name: "GlobalAttentionTests", dependencies: ["GlobalAttention", "LocalAttention", "BurstAttention", "CBurstABI"]),
+    ]
+)

@@ -1,0 +1,198 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CBurstABI
+import GlobalAttention
+import LocalAttention
+import MPITransport
+
+// The C ABI of include/burst_attention.h. Every export catches every error:
+// nothing Swift throws or traps on crosses into the caller (arguments are
+// validated before any arithmetic that could trap).
+
+/// Runs `body`, turning a thrown error into its status and burst_last_error().
+@inline(__always)
+private func guarded(_ body: () throws -> Void) -> burst_status {
+    do {
+        try body()
+        return BURST_OK
+    } catch let error as BurstError {
+        LastError.set(error.message)
+        return burst_status(rawValue: UInt32(error.status.rawValue))
+    } catch {
+        LastError.set("internal error: \(error)")
+        return BURST_ERROR_INTERNAL
+    }
+}
+
+private func invalid(_ message: String) -> BurstError { BurstError(.invalidArgument, message) }
+
+@_cdecl("burst_version")
+public func _burst_version() -> UInt32 {
+    versionMajor * 10000 + versionMinor * 100 + versionPatch
+}
+
+private let statusNames: [StaticString] = [
+    "BURST_OK", "BURST_ERROR_INVALID_ARGUMENT", "BURST_ERROR_UNSUPPORTED", "BURST_ERROR_OUT_OF_MEMORY",
+    "BURST_ERROR_MISMATCH", "BURST_ERROR_COMMUNICATION", "BURST_ERROR_INTERNAL", "BURST_ERROR_VERSION",
+    "BURST_ERROR_TIMEOUT", "BURST_ERROR_BUSY",
+]
+private let unknownStatusName: StaticString = "BURST_ERROR_UNKNOWN"
+
+@_cdecl("burst_status_string")
+public func _burst_status_string(_ status: burst_status) -> UnsafePointer<CChar> {
+    let index = Int(status.rawValue)
+    let name = index < statusNames.count ? statusNames[index] : unknownStatusName
+    return UnsafeRawPointer(name.utf8Start).assumingMemoryBound(to: CChar.self)
+}
+
+@_cdecl("burst_last_error")
+public func _burst_last_error() -> UnsafePointer<CChar> {
+    UnsafePointer(LastError.buffer)
+}
+
+@_cdecl("burst_attention_config_init")
+public func _burst_attention_config_init(_ config: UnsafeMutablePointer<burst_attention_config>?) {
+    guard let config else { return }
+    var c = burst_attention_config()   // all zero
+    c.struct_size = UInt32(MemoryLayout<burst_attention_config>.size)
+    c.layout = Int32(BURST_LAYOUT_BSHD)
+    c.dtype = Int32(BURST_DTYPE_F32)
+    c.mask = Int32(BURST_MASK_NONE)
+    c.distribution = Int32(BURST_DISTRIBUTION_CONTIGUOUS)
+    c.pattern = Int32(BURST_PATTERN_BURST)
+    c.window_left = -1
+    c.window_right = -1
+    config.pointee = c
+}
+
+// MARK: Contexts
+
+/// Compute threads per rank when a config says 0: the CPUs this process may
+/// use, shared among the ranks on this node.
+private func defaultThreads(ranksOnNode: Int) -> Int {
+    let online = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    return max(1, min(availableCPUCount(), online / max(1, ranksOnNode)))
+}
+
+@_cdecl("burst_context_create_mpi")
+public func _burst_context_create_mpi(_ handle: Int64, _ out: UnsafeMutablePointer<OpaquePointer?>?) -> burst_status {
+    guarded {
+        guard let out else { throw invalid("out is NULL") }
+        out.pointee = nil
+        let (transport, localRanks) = try MPITransport.create(fortranHandle: handle)
+        let context = AttentionContext(transport: transport, defaultThreads: defaultThreads(ranksOnNode: localRanks))
+        out.pointee = ContextHandle(context: context, usesMPI: true).opaque
+    }
+}
+
+@_cdecl("burst_context_create_self")
+public func _burst_context_create_self(_ out: UnsafeMutablePointer<OpaquePointer?>?) -> burst_status {
+    guarded {
+        guard let out else { throw invalid("out is NULL") }
+        let transport = LoopbackTransport.makeGroup(size: 1)[0]
+        let context = AttentionContext(transport: transport, defaultThreads: defaultThreads(ranksOnNode: 1))
+        out.pointee = ContextHandle(context: context, usesMPI: false).opaque
+    }
+}
+
+@_cdecl("burst_context_create_loopback")
+public func _burst_context_create_loopback(_ worldSize: Int32, _ out: UnsafeMutablePointer<OpaquePointer?>?) -> burst_status {
+    guarded {
+        guard let out else { throw invalid("out is NULL") }
+        guard (1...1024).contains(worldSize) else { throw invalid("world_size must be in 1...1024 (got \(worldSize))") }
+        let threads = defaultThreads(ranksOnNode: Int(worldSize))
+        for (rank, transport) in LoopbackTransport.makeGroup(size: Int(worldSize)).enumerated() {
+            let context = AttentionContext(transport: transport, defaultThreads: threads)
+            out[rank] = ContextHandle(context: context, usesMPI: false).opaque
+        }
+    }
+}
+
+@_cdecl("burst_context_rank")
+public func _burst_context_rank(_ context: OpaquePointer?, _ rank: UnsafeMutablePointer<Int32>?,
+                                _ size: UnsafeMutablePointer<Int32>?) -> burst_status {
+    guarded {
+        guard let handle = ContextHandle.from(context) else { throw invalid("context is NULL") }
+        rank?.pointee = Int32(handle.context.rank)
+        size?.pointee = Int32(handle.context.size)
+    }
+}
+
+@_cdecl("burst_context_destroy")
+public func _burst_context_destroy(_ context: OpaquePointer?) {
+    guard let context else { return }
+    // The transport frees its communicator when the last reference (this
+    // handle, or a plan still holding it) goes away; after MPI_Finalize it
+    // skips MPI calls.
+    ContextHandle.release(context)
+}
+
+// MARK: Plans
+
+@_cdecl("burst_plan_create")
+public func _burst_plan_create(_ context: OpaquePointer?, _ config: UnsafePointer<burst_attention_config>?,
+                               _ out: UnsafeMutablePointer<OpaquePointer?>?) -> burst_status {
+    guarded {
+        guard let handle = ContextHandle.from(context) else { throw invalid("context is NULL") }
+        // A NULL `out` or config is reported through the agreement, so the
+        // other ranks fail too instead of waiting for this one.
+        var read = readConfig(config)
+        if out == nil { read = .failure(invalid("out is NULL")) }
+        out?.pointee = nil
+        let plan = try handle.context.makePlan(read)
+        out!.pointee = PlanHandle(plan: plan, context: handle).opaque
+    }
+}
+
+@_cdecl("burst_forward")
+public func _burst_forward(_ plan: OpaquePointer?, _ q: UnsafeRawPointer?, _ k: UnsafeRawPointer?,
+                           _ v: UnsafeRawPointer?, _ out: UnsafeMutableRawPointer?,
+                           _ lse: UnsafeMutablePointer<Float>?) -> burst_status {
+    guarded {
+        guard let handle = PlanHandle.from(plan) else { throw invalid("plan is NULL") }
+        try handle.plan.forward(q: q, k: k, v: v, out: out, lse: lse)
+    }
+}
+
+@_cdecl("burst_backward")
+public func _burst_backward(_ plan: OpaquePointer?, _ q: UnsafeRawPointer?, _ k: UnsafeRawPointer?,
+                            _ v: UnsafeRawPointer?, _ out: UnsafeRawPointer?, _ lse: UnsafePointer<Float>?,
+                            _ dout: UnsafeRawPointer?, _ dq: UnsafeMutableRawPointer?,
+                            _ dk: UnsafeMutableRawPointer?, _ dv: UnsafeMutableRawPointer?) -> burst_status {
+    guarded {
+        guard let handle = PlanHandle.from(plan) else { throw invalid("plan is NULL") }
+        try handle.plan.backward(q: q, k: k, v: v, out: out, lse: lse, dout: dout, dq: dq, dk: dk, dv: dv)
+    }
+}
+
+@_cdecl("burst_plan_stats")
+public func _burst_plan_stats(_ plan: OpaquePointer?, _ stats: UnsafeMutablePointer<burst_stats>?) -> burst_status {
+    guarded {
+        guard let handle = PlanHandle.from(plan) else { throw invalid("plan is NULL") }
+        guard let stats else { throw invalid("stats is NULL") }
+        let declared = UnsafeRawPointer(stats).load(as: UInt32.self)
+        let known = MemoryLayout<burst_stats>.size
+        guard declared == known else {
+            throw BurstError(.version, "stats struct_size is \(declared) but this library knows only \(known): set struct_size = sizeof(burst_stats)")
+        }
+        let s = handle.plan.lastStats
+        var c = burst_stats()
+        c.struct_size = UInt32(known)
+        c.bytes_sent = s.bytesSent
+        c.bytes_received = s.bytesReceived
+        c.messages_sent = s.messagesSent
+        c.steps_computed = s.stepsComputed
+        c.steps_skipped = s.stepsSkipped
+        c.compute_seconds = s.computeSeconds
+        c.comm_wait_seconds = s.commWaitSeconds
+        c.total_seconds = s.totalSeconds
+        stats.pointee = c
+    }
+}
+
+@_cdecl("burst_plan_destroy")
+public func _burst_plan_destroy(_ plan: OpaquePointer?) {
+    guard let plan else { return }
+    PlanHandle.release(plan)
+}

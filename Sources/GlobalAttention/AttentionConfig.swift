@@ -1,0 +1,129 @@
+/// A plan's shape and options, as the C ABI's `burst_attention_config` holds
+/// them (enum fields stay raw `Int32` so out-of-range values can be reported).
+public struct AttentionConfig: Sendable {
+    public enum Layout: Int32 { case bshd = 0, bhsd = 1 }
+    public enum Mask: Int32 { case none = 0, causal = 1 }
+    public enum Distribution: Int32 { case contiguous = 0, zigzag = 1, striped = 2 }
+    public enum Pattern: Int32 { case burst = 0, ring = 1, allgather = 2, ulysses = 3, auto = 4 }
+
+    public var layout: Int32 = Layout.bshd.rawValue
+    public var dtype: Int32 = 0
+    public var mask: Int32 = Mask.none.rawValue
+    public var distribution: Int32 = Distribution.contiguous.rawValue
+    public var pattern: Int32 = Pattern.burst.rawValue
+    public var batch: Int64 = 0
+    public var seqLenLocal: Int64 = 0
+    public var numHeadsQ: Int64 = 0
+    public var numHeadsKV: Int64 = 0
+    public var headDim: Int64 = 0
+    public var softmaxScale: Float = 0
+    public var windowLeft: Int64 = -1
+    public var windowRight: Int64 = -1
+    public var cuSeqlens: [Int64]? = nil
+    public var numSequences: Int64 = 0
+    public var numThreads: Int32 = 0
+    public var intraGroupSize: Int32 = 0
+    public var timeoutSeconds: Double = 0
+
+    public init() {}
+
+    /// The timeout every blocking wait of a call uses when the config says 0.
+    public static let defaultTimeoutSeconds: Double = 300
+
+    /// Largest number of elements of any one tensor (keeps every index
+    /// computation far from overflow).
+    static let maxElements: Int64 = 1 << 46
+
+    public var effectiveTimeout: Double {
+        timeoutSeconds > 0 && timeoutSeconds.isFinite ? timeoutSeconds : Self.defaultTimeoutSeconds
+    }
+
+    public var effectiveScale: Float {
+        softmaxScale != 0 ? softmaxScale : 1 / Float(Double(headDim).squareRoot())
+    }
+
+    /// Checks the fields that one rank can check alone: ranges first
+    /// (INVALID_ARGUMENT), then what this version does not implement
+    /// (UNSUPPORTED).
+    public func validate() throws {
+        func bad(_ message: String) -> BurstError { BurstError(.invalidArgument, message) }
+        guard Layout(rawValue: layout) != nil else { throw bad("layout: unknown value \(layout) (BURST_LAYOUT_BSHD = 0, BURST_LAYOUT_BHSD = 1)") }
+        guard dtype == 0 else { throw bad("dtype: unknown value \(dtype) (only BURST_DTYPE_F32 = 0)") }
+        guard Mask(rawValue: mask) != nil else { throw bad("mask: unknown value \(mask) (BURST_MASK_NONE = 0, BURST_MASK_CAUSAL = 1)") }
+        guard Distribution(rawValue: distribution) != nil else { throw bad("distribution: unknown value \(distribution) (0..2)") }
+        guard Pattern(rawValue: pattern) != nil else { throw bad("pattern: unknown value \(pattern) (0..4)") }
+        guard batch > 0 else { throw bad("batch must be positive (got \(batch))") }
+        guard seqLenLocal >= 0 else { throw bad("seq_len_local must be >= 0 (got \(seqLenLocal))") }
+        guard numHeadsQ > 0 else { throw bad("num_heads_q must be positive (got \(numHeadsQ))") }
+        guard numHeadsKV > 0 else { throw bad("num_heads_kv must be positive (got \(numHeadsKV))") }
+        guard headDim > 0 else { throw bad("head_dim must be positive (got \(headDim))") }
+        guard numHeadsQ % numHeadsKV == 0 else {
+            throw bad("num_heads_q (\(numHeadsQ)) must be a multiple of num_heads_kv (\(numHeadsKV))")
+        }
+        guard softmaxScale.isFinite else { throw bad("softmax_scale must be finite (got \(softmaxScale))") }
+        guard windowLeft >= -1 else { throw bad("window_left must be >= -1 (got \(windowLeft))") }
+        guard windowRight >= -1 else { throw bad("window_right must be >= -1 (got \(windowRight))") }
+        guard numSequences >= 0 else { throw bad("num_sequences must be >= 0 (got \(numSequences))") }
+        guard (cuSeqlens == nil) == (numSequences == 0) else {
+            throw bad("cu_seqlens and num_sequences must be both set or both NULL/0")
+        }
+        guard numThreads >= 0 else { throw bad("num_threads must be >= 0 (got \(numThreads))") }
+        guard intraGroupSize >= 0 else { throw bad("intra_group_size must be >= 0 (got \(intraGroupSize))") }
+        guard timeoutSeconds >= 0, !timeoutSeconds.isNaN else {
+            throw bad("timeout_seconds must be >= 0 (got \(timeoutSeconds))")
+        }
+        // Sizes: every tensor must be addressable without overflow.
+        for (name, heads) in [("q", numHeadsQ), ("k", numHeadsKV)] {
+            var total = batch
+            for factor in [max(seqLenLocal, 1), heads, headDim] {
+                let (product, overflow) = total.multipliedReportingOverflow(by: factor)
+                guard !overflow, product <= Self.maxElements else {
+                    throw bad("tensor \(name) is too large: batch·seq_len_local·heads·head_dim exceeds 2^46 elements")
+                }
+                total = product
+            }
+        }
+
+        func unsupported(_ message: String) -> BurstError { BurstError(.unsupported, message) }
+        guard numHeadsKV == numHeadsQ else {
+            throw unsupported("grouped-query attention (num_heads_kv \(numHeadsKV) != num_heads_q \(numHeadsQ)) is not supported in this version")
+        }
+        guard windowLeft == -1 && windowRight == -1 else {
+            throw unsupported("sliding windows (window_left/window_right != -1) are not supported in this version")
+        }
+        guard cuSeqlens == nil else { throw unsupported("varlen packing (cu_seqlens) is not supported in this version") }
+        guard distribution == Distribution.contiguous.rawValue else {
+            throw unsupported("only BURST_DISTRIBUTION_CONTIGUOUS is supported in this version")
+        }
+        guard pattern == Pattern.burst.rawValue else {
+            throw unsupported("only BURST_PATTERN_BURST is supported in this version")
+        }
+    }
+
+    /// The fields that must agree across ranks, in ABI order, with their C
+    /// names (everything but seq_len_local, num_threads and timeout_seconds).
+    /// cu_seqlens is compared by content through a hash and its length.
+    public var agreedFields: [(name: String, value: Int64)] {
+        [("layout", Int64(layout)), ("dtype", Int64(dtype)), ("mask", Int64(mask)),
+         ("distribution", Int64(distribution)), ("pattern", Int64(pattern)),
+         ("batch", batch), ("num_heads_q", numHeadsQ), ("num_heads_kv", numHeadsKV),
+         ("head_dim", headDim), ("softmax_scale", Int64(softmaxScale.bitPattern)),
+         ("window_left", windowLeft), ("window_right", windowRight),
+         ("cu_seqlens", cuSeqlensDigest), ("num_sequences", numSequences),
+         ("intra_group_size", Int64(intraGroupSize))]
+    }
+
+    /// FNV-1a over the offsets (0 when absent).
+    var cuSeqlensDigest: Int64 {
+        guard let cuSeqlens else { return 0 }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for value in cuSeqlens {
+            var v = UInt64(bitPattern: value)
+            for _ in 0..<8 {
+                hash = (hash ^ (v & 0xff)) &* 0x100_0000_01b3
+                v >>= 8
+            }
+        }
+        return Int64(bitPattern: hash)
+    }
+}

@@ -1,0 +1,74 @@
+import LocalAttention
+
+/// A group of ranks (burst_context): a transport plus the defaults its plans
+/// inherit. Collective calls on a context must be made in the same order on
+/// every rank.
+public final class AttentionContext {
+    public let transport: Transport
+    /// Compute threads a plan gets when its config says 0.
+    public let defaultThreads: Int
+    private var plansCreated: UInt64 = 0
+
+    public init(transport: Transport, defaultThreads: Int) {
+        self.transport = transport
+        self.defaultThreads = max(1, defaultThreads)
+    }
+
+    public var rank: Int { transport.rank }
+    public var size: Int { transport.size }
+
+    /// Collective (burst_plan_create). `config` is this rank's config, or the
+    /// error found while reading it (NULL pointer, wrong struct_size); either
+    /// way every rank takes part in the agreement, so all ranks fail together.
+    public func makePlan(_ config: Result<AttentionConfig, BurstError>) throws -> AttentionPlan {
+        plansCreated += 1
+        var localError: BurstError?
+        var payload: [Int64] = []
+        var timeout = AttentionConfig.defaultTimeoutSeconds
+        switch config {
+        case .failure(let error):
+            localError = error
+        case .success(let cfg):
+            timeout = cfg.effectiveTimeout
+            do {
+                try cfg.validate()
+                payload = [cfg.seqLenLocal] + cfg.agreedFields.map(\.value)
+            } catch let error as BurstError {
+                localError = error
+            }
+        }
+        let deadline = Deadline.after(seconds: timeout)
+        let all = try Agreement.agree(transport, operation: .planCreate, sequence: plansCreated,
+                                      localError: localError, payload: payload, deadline: deadline)
+        guard case .success(let cfg) = config else { throw BurstError(.internalError, "unreachable") }
+
+        // Every rank's config is valid on its own; now they must agree.
+        // Compared against rank 0 so that every rank names the same field.
+        let fields = cfg.agreedFields
+        for (index, field) in fields.enumerated() {
+            let reference = all[0][index + 1]
+            for (peer, theirs) in all.enumerated() where theirs[index + 1] != reference {
+                throw BurstError(.mismatch,
+                                 "config field '\(field.name)' differs across ranks: rank 0 has \(describe(field.name, reference)), rank \(peer) has \(describe(field.name, theirs[index + 1]))")
+            }
+        }
+        let counts = all.map { Int($0[0]) }
+        var total: Int64 = 0
+        for count in counts {
+            total += Int64(count)
+            if total > AttentionConfig.maxElements {
+                throw BurstError(.invalidArgument, "the global sequence length (sum of seq_len_local) is too large")
+            }
+        }
+        let planTransport = try transport.duplicate(deadline: deadline)
+        let threads = cfg.numThreads > 0 ? Int(cfg.numThreads) : defaultThreads
+        return AttentionPlan(config: cfg, transport: planTransport, shards: ShardLayout(counts: counts),
+                             threads: threads)
+    }
+
+    private func describe(_ name: String, _ value: Int64) -> String {
+        if name == "softmax_scale" { return "\(Float(bitPattern: UInt32(truncatingIfNeeded: value)))" }
+        if name == "cu_seqlens" { return value == 0 ? "NULL" : "contents with digest \(String(UInt64(bitPattern: value), radix: 16))" }
+        return "\(value)"
+    }
+}

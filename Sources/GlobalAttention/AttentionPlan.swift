@@ -1,0 +1,130 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import LocalAttention
+
+/// One attention shape on one group of ranks (burst_plan): the validated
+/// config, every rank's shard size, a private transport (so plans never mix
+/// messages), the compute threads and the workspace.
+///
+/// Calls are collective and follow the same pattern: local checks, one
+/// agreement round (all ranks learn whether every rank can go on), the
+/// schedule, and stats. A plan is driven by one thread at a time; a second
+/// concurrent caller gets BUSY. After a TIMEOUT or COMMUNICATION error the
+/// plan is poisoned and returns that error from then on.
+public final class AttentionPlan {
+    public let config: AttentionConfig
+    public let shards: ShardLayout
+    let transport: Transport
+    let pool: WorkerPool
+    let layout: AttentionConfig.Layout
+    let rule: VisibilityRule
+    let batch: Int, heads: Int, headDim: Int
+    /// Z = batch · heads: the kernels see heads of all batches as one axis.
+    let zHeads: Int
+
+    public private(set) var lastStats = CallStats()
+    private var poisoned: BurstError?
+    private var callsMade: UInt64 = 0
+    private let busy: UnsafeMutablePointer<pthread_mutex_t>
+
+    // Workspace, allocated on first use and kept (no allocation per call after that).
+    var kernels: LocalAttention?
+    var forwardSpace: ForwardWorkspace?
+    var backwardSpace: BackwardWorkspace?
+
+    init(config: AttentionConfig, transport: Transport, shards: ShardLayout, threads: Int) {
+        self.config = config
+        self.transport = transport
+        self.shards = shards
+        self.pool = WorkerPool(threadCount: threads)
+        self.layout = AttentionConfig.Layout(rawValue: config.layout)!
+        self.rule = VisibilityRule(causal: config.mask == AttentionConfig.Mask.causal.rawValue,
+                                   windowLeft: Int(config.windowLeft), windowRight: Int(config.windowRight))
+        self.batch = Int(config.batch)
+        self.heads = Int(config.numHeadsQ)
+        self.headDim = Int(config.headDim)
+        self.zHeads = batch * heads
+        busy = .allocate(capacity: 1)
+        pthread_mutex_init(busy, nil)
+    }
+
+    deinit {
+        transport.close()
+        pthread_mutex_destroy(busy)
+        busy.deallocate()
+    }
+
+    public var rank: Int { transport.rank }
+    public var size: Int { transport.size }
+    public var localRows: Int { shards.counts[rank] }
+    public var threadCount: Int { pool.threadCount }
+
+    /// Elements of this rank's q/k/v/out tensors (and lse's rows).
+    public var tensorElements: Int { zHeads * localRows * headDim }
+    public var lseElements: Int { zHeads * localRows }
+
+    /// Runs one collective call: busy guard, local checks (argument checks and
+    /// workspace), agreement, then `body`. Records stats and poisons the plan
+    /// on a transport failure.
+    func collective(_ operation: Agreement.Operation, localCheck: () -> BurstError?,
+                    _ body: (inout CallStats, Deadline) throws -> Void) throws {
+        guard pthread_mutex_trylock(busy) == 0 else {
+            throw BurstError(.busy, "\(operation.cName): the plan is in use by another thread")
+        }
+        defer { pthread_mutex_unlock(busy) }
+        if let poisoned {
+            throw BurstError(poisoned.status, "the plan is unusable after an earlier failure (\(poisoned.message)); destroy it")
+        }
+        let start = Deadline.seconds()
+        let deadline = Deadline.after(seconds: config.effectiveTimeout)
+        callsMade += 1
+        do {
+            _ = try Agreement.agree(transport, operation: operation, sequence: callsMade,
+                                    localError: localCheck(), payload: [], deadline: deadline)
+            var stats = CallStats()
+            try body(&stats, deadline)
+            stats.totalSeconds = Deadline.seconds() - start
+            lastStats = stats
+        } catch let error as BurstError {
+            if error.poisonsPlan { poisoned = error }
+            throw error
+        }
+    }
+
+    /// Allocates the kernels' scratch space if needed.
+    func ensureKernels() -> BurstError? {
+        if kernels != nil { return nil }
+        guard let made = LocalAttention(headDim: headDim, scale: config.effectiveScale, rule: rule, pool: pool) else {
+            return BurstError(.outOfMemory, "cannot allocate the kernels' scratch space")
+        }
+        kernels = made
+        return nil
+    }
+
+    /// Checks that a caller's buffer is present when its tensor is not empty.
+    static func requireBuffer(_ pointer: UnsafeRawPointer?, _ name: String, elements: Int) -> BurstError? {
+        if pointer == nil && elements > 0 {
+            return BurstError(.invalidArgument, "\(name) is NULL but holds \(elements) elements (only a rank with seq_len_local = 0 may pass NULL)")
+        }
+        return nil
+    }
+
+    /// Times a compute phase into `stats.computeSeconds`.
+    @inline(__always)
+    func timed(_ seconds: inout Double, _ work: () throws -> Void) rethrows {
+        let t0 = Deadline.seconds()
+        try work()
+        seconds += Deadline.seconds() - t0
+    }
+}
+
+/// Allocates `count` floats or reports OUT_OF_MEMORY naming the buffer.
+func allocate(_ count: Int, _ what: String) throws -> FloatBuffer {
+    guard let buffer = FloatBuffer(count: count) else {
+        throw BurstError(.outOfMemory, "cannot allocate \(count * 4) bytes for \(what)")
+    }
+    return buffer
+}

@@ -1,0 +1,12 @@
+/// What one forward or backward call did on this rank (burst_stats).
+public struct CallStats: Sendable, Equatable {
+    public var bytesSent: UInt64 = 0
+    public var bytesReceived: UInt64 = 0
+    public var messagesSent: UInt64 = 0
+    public var stepsComputed: UInt64 = 0
+    public var stepsSkipped: UInt64 = 0
+    public var computeSeconds: Double = 0
+    public var commWaitSeconds: Double = 0
+    public var totalSeconds: Double = 0
+    public init() {}
+}

@@ -1,0 +1,74 @@
+// Small dense products on row-major fp32 tiles, written in "axpy" form
+// (the innermost loop runs over a contiguous row of the output), which the
+// compiler vectorises for whatever SIMD width the build targets. Summation
+// order is fixed, so results are bitwise reproducible.
+//
+// These are the seam for faster tile kernels (libxsmm, BLAS, ISA-specific
+// micro-kernels): callers only rely on the contracts stated here.
+
+/// y[0..<n] += a * x[0..<n]
+@inline(__always)
+func axpy(_ n: Int, _ a: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
+    for j in 0..<n { y[j] += a * x[j] }
+}
+
+/// C[m×n] += A[m×k] · B[k×n]   (leading dimensions lda, ldb, ldc; row-major)
+@inline(__always)
+func gemmNN(_ m: Int, _ n: Int, _ k: Int,
+            _ a: UnsafePointer<Float>, _ lda: Int,
+            _ b: UnsafePointer<Float>, _ ldb: Int,
+            _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+    for i in 0..<m {
+        let ci = c + i * ldc
+        let ai = a + i * lda
+        var p = 0
+        while p + 4 <= k {
+            let a0 = ai[p], a1 = ai[p + 1], a2 = ai[p + 2], a3 = ai[p + 3]
+            let b0 = b + p * ldb, b1 = b0 + ldb, b2 = b1 + ldb, b3 = b2 + ldb
+            for j in 0..<n {
+                ci[j] += (a0 * b0[j] + a1 * b1[j]) + (a2 * b2[j] + a3 * b3[j])
+            }
+            p += 4
+        }
+        while p < k {
+            axpy(n, ai[p], b + p * ldb, ci)
+            p += 1
+        }
+    }
+}
+
+/// C[m×n] += Aᵀ · B  where A is [k×m] (lda) and B is [k×n] (ldb).
+@inline(__always)
+func gemmTN(_ m: Int, _ n: Int, _ k: Int,
+            _ a: UnsafePointer<Float>, _ lda: Int,
+            _ b: UnsafePointer<Float>, _ ldb: Int,
+            _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+    for i in 0..<m {
+        let ci = c + i * ldc
+        var p = 0
+        while p + 4 <= k {
+            let a0 = a[p * lda + i], a1 = a[(p + 1) * lda + i]
+            let a2 = a[(p + 2) * lda + i], a3 = a[(p + 3) * lda + i]
+            let b0 = b + p * ldb, b1 = b0 + ldb, b2 = b1 + ldb, b3 = b2 + ldb
+            for j in 0..<n {
+                ci[j] += (a0 * b0[j] + a1 * b1[j]) + (a2 * b2[j] + a3 * b3[j])
+            }
+            p += 4
+        }
+        while p < k {
+            axpy(n, a[p * lda + i], b + p * ldb, ci)
+            p += 1
+        }
+    }
+}
+
+/// dst[cols×rows] = src[rows×cols]ᵀ  (src leading dimension lds, dst leading dimension ldd)
+@inline(__always)
+func transpose(_ rows: Int, _ cols: Int,
+               _ src: UnsafePointer<Float>, _ lds: Int,
+               _ dst: UnsafeMutablePointer<Float>, _ ldd: Int) {
+    for r in 0..<rows {
+        let s = src + r * lds
+        for c in 0..<cols { dst[c * ldd + r] = s[c] }
+    }
+}

@@ -1,0 +1,177 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A fixed set of compute threads that run `parallelFor` loops.
+///
+/// The calling thread takes part in every loop, so a pool of `threadCount`
+/// runs on `threadCount - 1` background threads plus the caller; a pool of 1
+/// runs everything inline. Tasks are handed out one at a time from a shared
+/// counter, so coarse tasks (a head, a tile row) balance across threads.
+/// Results never depend on which thread ran a task: each task writes its own
+/// outputs and reduces in a fixed order.
+///
+/// Workers never call MPI; only the caller's thread does (see DESIGN §2).
+/// One loop runs at a time per pool; a pool belongs to one plan or context
+/// driven by one thread at a time.
+public final class WorkerPool {
+    public let threadCount: Int
+
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let wake: UnsafeMutablePointer<pthread_cond_t>
+    private let finished: UnsafeMutablePointer<pthread_cond_t>
+    private var threads: [pthread_t] = []
+    private var generation = 0
+    private var job: ((Int, Int) -> Void)?
+    private var taskCount = 0
+    private var nextTask = 0
+    private var workersBusy = 0
+    private var shuttingDown = false
+
+    /// - Parameter threadCount: total threads including the caller (clamped to 1...256).
+    public init(threadCount: Int) {
+        self.threadCount = max(1, min(threadCount, 256))
+        mutex = .allocate(capacity: 1)
+        wake = .allocate(capacity: 1)
+        finished = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(wake, nil)
+        pthread_cond_init(finished, nil)
+        for worker in 1..<self.threadCount {
+            let context = Unmanaged.passRetained(WorkerStart(pool: self, worker: worker)).toOpaque()
+            var thread = pthread_t()
+            if pthread_create(&thread, nil, workerEntry, context) == 0 {
+                threads.append(thread)
+            } else {
+                Unmanaged<WorkerStart>.fromOpaque(context).release()
+                break  // run with fewer threads rather than fail
+            }
+        }
+    }
+
+    /// Number of threads that actually run loops (the caller plus started workers).
+    public var activeThreads: Int { threads.count + 1 }
+
+    deinit {
+        pthread_mutex_lock(mutex)
+        shuttingDown = true
+        pthread_cond_broadcast(wake)
+        pthread_mutex_unlock(mutex)
+        for thread in threads { pthread_join(thread, nil) }
+        pthread_cond_destroy(wake)
+        pthread_cond_destroy(finished)
+        pthread_mutex_destroy(mutex)
+        wake.deallocate()
+        finished.deallocate()
+        mutex.deallocate()
+    }
+
+    /// Runs `body(task, worker)` for every task in `0..<count`, spread over the
+    /// pool's threads; returns when all tasks are done. `worker` is in
+    /// `0..<threadCount` and identifies per-thread scratch space.
+    public func parallelFor(_ count: Int, _ body: (_ task: Int, _ worker: Int) -> Void) {
+        if count <= 0 { return }
+        if threads.isEmpty || count == 1 {
+            for task in 0..<count { body(task, 0) }
+            return
+        }
+        withoutActuallyEscaping(body) { escapable in
+            pthread_mutex_lock(mutex)
+            job = escapable
+            taskCount = count
+            nextTask = 0
+            workersBusy = threads.count
+            generation &+= 1
+            pthread_cond_broadcast(wake)
+            pthread_mutex_unlock(mutex)
+
+            runTasks(worker: 0, job: escapable)
+
+            pthread_mutex_lock(mutex)
+            while workersBusy > 0 { pthread_cond_wait(finished, mutex) }
+            job = nil
+            pthread_mutex_unlock(mutex)
+        }
+    }
+
+    private func claimTask() -> Int {
+        pthread_mutex_lock(mutex)
+        let task = nextTask
+        nextTask += 1
+        pthread_mutex_unlock(mutex)
+        return task
+    }
+
+    private func runTasks(worker: Int, job: (Int, Int) -> Void) {
+        while true {
+            let task = claimTask()
+            if task >= taskCount { return }
+            job(task, worker)
+        }
+    }
+
+    fileprivate func workerLoop(worker: Int) {
+        var seen = 0
+        while true {
+            pthread_mutex_lock(mutex)
+            while generation == seen && !shuttingDown { pthread_cond_wait(wake, mutex) }
+            if shuttingDown { pthread_mutex_unlock(mutex); return }
+            seen = generation
+            pthread_mutex_unlock(mutex)
+
+            runCurrentJob(worker: worker)
+
+            pthread_mutex_lock(mutex)
+            workersBusy -= 1
+            if workersBusy == 0 { pthread_cond_signal(finished) }
+            pthread_mutex_unlock(mutex)
+        }
+    }
+
+    /// Not inlined so that the worker's reference to the (non-escaping) job
+    /// is gone before it reports back; `parallelFor` checks that on return.
+    @inline(never)
+    private func runCurrentJob(worker: Int) {
+        pthread_mutex_lock(mutex)
+        let current = job
+        pthread_mutex_unlock(mutex)
+        if let current { runTasks(worker: worker, job: current) }
+    }
+}
+
+private final class WorkerStart {
+    // Unowned: the pool joins its threads in deinit, so it outlives them.
+    unowned let pool: WorkerPool
+    let worker: Int
+    init(pool: WorkerPool, worker: Int) { self.pool = pool; self.worker = worker }
+}
+
+private func workerEntry(_ context: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+    let start = Unmanaged<WorkerStart>.fromOpaque(context!).takeRetainedValue()
+    start.pool.workerLoop(worker: start.worker)
+    return nil
+}
+
+/// CPUs this process may run on (its affinity mask, as mpirun's binding sets
+/// it), at least 1. Read from /proc/self/status: Glibc's module does not
+/// export sched_getaffinity (it needs _GNU_SOURCE).
+public func availableCPUCount() -> Int {
+    let online = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    guard let file = fopen("/proc/self/status", "r") else { return online }
+    defer { fclose(file) }
+    var line: UnsafeMutablePointer<CChar>?
+    var capacity = 0
+    defer { free(line) }
+    while getline(&line, &capacity, file) > 0, let line {
+        let text = String(cString: line)
+        guard text.hasPrefix("Cpus_allowed:") else { continue }
+        var count = 0
+        for character in text.dropFirst("Cpus_allowed:".count) {
+            if let nibble = character.hexDigitValue { count += nibble.nonzeroBitCount }
+        }
+        return count > 0 ? count : online
+    }
+    return online
+}

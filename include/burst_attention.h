@@ -1,0 +1,218 @@
+/*
+ * burst_attention.h — libburst_attention, exact distributed attention
+ * (BurstAttention, arXiv 2403.09347) for CPU clusters.
+ *
+ * The header is the manual. Conventions:
+ *  - Every function that can fail returns a burst_status; on failure
+ *    burst_last_error() gives a message for the calling thread.
+ *  - Handles are opaque. Buffers are owned by the caller; the library never
+ *    keeps a pointer to a caller's buffer after a call returns (cu_seqlens is
+ *    copied by burst_plan_create).
+ *  - "Collective" means: every rank of the context must make the call, in the
+ *    same order relative to the other collective calls on that context. A
+ *    collective call agrees on its outcome: if it fails on one rank (a NULL
+ *    buffer, a bad config, a timeout, an MPI error) it fails on every rank —
+ *    it never leaves another rank waiting forever.
+ *  - Counts are 64-bit. Config structs carry their own size (struct_size) and
+ *    an _init function, so they can grow by appending fields.
+ *  - This header does not include mpi.h: an MPI communicator crosses the ABI
+ *    as its Fortran handle (MPI_Comm_c2f(comm) in C, comm.py2f() in mpi4py).
+ *
+ * Threads: the library never calls MPI_Init/MPI_Finalize. Only the thread that
+ * calls into the library calls MPI, so MPI_THREAD_SINGLE suffices; compute
+ * threads never touch MPI. A plan is used by one thread at a time (a second
+ * concurrent call on the same plan returns BURST_ERROR_BUSY). Different plans
+ * may be driven from different threads for self and loopback contexts, and
+ * for MPI contexts when MPI was initialised with MPI_THREAD_MULTIPLE.
+ */
+#ifndef BURST_ATTENTION_H
+#define BURST_ATTENTION_H
+
+#include <stdint.h>
+
+#if defined(_WIN32)
+#  define BURST_API __declspec(dllimport)
+#elif defined(__GNUC__) && __GNUC__ >= 4
+#  define BURST_API __attribute__((visibility("default")))
+#else
+#  define BURST_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define BURST_VERSION_MAJOR 0
+#define BURST_VERSION_MINOR 1
+#define BURST_VERSION_PATCH 0
+#define BURST_VERSION_NUMBER \
+  (BURST_VERSION_MAJOR * 10000 + BURST_VERSION_MINOR * 100 + BURST_VERSION_PATCH)
+
+/* The version of the library actually loaded: MAJOR*10000 + MINOR*100 + PATCH.
+ * Compare it with BURST_VERSION_NUMBER to detect a header/library mismatch. */
+BURST_API uint32_t burst_version(void);
+
+/* ------------------------------------------------------------------------ */
+/* Status codes. The values are ABI and never change.                        */
+typedef enum burst_status {
+  BURST_OK = 0,
+  BURST_ERROR_INVALID_ARGUMENT = 1, /* a NULL pointer, a value out of range   */
+  BURST_ERROR_UNSUPPORTED = 2,      /* valid, but not implemented (yet)        */
+  BURST_ERROR_OUT_OF_MEMORY = 3,    /* workspace could not be allocated        */
+  BURST_ERROR_MISMATCH = 4,         /* ranks disagree on a config field / call */
+  BURST_ERROR_COMMUNICATION = 5,    /* MPI reported an error; plan unusable    */
+  BURST_ERROR_INTERNAL = 6,         /* a bug in the library: please report it  */
+  BURST_ERROR_VERSION = 7,          /* struct_size not known to this library   */
+  BURST_ERROR_TIMEOUT = 8,          /* a peer did not answer in time; unusable */
+  BURST_ERROR_BUSY = 9              /* the plan is in use by another thread    */
+} burst_status;
+
+/* A static, never-NULL English name for a status ("BURST_OK", ...). Unknown
+ * values give "BURST_ERROR_UNKNOWN". Thread-safe. */
+BURST_API const char *burst_status_string(burst_status status);
+
+/* The message of the last failed call made by the calling thread (thread-local,
+ * never NULL; valid until the next call into the library on this thread).
+ * Its content after a successful call is unspecified. */
+BURST_API const char *burst_last_error(void);
+
+/* ------------------------------------------------------------------------ */
+/* Enumerations. Config fields that hold them are int32_t; a value out of
+ * range gives BURST_ERROR_INVALID_ARGUMENT.                                 */
+enum { BURST_LAYOUT_BSHD = 0,  /* q/k/v/out: [batch, seq_len_local, heads, head_dim] */
+       BURST_LAYOUT_BHSD = 1   /* q/k/v/out: [batch, heads, seq_len_local, head_dim] */ };
+enum { BURST_DTYPE_F32 = 0 };
+enum { BURST_MASK_NONE = 0, BURST_MASK_CAUSAL = 1 /* in global positions */ };
+enum { BURST_DISTRIBUTION_CONTIGUOUS = 0, /* rank r holds one contiguous run of tokens */
+       BURST_DISTRIBUTION_ZIGZAG = 1,     /* not yet supported */
+       BURST_DISTRIBUTION_STRIPED = 2     /* not yet supported */ };
+enum { BURST_PATTERN_BURST = 0,      /* default: the BurstAttention ring     */
+       BURST_PATTERN_RING = 1,       /* not yet supported */
+       BURST_PATTERN_ALLGATHER = 2,  /* not yet supported */
+       BURST_PATTERN_ULYSSES = 3,    /* not yet supported */
+       BURST_PATTERN_AUTO = 4        /* not yet supported */ };
+
+/* One attention shape. Field order is ABI; new fields are only appended.
+ * Always call burst_attention_config_init first, then set fields. */
+typedef struct burst_attention_config {
+  uint32_t struct_size;   /* sizeof(burst_attention_config); set by _init   */
+  int32_t  layout;        /* BURST_LAYOUT_*                                  */
+  int32_t  dtype;         /* BURST_DTYPE_*                                   */
+  int32_t  mask;          /* BURST_MASK_*                                    */
+  int32_t  distribution;  /* BURST_DISTRIBUTION_*                            */
+  int32_t  pattern;       /* BURST_PATTERN_*                                 */
+  int64_t  batch;         /* > 0                                             */
+  int64_t  seq_len_local; /* >= 0: tokens this rank holds (may differ by rank) */
+  int64_t  num_heads_q;   /* > 0                                             */
+  int64_t  num_heads_kv;  /* > 0; this version needs num_heads_kv == num_heads_q */
+  int64_t  head_dim;      /* > 0                                             */
+  float    softmax_scale; /* 0 = 1/sqrt(head_dim); must be finite            */
+  int64_t  window_left, window_right;  /* -1 = unbounded (only -1 supported yet) */
+  const int64_t *cu_seqlens;           /* NULL: no packing (only NULL supported yet) */
+  int64_t  num_sequences;              /* 0 with cu_seqlens == NULL          */
+  int32_t  num_threads;   /* compute threads for this rank; 0 = default: the
+                             CPUs this process may run on divided by the ranks
+                             sharing the node (at least 1)                  */
+  int32_t  intra_group_size; /* 0 = detect (reserved for the double ring)   */
+  double   timeout_seconds;  /* per call; 0 = default 300 s; must be >= 0   */
+} burst_attention_config;
+
+/* Sets every field to its default: struct_size = sizeof(*cfg), BSHD, F32,
+ * MASK_NONE, CONTIGUOUS, BURST, window_left = window_right = -1, everything
+ * else 0. NULL is ignored. */
+BURST_API void burst_attention_config_init(burst_attention_config *cfg);
+
+/* Per-rank counters of the last forward or backward call on a plan.
+ * The caller sets struct_size = sizeof(burst_stats) before the call.
+ * bytes_* count the tensor payload this rank handed to / got from the
+ * transport (validation and other control traffic excluded). */
+typedef struct burst_stats {
+  uint32_t struct_size;
+  uint64_t bytes_sent, bytes_received;
+  uint64_t messages_sent;
+  uint64_t steps_computed, steps_skipped; /* ring steps with / without local work */
+  double   compute_seconds, comm_wait_seconds, total_seconds;
+} burst_stats;
+
+/* ------------------------------------------------------------------------ */
+/* Contexts: a group of ranks.                                               */
+typedef struct burst_context burst_context;
+/* Plans: one attention shape on one context; owns its workspace.            */
+typedef struct burst_plan burst_plan;
+
+/* Collective over the communicator whose Fortran handle is given
+ * (MPI_Comm_c2f(comm); mpi4py: comm.py2f()). MPI must be initialised and not
+ * finalised. The context owns an MPI_Comm_dup of the communicator with
+ * MPI_ERRORS_RETURN; the caller's communicator may be freed afterwards.
+ * A handle that is out of range, unknown, or MPI_COMM_NULL gives
+ * BURST_ERROR_INVALID_ARGUMENT on the calling rank only (with no valid
+ * communicator there is nobody to tell). */
+BURST_API burst_status burst_context_create_mpi(int64_t mpi_fortran_comm,
+                                                burst_context **out);
+
+/* A context of world size 1 that uses no MPI at all. Local. */
+BURST_API burst_status burst_context_create_self(burst_context **out);
+
+/* world_size (1..1024) in-process contexts that talk through memory, for
+ * tests and for running several "ranks" as threads of one process. out must
+ * point to an array of world_size pointers. Context i acts as rank i: drive
+ * each from its own thread (collective calls on them block until every
+ * context of the group has made the call, or the timeout passes). Destroy
+ * each one. */
+BURST_API burst_status burst_context_create_loopback(int32_t world_size,
+                                                     burst_context **out);
+
+/* This context's rank and world size. Either pointer may be NULL. Local. */
+BURST_API burst_status burst_context_rank(const burst_context *ctx,
+                                          int32_t *rank, int32_t *size);
+
+/* Destroys a context. Destroy its plans first. Collective for MPI contexts
+ * (it frees the duplicated communicator); after MPI_Finalize it skips MPI
+ * calls. NULL is ignored. */
+BURST_API void burst_context_destroy(burst_context *ctx);
+
+/* Collective. Validates cfg, checks that every field agrees across ranks
+ * except seq_len_local, num_threads and timeout_seconds (a disagreement gives
+ * BURST_ERROR_MISMATCH on every rank, naming the field), exchanges the shard
+ * sizes, and duplicates the context's communicator for the plan so plans
+ * never cross messages. cfg is read only during the call. */
+BURST_API burst_status burst_plan_create(burst_context *ctx,
+                                         const burst_attention_config *cfg,
+                                         burst_plan **out);
+
+/* Collective. Attention of this rank's queries against the keys/values of all
+ * ranks. q, out: [batch, seq_len_local, num_heads_q, head_dim] in the plan's
+ * layout (BHSD: heads before sequence); k, v: likewise with num_heads_kv.
+ * lse: [batch, num_heads_q, seq_len_local] fp32, natural log of the softmax
+ * denominator (logsumexp of the scaled, masked scores); -inf for a row that
+ * sees no key (its out row is 0). lse may be NULL if not wanted (backward
+ * needs it). Buffers may be NULL only when seq_len_local is 0. out must not
+ * alias q, k or v. */
+BURST_API burst_status burst_forward(burst_plan *plan, const void *q,
+                                     const void *k, const void *v, void *out,
+                                     float *lse);
+
+/* Collective. Gradients of the attention output with respect to q, k and v
+ * of this rank, given the forward's out and lse and the output gradient dout.
+ * Shapes as in burst_forward; dq/dk/dv are overwritten (not accumulated) and
+ * must not alias the inputs. Buffers may be NULL only when seq_len_local is 0. */
+BURST_API burst_status burst_backward(burst_plan *plan, const void *q,
+                                      const void *k, const void *v,
+                                      const void *out, const float *lse,
+                                      const void *dout, void *dq, void *dk,
+                                      void *dv);
+
+/* Counters of the last forward/backward on this plan (zero before the first).
+ * stats->struct_size must be set by the caller. Local. */
+BURST_API burst_status burst_plan_stats(const burst_plan *plan,
+                                        burst_stats *stats);
+
+/* Destroys a plan and its workspace. Local. NULL is ignored. A plan whose call
+ * failed with TIMEOUT or COMMUNICATION must still be destroyed. */
+BURST_API void burst_plan_destroy(burst_plan *plan);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* BURST_ATTENTION_H */
