@@ -27,7 +27,7 @@ private func guarded(_ body: () throws -> Void) -> burst_status {
 
 private func invalid(_ message: String) -> BurstError { BurstError(.invalidArgument, message) }
 
-@_cdecl("burst_version")
+@c(burst_version)
 public func _burst_version() -> UInt32 {
     versionMajor * 10000 + versionMinor * 100 + versionPatch
 }
@@ -39,19 +39,19 @@ private let statusNames: [StaticString] = [
 ]
 private let unknownStatusName: StaticString = "BURST_ERROR_UNKNOWN"
 
-@_cdecl("burst_status_string")
+@c(burst_status_string)
 public func _burst_status_string(_ status: burst_status) -> UnsafePointer<CChar> {
     let index = Int(status.rawValue)
     let name = index < statusNames.count ? statusNames[index] : unknownStatusName
     return UnsafeRawPointer(name.utf8Start).assumingMemoryBound(to: CChar.self)
 }
 
-@_cdecl("burst_last_error")
+@c(burst_last_error)
 public func _burst_last_error() -> UnsafePointer<CChar> {
     UnsafePointer(LastError.buffer)
 }
 
-@_cdecl("burst_attention_config_init")
+@c(burst_attention_config_init)
 public func _burst_attention_config_init(_ config: UnsafeMutablePointer<burst_attention_config>?) {
     guard let config else { return }
     var c = burst_attention_config()   // all zero
@@ -75,7 +75,7 @@ private func defaultThreads(ranksOnNode: Int) -> Int {
     return max(1, min(availableCPUCount(), online / max(1, ranksOnNode)))
 }
 
-@_cdecl("burst_context_create_mpi")
+@c(burst_context_create_mpi)
 public func _burst_context_create_mpi(_ handle: Int64, _ out: UnsafeMutablePointer<OpaquePointer?>?) -> burst_status {
     guarded {
         guard let out else { throw invalid("out is NULL") }
@@ -86,7 +86,7 @@ public func _burst_context_create_mpi(_ handle: Int64, _ out: UnsafeMutablePoint
     }
 }
 
-@_cdecl("burst_context_create_self")
+@c(burst_context_create_self)
 public func _burst_context_create_self(_ out: UnsafeMutablePointer<OpaquePointer?>?) -> burst_status {
     guarded {
         guard let out else { throw invalid("out is NULL") }
@@ -96,7 +96,7 @@ public func _burst_context_create_self(_ out: UnsafeMutablePointer<OpaquePointer
     }
 }
 
-@_cdecl("burst_context_create_loopback")
+@c(burst_context_create_loopback)
 public func _burst_context_create_loopback(_ worldSize: Int32, _ out: UnsafeMutablePointer<OpaquePointer?>?) -> burst_status {
     guarded {
         guard let out else { throw invalid("out is NULL") }
@@ -109,7 +109,7 @@ public func _burst_context_create_loopback(_ worldSize: Int32, _ out: UnsafeMuta
     }
 }
 
-@_cdecl("burst_context_rank")
+@c(burst_context_rank)
 public func _burst_context_rank(_ context: OpaquePointer?, _ rank: UnsafeMutablePointer<Int32>?,
                                 _ size: UnsafeMutablePointer<Int32>?) -> burst_status {
     guarded {
@@ -119,7 +119,7 @@ public func _burst_context_rank(_ context: OpaquePointer?, _ rank: UnsafeMutable
     }
 }
 
-@_cdecl("burst_context_destroy")
+@c(burst_context_destroy)
 public func _burst_context_destroy(_ context: OpaquePointer?) {
     guard let context else { return }
     // The transport frees its communicator when the last reference (this
@@ -130,7 +130,7 @@ public func _burst_context_destroy(_ context: OpaquePointer?) {
 
 // MARK: Plans
 
-@_cdecl("burst_plan_create")
+@c(burst_plan_create)
 public func _burst_plan_create(_ context: OpaquePointer?, _ config: UnsafePointer<burst_attention_config>?,
                                _ out: UnsafeMutablePointer<OpaquePointer?>?) -> burst_status {
     guarded {
@@ -145,7 +145,7 @@ public func _burst_plan_create(_ context: OpaquePointer?, _ config: UnsafePointe
     }
 }
 
-@_cdecl("burst_forward")
+@c(burst_forward)
 public func _burst_forward(_ plan: OpaquePointer?, _ q: UnsafeRawPointer?, _ k: UnsafeRawPointer?,
                            _ v: UnsafeRawPointer?, _ out: UnsafeMutableRawPointer?,
                            _ lse: UnsafeMutablePointer<Float>?) -> burst_status {
@@ -155,7 +155,7 @@ public func _burst_forward(_ plan: OpaquePointer?, _ q: UnsafeRawPointer?, _ k: 
     }
 }
 
-@_cdecl("burst_backward")
+@c(burst_backward)
 public func _burst_backward(_ plan: OpaquePointer?, _ q: UnsafeRawPointer?, _ k: UnsafeRawPointer?,
                             _ v: UnsafeRawPointer?, _ out: UnsafeRawPointer?, _ lse: UnsafePointer<Float>?,
                             _ dout: UnsafeRawPointer?, _ dq: UnsafeMutableRawPointer?,
@@ -166,7 +166,7 @@ public func _burst_backward(_ plan: OpaquePointer?, _ q: UnsafeRawPointer?, _ k:
     }
 }
 
-@_cdecl("burst_plan_stats")
+@c(burst_plan_stats)
 public func _burst_plan_stats(_ plan: OpaquePointer?, _ stats: UnsafeMutablePointer<burst_stats>?) -> burst_status {
     guarded {
         guard let handle = PlanHandle.from(plan) else { throw invalid("plan is NULL") }
@@ -191,7 +191,7 @@ public func _burst_plan_stats(_ plan: OpaquePointer?, _ stats: UnsafeMutablePoin
     }
 }
 
-@_cdecl("burst_plan_destroy")
+@c(burst_plan_destroy)
 public func _burst_plan_destroy(_ plan: OpaquePointer?) {
     guard let plan else { return }
     PlanHandle.release(plan)
