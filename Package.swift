@@ -8,6 +8,10 @@ let package = Package(
     name: "BurstAttention",
     products: [
         .library(name: "burst_attention", type: .dynamic, targets: ["BurstAttention"]),
+        .executable(name: "burst-bench", targets: ["burst-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         // C shims (no code of their own).
@@ -21,6 +25,11 @@ let package = Package(
         .target(name: "MPITransport", dependencies: ["GlobalAttention", "CMPI"]),
         // The C ABI.
         .target(name: "BurstAttention", dependencies: ["GlobalAttention", "MPITransport", "CBurstABI"]),
+        // Benchmark CLI: one JSON line per measurement.
+        .executableTarget(name: "burst-bench", dependencies: [
+            "GlobalAttention", "LocalAttention",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         .testTarget(name: "LocalAttentionTests", dependencies: ["LocalAttention"]),
         .testTarget(name: "GlobalAttentionTests", dependencies: ["GlobalAttention", "LocalAttention", "BurstAttention", "CBurstABI"]),
     ]

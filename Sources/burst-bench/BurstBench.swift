@@ -1,0 +1,99 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import GlobalAttention
+import LocalAttention
+
+/// Times forward and forward+backward of the whole GAO on an in-process
+/// group (world size 1 = the self context, so only the LAO kernels run) and
+/// prints one JSON line per measurement.
+@main
+struct BurstBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "burst-bench",
+        abstract: "Benchmark libburst_attention (one JSON line per measurement).")
+
+    @Option(help: "Total sequence length N (split evenly over the ranks).") var seqLen: Int = 4096
+    @Option(help: "Head dimension d.") var headDim: Int = 128
+    @Option(help: "Heads.") var heads: Int = 8
+    @Option(help: "Batch.") var batch: Int = 1
+    @Flag(help: "Causal mask.") var causal = false
+    @Option(help: "Compute threads per rank.") var threads: Int = 1
+    @Option(help: "In-process ranks (loopback transport, one thread each).") var ranks: Int = 1
+    @Option(help: "Timed runs after one warm-up.") var repeats: Int = 5
+    @Option(help: "fwd, fwdbwd or both.") var mode: String = "both"
+
+    mutating func run() throws {
+        guard ranks >= 1, seqLen >= ranks, repeats >= 1 else { throw ValidationError("need ranks >= 1, seq-len >= ranks, repeats >= 1") }
+        let counts = (0..<ranks).map { r in seqLen / ranks + (r < seqLen % ranks ? 1 : 0) }
+        let modes = mode == "both" ? ["fwd", "fwdbwd"] : [mode]
+        for m in modes {
+            var times: [Double] = []
+            for run in 0...(repeats) {
+                let seconds = try runOnce(counts: counts, backward: m == "fwdbwd")
+                if run > 0 { times.append(seconds) }
+            }
+            times.sort()
+            let median = times[times.count / 2]
+            let flopsPerUnit = Double(batch * heads) * Double(seqLen) * Double(seqLen) * Double(headDim)
+            var flops = (m == "fwd" ? 4 : 14) * flopsPerUnit
+            if causal { flops /= 2 }
+            var usage = rusage()
+            getrusage(RUSAGE_SELF.rawValue, &usage)
+            print("{\"bench\":\"burst\",\"mode\":\"\(m)\",\"batch\":\(batch),\"heads\":\(heads),\"seq_len\":\(seqLen),\"head_dim\":\(headDim),\"causal\":\(causal),\"threads\":\(threads),\"ranks\":\(ranks),\"median_s\":\(median),\"min_s\":\(times[0]),\"gflops\":\(flops / median / 1e9),\"peak_rss_mib\":\(usage.ru_maxrss / 1024)}")
+        }
+    }
+
+    /// One collective forward (+ backward) on every rank; returns the wall time.
+    func runOnce(counts: [Int], backward: Bool) throws -> Double {
+        let transports = LoopbackTransport.makeGroup(size: counts.count)
+        let config = { (rank: Int) -> AttentionConfig in
+            var c = AttentionConfig()
+            c.mask = causal ? 1 : 0
+            c.batch = Int64(batch); c.seqLenLocal = Int64(counts[rank])
+            c.numHeadsQ = Int64(heads); c.numHeadsKV = Int64(heads); c.headDim = Int64(headDim)
+            c.numThreads = Int32(threads)
+            return c
+        }
+        var wall = 0.0
+        var failure: Error?
+        let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(lock, nil)
+        defer { lock.deallocate() }
+        var threadsStarted: [pthread_t] = []
+        final class Job { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
+        for rank in 0..<counts.count {
+            let job = Job {
+                do {
+                    let plan = try AttentionContext(transport: transports[rank], defaultThreads: 1).makePlan(.success(config(rank)))
+                    let n = plan.tensorElements
+                    let x = FloatBuffer(count: n)!, out = FloatBuffer(count: n)!, lse = FloatBuffer(count: plan.lseElements)!
+                    let grads = backward ? (FloatBuffer(count: n)!, FloatBuffer(count: n)!, FloatBuffer(count: n)!) : nil
+                    for i in 0..<n { x.pointer[i] = Float((i &* 2_654_435_761) % 1000) / 500 - 1 }
+                    let t0 = Deadline.seconds()
+                    try plan.forward(q: x.pointer, k: x.pointer, v: x.pointer, out: out.pointer, lse: lse.pointer)
+                    if let (dq, dk, dv) = grads {
+                        try plan.backward(q: x.pointer, k: x.pointer, v: x.pointer, out: out.pointer, lse: lse.pointer,
+                                          dout: x.pointer, dq: dq.pointer, dk: dk.pointer, dv: dv.pointer)
+                    }
+                    let t = Deadline.seconds() - t0
+                    pthread_mutex_lock(lock); wall = max(wall, t); pthread_mutex_unlock(lock)
+                } catch {
+                    pthread_mutex_lock(lock); failure = error; pthread_mutex_unlock(lock)
+                }
+            }
+            var thread = pthread_t()
+            let context = Unmanaged.passRetained(job).toOpaque()
+            pthread_create(&thread, nil, { raw in
+                let job = Unmanaged<Job>.fromOpaque(raw!).takeRetainedValue()
+                job.body()
+                return nil
+            }, context)
+            threadsStarted.append(thread)
+        }
+        for thread in threadsStarted { pthread_join(thread, nil) }
+        if let failure { throw failure }
+        return wall
+    }
+}
