@@ -27,6 +27,24 @@ private func guarded(_ body: () throws -> Void) -> burst_status {
 
 private func invalid(_ message: String) -> BurstError { BurstError(.invalidArgument, message) }
 
+/// Without MPI_THREAD_MULTIPLE only one thread may be inside MPI at a time:
+/// a second thread calling into an MPI plan meanwhile gets BUSY instead of
+/// corrupting MPI's state.
+private let mpiSerializer: UnsafeMutablePointer<pthread_mutex_t> = {
+    let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    pthread_mutex_init(mutex, nil)
+    return mutex
+}()
+
+private func withMPIAccess<T>(_ context: ContextHandle, _ body: () throws -> T) throws -> T {
+    guard context.usesMPI, !MPITransport.threadMultiple else { return try body() }
+    guard pthread_mutex_trylock(mpiSerializer) == 0 else {
+        throw BurstError(.busy, "another thread is inside an MPI call of this library and MPI was not initialised with MPI_THREAD_MULTIPLE")
+    }
+    defer { pthread_mutex_unlock(mpiSerializer) }
+    return try body()
+}
+
 @c(burst_version)
 public func _burst_version() -> UInt32 {
     versionMajor * 10000 + versionMinor * 100 + versionPatch
@@ -140,7 +158,7 @@ public func _burst_plan_create(_ context: OpaquePointer?, _ config: UnsafePointe
         var read = readConfig(config)
         if out == nil { read = .failure(invalid("out is NULL")) }
         out?.pointee = nil
-        let plan = try handle.context.makePlan(read)
+        let plan = try withMPIAccess(handle) { try handle.context.makePlan(read) }
         out!.pointee = PlanHandle(plan: plan, context: handle).opaque
     }
 }
@@ -151,7 +169,7 @@ public func _burst_forward(_ plan: OpaquePointer?, _ q: UnsafeRawPointer?, _ k: 
                            _ lse: UnsafeMutablePointer<Float>?) -> burst_status {
     guarded {
         guard let handle = PlanHandle.from(plan) else { throw invalid("plan is NULL") }
-        try handle.plan.forward(q: q, k: k, v: v, out: out, lse: lse)
+        try withMPIAccess(handle.context) { try handle.plan.forward(q: q, k: k, v: v, out: out, lse: lse) }
     }
 }
 
@@ -162,7 +180,9 @@ public func _burst_backward(_ plan: OpaquePointer?, _ q: UnsafeRawPointer?, _ k:
                             _ dk: UnsafeMutableRawPointer?, _ dv: UnsafeMutableRawPointer?) -> burst_status {
     guarded {
         guard let handle = PlanHandle.from(plan) else { throw invalid("plan is NULL") }
-        try handle.plan.backward(q: q, k: k, v: v, out: out, lse: lse, dout: dout, dq: dq, dk: dk, dv: dv)
+        try withMPIAccess(handle.context) {
+            try handle.plan.backward(q: q, k: k, v: v, out: out, lse: lse, dout: dout, dq: dq, dk: dk, dv: dv)
+        }
     }
 }
 

@@ -18,29 +18,17 @@ import Darwin
 /// driven by one thread at a time.
 public final class WorkerPool {
     public let threadCount: Int
-
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private let wake: UnsafeMutablePointer<pthread_cond_t>
-    private let finished: UnsafeMutablePointer<pthread_cond_t>
+    private let shared: PoolState
     private var threads: [pthread_t] = []
-    private var generation = 0
-    private var job: ((Int, Int) -> Void)?
-    private var taskCount = 0
-    private var nextTask = 0
-    private var workersBusy = 0
-    private var shuttingDown = false
 
     /// - Parameter threadCount: total threads including the caller (clamped to 1...256).
     public init(threadCount: Int) {
         self.threadCount = max(1, min(threadCount, 256))
-        mutex = .allocate(capacity: 1)
-        wake = .allocate(capacity: 1)
-        finished = .allocate(capacity: 1)
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(wake, nil)
-        pthread_cond_init(finished, nil)
+        shared = PoolState()
         for worker in 1..<self.threadCount {
-            let context = Unmanaged.passRetained(WorkerStart(pool: self, worker: worker)).toOpaque()
+            // Each thread owns a reference to the shared state (never to the
+            // pool), so the pool can go away whatever the threads are doing.
+            let context = Unmanaged.passRetained(WorkerStart(state: shared, worker: worker)).toOpaque()
             var thread = pthread_t()
             if pthread_create(&thread, nil, workerEntry, context) == 0 {
                 threads.append(thread)
@@ -49,23 +37,15 @@ public final class WorkerPool {
                 break  // run with fewer threads rather than fail
             }
         }
+        shared.workerCount = threads.count
     }
 
     /// Number of threads that actually run loops (the caller plus started workers).
     public var activeThreads: Int { threads.count + 1 }
 
     deinit {
-        pthread_mutex_lock(mutex)
-        shuttingDown = true
-        pthread_cond_broadcast(wake)
-        pthread_mutex_unlock(mutex)
+        shared.shutDown()
         for thread in threads { pthread_join(thread, nil) }
-        pthread_cond_destroy(wake)
-        pthread_cond_destroy(finished)
-        pthread_mutex_destroy(mutex)
-        wake.deallocate()
-        finished.deallocate()
-        mutex.deallocate()
     }
 
     /// Runs `body(task, worker)` for every task in `0..<count`, spread over the
@@ -78,22 +58,66 @@ public final class WorkerPool {
             return
         }
         withoutActuallyEscaping(body) { escapable in
-            pthread_mutex_lock(mutex)
-            job = escapable
-            taskCount = count
-            nextTask = 0
-            workersBusy = threads.count
-            generation &+= 1
-            pthread_cond_broadcast(wake)
-            pthread_mutex_unlock(mutex)
-
-            runTasks(worker: 0, job: escapable)
-
-            pthread_mutex_lock(mutex)
-            while workersBusy > 0 { pthread_cond_wait(finished, mutex) }
-            job = nil
-            pthread_mutex_unlock(mutex)
+            shared.run(count, escapable)
         }
+    }
+}
+
+/// The synchronisation a pool shares with its threads.
+private final class PoolState {
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let wake: UnsafeMutablePointer<pthread_cond_t>
+    private let finished: UnsafeMutablePointer<pthread_cond_t>
+    private var generation = 0
+    private var job: ((Int, Int) -> Void)?
+    private var taskCount = 0
+    private var nextTask = 0
+    private var workersBusy = 0
+    private var shuttingDown = false
+    var workerCount = 0
+
+    init() {
+        mutex = .allocate(capacity: 1)
+        wake = .allocate(capacity: 1)
+        finished = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(wake, nil)
+        pthread_cond_init(finished, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(wake)
+        pthread_cond_destroy(finished)
+        pthread_mutex_destroy(mutex)
+        wake.deallocate()
+        finished.deallocate()
+        mutex.deallocate()
+    }
+
+    func shutDown() {
+        pthread_mutex_lock(mutex)
+        shuttingDown = true
+        pthread_cond_broadcast(wake)
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// One parallel loop: publish the job, take part, wait for every worker.
+    func run(_ count: Int, _ body: @escaping (Int, Int) -> Void) {
+        pthread_mutex_lock(mutex)
+        job = body
+        taskCount = count
+        nextTask = 0
+        workersBusy = workerCount
+        generation &+= 1
+        pthread_cond_broadcast(wake)
+        pthread_mutex_unlock(mutex)
+
+        runTasks(worker: 0, job: body)
+
+        pthread_mutex_lock(mutex)
+        while workersBusy > 0 { pthread_cond_wait(finished, mutex) }
+        job = nil
+        pthread_mutex_unlock(mutex)
     }
 
     private func claimTask() -> Int {
@@ -112,7 +136,7 @@ public final class WorkerPool {
         }
     }
 
-    fileprivate func workerLoop(worker: Int) {
+    func workerLoop(worker: Int) {
         var seen = 0
         while true {
             pthread_mutex_lock(mutex)
@@ -142,15 +166,14 @@ public final class WorkerPool {
 }
 
 private final class WorkerStart {
-    // Unowned: the pool joins its threads in deinit, so it outlives them.
-    unowned let pool: WorkerPool
+    let state: PoolState
     let worker: Int
-    init(pool: WorkerPool, worker: Int) { self.pool = pool; self.worker = worker }
+    init(state: PoolState, worker: Int) { self.state = state; self.worker = worker }
 }
 
 private func workerEntry(_ context: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
     let start = Unmanaged<WorkerStart>.fromOpaque(context!).takeRetainedValue()
-    start.pool.workerLoop(worker: start.worker)
+    start.state.workerLoop(worker: start.worker)
     return nil
 }
 

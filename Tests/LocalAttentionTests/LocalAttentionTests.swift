@@ -110,3 +110,14 @@ final class LocalKernelTests: XCTestCase {
         }
     }
 }
+
+final class WorkerPoolLifetimeTests: XCTestCase {
+    /// A pool destroyed right after creation (threads possibly not yet
+    /// started) must not touch freed memory (a bug found from C: plan churn).
+    func testCreateAndDestroyUnusedPools() {
+        for i in 0..<300 {
+            let pool = WorkerPool(threadCount: 1 + i % 4)
+            if i % 3 == 0 { pool.parallelFor(5) { _, _ in } }
+        }
+    }
+}
