@@ -1,0 +1,606 @@
+/*
+ * c_bad_input.c — every bad input to libburst_attention gives the documented
+ * status and a useful burst_last_error(), never a crash or a hang; after all
+ * the errors a good plan still works on the same context.
+ *
+ * Run under mpirun with any world size (registered at 1, 2 and 3 ranks; the
+ * cross-rank MISMATCH and "bad on one rank only" cases need >= 2 ranks).
+ */
+#include <mpi.h>
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "burst_attention.h"
+#include "reference.h"
+
+static int g_rank = 0, g_size = 1;
+static int g_failures = 0, g_checks = 0;
+static int g_verbose = 0; /* BURST_TEST_VERBOSE=1: print every check */
+
+static void trace(const char *what, burst_status got) {
+  if (g_verbose)
+    fprintf(stderr, "c_bad_input rank %d/%d: %s -> %s\n", g_rank, g_size, what,
+            burst_status_string(got));
+}
+
+static void fail(const char *fmt, ...) {
+  va_list ap;
+  ++g_failures;
+  fprintf(stderr, "c_bad_input rank %d/%d FAIL: ", g_rank, g_size);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+}
+
+/* The status must be `want`; a failure status must come with a non-empty
+ * burst_last_error() containing `needle` (if not NULL). */
+static int expect_msg(burst_status got, burst_status want, const char *needle,
+                      const char *what) {
+  const char *msg = burst_last_error();
+  ++g_checks;
+  trace(what, got);
+  if (got != want) {
+    fail("%s: got %s (%d), expected %s (%d); last error: \"%s\"", what,
+         burst_status_string(got), (int)got, burst_status_string(want),
+         (int)want, msg ? msg : "(NULL)");
+    return 0;
+  }
+  if (want != BURST_OK) {
+    if (msg == NULL) {
+      fail("%s: burst_last_error() returned NULL after %s", what,
+           burst_status_string(got));
+      return 0;
+    }
+    if (msg[0] == '\0') {
+      fail("%s: burst_last_error() is empty after %s", what,
+           burst_status_string(got));
+      return 0;
+    }
+    if (needle && strstr(msg, needle) == NULL) {
+      fail("%s: message \"%s\" does not name \"%s\"", what, msg, needle);
+      return 0;
+    }
+  }
+  return 1;
+}
+
+static int expect(burst_status got, burst_status want, const char *what) {
+  return expect_msg(got, want, NULL, what);
+}
+
+/* Any failure status (used where only the bad rank knows the exact cause). */
+static int expect_error(burst_status got, const char *what) {
+  const char *msg = burst_last_error();
+  ++g_checks;
+  trace(what, got);
+  if (got == BURST_OK) {
+    fail("%s: got BURST_OK, expected an error on every rank", what);
+    return 0;
+  }
+  if (msg == NULL || msg[0] == '\0') {
+    fail("%s: %s with an empty burst_last_error()", what,
+         burst_status_string(got));
+    return 0;
+  }
+  return 1;
+}
+
+/* ---- config cases ---------------------------------------------------------- */
+
+static void base_config(burst_attention_config *cfg, int64_t n_local) {
+  burst_attention_config_init(cfg);
+  cfg->batch = 1;
+  cfg->seq_len_local = n_local;
+  cfg->num_heads_q = 2;
+  cfg->num_heads_kv = 2;
+  cfg->head_dim = 16;
+}
+
+/* A config with room after it, so a struct_size larger than the library's
+ * cannot make the library read outside our memory. */
+typedef struct padded_config {
+  burst_attention_config cfg;
+  unsigned char pad[256];
+} padded_config;
+
+typedef struct config_case {
+  const char *name;
+  burst_status want;
+} config_case;
+
+/* Mutates cfg for case i; returns 0 past the last case. */
+static int apply_case(int i, burst_attention_config *cfg, int64_t total_tokens,
+                      config_case *c) {
+  static int64_t cu[2];
+  cu[0] = 0;
+  cu[1] = total_tokens;
+  switch (i) {
+#define CASE(idx, label, status, stmt) \
+  case idx: c->name = label; c->want = status; stmt; return 1;
+    CASE(0, "batch = 0", BURST_ERROR_INVALID_ARGUMENT, cfg->batch = 0)
+    CASE(1, "batch = -1", BURST_ERROR_INVALID_ARGUMENT, cfg->batch = -1)
+    CASE(2, "num_heads_q = 0", BURST_ERROR_INVALID_ARGUMENT, cfg->num_heads_q = 0)
+    CASE(3, "num_heads_q = -2", BURST_ERROR_INVALID_ARGUMENT, cfg->num_heads_q = -2)
+    CASE(4, "num_heads_kv = 0", BURST_ERROR_INVALID_ARGUMENT, cfg->num_heads_kv = 0)
+    CASE(5, "num_heads_kv = -2", BURST_ERROR_INVALID_ARGUMENT, cfg->num_heads_kv = -2)
+    CASE(6, "head_dim = 0", BURST_ERROR_INVALID_ARGUMENT, cfg->head_dim = 0)
+    CASE(7, "head_dim = -16", BURST_ERROR_INVALID_ARGUMENT, cfg->head_dim = -16)
+    CASE(8, "seq_len_local = -1", BURST_ERROR_INVALID_ARGUMENT, cfg->seq_len_local = -1)
+    CASE(9, "struct_size = 0", BURST_ERROR_VERSION, cfg->struct_size = 0)
+    CASE(10, "struct_size = 4 (too small)", BURST_ERROR_VERSION, cfg->struct_size = 4)
+    CASE(11, "struct_size = sizeof + 64 (too large)", BURST_ERROR_VERSION,
+         cfg->struct_size = (uint32_t)sizeof(burst_attention_config) + 64u)
+    CASE(12, "layout = 7", BURST_ERROR_INVALID_ARGUMENT, cfg->layout = 7)
+    CASE(13, "layout = -1", BURST_ERROR_INVALID_ARGUMENT, cfg->layout = -1)
+    CASE(14, "mask = -1", BURST_ERROR_INVALID_ARGUMENT, cfg->mask = -1)
+    CASE(15, "mask = 2", BURST_ERROR_INVALID_ARGUMENT, cfg->mask = 2)
+    CASE(16, "dtype = 3", BURST_ERROR_INVALID_ARGUMENT, cfg->dtype = 3)
+    CASE(17, "dtype = 1", BURST_ERROR_INVALID_ARGUMENT, cfg->dtype = 1)
+    CASE(18, "distribution = 9", BURST_ERROR_INVALID_ARGUMENT, cfg->distribution = 9)
+    CASE(19, "pattern = 12", BURST_ERROR_INVALID_ARGUMENT, cfg->pattern = 12)
+    CASE(20, "pattern = -1", BURST_ERROR_INVALID_ARGUMENT, cfg->pattern = -1)
+    CASE(21, "num_heads_q = 3, num_heads_kv = 2 (not a multiple)",
+         BURST_ERROR_INVALID_ARGUMENT, (cfg->num_heads_q = 3, cfg->num_heads_kv = 2))
+    CASE(22, "softmax_scale = NaN", BURST_ERROR_INVALID_ARGUMENT,
+         cfg->softmax_scale = (float)NAN)
+    CASE(23, "softmax_scale = +inf", BURST_ERROR_INVALID_ARGUMENT,
+         cfg->softmax_scale = (float)INFINITY)
+    CASE(24, "timeout_seconds = -1", BURST_ERROR_INVALID_ARGUMENT,
+         cfg->timeout_seconds = -1.0)
+    CASE(25, "timeout_seconds = NaN", BURST_ERROR_INVALID_ARGUMENT,
+         cfg->timeout_seconds = NAN)
+    CASE(26, "window_left = -2", BURST_ERROR_INVALID_ARGUMENT, cfg->window_left = -2)
+    CASE(27, "num_sequences = 3 with cu_seqlens = NULL",
+         BURST_ERROR_INVALID_ARGUMENT, cfg->num_sequences = 3)
+    CASE(28, "num_threads = -1", BURST_ERROR_INVALID_ARGUMENT, cfg->num_threads = -1)
+    /* valid but not implemented in this version */
+    CASE(29, "num_heads_q = 4, num_heads_kv = 2 (GQA)", BURST_ERROR_UNSUPPORTED,
+         (cfg->num_heads_q = 4, cfg->num_heads_kv = 2))
+    CASE(30, "num_heads_q = 2, num_heads_kv = 1 (MQA)", BURST_ERROR_UNSUPPORTED,
+         cfg->num_heads_kv = 1)
+    CASE(31, "window_left = 4", BURST_ERROR_UNSUPPORTED, cfg->window_left = 4)
+    CASE(32, "window_right = 4", BURST_ERROR_UNSUPPORTED, cfg->window_right = 4)
+    CASE(33, "distribution = ZIGZAG", BURST_ERROR_UNSUPPORTED,
+         (cfg->distribution = BURST_DISTRIBUTION_ZIGZAG, cfg->mask = BURST_MASK_CAUSAL))
+    CASE(34, "distribution = STRIPED", BURST_ERROR_UNSUPPORTED,
+         cfg->distribution = BURST_DISTRIBUTION_STRIPED)
+    CASE(35, "pattern = RING", BURST_ERROR_UNSUPPORTED, cfg->pattern = BURST_PATTERN_RING)
+    CASE(36, "pattern = ALLGATHER", BURST_ERROR_UNSUPPORTED,
+         cfg->pattern = BURST_PATTERN_ALLGATHER)
+    CASE(37, "pattern = ULYSSES", BURST_ERROR_UNSUPPORTED,
+         cfg->pattern = BURST_PATTERN_ULYSSES)
+    CASE(38, "pattern = AUTO", BURST_ERROR_UNSUPPORTED, cfg->pattern = BURST_PATTERN_AUTO)
+    CASE(39, "cu_seqlens = {0, N} (varlen packing)", BURST_ERROR_UNSUPPORTED,
+         (cfg->cu_seqlens = cu, cfg->num_sequences = 1))
+#undef CASE
+  default:
+    return 0;
+  }
+}
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static float *alloc_floats(size_t n) {
+  float *p;
+  if (n == 0) return NULL;
+  p = (float *)calloc(n, sizeof(float));
+  if (!p) {
+    fprintf(stderr, "c_bad_input rank %d: out of memory\n", g_rank);
+    MPI_Abort(MPI_COMM_WORLD, 2);
+  }
+  return p;
+}
+
+static double *alloc_doubles(size_t n) {
+  double *p = (double *)calloc(n ? n : 1, sizeof(double));
+  if (!p) {
+    fprintf(stderr, "c_bad_input rank %d: out of memory\n", g_rank);
+    MPI_Abort(MPI_COMM_WORLD, 2);
+  }
+  return p;
+}
+
+static void check_status_strings(void) {
+  static const char *names[] = {
+      "BURST_OK", "BURST_ERROR_INVALID_ARGUMENT", "BURST_ERROR_UNSUPPORTED",
+      "BURST_ERROR_OUT_OF_MEMORY", "BURST_ERROR_MISMATCH",
+      "BURST_ERROR_COMMUNICATION", "BURST_ERROR_INTERNAL", "BURST_ERROR_VERSION",
+      "BURST_ERROR_TIMEOUT", "BURST_ERROR_BUSY"};
+  int i;
+  for (i = 0; i < 10; ++i) {
+    const char *s = burst_status_string((burst_status)i);
+    ++g_checks;
+    if (s == NULL || strcmp(s, names[i]) != 0)
+      fail("burst_status_string(%d) = \"%s\", expected \"%s\"", i,
+           s ? s : "(NULL)", names[i]);
+  }
+  {
+    const int unknown[] = {99, 10, -1};
+    for (i = 0; i < 3; ++i) {
+      const char *s = burst_status_string((burst_status)unknown[i]);
+      ++g_checks;
+      if (s == NULL || strcmp(s, "BURST_ERROR_UNKNOWN") != 0)
+        fail("burst_status_string(%d) = \"%s\", expected \"BURST_ERROR_UNKNOWN\"",
+             unknown[i], s ? s : "(NULL)");
+    }
+  }
+  ++g_checks;
+  if (burst_last_error() == NULL) fail("burst_last_error() returned NULL");
+  ++g_checks;
+  if (burst_version() != (uint32_t)BURST_VERSION_NUMBER)
+    fail("burst_version() = %u, header says %u", (unsigned)burst_version(),
+         (unsigned)BURST_VERSION_NUMBER);
+}
+
+static void check_null_handles(void) {
+  burst_attention_config cfg;
+  burst_context *ctx = NULL;
+  burst_context *loop[4] = {NULL, NULL, NULL, NULL};
+  burst_plan *plan = NULL;
+  burst_stats st;
+  int32_t r = -1, s = -1;
+  float x[32];
+  int i;
+
+  memset(x, 0, sizeof x);
+  base_config(&cfg, 1);
+  memset(&st, 0, sizeof st);
+  st.struct_size = (uint32_t)sizeof st;
+
+  /* Functions that return void must accept NULL. */
+  burst_attention_config_init(NULL);
+  burst_plan_destroy(NULL);
+  burst_context_destroy(NULL);
+
+  expect(burst_context_create_mpi((int64_t)MPI_Comm_c2f(MPI_COMM_WORLD), NULL),
+         BURST_ERROR_INVALID_ARGUMENT, "burst_context_create_mpi(world, out = NULL)");
+  expect(burst_context_create_self(NULL), BURST_ERROR_INVALID_ARGUMENT,
+         "burst_context_create_self(NULL)");
+  expect(burst_context_create_loopback(2, NULL), BURST_ERROR_INVALID_ARGUMENT,
+         "burst_context_create_loopback(2, NULL)");
+  expect(burst_context_create_loopback(0, loop), BURST_ERROR_INVALID_ARGUMENT,
+         "burst_context_create_loopback(0, out)");
+  expect(burst_context_create_loopback(-3, loop), BURST_ERROR_INVALID_ARGUMENT,
+         "burst_context_create_loopback(-3, out)");
+  expect(burst_context_create_loopback(1025, loop), BURST_ERROR_INVALID_ARGUMENT,
+         "burst_context_create_loopback(1025, out)");
+  for (i = 0; i < 4; ++i)
+    if (loop[i] != NULL) fail("failed create_loopback wrote a context pointer");
+
+  expect(burst_context_rank(NULL, &r, &s), BURST_ERROR_INVALID_ARGUMENT,
+         "burst_context_rank(NULL, ...)");
+  expect(burst_plan_create(NULL, &cfg, &plan), BURST_ERROR_INVALID_ARGUMENT,
+         "burst_plan_create(ctx = NULL, ...)");
+  expect(burst_forward(NULL, x, x, x, x, x), BURST_ERROR_INVALID_ARGUMENT,
+         "burst_forward(plan = NULL, ...)");
+  expect(burst_backward(NULL, x, x, x, x, x, x, x, x, x),
+         BURST_ERROR_INVALID_ARGUMENT, "burst_backward(plan = NULL, ...)");
+  expect(burst_plan_stats(NULL, &st), BURST_ERROR_INVALID_ARGUMENT,
+         "burst_plan_stats(plan = NULL, ...)");
+
+  /* A self context works without MPI; its rank query accepts NULL outputs. */
+  if (expect(burst_context_create_self(&ctx), BURST_OK, "burst_context_create_self")) {
+    expect(burst_context_rank(ctx, NULL, NULL), BURST_OK,
+           "burst_context_rank(self, NULL, NULL)");
+    if (expect(burst_context_rank(ctx, &r, &s), BURST_OK, "burst_context_rank(self)") &&
+        (r != 0 || s != 1))
+      fail("self context reports rank %d of %d, expected 0 of 1", (int)r, (int)s);
+    burst_context_destroy(ctx);
+  }
+}
+
+static void check_communicators(void) {
+  const int64_t handles[] = {(int64_t)1 << 40, -1, -((int64_t)1 << 40),
+                             (int64_t)MPI_Comm_c2f(MPI_COMM_NULL), 123456};
+  const char *labels[] = {"1 << 40 (out of MPI_Fint range)", "-1",
+                          "-(1 << 40)", "MPI_Comm_c2f(MPI_COMM_NULL)",
+                          "123456 (no such communicator)"};
+  int i;
+  for (i = 0; i < 5; ++i) {
+    char what[160];
+    burst_context *ctx = NULL;
+    burst_status st = burst_context_create_mpi(handles[i], &ctx);
+    snprintf(what, sizeof what, "burst_context_create_mpi(%s)", labels[i]);
+    expect(st, BURST_ERROR_INVALID_ARGUMENT, what);
+    if (st == BURST_OK) burst_context_destroy(ctx);
+  }
+}
+
+/* All ranks use the same bad config. */
+static void check_config_cases(burst_context *ctx, int64_t total_tokens) {
+  int i;
+  config_case c;
+  for (i = 0;; ++i) {
+    padded_config pc;
+    burst_plan *plan = NULL;
+    burst_status st;
+    char what[200];
+    memset(&pc, 0, sizeof pc);
+    base_config(&pc.cfg, total_tokens / g_size + (g_rank < total_tokens % g_size));
+    if (!apply_case(i, &pc.cfg, total_tokens, &c)) break;
+    st = burst_plan_create(ctx, &pc.cfg, &plan);
+    snprintf(what, sizeof what, "burst_plan_create(%s)", c.name);
+    expect(st, c.want, what);
+    if (st == BURST_OK) burst_plan_destroy(plan);
+  }
+  {
+    burst_plan *plan = NULL;
+    burst_attention_config cfg;
+    base_config(&cfg, 1);
+    expect(burst_plan_create(ctx, NULL, &plan), BURST_ERROR_INVALID_ARGUMENT,
+           "burst_plan_create(cfg = NULL)");
+    expect(burst_plan_create(ctx, &cfg, NULL), BURST_ERROR_INVALID_ARGUMENT,
+           "burst_plan_create(out = NULL)");
+  }
+}
+
+/* Ranks disagree (the last rank differs). Needs >= 2 ranks. */
+static void check_mismatch(burst_context *ctx) {
+  const int odd = (g_rank == g_size - 1);
+  int i;
+  for (i = 0; i < 6; ++i) {
+    burst_attention_config cfg;
+    burst_plan *plan = NULL;
+    burst_status st;
+    const char *field = "";
+    base_config(&cfg, 3);
+    switch (i) {
+    case 0: field = "head_dim"; if (odd) cfg.head_dim = 32; break;
+    case 1: field = "layout"; if (odd) cfg.layout = BURST_LAYOUT_BHSD; break;
+    case 2: field = "mask"; if (odd) cfg.mask = BURST_MASK_CAUSAL; break;
+    case 3: field = "batch"; if (odd) cfg.batch = 2; break;
+    case 4: field = "num_heads"; if (odd) { cfg.num_heads_q = 4; cfg.num_heads_kv = 4; } break;
+    case 5: field = "softmax_scale"; if (odd) cfg.softmax_scale = 0.5f; break;
+    default: break;
+    }
+    {
+      char what[160];
+      snprintf(what, sizeof what, "burst_plan_create(%s differs on rank %d)",
+               field, g_size - 1);
+      st = burst_plan_create(ctx, &cfg, &plan);
+      expect_msg(st, BURST_ERROR_MISMATCH, field, what);
+      if (st == BURST_OK) burst_plan_destroy(plan);
+    }
+  }
+  /* Fields that may differ across ranks. */
+  {
+    burst_attention_config cfg;
+    burst_plan *plan = NULL;
+    burst_status st;
+    base_config(&cfg, 1 + g_rank);
+    cfg.num_threads = 1 + (g_rank % 2);
+    cfg.timeout_seconds = 100.0 + g_rank;
+    st = burst_plan_create(ctx, &cfg, &plan);
+    expect(st, BURST_OK,
+           "burst_plan_create(seq_len_local, num_threads, timeout_seconds differ)");
+    if (st == BURST_OK) burst_plan_destroy(plan);
+  }
+  /* A config that is invalid on one rank only: every rank gets an error. */
+  {
+    int which;
+    for (which = 0; which < 3; ++which) {
+      burst_attention_config cfg;
+      burst_plan *plan = NULL;
+      burst_status st;
+      const char *what = "";
+      base_config(&cfg, 2);
+      switch (which) {
+      case 0:
+        what = "burst_plan_create(batch = 0 on the last rank only)";
+        if (odd) cfg.batch = 0;
+        break;
+      case 1:
+        what = "burst_plan_create(layout = 7 on the last rank only)";
+        if (odd) cfg.layout = 7;
+        break;
+      default:
+        what = "burst_plan_create(struct_size = 4 on the last rank only)";
+        if (odd) cfg.struct_size = 4;
+        break;
+      }
+      st = burst_plan_create(ctx, &cfg, &plan);
+      expect_error(st, what);
+      if (st == BURST_OK) burst_plan_destroy(plan);
+    }
+  }
+}
+
+/* Plans created and destroyed without ever being used, with several compute
+ * threads: destroying a plan must not race with its threads starting up. */
+static void check_plan_churn(burst_context *ctx) {
+  int i, threads;
+  for (threads = 1; threads <= 3; ++threads)
+    for (i = 0; i < 10; ++i) {
+      burst_attention_config cfg;
+      burst_plan *plan = NULL;
+      char what[120];
+      base_config(&cfg, 2);
+      cfg.num_threads = threads;
+      snprintf(what, sizeof what,
+               "burst_plan_create(num_threads = %d), destroyed unused (#%d)",
+               threads, i);
+      if (expect(burst_plan_create(ctx, &cfg, &plan), BURST_OK, what))
+        burst_plan_destroy(plan);
+    }
+}
+
+/* Stats with bad struct_size, then bad buffers on one rank only, then a good
+ * forward/backward checked against the reference, all on one plan. */
+static void check_plan_calls(burst_context *ctx) {
+  /* Shards: 3 tokens per rank, except the last rank of >= 2 holds 0. */
+  const int64_t per = 3;
+  int64_t n_local = (g_size >= 2 && g_rank == g_size - 1) ? 0 : per;
+  int64_t N = per * (g_size >= 2 ? g_size - 1 : 1);
+  int64_t start = per * g_rank;
+  ref_shape sh;
+  burst_attention_config cfg;
+  burst_plan *plan = NULL;
+  size_t gsz, gl, lsz, ll;
+  double *gq, *gk, *gv, *gdo, *gout, *glse, *gdq, *gdk, *gdv;
+  float *q, *k, *v, *dout, *out, *lse, *dq, *dk, *dv;
+  const int bad_rank = 0; /* holds tokens */
+  const int me_bad = (g_rank == bad_rank);
+
+  base_config(&cfg, n_local);
+  cfg.mask = BURST_MASK_CAUSAL;
+  sh.layout = BURST_LAYOUT_BSHD;
+  sh.mask = REF_MASK_CAUSAL;
+  sh.batch = cfg.batch;
+  sh.heads = cfg.num_heads_q;
+  sh.seq = N;
+  sh.head_dim = cfg.head_dim;
+  sh.scale = 1.0 / sqrt((double)cfg.head_dim);
+  gsz = ref_tensor_elems(&sh, N);
+  gl = ref_lse_elems(&sh, N);
+  lsz = ref_tensor_elems(&sh, n_local);
+  ll = ref_lse_elems(&sh, n_local);
+
+  gq = alloc_doubles(gsz); gk = alloc_doubles(gsz); gv = alloc_doubles(gsz);
+  gdo = alloc_doubles(gsz); gout = alloc_doubles(gsz); glse = alloc_doubles(gl);
+  gdq = alloc_doubles(gsz); gdk = alloc_doubles(gsz); gdv = alloc_doubles(gsz);
+  q = alloc_floats(lsz); k = alloc_floats(lsz); v = alloc_floats(lsz);
+  dout = alloc_floats(lsz); out = alloc_floats(lsz); lse = alloc_floats(ll);
+  dq = alloc_floats(lsz); dk = alloc_floats(lsz); dv = alloc_floats(lsz);
+  ref_fill(&sh, 7, REF_TENSOR_Q, 1.0, gq);
+  ref_fill(&sh, 7, REF_TENSOR_K, 1.0, gk);
+  ref_fill(&sh, 7, REF_TENSOR_V, 1.0, gv);
+  ref_fill(&sh, 7, REF_TENSOR_DOUT, 1.0, gdo);
+  ref_forward(&sh, gq, gk, gv, gout, glse);
+  ref_backward(&sh, gq, gk, gv, gout, glse, gdo, gdq, gdk, gdv);
+  ref_shard(&sh, gq, start, n_local, q);
+  ref_shard(&sh, gk, start, n_local, k);
+  ref_shard(&sh, gv, start, n_local, v);
+  ref_shard(&sh, gdo, start, n_local, dout);
+
+  if (!expect(burst_plan_create(ctx, &cfg, &plan), BURST_OK,
+              "burst_plan_create(good config)"))
+    goto done;
+
+  /* burst_plan_stats: struct_size must be known. */
+  {
+    struct { burst_stats st; unsigned char pad[256]; } ps;
+    memset(&ps, 0, sizeof ps);
+    expect(burst_plan_stats(plan, NULL), BURST_ERROR_INVALID_ARGUMENT,
+           "burst_plan_stats(stats = NULL)");
+    ps.st.struct_size = 0;
+    expect(burst_plan_stats(plan, &ps.st), BURST_ERROR_VERSION,
+           "burst_plan_stats(struct_size = 0)");
+    ps.st.struct_size = 4;
+    expect(burst_plan_stats(plan, &ps.st), BURST_ERROR_VERSION,
+           "burst_plan_stats(struct_size = 4)");
+    ps.st.struct_size = (uint32_t)sizeof(burst_stats) + 64u;
+    expect(burst_plan_stats(plan, &ps.st), BURST_ERROR_VERSION,
+           "burst_plan_stats(struct_size = sizeof + 64)");
+    memset(&ps, 0xff, sizeof ps);
+    ps.st.struct_size = (uint32_t)sizeof(burst_stats);
+    if (expect(burst_plan_stats(plan, &ps.st), BURST_OK,
+               "burst_plan_stats before any call") &&
+        (ps.st.bytes_sent != 0 || ps.st.bytes_received != 0 ||
+         ps.st.messages_sent != 0 || ps.st.steps_computed != 0))
+      fail("burst_plan_stats before the first call is not zero (sent %llu, "
+           "received %llu)",
+           (unsigned long long)ps.st.bytes_sent,
+           (unsigned long long)ps.st.bytes_received);
+  }
+
+  /* NULL buffers on one rank only: every rank fails, nobody hangs. */
+  expect_error(burst_forward(plan, me_bad ? NULL : q, k, v, out, lse),
+               "burst_forward(q = NULL on rank 0 only)");
+  {
+    /* the highest rank that holds tokens */
+    const int out_rank = g_size >= 2 ? g_size - 2 : 0;
+    expect_error(burst_forward(plan, q, k, v, g_rank == out_rank ? NULL : out, lse),
+                 "burst_forward(out = NULL on one rank only)");
+  }
+  expect_error(burst_forward(plan, q, me_bad ? NULL : k, v, out, lse),
+               "burst_forward(k = NULL on rank 0 only)");
+  /* lse is optional in forward. */
+  expect(burst_forward(plan, q, k, v, out, NULL), BURST_OK,
+         "burst_forward(lse = NULL on every rank)");
+  /* The real forward, needed by the backward checks below. */
+  expect(burst_forward(plan, q, k, v, out, lse), BURST_OK,
+         "burst_forward after failed calls");
+  expect_error(burst_backward(plan, q, k, v, out, me_bad ? NULL : lse, dout, dq,
+                              dk, dv),
+               "burst_backward(lse = NULL on rank 0 only)");
+  expect_error(burst_backward(plan, q, k, v, out, lse, dout, dq, dk,
+                              me_bad ? NULL : dv),
+               "burst_backward(dv = NULL on rank 0 only)");
+  expect_error(burst_backward(plan, q, k, v, out, lse, me_bad ? NULL : dout, dq,
+                              dk, dv),
+               "burst_backward(dout = NULL on rank 0 only)");
+
+  /* After all that, the plan still computes the right answer. */
+  if (expect(burst_forward(plan, q, k, v, out, lse), BURST_OK,
+             "burst_forward (good, after errors)") &&
+      expect(burst_backward(plan, q, k, v, out, lse, dout, dq, dk, dv), BURST_OK,
+             "burst_backward (good, after errors)")) {
+    double eo = ref_shard_error(&sh, gout, start, n_local, out);
+    double el = ref_lse_error(&sh, glse, start, n_local, lse);
+    double edq = ref_shard_error(&sh, gdq, start, n_local, dq);
+    double edk = ref_shard_error(&sh, gdk, start, n_local, dk);
+    double edv = ref_shard_error(&sh, gdv, start, n_local, dv);
+    ++g_checks;
+    if (!(eo <= 1e-5 * ref_max_abs(gout, gsz)) || !(el <= 1e-4) ||
+        !(edq <= 1e-4 * ref_max_abs(gdq, gsz)) ||
+        !(edk <= 1e-4 * ref_max_abs(gdk, gsz)) ||
+        !(edv <= 1e-4 * ref_max_abs(gdv, gsz)))
+      fail("good plan after errors gives wrong results: out %.3e lse %.3e dq "
+           "%.3e dk %.3e dv %.3e (absolute)",
+           eo, el, edq, edk, edv);
+  }
+  burst_plan_destroy(plan);
+
+done:
+  free(gq); free(gk); free(gv); free(gdo); free(gout); free(glse);
+  free(gdq); free(gdk); free(gdv);
+  free(q); free(k); free(v); free(dout); free(out); free(lse);
+  free(dq); free(dk); free(dv);
+}
+
+int main(int argc, char **argv) {
+  burst_context *ctx = NULL;
+  int local_fail, global_fail = 0;
+
+  MPI_Init(&argc, &argv);
+  MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+  g_verbose = getenv("BURST_TEST_VERBOSE") != NULL &&
+              strcmp(getenv("BURST_TEST_VERBOSE"), "0") != 0;
+
+  check_status_strings();
+  check_null_handles();
+  check_communicators();
+
+  if (expect(burst_context_create_mpi((int64_t)MPI_Comm_c2f(MPI_COMM_WORLD), &ctx),
+             BURST_OK, "burst_context_create_mpi(MPI_COMM_WORLD)")) {
+    int32_t r = -1, s = -1;
+    expect(burst_context_rank(ctx, NULL, NULL), BURST_OK,
+           "burst_context_rank(ctx, NULL, NULL)");
+    if (expect(burst_context_rank(ctx, &r, NULL), BURST_OK,
+               "burst_context_rank(ctx, &rank, NULL)") && r != g_rank)
+      fail("burst_context_rank gave rank %d, MPI says %d", (int)r, g_rank);
+    if (expect(burst_context_rank(ctx, NULL, &s), BURST_OK,
+               "burst_context_rank(ctx, NULL, &size)") && s != g_size)
+      fail("burst_context_rank gave size %d, MPI says %d", (int)s, g_size);
+
+    check_config_cases(ctx, 5 * (int64_t)g_size);
+    if (g_size >= 2) check_mismatch(ctx);
+    check_plan_churn(ctx);
+    check_plan_calls(ctx);
+    burst_context_destroy(ctx);
+  }
+
+  local_fail = g_failures > 0;
+  MPI_Allreduce(&local_fail, &global_fail, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  printf("c_bad_input rank %d/%d: %s - %d checks, %d local failures\n", g_rank,
+         g_size, global_fail ? "FAILED" : "passed", g_checks, g_failures);
+  fflush(stdout);
+  MPI_Finalize();
+  return global_fail ? 1 : 0;
+}

@@ -1,0 +1,268 @@
+// cpp_client.cpp — C++17 client test of libburst_attention under mpirun.
+//
+// The same idea as c_client.c with a smaller sweep, written the way a C++
+// user would: RAII owners for contexts and plans, std::vector buffers. It also
+// checks the numerics contract "error at P ranks <= 2x error at P = 1 +
+// 1e-6 max|ref|" by running the full sequence on a self context (P = 1).
+#define OMPI_SKIP_MPICXX 1 // use the C API of MPI only
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>
+
+#include <burst_attention.h>
+
+#include "reference.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+int g_rank = 0, g_size = 1, g_failures = 0;
+
+void fail(const std::string &where, const std::string &what) {
+  ++g_failures;
+  std::fprintf(stderr, "cpp_client rank %d/%d FAIL [%s]: %s\n", g_rank, g_size,
+               where.c_str(), what.c_str());
+}
+
+// A library error as an exception carrying the status and the message.
+struct burst_error : std::runtime_error {
+  burst_status status;
+  burst_error(const std::string &call, burst_status st)
+      : std::runtime_error(call + " -> " + burst_status_string(st) + ": " +
+                           burst_last_error()),
+        status(st) {}
+};
+
+void check(burst_status st, const char *call) {
+  if (st != BURST_OK) throw burst_error(call, st);
+}
+
+struct context_deleter {
+  void operator()(burst_context *c) const { burst_context_destroy(c); }
+};
+struct plan_deleter {
+  void operator()(burst_plan *p) const { burst_plan_destroy(p); }
+};
+using context_ptr = std::unique_ptr<burst_context, context_deleter>;
+using plan_ptr = std::unique_ptr<burst_plan, plan_deleter>;
+
+context_ptr make_mpi_context(MPI_Comm comm) {
+  burst_context *c = nullptr;
+  check(burst_context_create_mpi(static_cast<int64_t>(MPI_Comm_c2f(comm)), &c),
+        "burst_context_create_mpi");
+  return context_ptr(c);
+}
+
+context_ptr make_self_context() {
+  burst_context *c = nullptr;
+  check(burst_context_create_self(&c), "burst_context_create_self");
+  return context_ptr(c);
+}
+
+plan_ptr make_plan(burst_context *ctx, const burst_attention_config &cfg) {
+  burst_plan *p = nullptr;
+  check(burst_plan_create(ctx, &cfg, &p), "burst_plan_create");
+  return plan_ptr(p);
+}
+
+burst_stats stats_of(const burst_plan *plan) {
+  burst_stats st{};
+  st.struct_size = sizeof st;
+  check(burst_plan_stats(plan, &st), "burst_plan_stats");
+  return st;
+}
+
+// fp32 buffers of one rank. data() of an empty vector may be NULL, which the
+// library accepts for zero-element tensors.
+struct tensors {
+  std::vector<float> q, k, v, dout, out, lse, dq, dk, dv;
+};
+
+struct shape {
+  int layout, mask;
+  int64_t batch, heads, head_dim, seq;
+};
+
+std::string describe(const shape &s, const std::vector<int64_t> &n) {
+  std::ostringstream os;
+  os << (s.layout == BURST_LAYOUT_BSHD ? "BSHD" : "BHSD") << ' '
+     << (s.mask == BURST_MASK_CAUSAL ? "causal" : "none") << " B=" << s.batch
+     << " H=" << s.heads << " d=" << s.head_dim << " N=" << s.seq << " n=[";
+  for (size_t i = 0; i < n.size(); ++i) os << (i ? "," : "") << n[i];
+  os << ']';
+  return os.str();
+}
+
+// Runs forward + backward for one rank's shard on a plan; returns the buffers.
+tensors run(burst_plan *plan, const ref_shape &sh, int64_t start, int64_t n,
+            const std::vector<double> &gq, const std::vector<double> &gk,
+            const std::vector<double> &gv, const std::vector<double> &gdo) {
+  tensors t;
+  const size_t elems = ref_tensor_elems(&sh, n), lse_elems = ref_lse_elems(&sh, n);
+  for (auto *b : {&t.q, &t.k, &t.v, &t.dout, &t.out, &t.dq, &t.dk, &t.dv})
+    b->assign(elems, 0.0f);
+  t.lse.assign(lse_elems, 0.0f);
+  ref_shard(&sh, gq.data(), start, n, t.q.data());
+  ref_shard(&sh, gk.data(), start, n, t.k.data());
+  ref_shard(&sh, gv.data(), start, n, t.v.data());
+  ref_shard(&sh, gdo.data(), start, n, t.dout.data());
+  check(burst_forward(plan, t.q.data(), t.k.data(), t.v.data(), t.out.data(),
+                      t.lse.data()),
+        "burst_forward");
+  check(burst_backward(plan, t.q.data(), t.k.data(), t.v.data(), t.out.data(),
+                       t.lse.data(), t.dout.data(), t.dq.data(), t.dk.data(),
+                       t.dv.data()),
+        "burst_backward");
+  return t;
+}
+
+void run_case(burst_context *world, const shape &s, const std::vector<int64_t> &n) {
+  const std::string name = describe(s, n);
+  int64_t start = 0;
+  for (int r = 0; r < g_rank; ++r) start += n[r];
+  const int64_t n_local = n[g_rank];
+
+  ref_shape sh{s.layout, s.mask, s.batch, s.heads, s.seq, s.head_dim,
+               1.0 / std::sqrt(static_cast<double>(s.head_dim))};
+  const size_t gsz = ref_tensor_elems(&sh, s.seq);
+  std::vector<double> gq(gsz), gk(gsz), gv(gsz), gdo(gsz), gout(gsz), gdq(gsz),
+      gdk(gsz), gdv(gsz), glse(ref_lse_elems(&sh, s.seq));
+  ref_fill(&sh, 99, REF_TENSOR_Q, 1.0, gq.data());
+  ref_fill(&sh, 99, REF_TENSOR_K, 1.0, gk.data());
+  ref_fill(&sh, 99, REF_TENSOR_V, 1.0, gv.data());
+  ref_fill(&sh, 99, REF_TENSOR_DOUT, 1.0, gdo.data());
+  ref_forward(&sh, gq.data(), gk.data(), gv.data(), gout.data(), glse.data());
+  ref_backward(&sh, gq.data(), gk.data(), gv.data(), gout.data(), glse.data(),
+               gdo.data(), gdq.data(), gdk.data(), gdv.data());
+
+  burst_attention_config cfg;
+  burst_attention_config_init(&cfg);
+  cfg.layout = s.layout;
+  cfg.mask = s.mask;
+  cfg.batch = s.batch;
+  cfg.num_heads_q = cfg.num_heads_kv = s.heads;
+  cfg.head_dim = s.head_dim;
+
+  try {
+    // Distributed run over MPI_COMM_WORLD.
+    cfg.seq_len_local = n_local;
+    plan_ptr plan = make_plan(world, cfg);
+    tensors a = run(plan.get(), sh, start, n_local, gq, gk, gv, gdo);
+    const burst_stats st_bwd = stats_of(plan.get());
+    tensors b = run(plan.get(), sh, start, n_local, gq, gk, gv, gdo);
+    if (a.out != b.out || a.lse != b.lse || a.dq != b.dq || a.dk != b.dk ||
+        a.dv != b.dv)
+      fail(name, "two identical runs gave different results");
+
+    // The same problem on one process (self context, P = 1).
+    cfg.seq_len_local = s.seq;
+    context_ptr self = make_self_context();
+    plan_ptr plan1 = make_plan(self.get(), cfg);
+    tensors one = run(plan1.get(), sh, 0, s.seq, gq, gk, gv, gdo);
+
+    struct quantity {
+      const char *name;
+      const std::vector<double> &ref;
+      const std::vector<float> &dist, &single;
+      double tol;
+    };
+    const quantity qs[] = {{"out", gout, a.out, one.out, 1e-5},
+                           {"dq", gdq, a.dq, one.dq, 1e-4},
+                           {"dk", gdk, a.dk, one.dk, 1e-4},
+                           {"dv", gdv, a.dv, one.dv, 1e-4}};
+    for (const quantity &x : qs) {
+      const double m = ref_max_abs(x.ref.data(), gsz);
+      const double e = ref_shard_error(&sh, x.ref.data(), start, n_local, x.dist.data());
+      const double e1 = ref_shard_error(&sh, x.ref.data(), 0, s.seq, x.single.data());
+      if (!(e <= x.tol * m)) {
+        std::ostringstream os;
+        os << x.name << " error " << e << " > " << x.tol << " * max|ref| (" << m << ")";
+        fail(name, os.str());
+      }
+      if (!(e <= 2.0 * e1 + 1e-6 * m)) {
+        std::ostringstream os;
+        os << x.name << " error at P=" << g_size << " (" << e
+           << ") > 2 x error at P=1 (" << e1 << ") + 1e-6 max|ref| (" << m << ")";
+        fail(name, os.str());
+      }
+    }
+    const double el = ref_lse_error(&sh, glse.data(), start, n_local, a.lse.data());
+    if (!(el <= 1e-4)) fail(name, "lse error " + std::to_string(el) + " > 1e-4");
+
+    if (s.mask == BURST_MASK_NONE) {
+      const int64_t Z = s.batch * s.heads;
+      const uint64_t want_s = ref_burst_bwd_sent(n.data(), g_size, g_rank, Z, s.head_dim);
+      const uint64_t want_r =
+          ref_burst_bwd_received(n.data(), g_size, g_rank, Z, s.head_dim);
+      if (st_bwd.bytes_sent != want_s || st_bwd.bytes_received != want_r) {
+        std::ostringstream os;
+        os << "backward bytes_sent " << st_bwd.bytes_sent << " (expected " << want_s
+           << "), bytes_received " << st_bwd.bytes_received << " (expected "
+           << want_r << ")";
+        fail(name, os.str());
+      }
+    }
+  } catch (const burst_error &e) {
+    fail(name, e.what());
+  }
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  MPI_Init(&argc, &argv);
+  MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+  int cases = 0;
+
+  if (burst_version() != BURST_VERSION_NUMBER)
+    fail("setup", "burst_version() " + std::to_string(burst_version()) +
+                      " != BURST_VERSION_NUMBER " +
+                      std::to_string(BURST_VERSION_NUMBER));
+  try {
+    context_ptr world = make_mpi_context(MPI_COMM_WORLD);
+    int32_t r = -1, sz = -1;
+    check(burst_context_rank(world.get(), &r, &sz), "burst_context_rank");
+    if (r != g_rank || sz != g_size) fail("setup", "burst_context_rank disagrees with MPI");
+
+    const shape shapes[] = {
+        {BURST_LAYOUT_BSHD, BURST_MASK_NONE, 2, 2, 32, 50},
+        {BURST_LAYOUT_BHSD, BURST_MASK_NONE, 1, 4, 64, 129},
+        {BURST_LAYOUT_BSHD, BURST_MASK_CAUSAL, 1, 4, 64, 129},
+        {BURST_LAYOUT_BHSD, BURST_MASK_CAUSAL, 3, 1, 16, 23},
+    };
+    for (const shape &s : shapes) {
+      // even shards
+      std::vector<int64_t> n(g_size);
+      for (int i = 0; i < g_size; ++i) n[i] = s.seq / g_size + (i < s.seq % g_size);
+      run_case(world.get(), s, n);
+      ++cases;
+      // uneven: the first rank holds everything but one token per other rank,
+      // the last rank holds nothing
+      if (g_size >= 2) {
+        std::vector<int64_t> u(g_size, 1);
+        u[g_size - 1] = 0;
+        u[0] = s.seq - (g_size - 2);
+        run_case(world.get(), s, u);
+        ++cases;
+      }
+    }
+  } catch (const burst_error &e) {
+    fail("setup", e.what());
+  }
+
+  int local_fail = g_failures > 0, global_fail = 0;
+  MPI_Allreduce(&local_fail, &global_fail, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  std::printf("cpp_client rank %d/%d: %s - %d cases, %d local failures\n", g_rank,
+              g_size, global_fail ? "FAILED" : "passed", cases, g_failures);
+  std::fflush(stdout);
+  MPI_Finalize();
+  return global_fail ? 1 : 0;
+}
