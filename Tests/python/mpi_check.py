@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""MPI check of the Python binding: run under mpirun with 2 and 3 ranks.
+
+    mpirun --allow-run-as-root --oversubscribe -n 2 python3 Tests/python/mpi_check.py
+    mpirun --allow-run-as-root --oversubscribe -n 3 python3 Tests/python/mpi_check.py
+
+Every rank builds the same global q, k, v, dout (fixed seed), takes its contiguous
+shard (unequal shard sizes, including 0- and 1-token ranks), runs forward and backward
+on a COMM_WORLD context and compares with a float64 reference of the full sequence
+(DESIGN §3 tolerances). It checks burst_stats.bytes_sent exactly against the BURST
+formula (reference.stats_bytes_sent: with no mask and no empty shard, forward
+4·2·Z·d·Σ_{t=0}^{P−2} n_{(r−t) mod P}; a K,V block that no rank further along the ring
+needs is not forwarded) and bytes_received against the predecessor's bytes_sent. It also
+checks the failure paths that must not hang: a config mismatch, a bad array on one
+rank, an unparseable plan argument on one rank, and MPI_COMM_NULL.
+
+Prints one summary line per rank; exits non-zero on any failure on any rank (ranks
+agree through an allreduce).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "bindings", "python"))
+sys.path.insert(0, HERE)
+_INSTALLED = os.path.join(ROOT, "build", "install", "lib", "libburst_attention.so")
+if "BURST_ATTENTION_LIBRARY" not in os.environ and os.path.exists(_INSTALLED):
+    os.environ["BURST_ATTENTION_LIBRARY"] = _INSTALLED
+
+import numpy as np  # noqa: E402
+from mpi4py import MPI  # noqa: E402
+
+import burst_attention as ba  # noqa: E402
+import reference as ref  # noqa: E402
+
+COMM = MPI.COMM_WORLD
+RANK, P = COMM.rank, COMM.size
+TIMEOUT = 120.0  # per library call: a bug fails the run instead of hanging it
+
+BATCH, HEADS, HEAD_DIM = 2, 2, 16
+Z = BATCH * HEADS
+
+failures: list[str] = []
+notes: list[str] = []
+checks = 0
+worst = {"out": 0.0, "grad": 0.0, "lse": 0.0}
+bytes_checked = 0
+
+
+def check(condition: bool, what: str) -> bool:
+    global checks
+    checks += 1
+    if not condition:
+        failures.append(what)
+    return condition
+
+
+def shard_sets(p: int) -> list:
+    """Shard sizes to sweep: equal, a leading 0-token rank, and a 1-token last rank
+    (with a 0-token rank in the middle when there are at least 3 ranks)."""
+    sets = [[6] * p]
+    if p == 1:
+        return sets + [[1], [17]]
+    sets.append([0] + [5 + 3 * r for r in range(1, p)])
+    ragged = [9 + 2 * r for r in range(p)]
+    ragged[-1] = 1
+    if p > 2:
+        ragged[1] = 0
+    sets.append(ragged)
+    return sets
+
+
+def local(x: np.ndarray, counts, layout) -> np.ndarray:
+    off = ref.offsets(counts)
+    sl = [slice(None)] * x.ndim
+    sl[ref.seq_axis(layout)] = slice(off[RANK], off[RANK + 1])
+    return x[tuple(sl)]
+
+
+def run_case(ctx, counts, layout, mask, seed) -> None:
+    global bytes_checked
+    tag = f"[{layout} {mask} counts={counts}]"
+    n_total = sum(counts)
+    q, k, v, dout = ref.make_inputs(seed, BATCH, n_total, HEADS, HEADS, HEAD_DIM, layout)
+    causal = mask == "causal"
+    out_ref, lse_ref = ref.forward(q, k, v, causal, None, layout)
+    grads_ref = ref.backward(q, k, v, dout, causal, None, layout)
+    mine = [np.ascontiguousarray(local(x, counts, layout)) for x in (q, k, v, dout)]
+
+    with ctx.plan(BATCH, counts[RANK], HEADS, HEAD_DIM, layout=layout, mask=mask,
+                  timeout_seconds=TIMEOUT) as plan:
+        out, lse = plan.forward(*mine[:3])
+        fstats = plan.stats()
+        dq, dk, dv = plan.backward(*mine[:3], out, lse, mine[3])
+        bstats = plan.stats()
+
+    scale = float(np.max(np.abs(out_ref))) or 1.0
+    err = float(np.max(np.abs(out - local(out_ref, counts, layout)))) / scale if out.size else 0.0
+    worst["out"] = max(worst["out"], err)
+    check(err <= ref.OUT_TOL, f"{tag} out error {err:.3g} > {ref.OUT_TOL}")
+    off = ref.offsets(counts)
+    lerr = ref.lse_error(lse, lse_ref[:, :, off[RANK]:off[RANK + 1]])
+    worst["lse"] = max(worst["lse"], lerr)
+    check(lerr <= ref.LSE_TOL, f"{tag} lse error {lerr:.3g} > {ref.LSE_TOL}")
+    for name, got, want, scale in zip(("dq", "dk", "dv"), (dq, dk, dv), grads_ref,
+                                      ref.grad_scales(*grads_ref)):
+        err = float(np.max(np.abs(got - local(want, counts, layout)))) / scale if got.size else 0.0
+        worst["grad"] = max(worst["grad"], err)
+        check(err <= ref.GRAD_TOL, f"{tag} {name} error {err:.3g} > {ref.GRAD_TOL}")
+
+    # Exact byte counts (reference.stats_bytes_sent documents the rule); the closed
+    # form without skipping (the brief's formula) is reported when it differs.
+    causal = mask == "causal"
+    prev = (RANK - 1) % P
+    for kind, stats in (("forward", fstats), ("backward", bstats)):
+        sent = ref.stats_bytes_sent(counts, RANK, Z, HEAD_DIM, kind, causal)
+        received = ref.stats_bytes_sent(counts, prev, Z, HEAD_DIM, kind, causal)
+        check(stats["bytes_sent"] == sent,
+              f"{tag} {kind} bytes_sent {stats['bytes_sent']} != formula {sent}")
+        check(stats["bytes_received"] == received,
+              f"{tag} {kind} bytes_received {stats['bytes_received']} != rank {prev}'s "
+              f"bytes_sent formula {received}")
+        bytes_checked += 2
+        plain = ref.plain_bytes_sent(counts, RANK, Z, HEAD_DIM, kind)
+        if plain != stats["bytes_sent"]:
+            notes.append(f"{tag} {kind}: bytes_sent {stats['bytes_sent']} differs from the "
+                         f"no-skip closed form {plain} (blocks nobody ahead needs are not sent)")
+        if not causal and 0 not in counts:
+            check(plain == sent, f"{tag} {kind}: closed form {plain} != rule {sent}")
+
+
+def expect_error(what, fn, kinds) -> None:
+    """fn() must raise one of `kinds` (a BurstError kind may be given as a Status)."""
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001
+        for kind in kinds:
+            if isinstance(kind, ba.Status):
+                if isinstance(exc, ba.BurstError) and exc.status == kind:
+                    return
+            elif isinstance(exc, kind):
+                return
+        check(False, f"{what}: expected {kinds}, got {type(exc).__name__}: {exc}")
+        return
+    check(False, f"{what}: expected {kinds}, no error")
+    return
+
+
+def error_paths(ctx) -> None:
+    # 1. Ranks disagree on head_dim: MISMATCH everywhere, naming the field.
+    def mismatch():
+        ctx.plan(1, 3, 1, 8 if RANK == 0 else 16, timeout_seconds=TIMEOUT)
+    if P > 1:
+        expect_error("mismatched head_dim", mismatch, [ba.Status.MISMATCH])
+
+    # 2. The last rank passes a float64 q: TypeError there, BurstError elsewhere, no hang.
+    def bad_array():
+        with ctx.plan(1, 3, 1, 8, timeout_seconds=TIMEOUT) as plan:
+            x = np.ones(plan.q_shape, np.float32)
+            q = x.astype(np.float64) if RANK == P - 1 else x
+            plan.forward(q, x, x)
+    if P > 1:
+        expect_error("bad array on the last rank", bad_array,
+                     [TypeError] if RANK == P - 1 else [ba.BurstError])
+    else:
+        expect_error("bad array", bad_array, [TypeError])
+
+    # 3. Rank 0 gives an unknown layout name: ValueError there, BurstError elsewhere.
+    def bad_layout():
+        ctx.plan(1, 3, 1, 8, layout="bogus" if RANK == 0 else "bshd", timeout_seconds=TIMEOUT)
+    expect_error("unknown layout on rank 0", bad_layout,
+                 [ValueError] if RANK == 0 else [ba.BurstError])
+
+    # 4. The plan is still usable afterwards: a tiny forward on the same context.
+    with ctx.plan(1, 2, 1, 4, timeout_seconds=TIMEOUT) as plan:
+        x = np.full(plan.q_shape, 0.5, np.float32)
+        out, _ = plan.forward(x, x, x)
+        check(np.allclose(out, 0.5), "forward after failed calls")
+
+    # 5. Local failures.
+    expect_error("COMM_NULL", lambda: ba.Context.from_mpi(MPI.COMM_NULL), [ba.Status.INVALID_ARGUMENT])
+    expect_error("out-of-range handle", lambda: ba.Context.from_mpi(2**40), [ba.Status.INVALID_ARGUMENT])
+
+
+def other_contexts() -> None:
+    # A context on a duplicated communicator that is freed right away (the context
+    # owns its own dup), and two plans interleaved on it (plans never cross messages).
+    dup = COMM.Dup()
+    ctx = ba.Context.from_mpi(dup)
+    dup.Free()
+    counts = [3 + r for r in range(P)]
+    q, k, v, dout = ref.make_inputs(99, 1, sum(counts), 1, 1, 8)
+    mine = [np.ascontiguousarray(local(x, counts, "bshd")) for x in (q, k, v, dout)]
+    with ctx, ctx.plan(1, counts[RANK], 1, 8, timeout_seconds=TIMEOUT) as a, \
+            ctx.plan(1, counts[RANK], 1, 8, mask="causal", timeout_seconds=TIMEOUT) as b:
+        oa, la = a.forward(*mine[:3])
+        ob, lb = b.forward(*mine[:3])
+        ga = a.backward(*mine[:3], oa, la, mine[3])
+        for name, got, want in (("dup ctx out", oa, ref.forward(q, k, v)[0]),
+                                ("dup ctx causal out", ob, ref.forward(q, k, v, True)[0]),
+                                ("dup ctx dq", ga[0], ref.backward(q, k, v, dout)[0])):
+            scale = float(np.max(np.abs(want)))
+            err = float(np.max(np.abs(got - local(want, counts, "bshd")))) / scale
+            check(err <= ref.GRAD_TOL, f"{name} error {err:.3g}")  # (no degenerate shard here)
+
+    # A context on a split communicator (even and odd ranks apart).
+    sub = COMM.Split(RANK % 2, RANK)
+    with ba.Context.from_mpi(sub) as ctx:
+        check((ctx.rank, ctx.size) == (sub.rank, sub.size),
+              f"split ctx rank/size {(ctx.rank, ctx.size)} != {(sub.rank, sub.size)}")
+        counts = [4] * sub.size
+        q, k, v, _ = ref.make_inputs(5, 1, sum(counts), 1, 1, 4)
+        off = ref.offsets(counts)
+        with ctx.plan(1, 4, 1, 4, mask="causal", timeout_seconds=TIMEOUT) as plan:
+            out, _ = plan.forward(*(np.ascontiguousarray(x[:, off[sub.rank]:off[sub.rank + 1]])
+                                    for x in (q, k, v)))
+        want = ref.forward(q, k, v, True)[0][:, off[sub.rank]:off[sub.rank + 1]]
+        err = float(np.max(np.abs(out - want)))
+        check(err <= ref.OUT_TOL * float(np.max(np.abs(want))), f"split ctx out error {err:.3g}")
+    sub.Free()
+
+
+def main() -> int:
+    t0 = time.perf_counter()
+    check(ba.version() == ba.VERSION_NUMBER, f"version {ba.version()} != {ba.VERSION_NUMBER}")
+    try:
+        with ba.Context.from_mpi(COMM) as ctx:
+            check((ctx.rank, ctx.size, ctx.kind) == (RANK, P, "mpi"),
+                  f"context rank/size {(ctx.rank, ctx.size)} != {(RANK, P)}")
+            seed = 1000
+            for counts in shard_sets(P):
+                for layout in ("bshd", "bhsd"):
+                    for mask in ("none", "causal"):
+                        seed += 1
+                        run_case(ctx, counts, layout, mask, seed)
+            error_paths(ctx)
+        other_contexts()
+    except Exception:  # noqa: BLE001 - report, then let the allreduce decide
+        failures.append("exception: " + traceback.format_exc())
+
+    elapsed = time.perf_counter() - t0
+    total_failures = COMM.allreduce(len(failures), op=MPI.SUM)
+    lines = [f"mpi_check rank {RANK}/{P}: FAIL {f}" for f in failures]
+    if os.environ.get("MPI_CHECK_VERBOSE"):
+        lines += [f"mpi_check rank {RANK}/{P}: note {n}" for n in notes]
+    lines.append(
+        f"mpi_check rank {RANK}/{P}: {checks} checks, {len(failures)} failed here, "
+        f"{total_failures} failed in all; worst error out {worst['out']:.2e} "
+        f"grad {worst['grad']:.2e} lse {worst['lse']:.2e}; {bytes_checked} byte counts "
+        f"checked ({len(notes)} differ from the no-skip closed form, as documented; "
+        f"MPI_CHECK_VERBOSE=1 lists them); {elapsed:.2f} s; library {ba.library_path}")
+    for r in range(P):  # one rank at a time, so lines do not interleave
+        if r == RANK:
+            print("\n".join(lines), flush=True)
+        COMM.Barrier()
+    return 1 if total_failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,794 @@
+"""pytest for the Python binding (bindings/python/burst_attention), single process.
+
+Runs against the library found by the binding's lookup; if BURST_ATTENTION_LIBRARY is
+not set and the CMake install tree exists (build/install/lib), that one is used.
+Multi-rank behaviour is driven through loopback contexts, one Python thread per rank
+(ctypes releases the GIL during library calls). MPI runs live in mpi_check.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+BINDING = os.path.join(ROOT, "bindings", "python")
+sys.path.insert(0, BINDING)
+sys.path.insert(0, HERE)
+_INSTALLED = os.path.join(ROOT, "build", "install", "lib", "libburst_attention.so")
+if "BURST_ATTENTION_LIBRARY" not in os.environ and os.path.exists(_INSTALLED):
+    os.environ["BURST_ATTENTION_LIBRARY"] = _INSTALLED
+
+import burst_attention as ba  # noqa: E402
+from burst_attention import _lib  # noqa: E402
+import reference as ref  # noqa: E402
+
+# A generous per-call timeout so that a library bug fails a test instead of hanging it.
+CALL_TIMEOUT = 60.0
+JOIN_TIMEOUT = CALL_TIMEOUT + 30.0
+
+
+# --------------------------------------------------------------------------- helpers
+
+def run_ranks(contexts, fn):
+    """Run fn(ctx) on one thread per context; returns [(result, exception)] by rank."""
+    results = [(None, None)] * len(contexts)
+
+    def body(i, ctx):
+        try:
+            results[i] = (fn(ctx), None)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            results[i] = (None, exc)
+
+    threads = [threading.Thread(target=body, args=(i, c), daemon=True) for i, c in enumerate(contexts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(JOIN_TIMEOUT)
+    assert not any(t.is_alive() for t in threads), "a rank hung"
+    return results
+
+
+def results_or_raise(results):
+    for _, exc in results:
+        if exc is not None:
+            raise exc
+    return [r for r, _ in results]
+
+
+def distributed_run(world, counts, layout, mask, batch=2, heads=2, head_dim=8, seed=7,
+                    softmax_scale=0.0):
+    """Forward + backward of a global problem split into `counts` over `world`
+    contexts; compares every shard with the float64 reference. Returns per-rank stats."""
+    n_total = sum(counts)
+    q, k, v, dout = ref.make_inputs(seed, batch, n_total, heads, heads, head_dim, layout)
+    causal = mask == "causal"
+    out_ref, lse_ref = ref.forward(q, k, v, causal, softmax_scale, layout)
+    dq_ref, dk_ref, dv_ref = ref.backward(q, k, v, dout, causal, softmax_scale, layout)
+
+    def rank_fn(ctx):
+        r = ctx.rank
+        sq, sk, sv, sdo = (ref.shard(x, counts, r, layout) for x in (q, k, v, dout))
+        with ctx.plan(batch, counts[r], heads, head_dim, layout=layout, mask=mask,
+                      softmax_scale=softmax_scale, timeout_seconds=CALL_TIMEOUT) as plan:
+            out, lse = plan.forward(sq, sk, sv)
+            fstats = plan.stats()
+            dq, dk, dv = plan.backward(sq, sk, sv, out, lse, sdo)
+            bstats = plan.stats()
+        return out, lse, dq, dk, dv, fstats, bstats
+
+    per_rank = results_or_raise(run_ranks(world, rank_fn))
+    off = ref.offsets(counts)
+    for r, (out, lse, dq, dk, dv, _, _) in enumerate(per_rank):
+        where = f"rank {r}/{len(counts)} counts={counts} {layout} {mask}"
+        sl = [slice(None)] * 4
+        sl[ref.seq_axis(layout)] = slice(off[r], off[r + 1])
+        # Tolerances are relative to the max of the *global* reference (DESIGN §3).
+        scales = (float(np.max(np.abs(out_ref))) or 1.0,) + ref.grad_scales(dq_ref, dk_ref, dv_ref)
+        for name, got, want, tol, scale in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv),
+                                               (out_ref, dq_ref, dk_ref, dv_ref),
+                                               (ref.OUT_TOL,) + (ref.GRAD_TOL,) * 3, scales):
+            assert got.shape == want[tuple(sl)].shape, (where, name, got.shape)
+            err = float(np.max(np.abs(got - want[tuple(sl)]))) / scale if got.size else 0.0
+            assert err <= tol, f"{where}: {name} error {err:.3g} > {tol:g}"
+        lerr = ref.lse_error(lse, lse_ref[:, :, off[r]:off[r + 1]])
+        assert lerr <= ref.LSE_TOL, f"{where}: lse error {lerr:.3g}"
+    return [(f, b) for *_, f, b in per_rank]
+
+
+# --------------------------------------------------------------------------- library-level calls
+
+def test_library_path_is_loaded():
+    assert os.path.exists(ba.library_path) or "/" not in ba.library_path
+
+
+def _import_in_subprocess(pythonpath, env_library):
+    env = dict(os.environ)
+    env.pop("BURST_ATTENTION_LIBRARY", None)
+    if env_library is not None:
+        env["BURST_ATTENTION_LIBRARY"] = env_library
+    env["PYTHONPATH"] = pythonpath
+    return subprocess.run([sys.executable, "-c", "import burst_attention as b; print(b.library_path)"],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=pythonpath)
+
+
+def test_library_lookup_next_to_package(tmp_path):
+    import shutil
+    shutil.copytree(os.path.join(BINDING, "burst_attention"), tmp_path / "burst_attention",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ba.library_path, tmp_path / "burst_attention" / "libburst_attention.so")
+    proc = _import_in_subprocess(str(tmp_path), None)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "burst_attention" / "libburst_attention.so")
+
+
+def test_library_lookup_failure_lists_what_was_tried(tmp_path):
+    proc = _import_in_subprocess(BINDING, str(tmp_path / "missing.so"))
+    assert proc.returncode != 0
+    assert "ImportError" in proc.stderr and "missing.so: no such file" in proc.stderr
+    assert "BURST_ATTENTION_LIBRARY" in proc.stderr
+
+
+def test_version_matches_header():
+    assert ba.version() == ba.VERSION_NUMBER == 100
+    assert ba.version_info() == (ba.VERSION_MAJOR, ba.VERSION_MINOR, ba.VERSION_PATCH)
+    assert ba.__version__ == "0.1.0"
+
+
+def test_status_string_every_code():
+    for status in ba.Status:
+        expected = "BURST_OK" if status == ba.Status.OK else f"BURST_ERROR_{status.name}"
+        assert ba.status_string(status) == expected
+    assert ba.status_string(12345) == "BURST_ERROR_UNKNOWN"
+    assert ba.status_string(-1) == "BURST_ERROR_UNKNOWN"
+
+
+def test_status_values_are_abi():
+    assert [int(s) for s in ba.Status] == list(range(10))
+    assert (ba.LAYOUT_BSHD, ba.LAYOUT_BHSD, ba.DTYPE_F32, ba.MASK_NONE, ba.MASK_CAUSAL) == (0, 1, 0, 0, 1)
+    assert [int(d) for d in ba.Distribution] == [0, 1, 2]
+    assert [int(p) for p in ba.Pattern] == [0, 1, 2, 3, 4]
+
+
+def test_last_error_after_failure():
+    with ba.Context.self() as ctx:
+        with pytest.raises(ba.BurstError) as info:
+            ctx.plan(1, 4, 1, 0)
+        message = ba.last_error()
+    assert message and message == info.value.message
+    assert info.value.status == ba.Status.INVALID_ARGUMENT
+    assert "BURST_ERROR_INVALID_ARGUMENT" in str(info.value)
+
+
+def test_last_error_is_thread_local():
+    seen = {}
+
+    def fail():
+        with ba.Context.self() as ctx:
+            with pytest.raises(ba.BurstError):
+                ctx.plan(1, 4, 1, 0)
+        seen["other"] = ba.last_error()
+
+    t = threading.Thread(target=fail)
+    t.start()
+    t.join()
+    assert seen["other"]
+
+
+def test_config_init_defaults_and_layout():
+    # burst_attention_config_init, called directly: struct layout must match the header.
+    assert ctypes.sizeof(_lib.AttentionConfig) == 120
+    assert ctypes.sizeof(_lib.Stats) == 72
+    scratch = _lib._ConfigScratch()
+    _lib.lib.burst_attention_config_init(ctypes.byref(scratch.cfg))
+    cfg = scratch.cfg
+    assert cfg.struct_size == ctypes.sizeof(_lib.AttentionConfig)
+    assert (cfg.layout, cfg.dtype, cfg.mask, cfg.distribution, cfg.pattern) == (0, 0, 0, 0, 0)
+    assert (cfg.window_left, cfg.window_right) == (-1, -1)
+    assert not cfg.cu_seqlens and cfg.num_sequences == 0
+    assert (cfg.batch, cfg.seq_len_local, cfg.num_heads_q, cfg.num_heads_kv, cfg.head_dim) == (0,) * 5
+    assert (cfg.softmax_scale, cfg.num_threads, cfg.intra_group_size, cfg.timeout_seconds) == (0, 0, 0, 0)
+    _lib.lib.burst_attention_config_init(None)  # NULL is ignored
+
+
+# --------------------------------------------------------------------------- contexts
+
+def test_context_self():
+    ctx = ba.Context.self()
+    assert (ctx.rank, ctx.size, ctx.kind, ctx.closed) == (0, 1, "self", False)
+    assert "rank=0 size=1" in repr(ctx)
+    ctx.close()
+    ctx.close()  # idempotent
+    assert ctx.closed
+    with pytest.raises(ValueError, match="closed"):
+        ctx.plan(1, 1, 1, 1)
+
+
+def test_context_rank_via_c():
+    with ba.Context.self() as ctx:
+        rank, size = ctypes.c_int32(-1), ctypes.c_int32(-1)
+        assert _lib.lib.burst_context_rank(ctx._handle, ctypes.byref(rank), ctypes.byref(size)) == 0
+        assert (rank.value, size.value) == (0, 1)
+        # either pointer may be NULL
+        assert _lib.lib.burst_context_rank(ctx._handle, None, None) == 0
+    assert _lib.lib.burst_context_rank(None, ctypes.byref(rank), None) == ba.Status.INVALID_ARGUMENT
+
+
+def test_context_constructor_is_private():
+    with pytest.raises(TypeError):
+        ba.Context(0, "self")
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+def test_context_loopback(world_size):
+    contexts = ba.Context.loopback(world_size)
+    try:
+        assert [c.rank for c in contexts] == list(range(world_size))
+        assert all(c.size == world_size and c.kind == "loopback" for c in contexts)
+    finally:
+        for c in contexts:
+            c.close()
+
+
+@pytest.mark.parametrize("world_size", [0, -1, 1025])
+def test_context_loopback_invalid_size(world_size):
+    with pytest.raises(ba.BurstError) as info:
+        ba.Context.loopback(world_size)
+    assert info.value.status == ba.Status.INVALID_ARGUMENT
+
+
+def test_context_loopback_type_errors():
+    with pytest.raises(TypeError):
+        ba.Context.loopback("2")
+    with pytest.raises(ValueError):
+        ba.Context.loopback(2**40)
+
+
+def test_context_from_mpi_type_errors():
+    with pytest.raises(TypeError):
+        ba.Context.from_mpi("COMM_WORLD")
+    with pytest.raises(ValueError):
+        ba.Context.from_mpi(2**70)
+
+
+def test_context_from_mpi_singleton():
+    """Context.from_mpi in a separate process (MPI singleton, no mpirun), so this
+    process never initialises MPI. Also: COMM_NULL and out-of-range handles are
+    rejected locally with INVALID_ARGUMENT; the caller's comm may be freed."""
+    pytest.importorskip("mpi4py")
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {BINDING!r})
+        from mpi4py import MPI
+        import burst_attention as ba
+        import numpy as np
+        comm = MPI.COMM_WORLD.Dup()
+        with ba.Context.from_mpi(comm) as ctx:
+            comm.Free()                      # allowed: the context owns a dup
+            assert (ctx.rank, ctx.size, ctx.kind) == (0, 1, "mpi"), (ctx.rank, ctx.size)
+            with ctx.plan(1, 3, 1, 4, timeout_seconds=30) as plan:
+                x = np.ones(plan.q_shape, np.float32)
+                out, lse = plan.forward(x, x, x)
+                assert np.allclose(out, 1.0) and plan.stats()["bytes_sent"] == 0
+        for bad in (MPI.COMM_NULL, 2**40, -5):
+            try:
+                ba.Context.from_mpi(bad)
+            except ba.BurstError as e:
+                assert e.status == ba.Status.INVALID_ARGUMENT, e
+            else:
+                raise AssertionError(f"from_mpi({{bad!r}}) did not fail")
+        print("ok")
+    """)
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=180, env=env)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- plans
+
+def test_plan_properties_and_shapes():
+    with ba.Context.self() as ctx:
+        with ctx.plan(2, 5, 4, 8, layout="bhsd", mask=ba.Mask.CAUSAL) as plan:
+            assert plan.q_shape == (2, 4, 5, 8) and plan.kv_shape == (2, 4, 5, 8)
+            assert plan.lse_shape == (2, 4, 5)
+            assert plan.layout is ba.Layout.BHSD and plan.mask is ba.Mask.CAUSAL
+            assert (plan.batch, plan.seq_len_local, plan.num_heads_q, plan.num_heads_kv,
+                    plan.head_dim) == (2, 5, 4, 4, 8)
+            assert plan.context is ctx and "BHSD" in repr(plan)
+        assert plan.closed and "closed" in repr(plan)
+        with ctx.plan(2, 5, 4, 8) as plan:
+            assert plan.q_shape == (2, 5, 4, 8) and plan.layout is ba.Layout.BSHD
+
+
+def test_plan_create_via_c():
+    # burst_plan_create + burst_plan_destroy called directly (NULL destroy is ignored).
+    with ba.Context.self() as ctx:
+        cfg = _lib.new_config()
+        cfg.batch, cfg.seq_len_local, cfg.num_heads_q, cfg.num_heads_kv, cfg.head_dim = 1, 2, 1, 1, 4
+        out = _lib.c_handle()
+        assert _lib.lib.burst_plan_create(ctx._handle, ctypes.byref(cfg), ctypes.byref(out)) == 0
+        assert out.value
+        _lib.lib.burst_plan_destroy(out.value)
+        _lib.lib.burst_plan_destroy(None)
+        assert _lib.lib.burst_plan_create(ctx._handle, None, ctypes.byref(out)) == ba.Status.INVALID_ARGUMENT
+        cfg.struct_size = 4
+        assert _lib.lib.burst_plan_create(ctx._handle, ctypes.byref(cfg), ctypes.byref(out)) == ba.Status.VERSION
+    _lib.lib.burst_context_destroy(None)
+
+
+def test_plan_keeps_context_alive_and_close_order():
+    ctx = ba.Context.self()
+    plan = ctx.plan(1, 2, 1, 4)
+    del ctx  # the plan holds a reference
+    x = np.ones(plan.q_shape, np.float32)
+    plan.forward(x, x, x)
+    context = plan.context
+    context.close()  # closes the plan first
+    assert plan.closed and context.closed
+    with pytest.raises(ValueError, match="closed"):
+        plan.forward(x, x, x)
+
+
+def test_plan_del_destroys():
+    ctx = ba.Context.self()
+    for _ in range(50):
+        plan = ctx.plan(1, 16, 2, 8)
+        del plan
+    assert len(ctx._plans) == 0
+    ctx.close()
+
+
+def test_unclosed_objects_are_cleaned_up_at_exit():
+    """Contexts and plans never closed are destroyed by __del__ / the atexit hook,
+    plans before their contexts, without crashing the interpreter."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {BINDING!r})
+        import numpy as np
+        import burst_attention as ba
+        ctx = ba.Context.self()
+        plan = ctx.plan(1, 5, 2, 8)
+        x = np.ones(plan.q_shape, np.float32)
+        plan.forward(x, x, x)
+        loop = ba.Context.loopback(3)  # destroyed at exit too
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ))
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- forward / backward, self
+
+SELF_SHAPES = [  # batch, seq, heads, head_dim
+    (1, 1, 1, 1),
+    (2, 1, 2, 16),  # one token: dq = dk = 0 exactly, float32 leaves rounding noise
+    (2, 37, 3, 16),
+    (1, 64, 2, 64),
+    (1, 130, 1, 80),
+    (3, 17, 2, 5),
+]
+
+
+@pytest.mark.parametrize("layout", ["bshd", "bhsd"])
+@pytest.mark.parametrize("mask", ["none", "causal"])
+@pytest.mark.parametrize("shape", SELF_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_self_forward_backward(layout, mask, shape):
+    batch, n, heads, d = shape
+    distributed_run([ba.Context.self()], [n], layout, mask, batch, heads, d, seed=n * 31 + d)
+
+
+def test_self_forward_custom_scale():
+    distributed_run([ba.Context.self()], [23], "bshd", "causal", 1, 2, 16, softmax_scale=0.37)
+
+
+def test_forward_fills_given_buffers():
+    with ba.Context.self() as ctx, ctx.plan(1, 9, 2, 8) as plan:
+        q, k, v, dout = ref.make_inputs(3, 1, 9, 2, 2, 8)
+        out = np.full(plan.q_shape, np.nan, np.float32)
+        lse = np.full(plan.lse_shape, np.nan, np.float32)
+        out2, lse2 = plan.forward(q, k, v, out=out, lse=lse)
+        assert out2 is out and lse2 is lse and np.isfinite(out).all()
+        dq, dk, dv = (np.full(s, np.nan, np.float32) for s in (plan.q_shape, plan.kv_shape, plan.kv_shape))
+        r = plan.backward(q, k, v, out, lse, dout, dq=dq, dk=dk, dv=dv)
+        assert r[0] is dq and r[1] is dk and r[2] is dv and np.isfinite(dq).all()
+        # overwritten, not accumulated
+        plan.backward(q, k, v, out, lse, dout, dq=dq, dk=dk, dv=dv)
+        assert np.array_equal(r[0], plan.backward(q, k, v, out, lse, dout)[0])
+
+
+def test_results_are_bitwise_deterministic():
+    q, k, v, dout = ref.make_inputs(11, 2, 70, 2, 2, 32)
+    with ba.Context.self() as ctx, ctx.plan(2, 70, 2, 32, mask="causal") as plan:
+        a = plan.forward(q, k, v)
+        b = plan.forward(q, k, v)
+        ga = plan.backward(q, k, v, *a, dout)
+        gb = plan.backward(q, k, v, *b, dout)
+    for x, y in zip(a + ga, b + gb):
+        assert np.array_equal(x, y)
+
+
+def test_large_logits_stay_finite():
+    q, k, v, _ = ref.make_inputs(5, 1, 48, 1, 1, 16)
+    q *= 40.0
+    k *= 40.0  # logits ~ 1e4
+    with ba.Context.self() as ctx, ctx.plan(1, 48, 1, 16, mask="causal") as plan:
+        out, lse = plan.forward(q, k, v)
+    out_ref, lse_ref = ref.forward(q, k, v, True)
+    assert np.isfinite(out).all() and np.isfinite(lse).all()
+    assert float(np.max(np.abs(lse - lse_ref) / np.abs(lse_ref))) < 1e-5
+
+
+def test_nan_input_propagates_without_crash():
+    q, k, v, _ = ref.make_inputs(5, 1, 8, 1, 1, 4)
+    q[0, 3, 0, 1] = np.nan
+    with ba.Context.self() as ctx, ctx.plan(1, 8, 1, 4) as plan:
+        out, lse = plan.forward(q, k, v)
+    # DESIGN §3: NaN propagates as IEEE says — it shows in row 3 and nowhere else.
+    assert np.isnan(out[0, 3]).any() or np.isnan(lse[0, 0, 3])
+    assert np.isfinite(np.delete(out, 3, axis=1)).all()
+    assert np.isfinite(np.delete(lse, 3, axis=2)).all()
+
+
+def test_zero_token_self_plan():
+    with ba.Context.self() as ctx, ctx.plan(1, 0, 2, 4) as plan:
+        x = np.empty(plan.q_shape, np.float32)
+        out, lse = plan.forward(x, x, x)
+        assert out.shape == (1, 0, 2, 4) and lse.shape == (1, 2, 0)
+        dq, dk, dv = plan.backward(x, x, x, out, lse, x)
+        assert dq.shape == (1, 0, 2, 4)
+
+
+# --------------------------------------------------------------------------- loopback (threads as ranks)
+
+LOOPBACK_COUNTS = {
+    2: [[0, 7], [1, 6], [5, 5], [9, 1]],
+    3: [[5, 0, 1], [0, 1, 9], [1, 12, 0], [4, 4, 4]],
+}
+
+
+@pytest.mark.parametrize("layout", ["bshd", "bhsd"])
+@pytest.mark.parametrize("mask", ["none", "causal"])
+@pytest.mark.parametrize("world_size,counts",
+                         [(p, c) for p, cs in LOOPBACK_COUNTS.items() for c in cs],
+                         ids=lambda x: str(x))
+def test_loopback_forward_backward(world_size, counts, layout, mask):
+    contexts = ba.Context.loopback(world_size)
+    try:
+        stats = distributed_run(contexts, counts, layout, mask, batch=2, heads=2, head_dim=8,
+                                seed=sum(counts) * 7 + world_size)
+    finally:
+        for c in contexts:
+            c.close()
+    causal = mask == "causal"
+    for r, (fstats, bstats) in enumerate(stats):
+        prev = (r - 1) % world_size
+        for kind, s in (("forward", fstats), ("backward", bstats)):
+            sent = ref.stats_bytes_sent(counts, r, 2 * 2, 8, kind, causal)
+            assert s["bytes_sent"] == sent, (r, kind, s)
+            assert s["bytes_received"] == ref.stats_bytes_sent(counts, prev, 2 * 2, 8, kind, causal), (r, kind, s)
+            if not causal and 0 not in counts:  # the closed form without skipping
+                assert sent == ref.plain_bytes_sent(counts, r, 2 * 2, 8, kind)
+
+
+def test_loopback_larger_shards():
+    contexts = ba.Context.loopback(3)
+    try:
+        distributed_run(contexts, [70, 33, 129], "bshd", "causal", batch=1, heads=2, head_dim=64)
+    finally:
+        for c in contexts:
+            c.close()
+
+
+def test_error_does_not_grow_with_world():
+    """DESIGN §3: error at P ranks <= 2 x error at P = 1 + 1e-6 (relative to max|ref|)."""
+    batch, heads, d, counts = 1, 2, 32, [40, 25, 31]
+    q, k, v, dout = ref.make_inputs(21, batch, sum(counts), heads, heads, d)
+    refs = ref.forward(q, k, v, True)[:1] + ref.backward(q, k, v, dout, True)
+
+    def errors(world, shard_counts):
+        def rank_fn(ctx):
+            r = ctx.rank
+            xs = [ref.shard(x, shard_counts, r) for x in (q, k, v, dout)]
+            with ctx.plan(batch, shard_counts[r], heads, d, mask="causal",
+                          timeout_seconds=CALL_TIMEOUT) as plan:
+                out, lse = plan.forward(*xs[:3])
+                return (out,) + plan.backward(*xs[:3], out, lse, xs[3])
+        per_rank = results_or_raise(run_ranks(world, rank_fn))
+        full = [np.concatenate([p[i] for p in per_rank], axis=1) for i in range(4)]
+        scales = (float(np.max(np.abs(refs[0]))),) + ref.grad_scales(*refs[1:])
+        return [float(np.max(np.abs(g - w))) / s for g, w, s in zip(full, refs, scales)]
+
+    single = errors([ba.Context.self()], [sum(counts)])
+    world = ba.Context.loopback(3)
+    try:
+        multi = errors(world, counts)
+    finally:
+        for c in world:
+            c.close()
+    for name, e1, ep in zip(("out", "dq", "dk", "dv"), single, multi):
+        assert ep <= 2 * e1 + 1e-6, f"{name}: error at P=3 {ep:.3g} vs P=1 {e1:.3g}"
+
+
+def test_loopback_mismatched_config_fails_everywhere():
+    contexts = ba.Context.loopback(2)
+
+    def rank_fn(ctx):
+        ctx.plan(1, 4, 2, 8 if ctx.rank == 0 else 16, timeout_seconds=CALL_TIMEOUT)
+
+    try:
+        results = run_ranks(contexts, rank_fn)
+    finally:
+        for c in contexts:
+            c.close()
+    for r, (_, exc) in enumerate(results):
+        assert isinstance(exc, ba.BurstError) and exc.status == ba.Status.MISMATCH, (r, exc)
+        assert "head_dim" in exc.message, exc.message
+
+
+@pytest.mark.parametrize("bad", ["dtype", "shape"])
+def test_loopback_validation_failure_on_one_rank_fails_all(bad):
+    """A rank whose arrays fail validation still calls the library (with NULL
+    buffers), so the other ranks get an error rather than a hang."""
+    contexts = ba.Context.loopback(3)
+
+    def rank_fn(ctx):
+        with ctx.plan(1, 4, 1, 8, timeout_seconds=CALL_TIMEOUT) as plan:
+            x = np.ones(plan.q_shape, np.float32)
+            q = x
+            if ctx.rank == 1:
+                q = x.astype(np.float64) if bad == "dtype" else np.ones((1, 5, 1, 8), np.float32)
+            plan.forward(q, x, x)
+
+    try:
+        results = run_ranks(contexts, rank_fn)
+    finally:
+        for c in contexts:
+            c.close()
+    expected = TypeError if bad == "dtype" else ValueError
+    assert isinstance(results[1][1], expected), results[1]
+    assert "q:" in str(results[1][1]) and "library" in str(results[1][1])
+    for r in (0, 2):
+        assert isinstance(results[r][1], ba.BurstError), (r, results[r])
+
+
+def test_loopback_plan_config_problem_on_one_rank_fails_all():
+    contexts = ba.Context.loopback(2)
+
+    def rank_fn(ctx):
+        return ctx.plan(1, 4, 1, 8, layout="bogus" if ctx.rank == 0 else "bshd",
+                        timeout_seconds=CALL_TIMEOUT)
+
+    try:
+        results = run_ranks(contexts, rank_fn)
+    finally:
+        for c in contexts:
+            c.close()
+    assert isinstance(results[0][1], ValueError) and "layout" in str(results[0][1])
+    assert isinstance(results[1][1], ba.BurstError), results[1]
+
+
+def test_loopback_timeout_makes_plan_unusable():
+    contexts = ba.Context.loopback(2)
+    try:
+        plans = results_or_raise(run_ranks(contexts, lambda c: c.plan(1, 2, 1, 4, timeout_seconds=0.5)))
+        x = np.ones(plans[0].q_shape, np.float32)
+        t0 = time.monotonic()
+        with pytest.raises(ba.BurstError) as info:
+            plans[0].forward(x, x, x)  # rank 1 never joins
+        assert info.value.status == ba.Status.TIMEOUT
+        assert time.monotonic() - t0 < 30
+        with pytest.raises(ba.BurstError) as info:
+            plans[0].forward(x, x, x)
+        assert info.value.status == ba.Status.TIMEOUT
+        for p in plans:
+            p.close()
+    finally:
+        for c in contexts:
+            c.close()
+
+
+def test_loopback_concurrent_use_of_one_plan_is_busy():
+    contexts = ba.Context.loopback(2)
+    try:
+        plans = results_or_raise(run_ranks(contexts, lambda c: c.plan(1, 2, 1, 4, timeout_seconds=CALL_TIMEOUT)))
+        x = np.ones(plans[0].q_shape, np.float32)
+        first = {}
+        entering = threading.Event()
+
+        def rank0():
+            try:
+                entering.set()
+                first["result"] = plans[0].forward(x, x, x)
+            except BaseException as exc:  # noqa: BLE001
+                first["error"] = exc
+
+        t = threading.Thread(target=rank0, daemon=True)
+        t.start()
+        entering.wait(JOIN_TIMEOUT)
+        # The thread is about to call burst_forward, where it waits for rank 1;
+        # the pause only covers the few instructions between set() and the call.
+        time.sleep(0.5)
+        with pytest.raises(ba.BurstError) as info:
+            plans[0].forward(x, x, x)
+        assert info.value.status == ba.Status.BUSY
+        with pytest.raises(ba.BurstError):
+            plans[0].close()  # the binding refuses to destroy a plan in use
+        plans[1].forward(x, x, x)  # completes rank 0's call
+        t.join(JOIN_TIMEOUT)
+        assert "result" in first, first
+        for p in plans:
+            p.close()
+    finally:
+        for c in contexts:
+            c.close()
+
+
+# --------------------------------------------------------------------------- argument errors
+
+@pytest.fixture
+def self_plan():
+    with ba.Context.self() as ctx, ctx.plan(1, 4, 2, 8, timeout_seconds=CALL_TIMEOUT) as plan:
+        yield plan
+
+
+def test_forward_wrong_dtype(self_plan):
+    x = np.ones(self_plan.q_shape, np.float32)
+    with pytest.raises(TypeError, match="k: expected dtype float32"):
+        self_plan.forward(x, x.astype(np.float64), x)
+
+
+def test_forward_not_an_array(self_plan):
+    x = np.ones(self_plan.q_shape, np.float32)
+    with pytest.raises(TypeError, match="q: expected a numpy.ndarray"):
+        self_plan.forward(x.tolist(), x, x)
+
+
+def test_forward_wrong_shape(self_plan):
+    x = np.ones(self_plan.q_shape, np.float32)
+    with pytest.raises(ValueError, match=r"v: expected shape \(1, 4, 2, 8\)"):
+        self_plan.forward(x, x, np.ones((1, 4, 2, 9), np.float32))
+    with pytest.raises(ValueError, match="lse: expected shape"):
+        self_plan.forward(x, x, x, lse=np.ones((1, 4, 2), np.float32))
+
+
+def test_forward_non_contiguous(self_plan):
+    x = np.ones(self_plan.q_shape, np.float32)
+    y = np.ones((1, 2, 4, 8), np.float32).transpose(0, 2, 1, 3)
+    with pytest.raises(ValueError, match="q: must be C-contiguous"):
+        self_plan.forward(y, x, x)
+
+
+def test_forward_output_problems(self_plan):
+    x = np.ones(self_plan.q_shape, np.float32)
+    with pytest.raises(ValueError, match="out: must not overlap q"):
+        self_plan.forward(x, x.copy(), x.copy(), out=x)
+    ro = np.ones(self_plan.q_shape, np.float32)
+    ro.setflags(write=False)
+    with pytest.raises(ValueError, match="out: must be writable"):
+        self_plan.forward(x, x, x, out=ro)
+    # read-only inputs are fine
+    self_plan.forward(ro, ro, ro)
+
+
+def test_backward_argument_errors(self_plan):
+    x = np.ones(self_plan.q_shape, np.float32)
+    out, lse = self_plan.forward(x, x, x)
+    with pytest.raises(TypeError, match="lse: expected dtype float32"):
+        self_plan.backward(x, x, x, out, lse.astype(np.float64), x)
+    dout = x.copy()
+    with pytest.raises(ValueError, match="dq: must not overlap dout"):
+        self_plan.backward(x, x, x, out, lse, dout, dq=dout)
+    with pytest.raises(ValueError, match="dk: must not overlap dv"):
+        g = np.empty(self_plan.kv_shape, np.float32)
+        self_plan.backward(x, x, x, out, lse, x, dk=g, dv=g)
+
+
+def test_bad_config_head_dim_zero():
+    with ba.Context.self() as ctx:
+        with pytest.raises(ba.BurstError) as info:
+            ctx.plan(1, 4, 2, 0)
+    assert info.value.status == ba.Status.INVALID_ARGUMENT
+    assert info.value.function == "burst_plan_create"
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(batch=0), dict(num_heads_q=0), dict(seq_len_local=-1), dict(layout=7), dict(mask=5),
+    dict(softmax_scale=float("nan")), dict(softmax_scale=float("inf")),
+    dict(timeout_seconds=-1.0), dict(distribution=9), dict(pattern=-3),
+], ids=lambda k: "-".join(f"{a}={b}" for a, b in k.items()))
+def test_bad_config_invalid_argument(kwargs):
+    args = dict(batch=1, seq_len_local=4, num_heads_q=2, head_dim=8)
+    args.update(kwargs)
+    with ba.Context.self() as ctx:
+        with pytest.raises(ba.BurstError) as info:
+            ctx.plan(**args)
+    assert info.value.status == ba.Status.INVALID_ARGUMENT, info.value
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(num_heads_kv=1), dict(distribution="zigzag"), dict(distribution="striped"),
+    dict(pattern="ring"), dict(pattern="allgather"), dict(pattern="ulysses"), dict(pattern="auto"),
+    dict(window_left=3), dict(cu_seqlens=[0, 2, 4]),
+], ids=lambda k: "-".join(f"{a}={b}" for a, b in k.items()))
+def test_bad_config_unsupported(kwargs):
+    with ba.Context.self() as ctx:
+        with pytest.raises(ba.BurstError) as info:
+            ctx.plan(1, 4, 2, 8, **kwargs)
+    assert info.value.status == ba.Status.UNSUPPORTED, info.value
+
+
+def test_plan_argument_type_errors():
+    with ba.Context.self() as ctx:
+        with pytest.raises(ValueError, match="layout: unknown value 'bsdh'"):
+            ctx.plan(1, 4, 2, 8, layout="bsdh")
+        with pytest.raises(TypeError, match="batch: expected an int"):
+            ctx.plan(1.0, 4, 2, 8)
+        with pytest.raises(TypeError, match="mask: expected a Mask"):
+            ctx.plan(1, 4, 2, 8, mask=ba.Layout.BSHD)
+        with pytest.raises(ValueError, match="num_threads: .* out of range"):
+            ctx.plan(1, 4, 2, 8, num_threads=2**31)
+        # enum members, names and ints are all accepted
+        ctx.plan(1, 4, 2, 8, layout=ba.LAYOUT_BHSD, mask="CAUSAL").close()
+        ctx.plan(np.int64(1), 4, 2, 8, layout=1, mask=1).close()
+
+
+# --------------------------------------------------------------------------- stats
+
+def test_stats_keys_and_self_context_sends_nothing():
+    with ba.Context.self() as ctx, ctx.plan(1, 16, 2, 8) as plan:
+        before = plan.stats()
+        assert tuple(before) == ba.STATS_KEYS
+        assert all(v == 0 for v in before.values()), before
+        q, k, v, dout = ref.make_inputs(1, 1, 16, 2, 2, 8)
+        out, lse = plan.forward(q, k, v)
+        s = plan.stats()
+        assert s["bytes_sent"] == 0 and s["bytes_received"] == 0 and s["messages_sent"] == 0
+        assert isinstance(s["bytes_sent"], int) and isinstance(s["total_seconds"], float)
+        assert s["steps_computed"] >= 1 and s["total_seconds"] >= 0
+        plan.backward(q, k, v, out, lse, dout)
+        assert plan.stats()["bytes_sent"] == 0
+
+
+def test_stats_via_c_respects_struct_size():
+    with ba.Context.self() as ctx, ctx.plan(1, 4, 1, 4) as plan:
+        stats = _lib.Stats()
+        stats.struct_size = 0
+        assert _lib.lib.burst_plan_stats(plan._handle, ctypes.byref(stats)) == ba.Status.VERSION
+        assert _lib.lib.burst_plan_stats(plan._handle, None) == ba.Status.INVALID_ARGUMENT
+
+
+# --------------------------------------------------------------------------- the reference itself
+
+def test_reference_matches_finite_differences():
+    rng = np.random.default_rng(0)
+    b, n, h, d = 1, 5, 2, 3
+    q, k, v, do = (rng.standard_normal((b, h, n, d)) for _ in range(4))
+    for causal in (False, True):
+        dq, dk, dv = ref.backward(q, k, v, do, causal, None, "bhsd")
+        eps = 1e-6
+        for x, g in ((q, dq), (k, dk), (v, dv)):
+            num = np.zeros_like(x)
+            for idx in np.ndindex(x.shape):
+                orig = x[idx]
+                x[idx] = orig + eps
+                fp = np.sum(ref.forward(q, k, v, causal, None, "bhsd")[0] * do)
+                x[idx] = orig - eps
+                fm = np.sum(ref.forward(q, k, v, causal, None, "bhsd")[0] * do)
+                x[idx] = orig
+                num[idx] = (fp - fm) / (2 * eps)
+            assert np.max(np.abs(num - g)) < 1e-6
+    # layout round trip and GQA shapes
+    out_b, _ = ref.forward(np.swapaxes(q, 1, 2), np.swapaxes(k, 1, 2), np.swapaxes(v, 1, 2))
+    out_h, _ = ref.forward(q, k, v, layout="bhsd")
+    assert np.allclose(np.swapaxes(out_b, 1, 2), out_h)

@@ -1,0 +1,52 @@
+"""burst_attention — Python binding of libburst_attention (exact distributed attention,
+BurstAttention, arXiv 2403.09347) over its C ABI, with ctypes and numpy.
+
+    from mpi4py import MPI
+    import burst_attention as ba
+
+    with ba.Context.from_mpi(MPI.COMM_WORLD) as ctx:
+        with ctx.plan(batch, n_local, heads, head_dim, mask="causal") as plan:
+            out, lse = plan.forward(q, k, v)
+            dq, dk, dv = plan.backward(q, k, v, out, lse, dout)
+
+Every C call that fails raises `BurstError` (with `.status`, a `Status`). See
+bindings/python/README.md and include/burst_attention.h (the manual).
+"""
+
+from ._lib import VERSION_MAJOR, VERSION_MINOR, VERSION_PATCH, VERSION_NUMBER
+from ._lib import path as library_path
+from ._lib import lib as _cdll
+from ._errors import BurstError, Status, last_error, status_string
+from ._enums import (
+    DType, Distribution, Layout, Mask, Pattern,
+    DTYPE_F32, LAYOUT_BHSD, LAYOUT_BSHD, MASK_CAUSAL, MASK_NONE,
+    DISTRIBUTION_CONTIGUOUS, DISTRIBUTION_STRIPED, DISTRIBUTION_ZIGZAG,
+    PATTERN_ALLGATHER, PATTERN_AUTO, PATTERN_BURST, PATTERN_RING, PATTERN_ULYSSES,
+)
+from ._context import Context
+from ._plan import Plan, STATS_KEYS
+
+__version__ = f"{VERSION_MAJOR}.{VERSION_MINOR}.{VERSION_PATCH}"
+
+
+def version() -> int:
+    """burst_version(): the version of the library actually loaded, as
+    MAJOR*10000 + MINOR*100 + PATCH. Compare with VERSION_NUMBER (this binding's
+    header) to detect a mismatch."""
+    return int(_cdll.burst_version())
+
+
+def version_info() -> tuple:
+    """(major, minor, patch) of the library actually loaded."""
+    v = version()
+    return (v // 10000, v // 100 % 100, v % 100)
+
+
+__all__ = [
+    "BurstError", "Context", "DType", "Distribution", "Layout", "Mask", "Pattern", "Plan",
+    "STATS_KEYS", "Status", "VERSION_MAJOR", "VERSION_MINOR", "VERSION_NUMBER",
+    "VERSION_PATCH", "last_error", "library_path", "status_string", "version", "version_info",
+    "DTYPE_F32", "LAYOUT_BHSD", "LAYOUT_BSHD", "MASK_CAUSAL", "MASK_NONE",
+    "DISTRIBUTION_CONTIGUOUS", "DISTRIBUTION_STRIPED", "DISTRIBUTION_ZIGZAG",
+    "PATTERN_ALLGATHER", "PATTERN_AUTO", "PATTERN_BURST", "PATTERN_RING", "PATTERN_ULYSSES",
+]

@@ -1,0 +1,311 @@
+"""`Context`: a group of ranks (an MPI communicator, one process, or in-process threads).
+
+Ownership: a Context owns its C handle; every `Plan` keeps a reference to its Context,
+so a context is never destroyed under a live plan, and `Context.close()` closes its
+plans first (the C ABI requires plans to be destroyed before their context).
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import numbers
+import threading
+import weakref
+
+import typing
+
+import numpy as np
+
+from . import _lib
+from ._enums import DType, Distribution, Layout, Mask, Pattern, parse
+from ._errors import BurstError, Status, _check, last_error, status_string
+
+if typing.TYPE_CHECKING:
+    from ._plan import Plan
+
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+
+# Every open context, so that interpreter exit closes them in reverse creation order
+# *before* mpi4py finalizes MPI (mpi4py finalizes from Py_AtExit, which runs after the
+# `atexit` handlers). Ranks that created the same contexts close them in the same order,
+# which keeps the collective destroy of MPI contexts matched.
+_open_contexts: "dict[int, weakref.ref[Context]]" = {}
+_open_lock = threading.Lock()
+_serial = iter(range(1 << 62))
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    with _open_lock:
+        refs = [ref for _, ref in sorted(_open_contexts.items(), reverse=True)]
+    for ref in refs:
+        ctx = ref()
+        if ctx is not None:
+            try:
+                ctx.close()
+            except Exception:  # noqa: BLE001 - nothing sensible to do at exit
+                pass
+
+
+class Context:
+    """A group of ranks that computes attention together.
+
+    Create one with `Context.from_mpi(comm)`, `Context.self()` or
+    `Context.loopback(world_size)`; never call the constructor directly.
+    Use as a context manager or call `close()`; `__del__` closes a forgotten one.
+    """
+
+    def __init__(self, handle: int, kind: str, _token=None):
+        if _token is not _PRIVATE:
+            raise TypeError("use Context.from_mpi(), Context.self() or Context.loopback()")
+        self._handle = handle
+        self._kind = kind
+        self._lock = threading.Lock()
+        self._plans: "weakref.WeakSet" = weakref.WeakSet()
+        rank, size = ctypes.c_int32(-1), ctypes.c_int32(-1)
+        try:
+            _check(_lib.lib.burst_context_rank(handle, ctypes.byref(rank), ctypes.byref(size)),
+                   "burst_context_rank")
+        except BaseException:
+            _lib.lib.burst_context_destroy(handle)
+            self._handle = None
+            raise
+        self._rank, self._size = rank.value, size.value
+        self._serial = next(_serial)
+        with _open_lock:
+            _open_contexts[self._serial] = weakref.ref(self)
+
+    # ------------------------------------------------------------------ factories
+    @classmethod
+    def from_mpi(cls, comm) -> "Context":
+        """Collective over `comm` (an mpi4py communicator, or a Fortran handle as int).
+
+        The context owns an MPI_Comm_dup of the communicator; `comm` may be freed
+        afterwards. MPI must be initialised (importing mpi4py.MPI does that).
+        An invalid or null communicator raises BurstError(INVALID_ARGUMENT) on the
+        calling rank only.
+        """
+        if hasattr(comm, "py2f"):
+            fhandle = comm.py2f()
+        elif isinstance(comm, numbers.Integral) and not isinstance(comm, bool):
+            fhandle = int(comm)
+        else:
+            raise TypeError(f"comm: expected an mpi4py communicator or an int Fortran "
+                            f"handle, got {type(comm).__name__}")
+        if not _INT64[0] <= fhandle <= _INT64[1]:
+            raise ValueError(f"comm: Fortran handle {fhandle} does not fit in int64")
+        out = _lib.c_handle()
+        _check(_lib.lib.burst_context_create_mpi(fhandle, ctypes.byref(out)),
+               "burst_context_create_mpi")
+        return cls(out.value, "mpi", _PRIVATE)
+
+    @classmethod
+    def self(cls) -> "Context":
+        """A context of world size 1 that uses no MPI. Local."""
+        out = _lib.c_handle()
+        _check(_lib.lib.burst_context_create_self(ctypes.byref(out)), "burst_context_create_self")
+        return cls(out.value, "self", _PRIVATE)
+
+    @classmethod
+    def loopback(cls, world_size: int) -> "list[Context]":
+        """`world_size` in-process contexts that talk through memory; context i is rank i.
+
+        Drive each from its own thread (collective calls block until every context of
+        the group has made the call, or the plan's timeout passes). ctypes releases
+        the GIL during library calls, so Python threads run the ranks in parallel.
+        """
+        if isinstance(world_size, bool) or not isinstance(world_size, numbers.Integral):
+            raise TypeError(f"world_size: expected an int, got {type(world_size).__name__}")
+        n = int(world_size)
+        if not _INT32[0] <= n <= _INT32[1]:
+            raise ValueError(f"world_size: {n} does not fit in int32")
+        handles = (_lib.c_handle * max(n, 1))()
+        _check(_lib.lib.burst_context_create_loopback(n, handles), "burst_context_create_loopback")
+        contexts = []
+        try:
+            for i in range(n):
+                contexts.append(cls(handles[i], "loopback", _PRIVATE))
+        except BaseException:
+            for c in contexts:
+                c.close()
+            for i in range(len(contexts) + 1, n):
+                _lib.lib.burst_context_destroy(handles[i])
+            raise
+        return contexts
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def kind(self) -> str:
+        """"mpi", "self" or "loopback"."""
+        return self._kind
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def _require_handle(self) -> int:
+        handle = self._handle
+        if handle is None:
+            raise ValueError("operation on a closed Context")
+        return handle
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"rank={self._rank} size={self._size}"
+        return f"<burst_attention.Context {self._kind} {state}>"
+
+    # ------------------------------------------------------------------ plans
+    def plan(self, batch, seq_len_local, num_heads_q, head_dim, num_heads_kv=None,
+             layout="bshd", mask="none", softmax_scale=0.0, num_threads=0,
+             timeout_seconds=0.0, distribution="contiguous", pattern="burst",
+             window_left=-1, window_right=-1, cu_seqlens=None, intra_group_size=0,
+             dtype="f32") -> "Plan":
+        """Collective: create a plan for one attention shape on this context.
+
+        Every argument except seq_len_local, num_threads and timeout_seconds must be
+        equal on all ranks (else BurstError(MISMATCH) on every rank). Enumerations
+        accept the IntEnum members, their names as strings ("bshd", "causal", ...) or
+        ints. num_heads_kv defaults to num_heads_q. softmax_scale 0 means
+        1/sqrt(head_dim); num_threads 0 the library default; timeout_seconds 0 the
+        library default (300 s) per call.
+
+        An argument that cannot even be put in the C struct (a wrong type, an unknown
+        name) raises TypeError/ValueError; on a context of several ranks the library is
+        still called (with an invalid config) so that every rank fails together.
+        """
+        from ._plan import Plan  # circular: Plan refers to Context
+
+        handle = self._require_handle()
+        cfg = _lib.new_config()
+        problems: list[tuple[type, str]] = []
+
+        def integer(name, value, bounds):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                problems.append((TypeError, f"{name}: expected an int, got {type(value).__name__}"))
+                return None
+            value = int(value)
+            if not bounds[0] <= value <= bounds[1]:
+                problems.append((ValueError, f"{name}: {value} is out of range"))
+                return None
+            return value
+
+        def real(name, value):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                problems.append((TypeError, f"{name}: expected a float, got {type(value).__name__}"))
+                return None
+            return float(value)
+
+        def enum_field(enum_type, name, value):
+            try:
+                v = parse(enum_type, value, name)
+            except (TypeError, ValueError) as exc:
+                problems.append((type(exc), str(exc)))
+                return None
+            if not _INT32[0] <= v <= _INT32[1]:
+                problems.append((ValueError, f"{name}: {v} is out of range"))
+                return None
+            return v
+
+        if num_heads_kv is None:
+            num_heads_kv = num_heads_q
+        fields = {
+            "layout": enum_field(Layout, "layout", layout),
+            "dtype": enum_field(DType, "dtype", dtype),
+            "mask": enum_field(Mask, "mask", mask),
+            "distribution": enum_field(Distribution, "distribution", distribution),
+            "pattern": enum_field(Pattern, "pattern", pattern),
+            "batch": integer("batch", batch, _INT64),
+            "seq_len_local": integer("seq_len_local", seq_len_local, _INT64),
+            "num_heads_q": integer("num_heads_q", num_heads_q, _INT64),
+            "num_heads_kv": integer("num_heads_kv", num_heads_kv, _INT64),
+            "head_dim": integer("head_dim", head_dim, _INT64),
+            "softmax_scale": real("softmax_scale", softmax_scale),
+            "window_left": integer("window_left", window_left, _INT64),
+            "window_right": integer("window_right", window_right, _INT64),
+            "num_threads": integer("num_threads", num_threads, _INT32),
+            "intra_group_size": integer("intra_group_size", intra_group_size, _INT32),
+            "timeout_seconds": real("timeout_seconds", timeout_seconds),
+        }
+        for name, value in fields.items():
+            if value is not None:
+                setattr(cfg, name, value)
+
+        seqlens = None
+        if cu_seqlens is not None:
+            arr = np.asarray(cu_seqlens)
+            if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
+                problems.append((ValueError, "cu_seqlens: expected a 1-D sequence of ints"))
+            else:
+                # The library copies it during burst_plan_create; keep it alive until then.
+                seqlens = np.ascontiguousarray(arr, dtype=np.int64)
+                cfg.cu_seqlens = seqlens.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
+                cfg.num_sequences = max(len(seqlens) - 1, 0)
+
+        if problems:
+            # Keep a collective call collective: give the library a config it must
+            # reject (an out-of-range dtype), so every rank returns an error.
+            if self._size > 1:
+                cfg.dtype = -1
+                out = _lib.c_handle()
+                status = _lib.lib.burst_plan_create(handle, ctypes.byref(cfg), ctypes.byref(out))
+                message = last_error()
+                if status == Status.OK:  # cannot happen with a sane library; do not leak
+                    _lib.lib.burst_plan_destroy(out.value)
+                _raise_problems(problems, status, message, "burst_plan_create")
+            _raise_problems(problems, None, "", "burst_plan_create")
+
+        out = _lib.c_handle()
+        _check(_lib.lib.burst_plan_create(handle, ctypes.byref(cfg), ctypes.byref(out)),
+               "burst_plan_create")
+        plan = Plan(self, out.value, {name: getattr(cfg, name) for name in fields},
+                    None if seqlens is None else seqlens.copy())
+        self._plans.add(plan)
+        return plan
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        """Destroy the plans of this context, then the context. Collective for MPI
+        contexts (every rank must close it). Idempotent."""
+        for plan in list(self._plans):
+            plan.close()
+        with self._lock:
+            handle, self._handle = self._handle, None
+        if handle is not None:
+            with _open_lock:
+                _open_contexts.pop(self._serial, None)
+            _lib.lib.burst_context_destroy(handle)
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            if getattr(self, "_handle", None) is not None:
+                self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finaliser
+            pass
+
+
+_PRIVATE = object()
+
+
+def _raise_problems(problems, status, message, function):
+    exc_type = problems[0][0]
+    text = "; ".join(msg for _, msg in problems)
+    if status is not None:
+        text += (f" [the library was called with an invalid config so that every rank "
+                 f"fails together: {status_string(status)}: {message}]")
+        raise exc_type(text) from BurstError(status, message, function)
+    raise exc_type(text)

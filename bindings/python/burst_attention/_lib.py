@@ -1,0 +1,200 @@
+"""Loading libburst_attention and declaring its C ABI for ctypes.
+
+This is the only module that knows the C signatures. It mirrors
+include/burst_attention.h (version 0.1.0) one declaration at a time; the structs
+keep the header's field order, and ctypes gives them the same natural alignment as
+the C compiler on the platforms we support (x86-64 / aarch64 Linux), so
+`sizeof(burst_attention_config) == 120` and `sizeof(burst_stats) == 72`.
+
+Lookup order for the shared library (first hit wins):
+  1. the path in the environment variable BURST_ATTENTION_LIBRARY;
+  2. libburst_attention.so next to this package's files;
+  3. ctypes.util.find_library("burst_attention");
+  4. /usr/local/lib/libburst_attention.so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+# The header version this binding was written against (BURST_VERSION_*).
+VERSION_MAJOR = 0
+VERSION_MINOR = 1
+VERSION_PATCH = 0
+VERSION_NUMBER = VERSION_MAJOR * 10000 + VERSION_MINOR * 100 + VERSION_PATCH
+
+_LIBNAME = "libburst_attention.dylib" if sys.platform == "darwin" else "libburst_attention.so"
+ENV_VAR = "BURST_ATTENTION_LIBRARY"
+
+
+def _candidates():
+    """(description, path-or-None) in lookup order."""
+    env = os.environ.get(ENV_VAR)
+    yield f"${ENV_VAR}", (env or None)
+    here = os.path.dirname(os.path.abspath(__file__))
+    yield "next to the package", os.path.join(here, _LIBNAME)
+    yield 'ctypes.util.find_library("burst_attention")', ctypes.util.find_library("burst_attention")
+    yield "/usr/local/lib", os.path.join("/usr/local/lib", _LIBNAME)
+
+
+def _load() -> tuple[ctypes.CDLL, str]:
+    tried = []
+    for what, path in _candidates():
+        explicit = what.startswith("$")
+        if not path:
+            tried.append(f"  {what}: not set" if explicit else f"  {what}: not found")
+            continue
+        if (explicit or os.path.sep in path) and not os.path.exists(path):
+            tried.append(f"  {what}: {path}: no such file")
+        else:
+            try:
+                # CDLL (not PyDLL): ctypes releases the GIL for the duration of every
+                # call, so loopback ranks can be driven from Python threads.
+                return ctypes.CDLL(path), path
+            except OSError as exc:
+                tried.append(f"  {what}: {path}: {exc}")
+        if explicit:
+            break  # an explicit choice that fails must not silently fall back
+    raise ImportError(
+        "burst_attention: cannot load libburst_attention. Tried, in order:\n"
+        + "\n".join(tried)
+        + f"\nSet {ENV_VAR} to the full path of {_LIBNAME} "
+        "(e.g. build/install/lib/libburst_attention.so)."
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Types from the header.
+
+burst_status = ctypes.c_int  # a C enum: int on every ABI we target
+c_handle = ctypes.c_void_p   # burst_context*, burst_plan* (opaque)
+
+
+class AttentionConfig(ctypes.Structure):
+    """`burst_attention_config` — field order is ABI; new fields are only appended."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("layout", ctypes.c_int32),
+        ("dtype", ctypes.c_int32),
+        ("mask", ctypes.c_int32),
+        ("distribution", ctypes.c_int32),
+        ("pattern", ctypes.c_int32),
+        ("batch", ctypes.c_int64),
+        ("seq_len_local", ctypes.c_int64),
+        ("num_heads_q", ctypes.c_int64),
+        ("num_heads_kv", ctypes.c_int64),
+        ("head_dim", ctypes.c_int64),
+        ("softmax_scale", ctypes.c_float),
+        ("window_left", ctypes.c_int64),
+        ("window_right", ctypes.c_int64),
+        ("cu_seqlens", ctypes.POINTER(ctypes.c_int64)),
+        ("num_sequences", ctypes.c_int64),
+        ("num_threads", ctypes.c_int32),
+        ("intra_group_size", ctypes.c_int32),
+        ("timeout_seconds", ctypes.c_double),
+    ]
+
+
+class Stats(ctypes.Structure):
+    """`burst_stats` — the caller sets struct_size."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("bytes_sent", ctypes.c_uint64),
+        ("bytes_received", ctypes.c_uint64),
+        ("messages_sent", ctypes.c_uint64),
+        ("steps_computed", ctypes.c_uint64),
+        ("steps_skipped", ctypes.c_uint64),
+        ("compute_seconds", ctypes.c_double),
+        ("comm_wait_seconds", ctypes.c_double),
+        ("total_seconds", ctypes.c_double),
+    ]
+
+
+_c_float_p = ctypes.POINTER(ctypes.c_float)
+
+# name: (restype, argtypes) — one line per function of the header.
+_SIGNATURES = {
+    "burst_version": (ctypes.c_uint32, []),
+    "burst_status_string": (ctypes.c_char_p, [burst_status]),
+    "burst_last_error": (ctypes.c_char_p, []),
+    "burst_attention_config_init": (None, [ctypes.POINTER(AttentionConfig)]),
+    "burst_context_create_mpi": (burst_status, [ctypes.c_int64, ctypes.POINTER(c_handle)]),
+    "burst_context_create_self": (burst_status, [ctypes.POINTER(c_handle)]),
+    "burst_context_create_loopback": (burst_status, [ctypes.c_int32, ctypes.POINTER(c_handle)]),
+    "burst_context_rank": (burst_status, [c_handle, ctypes.POINTER(ctypes.c_int32),
+                                          ctypes.POINTER(ctypes.c_int32)]),
+    "burst_context_destroy": (None, [c_handle]),
+    "burst_plan_create": (burst_status, [c_handle, ctypes.POINTER(AttentionConfig),
+                                         ctypes.POINTER(c_handle)]),
+    "burst_forward": (burst_status, [c_handle, ctypes.c_void_p, ctypes.c_void_p,
+                                     ctypes.c_void_p, ctypes.c_void_p, _c_float_p]),
+    "burst_backward": (burst_status, [c_handle, ctypes.c_void_p, ctypes.c_void_p,
+                                      ctypes.c_void_p, ctypes.c_void_p, _c_float_p,
+                                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                      ctypes.c_void_p]),
+    "burst_plan_stats": (burst_status, [c_handle, ctypes.POINTER(Stats)]),
+    "burst_plan_destroy": (None, [c_handle]),
+}
+
+
+def _declare(cdll: ctypes.CDLL) -> None:
+    missing = []
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        try:
+            fn = getattr(cdll, name)
+        except AttributeError:
+            missing.append(name)
+            continue
+        fn.restype = restype
+        fn.argtypes = argtypes
+    if missing:
+        raise ImportError(f"burst_attention: {path} lacks symbols: {', '.join(missing)}")
+
+
+lib, path = _load()
+_declare(lib)
+
+
+def float_ptr(array) -> "ctypes._Pointer | None":
+    """A `float*` to a numpy array's data, or NULL for None."""
+    if array is None:
+        return None
+    return array.ctypes.data_as(_c_float_p)
+
+
+def void_ptr(array) -> int | None:
+    """A `void*` (as int) to a numpy array's data, or NULL for None."""
+    if array is None:
+        return None
+    return array.ctypes.data
+
+
+class _ConfigScratch(ctypes.Structure):
+    # Room for a newer library's larger struct (see new_config).
+    _fields_ = [("cfg", AttentionConfig), ("_room", ctypes.c_char * 1024)]
+
+
+def new_config() -> AttentionConfig:
+    """A config with the library's defaults (burst_attention_config_init).
+
+    _init writes sizeof(the library's struct) and may write that many bytes: a newer
+    library could have appended fields this binding does not know. So initialise a
+    generously sized scratch buffer, copy the prefix we know, and claim our own
+    struct_size (the library then uses defaults for fields appended later)."""
+    scratch = _ConfigScratch()
+    lib.burst_attention_config_init(ctypes.byref(scratch.cfg))
+    cfg = AttentionConfig()
+    ctypes.memmove(ctypes.byref(cfg), ctypes.byref(scratch.cfg), ctypes.sizeof(cfg))
+    cfg.struct_size = ctypes.sizeof(AttentionConfig)
+    return cfg
+
+
+def new_stats() -> Stats:
+    stats = Stats()
+    stats.struct_size = ctypes.sizeof(Stats)
+    return stats

@@ -1,0 +1,259 @@
+"""`Plan`: one attention shape on one context; forward, backward and counters.
+
+Buffers are numpy float32 arrays, C-contiguous, of exactly the plan's shapes:
+  q, out, dout, dq        [batch, seq_len_local, num_heads_q,  head_dim]  (BSHD)
+  k, v, dk, dv            [batch, seq_len_local, num_heads_kv, head_dim]  (BSHD)
+  lse                     [batch, num_heads_q, seq_len_local]
+(BHSD swaps the sequence and head axes of the four-dimensional tensors.)
+
+Forward and backward are collective. If an argument fails validation here on a
+context of several ranks, the C function is still called, with NULL buffers, so the
+library's agreement makes *every* rank fail instead of leaving the others waiting;
+this rank then raises TypeError/ValueError carrying both messages. (One exception:
+on a rank that holds 0 tokens NULL buffers are valid, so the call completes on every
+rank and only this rank raises.)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import numpy as np
+
+from . import _lib
+from ._enums import Layout, Mask
+from ._errors import BurstError, Status, _check, last_error, status_string
+
+STATS_KEYS = ("bytes_sent", "bytes_received", "messages_sent", "steps_computed",
+              "steps_skipped", "compute_seconds", "comm_wait_seconds", "total_seconds")
+
+
+class Plan:
+    """Created by `Context.plan(...)`; use as a context manager or call `close()`."""
+
+    def __init__(self, context, handle: int, config: dict, cu_seqlens):
+        self._context = context  # keeps the context alive while the plan lives
+        self._handle = handle
+        self._config = dict(config)
+        self._cu_seqlens = cu_seqlens
+        self._lock = threading.Lock()
+        self._active = 0
+        b, n, hq, hkv, d = (config[k] for k in
+                            ("batch", "seq_len_local", "num_heads_q", "num_heads_kv", "head_dim"))
+        if config["layout"] == Layout.BHSD:
+            self._q_shape, self._kv_shape = (b, hq, n, d), (b, hkv, n, d)
+        else:
+            self._q_shape, self._kv_shape = (b, n, hq, d), (b, n, hkv, d)
+        self._lse_shape = (b, hq, n)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def context(self):
+        return self._context
+
+    @property
+    def config(self) -> dict:
+        """The config fields this plan was created with (a copy)."""
+        return dict(self._config)
+
+    def __getattr__(self, name):
+        # batch, seq_len_local, num_heads_q, num_heads_kv, head_dim, layout, mask, ...
+        config = self.__dict__.get("_config")
+        if config is not None and name in config:
+            value = config[name]
+            if name == "layout":
+                return Layout(value)
+            if name == "mask":
+                return Mask(value)
+            return value
+        raise AttributeError(f"'Plan' object has no attribute {name!r}")
+
+    @property
+    def q_shape(self) -> tuple:
+        """Shape of q, out, dout and dq on this rank."""
+        return self._q_shape
+
+    @property
+    def kv_shape(self) -> tuple:
+        """Shape of k, v, dk and dv on this rank."""
+        return self._kv_shape
+
+    @property
+    def lse_shape(self) -> tuple:
+        return self._lse_shape
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<burst_attention.Plan closed>"
+        c = self._config
+        return (f"<burst_attention.Plan rank={self._context.rank}/{self._context.size} "
+                f"{Layout(c['layout']).name} {Mask(c['mask']).name} batch={c['batch']} "
+                f"seq_len_local={c['seq_len_local']} heads={c['num_heads_q']}/"
+                f"{c['num_heads_kv']} head_dim={c['head_dim']}>")
+
+    # ------------------------------------------------------------------ calls
+    def forward(self, q, k, v, out=None, lse=None):
+        """Collective. Attention of this rank's queries against all ranks' keys/values.
+
+        Returns (out, lse); `out`/`lse` are allocated when not given, else filled in
+        place and returned. lse is the natural-log softmax denominator, -inf for a row
+        that sees no key (its out row is 0).
+        """
+        problems: list = []
+        q = _check_array(problems, "q", q, self._q_shape, writable=False)
+        k = _check_array(problems, "k", k, self._kv_shape, writable=False)
+        v = _check_array(problems, "v", v, self._kv_shape, writable=False)
+        out = (np.empty(self._q_shape, np.float32) if out is None else
+               _check_array(problems, "out", out, self._q_shape, writable=True))
+        lse = (np.empty(self._lse_shape, np.float32) if lse is None else
+               _check_array(problems, "lse", lse, self._lse_shape, writable=True))
+        _check_aliasing(problems, {"out": out, "lse": lse}, {"q": q, "k": k, "v": v})
+
+        with self._in_call() as handle:
+            if problems:
+                self._fail_collectively(problems, "burst_forward", lambda: _lib.lib.burst_forward(
+                    handle, None, None, None, None, None))
+            status = _lib.lib.burst_forward(handle, _lib.void_ptr(q), _lib.void_ptr(k),
+                                            _lib.void_ptr(v), _lib.void_ptr(out),
+                                            _lib.float_ptr(lse))
+            _check(status, "burst_forward")
+        return out, lse
+
+    def backward(self, q, k, v, out, lse, dout, dq=None, dk=None, dv=None):
+        """Collective. Gradients w.r.t. this rank's q, k, v given the forward's out and
+        lse and the output gradient dout. Returns (dq, dk, dv), allocated when not
+        given, else overwritten in place (not accumulated) and returned."""
+        problems: list = []
+        q = _check_array(problems, "q", q, self._q_shape, writable=False)
+        k = _check_array(problems, "k", k, self._kv_shape, writable=False)
+        v = _check_array(problems, "v", v, self._kv_shape, writable=False)
+        out = _check_array(problems, "out", out, self._q_shape, writable=False)
+        lse = _check_array(problems, "lse", lse, self._lse_shape, writable=False)
+        dout = _check_array(problems, "dout", dout, self._q_shape, writable=False)
+        dq = (np.empty(self._q_shape, np.float32) if dq is None else
+              _check_array(problems, "dq", dq, self._q_shape, writable=True))
+        dk = (np.empty(self._kv_shape, np.float32) if dk is None else
+              _check_array(problems, "dk", dk, self._kv_shape, writable=True))
+        dv = (np.empty(self._kv_shape, np.float32) if dv is None else
+              _check_array(problems, "dv", dv, self._kv_shape, writable=True))
+        _check_aliasing(problems, {"dq": dq, "dk": dk, "dv": dv},
+                        {"q": q, "k": k, "v": v, "out": out, "lse": lse, "dout": dout})
+
+        with self._in_call() as handle:
+            if problems:
+                self._fail_collectively(problems, "burst_backward", lambda: _lib.lib.burst_backward(
+                    handle, None, None, None, None, None, None, None, None, None))
+            status = _lib.lib.burst_backward(
+                handle, _lib.void_ptr(q), _lib.void_ptr(k), _lib.void_ptr(v),
+                _lib.void_ptr(out), _lib.float_ptr(lse), _lib.void_ptr(dout),
+                _lib.void_ptr(dq), _lib.void_ptr(dk), _lib.void_ptr(dv))
+            _check(status, "burst_backward")
+        return dq, dk, dv
+
+    def stats(self) -> dict:
+        """Counters of this rank's last forward/backward on this plan (zeros before the
+        first): bytes_sent, bytes_received, messages_sent, steps_computed,
+        steps_skipped (ints) and compute_seconds, comm_wait_seconds, total_seconds."""
+        stats = _lib.new_stats()
+        with self._in_call() as handle:
+            _check(_lib.lib.burst_plan_stats(handle, ctypes.byref(stats)), "burst_plan_stats")
+        return {key: getattr(stats, key) for key in STATS_KEYS}
+
+    def _fail_collectively(self, problems, function, call_with_nulls):
+        """Raise for a validation failure; first let the other ranks know (see module
+        docstring) when this rank is not alone."""
+        exc_type = problems[0][0]
+        text = "; ".join(msg for _, msg in problems)
+        if self._context.size > 1:
+            status = call_with_nulls()
+            message = last_error()
+            if status != Status.OK:
+                text += (f" [the library was called with NULL buffers so that every rank "
+                         f"fails together: {status_string(status)}: {message}]")
+                raise exc_type(text) from BurstError(status, message, function)
+            text += " [this rank holds no tokens, so the collective call completed on the other ranks]"
+        raise exc_type(text)
+
+    # ------------------------------------------------------------------ lifetime
+    class _Call:
+        __slots__ = ("plan", "handle")
+
+        def __init__(self, plan):
+            self.plan = plan
+
+        def __enter__(self):
+            plan = self.plan
+            with plan._lock:
+                if plan._handle is None:
+                    raise ValueError("operation on a closed Plan")
+                plan._active += 1
+                self.handle = plan._handle
+            return self.handle
+
+        def __exit__(self, *exc):
+            with self.plan._lock:
+                self.plan._active -= 1
+
+    def _in_call(self):
+        return Plan._Call(self)
+
+    def close(self) -> None:
+        """Destroy the plan and its workspace. Local. Idempotent. A plan whose call
+        failed with TIMEOUT or COMMUNICATION must still be closed."""
+        with self._lock:
+            if self._active:
+                raise BurstError(Status.BUSY, "the plan is in use by another thread", "Plan.close")
+            handle, self._handle = self._handle, None
+        if handle is not None:
+            _lib.lib.burst_plan_destroy(handle)
+            self._context._plans.discard(self)
+
+    def __enter__(self) -> "Plan":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            if self.__dict__.get("_handle") is not None:
+                self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finaliser
+            pass
+
+
+def _check_array(problems: list, name: str, array, shape: tuple, writable: bool):
+    """Append (exception type, message) to problems if `array` is not a float32,
+    C-contiguous, aligned ndarray of exactly `shape` (and writable if asked).
+    Returns the array, or None when it cannot be used at all."""
+    if not isinstance(array, np.ndarray):
+        problems.append((TypeError, f"{name}: expected a numpy.ndarray, got {type(array).__name__}"))
+        return None
+    bad = len(problems)
+    if array.dtype != np.float32:
+        problems.append((TypeError, f"{name}: expected dtype float32, got {array.dtype}"))
+    if array.shape != tuple(shape):
+        problems.append((ValueError, f"{name}: expected shape {tuple(shape)}, got {array.shape}"))
+    if not array.flags.c_contiguous:
+        problems.append((ValueError, f"{name}: must be C-contiguous (use numpy.ascontiguousarray)"))
+    if not array.flags.aligned:
+        problems.append((ValueError, f"{name}: must be aligned"))
+    if writable and not array.flags.writeable:
+        problems.append((ValueError, f"{name}: must be writable"))
+    return array if len(problems) == bad else None
+
+
+def _check_aliasing(problems: list, outputs: dict, inputs: dict) -> None:
+    """Outputs must not overlap inputs or each other (the library reads inputs while
+    it writes outputs)."""
+    outs = [(n, a) for n, a in outputs.items() if a is not None and a.size]
+    ins = [(n, a) for n, a in inputs.items() if a is not None and a.size]
+    for i, (name, array) in enumerate(outs):
+        for other, arr in ins + outs[i + 1:]:
+            if np.may_share_memory(array, arr):
+                problems.append((ValueError, f"{name}: must not overlap {other}"))
