@@ -17,8 +17,12 @@ let package = Package(
         // C shims (no code of their own).
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
         .systemLibrary(name: "CBurstABI"),
-        // LAO: tiled kernels, no communication.
-        .target(name: "LocalAttention"),
+        .systemLibrary(name: "CXSMM", pkgConfig: "libxsmm", providers: [.apt(["libxsmm-dev"])]),
+        // LAO: tiled kernels (libxsmm JIT tile products), no communication.
+        .target(name: "LocalAttention", dependencies: ["CXSMM", "RowKernelsAVX2", "RowKernelsAVX512"]),
+        // The softmax row kernels compiled for AVX2 and AVX-512, picked at run time.
+        .target(name: "RowKernelsAVX2", swiftSettings: [.unsafeFlags(["-target-cpu", "haswell"])]),
+        .target(name: "RowKernelsAVX512", swiftSettings: [.unsafeFlags(["-target-cpu", "skylake-avx512"])]),
         // GAO: schedules over the Transport protocol; loopback transport.
         .target(name: "GlobalAttention", dependencies: ["LocalAttention"]),
         // The only module that imports MPI.

@@ -97,11 +97,19 @@ public final class AttentionPlan {
     /// Allocates the kernels' scratch space if needed.
     func ensureKernels() -> BurstError? {
         if kernels != nil { return nil }
-        guard let made = LocalAttention(headDim: headDim, scale: config.effectiveScale, rule: rule, pool: pool) else {
+        guard let made = LocalAttention(headDim: headDim, scale: config.effectiveScale, rule: rule, pool: pool,
+                                        maxHeads: zHeads, maxKeyRows: shards.maxCount,
+                                        tileQ: Self.tuning("BURST_TILE_Q", 64), tileK: Self.tuning("BURST_TILE_K", 64)) else {
             return BurstError(.outOfMemory, "cannot allocate the kernels' scratch space")
         }
         kernels = made
         return nil
+    }
+
+    /// A tuning knob from the environment (tile sizes), clamped to 8...512.
+    static func tuning(_ name: String, _ fallback: Int) -> Int {
+        guard let raw = getenv(name), let value = Int(String(cString: raw)) else { return fallback }
+        return min(max(value, 8), 512)
     }
 
     /// Checks that a caller's buffer is present when its tensor is not empty.

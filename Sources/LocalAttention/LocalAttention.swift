@@ -3,6 +3,8 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import RowKernelsAVX2
+import RowKernelsAVX512
 
 /// LAO — local attention of one rank's queries against one block of keys and
 /// values, FlashAttention-style: tiles of `tileQ` queries × `tileK` keys, online
@@ -14,8 +16,12 @@ import Darwin
 /// global position of their first row (`qPos0`, `kPos0`); rows are consecutive
 /// positions.
 ///
-/// Memory: per worker thread 2·tileQ·tileK + 2·headDim·tileK floats of scratch,
-/// allocated once here.
+/// Each call first transposes the key block (and in the backward the value
+/// block) into "panels" — per head and key tile a `[headDim × tileK]` matrix,
+/// zero-padded — so every score tile is a plain product Q·Kᵀ = Q·panel that a
+/// JIT kernel runs (TileProducts). Memory: the panels (2 · heads · keys ·
+/// headDim floats at most), and per worker thread 2·tileQ·tileK floats of
+/// scratch; all allocated once here, nothing in the loops.
 public final class LocalAttention {
     public let headDim: Int
     public let scale: Float
@@ -23,13 +29,43 @@ public final class LocalAttention {
     public let pool: WorkerPool
     public let tileQ: Int
     public let tileK: Int
+    public let maxHeads: Int
+    public let maxKeyRows: Int
 
+    private let products: TileProducts
     private let scratch: FloatBuffer
     private let scratchPerWorker: Int
+    private let keyPanels: FloatBuffer
+    private let valuePanels: FloatBuffer
+    private let panelStride: Int   // floats per head of panels = tiles · d · tileK
 
-    /// Returns nil if the scratch space cannot be allocated.
+    // Kernels of the full tiles; edge tiles get theirs on demand.
+    private let scoreKernel: TileProducts.Kernel
+    private let valueKernel: TileProducts.Kernel
+    private let gradVKernel: TileProducts.Kernel
+    private let gradQKernel: TileProducts.Kernel
+
+    /// The code paths in use: tile products ("cpx", "hsw", ... from libxsmm,
+    /// or "portable") and row kernels ("avx512", "avx2", "baseline").
+    public static var codePath: String {
+        TileProducts.codePath + "+" + ["baseline", "avx2", "avx512"][TileProducts.vectorLevel]
+    }
+
+    typealias SoftmaxTile = (UnsafeMutablePointer<Float>, Int, Int, Int, UnsafePointer<Int>, UnsafePointer<Int>, Float,
+                             UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, Int) -> Void
+    typealias GradientTile = (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, Int, Int, Int,
+                              UnsafePointer<Int>, UnsafePointer<Int>, Float, UnsafePointer<Float>, UnsafePointer<Float>) -> Void
+    private let softmaxTile: SoftmaxTile
+    private let gradientTile: GradientTile
+    private let ranges: UnsafeMutablePointer<Int>   // per worker: lo[tileQ], hi[tileQ]
+
+    /// Returns nil if the workspace cannot be allocated.
+    /// - Parameters:
+    ///   - maxHeads, maxKeyRows: the largest key block a call will pass.
+    ///   - useJIT: false forces the portable Swift products (for tests).
     public init?(headDim: Int, scale: Float, rule: VisibilityRule, pool: WorkerPool,
-                 tileQ: Int = 64, tileK: Int = 64) {
+                 maxHeads: Int, maxKeyRows: Int,
+                 tileQ: Int = 64, tileK: Int = 64, useJIT: Bool = true) {
         precondition(headDim > 0 && tileQ > 0 && tileK > 0)
         self.headDim = headDim
         self.scale = scale
@@ -37,9 +73,58 @@ public final class LocalAttention {
         self.pool = pool
         self.tileQ = tileQ
         self.tileK = tileK
-        scratchPerWorker = (2 * tileQ * tileK + 2 * headDim * tileK + 15) / 16 * 16
-        guard let buffer = FloatBuffer(count: scratchPerWorker * pool.threadCount) else { return nil }
+        self.maxHeads = max(maxHeads, 0)
+        self.maxKeyRows = max(maxKeyRows, 0)
+        products = TileProducts(useJIT: useJIT)
+        // Row kernels for the best vector unit the CPU has (chosen at run time).
+        switch useJIT ? TileProducts.vectorLevel : 0 {
+        case 2:
+            softmaxTile = RowKernelsAVX512.RowKernels.softmaxTile
+            gradientTile = RowKernelsAVX512.RowKernels.gradientTile
+        case 1:
+            softmaxTile = RowKernelsAVX2.RowKernels.softmaxTile
+            gradientTile = RowKernelsAVX2.RowKernels.gradientTile
+        default:
+            softmaxTile = RowKernels.softmaxTile
+            gradientTile = RowKernels.gradientTile
+        }
+        ranges = .allocate(capacity: 2 * tileQ * max(pool.threadCount, 1))
+        scratchPerWorker = (2 * tileQ * tileK + 15) / 16 * 16
+        panelStride = (self.maxKeyRows + tileK - 1) / tileK * tileK * headDim
+        guard let buffer = FloatBuffer(count: scratchPerWorker * pool.threadCount),
+              let kp = FloatBuffer(count: self.maxHeads * panelStride),
+              let vp = FloatBuffer(count: self.maxHeads * panelStride) else { return nil }
         scratch = buffer
+        keyPanels = kp
+        valuePanels = vp
+        let d = headDim
+        // S = Q·panel; acc += P·V; dP = dO·Vpanel; dV,dK += Pᵀ·dO, dSᵀ·Q; dQ += dS·K
+        scoreKernel = products.kernel(m: tileQ, n: tileK, k: d, lda: d, ldb: tileK, ldc: tileK,
+                                      transposedA: false, accumulate: false)
+        valueKernel = products.kernel(m: tileQ, n: d, k: tileK, lda: tileK, ldb: d, ldc: d,
+                                      transposedA: false, accumulate: true)
+        gradVKernel = products.kernel(m: tileK, n: d, k: tileQ, lda: tileK, ldb: d, ldc: d,
+                                      transposedA: true, accumulate: true)
+        gradQKernel = valueKernel
+    }
+
+    deinit { ranges.deallocate() }
+
+    /// True when the tile products run on JIT kernels.
+    public var usesJIT: Bool { scoreKernel.jit != nil }
+
+    /// Transposes a key (or value) block into panels: for head z and key tile
+    /// t, panel[c][j] = x[t·tileK + j][c], zero beyond the last key.
+    private func makePanels(_ x: UnsafePointer<Float>, heads: Int, rows: Int, into panels: UnsafeMutablePointer<Float>) {
+        let d = headDim, tk = tileK
+        let tiles = (rows + tk - 1) / tk
+        pool.parallelFor(heads * tiles) { task, _ in
+            let z = task / tiles, t = task % tiles
+            let j0 = t * tk, cols = min(tk, rows - j0)
+            let panel = panels + z * panelStride + t * d * tk
+            if cols < tk { panel.update(repeating: 0, count: d * tk) }
+            transpose(cols, d, x + (z * rows + j0) * d, d, panel, tk)
+        }
     }
 
     // MARK: Forward
@@ -62,6 +147,7 @@ public final class LocalAttention {
     /// key keep m = −inf, l = 0, acc = 0 (no exp of −inf − (−inf)).
     ///
     /// Parallel over (head, query tile); each task owns its rows.
+    /// `heads` ≤ maxHeads and `nk` ≤ maxKeyRows.
     public func forwardAccumulate(heads: Int,
                                   q: UnsafePointer<Float>, queryRows nq: Int, queryPosition qPos0: Int,
                                   k: UnsafePointer<Float>, v: UnsafePointer<Float>,
@@ -70,6 +156,9 @@ public final class LocalAttention {
                                   rowMax: UnsafeMutablePointer<Float>,
                                   rowSum: UnsafeMutablePointer<Float>) {
         if heads == 0 || nq == 0 || nk == 0 { return }
+        precondition(heads <= maxHeads && nk <= maxKeyRows, "key block larger than the workspace")
+        if rule.classify(queries: qPos0, qPos0 + nq - 1, keys: kPos0, kPos0 + nk - 1) == .hidden { return }
+        makePanels(k, heads: heads, rows: nk, into: keyPanels.pointer)
         let d = headDim
         let qTiles = (nq + tileQ - 1) / tileQ
         pool.parallelFor(heads * qTiles) { task, worker in
@@ -78,69 +167,44 @@ public final class LocalAttention {
             let rows = min(tileQ, nq - i0)
             let work = scratch.pointer + worker * scratchPerWorker
             forwardTile(q: q + (z * nq + i0) * d, rows: rows, qPos0: qPos0 + i0,
-                        k: k + z * nk * d, v: v + z * nk * d, nk: nk, kPos0: kPos0,
+                        panels: keyPanels.pointer + z * panelStride,
+                        v: v + z * nk * d, nk: nk, kPos0: kPos0,
                         acc: acc + (z * nq + i0) * d,
                         rowMax: rowMax + z * nq + i0, rowSum: rowSum + z * nq + i0,
-                        work: work)
+                        work: work, lo: ranges + worker * 2 * tileQ)
         }
     }
 
     private func forwardTile(q: UnsafePointer<Float>, rows: Int, qPos0: Int,
-                             k: UnsafePointer<Float>, v: UnsafePointer<Float>, nk: Int, kPos0: Int,
+                             panels: UnsafePointer<Float>, v: UnsafePointer<Float>, nk: Int, kPos0: Int,
                              acc: UnsafeMutablePointer<Float>,
                              rowMax: UnsafeMutablePointer<Float>, rowSum: UnsafeMutablePointer<Float>,
-                             work: UnsafeMutablePointer<Float>) {
+                             work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>) {
         let d = headDim, tk = tileK
-        let s = work                    // [rows × tk] scores, then probabilities
-        let kt = work + 2 * tileQ * tk  // [d × tk] transposed key tile
+        let hi = lo + tileQ
+        let s = work   // [tileQ × tk] scores, then probabilities
+        let fullRows = rows == tileQ
+        let score = fullRows ? scoreKernel
+            : products.kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, transposedA: false, accumulate: false)
         var j0 = 0
         while j0 < nk {
             let cols = min(tk, nk - j0)
-            let cls = rule.classify(queries: qPos0, qPos0 + rows - 1, keys: kPos0 + j0, kPos0 + j0 + cols - 1)
+            let kPos = kPos0 + j0
+            let cls = rule.classify(queries: qPos0, qPos0 + rows - 1, keys: kPos, kPos + cols - 1)
             if cls == .hidden { j0 += tk; continue }
 
-            transpose(cols, d, k + j0 * d, d, kt, tk)
-            s.update(repeating: 0, count: rows * tk)
-            gemmNN(rows, cols, d, q, d, kt, tk, s, tk)
-
+            products.run(score, q, panels + (j0 / tk) * d * tk, s)
             for i in 0..<rows {
-                let si = s + i * tk
-                let qi = qPos0 + i
-                var tileMax = -Float.infinity
-                if cls == .full {
-                    for j in 0..<cols { si[j] *= scale; tileMax = nanMax(tileMax, si[j]) }
+                if cls == .partial {
+                    (lo[i], hi[i]) = rule.visibleColumns(query: qPos0 + i, keyStart: kPos, count: cols)
                 } else {
-                    for j in 0..<cols {
-                        if rule.isVisible(query: qi, key: kPos0 + j0 + j) {
-                            si[j] *= scale
-                            tileMax = nanMax(tileMax, si[j])
-                        } else {
-                            si[j] = -.infinity
-                        }
-                    }
-                }
-                let mOld = rowMax[i]
-                let mNew = nanMax(mOld, tileMax)
-                if mNew == -.infinity {
-                    // Nothing visible yet for this row: contribute nothing.
-                    for j in 0..<cols { si[j] = 0 }
-                    continue
-                }
-                var sum: Float = 0
-                for j in 0..<cols {
-                    let p = expf(si[j] - mNew)
-                    si[j] = p
-                    sum += p
-                }
-                let alpha = mOld == -.infinity ? 0 : expf(mOld - mNew)
-                rowSum[i] = rowSum[i] * alpha + sum
-                rowMax[i] = mNew
-                if alpha != 1 {
-                    let ai = acc + i * d
-                    for c in 0..<d { ai[c] *= alpha }
+                    (lo[i], hi[i]) = (0, cols)
                 }
             }
-            gemmNN(rows, d, cols, s, tk, v + j0 * d, d, acc, d)
+            softmaxTile(s, tk, tk, rows, lo, hi, scale, rowMax, rowSum, acc, d)
+            let value = fullRows && cols == tk ? valueKernel
+                : products.kernel(m: rows, n: d, k: cols, lda: tk, ldb: d, ldc: d, transposedA: false, accumulate: true)
+            products.run(value, s, v + j0 * d, acc)
             j0 += tk
         }
     }
@@ -199,29 +263,34 @@ public final class LocalAttention {
                                    dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
                                    keyRows nk: Int, keyPosition kPos0: Int) {
         if heads == 0 || nq == 0 || nk == 0 { return }
+        precondition(heads <= maxHeads && nk <= maxKeyRows, "key block larger than the workspace")
+        if rule.classify(queries: qPos0, qPos0 + nq - 1, keys: kPos0, kPos0 + nk - 1) == .hidden { return }
+        makePanels(k, heads: heads, rows: nk, into: keyPanels.pointer)
+        makePanels(v, heads: heads, rows: nk, into: valuePanels.pointer)
         let d = headDim
         pool.parallelFor(heads) { z, worker in
             let work = scratch.pointer + worker * scratchPerWorker
             backwardHead(q: q + z * nq * d, dOut: dOut + z * nq * d,
                          delta: delta + z * nq, lse: lse + z * nq, dq: dq + z * nq * d,
                          nq: nq, qPos0: qPos0,
-                         k: k + z * nk * d, v: v + z * nk * d,
+                         k: k + z * nk * d,
+                         keyPanels: keyPanels.pointer + z * panelStride,
+                         valuePanels: valuePanels.pointer + z * panelStride,
                          dk: dk + z * nk * d, dv: dv + z * nk * d, nk: nk, kPos0: kPos0,
-                         work: work)
+                         work: work, lo: ranges + worker * 2 * tileQ)
         }
     }
 
     private func backwardHead(q: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
                               delta: UnsafePointer<Float>, lse: UnsafePointer<Float>,
                               dq: UnsafeMutablePointer<Float>, nq: Int, qPos0: Int,
-                              k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                              k: UnsafePointer<Float>, keyPanels: UnsafePointer<Float>, valuePanels: UnsafePointer<Float>,
                               dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                              nk: Int, kPos0: Int, work: UnsafeMutablePointer<Float>) {
+                              nk: Int, kPos0: Int, work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>) {
         let d = headDim, tq = tileQ, tk = tileK
-        let p = work                   // [tq × tk] probabilities
+        let hi = lo + tq
+        let p = work                   // [tq × tk] scores, then probabilities
         let ds = work + tq * tk        // [tq × tk] dP, then scale·dS
-        let kt = work + 2 * tq * tk    // [d × tk]
-        let vt = kt + d * tk           // [d × tk]
         var j0 = 0
         while j0 < nk {
             let cols = min(tk, nk - j0)
@@ -230,8 +299,7 @@ public final class LocalAttention {
             if rule.classify(queries: qPos0, qPos0 + nq - 1, keys: kPos, kPos + cols - 1) == .hidden {
                 j0 += tk; continue
             }
-            transpose(cols, d, k + j0 * d, d, kt, tk)
-            transpose(cols, d, v + j0 * d, d, vt, tk)
+            let kPanel = keyPanels + (j0 / tk) * d * tk, vPanel = valuePanels + (j0 / tk) * d * tk
             var i0 = 0
             while i0 < nq {
                 let rows = min(tq, nq - i0)
@@ -239,44 +307,32 @@ public final class LocalAttention {
                 let cls = rule.classify(queries: qPos, qPos + rows - 1, keys: kPos, kPos + cols - 1)
                 if cls == .hidden { i0 += tq; continue }
                 let qi = q + i0 * d, doi = dOut + i0 * d
+                let full = rows == tq && cols == tk
 
-                p.update(repeating: 0, count: rows * tk)
-                gemmNN(rows, cols, d, qi, d, kt, tk, p, tk)
-                ds.update(repeating: 0, count: rows * tk)
-                gemmNN(rows, cols, d, doi, d, vt, tk, ds, tk)
+                let score = rows == tq ? scoreKernel
+                    : products.kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, transposedA: false, accumulate: false)
+                products.run(score, qi, kPanel, p)
+                products.run(score, doi, vPanel, ds)
 
                 for i in 0..<rows {
-                    let pi = p + i * tk, dsi = ds + i * tk
-                    let rowLse = lse[i0 + i]
-                    let rowDelta = delta[i0 + i]
-                    if rowLse == -.infinity {
-                        // The row saw no key in the forward: its gradients are 0.
-                        for j in 0..<cols { pi[j] = 0; dsi[j] = 0 }
-                        continue
-                    }
-                    for j in 0..<cols {
-                        var prob: Float
-                        if cls == .full || rule.isVisible(query: qPos + i, key: kPos + j) {
-                            prob = expf(pi[j] * scale - rowLse)
-                        } else {
-                            prob = 0
-                        }
-                        pi[j] = prob
-                        dsi[j] = prob * (dsi[j] - rowDelta) * scale
+                    if cls == .partial {
+                        (lo[i], hi[i]) = rule.visibleColumns(query: qPos + i, keyStart: kPos, count: cols)
+                    } else {
+                        (lo[i], hi[i]) = (0, cols)
                     }
                 }
+                gradientTile(p, ds, tk, tk, rows, lo, hi, scale, lse + i0, delta + i0)
                 // dV[j] += Σ_i P[i,j]·dO[i];  dK[j] += Σ_i dS[i,j]·Q[i];  dQ[i] += Σ_j dS[i,j]·K[j]
-                gemmTN(cols, d, rows, p, tk, doi, d, dv + j0 * d, d)
-                gemmTN(cols, d, rows, ds, tk, qi, d, dk + j0 * d, d)
-                gemmNN(rows, d, cols, ds, tk, k + j0 * d, d, dq + i0 * d, d)
+                let gradV = full ? gradVKernel
+                    : products.kernel(m: cols, n: d, k: rows, lda: tk, ldb: d, ldc: d, transposedA: true, accumulate: true)
+                products.run(gradV, p, doi, dv + j0 * d)
+                products.run(gradV, ds, qi, dk + j0 * d)
+                let gradQ = full ? gradQKernel
+                    : products.kernel(m: rows, n: d, k: cols, lda: tk, ldb: d, ldc: d, transposedA: false, accumulate: true)
+                products.run(gradQ, ds, k + j0 * d, dq + i0 * d)
                 i0 += tq
             }
             j0 += tk
         }
     }
 }
-
-/// max that propagates NaN (Swift's `max` drops a NaN second argument), so a
-/// NaN logit reaches the output as IEEE arithmetic would carry it.
-@inline(__always)
-func nanMax(_ a: Float, _ b: Float) -> Float { (b > a || b.isNaN) ? b : a }

@@ -46,3 +46,16 @@ public struct VisibilityRule: Equatable, Sendable {
         return .partial
     }
 }
+
+extension VisibilityRule {
+    /// The columns `lo..<hi` of a key tile (keys at positions k0 ..< k0 + count)
+    /// that query position i sees; empty when lo >= hi. Visible keys of one
+    /// query are always one contiguous run.
+    @inline(__always)
+    func visibleColumns(query i: Int, keyStart k0: Int, count: Int) -> (lo: Int, hi: Int) {
+        let first = firstKey(i), last = lastKey(i)
+        let lo = first == Int.min ? 0 : max(0, min(count, first &- k0))
+        let hi = last == Int.max ? count : max(0, min(count, last &- k0 &+ 1))
+        return (lo, hi)
+    }
+}

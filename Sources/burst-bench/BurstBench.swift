@@ -29,11 +29,7 @@ struct BurstBench: ParsableCommand {
         let counts = (0..<ranks).map { r in seqLen / ranks + (r < seqLen % ranks ? 1 : 0) }
         let modes = mode == "both" ? ["fwd", "fwdbwd"] : [mode]
         for m in modes {
-            var times: [Double] = []
-            for run in 0...(repeats) {
-                let seconds = try runOnce(counts: counts, backward: m == "fwdbwd")
-                if run > 0 { times.append(seconds) }
-            }
+            var times = try measure(counts: counts, backward: m == "fwdbwd")
             times.sort()
             let median = times[times.count / 2]
             let flopsPerUnit = Double(batch * heads) * Double(seqLen) * Double(seqLen) * Double(headDim)
@@ -41,12 +37,16 @@ struct BurstBench: ParsableCommand {
             if causal { flops /= 2 }
             var usage = rusage()
             getrusage(RUSAGE_SELF.rawValue, &usage)
-            print("{\"bench\":\"burst\",\"mode\":\"\(m)\",\"batch\":\(batch),\"heads\":\(heads),\"seq_len\":\(seqLen),\"head_dim\":\(headDim),\"causal\":\(causal),\"threads\":\(threads),\"ranks\":\(ranks),\"median_s\":\(median),\"min_s\":\(times[0]),\"gflops\":\(flops / median / 1e9),\"peak_rss_mib\":\(usage.ru_maxrss / 1024)}")
+            print("{\"bench\":\"burst\",\"mode\":\"\(m)\",\"batch\":\(batch),\"heads\":\(heads),\"seq_len\":\(seqLen),\"head_dim\":\(headDim),\"causal\":\(causal),\"threads\":\(threads),\"ranks\":\(ranks),\"runs\":\(times.count),\"median_s\":\(median),\"min_s\":\(times[0]),\"gflops\":\(flops / median / 1e9),\"bytes_sent_rank0\":\(lastBytes),\"peak_rss_mib\":\(usage.ru_maxrss / 1024),\"code_path\":\"\(LocalAttention.codePath)\"}")
         }
     }
 
-    /// One collective forward (+ backward) on every rank; returns the wall time.
-    func runOnce(counts: [Int], backward: Bool) throws -> Double {
+    /// Bytes rank 0 sent in the last measured call.
+    private var lastBytes: UInt64 { BenchState.bytes }
+
+    /// One plan per rank; one warm-up call, then `repeats` timed calls of
+    /// forward (+ backward). Returns rank 0's wall time of each timed call.
+    func measure(counts: [Int], backward: Bool) throws -> [Double] {
         let transports = LoopbackTransport.makeGroup(size: counts.count)
         let config = { (rank: Int) -> AttentionConfig in
             var c = AttentionConfig()
@@ -56,12 +56,13 @@ struct BurstBench: ParsableCommand {
             c.numThreads = Int32(threads)
             return c
         }
-        var wall = 0.0
+        let runs = repeats
+        var rank0Times: [Double] = []
         var failure: Error?
         let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
         pthread_mutex_init(lock, nil)
         defer { lock.deallocate() }
-        var threadsStarted: [pthread_t] = []
+        var started: [pthread_t] = []
         final class Job { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
         for rank in 0..<counts.count {
             let job = Job {
@@ -69,16 +70,24 @@ struct BurstBench: ParsableCommand {
                     let plan = try AttentionContext(transport: transports[rank], defaultThreads: 1).makePlan(.success(config(rank)))
                     let n = plan.tensorElements
                     let x = FloatBuffer(count: n)!, out = FloatBuffer(count: n)!, lse = FloatBuffer(count: plan.lseElements)!
-                    let grads = backward ? (FloatBuffer(count: n)!, FloatBuffer(count: n)!, FloatBuffer(count: n)!) : nil
+                    let dq = FloatBuffer(count: n)!, dk = FloatBuffer(count: n)!, dv = FloatBuffer(count: n)!
                     for i in 0..<n { x.pointer[i] = Float((i &* 2_654_435_761) % 1000) / 500 - 1 }
-                    let t0 = Deadline.seconds()
-                    try plan.forward(q: x.pointer, k: x.pointer, v: x.pointer, out: out.pointer, lse: lse.pointer)
-                    if let (dq, dk, dv) = grads {
-                        try plan.backward(q: x.pointer, k: x.pointer, v: x.pointer, out: out.pointer, lse: lse.pointer,
-                                          dout: x.pointer, dq: dq.pointer, dk: dk.pointer, dv: dv.pointer)
+                    var times: [Double] = []
+                    for run in 0...runs {
+                        let t0 = Deadline.seconds()
+                        try plan.forward(q: x.pointer, k: x.pointer, v: x.pointer, out: out.pointer, lse: lse.pointer)
+                        if backward {
+                            try plan.backward(q: x.pointer, k: x.pointer, v: x.pointer, out: out.pointer, lse: lse.pointer,
+                                              dout: x.pointer, dq: dq.pointer, dk: dk.pointer, dv: dv.pointer)
+                        }
+                        if run > 0 { times.append(Deadline.seconds() - t0) }
                     }
-                    let t = Deadline.seconds() - t0
-                    pthread_mutex_lock(lock); wall = max(wall, t); pthread_mutex_unlock(lock)
+                    if rank == 0 {
+                        pthread_mutex_lock(lock)
+                        rank0Times = times
+                        BenchState.bytes = plan.lastStats.bytesSent
+                        pthread_mutex_unlock(lock)
+                    }
                 } catch {
                     pthread_mutex_lock(lock); failure = error; pthread_mutex_unlock(lock)
                 }
@@ -90,10 +99,14 @@ struct BurstBench: ParsableCommand {
                 job.body()
                 return nil
             }, context)
-            threadsStarted.append(thread)
+            started.append(thread)
         }
-        for thread in threadsStarted { pthread_join(thread, nil) }
+        for thread in started { pthread_join(thread, nil) }
         if let failure { throw failure }
-        return wall
+        return rank0Times
     }
+}
+
+enum BenchState {
+    nonisolated(unsafe) static var bytes: UInt64 = 0
 }

@@ -27,11 +27,12 @@ final class LocalKernelTests: XCTestCase {
     /// a float64 softmax over all visible keys.
     func testForwardFoldsBlocksAtGlobalPositions() {
         let d = 24, nq = 70, nk1 = 50, nk2 = 45, heads = 2
-        for causal in [false, true] {
+        for (causal, useJIT) in [(false, true), (true, true), (false, false), (true, false)] {
             for (qPos, kPos) in [(100, 0), (0, 0), (40, 20), (0, 200)] {
                 let rule = VisibilityRule(causal: causal)
                 let pool = WorkerPool(threadCount: 2)
-                let kernel = LocalAttention(headDim: d, scale: 0.3, rule: rule, pool: pool, tileQ: 16, tileK: 32)!
+                let kernel = LocalAttention(headDim: d, scale: 0.3, rule: rule, pool: pool, maxHeads: heads, maxKeyRows: nk1 + nk2,
+                                            tileQ: 16, tileK: 32, useJIT: useJIT)!
                 let q = values(heads * nq * d, 1), k = values(heads * (nk1 + nk2) * d, 2), v = values(heads * (nk1 + nk2) * d, 3)
                 // Split keys per head into the two blocks (canonical layout per block).
                 func block(_ x: [Float], _ start: Int, _ rows: Int) -> [Float] {
@@ -82,7 +83,8 @@ final class LocalKernelTests: XCTestCase {
     /// Rows whose lse is −inf (they saw no key) get exactly zero gradients, not NaN.
     func testBackwardGuardsRowsThatSawNoKey() {
         let d = 8, n = 5
-        let kernel = LocalAttention(headDim: d, scale: 1, rule: VisibilityRule(causal: true), pool: WorkerPool(threadCount: 1))!
+        let kernel = LocalAttention(headDim: d, scale: 1, rule: VisibilityRule(causal: true), pool: WorkerPool(threadCount: 1),
+                                    maxHeads: 1, maxKeyRows: n)!
         let q = values(n * d, 4), dO = values(n * d, 5), k = values(n * d, 6), v = values(n * d, 7)
         let delta = [Float](repeating: 0.1, count: n), lse = [Float](repeating: -.infinity, count: n)
         var dq = [Float](repeating: 0, count: n * d), dk = dq, dv = dq

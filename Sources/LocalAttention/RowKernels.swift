@@ -1,0 +1,1 @@
+../RowKernelsAVX512/RowKernels.swift
