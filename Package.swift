@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "BurstAttention", dependencies: ["GlobalAttention", "MPITransport", "CBurstABI"]),
         // Benchmark CLI: one JSON line per measurement.
         .executableTarget(name: "burst-bench", dependencies: [
-            "GlobalAttention", "LocalAttention",
+            "GlobalAttention", "LocalAttention", "MPITransport", "CMPI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "LocalAttentionTests", dependencies: ["LocalAttention"]),

@@ -18,6 +18,9 @@ static inline int cmpi_comm_type_shared(void) { return MPI_COMM_TYPE_SHARED; }
 static inline int cmpi_thread_multiple(void) { return MPI_THREAD_MULTIPLE; }
 static inline int cmpi_max_error_string(void) { return MPI_MAX_ERROR_STRING; }
 
+/* The Fortran handle of a communicator (what the C ABI takes). */
+static inline int64_t cmpi_comm_c2f(MPI_Comm comm) { return (int64_t)MPI_Comm_c2f(comm); }
+
 /* Converts the ABI's int64_t Fortran handle to a C communicator.
  * Returns 0 and sets *out on success; 1 if the value does not fit MPI_Fint;
  * 2 if MPI knows no such handle (f2c gave NULL); 3 if it is MPI_COMM_NULL. */

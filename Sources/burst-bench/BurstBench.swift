@@ -2,12 +2,15 @@
 import Glibc
 #endif
 import ArgumentParser
+import CMPI
 import GlobalAttention
 import LocalAttention
+import MPITransport
 
-/// Times forward and forward+backward of the whole GAO on an in-process
-/// group (world size 1 = the self context, so only the LAO kernels run) and
-/// prints one JSON line per measurement.
+/// Times forward and forward+backward of the whole GAO — on an in-process
+/// group (`--ranks`, loopback transport; 1 = the self context, so only the
+/// LAO kernels run) or, with `--mpi` under mpirun, on MPI_COMM_WORLD — and
+/// prints one JSON line per measurement (rank 0 prints).
 @main
 struct BurstBench: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -23,13 +26,29 @@ struct BurstBench: ParsableCommand {
     @Option(help: "In-process ranks (loopback transport, one thread each).") var ranks: Int = 1
     @Option(help: "Timed runs after one warm-up.") var repeats: Int = 5
     @Option(help: "fwd, fwdbwd or both.") var mode: String = "both"
+    @Option(help: "Untimed calls before the timed ones.") var warmup: Int = 1
+    @Flag(help: "Run on MPI_COMM_WORLD (start under mpirun); --ranks is then the MPI world size.") var mpi = false
 
     mutating func run() throws {
-        guard ranks >= 1, seqLen >= ranks, repeats >= 1 else { throw ValidationError("need ranks >= 1, seq-len >= ranks, repeats >= 1") }
+        var worldRank = 0
+        if mpi {
+            MPI_Init(nil, nil)
+            var size: Int32 = 0, rank: Int32 = 0
+            MPI_Comm_size(cmpi_comm_world(), &size)
+            MPI_Comm_rank(cmpi_comm_world(), &rank)
+            ranks = Int(size)
+            worldRank = Int(rank)
+        }
+        defer { if mpi { MPI_Finalize() } }
+        guard ranks >= 1, seqLen >= ranks, repeats >= 1, warmup >= 0 else {
+            throw ValidationError("need ranks >= 1, seq-len >= ranks, repeats >= 1, warmup >= 0")
+        }
         let counts = (0..<ranks).map { r in seqLen / ranks + (r < seqLen % ranks ? 1 : 0) }
         let modes = mode == "both" ? ["fwd", "fwdbwd"] : [mode]
         for m in modes {
-            var times = try measure(counts: counts, backward: m == "fwdbwd")
+            var times = mpi ? try measureMPI(counts: counts, rank: worldRank, backward: m == "fwdbwd")
+                            : try measure(counts: counts, backward: m == "fwdbwd")
+            if worldRank != 0 { continue }
             times.sort()
             let median = times[times.count / 2]
             let flopsPerUnit = Double(batch * heads) * Double(seqLen) * Double(seqLen) * Double(headDim)
@@ -44,19 +63,47 @@ struct BurstBench: ParsableCommand {
     /// Bytes rank 0 sent in the last measured call.
     private var lastBytes: UInt64 { BenchState.bytes }
 
-    /// One plan per rank; one warm-up call, then `repeats` timed calls of
-    /// forward (+ backward). Returns rank 0's wall time of each timed call.
+    func config(_ counts: [Int], rank: Int) -> AttentionConfig {
+        var c = AttentionConfig()
+        c.mask = causal ? 1 : 0
+        c.batch = Int64(batch); c.seqLenLocal = Int64(counts[rank])
+        c.numHeadsQ = Int64(heads); c.numHeadsKV = Int64(heads); c.headDim = Int64(headDim)
+        c.numThreads = Int32(threads)
+        return c
+    }
+
+    /// `warmup` untimed calls, then `repeats` timed calls of forward (+ backward)
+    /// on one plan; returns the wall time of each timed call.
+    func timeCalls(_ plan: AttentionPlan, backward: Bool) throws -> [Double] {
+        let n = plan.tensorElements
+        let x = FloatBuffer(count: n)!, out = FloatBuffer(count: n)!, lse = FloatBuffer(count: plan.lseElements)!
+        let dq = FloatBuffer(count: n)!, dk = FloatBuffer(count: n)!, dv = FloatBuffer(count: n)!
+        for i in 0..<n { x.pointer[i] = Float((i &* 2_654_435_761) % 1000) / 500 - 1 }
+        var times: [Double] = []
+        for run in 0..<(warmup + repeats) {
+            let t0 = Deadline.seconds()
+            try plan.forward(q: x.pointer, k: x.pointer, v: x.pointer, out: out.pointer, lse: lse.pointer)
+            if backward {
+                try plan.backward(q: x.pointer, k: x.pointer, v: x.pointer, out: out.pointer, lse: lse.pointer,
+                                  dout: x.pointer, dq: dq.pointer, dk: dk.pointer, dv: dv.pointer)
+            }
+            if run >= warmup { times.append(Deadline.seconds() - t0) }
+        }
+        BenchState.bytes = plan.lastStats.bytesSent
+        return times
+    }
+
+    func measureMPI(counts: [Int], rank: Int, backward: Bool) throws -> [Double] {
+        let (transport, localRanks) = try MPITransport.create(fortranHandle: cmpi_comm_c2f(cmpi_comm_world()))
+        let context = AttentionContext(transport: transport, defaultThreads: max(1, availableCPUCount() / localRanks))
+        let plan = try context.makePlan(.success(config(counts, rank: rank)))
+        return try timeCalls(plan, backward: backward)
+    }
+
+    /// One plan per in-process rank, each driven by its own thread. Returns
+    /// rank 0's wall time of each timed call.
     func measure(counts: [Int], backward: Bool) throws -> [Double] {
         let transports = LoopbackTransport.makeGroup(size: counts.count)
-        let config = { (rank: Int) -> AttentionConfig in
-            var c = AttentionConfig()
-            c.mask = causal ? 1 : 0
-            c.batch = Int64(batch); c.seqLenLocal = Int64(counts[rank])
-            c.numHeadsQ = Int64(heads); c.numHeadsKV = Int64(heads); c.headDim = Int64(headDim)
-            c.numThreads = Int32(threads)
-            return c
-        }
-        let runs = repeats
         var rank0Times: [Double] = []
         var failure: Error?
         let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
@@ -67,26 +114,11 @@ struct BurstBench: ParsableCommand {
         for rank in 0..<counts.count {
             let job = Job {
                 do {
-                    let plan = try AttentionContext(transport: transports[rank], defaultThreads: 1).makePlan(.success(config(rank)))
-                    let n = plan.tensorElements
-                    let x = FloatBuffer(count: n)!, out = FloatBuffer(count: n)!, lse = FloatBuffer(count: plan.lseElements)!
-                    let dq = FloatBuffer(count: n)!, dk = FloatBuffer(count: n)!, dv = FloatBuffer(count: n)!
-                    for i in 0..<n { x.pointer[i] = Float((i &* 2_654_435_761) % 1000) / 500 - 1 }
-                    var times: [Double] = []
-                    for run in 0...runs {
-                        let t0 = Deadline.seconds()
-                        try plan.forward(q: x.pointer, k: x.pointer, v: x.pointer, out: out.pointer, lse: lse.pointer)
-                        if backward {
-                            try plan.backward(q: x.pointer, k: x.pointer, v: x.pointer, out: out.pointer, lse: lse.pointer,
-                                              dout: x.pointer, dq: dq.pointer, dk: dk.pointer, dv: dv.pointer)
-                        }
-                        if run > 0 { times.append(Deadline.seconds() - t0) }
-                    }
+                    let plan = try AttentionContext(transport: transports[rank], defaultThreads: 1)
+                        .makePlan(.success(self.config(counts, rank: rank)))
+                    let times = try self.timeCalls(plan, backward: backward)
                     if rank == 0 {
-                        pthread_mutex_lock(lock)
-                        rank0Times = times
-                        BenchState.bytes = plan.lastStats.bytesSent
-                        pthread_mutex_unlock(lock)
+                        pthread_mutex_lock(lock); rank0Times = times; pthread_mutex_unlock(lock)
                     }
                 } catch {
                     pthread_mutex_lock(lock); failure = error; pthread_mutex_unlock(lock)
