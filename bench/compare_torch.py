@@ -1,0 +1,413 @@
+#!/usr/bin/env python3
+"""libburst_attention vs PyTorch CPU scaled_dot_product_attention, same process, same data.
+
+For every shape (B, H, N, d, causal) and thread count t this measures, one after the
+other (never two at once):
+
+  torch  forward            F.scaled_dot_product_attention(q, k, v, is_causal=...)
+  torch  forward_backward   the same with q, k, v requiring grad, then out.backward(dout)
+  ours   forward            plan.forward(q, k, v) on Context.self(), num_threads = t
+  ours   forward_backward   plan.forward, then plan.backward(q, k, v, out, lse, dout)
+
+Both sides see the same float32 data: our arrays are numpy views of torch's [B, H, N, d]
+tensors and the plan uses layout BHSD. Each measurement is one warm-up call and then
+`--repeats` timed calls; the median and the minimum are recorded. FLOPs counted (the
+usual flash-attention convention, matmuls only):
+
+  forward           4 * B * H * N^2 * d
+  forward_backward 14 * B * H * N^2 * d    (4 forward + 10 backward)
+  causal: half of the above
+
+The relative error max|ours - torch| / max|torch| of out, dq, dk and dv is recorded once
+per shape and thread count from the timed calls' own results (no extra calls); it is
+printed, never asserted.
+
+The "sgemm" lines are not attention: they are the rate of plain single-precision GEMMs
+C[128,128] = A[128,d] @ B[d,128] over a stack of independent tiles (the shape of one
+S = Q K^T tile product) at the same thread count, by torch.bmm (torch's BLAS, MKL) and
+by numpy.matmul (numpy's bundled OpenBLAS, one BLAS thread in each of t Python
+threads). They are a reference ceiling for tile-based attention, not a bound.
+
+Every record is one JSON line on stdout, appended to --out (a header line with the
+machine, versions and command first). Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import burst_attention as ba
+
+try:
+    import threadpoolctl
+except ImportError:  # only the numpy sgemm line needs it
+    threadpoolctl = None
+
+REPO = Path(__file__).resolve().parent.parent
+FULL_N = (1024, 4096, 16384)
+QUICK_N = (1024, 4096)
+ALL_D = (64, 128)
+ALL_THREADS = (1, 2)
+ALL_CAUSAL = (False, True)
+SGEMM_TILES = 16  # tiles per stack: 3 MiB of A, B and C at d = 128, cache-resident
+SGEMM_SAMPLE_FLOPS = 10e9  # per thread and timed call: ~0.1 s at 100 GFLOP/s
+# Before each measurement: lets the worker threads of whatever ran before (OpenMP,
+# OpenBLAS and our pool spin a few ms after their work) go to sleep.
+IDLE_PAUSE_S = 0.1
+# A measurement is flagged as noisy when other processes took more than 5% of the CPUs
+# and at least 50 ms (below that the 10 ms ticks of /proc/stat cannot tell).
+NOISY_SHARE, NOISY_MIN_CPU_S = 0.05, 0.05
+
+
+# ---------------------------------------------------------------------------- options
+def int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def bool_list(text: str) -> list[bool]:
+    words = {"0": False, "off": False, "false": False, "no": False,
+             "1": True, "on": True, "true": True, "yes": True}
+    try:
+        return [words[x.lower()] for x in text.split(",") if x]
+    except KeyError as e:
+        raise argparse.ArgumentTypeError(f"causal: expected 0/1/off/on, got {e.args[0]!r}")
+
+
+def flatten(lists):
+    return None if lists is None else sorted({x for sub in lists for x in sub})
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Time libburst_attention against torch SDPA on CPU (issue 3).",
+        epilog="Lists take several values or commas: --n 1024 4096, --causal off,on.")
+    p.add_argument("--quick", action="store_true",
+                   help=f"N in {list(QUICK_N)} and 3 repeats (explicit options win)")
+    p.add_argument("--n", type=int_list, nargs="+", metavar="N",
+                   help=f"sequence lengths (default {list(FULL_N)})")
+    p.add_argument("--d", type=int_list, nargs="+", metavar="D",
+                   help=f"head dims (default {list(ALL_D)})")
+    p.add_argument("--threads", type=int_list, nargs="+", metavar="T",
+                   help=f"thread counts (default {list(ALL_THREADS)})")
+    p.add_argument("--causal", type=bool_list, nargs="+", metavar="C",
+                   help="causal mask off/on (default both)")
+    p.add_argument("--batch", type=int, default=1, help="B (default 1)")
+    p.add_argument("--heads", type=int, default=8, help="H (default 8)")
+    p.add_argument("--repeats", type=int, help="timed calls after one warm-up (default 5)")
+    p.add_argument("--no-sgemm", action="store_true", help="skip the sgemm reference lines")
+    p.add_argument("--out", type=Path, default=REPO / "docs/perf/results.jsonl",
+                   help="JSONL file to append to (default docs/perf/results.jsonl)")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    a.n = flatten(a.n) or list(QUICK_N if a.quick else FULL_N)
+    a.d = flatten(a.d) or list(ALL_D)
+    a.threads = flatten(a.threads) or list(ALL_THREADS)
+    a.causal = flatten(a.causal) or list(ALL_CAUSAL)
+    if a.repeats is None:
+        a.repeats = 3 if a.quick else 5
+    if a.repeats < 1 or min(a.n + a.d + a.threads) < 1 or a.batch < 1 or a.heads < 1:
+        p.error("repeats, N, d, threads, batch and heads must be positive")
+    return a
+
+
+# ---------------------------------------------------------------------------- records
+class Recorder:
+    """Prints each record as a JSON line and appends it to the JSONL file."""
+
+    def __init__(self, path: Path, run_id: str):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "a", encoding="utf-8")
+        self.run_id = run_id
+
+    def emit(self, record: dict) -> None:
+        line = json.dumps({"run_id": self.run_id, **record})
+        print(line, flush=True)
+        self.file.write(line + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def command_output(*cmd: str) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True,
+                              cwd=REPO).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def machine_info() -> dict:
+    lscpu = {}
+    for line in command_output("lscpu").splitlines():
+        key, _, value = line.partition(":")
+        lscpu[key.strip()] = value.strip()
+    mem_kib = 0
+    try:
+        with open("/proc/meminfo") as f:
+            mem_kib = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
+    except (OSError, StopIteration, ValueError):
+        pass
+    commit = command_output("git", "rev-parse", "--short", "HEAD")
+    if commit and command_output("git", "status", "--porcelain", "--untracked-files=no"):
+        commit += "-dirty"
+    lib = Path(ba.library_path)
+    blas = []
+    if threadpoolctl is not None:
+        blas = [{k: i.get(k) for k in ("internal_api", "prefix", "version", "architecture")}
+                for i in threadpoolctl.threadpool_info()]
+    return {
+        "cpu": lscpu.get("Model name", platform.processor()),
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "hypervisor": lscpu.get("Hypervisor vendor", ""),
+        "mem_gib": round(mem_kib / 2**20, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "thread_pools": blas,
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "library": str(lib.resolve()),
+        "library_version": ba.version(),
+        "library_sha256": hashlib.sha256(lib.read_bytes()).hexdigest()[:16],
+        "git_commit": commit,
+    }
+
+
+# ---------------------------------------------------------------------------- timing
+def busy_cpu_seconds() -> float:
+    """CPU seconds all processes have used (user, system, irq, and steal by the host)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def time_calls(fn, repeats: int) -> dict:
+    """One warm-up call, then `repeats` timed calls. Returns median_s, min_s and
+    others_cpu_s / others_cpu_share: the CPU time other processes (and the hypervisor)
+    took during the timed calls, in seconds and as a share of all cores' time; the
+    machine was quiet if it is ~0. /proc/stat counts in ticks of 10 ms."""
+    time.sleep(IDLE_PAUSE_S)
+    fn()
+    times = []
+    busy0, own0, wall0 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    others = (busy_cpu_seconds() - busy0) - (time.process_time() - own0)
+    share = max(0.0, others) / ((time.perf_counter() - wall0) * os.cpu_count())
+    return {"median_s": statistics.median(times), "min_s": min(times),
+            "others_cpu_s": round(max(0.0, others), 3), "others_cpu_share": round(share, 3)}
+
+
+def rates(timing: dict, flops: float) -> dict:
+    """The record fields of one measurement: times, GFLOP/s from the median (gflops) and
+    from the minimum (gflops_best), and the share of the CPUs others used meanwhile."""
+    return {"median_s": timing["median_s"], "min_s": timing["min_s"],
+            "gflops": flops / timing["median_s"] / 1e9,
+            "gflops_best": flops / timing["min_s"] / 1e9,
+            "others_cpu_s": timing["others_cpu_s"],
+            "others_cpu_share": timing["others_cpu_share"]}
+
+
+def is_noisy(result: dict) -> bool:
+    return (result["others_cpu_share"] > NOISY_SHARE
+            and result["others_cpu_s"] >= NOISY_MIN_CPU_S)
+
+
+def describe(result: dict) -> str:
+    text = f"median {result['median_s']:9.4f} s {result['gflops']:7.1f} GFLOP/s"
+    if is_noisy(result):
+        text += f"  (noisy: other processes used {result['others_cpu_share']:.0%} of the CPUs)"
+    return text
+
+
+def attention_flops(mode: str, b: int, h: int, n: int, d: int, causal: bool) -> float:
+    per_unit = {"forward": 4, "forward_backward": 14}[mode]
+    return per_unit * b * h * n * n * d / (2 if causal else 1)
+
+
+def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    scale = float(np.max(np.abs(ref)))
+    diff = float(np.max(np.abs(ours.astype(np.float64) - ref.astype(np.float64))))
+    return diff / scale if scale > 0 else diff
+
+
+# ---------------------------------------------------------------------------- sgemm lines
+def sgemm_torch(d: int, threads: int, repeats: int) -> tuple[dict, float]:
+    """torch.bmm over SGEMM_TILES independent 128 x d @ d x 128 tiles."""
+    torch.set_num_threads(threads)
+    a = torch.randn(SGEMM_TILES, 128, d)
+    b = torch.randn(SGEMM_TILES, d, 128)
+    c = torch.empty(SGEMM_TILES, 128, 128)
+    calls = max(1, int(SGEMM_SAMPLE_FLOPS / (2 * 128 * 128 * d * SGEMM_TILES)) * threads)
+
+    def run():
+        for _ in range(calls):
+            torch.bmm(a, b, out=c)
+
+    return time_calls(run, repeats), 2.0 * 128 * 128 * d * SGEMM_TILES * calls
+
+
+def sgemm_numpy(d: int, threads: int, repeats: int) -> tuple[dict, float]:
+    """numpy.matmul on `threads` Python threads, each over its own tile stack with
+    numpy's OpenBLAS limited to one thread (two BLAS threads on one 128-tile are slower
+    than one; tile-parallel is how attention uses GEMM)."""
+    rng = np.random.default_rng(0)
+    stacks = [(rng.standard_normal((SGEMM_TILES, 128, d), np.float32),
+               rng.standard_normal((SGEMM_TILES, d, 128), np.float32),
+               np.empty((SGEMM_TILES, 128, 128), np.float32)) for _ in range(threads)]
+    calls = max(1, int(SGEMM_SAMPLE_FLOPS / (2 * 128 * 128 * d * SGEMM_TILES)))
+
+    def work(stack):
+        a, b, c = stack
+        for _ in range(calls):
+            np.matmul(a, b, out=c)
+
+    def run():
+        workers = [threading.Thread(target=work, args=(s,)) for s in stacks]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    with threadpoolctl.threadpool_limits(limits={"libscipy_openblas": 1}):
+        timing = time_calls(run, repeats)
+    return timing, 2.0 * 128 * 128 * d * SGEMM_TILES * calls * threads
+
+
+# ---------------------------------------------------------------------------- attention
+class Shape:
+    """Inputs of one (B, H, N, d) shape: torch tensors and numpy views of the same memory."""
+
+    def __init__(self, b: int, h: int, n: int, d: int, seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        self.b, self.h, self.n, self.d = b, h, n, d
+        self.q, self.k, self.v, self.dout = (torch.randn(b, h, n, d, generator=gen)
+                                             for _ in range(4))
+        # Leaves for autograd that share storage with q, k, v.
+        self.qg, self.kg, self.vg = (t.detach().requires_grad_() for t in (self.q, self.k, self.v))
+        self.qn, self.kn, self.vn, self.doutn = (t.numpy() for t in
+                                                 (self.q, self.k, self.v, self.dout))
+
+
+def bench_shape(rec: Recorder, ctx, s: Shape, causal: bool, threads: int, repeats: int) -> None:
+    base = {"B": s.b, "H": s.h, "N": s.n, "d": s.d, "causal": causal, "threads": threads}
+    label = f"N={s.n} d={s.d} causal={int(causal)} threads={threads}"
+
+    def measure(impl: str, mode: str, fn) -> None:
+        result = rates(time_calls(fn, repeats), attention_flops(mode, s.b, s.h, s.n, s.d, causal))
+        rec.emit({"record": "measurement", "impl": impl, "mode": mode, **base, **result,
+                  "repeats": repeats})
+        log(f"  {label} {impl:5} {mode:16} {describe(result)}")
+
+    results = {}  # the last timed call's outputs, for the error check
+
+    # torch (its OpenMP pool is idle while ours runs, and ours is closed while torch runs)
+    torch.set_num_threads(threads)
+
+    def torch_forward():
+        results["torch_out"] = F.scaled_dot_product_attention(s.q, s.k, s.v, is_causal=causal)
+
+    def torch_forward_backward():
+        for t in (s.qg, s.kg, s.vg):
+            t.grad = None
+        out = F.scaled_dot_product_attention(s.qg, s.kg, s.vg, is_causal=causal)
+        out.backward(s.dout)
+
+    measure("torch", "forward", torch_forward)
+    measure("torch", "forward_backward", torch_forward_backward)
+    torch_grads = [t.grad.numpy() for t in (s.qg, s.kg, s.vg)]
+
+    # ours
+    with ctx.plan(s.b, s.n, s.h, s.d, mask="causal" if causal else "none",
+                  num_threads=threads, layout="bhsd") as plan:
+        def ours_forward():
+            results["ours_out"], _ = plan.forward(s.qn, s.kn, s.vn)
+
+        def ours_forward_backward():
+            out, lse = plan.forward(s.qn, s.kn, s.vn)
+            results["ours_grads"] = plan.backward(s.qn, s.kn, s.vn, out, lse, s.doutn)
+
+        measure("ours", "forward", ours_forward)
+        measure("ours", "forward_backward", ours_forward_backward)
+
+    errors = {"err_out": rel_err(results["ours_out"], results["torch_out"].numpy())}
+    for name, ours, ref in zip(("dq", "dk", "dv"), results["ours_grads"], torch_grads):
+        errors[f"err_{name}"] = rel_err(ours, ref)
+    rec.emit({"record": "check", **base, **errors,
+              "definition": "max|ours - torch| / max|torch|"})
+    log(f"  {label} max|ours-torch|/max|torch|: " +
+        "  ".join(f"{k[4:]} {v:.2e}" for k, v in errors.items()))
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    run_id = datetime.datetime.now().strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
+    rec = Recorder(args.out, run_id)
+    rec.emit({"record": "header", "time": datetime.datetime.now().astimezone().isoformat(
+                  timespec="seconds"),
+              "command": shlex.join(["python3", *sys.argv]), "cwd": os.getcwd(),
+              "sweep": {"B": args.batch, "H": args.heads, "N": args.n, "d": args.d,
+                        "causal": args.causal, "threads": args.threads,
+                        "repeats": args.repeats},
+              "machine": machine_info()})
+    try:
+        if not args.no_sgemm:
+            log("sgemm reference lines (128 x 128 x d tiles)")
+            backends = [("torch.bmm", sgemm_torch)]
+            if threadpoolctl is not None:
+                backends.append(("numpy.matmul", sgemm_numpy))
+            else:
+                log("  threadpoolctl is not installed: skipping the numpy.matmul line")
+            for d in args.d:
+                for threads in args.threads:
+                    for backend, fn in backends:
+                        result = rates(*fn(d, threads, args.repeats))
+                        rec.emit({"record": "measurement", "impl": "sgemm", "mode": backend,
+                                  "gemm": f"{SGEMM_TILES} x (128x{d} @ {d}x128)",
+                                  "B": None, "H": None, "N": None, "d": d, "causal": None,
+                                  "threads": threads, **result, "repeats": args.repeats})
+                        log(f"  d={d} threads={threads} {backend:12} {describe(result)}")
+
+        with ba.Context.self() as ctx:
+            for n in args.n:
+                for d in args.d:
+                    shape = Shape(args.batch, args.heads, n, d, args.seed)
+                    for causal in args.causal:
+                        for threads in args.threads:
+                            bench_shape(rec, ctx, shape, causal, threads, args.repeats)
+                    del shape
+    finally:
+        rec.close()
+    log(f"appended run {run_id} to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
