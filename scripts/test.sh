@@ -16,6 +16,15 @@ status=${PIPESTATUS[0]}
 set -e
 if [ "$status" != 0 ]; then echo "Swift tests failed (exit $status)" >&2; exit "$status"; fi
 
+# The same schedules on the other kernel code paths the run-time dispatch can
+# pick: AVX2 row kernels and AVX2 JIT products, and the portable Swift loops.
+for path in "LIBXSMM_TARGET=hsw" "BURST_KERNELS=portable"; do
+  echo "== Swift correctness tests with $path"
+  (cd "$ROOT" && env "$path" swift test -c release --skip-build \
+     --filter 'CorrectnessTests|CommunicationVolumeTests' 2>&1 | grep -E 'Executed|error|failed' | tail -n 3
+   exit "${PIPESTATUS[0]}")
+done
+
 echo "== C, C++ and Python clients (ctest)"
 cmake -S "$ROOT/Tests/clients" -B "$ROOT/build/clients" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$PREFIX" -DPYTHON_EXECUTABLE="$(command -v "${PYTHON:-python3}")" >/dev/null

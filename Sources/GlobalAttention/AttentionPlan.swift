@@ -99,7 +99,7 @@ public final class AttentionPlan {
         if kernels != nil { return nil }
         guard let made = LocalAttention(headDim: headDim, scale: config.effectiveScale, rule: rule, pool: pool,
                                         maxHeads: zHeads, maxKeyRows: shards.maxCount,
-                                        tileQ: Self.tuning("BURST_TILE_Q", 64), tileK: Self.tuning("BURST_TILE_K", 64)) else {
+                                        tileQ: Self.tuning("BURST_TILE_Q", 256), tileK: Self.tuning("BURST_TILE_K", 128)) else {
             return BurstError(.outOfMemory, "cannot allocate the kernels' scratch space")
         }
         kernels = made
