@@ -70,3 +70,29 @@ final class TileProducts {
         }
     }
 }
+
+extension LocalAttention {
+    /// GFLOP/s of the tile product the kernels run, C[128×128] = A[128×d]·B[d×128]
+    /// on one thread (the roofline burst-bench prints beside attention): the
+    /// libxsmm JIT kernel, or the portable loops when JIT is off.
+    public static func tileProductRate(headDim d: Int, seconds: Double = 0.5) -> Double {
+        let products = TileProducts()
+        let kernel = products.kernel(m: 128, n: 128, k: d, lda: d, ldb: 128, ldc: 128,
+                                     transposedA: false, accumulate: false)
+        guard let a = FloatBuffer(count: 128 * d), let b = FloatBuffer(count: d * 128),
+              let c = FloatBuffer(count: 128 * 128) else { return 0 }
+        for i in 0..<(128 * d) { a.pointer[i] = Float(i % 7) * 1e-2; b.pointer[i] = Float(i % 5) * 1e-2 }
+        var calls = 0
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        let start = Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+        var elapsed = 0.0
+        while elapsed < seconds {
+            for _ in 0..<64 { products.run(kernel, a.pointer, b.pointer, c.pointer) }
+            calls += 64
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            elapsed = Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9 - start
+        }
+        return 2 * 128 * 128 * Double(d) * Double(calls) / elapsed / 1e9
+    }
+}

@@ -28,6 +28,7 @@ struct BurstBench: ParsableCommand {
     @Option(help: "fwd, fwdbwd or both.") var mode: String = "both"
     @Option(help: "Untimed calls before the timed ones.") var warmup: Int = 1
     @Flag(help: "Run on MPI_COMM_WORLD (start under mpirun); --ranks is then the MPI world size.") var mpi = false
+    @Flag(help: "Also print the tile GEMM rate (128×128×d, the kernels' JIT product, one thread): the roofline.") var gemm = false
 
     mutating func run() throws {
         var worldRank = 0
@@ -44,6 +45,10 @@ struct BurstBench: ParsableCommand {
             throw ValidationError("need ranks >= 1, seq-len >= ranks, repeats >= 1, warmup >= 0")
         }
         let counts = (0..<ranks).map { r in seqLen / ranks + (r < seqLen % ranks ? 1 : 0) }
+        if gemm && worldRank == 0 {
+            let rate = LocalAttention.tileProductRate(headDim: headDim)
+            print("{\"bench\":\"tile_gemm\",\"m\":128,\"n\":128,\"k\":\(headDim),\"threads\":1,\"gflops\":\(rate),\"code_path\":\"\(LocalAttention.codePath)\"}")
+        }
         let modes = mode == "both" ? ["fwd", "fwdbwd"] : [mode]
         for m in modes {
             var times = mpi ? try measureMPI(counts: counts, rank: worldRank, backward: m == "fwdbwd")
