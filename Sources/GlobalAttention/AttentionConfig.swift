@@ -85,6 +85,8 @@ public struct AttentionConfig: Sendable {
         }
 
         func unsupported(_ message: String) -> BurstError { BurstError(.unsupported, message) }
+        // Tile kernels take 32-bit leading dimensions; no attention model comes near this.
+        guard headDim <= 65_536 else { throw unsupported("head_dim above 65536 is not supported (got \(headDim))") }
         guard numHeadsKV == numHeadsQ else {
             throw unsupported("grouped-query attention (num_heads_kv \(numHeadsKV) != num_heads_q \(numHeadsQ)) is not supported in this version")
         }

@@ -119,7 +119,9 @@ final class FailureTests: XCTestCase {
         XCTAssertThrowsError(try c.validate()) { XCTAssertEqual(($0 as? BurstError)?.status, .invalidArgument) }
         c = Problem().config(rank: 0); c.seqLenLocal = -1
         XCTAssertThrowsError(try c.validate()) { XCTAssertEqual(($0 as? BurstError)?.status, .invalidArgument) }
-        c = Problem().config(rank: 0); c.batch = 1 << 40; c.headDim = 1 << 20
+        c = Problem().config(rank: 0); c.headDim = 1 << 33
+        XCTAssertThrowsError(try c.validate()) { XCTAssertEqual(($0 as? BurstError)?.status, .unsupported) }
+        c = Problem().config(rank: 0); c.batch = 1 << 40; c.headDim = 1 << 10
         XCTAssertThrowsError(try c.validate()) { XCTAssertEqual(($0 as? BurstError)?.status, .invalidArgument) }
     }
 }
