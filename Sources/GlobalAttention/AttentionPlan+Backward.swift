@@ -95,6 +95,7 @@ extension AttentionPlan {
         var bundle = space.bundle.pointer
         var partial = space.dq.pointer
         var slot = 0
+        var keyPanelsReady = false   // this rank's K,V panels, built at its first computed step
         for step in 0..<p {
             let owner = (r - step + p) % p
             let m = shards.counts[owner]
@@ -125,12 +126,13 @@ extension AttentionPlan {
             if shards.needs(queryRank: owner, keyRank: r, rule: rule) {
                 let kv = space.kv.pointer
                 timed(&stats.computeSeconds) {
-                    kernels.backwardAccumulate(heads: z, q: bundle, dOut: bundle + z * m * d,
+                    kernels.backwardAccumulate(keyPanelsReady: keyPanelsReady, heads: z, q: bundle, dOut: bundle + z * m * d,
                                                delta: bundle + 2 * z * m * d, lse: bundle + 2 * z * m * d + z * m,
                                                dq: partial, queryRows: m, queryPosition: shards.offsets[owner],
                                                k: kv, v: kv + z * n * d, dk: space.dk.pointer, dv: space.dv.pointer,
                                                keyRows: n, keyPosition: shards.offsets[r])
                 }
+                keyPanelsReady = true
                 stats.stepsComputed += 1
             } else {
                 stats.stepsSkipped += 1

@@ -110,9 +110,6 @@ public final class LocalAttention {
 
     deinit { ranges.deallocate() }
 
-    /// True when the tile products run on JIT kernels.
-    public var usesJIT: Bool { scoreKernel.jit != nil }
-
     /// Transposes a key (or value) block into panels: for head z and key tile
     /// t, panel[c][j] = x[t·tileK + j][c], zero beyond the last key.
     private func makePanels(_ x: UnsafePointer<Float>, heads: Int, rows: Int, into panels: UnsafeMutablePointer<Float>) {
@@ -253,8 +250,10 @@ public final class LocalAttention {
     /// accumulate into their buffers.
     ///
     /// Parallel over heads; each task owns its head's dQ, dK and dV rows, so
-    /// the result is deterministic.
-    public func backwardAccumulate(heads: Int,
+    /// the result is deterministic. `keyPanelsReady`: the previous call had the
+    /// same k and v (the backward's keys stay on their rank for every ring
+    /// step), so their panels are still in place and are not rebuilt.
+    public func backwardAccumulate(keyPanelsReady: Bool = false, heads: Int,
                                    q: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
                                    delta: UnsafePointer<Float>, lse: UnsafePointer<Float>,
                                    dq: UnsafeMutablePointer<Float>,
@@ -265,8 +264,10 @@ public final class LocalAttention {
         if heads == 0 || nq == 0 || nk == 0 { return }
         precondition(heads <= maxHeads && nk <= maxKeyRows, "key block larger than the workspace")
         if rule.classify(queries: qPos0, qPos0 + nq - 1, keys: kPos0, kPos0 + nk - 1) == .hidden { return }
-        makePanels(k, heads: heads, rows: nk, into: keyPanels.pointer)
-        makePanels(v, heads: heads, rows: nk, into: valuePanels.pointer)
+        if !keyPanelsReady {
+            makePanels(k, heads: heads, rows: nk, into: keyPanels.pointer)
+            makePanels(v, heads: heads, rows: nk, into: valuePanels.pointer)
+        }
         let d = headDim
         pool.parallelFor(heads) { z, worker in
             let work = scratch.pointer + worker * scratchPerWorker

@@ -40,9 +40,6 @@ public final class WorkerPool {
         shared.workerCount = threads.count
     }
 
-    /// Number of threads that actually run loops (the caller plus started workers).
-    public var activeThreads: Int { threads.count + 1 }
-
     deinit {
         shared.shutDown()
         for thread in threads { pthread_join(thread, nil) }

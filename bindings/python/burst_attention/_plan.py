@@ -108,10 +108,8 @@ class Plan:
         q = _check_array(problems, "q", q, self._q_shape, writable=False)
         k = _check_array(problems, "k", k, self._kv_shape, writable=False)
         v = _check_array(problems, "v", v, self._kv_shape, writable=False)
-        out = (np.empty(self._q_shape, np.float32) if out is None else
-               _check_array(problems, "out", out, self._q_shape, writable=True))
-        lse = (np.empty(self._lse_shape, np.float32) if lse is None else
-               _check_array(problems, "lse", lse, self._lse_shape, writable=True))
+        out = _output_array(problems, "out", out, self._q_shape)
+        lse = _output_array(problems, "lse", lse, self._lse_shape)
         _check_aliasing(problems, {"out": out, "lse": lse}, {"q": q, "k": k, "v": v})
 
         with self._in_call() as handle:
@@ -135,12 +133,9 @@ class Plan:
         out = _check_array(problems, "out", out, self._q_shape, writable=False)
         lse = _check_array(problems, "lse", lse, self._lse_shape, writable=False)
         dout = _check_array(problems, "dout", dout, self._q_shape, writable=False)
-        dq = (np.empty(self._q_shape, np.float32) if dq is None else
-              _check_array(problems, "dq", dq, self._q_shape, writable=True))
-        dk = (np.empty(self._kv_shape, np.float32) if dk is None else
-              _check_array(problems, "dk", dk, self._kv_shape, writable=True))
-        dv = (np.empty(self._kv_shape, np.float32) if dv is None else
-              _check_array(problems, "dv", dv, self._kv_shape, writable=True))
+        dq = _output_array(problems, "dq", dq, self._q_shape)
+        dk = _output_array(problems, "dk", dk, self._kv_shape)
+        dv = _output_array(problems, "dv", dv, self._kv_shape)
         _check_aliasing(problems, {"dq": dq, "dk": dk, "dv": dv},
                         {"q": q, "k": k, "v": v, "out": out, "lse": lse, "dout": dout})
 
@@ -225,6 +220,14 @@ class Plan:
                 self.close()
         except Exception:  # noqa: BLE001 - never raise from a finaliser
             pass
+
+
+def _output_array(problems: list, name: str, array, shape: tuple):
+    """A fresh float32 array of `shape` when `array` is None, else `array` checked as a
+    writable output."""
+    if array is None:
+        return np.empty(shape, np.float32)
+    return _check_array(problems, name, array, shape, writable=True)
 
 
 def _check_array(problems: list, name: str, array, shape: tuple, writable: bool):
