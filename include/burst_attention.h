@@ -43,7 +43,7 @@ extern "C" {
 #endif
 
 #define BURST_VERSION_MAJOR 0
-#define BURST_VERSION_MINOR 1
+#define BURST_VERSION_MINOR 2
 #define BURST_VERSION_PATCH 0
 #define BURST_VERSION_NUMBER \
   (BURST_VERSION_MAJOR * 10000 + BURST_VERSION_MINOR * 100 + BURST_VERSION_PATCH)
@@ -83,14 +83,64 @@ enum { BURST_LAYOUT_BSHD = 0,  /* q/k/v/out: [batch, seq_len_local, heads, head_
        BURST_LAYOUT_BHSD = 1   /* q/k/v/out: [batch, heads, seq_len_local, head_dim] */ };
 enum { BURST_DTYPE_F32 = 0 };
 enum { BURST_MASK_NONE = 0, BURST_MASK_CAUSAL = 1 /* in global positions */ };
-enum { BURST_DISTRIBUTION_CONTIGUOUS = 0, /* rank r holds one contiguous run of tokens */
-       BURST_DISTRIBUTION_ZIGZAG = 1,     /* not yet supported */
-       BURST_DISTRIBUTION_STRIPED = 2     /* not yet supported */ };
+/* How the global sequence (positions 0 .. N-1, N = total tokens) is dealt to
+ * the P ranks of a context. Rank r's local rows are its tokens in increasing
+ * global position; burst_shard_positions lists them.
+ *
+ *  CONTIGUOUS  rank r holds one run of seq_len_local tokens; the runs follow
+ *              each other in rank order (offset of rank r = sum of the
+ *              seq_len_local of ranks 0..r-1). Any split is accepted, ranks
+ *              may hold 0 tokens. The helpers propose the balanced split:
+ *              floor(N/P) tokens each, ranks 0 .. (N mod P)-1 one more.
+ *  ZIGZAG      N is cut into 2P chunks, chunk c holding floor(N/2P) tokens
+ *              plus one if c < N mod 2P; rank r holds chunks r and 2P-1-r.
+ *              Under a causal mask every rank then does the same work.
+ *  STRIPED     the token at position t lives on rank t mod P (rank r holds
+ *              ceil((N - r)/P) tokens: r, r+P, r+2P, ...).
+ *
+ * With packing (cu_seqlens), CONTIGUOUS and STRIPED apply to the whole packed
+ * buffer, and ZIGZAG applies to every sequence separately: sequence s of
+ * length L is cut into 2P chunks by the rule above and rank r holds its chunks
+ * r and 2P-1-r, sequence after sequence. Why: causal work inside a sequence
+ * grows with the position in that sequence, so only a per-sequence zigzag
+ * balances it whatever the lengths are (a zigzag over the whole buffer would
+ * put a short sequence into one chunk); a stripe is balanced inside every
+ * sequence either way, and over the whole buffer it keeps the ranks' counts
+ * within one token of each other.
+ *
+ * For ZIGZAG and STRIPED the library derives every rank's count from N (and
+ * cu_seqlens): each rank must pass exactly that count as seq_len_local, or
+ * burst_plan_create fails with BURST_ERROR_INVALID_ARGUMENT on every rank,
+ * naming the rank and the count expected. N itself is the sum of all ranks'
+ * seq_len_local.                                                            */
+enum { BURST_DISTRIBUTION_CONTIGUOUS = 0,
+       BURST_DISTRIBUTION_ZIGZAG = 1,
+       BURST_DISTRIBUTION_STRIPED = 2 };
 enum { BURST_PATTERN_BURST = 0,      /* default: the BurstAttention ring     */
        BURST_PATTERN_RING = 1,       /* not yet supported */
        BURST_PATTERN_ALLGATHER = 2,  /* not yet supported */
        BURST_PATTERN_ULYSSES = 3,    /* not yet supported */
        BURST_PATTERN_AUTO = 4        /* not yet supported */ };
+
+/* Which keys a query sees (all positions global, every rule combinable):
+ * key j is visible to query i when
+ *   - i - window_left <= j <= i + window_right   (a window of -1 is unbounded;
+ *     inclusive, as flash-attn's window_size = (left, right)),
+ *   - j <= i                                     if mask is BURST_MASK_CAUSAL,
+ *   - i and j lie in the same sequence           if cu_seqlens is set.
+ * Packing follows flash-attn's varlen convention: cu_seqlens holds
+ * num_sequences + 1 offsets into the global sequence, cu_seqlens[0] = 0,
+ * non-decreasing (empty sequences are allowed), cu_seqlens[num_sequences] = N;
+ * a sequence may span ranks and a rank may hold pieces of several. With
+ * batch > 1 every batch row is packed the same way.
+ * A query row that sees no key gets out = 0, lse = -inf and zero gradients
+ * (the kernels guard exp(s - lse) for lse = -inf, so no NaN comes from it);
+ * with the masks above every query sees at least its own key.
+ * GQA/MQA: query head h reads key/value head h / (num_heads_q / num_heads_kv);
+ * K, V, dK and dV are stored and sent at num_heads_kv heads, never repeated.
+ * Work whose keys are all hidden is skipped: a ring step (steps_skipped), a
+ * tile (tiles_skipped), and a transfer that no rank further along the ring
+ * needs (see README: bytes per call).                                       */
 
 /* One attention shape. Field order is ABI; new fields are only appended.
  * Always call burst_attention_config_init first, then set fields. */
@@ -104,11 +154,12 @@ typedef struct burst_attention_config {
   int64_t  batch;         /* > 0                                             */
   int64_t  seq_len_local; /* >= 0: tokens this rank holds (may differ by rank) */
   int64_t  num_heads_q;   /* > 0                                             */
-  int64_t  num_heads_kv;  /* > 0; this version needs num_heads_kv == num_heads_q */
+  int64_t  num_heads_kv;  /* > 0, divides num_heads_q (GQA; 1 = MQA)        */
   int64_t  head_dim;      /* > 0                                             */
   float    softmax_scale; /* 0 = 1/sqrt(head_dim); must be finite            */
-  int64_t  window_left, window_right;  /* -1 = unbounded (only -1 supported yet) */
-  const int64_t *cu_seqlens;           /* NULL: no packing (only NULL supported yet) */
+  int64_t  window_left, window_right;  /* >= -1; -1 = unbounded             */
+  const int64_t *cu_seqlens;           /* NULL: no packing; else num_sequences
+                                          + 1 offsets, copied at plan_create */
   int64_t  num_sequences;              /* 0 with cu_seqlens == NULL          */
   int32_t  num_threads;   /* compute threads for this rank; 0 = default: the
                              CPUs this process may run on divided by the ranks
@@ -123,15 +174,20 @@ typedef struct burst_attention_config {
 BURST_API void burst_attention_config_init(burst_attention_config *cfg);
 
 /* Per-rank counters of the last forward or backward call on a plan.
- * The caller sets struct_size = sizeof(burst_stats) before the call.
+ * The caller sets struct_size = sizeof(burst_stats) before the call; a
+ * client built against version 0.1 (which ended at total_seconds) may pass
+ * that smaller size and gets the fields it knows.
  * bytes_* count the tensor payload this rank handed to / got from the
- * transport (validation and other control traffic excluded). */
+ * transport (validation and other control traffic excluded). A tile is
+ * (one head) x (up to 256 queries) x (up to 128 keys); tiles_computed +
+ * tiles_skipped is the number of tiles a dense schedule would compute. */
 typedef struct burst_stats {
   uint32_t struct_size;
   uint64_t bytes_sent, bytes_received;
   uint64_t messages_sent;
   uint64_t steps_computed, steps_skipped; /* ring steps with / without local work */
   double   compute_seconds, comm_wait_seconds, total_seconds;
+  uint64_t tiles_computed, tiles_skipped; /* since 0.2 */
 } burst_stats;
 
 /* ------------------------------------------------------------------------ */
@@ -210,6 +266,45 @@ BURST_API burst_status burst_plan_stats(const burst_plan *plan,
 /* Destroys a plan and its workspace. Local. NULL is ignored. A plan whose call
  * failed with TIMEOUT or COMMUNICATION must still be destroyed. */
 BURST_API void burst_plan_destroy(burst_plan *plan);
+
+/* ------------------------------------------------------------------------ */
+/* Token distribution helpers. Local, thread-safe, need no context or MPI.
+ * They follow the rules above (BURST_DISTRIBUTION_*), so a program can shard a
+ * full-sequence buffer exactly as a plan expects it and gather the results.
+ * total_tokens is N; with packing it must equal cu_seqlens[num_sequences]
+ * (cu_seqlens NULL and num_sequences 0 for no packing). For CONTIGUOUS they
+ * use the balanced split.                                                  */
+
+/* The global positions of the tokens rank `rank` of `world_size` holds, in
+ * increasing order, written to positions[0 .. count-1]. *count receives the
+ * number of tokens (pass positions = NULL, capacity = 0 to ask only for it);
+ * a capacity below the count gives BURST_ERROR_INVALID_ARGUMENT. */
+BURST_API burst_status burst_shard_positions(int32_t distribution, int64_t total_tokens,
+                                             const int64_t *cu_seqlens, int64_t num_sequences,
+                                             int32_t world_size, int32_t rank,
+                                             int64_t *positions, int64_t capacity,
+                                             int64_t *count);
+
+/* Copies rank `rank`'s rows out of a full-sequence buffer. `full` holds
+ * outer x total_tokens rows of row_bytes bytes; `local` receives
+ * outer x count rows (count as burst_shard_positions gives it). For a BSHD
+ * tensor outer = batch and row_bytes = heads*head_dim*4; for BHSD
+ * outer = batch*heads and row_bytes = head_dim*4; for lse outer = batch*heads
+ * and row_bytes = 4. The buffers must not overlap. */
+BURST_API burst_status burst_shard(int32_t distribution, int64_t total_tokens,
+                                   const int64_t *cu_seqlens, int64_t num_sequences,
+                                   int32_t world_size, int32_t rank,
+                                   int64_t outer, int64_t row_bytes,
+                                   const void *full, void *local);
+
+/* The inverse of burst_shard: writes rank `rank`'s rows from `local` into
+ * their places in `full` (other rows are left untouched), so calling it for
+ * every rank assembles the full buffer. */
+BURST_API burst_status burst_unshard(int32_t distribution, int64_t total_tokens,
+                                     const int64_t *cu_seqlens, int64_t num_sequences,
+                                     int32_t world_size, int32_t rank,
+                                     int64_t outer, int64_t row_bytes,
+                                     const void *local, void *full);
 
 #ifdef __cplusplus
 } /* extern "C" */
