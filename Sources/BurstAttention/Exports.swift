@@ -12,6 +12,9 @@ import MPITransport
 
 /// Runs `body`, turning a thrown error into its status and burst_last_error().
 @inline(__always)
+func guardedCall(_ body: () throws -> Void) -> burst_status { guarded(body) }
+
+@inline(__always)
 private func guarded(_ body: () throws -> Void) -> burst_status {
     do {
         try body()
@@ -191,14 +194,14 @@ public func _burst_plan_stats(_ plan: OpaquePointer?, _ stats: UnsafeMutablePoin
     guarded {
         guard let handle = PlanHandle.from(plan) else { throw invalid("plan is NULL") }
         guard let stats else { throw invalid("stats is NULL") }
-        let declared = UnsafeRawPointer(stats).load(as: UInt32.self)
+        let declared = Int(UnsafeRawPointer(stats).load(as: UInt32.self))
         let known = MemoryLayout<burst_stats>.size
-        guard declared == known else {
-            throw BurstError(.version, "stats struct_size is \(declared) but this library knows only \(known): set struct_size = sizeof(burst_stats)")
+        guard declared == known || declared == statsSizeV01 else {
+            throw BurstError(.version, "stats struct_size is \(declared) but this library knows only \(known) (and \(statsSizeV01) of version 0.1): set struct_size = sizeof(burst_stats)")
         }
         let s = handle.plan.lastStats
         var c = burst_stats()
-        c.struct_size = UInt32(known)
+        c.struct_size = UInt32(declared)
         c.bytes_sent = s.bytesSent
         c.bytes_received = s.bytesReceived
         c.messages_sent = s.messagesSent
@@ -207,9 +210,15 @@ public func _burst_plan_stats(_ plan: OpaquePointer?, _ stats: UnsafeMutablePoin
         c.compute_seconds = s.computeSeconds
         c.comm_wait_seconds = s.commWaitSeconds
         c.total_seconds = s.totalSeconds
-        stats.pointee = c
+        c.tiles_computed = s.tilesComputed
+        c.tiles_skipped = s.tilesSkipped
+        // A 0.1 client's struct ends at total_seconds: write only that much.
+        withUnsafeBytes(of: &c) { UnsafeMutableRawPointer(stats).copyMemory(from: $0.baseAddress!, byteCount: declared) }
     }
 }
+
+/// sizeof(burst_stats) in version 0.1: it ended at total_seconds.
+private let statsSizeV01 = MemoryLayout<burst_stats>.offset(of: \burst_stats.total_seconds)! + MemoryLayout<Double>.size
 
 @c(burst_plan_destroy)
 public func _burst_plan_destroy(_ plan: OpaquePointer?) {

@@ -1,9 +1,14 @@
+import LocalAttention
+
 /// A plan's shape and options, as the C ABI's `burst_attention_config` holds
 /// them (enum fields stay raw `Int32` so out-of-range values can be reported).
 public struct AttentionConfig: Sendable {
     public enum Layout: Int32 { case bshd = 0, bhsd = 1 }
     public enum Mask: Int32 { case none = 0, causal = 1 }
-    public enum Distribution: Int32 { case contiguous = 0, zigzag = 1, striped = 2 }
+    public enum Distribution: Int32, Sendable {
+        case contiguous = 0, zigzag = 1, striped = 2
+        public var cName: String { ["BURST_DISTRIBUTION_CONTIGUOUS", "BURST_DISTRIBUTION_ZIGZAG", "BURST_DISTRIBUTION_STRIPED"][Int(rawValue)] }
+    }
     public enum Pattern: Int32 { case burst = 0, ring = 1, allgather = 2, ulysses = 3, auto = 4 }
 
     public var layout: Int32 = Layout.bshd.rawValue
@@ -38,13 +43,22 @@ public struct AttentionConfig: Sendable {
         timeoutSeconds > 0 && timeoutSeconds.isFinite ? timeoutSeconds : Self.defaultTimeoutSeconds
     }
 
+    /// Query heads per key/value head (GQA; 1 for MHA).
+    public var group: Int { Int(numHeadsQ / max(numHeadsKV, 1)) }
+
+    public var visibilityRule: VisibilityRule {
+        VisibilityRule(causal: mask == Mask.causal.rawValue, windowLeft: Int(windowLeft), windowRight: Int(windowRight),
+                       sequenceOffsets: cuSeqlens.map { $0.map { Int($0) } })
+    }
+
     public var effectiveScale: Float {
         softmaxScale != 0 ? softmaxScale : 1 / Float(Double(headDim).squareRoot())
     }
 
     /// Checks the fields that one rank can check alone: ranges first
     /// (INVALID_ARGUMENT), then what this version does not implement
-    /// (UNSUPPORTED).
+    /// (UNSUPPORTED). cu_seqlens is checked here for its start and order;
+    /// its end needs every rank's size and is checked at plan creation.
     public func validate() throws {
         func bad(_ message: String) -> BurstError { BurstError(.invalidArgument, message) }
         guard Layout(rawValue: layout) != nil else { throw bad("layout: unknown value \(layout) (BURST_LAYOUT_BSHD = 0, BURST_LAYOUT_BHSD = 1)") }
@@ -84,19 +98,23 @@ public struct AttentionConfig: Sendable {
             }
         }
 
+        if let cuSeqlens {
+            // Local checks; the end (= the global length) is checked once the
+            // shard sizes are known (AttentionContext.makePlan).
+            guard cuSeqlens.count >= 2, Int64(cuSeqlens.count) == numSequences + 1 else {
+                throw bad("cu_seqlens must hold num_sequences + 1 = \(numSequences + 1) offsets (got \(cuSeqlens.count))")
+            }
+            if let first = cuSeqlens.first, first != 0 {
+                throw bad("cu_seqlens[0] must be 0 (got \(first))")
+            }
+            for s in 1..<cuSeqlens.count where cuSeqlens[s] < cuSeqlens[s - 1] {
+                throw bad("cu_seqlens must not decrease: cu_seqlens[\(s)] = \(cuSeqlens[s]) < cu_seqlens[\(s - 1)] = \(cuSeqlens[s - 1])")
+            }
+        }
+
         func unsupported(_ message: String) -> BurstError { BurstError(.unsupported, message) }
         // Tile kernels take 32-bit leading dimensions; no attention model comes near this.
         guard headDim <= 65_536 else { throw unsupported("head_dim above 65536 is not supported (got \(headDim))") }
-        guard numHeadsKV == numHeadsQ else {
-            throw unsupported("grouped-query attention (num_heads_kv \(numHeadsKV) != num_heads_q \(numHeadsQ)) is not supported in this version")
-        }
-        guard windowLeft == -1 && windowRight == -1 else {
-            throw unsupported("sliding windows (window_left/window_right != -1) are not supported in this version")
-        }
-        guard cuSeqlens == nil else { throw unsupported("varlen packing (cu_seqlens) is not supported in this version") }
-        guard distribution == Distribution.contiguous.rawValue else {
-            throw unsupported("only BURST_DISTRIBUTION_CONTIGUOUS is supported in this version")
-        }
         guard pattern == Pattern.burst.rawValue else {
             throw unsupported("only BURST_PATTERN_BURST is supported in this version")
         }

@@ -60,10 +60,32 @@ public final class AttentionContext {
                 throw BurstError(.invalidArgument, "the global sequence length (sum of seq_len_local) is too large")
             }
         }
+        // Every rank has the same counts and config here, so the checks below
+        // fail on every rank alike, with the same message.
+        let layout = try Self.tokenLayout(cfg, counts: counts, total: Int(total))
         let planTransport = try transport.duplicate(deadline: deadline)
         let threads = cfg.numThreads > 0 ? Int(cfg.numThreads) : defaultThreads
-        return AttentionPlan(config: cfg, transport: planTransport, shards: ShardLayout(counts: counts),
-                             threads: threads)
+        return AttentionPlan(config: cfg, transport: planTransport, tokens: layout, threads: threads)
+    }
+
+    /// Where every rank's tokens are, once the shard sizes are known: checks
+    /// that cu_seqlens ends at the global length and that each rank holds the
+    /// count its distribution gives it.
+    static func tokenLayout(_ cfg: AttentionConfig, counts: [Int], total: Int) throws -> TokenLayout {
+        if let offsets = cfg.cuSeqlens, offsets.last! != Int64(total) {
+            throw BurstError(.invalidArgument,
+                             "cu_seqlens[num_sequences] = \(offsets.last!) must equal the global number of tokens \(total) (the sum of every rank's seq_len_local)")
+        }
+        let kind = AttentionConfig.Distribution(rawValue: cfg.distribution)!
+        let distribution = TokenDistribution(kind: kind, total: total, ranks: counts.count,
+                                             sequenceOffsets: cfg.cuSeqlens.map { $0.map { Int($0) } })
+        if kind != .contiguous {
+            for (rank, count) in counts.enumerated() where count != distribution.count(rank: rank) {
+                throw BurstError(.invalidArgument,
+                                 "seq_len_local of rank \(rank) is \(count), but \(kind.cName) deals that rank \(distribution.count(rank: rank)) of the \(total) tokens (burst_shard_positions gives every rank's count)")
+            }
+        }
+        return TokenLayout(distribution: distribution, counts: counts, rule: cfg.visibilityRule)
     }
 
     private func describe(_ name: String, _ value: Int64) -> String {

@@ -6,7 +6,7 @@ import Darwin
 import LocalAttention
 
 /// One attention shape on one group of ranks (burst_plan): the validated
-/// config, every rank's shard size, a private transport (so plans never mix
+/// config, where every rank's tokens are (`TokenLayout`), a private transport (so plans never mix
 /// messages), the compute threads and the workspace.
 ///
 /// Calls are collective and follow the same pattern: local checks, one
@@ -16,14 +16,17 @@ import LocalAttention
 /// plan is poisoned and returns that error from then on.
 public final class AttentionPlan {
     public let config: AttentionConfig
-    public let shards: ShardLayout
+    public let tokens: TokenLayout
     let transport: Transport
     let pool: WorkerPool
     let layout: AttentionConfig.Layout
-    let rule: VisibilityRule
-    let batch: Int, heads: Int, headDim: Int
+    let batch: Int, heads: Int, kvHeads: Int, headDim: Int
     /// Z = batch · heads: the kernels see heads of all batches as one axis.
     let zHeads: Int
+    /// Z of the keys and values: batch · num_heads_kv (GQA: zHeads / group).
+    let zKV: Int
+    /// Query heads per key/value head.
+    let group: Int
 
     public private(set) var lastStats = CallStats()
     private var poisoned: BurstError?
@@ -35,18 +38,19 @@ public final class AttentionPlan {
     var forwardSpace: ForwardWorkspace?
     var backwardSpace: BackwardWorkspace?
 
-    init(config: AttentionConfig, transport: Transport, shards: ShardLayout, threads: Int) {
+    init(config: AttentionConfig, transport: Transport, tokens: TokenLayout, threads: Int) {
         self.config = config
         self.transport = transport
-        self.shards = shards
+        self.tokens = tokens
         self.pool = WorkerPool(threadCount: threads)
         self.layout = AttentionConfig.Layout(rawValue: config.layout)!
-        self.rule = VisibilityRule(causal: config.mask == AttentionConfig.Mask.causal.rawValue,
-                                   windowLeft: Int(config.windowLeft), windowRight: Int(config.windowRight))
         self.batch = Int(config.batch)
         self.heads = Int(config.numHeadsQ)
+        self.kvHeads = Int(config.numHeadsKV)
         self.headDim = Int(config.headDim)
         self.zHeads = batch * heads
+        self.zKV = batch * kvHeads
+        self.group = config.group
         busy = .allocate(capacity: 1)
         pthread_mutex_init(busy, nil)
     }
@@ -59,11 +63,13 @@ public final class AttentionPlan {
 
     public var rank: Int { transport.rank }
     public var size: Int { transport.size }
-    public var localRows: Int { shards.counts[rank] }
+    public var localRows: Int { tokens.counts[rank] }
     public var threadCount: Int { pool.threadCount }
 
-    /// Elements of this rank's q/k/v/out tensors (and lse's rows).
+    /// Elements of this rank's q/out tensors, of its k/v tensors (GQA: fewer
+    /// heads), and of lse.
     public var tensorElements: Int { zHeads * localRows * headDim }
+    public var kvTensorElements: Int { zKV * localRows * headDim }
     public var lseElements: Int { zHeads * localRows }
 
     /// Runs one collective call: busy guard, local checks (argument checks and
@@ -97,8 +103,8 @@ public final class AttentionPlan {
     /// Allocates the kernels' scratch space if needed.
     func ensureKernels() -> BurstError? {
         if kernels != nil { return nil }
-        guard let made = LocalAttention(headDim: headDim, scale: config.effectiveScale, rule: rule, pool: pool,
-                                        maxHeads: zHeads, maxKeyRows: shards.maxCount,
+        guard let made = LocalAttention(headDim: headDim, scale: config.effectiveScale, pool: pool,
+                                        maxKVHeads: zKV, maxKeyRows: tokens.maxCount,
                                         tileQ: Self.tuning("BURST_TILE_Q", 256), tileK: Self.tuning("BURST_TILE_K", 128)) else {
             return BurstError(.outOfMemory, "cannot allocate the kernels' scratch space")
         }
@@ -122,10 +128,10 @@ public final class AttentionPlan {
 
     /// Times a compute phase into `stats.computeSeconds`.
     @inline(__always)
-    func timed(_ seconds: inout Double, _ work: () throws -> Void) rethrows {
+    func timed<T>(_ seconds: inout Double, _ work: () throws -> T) rethrows -> T {
         let t0 = Deadline.seconds()
-        try work()
-        seconds += Deadline.seconds() - t0
+        defer { seconds += Deadline.seconds() - t0 }
+        return try work()
     }
 }
 

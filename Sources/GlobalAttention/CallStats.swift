@@ -1,3 +1,5 @@
+import LocalAttention
+
 /// What one forward or backward call did on this rank (burst_stats).
 public struct CallStats: Sendable, Equatable {
     public var bytesSent: UInt64 = 0
@@ -8,5 +10,14 @@ public struct CallStats: Sendable, Equatable {
     public var computeSeconds: Double = 0
     public var commWaitSeconds: Double = 0
     public var totalSeconds: Double = 0
+    /// Tiles computed and skipped (fully masked, including every tile of a
+    /// skipped step): their sum is what a dense schedule would compute.
+    public var tilesComputed: UInt64 = 0
+    public var tilesSkipped: UInt64 = 0
     public init() {}
+
+    mutating func add(_ tiles: LocalAttention.TileCounts) {
+        tilesComputed += UInt64(tiles.computed)
+        tilesSkipped += UInt64(tiles.skipped)
+    }
 }

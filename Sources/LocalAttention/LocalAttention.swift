@@ -12,24 +12,31 @@ import RowKernelsAVX512
 ///
 /// Tensors are "canonical": `[heads, rows, headDim]` fp32, rows contiguous,
 /// heads packed tightly (head stride = rows · headDim). Row vectors of one head
-/// (`[heads, rows]`) hold the softmax statistics. Queries and keys carry the
-/// global position of their first row (`qPos0`, `kPos0`); rows are consecutive
-/// positions.
+/// (`[heads, rows]`) hold the softmax statistics. Grouped-query attention:
+/// the queries have `group` times as many heads as the keys and values, and
+/// query head z reads key/value head z / group (with batch folded into the
+/// head axis this is b·H_kv + h / group, the ABI's rule).
+///
+/// Masks arrive already resolved (see `VisibilityRule`): every query row
+/// brings the interval of key positions it sees (`queryLo[i] ... queryHi[i]`,
+/// non-decreasing in i) and every key row its global position (increasing).
+/// So any distribution of tokens over ranks (contiguous, zigzag, striped),
+/// any window and any packing of sequences go through the same kernels; a
+/// tile no query of which sees any key is not computed.
 ///
 /// Each call first transposes the key block (and in the backward the value
 /// block) into "panels" — per head and key tile a `[headDim × tileK]` matrix,
 /// zero-padded — so every score tile is a plain product Q·Kᵀ = Q·panel that a
-/// JIT kernel runs (TileProducts). Memory: the panels (2 · heads · keys ·
+/// JIT kernel runs (TileProducts). Memory: the panels (2 · kvHeads · keys ·
 /// headDim floats at most), and per worker thread 2·tileQ·tileK floats of
 /// scratch; all allocated once here, nothing in the loops.
 public final class LocalAttention {
     public let headDim: Int
     public let scale: Float
-    public let rule: VisibilityRule
     public let pool: WorkerPool
     public let tileQ: Int
     public let tileK: Int
-    public let maxHeads: Int
+    public let maxKVHeads: Int
     public let maxKeyRows: Int
 
     private let products: TileProducts
@@ -51,6 +58,19 @@ public final class LocalAttention {
         TileProducts.codePath + "+" + ["baseline", "avx2", "avx512"][TileProducts.vectorLevel]
     }
 
+    /// Tiles a call computed and skipped (fully masked). Their sum is the
+    /// tile count of a dense computation: heads × query tiles × key tiles.
+    public struct TileCounts: Equatable, Sendable {
+        public var computed = 0, skipped = 0
+        public init(computed: Int = 0, skipped: Int = 0) { self.computed = computed; self.skipped = skipped }
+        public static func += (a: inout TileCounts, b: TileCounts) { a.computed += b.computed; a.skipped += b.skipped }
+    }
+
+    /// The tiles of a (queries × keys) pair: what a skipped ring step saves.
+    public func denseTiles(queryHeads: Int, queryRows: Int, keyRows: Int) -> Int {
+        queryHeads * ((queryRows + tileQ - 1) / tileQ) * ((keyRows + tileK - 1) / tileK)
+    }
+
     typealias SoftmaxTile = (UnsafeMutablePointer<Float>, Int, Int, Int, UnsafePointer<Int>, UnsafePointer<Int>, Float,
                              UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, Int) -> Void
     typealias GradientTile = (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, Int, Int, Int,
@@ -58,22 +78,22 @@ public final class LocalAttention {
     private let softmaxTile: SoftmaxTile
     private let gradientTile: GradientTile
     private let ranges: UnsafeMutablePointer<Int>   // per worker: lo[tileQ], hi[tileQ]
+    private let counters: UnsafeMutablePointer<TileCounts>   // per worker
 
     /// Returns nil if the workspace cannot be allocated.
     /// - Parameters:
-    ///   - maxHeads, maxKeyRows: the largest key block a call will pass.
+    ///   - maxKVHeads, maxKeyRows: the largest key block a call will pass.
     ///   - useJIT: false forces the portable Swift products (for tests).
-    public init?(headDim: Int, scale: Float, rule: VisibilityRule, pool: WorkerPool,
-                 maxHeads: Int, maxKeyRows: Int,
+    public init?(headDim: Int, scale: Float, pool: WorkerPool,
+                 maxKVHeads: Int, maxKeyRows: Int,
                  tileQ: Int = 64, tileK: Int = 64, useJIT: Bool = true) {
         precondition(headDim > 0 && tileQ > 0 && tileK > 0)
         self.headDim = headDim
         self.scale = scale
-        self.rule = rule
         self.pool = pool
         self.tileQ = tileQ
         self.tileK = tileK
-        self.maxHeads = max(maxHeads, 0)
+        self.maxKVHeads = max(maxKVHeads, 0)
         self.maxKeyRows = max(maxKeyRows, 0)
         products = TileProducts(useJIT: useJIT)
         // Row kernels for the best vector unit the CPU has (chosen at run time).
@@ -89,11 +109,13 @@ public final class LocalAttention {
             gradientTile = RowKernels.gradientTile
         }
         ranges = .allocate(capacity: 2 * tileQ * max(pool.threadCount, 1))
+        counters = .allocate(capacity: max(pool.threadCount, 1))
+        counters.initialize(repeating: TileCounts(), count: max(pool.threadCount, 1))
         scratchPerWorker = (2 * tileQ * tileK + 15) / 16 * 16
         panelStride = (self.maxKeyRows + tileK - 1) / tileK * tileK * headDim
         guard let buffer = FloatBuffer(count: scratchPerWorker * pool.threadCount),
-              let kp = FloatBuffer(count: self.maxHeads * panelStride),
-              let vp = FloatBuffer(count: self.maxHeads * panelStride) else { return nil }
+              let kp = FloatBuffer(count: self.maxKVHeads * panelStride),
+              let vp = FloatBuffer(count: self.maxKVHeads * panelStride) else { return nil }
         scratch = buffer
         keyPanels = kp
         valuePanels = vp
@@ -108,7 +130,11 @@ public final class LocalAttention {
         gradQKernel = valueKernel
     }
 
-    deinit { ranges.deallocate() }
+    deinit {
+        ranges.deallocate()
+        counters.deinitialize(count: max(pool.threadCount, 1))
+        counters.deallocate()
+    }
 
     /// Transposes a key (or value) block into panels: for head z and key tile
     /// t, panel[c][j] = x[t·tileK + j][c], zero beyond the last key.
@@ -122,6 +148,18 @@ public final class LocalAttention {
             if cols < tk { panel.update(repeating: 0, count: d * tk) }
             transpose(cols, d, x + (z * rows + j0) * d, d, panel, tk)
         }
+    }
+
+    /// Runs `body` over `count` tasks and sums the tile counts the tasks add
+    /// to their worker's counter.
+    private func countingParallelFor(_ count: Int, _ body: (_ task: Int, _ worker: Int, _ tiles: inout TileCounts) -> Void) -> TileCounts {
+        let workers = max(pool.threadCount, 1)
+        for w in 0..<workers { counters[w] = TileCounts() }
+        let counters = self.counters
+        pool.parallelFor(count) { task, worker in body(task, worker, &counters[worker]) }
+        var total = TileCounts()
+        for w in 0..<workers { total += counters[w] }
+        return total
     }
 
     // MARK: Forward
@@ -143,67 +181,74 @@ public final class LocalAttention {
     /// acc' = acc·e^(m−m') + Σ_j e^(s−m')·v_j. Rows that have seen no visible
     /// key keep m = −inf, l = 0, acc = 0 (no exp of −inf − (−inf)).
     ///
-    /// Parallel over (head, query tile); each task owns its rows.
-    /// `heads` ≤ maxHeads and `nk` ≤ maxKeyRows.
-    public func forwardAccumulate(heads: Int,
-                                  q: UnsafePointer<Float>, queryRows nq: Int, queryPosition qPos0: Int,
+    /// q, acc, rowMax, rowSum have `queryHeads` heads; k and v have
+    /// queryHeads / group. Parallel over (query head, query tile); each task
+    /// owns its rows. kvHeads ≤ maxKVHeads and `nk` ≤ maxKeyRows.
+    @discardableResult
+    public func forwardAccumulate(queryHeads zq: Int, group g: Int,
+                                  q: UnsafePointer<Float>, queryRows nq: Int,
+                                  queryLo: UnsafePointer<Int>, queryHi: UnsafePointer<Int>,
                                   k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                                  keyRows nk: Int, keyPosition kPos0: Int,
+                                  keyRows nk: Int, keyPositions: UnsafePointer<Int>,
                                   acc: UnsafeMutablePointer<Float>,
                                   rowMax: UnsafeMutablePointer<Float>,
-                                  rowSum: UnsafeMutablePointer<Float>) {
-        if heads == 0 || nq == 0 || nk == 0 { return }
-        precondition(heads <= maxHeads && nk <= maxKeyRows, "key block larger than the workspace")
-        if rule.classify(queries: qPos0, qPos0 + nq - 1, keys: kPos0, kPos0 + nk - 1) == .hidden { return }
-        makePanels(k, heads: heads, rows: nk, into: keyPanels.pointer)
+                                  rowSum: UnsafeMutablePointer<Float>) -> TileCounts {
+        if zq == 0 || nq == 0 || nk == 0 { return TileCounts() }
+        precondition(g > 0 && zq % g == 0 && zq / g <= maxKVHeads && nk <= maxKeyRows, "key block larger than the workspace")
+        let dense = denseTiles(queryHeads: zq, queryRows: nq, keyRows: nk)
+        if TileVisibility.cornersHidden(rows: nq, lo: queryLo, hi: queryHi, cols: nk, keys: keyPositions) {
+            return TileCounts(skipped: dense)
+        }
+        makePanels(k, heads: zq / g, rows: nk, into: keyPanels.pointer)
         let d = headDim
         let qTiles = (nq + tileQ - 1) / tileQ
-        pool.parallelFor(heads * qTiles) { task, worker in
-            let z = task / qTiles
+        return countingParallelFor(zq * qTiles) { task, worker, tiles in
+            let z = task / qTiles, kv = z / g
             let i0 = (task % qTiles) * tileQ
             let rows = min(tileQ, nq - i0)
             let work = scratch.pointer + worker * scratchPerWorker
-            forwardTile(q: q + (z * nq + i0) * d, rows: rows, qPos0: qPos0 + i0,
-                        panels: keyPanels.pointer + z * panelStride,
-                        v: v + z * nk * d, nk: nk, kPos0: kPos0,
-                        acc: acc + (z * nq + i0) * d,
-                        rowMax: rowMax + z * nq + i0, rowSum: rowSum + z * nq + i0,
-                        work: work, lo: ranges + worker * 2 * tileQ)
+            tiles += forwardTile(q: q + (z * nq + i0) * d, rows: rows,
+                                 queryLo: queryLo + i0, queryHi: queryHi + i0,
+                                 panels: keyPanels.pointer + kv * panelStride,
+                                 v: v + kv * nk * d, nk: nk, keyPositions: keyPositions,
+                                 acc: acc + (z * nq + i0) * d,
+                                 rowMax: rowMax + z * nq + i0, rowSum: rowSum + z * nq + i0,
+                                 work: work, lo: ranges + worker * 2 * tileQ)
         }
     }
 
-    private func forwardTile(q: UnsafePointer<Float>, rows: Int, qPos0: Int,
-                             panels: UnsafePointer<Float>, v: UnsafePointer<Float>, nk: Int, kPos0: Int,
+    private func forwardTile(q: UnsafePointer<Float>, rows: Int,
+                             queryLo: UnsafePointer<Int>, queryHi: UnsafePointer<Int>,
+                             panels: UnsafePointer<Float>, v: UnsafePointer<Float>, nk: Int,
+                             keyPositions: UnsafePointer<Int>,
                              acc: UnsafeMutablePointer<Float>,
                              rowMax: UnsafeMutablePointer<Float>, rowSum: UnsafeMutablePointer<Float>,
-                             work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>) {
+                             work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>) -> TileCounts {
         let d = headDim, tk = tileK
         let hi = lo + tileQ
         let s = work   // [tileQ × tk] scores, then probabilities
         let fullRows = rows == tileQ
         let score = fullRows ? scoreKernel
             : products.kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, transposedA: false, accumulate: false)
+        var tiles = TileCounts()
         var j0 = 0
         while j0 < nk {
             let cols = min(tk, nk - j0)
-            let kPos = kPos0 + j0
-            let cls = rule.classify(queries: qPos0, qPos0 + rows - 1, keys: kPos, kPos + cols - 1)
-            if cls == .hidden { j0 += tk; continue }
-
-            products.run(score, q, panels + (j0 / tk) * d * tk, s)
-            for i in 0..<rows {
-                if cls == .partial {
-                    (lo[i], hi[i]) = rule.visibleColumns(query: qPos0 + i, keyStart: kPos, count: cols)
-                } else {
-                    (lo[i], hi[i]) = (0, cols)
-                }
+            guard TileVisibility.columns(rows: rows, lo: queryLo, hi: queryHi, cols: cols, keys: keyPositions + j0,
+                                         first: lo, last: hi) else {
+                tiles.skipped += 1
+                j0 += tk
+                continue
             }
+            tiles.computed += 1
+            products.run(score, q, panels + (j0 / tk) * d * tk, s)
             softmaxTile(s, tk, tk, rows, lo, hi, scale, rowMax, rowSum, acc, d)
             let value = fullRows && cols == tk ? valueKernel
                 : products.kernel(m: rows, n: d, k: cols, lda: tk, ldb: d, ldc: d, transposedA: false, accumulate: true)
             products.run(value, s, v + j0 * d, acc)
             j0 += tk
         }
+        return tiles
     }
 
     /// Turns the running state into the output: O = acc / l and
@@ -247,66 +292,83 @@ public final class LocalAttention {
     /// P = exp(S − lse) recomputed from q, k and the forward's lse (P = 0 where
     /// lse = −inf); dP = dO·Vᵀ; dS = P∘(dP − D);
     /// dQ += scale·dS·K, dK += scale·dSᵀ·Q, dV += Pᵀ·dO. All three gradients
-    /// accumulate into their buffers.
+    /// accumulate into their buffers. q, dOut, delta, lse, dq have
+    /// `queryHeads` heads; k, v, dk, dv have queryHeads / group.
     ///
-    /// Parallel over heads; each task owns its head's dQ, dK and dV rows, so
-    /// the result is deterministic. `keyPanelsReady`: the previous call had the
-    /// same k and v (the backward's keys stay on their rank for every ring
-    /// step), so their panels are still in place and are not rebuilt.
-    public func backwardAccumulate(keyPanelsReady: Bool = false, heads: Int,
+    /// Parallel over key/value heads; a task runs the `group` query heads of
+    /// its key/value head one after the other, so it owns its dK, dV and dQ
+    /// rows and the result is deterministic. `keyPanelsReady`: the previous
+    /// call had the same k and v (the backward's keys stay on their rank for
+    /// every ring step), so their panels are still in place.
+    @discardableResult
+    public func backwardAccumulate(keyPanelsReady: Bool = false, queryHeads zq: Int, group g: Int,
                                    q: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
                                    delta: UnsafePointer<Float>, lse: UnsafePointer<Float>,
-                                   dq: UnsafeMutablePointer<Float>,
-                                   queryRows nq: Int, queryPosition qPos0: Int,
+                                   dq: UnsafeMutablePointer<Float>, queryRows nq: Int,
+                                   queryLo: UnsafePointer<Int>, queryHi: UnsafePointer<Int>,
                                    k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                    dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                                   keyRows nk: Int, keyPosition kPos0: Int) {
-        if heads == 0 || nq == 0 || nk == 0 { return }
-        precondition(heads <= maxHeads && nk <= maxKeyRows, "key block larger than the workspace")
-        if rule.classify(queries: qPos0, qPos0 + nq - 1, keys: kPos0, kPos0 + nk - 1) == .hidden { return }
+                                   keyRows nk: Int, keyPositions: UnsafePointer<Int>) -> TileCounts {
+        if zq == 0 || nq == 0 || nk == 0 { return TileCounts() }
+        precondition(g > 0 && zq % g == 0 && zq / g <= maxKVHeads && nk <= maxKeyRows, "key block larger than the workspace")
+        let dense = denseTiles(queryHeads: zq, queryRows: nq, keyRows: nk)
+        if TileVisibility.cornersHidden(rows: nq, lo: queryLo, hi: queryHi, cols: nk, keys: keyPositions) {
+            return TileCounts(skipped: dense)
+        }
+        let zkv = zq / g
         if !keyPanelsReady {
-            makePanels(k, heads: heads, rows: nk, into: keyPanels.pointer)
-            makePanels(v, heads: heads, rows: nk, into: valuePanels.pointer)
+            makePanels(k, heads: zkv, rows: nk, into: keyPanels.pointer)
+            makePanels(v, heads: zkv, rows: nk, into: valuePanels.pointer)
         }
         let d = headDim
-        pool.parallelFor(heads) { z, worker in
+        return countingParallelFor(zkv) { kv, worker, tiles in
             let work = scratch.pointer + worker * scratchPerWorker
-            backwardHead(q: q + z * nq * d, dOut: dOut + z * nq * d,
-                         delta: delta + z * nq, lse: lse + z * nq, dq: dq + z * nq * d,
-                         nq: nq, qPos0: qPos0,
-                         k: k + z * nk * d,
-                         keyPanels: keyPanels.pointer + z * panelStride,
-                         valuePanels: valuePanels.pointer + z * panelStride,
-                         dk: dk + z * nk * d, dv: dv + z * nk * d, nk: nk, kPos0: kPos0,
-                         work: work, lo: ranges + worker * 2 * tileQ)
+            for z in (kv * g)..<((kv + 1) * g) {
+                tiles += backwardHead(q: q + z * nq * d, dOut: dOut + z * nq * d,
+                                      delta: delta + z * nq, lse: lse + z * nq, dq: dq + z * nq * d,
+                                      nq: nq, queryLo: queryLo, queryHi: queryHi,
+                                      k: k + kv * nk * d,
+                                      keyPanels: keyPanels.pointer + kv * panelStride,
+                                      valuePanels: valuePanels.pointer + kv * panelStride,
+                                      dk: dk + kv * nk * d, dv: dv + kv * nk * d, nk: nk, keyPositions: keyPositions,
+                                      work: work, lo: ranges + worker * 2 * tileQ)
+            }
         }
     }
 
     private func backwardHead(q: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
                               delta: UnsafePointer<Float>, lse: UnsafePointer<Float>,
-                              dq: UnsafeMutablePointer<Float>, nq: Int, qPos0: Int,
+                              dq: UnsafeMutablePointer<Float>, nq: Int,
+                              queryLo: UnsafePointer<Int>, queryHi: UnsafePointer<Int>,
                               k: UnsafePointer<Float>, keyPanels: UnsafePointer<Float>, valuePanels: UnsafePointer<Float>,
                               dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                              nk: Int, kPos0: Int, work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>) {
+                              nk: Int, keyPositions: UnsafePointer<Int>,
+                              work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>) -> TileCounts {
         let d = headDim, tq = tileQ, tk = tileK
         let hi = lo + tq
         let p = work                   // [tq × tk] scores, then probabilities
         let ds = work + tq * tk        // [tq × tk] dP, then scale·dS
+        let qTiles = (nq + tq - 1) / tq
+        var tiles = TileCounts()
         var j0 = 0
         while j0 < nk {
             let cols = min(tk, nk - j0)
-            let kPos = kPos0 + j0
+            let keys = keyPositions + j0
             // Skip the whole key tile if no query of the block sees it.
-            if rule.classify(queries: qPos0, qPos0 + nq - 1, keys: kPos, kPos + cols - 1) == .hidden {
+            if TileVisibility.cornersHidden(rows: nq, lo: queryLo, hi: queryHi, cols: cols, keys: keys) {
+                tiles.skipped += qTiles
                 j0 += tk; continue
             }
             let kPanel = keyPanels + (j0 / tk) * d * tk, vPanel = valuePanels + (j0 / tk) * d * tk
             var i0 = 0
             while i0 < nq {
                 let rows = min(tq, nq - i0)
-                let qPos = qPos0 + i0
-                let cls = rule.classify(queries: qPos, qPos + rows - 1, keys: kPos, kPos + cols - 1)
-                if cls == .hidden { i0 += tq; continue }
+                guard TileVisibility.columns(rows: rows, lo: queryLo + i0, hi: queryHi + i0, cols: cols, keys: keys,
+                                             first: lo, last: hi) else {
+                    tiles.skipped += 1
+                    i0 += tq; continue
+                }
+                tiles.computed += 1
                 let qi = q + i0 * d, doi = dOut + i0 * d
                 let full = rows == tq && cols == tk
 
@@ -314,14 +376,6 @@ public final class LocalAttention {
                     : products.kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, transposedA: false, accumulate: false)
                 products.run(score, qi, kPanel, p)
                 products.run(score, doi, vPanel, ds)
-
-                for i in 0..<rows {
-                    if cls == .partial {
-                        (lo[i], hi[i]) = rule.visibleColumns(query: qPos + i, keyStart: kPos, count: cols)
-                    } else {
-                        (lo[i], hi[i]) = (0, cols)
-                    }
-                }
                 gradientTile(p, ds, tk, tk, rows, lo, hi, scale, lse + i0, delta + i0)
                 // dV[j] += Σ_i P[i,j]·dO[i];  dK[j] += Σ_i dS[i,j]·Q[i];  dQ[i] += Σ_j dS[i,j]·K[j]
                 let gradV = full ? gradVKernel
@@ -335,5 +389,6 @@ public final class LocalAttention {
             }
             j0 += tk
         }
+        return tiles
     }
 }

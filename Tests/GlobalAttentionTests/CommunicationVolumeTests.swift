@@ -65,11 +65,10 @@ final class CommunicationVolumeTests: XCTestCase {
                 p.causal = causal
                 let results = runProblem(p, backward: false)
                 let P = counts.count
-                let shards = ShardLayout(counts: counts)
-                let rule = VisibilityRule(causal: causal)
+                let needs = bruteForceNeeds(p)
                 var expectSent = [UInt64](repeating: 0, count: P), expectRecv = expectSent
                 for source in 0..<P {
-                    let last = (1..<max(P, 1)).last { shards.needs(queryRank: (source + $0) % P, keyRank: source, rule: rule) } ?? 0
+                    let last = (1..<max(P, 1)).last { needs[(source + $0) % P][source] } ?? 0
                     for hop in 0..<last {
                         expectSent[(source + hop) % P] += kvBytes(counts[source], p)
                         expectRecv[(source + hop + 1) % P] += kvBytes(counts[source], p)

@@ -111,9 +111,11 @@ final class FailureTests: XCTestCase {
 
     func testUnsupportedFeaturesAreReported() {
         var c = Problem().config(rank: 0)
-        c.numHeadsKV = 1; c.numHeadsQ = 2
-        XCTAssertThrowsError(try c.validate()) { XCTAssertEqual(($0 as? BurstError)?.status, .unsupported) }
-        c = Problem().config(rank: 0); c.windowLeft = 4
+        c.numHeadsKV = 3; c.numHeadsQ = 4
+        XCTAssertThrowsError(try c.validate()) { XCTAssertEqual(($0 as? BurstError)?.status, .invalidArgument) }
+        c = Problem().config(rank: 0); c.windowLeft = -2
+        XCTAssertThrowsError(try c.validate()) { XCTAssertEqual(($0 as? BurstError)?.status, .invalidArgument) }
+        c = Problem().config(rank: 0); c.pattern = 1
         XCTAssertThrowsError(try c.validate()) { XCTAssertEqual(($0 as? BurstError)?.status, .unsupported) }
         c = Problem().config(rank: 0); c.layout = 7
         XCTAssertThrowsError(try c.validate()) { XCTAssertEqual(($0 as? BurstError)?.status, .invalidArgument) }

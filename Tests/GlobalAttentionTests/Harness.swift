@@ -3,53 +3,100 @@ import XCTest
 @testable import GlobalAttention
 
 /// One attention problem sharded over `counts.count` loopback ranks.
+///
+/// `counts` gives the world size and the global length N = Σ counts; for
+/// CONTIGUOUS it is also the split, for ZIGZAG and STRIPED the ranks hold
+/// what the distribution deals them (`rankCounts`).
 struct Problem {
     var batch = 1, heads = 2, headDim = 16
+    var kvHeads: Int? = nil          // nil: MHA (= heads)
     var counts: [Int] = [8]
     var causal = false
+    var window = (left: -1, right: -1)
+    var cuSeqlens: [Int]? = nil
+    var distribution: AttentionConfig.Distribution = .contiguous
     var layout: AttentionConfig.Layout = .bshd
     var scale: Float = 0
     var seed: UInt64 = 1
     var threads: Int32 = 1
     var inputScale = 1.0
 
+    var ranks: Int { counts.count }
     var total: Int { counts.reduce(0, +) }
+    var hkv: Int { kvHeads ?? heads }
     var z: Int { batch * heads }
-    var offsets: [Int] { var r = 0; return counts.map { c in defer { r += c }; return r } }
+    var zkv: Int { batch * hkv }
+
+    var tokenDistribution: TokenDistribution {
+        TokenDistribution(kind: distribution, total: total, ranks: ranks, sequenceOffsets: cuSeqlens)
+    }
+    /// What each rank holds.
+    var rankCounts: [Int] {
+        distribution == .contiguous ? counts : (0..<ranks).map { tokenDistribution.count(rank: $0) }
+    }
+    func positions(rank: Int) -> [Int] { tokenDistribution.positions(rank: rank, counts: rankCounts) }
+
+    var label: String {
+        "P=\(ranks) counts=\(rankCounts) dist=\(distribution) B=\(batch) H=\(heads)/\(hkv) d=\(headDim) causal=\(causal) window=\(window) cu=\(cuSeqlens.map { "\($0)" } ?? "-") layout=\(layout)"
+    }
 
     func config(rank: Int) -> AttentionConfig {
         var c = AttentionConfig()
         c.layout = layout.rawValue
         c.mask = causal ? 1 : 0
+        c.distribution = distribution.rawValue
         c.batch = Int64(batch)
-        c.seqLenLocal = Int64(counts[rank])
+        c.seqLenLocal = Int64(rankCounts[rank])
         c.numHeadsQ = Int64(heads)
-        c.numHeadsKV = Int64(heads)
+        c.numHeadsKV = Int64(hkv)
         c.headDim = Int64(headDim)
         c.softmaxScale = scale
+        c.windowLeft = Int64(window.left)
+        c.windowRight = Int64(window.right)
+        if let cuSeqlens {
+            c.cuSeqlens = cuSeqlens.map { Int64($0) }
+            c.numSequences = Int64(cuSeqlens.count - 1)
+        }
         c.numThreads = threads
         c.timeoutSeconds = 60
         return c
     }
 
-    /// Canonical global [Z, N, d] → this rank's shard in the user layout (Float).
-    func shard(_ global: [Double], rank: Int) -> [Float] {
-        let n = counts[rank], off = offsets[rank], d = headDim, N = total
-        var out = [Float](repeating: 0, count: batch * heads * n * d)
-        for b in 0..<batch { for h in 0..<heads { for i in 0..<n { for c in 0..<d {
-            let g = global[((b * heads + h) * N + off + i) * d + c]
-            let index = layout == .bhsd ? (((b * heads + h) * n + i) * d + c) : (((b * n + i) * heads + h) * d + c)
-            out[index] = Float(g)
+    /// Canonical global [Z', N, d] (Z' = batch·h) → this rank's shard in the user layout (Float).
+    func shard(_ global: [Double], rank: Int, heads h: Int) -> [Float] {
+        let pos = positions(rank: rank), n = pos.count, d = headDim, N = total
+        var out = [Float](repeating: 0, count: batch * h * n * d)
+        for b in 0..<batch { for hh in 0..<h { for (i, g) in pos.enumerated() { for c in 0..<d {
+            let value = global[((b * h + hh) * N + g) * d + c]
+            let index = layout == .bhsd ? (((b * h + hh) * n + i) * d + c) : (((b * n + i) * h + hh) * d + c)
+            out[index] = Float(value)
         } } } }
         return out
     }
 
     /// Canonical global row statistics [Z, N] → this rank's [Z, n].
     func shardRows(_ global: [Double], rank: Int) -> [Double] {
-        let n = counts[rank], off = offsets[rank]
+        let pos = positions(rank: rank), n = pos.count
         var out = [Double](repeating: 0, count: z * n)
-        for h in 0..<z { for i in 0..<n { out[h * n + i] = global[h * total + off + i] } }
+        for h in 0..<z { for (i, g) in pos.enumerated() { out[h * n + i] = global[h * total + g] } }
         return out
+    }
+
+    /// The float64 reference for this problem (its own, brute-force mask).
+    var reference: ReferenceAttention {
+        let scale = self.scale != 0 ? Double(self.scale) : 1 / Double(headDim).squareRoot()
+        return ReferenceAttention(batch: batch, heads: heads, kvHeads: hkv, n: total, d: headDim, scale: scale,
+                                  mask: ReferenceMask(causal: causal, windowLeft: window.left, windowRight: window.right,
+                                                      cuSeqlens: cuSeqlens, n: total))
+    }
+
+    /// Global inputs (canonical): q and dout at `heads`, k and v at `kvHeads`.
+    var inputs: (q: [Double], k: [Double], v: [Double], dout: [Double]) {
+        let N = total, d = headDim
+        return (randomTensor(z * N * d, seed: seed).map { $0 * inputScale },
+                randomTensor(zkv * N * d, seed: seed + 1).map { $0 * inputScale },
+                randomTensor(zkv * N * d, seed: seed + 2),
+                randomTensor(z * N * d, seed: seed + 3))
     }
 }
 
@@ -83,20 +130,17 @@ func runRanks<T>(_ size: Int, _ body: @escaping (Int, LoopbackTransport) -> T) -
 
 /// Forward + backward through the plan on every rank.
 func runProblem(_ p: Problem, backward: Bool = true) -> [RankResult] {
-    let N = p.total, d = p.headDim, z = p.z
-    let q = randomTensor(z * N * d, seed: p.seed).map { $0 * p.inputScale }
-    let k = randomTensor(z * N * d, seed: p.seed + 1).map { $0 * p.inputScale }
-    let v = randomTensor(z * N * d, seed: p.seed + 2)
-    let dout = randomTensor(z * N * d, seed: p.seed + 3)
-    return runRanks(p.counts.count) { rank, transport in
+    let inputs = p.inputs
+    let z = p.z
+    return runRanks(p.ranks) { rank, transport in
         var result = RankResult()
         do {
             let context = AttentionContext(transport: transport, defaultThreads: 1)
             let plan = try context.makePlan(.success(p.config(rank: rank)))
-            let qs = p.shard(q, rank: rank), ks = p.shard(k, rank: rank), vs = p.shard(v, rank: rank)
-            let dos = p.shard(dout, rank: rank)
+            let qs = p.shard(inputs.q, rank: rank, heads: p.heads), ks = p.shard(inputs.k, rank: rank, heads: p.hkv)
+            let vs = p.shard(inputs.v, rank: rank, heads: p.hkv), dos = p.shard(inputs.dout, rank: rank, heads: p.heads)
             var out = [Float](repeating: .nan, count: qs.count)
-            var lse = [Float](repeating: .nan, count: z * p.counts[rank])
+            var lse = [Float](repeating: .nan, count: z * p.rankCounts[rank])
             try qs.withUnsafeBytes { qb in try ks.withUnsafeBytes { kb in try vs.withUnsafeBytes { vb in
                 try out.withUnsafeMutableBytes { ob in try lse.withUnsafeMutableBufferPointer { lb in
                     try plan.forward(q: qb.baseAddress, k: kb.baseAddress, v: vb.baseAddress,
@@ -105,7 +149,8 @@ func runProblem(_ p: Problem, backward: Bool = true) -> [RankResult] {
             } } }
             result.out = out; result.lse = lse; result.forwardStats = plan.lastStats
             if backward {
-                var dq = [Float](repeating: .nan, count: qs.count), dk = dq, dv = dq
+                var dq = [Float](repeating: .nan, count: qs.count)
+                var dk = [Float](repeating: .nan, count: ks.count), dv = dk
                 try qs.withUnsafeBytes { qb in try ks.withUnsafeBytes { kb in try vs.withUnsafeBytes { vb in
                 try out.withUnsafeBytes { ob in try lse.withUnsafeBufferPointer { lb in try dos.withUnsafeBytes { db in
                 try dq.withUnsafeMutableBytes { dqb in try dk.withUnsafeMutableBytes { dkb in try dv.withUnsafeMutableBytes { dvb in
@@ -131,21 +176,17 @@ struct Errors {
 
 /// Max-abs errors of all ranks against the float64 reference.
 func referenceErrors(_ p: Problem, _ results: [RankResult], file: StaticString = #filePath, line: UInt = #line) -> Errors {
-    let N = p.total, d = p.headDim, z = p.z
-    let q = randomTensor(z * N * d, seed: p.seed).map { $0 * p.inputScale }
-    let k = randomTensor(z * N * d, seed: p.seed + 1).map { $0 * p.inputScale }
-    let v = randomTensor(z * N * d, seed: p.seed + 2)
-    let dout = randomTensor(z * N * d, seed: p.seed + 3)
-    let scale = p.scale != 0 ? Double(p.scale) : 1 / Double(d).squareRoot()
-    let ref = ReferenceAttention(z: z, n: N, d: d, scale: scale, causal: p.causal)
+    let (q, k, v, dout) = p.inputs
+    let ref = p.reference
     let (out, lse) = ref.forward(q: q, k: k, v: v)
-    let backwardWanted = !(results.first?.dq.isEmpty ?? true)
+    let backwardWanted = !(results.first?.dq.isEmpty ?? true) || results.contains { !$0.dq.isEmpty }
     let grads = backwardWanted ? ref.backward(q: q, k: k, v: v, out: out, lse: lse, dout: dout) : ([], [], [])
     var e = Errors()
     e.outScale = maxAbs(out)
     if backwardWanted { e.gradScale = (maxAbs(grads.0), maxAbs(grads.1), maxAbs(grads.2)) }
     func worst(_ got: [Float], _ want: [Float]) -> Double {
         var w = 0.0
+        if got.count != want.count { return .infinity }
         for (a, b) in zip(got, want) {
             if a == b { continue }  // covers equal infinities
             let diff = abs(Double(a) - Double(b))
@@ -154,13 +195,13 @@ func referenceErrors(_ p: Problem, _ results: [RankResult], file: StaticString =
         return w
     }
     for (rank, r) in results.enumerated() {
-        if let error = r.error { XCTFail("rank \(rank): \(error)", file: file, line: line); continue }
-        e.out = max(e.out, worst(r.out, p.shard(out, rank: rank)))
+        if let error = r.error { XCTFail("rank \(rank): \(error) — \(p.label)", file: file, line: line); continue }
+        e.out = max(e.out, worst(r.out, p.shard(out, rank: rank, heads: p.heads)))
         e.lse = max(e.lse, worst(r.lse, p.shardRows(lse, rank: rank).map { Float($0) }))
         if backwardWanted {
-            e.dq = max(e.dq, worst(r.dq, p.shard(grads.0, rank: rank)))
-            e.dk = max(e.dk, worst(r.dk, p.shard(grads.1, rank: rank)))
-            e.dv = max(e.dv, worst(r.dv, p.shard(grads.2, rank: rank)))
+            e.dq = max(e.dq, worst(r.dq, p.shard(grads.0, rank: rank, heads: p.heads)))
+            e.dk = max(e.dk, worst(r.dk, p.shard(grads.1, rank: rank, heads: p.hkv)))
+            e.dv = max(e.dv, worst(r.dv, p.shard(grads.2, rank: rank, heads: p.hkv)))
         }
     }
     return e
@@ -172,7 +213,7 @@ func referenceErrors(_ p: Problem, _ results: [RankResult], file: StaticString =
 func assertWithinTolerance(_ p: Problem, _ e: Errors, file: StaticString = #filePath, line: UInt = #line) {
     var e = e
     e.gradScale = (max(e.gradScale.0, 1e-3), max(e.gradScale.1, 1e-3), max(e.gradScale.2, 1e-3))
-    let label = "P=\(p.counts.count) counts=\(p.counts) B=\(p.batch) H=\(p.heads) d=\(p.headDim) causal=\(p.causal) layout=\(p.layout)"
+    let label = p.label
     XCTAssertLessThanOrEqual(e.out, 1e-5 * e.outScale, "out error \(e.out) vs max|ref| \(e.outScale) — \(label)", file: file, line: line)
     XCTAssertLessThanOrEqual(e.lse, 1e-4, "lse error \(e.lse) — \(label)", file: file, line: line)
     XCTAssertLessThanOrEqual(e.dq, 1e-4 * e.gradScale.0, "dq error \(e.dq) vs \(e.gradScale.0) — \(label)", file: file, line: line)

@@ -1,26 +1,71 @@
 import Foundation
 
-/// Float64 reference attention over the whole sequence, canonical layout
-/// [Z, N, d] (Z = batch·heads). The oracle the tests compare against.
-struct ReferenceAttention {
-    let z: Int, n: Int, d: Int
-    let scale: Double
+/// The mask written the obvious way, independent of the library's
+/// `VisibilityRule`: a sequence id per position and three comparisons.
+struct ReferenceMask {
     let causal: Bool
+    let windowLeft: Int, windowRight: Int
+    let sequenceOf: [Int]?
 
-    func visible(_ i: Int, _ j: Int) -> Bool { !causal || j <= i }
+    init(causal: Bool, windowLeft: Int = -1, windowRight: Int = -1, cuSeqlens: [Int]? = nil, n: Int) {
+        self.causal = causal
+        self.windowLeft = windowLeft
+        self.windowRight = windowRight
+        if let cu = cuSeqlens {
+            var ids = [Int](repeating: -1, count: n)
+            for s in 0..<(cu.count - 1) { for t in cu[s]..<cu[s + 1] { ids[t] = s } }
+            sequenceOf = ids
+        } else {
+            sequenceOf = nil
+        }
+    }
 
-    /// out [Z, N, d], lse [Z, N] (-inf for rows that see nothing).
+    func visible(_ i: Int, _ j: Int) -> Bool {
+        if causal && j > i { return false }
+        if windowLeft >= 0 && j < i - windowLeft { return false }
+        if windowRight >= 0 && j > i + windowRight { return false }
+        if let ids = sequenceOf, ids[i] != ids[j] { return false }
+        return true
+    }
+}
+
+/// Float64 reference attention over the whole sequence, canonical layout
+/// [batch·heads, N, d] for q/out/dout and [batch·kvHeads, N, d] for k/v
+/// (query head h of a batch reads kv head h / (heads / kvHeads)). The oracle
+/// the tests compare against.
+struct ReferenceAttention {
+    let batch: Int, heads: Int, kvHeads: Int, n: Int, d: Int
+    let scale: Double
+    let mask: ReferenceMask
+
+    init(batch: Int = 1, heads: Int, kvHeads: Int? = nil, n: Int, d: Int, scale: Double, mask: ReferenceMask) {
+        self.batch = batch; self.heads = heads; self.kvHeads = kvHeads ?? heads
+        self.n = n; self.d = d; self.scale = scale; self.mask = mask
+    }
+
+    /// MHA over z = batch·heads heads with a plain causal (or no) mask.
+    init(z: Int, n: Int, d: Int, scale: Double, causal: Bool) {
+        self.init(batch: 1, heads: z, n: n, d: d, scale: scale, mask: ReferenceMask(causal: causal, n: n))
+    }
+
+    func visible(_ i: Int, _ j: Int) -> Bool { mask.visible(i, j) }
+
+    /// The kv head (canonical index) query head `h` (canonical index) reads.
+    func kvHead(_ h: Int) -> Int { (h / heads) * kvHeads + (h % heads) / (heads / kvHeads) }
+
+    /// out [Zq, N, d], lse [Zq, N] (-inf for rows that see nothing).
     func forward(q: [Double], k: [Double], v: [Double]) -> (out: [Double], lse: [Double]) {
+        let z = batch * heads
         var out = [Double](repeating: 0, count: z * n * d)
         var lse = [Double](repeating: -.infinity, count: z * n)
         var s = [Double](repeating: 0, count: n)
         for h in 0..<z {
-            let base = h * n * d
+            let base = h * n * d, kvBase = kvHead(h) * n * d
             for i in 0..<n {
                 var m = -Double.infinity
                 for j in 0..<n where visible(i, j) {
                     var dot = 0.0
-                    for c in 0..<d { dot += q[base + i * d + c] * k[base + j * d + c] }
+                    for c in 0..<d { dot += q[base + i * d + c] * k[kvBase + j * d + c] }
                     s[j] = dot * scale
                     m = max(m, s[j])
                 }
@@ -29,7 +74,7 @@ struct ReferenceAttention {
                 for j in 0..<n where visible(i, j) { s[j] = exp(s[j] - m); l += s[j] }
                 for j in 0..<n where visible(i, j) {
                     let w = s[j] / l
-                    for c in 0..<d { out[base + i * d + c] += w * v[base + j * d + c] }
+                    for c in 0..<d { out[base + i * d + c] += w * v[kvBase + j * d + c] }
                 }
                 lse[h * n + i] = m + log(l)
             }
@@ -37,12 +82,14 @@ struct ReferenceAttention {
         return (out, lse)
     }
 
+    /// dq [Zq, N, d]; dk, dv [Zkv, N, d] (summed over the query heads of a group).
     func backward(q: [Double], k: [Double], v: [Double], out: [Double], lse: [Double], dout: [Double])
         -> (dq: [Double], dk: [Double], dv: [Double]) {
+        let z = batch * heads
         var dq = [Double](repeating: 0, count: z * n * d)
-        var dk = dq, dv = dq
+        var dk = [Double](repeating: 0, count: batch * kvHeads * n * d), dv = dk
         for h in 0..<z {
-            let base = h * n * d
+            let base = h * n * d, kvBase = kvHead(h) * n * d
             for i in 0..<n {
                 let rowLse = lse[h * n + i]
                 if rowLse == -.infinity { continue }
@@ -51,15 +98,15 @@ struct ReferenceAttention {
                 for j in 0..<n where visible(i, j) {
                     var dot = 0.0, dp = 0.0
                     for c in 0..<d {
-                        dot += q[base + i * d + c] * k[base + j * d + c]
-                        dp += dout[base + i * d + c] * v[base + j * d + c]
+                        dot += q[base + i * d + c] * k[kvBase + j * d + c]
+                        dp += dout[base + i * d + c] * v[kvBase + j * d + c]
                     }
                     let p = exp(dot * scale - rowLse)
                     let ds = p * (dp - delta) * scale
                     for c in 0..<d {
-                        dv[base + j * d + c] += p * dout[base + i * d + c]
-                        dk[base + j * d + c] += ds * q[base + i * d + c]
-                        dq[base + i * d + c] += ds * k[base + j * d + c]
+                        dv[kvBase + j * d + c] += p * dout[base + i * d + c]
+                        dk[kvBase + j * d + c] += ds * q[base + i * d + c]
+                        dq[base + i * d + c] += ds * k[kvBase + j * d + c]
                     }
                 }
             }

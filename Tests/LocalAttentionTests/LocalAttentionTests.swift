@@ -31,8 +31,10 @@ final class LocalKernelTests: XCTestCase {
             for (qPos, kPos) in [(100, 0), (0, 0), (40, 20), (0, 200)] {
                 let rule = VisibilityRule(causal: causal)
                 let pool = WorkerPool(threadCount: 2)
-                let kernel = LocalAttention(headDim: d, scale: 0.3, rule: rule, pool: pool, maxHeads: heads, maxKeyRows: nk1 + nk2,
+                let kernel = LocalAttention(headDim: d, scale: 0.3, pool: pool, maxKVHeads: heads, maxKeyRows: nk1 + nk2,
                                             tileQ: 16, tileK: 32, useJIT: useJIT)!
+                let (qLo, qHi) = rule.rowBounds(Array(qPos..<(qPos + nq)))
+                let keys1 = Array(kPos..<(kPos + nk1)), keys2 = Array((kPos + nk1)..<(kPos + nk1 + nk2))
                 let q = values(heads * nq * d, 1), k = values(heads * (nk1 + nk2) * d, 2), v = values(heads * (nk1 + nk2) * d, 3)
                 // Split keys per head into the two blocks (canonical layout per block).
                 func block(_ x: [Float], _ start: Int, _ rows: Int) -> [Float] {
@@ -47,10 +49,10 @@ final class LocalKernelTests: XCTestCase {
                 var acc = [Float](repeating: 0, count: heads * nq * d)
                 var m = [Float](repeating: 0, count: heads * nq), l = m, lse = m
                 LocalAttention.resetForwardState(heads: heads, rows: nq, headDim: d, acc: &acc, rowMax: &m, rowSum: &l)
-                kernel.forwardAccumulate(heads: heads, q: q, queryRows: nq, queryPosition: qPos, k: k2, v: v2,
-                                         keyRows: nk2, keyPosition: kPos + nk1, acc: &acc, rowMax: &m, rowSum: &l)
-                kernel.forwardAccumulate(heads: heads, q: q, queryRows: nq, queryPosition: qPos, k: k1, v: v1,
-                                         keyRows: nk1, keyPosition: kPos, acc: &acc, rowMax: &m, rowSum: &l)
+                kernel.forwardAccumulate(queryHeads: heads, group: 1, q: q, queryRows: nq, queryLo: qLo, queryHi: qHi, k: k2, v: v2,
+                                         keyRows: nk2, keyPositions: keys2, acc: &acc, rowMax: &m, rowSum: &l)
+                kernel.forwardAccumulate(queryHeads: heads, group: 1, q: q, queryRows: nq, queryLo: qLo, queryHi: qHi, k: k1, v: v1,
+                                         keyRows: nk1, keyPositions: keys1, acc: &acc, rowMax: &m, rowSum: &l)
                 var out = acc
                 LocalAttention.finishForward(heads: heads, rows: nq, headDim: d, acc: acc, rowMax: m, rowSum: l,
                                              out: &out, lse: &lse)
@@ -83,25 +85,44 @@ final class LocalKernelTests: XCTestCase {
     /// Rows whose lse is −inf (they saw no key) get exactly zero gradients, not NaN.
     func testBackwardGuardsRowsThatSawNoKey() {
         let d = 8, n = 5
-        let kernel = LocalAttention(headDim: d, scale: 1, rule: VisibilityRule(causal: true), pool: WorkerPool(threadCount: 1),
-                                    maxHeads: 1, maxKeyRows: n)!
+        let kernel = LocalAttention(headDim: d, scale: 1, pool: WorkerPool(threadCount: 1),
+                                    maxKVHeads: 1, maxKeyRows: n)!
+        let (qLo, qHi) = VisibilityRule(causal: true).rowBounds(Array(0..<n))
         let q = values(n * d, 4), dO = values(n * d, 5), k = values(n * d, 6), v = values(n * d, 7)
         let delta = [Float](repeating: 0.1, count: n), lse = [Float](repeating: -.infinity, count: n)
         var dq = [Float](repeating: 0, count: n * d), dk = dq, dv = dq
         // Keys at positions 0..4, queries at 0..4 but every lse is -inf.
-        kernel.backwardAccumulate(heads: 1, q: q, dOut: dO, delta: delta, lse: lse, dq: &dq, queryRows: n, queryPosition: 0,
-                                  k: k, v: v, dk: &dk, dv: &dv, keyRows: n, keyPosition: 0)
+        kernel.backwardAccumulate(queryHeads: 1, group: 1, q: q, dOut: dO, delta: delta, lse: lse, dq: &dq, queryRows: n,
+                                  queryLo: qLo, queryHi: qHi, k: k, v: v, dk: &dk, dv: &dv, keyRows: n, keyPositions: Array(0..<n))
         XCTAssertTrue((dq + dk + dv).allSatisfy { $0 == 0 })
     }
 
-    func testVisibilityClassification() {
-        let causal = VisibilityRule(causal: true)
-        XCTAssertEqual(causal.classify(queries: 0, 9, keys: 10, 19), .hidden)
-        XCTAssertEqual(causal.classify(queries: 10, 19, keys: 0, 9), .full)
-        XCTAssertEqual(causal.classify(queries: 5, 14, keys: 10, 19), .partial)
-        let none = VisibilityRule(causal: false)
-        XCTAssertEqual(none.classify(queries: 0, 9, keys: 100, 109), .full)
-        XCTAssertEqual(none.classify(queries: 0, -1, keys: 100, 109), .hidden)
+    /// Row-by-row visible columns of a tile against brute force: contiguous,
+    /// strided (striped) and gapped (zigzag) key positions, windows, packing.
+    func testTileColumnsMatchBruteForce() {
+        let rules = [VisibilityRule(causal: true), VisibilityRule(causal: false, windowLeft: 3, windowRight: 2),
+                     VisibilityRule(causal: true, windowLeft: 5, sequenceOffsets: [0, 7, 7, 20, 64]),
+                     VisibilityRule(causal: false, sequenceOffsets: [0, 30, 64])]
+        let keySets = [Array(10..<30), Array(stride(from: 1, to: 64, by: 4)), Array(0..<6) + Array(40..<50), [33]]
+        let querySets = [Array(0..<20), Array(stride(from: 2, to: 64, by: 3)), Array(20..<26) + Array(50..<60), [40]]
+        for rule in rules {
+            for keys in keySets {
+                for queries in querySets {
+                    let (lo, hi) = rule.rowBounds(queries)
+                    var first = [Int](repeating: 0, count: queries.count), last = first
+                    let any = TileVisibility.columns(rows: queries.count, lo: lo, hi: hi, cols: keys.count, keys: keys,
+                                                     first: &first, last: &last)
+                    var sawAny = false
+                    for (i, position) in queries.enumerated() {
+                        let want = keys.indices.filter { rule.isVisible(query: position, key: keys[$0]) }
+                        let got = any ? Array(first[i]..<last[i]) : []
+                        XCTAssertEqual(got, want, "rule \(rule) query \(position) keys \(keys)")
+                        sawAny = sawAny || !want.isEmpty
+                    }
+                    XCTAssertEqual(any, sawAny)
+                }
+            }
+        }
     }
 
     private func values(_ count: Int, _ seed: UInt32) -> [Float] {
