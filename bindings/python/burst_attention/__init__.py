@@ -9,6 +9,9 @@ BurstAttention, arXiv 2403.09347) over its C ABI, with ctypes and numpy.
             out, lse = plan.forward(q, k, v)
             dq, dk, dv = plan.backward(q, k, v, out, lse, dout)
 
+`shard_positions`, `shard_counts`, `shard` and `unshard` deal a full-sequence array to
+the ranks by a distribution ("contiguous", "zigzag", "striped") and gather it back.
+
 Every C call that fails raises `BurstError` (with `.status`, a `Status`). See
 bindings/python/README.md and include/burst_attention.h (the manual).
 """
@@ -25,6 +28,7 @@ from ._enums import (
 )
 from ._context import Context
 from ._plan import Plan, STATS_KEYS
+from ._sharding import shard, shard_counts, shard_positions, unshard
 
 __version__ = f"{VERSION_MAJOR}.{VERSION_MINOR}.{VERSION_PATCH}"
 
@@ -46,6 +50,7 @@ __all__ = [
     "BurstError", "Context", "DType", "Distribution", "Layout", "Mask", "Pattern", "Plan",
     "STATS_KEYS", "Status", "VERSION_MAJOR", "VERSION_MINOR", "VERSION_NUMBER",
     "VERSION_PATCH", "last_error", "library_path", "status_string", "version", "version_info",
+    "shard", "shard_counts", "shard_positions", "unshard",
     "DTYPE_F32", "LAYOUT_BHSD", "LAYOUT_BSHD", "MASK_CAUSAL", "MASK_NONE",
     "DISTRIBUTION_CONTIGUOUS", "DISTRIBUTION_STRIPED", "DISTRIBUTION_ZIGZAG",
     "PATTERN_ALLGATHER", "PATTERN_AUTO", "PATTERN_BURST", "PATTERN_RING", "PATTERN_ULYSSES",

@@ -25,9 +25,9 @@ class Mask(enum.IntEnum):
 
 
 class Distribution(enum.IntEnum):
-    CONTIGUOUS = 0  # rank r holds one contiguous run of tokens
-    ZIGZAG = 1      # not yet supported by the library
-    STRIPED = 2     # not yet supported by the library
+    CONTIGUOUS = 0  # rank r holds one contiguous run of tokens (any split)
+    ZIGZAG = 1      # 2P chunks (per sequence with packing); rank r: chunks r, 2P-1-r
+    STRIPED = 2     # token t on rank t mod P
 
 
 class Pattern(enum.IntEnum):

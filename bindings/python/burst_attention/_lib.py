@@ -1,10 +1,11 @@
 """Loading libburst_attention and declaring its C ABI for ctypes.
 
 This is the only module that knows the C signatures. It mirrors
-include/burst_attention.h (version 0.1.0) one declaration at a time; the structs
+include/burst_attention.h (version 0.2.0) one declaration at a time; the structs
 keep the header's field order, and ctypes gives them the same natural alignment as
 the C compiler on the platforms we support (x86-64 / aarch64 Linux), so
-`sizeof(burst_attention_config) == 120` and `sizeof(burst_stats) == 72`.
+`sizeof(burst_attention_config) == 120` and `sizeof(burst_stats) == 88` (72 up to
+total_seconds, the 0.1 struct the library still accepts).
 
 Lookup order for the shared library (first hit wins):
   1. the path in the environment variable BURST_ATTENTION_LIBRARY;
@@ -22,7 +23,7 @@ import sys
 
 # The header version this binding was written against (BURST_VERSION_*).
 VERSION_MAJOR = 0
-VERSION_MINOR = 1
+VERSION_MINOR = 2
 VERSION_PATCH = 0
 VERSION_NUMBER = VERSION_MAJOR * 10000 + VERSION_MINOR * 100 + VERSION_PATCH
 
@@ -100,7 +101,7 @@ class AttentionConfig(ctypes.Structure):
 
 
 class Stats(ctypes.Structure):
-    """`burst_stats` — the caller sets struct_size."""
+    """`burst_stats` — the caller sets struct_size (tiles_* appended in 0.2)."""
 
     _fields_ = [
         ("struct_size", ctypes.c_uint32),
@@ -112,10 +113,16 @@ class Stats(ctypes.Structure):
         ("compute_seconds", ctypes.c_double),
         ("comm_wait_seconds", ctypes.c_double),
         ("total_seconds", ctypes.c_double),
+        ("tiles_computed", ctypes.c_uint64),
+        ("tiles_skipped", ctypes.c_uint64),
     ]
+
+# sizeof(burst_stats) of version 0.1, which ended at total_seconds.
+STATS_SIZE_V0_1 = Stats.tiles_computed.offset
 
 
 _c_float_p = ctypes.POINTER(ctypes.c_float)
+_c_int64_p = ctypes.POINTER(ctypes.c_int64)
 
 # name: (restype, argtypes) — one line per function of the header.
 _SIGNATURES = {
@@ -139,6 +146,16 @@ _SIGNATURES = {
                                       ctypes.c_void_p]),
     "burst_plan_stats": (burst_status, [c_handle, ctypes.POINTER(Stats)]),
     "burst_plan_destroy": (None, [c_handle]),
+    # distribution, total_tokens, cu_seqlens, num_sequences, world_size, rank, ...
+    "burst_shard_positions": (burst_status, [ctypes.c_int32, ctypes.c_int64, _c_int64_p,
+                                             ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
+                                             _c_int64_p, ctypes.c_int64, _c_int64_p]),
+    "burst_shard": (burst_status, [ctypes.c_int32, ctypes.c_int64, _c_int64_p, ctypes.c_int64,
+                                   ctypes.c_int32, ctypes.c_int32, ctypes.c_int64,
+                                   ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]),
+    "burst_unshard": (burst_status, [ctypes.c_int32, ctypes.c_int64, _c_int64_p, ctypes.c_int64,
+                                     ctypes.c_int32, ctypes.c_int32, ctypes.c_int64,
+                                     ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]),
 }
 
 
@@ -165,6 +182,13 @@ def float_ptr(array) -> "ctypes._Pointer | None":
     if array is None:
         return None
     return array.ctypes.data_as(_c_float_p)
+
+
+def int64_ptr(array) -> "ctypes._Pointer | None":
+    """An `int64_t*` to a numpy int64 array's data, or NULL for None."""
+    if array is None:
+        return None
+    return array.ctypes.data_as(_c_int64_p)
 
 
 def void_ptr(array) -> int | None:

@@ -26,7 +26,8 @@ from ._enums import Layout, Mask
 from ._errors import BurstError, Status, _check, last_error, status_string
 
 STATS_KEYS = ("bytes_sent", "bytes_received", "messages_sent", "steps_computed",
-              "steps_skipped", "compute_seconds", "comm_wait_seconds", "total_seconds")
+              "steps_skipped", "compute_seconds", "comm_wait_seconds", "total_seconds",
+              "tiles_computed", "tiles_skipped")
 
 
 class Plan:
@@ -153,7 +154,11 @@ class Plan:
     def stats(self) -> dict:
         """Counters of this rank's last forward/backward on this plan (zeros before the
         first): bytes_sent, bytes_received, messages_sent, steps_computed,
-        steps_skipped (ints) and compute_seconds, comm_wait_seconds, total_seconds."""
+        steps_skipped, tiles_computed, tiles_skipped (ints) and compute_seconds,
+        comm_wait_seconds, total_seconds (floats).
+
+        A tile is (one head) x (up to 256 queries) x (up to 128 keys);
+        tiles_computed + tiles_skipped is what a dense schedule would compute."""
         stats = _lib.new_stats()
         with self._in_call() as handle:
             _check(_lib.lib.burst_plan_stats(handle, ctypes.byref(stats)), "burst_plan_stats")
