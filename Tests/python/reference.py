@@ -1,15 +1,22 @@
-"""Float64 numpy reference for attention forward and backward, plus sharding helpers.
+"""Float64 numpy reference for attention forward and backward, the header's token
+distributions, and sharding helpers — written from include/burst_attention.h alone,
+independent of the library, so the library's results *and* its shard positions and
+byte counts are checked against a separate implementation.
 
 Shared by test_binding.py, mpi_check.py (and mirrored in examples/python/demo.py).
-Works on the *global* sequence; the tests slice its shards.
+Works on the *global* sequence; the tests take its shards.
 
 Math (per batch b and head h; s = softmax scale; positions global):
-    S = s · Q Kᵀ, masked entries (j > i when causal) = -inf
+    S = s · Q Kᵀ, entries whose key is not visible to the query = -inf
     lse_i = log Σ_j exp(S_ij)            (-inf for a row that sees no key)
     P = exp(S − lse),  O = P V           (O row = 0 when lse = -inf)
     D_i = Σ_d dO_id O_id
     dP = dO Vᵀ,  dS = P ∘ (dP − D)
     dQ = s · dS K,  dK = s · dSᵀ Q,  dV = Pᵀ dO
+Visibility (header, "Which keys a query sees"): key j is visible to query i when
+    i − window_left ≤ j ≤ i + window_right   (−1 = unbounded side),
+    j ≤ i                                    if causal,
+    i and j lie in the same sequence         if cu_seqlens is given.
 GQA: query head h reads kv head h // (Hq / Hkv); dK/dV sum over the query heads of a group.
 """
 
@@ -41,12 +48,42 @@ def from_bhsd(x: np.ndarray, layout) -> np.ndarray:
     return np.ascontiguousarray(x if _norm_layout(layout) == BHSD else np.swapaxes(x, 1, 2))
 
 
-def _scores(q, k, causal, scale):
-    """q: [B,Hq,N,D], k: [B,Hq,N,D] (already expanded) -> masked scaled scores [B,Hq,N,N]."""
-    s = scale * np.einsum("bhid,bhjd->bhij", q, k)
+# --------------------------------------------------------------------------- masks
+
+def sequence_ids(n_total: int, cu_seqlens=None) -> np.ndarray:
+    """The packed sequence each global position belongs to (all 0 without packing).
+    Empty sequences own no position."""
+    if cu_seqlens is None:
+        return np.zeros(n_total, np.int64)
+    cu = np.asarray(cu_seqlens, np.int64)
+    return np.searchsorted(cu, np.arange(n_total), side="right") - 1
+
+
+def visibility(n_total: int, causal=False, window_left=-1, window_right=-1,
+               cu_seqlens=None) -> np.ndarray:
+    """visible[i, j]: does query position i see key position j? [N, N] bool."""
+    i = np.arange(n_total)[:, None]
+    j = np.arange(n_total)[None, :]
+    visible = np.ones((n_total, n_total), bool)
+    if window_left != -1:
+        visible &= j >= i - window_left
+    if window_right != -1:
+        visible &= j <= i + window_right
     if causal:
-        n_q, n_k = s.shape[-2], s.shape[-1]
-        visible = np.arange(n_k)[None, :] <= np.arange(n_q)[:, None]
+        visible &= j <= i
+    if cu_seqlens is not None:
+        seq = sequence_ids(n_total, cu_seqlens)
+        visible &= seq[:, None] == seq[None, :]
+    return visible
+
+
+def _scores(q, k, causal, scale, visible=None):
+    """q: [B,Hq,N,D], k: [B,Hq,N,D] (already expanded) -> masked scaled scores [B,Hq,N,N].
+    `visible` ([N,N] bool), when given, replaces the plain causal mask."""
+    s = scale * np.einsum("bhid,bhjd->bhij", q, k)
+    if visible is None and causal:
+        visible = visibility(s.shape[-1], causal=True)
+    if visible is not None:
         s = np.where(visible, s, -np.inf)
     return s
 
@@ -70,26 +107,38 @@ def _probs(s, lse):
     return np.where(np.isfinite(lse)[..., None], p, 0.0)
 
 
-def forward(q, k, v, causal=False, scale=None, layout=BSHD):
-    """Float64 attention over the full sequence. Returns (out in `layout`, lse [B,Hq,N])."""
+def _visible(n_total, causal, window_left, window_right, cu_seqlens):
+    if window_left == -1 and window_right == -1 and cu_seqlens is None:
+        return None  # the plain causal (or no) mask
+    return visibility(n_total, causal, window_left, window_right, cu_seqlens)
+
+
+def forward(q, k, v, causal=False, scale=None, layout=BSHD, window_left=-1, window_right=-1,
+            cu_seqlens=None):
+    """Float64 attention over the full sequence, with the header's full mask (causal,
+    window, packing) and GQA. Returns (out in `layout`, lse [B,Hq,N])."""
     qb, kb, vb = (to_bhsd(np.asarray(x, np.float64), layout) for x in (q, k, v))
     hq, d = qb.shape[1], qb.shape[3]
     scale = 1.0 / math.sqrt(d) if not scale else float(scale)
     kb, vb = _expand_kv(kb, hq), _expand_kv(vb, hq)
-    s = _scores(qb, kb, causal, scale)
+    visible = _visible(qb.shape[2], causal, window_left, window_right, cu_seqlens)
+    s = _scores(qb, kb, causal, scale, visible)
     lse = _lse(s)
     p = _probs(s, lse)
     out = np.einsum("bhij,bhjd->bhid", p, vb)
     return from_bhsd(out, layout), lse
 
 
-def backward(q, k, v, dout, causal=False, scale=None, layout=BSHD):
-    """Float64 gradients (dq, dk, dv) in `layout`, recomputing the forward."""
+def backward(q, k, v, dout, causal=False, scale=None, layout=BSHD, window_left=-1,
+             window_right=-1, cu_seqlens=None):
+    """Float64 gradients (dq, dk, dv) in `layout`, recomputing the forward (same mask
+    arguments as `forward`)."""
     qb, kb0, vb0, dob = (to_bhsd(np.asarray(x, np.float64), layout) for x in (q, k, v, dout))
     hq, hkv, d = qb.shape[1], kb0.shape[1], qb.shape[3]
     scale = 1.0 / math.sqrt(d) if not scale else float(scale)
     kb, vb = _expand_kv(kb0, hq), _expand_kv(vb0, hq)
-    s = _scores(qb, kb, causal, scale)
+    visible = _visible(qb.shape[2], causal, window_left, window_right, cu_seqlens)
+    s = _scores(qb, kb, causal, scale, visible)
     lse = _lse(s)
     p = _probs(s, lse)
     out = np.einsum("bhij,bhjd->bhid", p, vb)
@@ -128,6 +177,82 @@ def shard(x: np.ndarray, counts, rank: int, layout=BSHD) -> np.ndarray:
 def shard_lse(lse: np.ndarray, counts, rank: int) -> np.ndarray:
     off = offsets(counts)
     return np.ascontiguousarray(lse[:, :, off[rank]:off[rank + 1]], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- distributions
+# The header's BURST_DISTRIBUTION_* rules, re-implemented with plain Python/numpy.
+
+CONTIGUOUS, ZIGZAG, STRIPED = "contiguous", "zigzag", "striped"
+DISTRIBUTIONS = (CONTIGUOUS, ZIGZAG, STRIPED)
+
+
+def _norm_distribution(distribution) -> str:
+    if isinstance(distribution, str):
+        return distribution.lower()
+    return DISTRIBUTIONS[int(distribution)]
+
+
+def balanced_counts(n_total: int, world_size: int) -> list:
+    """CONTIGUOUS as the helpers propose it: floor(N/P) each, the first N mod P one more."""
+    base, extra = divmod(n_total, world_size)
+    return [base + (1 if r < extra else 0) for r in range(world_size)]
+
+
+def zigzag_chunks(length: int, world_size: int) -> list:
+    """[(start, end)] of the 2P chunks of a run of `length` tokens: chunk c holds
+    floor(L/2P) tokens, plus one if c < L mod 2P."""
+    sizes = balanced_counts(length, 2 * world_size)
+    starts = offsets(sizes)
+    return [(starts[c], starts[c + 1]) for c in range(2 * world_size)]
+
+
+def positions(distribution, n_total: int, world_size: int, rank: int, cu_seqlens=None,
+              counts=None) -> np.ndarray:
+    """The global positions rank `rank` holds, increasing (int64).
+
+    CONTIGUOUS: `counts` (any split summing to N) or the balanced split.
+    ZIGZAG: chunks r and 2P-1-r of the whole sequence, or of every packed sequence
+    (sequence after sequence) when cu_seqlens is given.
+    STRIPED: t with t mod P == rank (over the whole packed buffer)."""
+    dist = _norm_distribution(distribution)
+    p = world_size
+    if dist == CONTIGUOUS:
+        counts = balanced_counts(n_total, p) if counts is None else [int(c) for c in counts]
+        assert len(counts) == p and sum(counts) == n_total, (counts, n_total)
+        off = offsets(counts)
+        return np.arange(off[rank], off[rank + 1], dtype=np.int64)
+    if dist == STRIPED:
+        return np.arange(rank, n_total, p, dtype=np.int64)
+    assert dist == ZIGZAG, distribution
+    runs = [(0, n_total)] if cu_seqlens is None else [
+        (int(a), int(b)) for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:])]
+    out = []
+    for start, end in runs:
+        chunks = zigzag_chunks(end - start, p)
+        for c in (rank, 2 * p - 1 - rank):
+            a, b = chunks[c]
+            out.extend(range(start + a, start + b))
+    return np.asarray(out, dtype=np.int64)
+
+
+def all_positions(distribution, n_total, world_size, cu_seqlens=None, counts=None) -> list:
+    """positions() of every rank."""
+    return [positions(distribution, n_total, world_size, r, cu_seqlens, counts)
+            for r in range(world_size)]
+
+
+def take(x: np.ndarray, pos, axis: int) -> np.ndarray:
+    """The rows `pos` of x along `axis`, as a C-contiguous array of x's dtype."""
+    return np.ascontiguousarray(np.take(x, np.asarray(pos, np.int64), axis=axis))
+
+
+def shard_at(x: np.ndarray, pos, layout=BSHD) -> np.ndarray:
+    """A [b,s,h,d]/[b,h,s,d] tensor's rows at global positions `pos`, float32."""
+    return np.ascontiguousarray(take(x, pos, seq_axis(layout)), dtype=np.float32)
+
+
+def shard_lse_at(lse: np.ndarray, pos) -> np.ndarray:
+    return np.ascontiguousarray(take(lse, pos, 2), dtype=np.float32)
 
 
 def make_inputs(seed, batch, n_total, heads_q, heads_kv, head_dim, layout=BSHD):
@@ -185,6 +310,59 @@ GRAD_TOL = 1e-4   # · max|ref|
 LSE_TOL = 1e-4    # absolute
 
 
+def needs_matrix(rank_positions, visible) -> np.ndarray:
+    """needs[a][b]: some query of rank a sees some key of rank b (both non-empty),
+    brute force from the ranks' positions and the [N,N] visibility matrix."""
+    p = len(rank_positions)
+    needs = np.zeros((p, p), bool)
+    for a, pa in enumerate(rank_positions):
+        for b, pb in enumerate(rank_positions):
+            if len(pa) and len(pb):
+                needs[a, b] = bool(visible[np.ix_(pa, pb)].any())
+    return needs
+
+
+def burst_traffic(counts, needs, z_q, z_kv, d, kind) -> dict:
+    """BURST pattern, one forward or backward: per-rank bytes_sent, bytes_received and
+    messages_sent (lists by rank), simulated hop by hop from the needs matrix.
+
+    forward:  at hop t = 0..P-2 rank r holds the K|V block of s = (r - t) mod P and
+              sends it on to r+1 (2·Z_kv·n_s·d·4 bytes, 1 message) iff some rank among
+              r+1 .. r+(P-1-t) needs it.
+    backward: the bundle [Q|dO|D|lse] of owner j (Z_q·n_j·(2d+2)·4 bytes) and its partial
+              dQ (Z_q·n_j·d·4 bytes) travel j → j+1 → ... for t = 0 .. last(j)-1 (2
+              messages a hop), where last(j) = the largest t in 1..P-1 with
+              needs[j][(j+t) mod P] (0 if none, or n_j = 0); at t = last(j) ≥ 1 the rank
+              (j+last) sends dQ home to j (1 message).
+    P = 1 moves nothing. 4 bytes per float."""
+    p = len(counts)
+    sent, received, messages = [0] * p, [0] * p, [0] * p
+
+    def send(src, dst, nbytes):
+        sent[src] += nbytes
+        received[dst] += nbytes
+        messages[src] += 1
+
+    if kind == "forward":
+        for r in range(p):
+            for t in range(p - 1):
+                s = (r - t) % p
+                if any(needs[(r + a) % p][s] for a in range(1, p - t)):
+                    send(r, (r + 1) % p, 2 * z_kv * int(counts[s]) * d * 4)
+    else:
+        assert kind == "backward", kind
+        for j in range(p):
+            n = int(counts[j])
+            last = max([t for t in range(1, p) if needs[j][(j + t) % p]], default=0) if n else 0
+            for t in range(last):
+                src = (j + t) % p
+                send(src, (src + 1) % p, z_q * n * (2 * d + 2) * 4)
+                send(src, (src + 1) % p, z_q * n * d * 4)
+            if last >= 1:
+                send((j + last) % p, j, z_q * n * d * 4)
+    return {"bytes_sent": sent, "bytes_received": received, "messages_sent": messages}
+
+
 def needs_block(counts, query_rank, key_rank, causal=False) -> bool:
     """Does any query of `query_rank` see any key of `key_rank` (contiguous shards,
     global positions)? Causal: the block's first key must not come after the
@@ -197,36 +375,32 @@ def needs_block(counts, query_rank, key_rank, causal=False) -> bool:
     return off[key_rank] <= off[query_rank] + counts[query_rank] - 1
 
 
-def stats_bytes_sent(counts, rank, z, d, kind, causal=False):
-    """BURST pattern: this rank's burst_stats.bytes_sent for one forward or backward.
-
-    forward:  Σ_{t=0}^{P−2} 8·Z·d·n_s, s = (r−t) mod P, over the hops where the K,V
-              block of rank s is passed on, i.e. some rank still ahead on the ring
-              (r+1 .. r+P−1−t) needs it (library: ShardLayout.forwardsBlock). With no
-              mask and no empty shard every block is passed on:
-              4·2·Z·d·Σ_{t=0}^{P−2} n_{(r−t) mod P}.
-    backward: 4·Z·[Σ_{t=0}^{P−2} (3d+2)·n_{(r−t) mod P}   (Q, dO, partial dQ, D, lse)
-                   + d·n_{(r+1) mod P}]                    (the last hop brings dQ home)
-              — every transfer happens whatever the mask.
-    Z = batch·heads; P = 1 sends nothing. bytes_received of rank r equals
-    bytes_sent of rank r−1."""
+def contiguous_traffic(counts, z, d, kind, causal=False) -> dict:
+    """`burst_traffic` for contiguous shards of MHA (Z = batch·heads) under no mask or
+    the causal mask (needs matrix of `needs_block`)."""
     p = len(counts)
-    if p == 1:
-        return 0
-    if kind == "forward":
-        total = 0
-        for t in range(p - 1):
-            src = (rank - t) % p
-            if any(needs_block(counts, (rank + a) % p, src, causal) for a in range(1, p - t)):
-                total += 8 * z * d * int(counts[src])
-        return total
-    held = sum(int(counts[(rank - t) % p]) for t in range(p - 1))
-    return 4 * z * ((3 * d + 2) * held + d * int(counts[(rank + 1) % p]))
+    needs = [[needs_block(counts, a, b, causal) for b in range(p)] for a in range(p)]
+    return burst_traffic(counts, needs, z, z, d, kind)
+
+
+def stats_bytes_sent(counts, rank, z, d, kind, causal=False):
+    """BURST pattern, contiguous shards of MHA: rank's burst_stats.bytes_sent for one
+    forward or backward. With no mask and no empty shard nothing is skipped
+    (`plain_bytes_sent`)."""
+    return contiguous_traffic(counts, z, d, kind, causal)["bytes_sent"][rank]
+
+
+def stats_bytes_received(counts, rank, z, d, kind, causal=False):
+    """As `stats_bytes_sent`, for bytes_received: the forward's come from rank − 1; in
+    the backward dQ comes home from the last rank that needed this rank's keys."""
+    return contiguous_traffic(counts, z, d, kind, causal)["bytes_received"][rank]
 
 
 def plain_bytes_sent(counts, rank, z, d, kind):
-    """The closed forms without any skipping (forward 4·2·Z·d·Σ_{t=0}^{P−2} n_{(r−t) mod P});
-    equal to stats_bytes_sent for mask none when no shard is empty."""
+    """The closed forms without any skipping: forward 4·2·Z·d·Σ_{t=0}^{P−2} n_{(r−t) mod P},
+    backward 4·Z·[(3d+2)·Σ_{t=0}^{P−2} n_{(r−t) mod P} + d·n_{(r+1) mod P}] (the bundle
+    and partial dQ of every other rank pass through, then dQ of r+1 goes home); equal
+    to stats_bytes_sent for mask none when no shard is empty."""
     p = len(counts)
     if p == 1:
         return 0

@@ -139,9 +139,9 @@ def test_library_lookup_failure_lists_what_was_tried(tmp_path):
 
 
 def test_version_matches_header():
-    assert ba.version() == ba.VERSION_NUMBER == 100
-    assert ba.version_info() == (ba.VERSION_MAJOR, ba.VERSION_MINOR, ba.VERSION_PATCH)
-    assert ba.__version__ == "0.1.0"
+    assert ba.version() == ba.VERSION_NUMBER == 200
+    assert ba.version_info() == (ba.VERSION_MAJOR, ba.VERSION_MINOR, ba.VERSION_PATCH) == (0, 2, 0)
+    assert ba.__version__ == "0.2.0"
 
 
 def test_status_string_every_code():
@@ -187,7 +187,7 @@ def test_last_error_is_thread_local():
 def test_config_init_defaults_and_layout():
     # burst_attention_config_init, called directly: struct layout must match the header.
     assert ctypes.sizeof(_lib.AttentionConfig) == 120
-    assert ctypes.sizeof(_lib.Stats) == 72
+    assert ctypes.sizeof(_lib.Stats) == 88 and _lib.STATS_SIZE_V0_1 == 72
     scratch = _lib._ConfigScratch()
     _lib.lib.burst_attention_config_init(ctypes.byref(scratch.cfg))
     cfg = scratch.cfg
@@ -472,13 +472,12 @@ def test_loopback_forward_backward(world_size, counts, layout, mask):
             c.close()
     causal = mask == "causal"
     for r, (fstats, bstats) in enumerate(stats):
-        prev = (r - 1) % world_size
         for kind, s in (("forward", fstats), ("backward", bstats)):
-            sent = ref.stats_bytes_sent(counts, r, 2 * 2, 8, kind, causal)
-            assert s["bytes_sent"] == sent, (r, kind, s)
-            assert s["bytes_received"] == ref.stats_bytes_sent(counts, prev, 2 * 2, 8, kind, causal), (r, kind, s)
+            want = ref.contiguous_traffic(counts, 2 * 2, 8, kind, causal)
+            for key in ("bytes_sent", "bytes_received", "messages_sent"):
+                assert s[key] == want[key][r], (r, kind, key, s, want)
             if not causal and 0 not in counts:  # the closed form without skipping
-                assert sent == ref.plain_bytes_sent(counts, r, 2 * 2, 8, kind)
+                assert want["bytes_sent"][r] == ref.plain_bytes_sent(counts, r, 2 * 2, 8, kind)
 
 
 def test_loopback_larger_shards():
@@ -716,16 +715,34 @@ def test_bad_config_invalid_argument(kwargs):
     assert info.value.status == ba.Status.INVALID_ARGUMENT, info.value
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(num_heads_kv=1), dict(distribution="zigzag"), dict(distribution="striped"),
-    dict(pattern="ring"), dict(pattern="allgather"), dict(pattern="ulysses"), dict(pattern="auto"),
-    dict(window_left=3), dict(cu_seqlens=[0, 2, 4]),
-], ids=lambda k: "-".join(f"{a}={b}" for a, b in k.items()))
-def test_bad_config_unsupported(kwargs):
+@pytest.mark.parametrize("pattern", ["ring", "allgather", "ulysses", "auto", 1, ba.Pattern.AUTO],
+                         ids=str)
+def test_bad_config_unsupported(pattern):
+    # Patterns other than BURST are the only config values still not implemented.
     with ba.Context.self() as ctx:
         with pytest.raises(ba.BurstError) as info:
-            ctx.plan(1, 4, 2, 8, **kwargs)
+            ctx.plan(1, 4, 2, 8, pattern=pattern)
     assert info.value.status == ba.Status.UNSUPPORTED, info.value
+    assert "pattern" in info.value.message.lower(), info.value.message
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(num_heads_kv=1), dict(num_heads_kv=2), dict(distribution="zigzag"),
+    dict(distribution="striped"), dict(window_left=3), dict(window_right=0),
+    dict(window_left=0, window_right=0, mask="causal"), dict(cu_seqlens=[0, 2, 4]),
+    dict(cu_seqlens=[0, 0, 4, 4]), dict(pattern="burst"),
+    dict(distribution=ba.Distribution.ZIGZAG, mask="causal", num_heads_kv=1, window_left=2,
+         cu_seqlens=np.array([0, 1, 4], np.int32)),
+], ids=lambda k: "-".join(f"{a}={b}" for a, b in k.items()).replace(" ", ""))
+def test_variant_configs_are_supported(kwargs):
+    # Formerly UNSUPPORTED (0.1): GQA/MQA, zigzag/striped, windows and packing. With one
+    # rank the distribution deals every token to rank 0, so seq_len_local = 4 is right.
+    with ba.Context.self() as ctx:
+        with ctx.plan(1, 4, 2, 8, **kwargs) as plan:
+            q = np.ones(plan.q_shape, np.float32)
+            kv = np.ones(plan.kv_shape, np.float32)
+            out, lse = plan.forward(q, kv, kv)
+            assert np.allclose(out, 1.0) and np.isfinite(lse).all()
 
 
 def test_plan_argument_type_errors():
@@ -766,6 +783,22 @@ def test_stats_via_c_respects_struct_size():
         stats.struct_size = 0
         assert _lib.lib.burst_plan_stats(plan._handle, ctypes.byref(stats)) == ba.Status.VERSION
         assert _lib.lib.burst_plan_stats(plan._handle, None) == ba.Status.INVALID_ARGUMENT
+        for too_big in (ctypes.sizeof(_lib.Stats) + 8, 4096):
+            stats.struct_size = too_big
+            assert _lib.lib.burst_plan_stats(plan._handle, ctypes.byref(stats)) == ba.Status.VERSION
+        x = np.ones(plan.q_shape, np.float32)
+        plan.forward(x, x, x)
+        # The 0.1 struct (72 bytes, up to total_seconds) is still accepted, and the
+        # library writes nothing past it: the tiles_* fields keep their sentinels.
+        sentinel = 0xDEADBEEF
+        old = _lib.Stats(struct_size=_lib.STATS_SIZE_V0_1, tiles_computed=sentinel,
+                         tiles_skipped=sentinel)
+        assert _lib.lib.burst_plan_stats(plan._handle, ctypes.byref(old)) == ba.Status.OK
+        assert old.struct_size == 72 and old.steps_computed == 1
+        assert (old.tiles_computed, old.tiles_skipped) == (sentinel, sentinel)
+        new = _lib.new_stats()
+        assert _lib.lib.burst_plan_stats(plan._handle, ctypes.byref(new)) == ba.Status.OK
+        assert (new.steps_computed, new.tiles_computed, new.tiles_skipped) == (1, 1, 0)
 
 
 # --------------------------------------------------------------------------- the reference itself
