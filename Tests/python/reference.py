@@ -363,6 +363,49 @@ def burst_traffic(counts, needs, z_q, z_kv, d, kind) -> dict:
     return {"bytes_sent": sent, "bytes_received": received, "messages_sent": messages}
 
 
+# A tile (header, burst_stats): one head x up to 256 queries x up to 128 keys, cut
+# from a rank's local rows in order.
+TILE_QUERIES, TILE_KEYS = 256, 128
+
+
+def _tiles(q_pos, k_pos, visible) -> tuple:
+    """(tiles with at least one visible pair, all tiles) of one head for queries at
+    global positions q_pos against keys at k_pos."""
+    nq, nk = len(q_pos), len(k_pos)
+    dense = -(-nq // TILE_QUERIES) * -(-nk // TILE_KEYS)
+    if dense == 0:
+        return 0, 0
+    sub = visible[np.ix_(np.asarray(q_pos), np.asarray(k_pos))]
+    computed = 0
+    for a in range(0, nq, TILE_QUERIES):
+        for b in range(0, nk, TILE_KEYS):
+            computed += bool(sub[a:a + TILE_QUERIES, b:b + TILE_KEYS].any())
+    return computed, dense
+
+
+def step_tile_stats(rank_positions, visible, z_q, kind) -> list:
+    """Per rank: steps_computed, steps_skipped, tiles_computed, tiles_skipped of one
+    forward or backward. A rank runs P ring steps; a step has local work when its block
+    pair has a visible (query, key) pair: forward, rank r's queries against the keys of
+    every rank s; backward, the queries of every rank j against rank r's keys. A tile
+    with no visible pair is skipped; the dense schedule computes every tile of every
+    step (Z_q = batch·num_heads_q heads)."""
+    p = len(rank_positions)
+    out = []
+    for r in range(p):
+        steps = tiles = dense = 0
+        for x in range(p):
+            q_pos, k_pos = ((rank_positions[r], rank_positions[x]) if kind == "forward"
+                            else (rank_positions[x], rank_positions[r]))
+            c, t = _tiles(q_pos, k_pos, visible)
+            steps += c > 0
+            tiles += c
+            dense += t
+        out.append({"steps_computed": steps, "steps_skipped": p - steps,
+                    "tiles_computed": z_q * tiles, "tiles_skipped": z_q * (dense - tiles)})
+    return out
+
+
 def needs_block(counts, query_rank, key_rank, causal=False) -> bool:
     """Does any query of `query_rank` see any key of `key_rank` (contiguous shards,
     global positions)? Causal: the block's first key must not come after the

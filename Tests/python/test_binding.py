@@ -9,6 +9,7 @@ Multi-rank behaviour is driven through loopback contexts, one Python thread per 
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import subprocess
 import sys
@@ -67,41 +68,81 @@ def results_or_raise(results):
 
 def distributed_run(world, counts, layout, mask, batch=2, heads=2, head_dim=8, seed=7,
                     softmax_scale=0.0):
-    """Forward + backward of a global problem split into `counts` over `world`
-    contexts; compares every shard with the float64 reference. Returns per-rank stats."""
-    n_total = sum(counts)
-    q, k, v, dout = ref.make_inputs(seed, batch, n_total, heads, heads, head_dim, layout)
-    causal = mask == "causal"
-    out_ref, lse_ref = ref.forward(q, k, v, causal, softmax_scale, layout)
-    dq_ref, dk_ref, dv_ref = ref.backward(q, k, v, dout, causal, softmax_scale, layout)
+    """Forward + backward of a global problem split contiguously into `counts` over
+    `world` contexts (see `variant_run`). Returns per-rank (forward, backward) stats."""
+    return variant_run(world, "contiguous", sum(counts), counts=counts, layout=layout,
+                       causal=mask == "causal", batch=batch, heads_q=heads, heads_kv=heads,
+                       head_dim=head_dim, seed=seed, softmax_scale=softmax_scale)
+
+
+def variant_run(world, distribution, n_total, counts=None, layout="bshd", causal=False,
+                window=(-1, -1), cu_seqlens=None, batch=2, heads_q=2, heads_kv=None,
+                head_dim=8, seed=7, softmax_scale=0.0):
+    """Forward + backward of one global problem over the `world` contexts (one thread a
+    rank), every shard compared with the float64 reference (DESIGN §3 tolerances,
+    relative to the max of the *global* reference), and every rank's counters checked
+    exactly against the independent schedule simulation in reference.py: bytes and
+    messages (`burst_traffic` on the brute-force needs matrix), ring steps and tiles
+    (`step_tile_stats`).
+
+    Shards come from reference.positions (the header's rules in numpy); `counts` gives
+    a CONTIGUOUS split other than the balanced one. Returns per-rank (forward, backward)
+    stats."""
+    p = len(world)
+    heads_kv = heads_q if heads_kv is None else heads_kv
+    window_left, window_right = window
+    pos = ref.all_positions(distribution, n_total, p, cu_seqlens, counts)
+    n_local = [len(x) for x in pos]
+    mask = "causal" if causal else "none"
+    where = (f"P={p} {distribution} N={n_total} counts={n_local} {layout} {mask} "
+             f"window={window} heads={heads_q}/{heads_kv} cu_seqlens={cu_seqlens}")
+    q, k, v, dout = ref.make_inputs(seed, batch, n_total, heads_q, heads_kv, head_dim, layout)
+    masks = dict(window_left=window_left, window_right=window_right, cu_seqlens=cu_seqlens)
+    out_ref, lse_ref = ref.forward(q, k, v, causal, softmax_scale, layout, **masks)
+    grads_ref = ref.backward(q, k, v, dout, causal, softmax_scale, layout, **masks)
 
     def rank_fn(ctx):
-        r = ctx.rank
-        sq, sk, sv, sdo = (ref.shard(x, counts, r, layout) for x in (q, k, v, dout))
-        with ctx.plan(batch, counts[r], heads, head_dim, layout=layout, mask=mask,
-                      softmax_scale=softmax_scale, timeout_seconds=CALL_TIMEOUT) as plan:
-            out, lse = plan.forward(sq, sk, sv)
+        mine = [ref.shard_at(x, pos[ctx.rank], layout) for x in (q, k, v, dout)]
+        with ctx.plan(batch, n_local[ctx.rank], heads_q, head_dim, num_heads_kv=heads_kv,
+                      layout=layout, mask=mask, distribution=distribution,
+                      window_left=window_left, window_right=window_right,
+                      cu_seqlens=cu_seqlens, softmax_scale=softmax_scale,
+                      timeout_seconds=CALL_TIMEOUT) as plan:
+            out, lse = plan.forward(*mine[:3])
             fstats = plan.stats()
-            dq, dk, dv = plan.backward(sq, sk, sv, out, lse, sdo)
+            dq, dk, dv = plan.backward(*mine[:3], out, lse, mine[3])
             bstats = plan.stats()
         return out, lse, dq, dk, dv, fstats, bstats
 
     per_rank = results_or_raise(run_ranks(world, rank_fn))
-    off = ref.offsets(counts)
+
+    scales = (float(np.max(np.abs(out_ref))) or 1.0,) + ref.grad_scales(*grads_ref)
+    tols = (ref.OUT_TOL,) + (ref.GRAD_TOL,) * 3
     for r, (out, lse, dq, dk, dv, _, _) in enumerate(per_rank):
-        where = f"rank {r}/{len(counts)} counts={counts} {layout} {mask}"
-        sl = [slice(None)] * 4
-        sl[ref.seq_axis(layout)] = slice(off[r], off[r + 1])
-        # Tolerances are relative to the max of the *global* reference (DESIGN §3).
-        scales = (float(np.max(np.abs(out_ref))) or 1.0,) + ref.grad_scales(dq_ref, dk_ref, dv_ref)
         for name, got, want, tol, scale in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv),
-                                               (out_ref, dq_ref, dk_ref, dv_ref),
-                                               (ref.OUT_TOL,) + (ref.GRAD_TOL,) * 3, scales):
-            assert got.shape == want[tuple(sl)].shape, (where, name, got.shape)
-            err = float(np.max(np.abs(got - want[tuple(sl)]))) / scale if got.size else 0.0
-            assert err <= tol, f"{where}: {name} error {err:.3g} > {tol:g}"
-        lerr = ref.lse_error(lse, lse_ref[:, :, off[r]:off[r + 1]])
-        assert lerr <= ref.LSE_TOL, f"{where}: lse error {lerr:.3g}"
+                                               (out_ref,) + tuple(grads_ref), tols, scales):
+            want = ref.shard_at(want, pos[r], layout)
+            assert got.shape == want.shape, (where, r, name, got.shape)
+            err = float(np.max(np.abs(got - want))) / scale if got.size else 0.0
+            assert err <= tol, f"{where}: rank {r} {name} error {err:.3g} > {tol:g}"
+        lerr = ref.lse_error(lse, ref.shard_lse_at(lse_ref, pos[r]))
+        assert lerr <= ref.LSE_TOL, f"{where}: rank {r} lse error {lerr:.3g}"
+
+    visible = ref.visibility(n_total, causal, window_left, window_right, cu_seqlens)
+    needs = ref.needs_matrix(pos, visible)
+    for kind, i in (("forward", 5), ("backward", 6)):
+        traffic = ref.burst_traffic(n_local, needs, batch * heads_q, batch * heads_kv,
+                                    head_dim, kind)
+        work = ref.step_tile_stats(pos, visible, batch * heads_q, kind)
+        for r, result in enumerate(per_rank):
+            got = result[i]
+            for key in ("bytes_sent", "bytes_received", "messages_sent"):
+                assert got[key] == traffic[key][r], f"{where}: rank {r} {kind} {key} {got[key]} != {traffic[key][r]}"
+            for key, want in work[r].items():
+                assert got[key] == want, f"{where}: rank {r} {kind} {key} {got[key]} != {want}"
+            if n_local[r]:  # work exists: a dense schedule has tiles here
+                assert got["tiles_computed"] + got["tiles_skipped"] > 0, (where, r, kind, got)
+                assert got["tiles_computed"] > 0, (where, r, kind, got)  # its own keys
     return [(f, b) for *_, f, b in per_rank]
 
 
@@ -825,3 +866,535 @@ def test_reference_matches_finite_differences():
     out_b, _ = ref.forward(np.swapaxes(q, 1, 2), np.swapaxes(k, 1, 2), np.swapaxes(v, 1, 2))
     out_h, _ = ref.forward(q, k, v, layout="bhsd")
     assert np.allclose(np.swapaxes(out_b, 1, 2), out_h)
+
+
+# --------------------------------------------------------------------------- variants (0.2)
+# Every combination of world size x distribution x causal x window x GQA x packing,
+# forward and backward against the float64 reference, counters checked exactly
+# (variant_run). The remaining shape parameters (total length, batch, head_dim,
+# layout, the contiguous split) are drawn per case from a generator seeded by the
+# case's index, so the run is deterministic.
+
+SWEEP_WORLDS = (1, 2, 3, 4)
+SWEEP_WINDOWS = ((-1, -1), (5, 0), (3, 7))
+SWEEP_HEADS = ((4, 4), (4, 2), (4, 1))
+# Packings of the odd totals, with an empty and a one-token sequence.
+SWEEP_PACKING = {37: [0, 5, 5, 20, 21, 37], 61: [0, 1, 30, 44, 44, 61]}
+
+
+def _contiguous_split_with_empty_rank(rng, n_total, p):
+    """A CONTIGUOUS split of n_total over p ranks in which one rank holds 0 tokens."""
+    empty = int(rng.integers(p))
+    cuts = np.sort(rng.integers(0, n_total + 1, size=p - 2)) if p > 2 else np.array([], int)
+    sizes = np.diff(np.concatenate(([0], cuts, [n_total]))).tolist()
+    return sizes[:empty] + [0] + sizes[empty:]
+
+
+def _sweep_cases():
+    cases = []
+    product = itertools.product(SWEEP_WORLDS, ref.DISTRIBUTIONS, (False, True), SWEEP_WINDOWS,
+                                SWEEP_HEADS, (False, True))
+    for i, (p, dist, causal, window, (hq, hkv), varlen) in enumerate(product):
+        rng = np.random.default_rng(10_000 + i)
+        n_total = int(rng.choice([37, 61]))
+        counts = None
+        if dist == "contiguous" and p > 1:
+            counts = _contiguous_split_with_empty_rank(rng, n_total, p)
+        case = dict(world_size=p, distribution=dist, n_total=n_total, counts=counts,
+                    causal=causal, window=window, heads_q=hq, heads_kv=hkv,
+                    cu_seqlens=SWEEP_PACKING[n_total] if varlen else None,
+                    batch=int(rng.integers(1, 3)), head_dim=int(rng.choice([8, 16])),
+                    layout=str(rng.choice(["bshd", "bhsd"])), seed=i)
+        name = (f"P{p}-{dist}-{'causal' if causal else 'full'}-w{window[0]}.{window[1]}-"
+                f"h{hq}.{hkv}-{'varlen' if varlen else 'dense'}-N{n_total}")
+        cases.append(pytest.param(case, id=name))
+    return cases
+
+
+@pytest.mark.parametrize("case", _sweep_cases())
+def test_variant_sweep(case):
+    case = dict(case)
+    world = ba.Context.loopback(case.pop("world_size"))
+    try:
+        stats = variant_run(world, **case)
+    finally:
+        for c in world:
+            c.close()
+    if len(world) > 1 and case["counts"] is None:
+        # The library deals the same positions as the independent implementation.
+        for r in range(len(world)):
+            assert np.array_equal(
+                ba.shard_positions(case["distribution"], case["n_total"], len(world), r,
+                                   case["cu_seqlens"]),
+                ref.positions(case["distribution"], case["n_total"], len(world), r,
+                              case["cu_seqlens"]))
+    assert len(stats) == len(world)
+
+
+@pytest.mark.parametrize("distribution,counts,causal,window,heads", [
+    ("contiguous", [300, 130, 270], True, (-1, -1), (2, 1)),
+    ("contiguous", [0, 290, 410], False, (150, 20), (2, 2)),
+    ("striped", None, True, (40, 0), (2, 1)),
+    ("zigzag", None, True, (-1, -1), (4, 2)),
+], ids=["contiguous-causal", "contiguous-window", "striped-window", "zigzag-causal"])
+def test_variant_multi_tile(distribution, counts, causal, window, heads):
+    """Shards longer than one tile (256 queries x 128 keys): tiles_computed counts
+    exactly the tiles with a visible pair, and masked tiles inside a computed step
+    are skipped."""
+    p = 3 if counts else 2
+    n_total = sum(counts) if counts else 700
+    world = ba.Context.loopback(p)
+    try:
+        variant_run(world, distribution, n_total, counts=counts, causal=causal, window=window,
+                    cu_seqlens=[0, 333, 700] if distribution == "zigzag" else None,
+                    batch=1, heads_q=heads[0], heads_kv=heads[1], head_dim=8, seed=3)
+    finally:
+        for c in world:
+            c.close()
+
+
+def test_variant_error_does_not_grow_with_world():
+    """DESIGN §3 for a variant: zigzag + causal + window + GQA + packing at P = 4 vs
+    P = 1 (same global problem)."""
+    n, cu, hq, hkv, d = 75, [0, 20, 20, 51, 75], 4, 2, 16
+    q, k, v, dout = ref.make_inputs(77, 1, n, hq, hkv, d)
+    masks = dict(window_left=9, window_right=2, cu_seqlens=cu)
+    refs = ref.forward(q, k, v, True, None, "bshd", **masks)[:1] + \
+        ref.backward(q, k, v, dout, True, None, "bshd", **masks)
+    scales = (float(np.max(np.abs(refs[0]))),) + ref.grad_scales(*refs[1:])
+
+    def errors(world):
+        p = len(world)
+
+        def rank_fn(ctx):
+            xs = [ba.shard(x, "zigzag", p, ctx.rank, 1, cu) for x in (q, k, v, dout)]
+            with ctx.plan(1, xs[0].shape[1], hq, d, num_heads_kv=hkv, mask="causal",
+                          distribution="zigzag", window_left=9, window_right=2,
+                          cu_seqlens=cu, timeout_seconds=CALL_TIMEOUT) as plan:
+                out, lse = plan.forward(*xs[:3])
+                return (out,) + plan.backward(*xs[:3], out, lse, xs[3])
+
+        per_rank = results_or_raise(run_ranks(world, rank_fn))
+        full = [np.zeros_like(w, dtype=np.float32) for w in refs]
+        for r, tensors in enumerate(per_rank):
+            for f, t in zip(full, tensors):
+                ba.unshard(t, f, "zigzag", p, r, 1, cu)
+        return [float(np.max(np.abs(g - w))) / s for g, w, s in zip(full, refs, scales)]
+
+    single = errors([ba.Context.self()])
+    world = ba.Context.loopback(4)
+    try:
+        multi = errors(world)
+    finally:
+        for c in world:
+            c.close()
+    for name, e1, ep in zip(("out", "dq", "dk", "dv"), single, multi):
+        assert e1 <= (ref.OUT_TOL if name == "out" else ref.GRAD_TOL), (name, e1)
+        assert ep <= 2 * e1 + 1e-6, f"{name}: error at P=4 {ep:.3g} vs P=1 {e1:.3g}"
+
+
+# --------------------------------------------------------------------------- shard helpers
+
+def _random_packing(rng, n_total):
+    """cu_seqlens for n_total tokens: 1..5 sequences, empty ones allowed."""
+    cuts = np.sort(rng.integers(0, n_total + 1, size=int(rng.integers(0, 5))))
+    return [0] + cuts.tolist() + [n_total]
+
+
+def _shard_grid():
+    """(n_total, world_size, cu_seqlens or None) for N in 0..40, P in 1..5, unpacked
+    and packed (a deterministic random packing)."""
+    rng = np.random.default_rng(2403)
+    for n_total in range(41):
+        for p in range(1, 6):
+            yield n_total, p, None
+            yield n_total, p, _random_packing(rng, n_total)
+
+
+@pytest.mark.parametrize("distribution", ref.DISTRIBUTIONS)
+def test_shard_positions_match_reference(distribution):
+    """burst_shard_positions against the header's rules in numpy: every rank's
+    positions, and together a partition of 0..N-1; shard_counts agrees."""
+    for n_total, p, cu in _shard_grid():
+        got = [ba.shard_positions(distribution, n_total, p, r, cu) for r in range(p)]
+        want = ref.all_positions(distribution, n_total, p, cu)
+        where = (distribution, n_total, p, cu)
+        for r in range(p):
+            assert got[r].dtype == np.int64 and got[r].ndim == 1, where
+            assert np.array_equal(got[r], want[r]), (where, r, got[r], want[r])
+        assert np.array_equal(np.sort(np.concatenate(got)), np.arange(n_total)), where
+        assert ba.shard_counts(distribution, n_total, p, cu) == [len(x) for x in want], where
+
+
+def test_shard_counts_follow_the_header():
+    # A few hand-checked cases of the rules (header comment above BURST_DISTRIBUTION_*).
+    assert ba.shard_counts("contiguous", 11, 3) == [4, 4, 3]
+    assert ba.shard_counts("striped", 11, 3) == [4, 4, 3]
+    # zigzag 11 over 2P = 6 chunks: sizes 2,2,2,2,2,1 -> rank r has chunks r, 5-r
+    assert ba.shard_counts("zigzag", 11, 3) == [3, 4, 4]
+    assert ba.shard_positions("zigzag", 11, 3, 0).tolist() == [0, 1, 10]
+    # packed zigzag: every sequence separately ([0,5) -> chunks 2,1,1,1; [5,13) -> 2 each)
+    assert ba.shard_positions("zigzag", 13, 2, 0, [0, 5, 5, 13]).tolist() == [0, 1, 4, 5, 6, 11, 12]
+    assert ba.shard_positions("zigzag", 13, 2, 1, [0, 5, 5, 13]).tolist() == [2, 3, 7, 8, 9, 10]
+    # packing does not change striped or contiguous
+    assert ba.shard_counts("striped", 13, 2, [0, 5, 13]) == ba.shard_counts("striped", 13, 2)
+    assert ba.shard_counts("contiguous", 13, 4, [0, 5, 13]) == [4, 3, 3, 3]
+    assert ba.shard_counts("zigzag", 0, 4) == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize("distribution", ref.DISTRIBUTIONS)
+def test_shard_unshard_round_trip(distribution, packed):
+    """shard gives exactly the rows at the reference positions (BSHD, BHSD and lse
+    shapes, float32 and int64), and unsharding every rank's shard rebuilds the array
+    bit for bit; each unshard touches only its own rows."""
+    rng = np.random.default_rng(7)
+    for n_total, p, cu in _shard_grid():
+        if (cu is not None) != packed:
+            continue
+        pos = ref.all_positions(distribution, n_total, p, cu)
+        for shape, axis, dtype in (((2, n_total, 3, 4), 1, np.float32),
+                                   ((2, 3, n_total, 4), 2, np.float32),
+                                   ((2, 3, n_total), -1, np.float32),
+                                   ((n_total,), 0, np.int64)):
+            full = rng.standard_normal(shape).astype(dtype) if dtype == np.float32 else \
+                rng.integers(-99, 99, size=shape).astype(dtype)
+            rebuilt = np.full_like(full, -7)
+            for r in range(p):
+                local = ba.shard(full, distribution, p, r, axis, cu)
+                assert local.flags.c_contiguous and local.dtype == full.dtype
+                assert np.array_equal(local, ref.take(full, pos[r], axis % full.ndim)), \
+                    (distribution, n_total, p, cu, shape, r)
+                before = rebuilt.copy()
+                assert ba.unshard(local, rebuilt, distribution, p, r, axis, cu) is rebuilt
+                untouched = np.ones(full.shape[axis], bool)
+                untouched[pos[r]] = False
+                assert np.array_equal(np.compress(untouched, rebuilt, axis),
+                                      np.compress(untouched, before, axis))
+            assert np.array_equal(rebuilt, full), (distribution, n_total, p, cu, shape)
+
+
+def test_shard_non_contiguous_and_accepted_spellings():
+    rng = np.random.default_rng(1)
+    full = rng.standard_normal((3, 4, 29, 2)).astype(np.float32)
+    view = np.swapaxes(full, 1, 2)                       # [3, 29, 4, 2], not C-contiguous
+    assert not view.flags.c_contiguous
+    pos = ref.positions("zigzag", 29, 3, 1)
+    want = np.ascontiguousarray(view[:, pos])
+    for spelling in ("zigzag", "ZigZag", ba.Distribution.ZIGZAG, ba.DISTRIBUTION_ZIGZAG, 1,
+                     np.int32(1)):
+        got = ba.shard(view, spelling, 3, 1, 1)
+        assert got.flags.c_contiguous and np.array_equal(got, want)
+        assert np.array_equal(ba.shard_positions(spelling, 29, 3, 1), pos)
+    # unshard into a non-contiguous full array, and from a non-contiguous local
+    target = np.zeros((3, 4, 29, 2), np.float32)
+    ba.unshard(want, np.swapaxes(target, 1, 2), "zigzag", 3, 1, 1)
+    assert np.array_equal(np.swapaxes(target, 1, 2)[:, pos], want)
+    local_view = np.swapaxes(np.ascontiguousarray(np.swapaxes(want, 1, 2)), 1, 2)
+    assert not local_view.flags.c_contiguous
+    out = np.zeros_like(view, order="C")
+    ba.unshard(local_view, out, "zigzag", 3, 1, 1)
+    assert np.array_equal(out[:, pos], want)
+    # local overlapping full is read before full is written
+    full2 = np.arange(10, dtype=np.float64)
+    ba.unshard(full2[:5], full2, "striped", 2, 1, 0)  # rows 1,3,5,7,9 <- 0..4
+    assert full2.tolist() == [0, 0, 2, 1, 4, 2, 6, 3, 8, 4]
+    # zero-sized shards and arrays
+    assert ba.shard(np.zeros((2, 0, 3), np.float32), "striped", 4, 3, 1).shape == (2, 0, 3)
+    assert ba.shard(np.zeros((0, 5, 3), np.float32), "zigzag", 2, 0, 1).shape == (0, 3, 3)
+    assert ba.shard(np.zeros((2, 1, 3), np.float32), "contiguous", 4, 3, 1).shape == (2, 0, 3)
+
+
+def test_shard_argument_errors():
+    x = np.zeros((2, 10, 3), np.float32)
+    with pytest.raises(ValueError, match="distribution: unknown value 'zig'"):
+        ba.shard(x, "zig", 2, 0, 1)
+    with pytest.raises(TypeError, match="distribution: expected a Distribution"):
+        ba.shard_positions(1.0, 10, 2, 0)
+    with pytest.raises(TypeError, match="distribution: expected a Distribution"):
+        ba.shard(x, ba.Mask.CAUSAL, 2, 0, 1)
+    with pytest.raises(ValueError, match="rank: 2 is not below world_size 2"):
+        ba.shard(x, "striped", 2, 2, 1)
+    with pytest.raises(ValueError, match="rank: -1 is out of range"):
+        ba.shard_positions("striped", 10, 2, -1)
+    with pytest.raises(ValueError, match="world_size: 0 is out of range"):
+        ba.shard_positions("striped", 10, 0, 0)
+    with pytest.raises(TypeError, match="world_size: expected an int"):
+        ba.shard_counts("striped", 10, 2.0)
+    with pytest.raises(ValueError, match="total_tokens: -1 is out of range"):
+        ba.shard_positions("striped", -1, 2, 0)
+    with pytest.raises(TypeError, match="total_tokens: expected an int"):
+        ba.shard_positions("striped", True, 2, 0)
+    with pytest.raises(ValueError, match="seq_axis: 3 is out of range"):
+        ba.shard(x, "striped", 2, 0, 3)
+    with pytest.raises(TypeError, match="seq_axis: expected an int"):
+        ba.shard(x, "striped", 2, 0, None)
+    with pytest.raises(TypeError, match="full: expected a numpy.ndarray"):
+        ba.shard(x.tolist(), "striped", 2, 0, 1)
+    with pytest.raises(ValueError, match="full: needs at least one dimension"):
+        ba.shard(np.array(1.0, np.float32), "striped", 2, 0, 0)
+    with pytest.raises(TypeError, match="full: arrays of Python objects"):
+        ba.shard(np.empty(4, object), "striped", 2, 0, 0)
+    for cu, match in (([1, 10], "cu_seqlens: must start at 0"),
+                      ([0, 6, 4, 10], r"cu_seqlens: must be non-decreasing, but cu_seqlens\[2\]"),
+                      ([0, 9], "cu_seqlens: must end at the total token count 10"),
+                      ([0], "cu_seqlens: needs num_sequences"),
+                      ([[0, 10]], "cu_seqlens: expected a 1-D sequence")):
+        with pytest.raises(ValueError, match=match):
+            ba.shard(x, "zigzag", 2, 0, 1, cu)
+    with pytest.raises(TypeError, match="cu_seqlens: expected integers"):
+        ba.shard_positions("zigzag", 10, 2, 0, [0.0, 10.0])
+    # unshard: local must fit full
+    local = ba.shard(x, "striped", 3, 0, 1)
+    with pytest.raises(ValueError, match=r"local: expected shape \(2, 4, 3\)"):
+        ba.unshard(local[:, :3], x, "striped", 3, 0, 1)
+    with pytest.raises(TypeError, match="local: expected dtype float32"):
+        ba.unshard(local.astype(np.float64), x, "striped", 3, 0, 1)
+    with pytest.raises(TypeError, match="local: expected a numpy.ndarray"):
+        ba.unshard(local.tolist(), x, "striped", 3, 0, 1)
+    ro = x.copy()
+    ro.setflags(write=False)
+    with pytest.raises(ValueError, match="full: must be writable"):
+        ba.unshard(local, ro, "striped", 3, 0, 1)
+    # an int out of the enum's range reaches the library, like Context.plan's fields
+    for call in (lambda: ba.shard_positions(7, 10, 2, 0), lambda: ba.shard(x, 7, 2, 0, 1),
+                 lambda: ba.unshard(local, x, -1, 3, 0, 1)):
+        with pytest.raises(ba.BurstError) as info:
+            call()
+        assert info.value.status == ba.Status.INVALID_ARGUMENT
+        assert "distribution" in info.value.message
+        assert info.value.function == "burst_shard_positions"
+
+
+def test_shard_helpers_via_c():
+    """The three C functions called directly: the count-only query, a capacity below
+    the count, bad packing (the Python wrapper checks these first), burst_shard and
+    burst_unshard, and the NULL pointers the library must reject."""
+    lib = _lib.lib
+    count = ctypes.c_int64(-1)
+    assert lib.burst_shard_positions(2, 11, None, 0, 3, 1, None, 0, ctypes.byref(count)) == 0
+    assert count.value == 4
+    small = np.zeros(3, np.int64)
+    assert lib.burst_shard_positions(2, 11, None, 0, 3, 1, _lib.int64_ptr(small), 3,
+                                     ctypes.byref(count)) == ba.Status.INVALID_ARGUMENT
+    assert "capacity" in ba.last_error()
+    room = np.full(6, -1, np.int64)
+    assert lib.burst_shard_positions(2, 11, None, 0, 3, 1, _lib.int64_ptr(room), 6,
+                                     ctypes.byref(count)) == 0
+    assert count.value == 4 and room.tolist() == [1, 4, 7, 10, -1, -1]
+    assert lib.burst_shard_positions(2, 11, None, 0, 3, 1, None, 0, None) == ba.Status.INVALID_ARGUMENT
+    for cu, field in (([0, 6, 4, 11], "cu_seqlens"), ([2, 11], "cu_seqlens"),
+                      ([0, 10], "cu_seqlens"), ([0, 12], "cu_seqlens")):
+        arr = np.array(cu, np.int64)
+        for dist in range(3):
+            status = lib.burst_shard_positions(dist, 11, _lib.int64_ptr(arr), len(arr) - 1, 2, 0,
+                                               None, 0, ctypes.byref(count))
+            assert status == ba.Status.INVALID_ARGUMENT, (cu, dist)
+            assert field in ba.last_error(), ba.last_error()
+    arr = np.array([0, 11], np.int64)
+    assert lib.burst_shard_positions(1, 11, _lib.int64_ptr(arr), 0, 2, 0, None, 0,
+                                     ctypes.byref(count)) == ba.Status.INVALID_ARGUMENT
+    assert lib.burst_shard_positions(1, 11, None, 1, 2, 0, None, 0,
+                                     ctypes.byref(count)) == ba.Status.INVALID_ARGUMENT
+    full = np.arange(2 * 11 * 3, dtype=np.float32).reshape(2, 11, 3)
+    local = np.zeros((2, 4, 3), np.float32)
+    assert lib.burst_shard(2, 11, None, 0, 3, 1, 2, 12, _lib.void_ptr(full), _lib.void_ptr(local)) == 0
+    assert np.array_equal(local, full[:, 1::3])
+    back = np.zeros_like(full)
+    assert lib.burst_unshard(2, 11, None, 0, 3, 1, 2, 12, _lib.void_ptr(local), _lib.void_ptr(back)) == 0
+    assert np.array_equal(back[:, 1::3], local) and not back[:, 0::3].any()
+    for fn in (lib.burst_shard, lib.burst_unshard):
+        assert fn(2, 11, None, 0, 3, 1, 2, 12, None, _lib.void_ptr(local)) == ba.Status.INVALID_ARGUMENT
+        assert fn(2, 11, None, 0, 3, 1, 2, 12, _lib.void_ptr(full), None) == ba.Status.INVALID_ARGUMENT
+        assert fn(2, 11, None, 0, 3, 1, -1, 12, _lib.void_ptr(full), _lib.void_ptr(local)) == \
+            ba.Status.INVALID_ARGUMENT
+        assert fn(2, 11, None, 0, 3, 3, 2, 12, _lib.void_ptr(full), _lib.void_ptr(local)) == \
+            ba.Status.INVALID_ARGUMENT
+
+
+# --------------------------------------------------------------------------- variant config errors
+
+def _plan_everywhere(world_size, kwargs_of_rank):
+    """Create a plan on every rank of a loopback group with per-rank keyword arguments;
+    returns the exception of each rank (None where the plan was created)."""
+    world = ba.Context.loopback(world_size)
+
+    def rank_fn(ctx):
+        ctx.plan(**kwargs_of_rank(ctx.rank), timeout_seconds=CALL_TIMEOUT).close()
+
+    try:
+        results = run_ranks(world, rank_fn)
+    finally:
+        for c in world:
+            c.close()
+    return [exc for _, exc in results]
+
+
+def _assert_all_fail(errors, status, *words):
+    for r, exc in enumerate(errors):
+        assert isinstance(exc, ba.BurstError), (r, exc)
+        assert exc.status == status, (r, exc)
+        assert exc.function == "burst_plan_create"
+        for word in words:
+            assert word in exc.message, (r, word, exc.message)
+
+
+BASE = dict(batch=1, num_heads_q=4, head_dim=8)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(num_heads_kv=3), "num_heads_kv"), (dict(num_heads_kv=8), "num_heads_kv"),
+    (dict(num_heads_kv=0), "num_heads_kv"), (dict(window_left=-2), "window_left"),
+    (dict(window_right=-5), "window_right"), (dict(window_left=-2, mask="causal"), "window_left"),
+], ids=["hq4-hkv3", "hq4-hkv8", "hkv0", "window_left-2", "window_right-5", "window_left-2-causal"])
+def test_bad_variant_config_invalid_everywhere(world_size, kwargs, field):
+    errors = _plan_everywhere(world_size, lambda r: dict(BASE, seq_len_local=3, **kwargs))
+    _assert_all_fail(errors, ba.Status.INVALID_ARGUMENT, field)
+
+
+def test_bad_window_on_one_rank_fails_everywhere():
+    # Only rank 1 has a bad window_left: every rank fails, and the others name rank 1.
+    errors = _plan_everywhere(3, lambda r: dict(BASE, seq_len_local=3,
+                                                window_left=-2 if r == 1 else 4))
+    _assert_all_fail(errors, ba.Status.INVALID_ARGUMENT, "window_left")
+    assert "rank 1" in errors[0].message and "rank 1" in errors[2].message
+
+
+@pytest.mark.parametrize("distribution", ref.DISTRIBUTIONS)
+@pytest.mark.parametrize("cu_seqlens,words", [
+    ([0, 6, 4, 11], ("cu_seqlens", "decrease")),
+    ([1, 4, 11], ("cu_seqlens[0]",)),
+    ([0, 4, 10], ("cu_seqlens", "11")),     # ends before the global length 11
+    ([0, 4, 12], ("cu_seqlens", "11")),     # ends after it
+    ([0], ("cu_seqlens", "num_sequences")),
+], ids=["decreasing", "not-from-0", "short", "long", "no-sequence"])
+def test_bad_cu_seqlens_invalid_everywhere(distribution, cu_seqlens, words):
+    # N = 11 is only known collectively (sum of the ranks' seq_len_local).
+    n_local = {"contiguous": [5, 6, 0]}.get(distribution) or ba.shard_counts(distribution, 11, 3)
+    errors = _plan_everywhere(3, lambda r: dict(BASE, seq_len_local=n_local[r],
+                                                distribution=distribution, cu_seqlens=cu_seqlens))
+    _assert_all_fail(errors, ba.Status.INVALID_ARGUMENT, *words)
+
+
+@pytest.mark.parametrize("per_rank", [
+    [[0, 4, 11], [0, 5, 11], [0, 4, 11]],
+    [[0, 11], [0, 4, 11], [0, 11]],
+    [None, [0, 4, 11], None],
+    [[0, 4, 11], [0, 4, 11], None],
+], ids=["content", "length", "null-vs-set", "set-vs-null"])
+def test_cu_seqlens_disagreeing_is_mismatch_everywhere(per_rank):
+    errors = _plan_everywhere(3, lambda r: dict(BASE, seq_len_local=[5, 6, 0][r],
+                                                cu_seqlens=per_rank[r]))
+    _assert_all_fail(errors, ba.Status.MISMATCH, "cu_seqlens")
+
+
+@pytest.mark.parametrize("distribution,world_size,n_local,cu_seqlens", [
+    ("zigzag", 2, [6, 5], None),             # zigzag of 11 over 2 deals [5, 6]
+    ("zigzag", 3, [4, 4, 3], None),          # [3, 4, 4] expected: rank 0 is named
+    ("zigzag", 3, [3, 5, 3], None),          # [3, 4, 4]: rank 1
+    ("zigzag", 2, [5, 6], [0, 1, 11]),       # packed: [6, 5] expected
+    ("zigzag", 3, [11, 0, 0], None),         # a contiguous split is no zigzag
+    ("striped", 3, [4, 3, 4], None),         # [4, 4, 3] expected: rank 1
+], ids=["zigzag-P2", "zigzag-P3-rank0", "zigzag-P3-rank1", "zigzag-packed",
+        "zigzag-contiguous-split", "striped-P3"])
+def test_wrong_seq_len_local_invalid_everywhere(distribution, world_size, n_local, cu_seqlens):
+    errors = _plan_everywhere(world_size, lambda r: dict(BASE, seq_len_local=n_local[r],
+                                                         distribution=distribution,
+                                                         cu_seqlens=cu_seqlens))
+    expected = ba.shard_counts(distribution, sum(n_local), world_size, cu_seqlens)
+    bad_rank = next(r for r in range(world_size) if expected[r] != n_local[r])
+    _assert_all_fail(errors, ba.Status.INVALID_ARGUMENT, "seq_len_local", f"rank {bad_rank}",
+                     str(expected[bad_rank]))
+
+
+def test_right_seq_len_local_from_shard_counts_is_accepted():
+    for distribution, cu in (("zigzag", None), ("zigzag", [0, 1, 11]), ("striped", [0, 1, 11])):
+        n_local = ba.shard_counts(distribution, 11, 3, cu)
+        errors = _plan_everywhere(3, lambda r: dict(BASE, seq_len_local=n_local[r],
+                                                    distribution=distribution, cu_seqlens=cu))
+        assert errors == [None, None, None], (distribution, cu, errors)
+
+
+# --------------------------------------------------------------------------- the reference's masks
+
+def test_reference_visibility_is_the_header_rule():
+    n, cu = 13, [0, 4, 4, 9, 13]
+    for causal, wl, wr, packed in itertools.product((False, True), (-1, 0, 2), (-1, 0, 3),
+                                                    (False, True)):
+        got = ref.visibility(n, causal, wl, wr, cu if packed else None)
+        seq = [next(s for s in range(len(cu) - 1) if cu[s] <= t < cu[s + 1]) for t in range(n)]
+        for i in range(n):
+            for j in range(n):
+                want = ((wl == -1 or i - wl <= j) and (wr == -1 or j <= i + wr)
+                        and (not causal or j <= i) and (not packed or seq[i] == seq[j]))
+                assert got[i, j] == want, (causal, wl, wr, packed, i, j)
+            assert got[i, i]  # with these masks every query sees its own key
+
+
+def test_reference_packing_is_attention_per_sequence():
+    """Packed attention (window, causal, GQA) = each sequence on its own, concatenated."""
+    cu = [0, 3, 3, 10, 16]
+    q, k, v, dout = ref.make_inputs(4, 2, 16, 4, 2, 5)
+    args = (True, None, "bshd")
+    out, lse = ref.forward(q, k, v, *args, window_left=2, window_right=1, cu_seqlens=cu)
+    grads = ref.backward(q, k, v, dout, *args, window_left=2, window_right=1, cu_seqlens=cu)
+    for a, b in zip(cu[:-1], cu[1:]):
+        if a == b:
+            continue
+        part = [x[:, a:b] for x in (q, k, v, dout)]
+        o, l = ref.forward(*part[:3], *args, window_left=2, window_right=1)
+        g = ref.backward(*part, *args, window_left=2, window_right=1)
+        assert np.allclose(out[:, a:b], o, atol=1e-12) and np.allclose(lse[:, :, a:b], l, atol=1e-12)
+        for x, y in zip(grads, g):
+            assert np.allclose(x[:, a:b], y, atol=1e-12)
+    # GQA = MHA with repeated kv heads (dK, dV summed over the group)
+    rep = [np.repeat(x, 2, axis=2) for x in (k, v)]
+    out_mha, _ = ref.forward(q, *rep, *args, window_left=2, window_right=1, cu_seqlens=cu)
+    assert np.allclose(out, out_mha, atol=1e-12)
+    g_mha = ref.backward(q, *rep, dout, *args, window_left=2, window_right=1, cu_seqlens=cu)
+    assert np.allclose(grads[0], g_mha[0], atol=1e-12)
+    for x, y in zip(grads[1:], g_mha[1:]):
+        assert np.allclose(x, y.reshape(2, 16, 2, 2, 5).sum(axis=3), atol=1e-12)
+
+
+def test_reference_masked_gradients_match_finite_differences():
+    rng = np.random.default_rng(3)
+    b, n, hq, hkv, d = 1, 7, 2, 1, 3
+    q = rng.standard_normal((b, hq, n, d))
+    k, v = (rng.standard_normal((b, hkv, n, d)) for _ in range(2))
+    do = rng.standard_normal((b, hq, n, d))
+    masks = dict(window_left=2, window_right=1, cu_seqlens=[0, 4, 7])
+    grads = ref.backward(q, k, v, do, True, None, "bhsd", **masks)
+    eps = 1e-6
+    for x, g in zip((q, k, v), grads):
+        num = np.zeros_like(x)
+        for idx in np.ndindex(x.shape):
+            orig = x[idx]
+            x[idx] = orig + eps
+            fp = np.sum(ref.forward(q, k, v, True, None, "bhsd", **masks)[0] * do)
+            x[idx] = orig - eps
+            fm = np.sum(ref.forward(q, k, v, True, None, "bhsd", **masks)[0] * do)
+            x[idx] = orig
+            num[idx] = (fp - fm) / (2 * eps)
+        assert np.max(np.abs(num - g)) < 1e-6
+
+
+def test_reference_traffic_rules():
+    """The schedule simulation on cases worked by hand (P = 3, Z = 1, d = 1)."""
+    counts = [2, 0, 3]
+    # rank 0 sees only itself; rank 2 sees 0 and itself
+    needs = [[True, False, False], [False, False, False], [True, False, True]]
+    fwd = ref.burst_traffic(counts, needs, 1, 1, 1, "forward")
+    # t=0: rank 0 holds its block; rank 1 or 2 need it -> 2 needs it: send 2*2*4 = 16.
+    #      rank 2 holds its block; ranks 0, 1 need it? no -> nothing.
+    # t=1: rank 1 holds block 0; rank 2 needs it -> send 16. rank 0 holds block 2: 1 needs? no.
+    assert fwd["bytes_sent"] == [16, 16, 0] and fwd["messages_sent"] == [1, 1, 0]
+    assert fwd["bytes_received"] == [0, 16, 16]
+    bwd = ref.burst_traffic(counts, needs, 1, 1, 1, "backward")
+    # owner 0: needs[0][1], needs[0][2] false -> last 0, nothing travels.
+    # owner 2: needs[2][0] (t=1) -> last 1: rank 2 sends bundle 3*4*4=48 + dQ 12 to 0,
+    #          then rank 0 sends dQ 12 home to 2.
+    assert bwd["bytes_sent"] == [12, 0, 60] and bwd["messages_sent"] == [1, 0, 2]
+    assert bwd["bytes_received"] == [60, 0, 12]
+    assert ref.burst_traffic([5], [[True]], 2, 2, 4, "forward")["bytes_sent"] == [0]
