@@ -349,6 +349,15 @@ def test_plan_properties_and_shapes():
         assert plan.closed and "closed" in repr(plan)
         with ctx.plan(2, 5, 4, 8) as plan:
             assert plan.q_shape == (2, 5, 4, 8) and plan.layout is ba.Layout.BSHD
+            assert plan.distribution is ba.Distribution.CONTIGUOUS and plan.cu_seqlens is None
+        with ctx.plan(2, 5, 4, 8, num_heads_kv=1, distribution="zigzag", pattern=0,
+                      window_left=3, window_right=0, cu_seqlens=[0, 2, 5]) as plan:
+            assert plan.q_shape == (2, 5, 4, 8) and plan.kv_shape == (2, 5, 1, 8)
+            assert plan.distribution is ba.Distribution.ZIGZAG and plan.pattern is ba.Pattern.BURST
+            assert (plan.window_left, plan.window_right) == (3, 0)
+            assert plan.cu_seqlens.dtype == np.int64 and plan.cu_seqlens.tolist() == [0, 2, 5]
+            plan.cu_seqlens[0] = 9  # a copy
+            assert plan.cu_seqlens[0] == 0 and "ZIGZAG" in repr(plan)
 
 
 def test_plan_create_via_c():

@@ -174,9 +174,17 @@ class Context:
         Every argument except seq_len_local, num_threads and timeout_seconds must be
         equal on all ranks (else BurstError(MISMATCH) on every rank). Enumerations
         accept the IntEnum members, their names as strings ("bshd", "causal", ...) or
-        ints. num_heads_kv defaults to num_heads_q. softmax_scale 0 means
-        1/sqrt(head_dim); num_threads 0 the library default; timeout_seconds 0 the
-        library default (300 s) per call.
+        ints. num_heads_kv defaults to num_heads_q (a divisor of it: GQA, 1 = MQA).
+        softmax_scale 0 means 1/sqrt(head_dim); num_threads 0 the library default;
+        timeout_seconds 0 the library default (300 s) per call.
+
+        Variants combine freely: distribution "contiguous" (any split), "zigzag" or
+        "striped" (then seq_len_local must be this rank's entry of
+        `shard_counts(distribution, N, world_size, cu_seqlens)`), mask "causal",
+        window_left/window_right (-1 unbounded; inclusive, as flash-attn), and
+        cu_seqlens (flash-attn varlen offsets into the global sequence, the same on
+        every rank; the library checks it collectively against N = the sum of the
+        ranks' seq_len_local).
 
         An argument that cannot even be put in the C struct (a wrong type, an unknown
         name) raises TypeError/ValueError; on a context of several ranks the library is

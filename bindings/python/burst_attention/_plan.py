@@ -22,7 +22,7 @@ import threading
 import numpy as np
 
 from . import _lib
-from ._enums import Layout, Mask
+from ._enums import Distribution, Layout, Mask, Pattern
 from ._errors import BurstError, Status, _check, last_error, status_string
 
 STATS_KEYS = ("bytes_sent", "bytes_received", "messages_sent", "steps_computed",
@@ -63,12 +63,15 @@ class Plan:
         config = self.__dict__.get("_config")
         if config is not None and name in config:
             value = config[name]
-            if name == "layout":
-                return Layout(value)
-            if name == "mask":
-                return Mask(value)
-            return value
+            enum_type = {"layout": Layout, "mask": Mask, "distribution": Distribution,
+                         "pattern": Pattern}.get(name)
+            return enum_type(value) if enum_type is not None else value
         raise AttributeError(f"'Plan' object has no attribute {name!r}")
+
+    @property
+    def cu_seqlens(self) -> "np.ndarray | None":
+        """A copy of the packing offsets (int64) the plan was created with, or None."""
+        return None if self._cu_seqlens is None else self._cu_seqlens.copy()
 
     @property
     def q_shape(self) -> tuple:
@@ -93,7 +96,8 @@ class Plan:
             return "<burst_attention.Plan closed>"
         c = self._config
         return (f"<burst_attention.Plan rank={self._context.rank}/{self._context.size} "
-                f"{Layout(c['layout']).name} {Mask(c['mask']).name} batch={c['batch']} "
+                f"{Layout(c['layout']).name} {Mask(c['mask']).name} "
+                f"{Distribution(c['distribution']).name} batch={c['batch']} "
                 f"seq_len_local={c['seq_len_local']} heads={c['num_heads_q']}/"
                 f"{c['num_heads_kv']} head_dim={c['head_dim']}>")
 
