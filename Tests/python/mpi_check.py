@@ -1,18 +1,28 @@
 #!/usr/bin/env python3
-"""MPI check of the Python binding: run under mpirun with 2 and 3 ranks.
+"""MPI check of the Python binding: run under mpirun with 2, 3 and 4 ranks.
 
     mpirun --allow-run-as-root --oversubscribe -n 2 python3 Tests/python/mpi_check.py
     mpirun --allow-run-as-root --oversubscribe -n 3 python3 Tests/python/mpi_check.py
+    mpirun --allow-run-as-root --oversubscribe -n 4 python3 Tests/python/mpi_check.py
 
 Every rank builds the same global q, k, v, dout (fixed seed), takes its contiguous
 shard (unequal shard sizes, including 0- and 1-token ranks), runs forward and backward
 on a COMM_WORLD context and compares with a float64 reference of the full sequence
-(DESIGN §3 tolerances). It checks burst_stats.bytes_sent exactly against the BURST
-formula (reference.stats_bytes_sent: with no mask and no empty shard, forward
-4·2·Z·d·Σ_{t=0}^{P−2} n_{(r−t) mod P}; a K,V block that no rank further along the ring
-needs is not forwarded) and bytes_received against the predecessor's bytes_sent. It also
-checks the failure paths that must not hang: a config mismatch, a bad array on one
-rank, an unparseable plan argument on one rank, and MPI_COMM_NULL.
+(DESIGN §3 tolerances). It checks burst_stats.bytes_sent, bytes_received and
+messages_sent exactly against the BURST schedule (reference.burst_traffic: with no mask
+and no empty shard, forward 4·2·Z·d·Σ_{t=0}^{P−2} n_{(r−t) mod P}; a K,V block that no
+rank further along the ring needs is not forwarded, the backward's query bundle travels
+only as far as a rank needs it and dQ goes home from there).
+
+Then the variants (0.2): zigzag + causal, striped + window, GQA 4/2 and MQA 4/1, packed
+sequences (cu_seqlens) with causal + window, each sharded with the package's
+ba.shard, checked row by row against the reference at the independent positions
+(reference.positions), assembled with ba.unshard + an allreduce and checked whole, and
+with exact bytes, messages, steps and tiles (reference.step_tile_stats).
+
+It also checks the failure paths that must not hang: a config mismatch, a bad array on
+one rank, an unparseable plan argument on one rank, ranks disagreeing on cu_seqlens, a
+zigzag seq_len_local that is not the one the distribution deals, and MPI_COMM_NULL.
 
 Prints one summary line per rank; exits non-zero on any failure on any rank (ranks
 agree through an allreduce).
@@ -114,25 +124,139 @@ def run_case(ctx, counts, layout, mask, seed) -> None:
         worst["grad"] = max(worst["grad"], err)
         check(err <= ref.GRAD_TOL, f"{tag} {name} error {err:.3g} > {ref.GRAD_TOL}")
 
-    # Exact byte counts (reference.stats_bytes_sent documents the rule); the closed
-    # form without skipping (the brief's formula) is reported when it differs.
-    causal = mask == "causal"
-    prev = (RANK - 1) % P
+    # Exact byte and message counts (reference.burst_traffic documents the rule); the
+    # closed form without skipping is reported when it differs.
     for kind, stats in (("forward", fstats), ("backward", bstats)):
-        sent = ref.stats_bytes_sent(counts, RANK, Z, HEAD_DIM, kind, causal)
-        received = ref.stats_bytes_sent(counts, prev, Z, HEAD_DIM, kind, causal)
-        check(stats["bytes_sent"] == sent,
-              f"{tag} {kind} bytes_sent {stats['bytes_sent']} != formula {sent}")
-        check(stats["bytes_received"] == received,
-              f"{tag} {kind} bytes_received {stats['bytes_received']} != rank {prev}'s "
-              f"bytes_sent formula {received}")
+        want = ref.contiguous_traffic(counts, Z, HEAD_DIM, kind, causal)
+        for key in ("bytes_sent", "bytes_received", "messages_sent"):
+            check(stats[key] == want[key][RANK],
+                  f"{tag} {kind} {key} {stats[key]} != schedule {want[key][RANK]}")
         bytes_checked += 2
         plain = ref.plain_bytes_sent(counts, RANK, Z, HEAD_DIM, kind)
         if plain != stats["bytes_sent"]:
             notes.append(f"{tag} {kind}: bytes_sent {stats['bytes_sent']} differs from the "
                          f"no-skip closed form {plain} (blocks nobody ahead needs are not sent)")
         if not causal and 0 not in counts:
-            check(plain == sent, f"{tag} {kind}: closed form {plain} != rule {sent}")
+            check(plain == want["bytes_sent"][RANK],
+                  f"{tag} {kind}: closed form {plain} != rule {want['bytes_sent'][RANK]}")
+
+
+# (name, distribution, N, causal, (window_left, window_right), heads_q, heads_kv,
+#  cu_seqlens, layout)
+VARIANTS = [
+    ("zigzag causal", "zigzag", 53, True, (-1, -1), 2, 2, None, "bshd"),
+    ("zigzag causal packed", "zigzag", 47, True, (-1, -1), 2, 2, [0, 9, 9, 30, 47], "bhsd"),
+    ("striped window", "striped", 45, False, (3, 7), 2, 2, None, "bshd"),
+    ("striped causal window GQA", "striped", 41, True, (6, 0), 4, 2, None, "bhsd"),
+    ("contiguous causal GQA 4/2", "contiguous", 39, True, (-1, -1), 4, 2, None, "bshd"),
+    ("zigzag MQA 4/1", "zigzag", 37, False, (-1, -1), 4, 1, None, "bshd"),
+    ("contiguous window MQA 4/1", "contiguous", 43, False, (2, 5), 4, 1, None, "bhsd"),
+    ("varlen causal window contiguous", "contiguous", 50, True, (5, 0), 2, 2,
+     [0, 1, 17, 17, 33, 50], "bshd"),
+    ("varlen causal window zigzag GQA", "zigzag", 57, True, (4, 0), 4, 2,
+     [0, 12, 13, 40, 57], "bshd"),
+    ("varlen causal window striped MQA", "striped", 44, True, (3, 2), 4, 1,
+     [0, 20, 21, 44], "bhsd"),
+]
+V_BATCH, V_HEAD_DIM = 2, 8
+
+
+def run_variant(ctx, name, distribution, n_total, causal, window, hq, hkv, cu, layout,
+                seed) -> None:
+    global bytes_checked
+    tag = f"[{name}: {distribution} N={n_total} {layout}]"
+    axis = ref.seq_axis(layout)
+    q, k, v, dout = ref.make_inputs(seed, V_BATCH, n_total, hq, hkv, V_HEAD_DIM, layout)
+    masks = dict(window_left=window[0], window_right=window[1], cu_seqlens=cu)
+    out_ref, lse_ref = ref.forward(q, k, v, causal, None, layout, **masks)
+    grads_ref = ref.backward(q, k, v, dout, causal, None, layout, **masks)
+
+    # The package's shard against the independent positions.
+    pos = ref.all_positions(distribution, n_total, P, cu)
+    lib_pos = ba.shard_positions(distribution, n_total, P, RANK, cu)
+    check(np.array_equal(lib_pos, pos[RANK]), f"{tag} shard_positions {lib_pos} != {pos[RANK]}")
+    mine = [ba.shard(x, distribution, P, RANK, axis, cu) for x in (q, k, v, dout)]
+    check(np.array_equal(mine[0], ref.shard_at(q, pos[RANK], layout)), f"{tag} shard(q)")
+
+    with ctx.plan(V_BATCH, len(pos[RANK]), hq, V_HEAD_DIM, num_heads_kv=hkv, layout=layout,
+                  mask="causal" if causal else "none", distribution=distribution,
+                  window_left=window[0], window_right=window[1], cu_seqlens=cu,
+                  timeout_seconds=TIMEOUT) as plan:
+        out, lse = plan.forward(*mine[:3])
+        fstats = plan.stats()
+        dq, dk, dv = plan.backward(*mine[:3], out, lse, mine[3])
+        bstats = plan.stats()
+
+    # This rank's rows, then the whole tensors assembled from every rank's shard.
+    scales = (float(np.max(np.abs(out_ref))),) + ref.grad_scales(*grads_ref)
+    for label, got, want, tol, scale in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv),
+                                            (out_ref,) + tuple(grads_ref),
+                                            (ref.OUT_TOL,) + (ref.GRAD_TOL,) * 3, scales):
+        rows = ref.shard_at(want, pos[RANK], layout)
+        err = float(np.max(np.abs(got - rows))) / scale if got.size else 0.0
+        worst["out" if label == "out" else "grad"] = max(worst["out" if label == "out" else "grad"], err)
+        check(err <= tol, f"{tag} {label} error {err:.3g} > {tol}")
+        full = np.zeros(want.shape, np.float32)
+        ba.unshard(got, full, distribution, P, RANK, axis, cu)
+        full = COMM.allreduce(full, op=MPI.SUM)  # every row is written by exactly one rank
+        err = float(np.max(np.abs(full - want))) / scale
+        check(err <= tol, f"{tag} assembled {label} error {err:.3g} > {tol}")
+    lerr = ref.lse_error(lse, ref.shard_lse_at(lse_ref, pos[RANK]))
+    worst["lse"] = max(worst["lse"], lerr)
+    check(lerr <= ref.LSE_TOL, f"{tag} lse error {lerr:.3g} > {ref.LSE_TOL}")
+    lse_full = np.zeros(lse_ref.shape, np.float32)
+    ba.unshard(lse, lse_full, distribution, P, RANK, 2, cu)
+    lse_full = COMM.allreduce(lse_full, op=MPI.SUM)
+    lerr = ref.lse_error(lse_full, lse_ref)
+    check(lerr <= ref.LSE_TOL, f"{tag} assembled lse error {lerr:.3g}")
+
+    visible = ref.visibility(n_total, causal, window[0], window[1], cu)
+    needs = ref.needs_matrix(pos, visible)
+    counts = [len(x) for x in pos]
+    for kind, stats in (("forward", fstats), ("backward", bstats)):
+        traffic = ref.burst_traffic(counts, needs, V_BATCH * hq, V_BATCH * hkv, V_HEAD_DIM, kind)
+        work = ref.step_tile_stats(pos, visible, V_BATCH * hq, kind)[RANK]
+        for key in ("bytes_sent", "bytes_received", "messages_sent"):
+            check(stats[key] == traffic[key][RANK],
+                  f"{tag} {kind} {key} {stats[key]} != schedule {traffic[key][RANK]}")
+        for key, want in work.items():
+            check(stats[key] == want, f"{tag} {kind} {key} {stats[key]} != {want}")
+        if counts[RANK]:
+            check(stats["tiles_computed"] + stats["tiles_skipped"] > 0, f"{tag} {kind} no tiles")
+        bytes_checked += 3
+
+
+def variant_error_paths(ctx) -> None:
+    if P == 1:
+        return
+    # Ranks disagree on cu_seqlens (by content): MISMATCH everywhere, naming the field.
+    n_local = 5
+
+    def bad_packing():
+        cu = [0, 2 + (RANK == P - 1), n_local * P]
+        ctx.plan(1, n_local, 2, 8, cu_seqlens=cu, timeout_seconds=TIMEOUT)
+    expect_error("cu_seqlens differ", bad_packing, [ba.Status.MISMATCH])
+
+    # cu_seqlens not ending at N (known only collectively): INVALID_ARGUMENT everywhere.
+    def short_packing():
+        ctx.plan(1, n_local, 2, 8, cu_seqlens=[0, 1, n_local * P - 1], timeout_seconds=TIMEOUT)
+    expect_error("cu_seqlens short of N", short_packing, [ba.Status.INVALID_ARGUMENT])
+
+    # Zigzag with a contiguous-style count on every rank but the last: INVALID_ARGUMENT.
+    n_total = 6 * P + 1
+    counts = ba.shard_counts("zigzag", n_total, P)
+    wrong = list(counts)
+    wrong[0] += 1
+    wrong[-1] -= 1
+
+    def bad_zigzag():
+        ctx.plan(1, wrong[RANK], 2, 8, distribution="zigzag", mask="causal",
+                 timeout_seconds=TIMEOUT)
+    expect_error("zigzag seq_len_local", bad_zigzag, [ba.Status.INVALID_ARGUMENT])
+
+    # GQA with num_heads_q not a multiple of num_heads_kv.
+    expect_error("num_heads_kv", lambda: ctx.plan(1, 3, 4, 8, num_heads_kv=3, timeout_seconds=TIMEOUT),
+                 [ba.Status.INVALID_ARGUMENT])
 
 
 def expect_error(what, fn, kinds) -> None:
@@ -239,7 +363,10 @@ def main() -> int:
                     for mask in ("none", "causal"):
                         seed += 1
                         run_case(ctx, counts, layout, mask, seed)
+            for i, variant in enumerate(VARIANTS):
+                run_variant(ctx, *variant, seed=2000 + i)
             error_paths(ctx)
+            variant_error_paths(ctx)
         other_contexts()
     except Exception:  # noqa: BLE001 - report, then let the allreduce decide
         failures.append("exception: " + traceback.format_exc())
