@@ -94,6 +94,8 @@ def _expand_kv(x, hq):
 
 
 def _lse(s):
+    if s.shape[-1] == 0:  # no keys at all (N = 0)
+        return np.full(s.shape[:-1], -np.inf)
     m = np.max(s, axis=-1, keepdims=True)
     m_safe = np.where(np.isfinite(m), m, 0.0)
     with np.errstate(divide="ignore"):

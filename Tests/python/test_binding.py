@@ -116,7 +116,7 @@ def variant_run(world, distribution, n_total, counts=None, layout="bshd", causal
 
     per_rank = results_or_raise(run_ranks(world, rank_fn))
 
-    scales = (float(np.max(np.abs(out_ref))) or 1.0,) + ref.grad_scales(*grads_ref)
+    scales = (float(np.max(np.abs(out_ref), initial=0.0)) or 1.0,) + ref.grad_scales(*grads_ref)
     tols = (ref.OUT_TOL,) + (ref.GRAD_TOL,) * 3
     for r, (out, lse, dq, dk, dv, _, _) in enumerate(per_rank):
         for name, got, want, tol, scale in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv),

@@ -174,8 +174,9 @@ def shard(full: np.ndarray, distribution: DistributionLike, world_size: int, ran
     has the same shape with that axis cut to the rank's count, rows in increasing
     global position (as `shard_positions`). Works for any dtype. For BSHD tensors
     seq_axis = 1, for BHSD and for lse [batch, heads, seq] seq_axis = 2 (or -1).
-    C-contiguous inputs are copied by burst_shard (outer = prod(shape[:seq_axis])
-    rows blocks of row_bytes = prod(shape[seq_axis+1:]) * itemsize)."""
+    C-contiguous inputs are copied by burst_shard with outer = prod(shape[:seq_axis])
+    and row_bytes = prod(shape[seq_axis+1:]) * itemsize; others by numpy indexing at
+    the same positions."""
     full = _array("full", full)
     axis = _seq_axis(seq_axis, full.ndim)
     distribution = _distribution(distribution)
