@@ -962,6 +962,22 @@ def test_variant_multi_tile(distribution, counts, causal, window, heads):
             c.close()
 
 
+@pytest.mark.parametrize("distribution", ref.DISTRIBUTIONS)
+@pytest.mark.parametrize("n_total,cu_seqlens", [(0, None), (1, None), (3, [0, 1, 1, 3]),
+                                                (7, None), (7, [0, 7])])
+def test_variant_fewer_tokens_than_ranks(distribution, n_total, cu_seqlens):
+    """N < 2P: zigzag and striped leave ranks empty (N = 0: every rank); forward and
+    backward still agree with the reference and move exactly the scheduled bytes."""
+    world = ba.Context.loopback(4)
+    try:
+        variant_run(world, distribution, n_total, causal=True, window=(2, 0),
+                    cu_seqlens=cu_seqlens, batch=1, heads_q=2, heads_kv=1, head_dim=8,
+                    seed=n_total)
+    finally:
+        for c in world:
+            c.close()
+
+
 def test_variant_error_does_not_grow_with_world():
     """DESIGN §3 for a variant: zigzag + causal + window + GQA + packing at P = 4 vs
     P = 1 (same global problem)."""
