@@ -268,8 +268,8 @@ static void run_case(burst_context *ctx, int layout, int mask,
         int64_t Z = sc->batch * sc->heads, d = sc->head_dim;
         uint64_t fs = ref_burst_fwd_sent_skipping(n, g_size, g_rank, Z, d, mask);
         uint64_t fr = ref_burst_fwd_received_skipping(n, g_size, g_rank, Z, d, mask);
-        uint64_t bs = ref_burst_bwd_sent(n, g_size, g_rank, Z, d);
-        uint64_t br = ref_burst_bwd_received(n, g_size, g_rank, Z, d);
+        uint64_t bs = ref_burst_bwd_sent(n, g_size, g_rank, Z, d, mask);
+        uint64_t br = ref_burst_bwd_received(n, g_size, g_rank, Z, d, mask);
         int all_nonempty = 1;
         for (r = 0; r < g_size; ++r)
           if (n[r] == 0) all_nonempty = 0;
@@ -277,7 +277,8 @@ static void run_case(burst_context *ctx, int layout, int mask,
          * form of the brief holds (a check of this test's own formulas). */
         if (mask == BURST_MASK_NONE && all_nonempty &&
             (fs != ref_burst_fwd_sent(n, g_size, g_rank, Z, d) ||
-             fr != ref_burst_fwd_received(n, g_size, g_rank, Z, d)))
+             fr != ref_burst_fwd_received(n, g_size, g_rank, Z, d) ||
+             bs != ref_burst_bwd_sent_dense(n, g_size, g_rank, Z, d)))
           fail("internal: skip-aware forward byte formula disagrees with the "
                "closed form");
         if (st_fwd.bytes_sent != fs || st_fwd.bytes_received != fr)

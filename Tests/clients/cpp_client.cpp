@@ -11,6 +11,7 @@
 #include <burst_attention.h>
 
 #include "reference.h"
+#include "variant_reference.h"
 
 #include <cmath>
 #include <cstdio>
@@ -196,11 +197,11 @@ void run_case(burst_context *world, const shape &s, const std::vector<int64_t> &
     const double el = ref_lse_error(&sh, glse.data(), start, n_local, a.lse.data());
     if (!(el <= 1e-4)) fail(name, "lse error " + std::to_string(el) + " > 1e-4");
 
-    if (s.mask == BURST_MASK_NONE) {
+    { /* any mask: the 0.2 skip-aware backward rule */
       const int64_t Z = s.batch * s.heads;
-      const uint64_t want_s = ref_burst_bwd_sent(n.data(), g_size, g_rank, Z, s.head_dim);
+      const uint64_t want_s = ref_burst_bwd_sent(n.data(), g_size, g_rank, Z, s.head_dim, s.mask);
       const uint64_t want_r =
-          ref_burst_bwd_received(n.data(), g_size, g_rank, Z, s.head_dim);
+          ref_burst_bwd_received(n.data(), g_size, g_rank, Z, s.head_dim, s.mask);
       if (st_bwd.bytes_sent != want_s || st_bwd.bytes_received != want_r) {
         std::ostringstream os;
         os << "backward bytes_sent " << st_bwd.bytes_sent << " (expected " << want_s
@@ -212,6 +213,59 @@ void run_case(burst_context *world, const shape &s, const std::vector<int64_t> &
   } catch (const burst_error &e) {
     fail(name, e.what());
   }
+}
+
+// GQA (4 query heads on 2 kv heads) with a causal ZIGZAG distribution and a
+// window, sharded with burst_shard / burst_shard_positions, checked against
+// the float64 reference of variant_reference.h (BHSD, so a rank's rows of a
+// head are one contiguous run per head).
+void run_gqa_zigzag(burst_context *ctx) {
+  const char *name = "zigzag causal window(6,0) GQA 4/2 BHSD N=45";
+  vcase c{name, BURST_DISTRIBUTION_ZIGZAG, BURST_LAYOUT_BHSD, 1, 6, 0, 4, 2, 1, 16, 45, nullptr, 0};
+  const size_t nq = size_t(c.batch * c.hq * c.N * c.d), nk = size_t(c.batch * c.hkv * c.N * c.d);
+  std::vector<double> q(nq), k(nk), v(nk), dout(nq), out(nq), lse(size_t(c.batch * c.hq * c.N)), dq(nq), dk(nk), dv(nk);
+  for (size_t i = 0; i < nq; ++i) { q[i] = vref_value(1, i); dout[i] = vref_value(4, i); }
+  for (size_t i = 0; i < nk; ++i) { k[i] = vref_value(2, i); v[i] = vref_value(3, i); }
+  vref_reference(&c, q.data(), k.data(), v.data(), dout.data(), out.data(), lse.data(), dq.data(), dk.data(), dv.data());
+  int64_t n = 0;
+  check(burst_shard_positions(c.dist, c.N, nullptr, 0, g_size, g_rank, nullptr, 0, &n), "burst_shard_positions");
+  // BHSD canonical = user layout: shard each tensor with outer = batch*heads, rows of head_dim.
+  auto local = [&](const std::vector<double> &full, int64_t heads, size_t elem) {
+    std::vector<char> bytes(size_t(c.batch * heads * n * c.d) * elem);
+    std::vector<float> f;
+    const void *src = full.data();
+    if (elem == 4) { f.assign(full.begin(), full.end()); src = f.data(); }
+    check(burst_shard(c.dist, c.N, nullptr, 0, g_size, g_rank, c.batch * heads, int64_t(elem) * c.d, src, bytes.data()),
+          "burst_shard");
+    return bytes;
+  };
+  auto lq = local(q, c.hq, 4), lk = local(k, c.hkv, 4), lv = local(v, c.hkv, 4), ldo = local(dout, c.hq, 4);
+  auto wout = local(out, c.hq, 8), wdq = local(dq, c.hq, 8), wdk = local(dk, c.hkv, 8), wdv = local(dv, c.hkv, 8);
+  burst_attention_config cfg;
+  burst_attention_config_init(&cfg);
+  cfg.layout = c.layout; cfg.mask = BURST_MASK_CAUSAL; cfg.distribution = c.dist;
+  cfg.batch = c.batch; cfg.seq_len_local = n; cfg.num_heads_q = c.hq; cfg.num_heads_kv = c.hkv;
+  cfg.head_dim = c.d; cfg.window_left = c.wl; cfg.window_right = c.wr; cfg.num_threads = 1;
+  burst_plan *raw = nullptr;
+  check(burst_plan_create(ctx, &cfg, &raw), "burst_plan_create");
+  plan_ptr plan(raw);
+  std::vector<float> o(size_t(c.batch * c.hq * n * c.d)), l(size_t(c.batch * c.hq * n)), gq(o.size()),
+      gk(size_t(c.batch * c.hkv * n * c.d)), gv(gk.size());
+  auto f = [](std::vector<char> &b) { return reinterpret_cast<const float *>(b.data()); };
+  check(burst_forward(plan.get(), f(lq), f(lk), f(lv), o.data(), l.data()), "burst_forward");
+  check(burst_backward(plan.get(), f(lq), f(lk), f(lv), o.data(), l.data(), f(ldo), gq.data(), gk.data(), gv.data()),
+        "burst_backward");
+  auto worst = [](const std::vector<float> &got, const std::vector<char> &want) {
+    const double *w = reinterpret_cast<const double *>(want.data());
+    double e = 0;
+    for (size_t i = 0; i < got.size(); ++i) e = std::fmax(e, std::fabs(double(got[i]) - w[i]));
+    return e;
+  };
+  auto scale = [](const std::vector<double> &x) { double m = 0; for (double y : x) m = std::fmax(m, std::fabs(y)); return m; };
+  if (!(worst(o, wout) <= 1e-5 * scale(out))) fail(name, "out error " + std::to_string(worst(o, wout)));
+  if (!(worst(gq, wdq) <= 1e-4 * scale(dq))) fail(name, "dq error " + std::to_string(worst(gq, wdq)));
+  if (!(worst(gk, wdk) <= 1e-4 * scale(dk))) fail(name, "dk error " + std::to_string(worst(gk, wdk)));
+  if (!(worst(gv, wdv) <= 1e-4 * scale(dv))) fail(name, "dv error " + std::to_string(worst(gv, wdv)));
 }
 
 } // namespace
@@ -254,6 +308,8 @@ int main(int argc, char **argv) {
         ++cases;
       }
     }
+    run_gqa_zigzag(world.get());
+    ++cases;
   } catch (const burst_error &e) {
     fail("setup", e.what());
   }

@@ -355,26 +355,59 @@ static inline uint64_t ref_burst_fwd_received_skipping(const int64_t *n, int P,
   return 4u * 2u * (uint64_t)Z * (uint64_t)d * sum;
 }
 
-/* Backward: every transfer happens whatever the mask or shard sizes. */
+/* Backward (0.2): the query bundle of owner j travels j -> j+1 -> ... only as
+ * far as the last rank j + last(j) that needs it (last(j) = the largest
+ * t in 1..P-1 with needs(j, j + t), 0 if none); at every hop t < last(j) it
+ * carries [Q|dO|D|lse] (Z n_j (2d+2) floats) and the partial dQ (Z n_j d),
+ * and rank j + last(j) sends dQ_j home (Z n_j d floats). */
+static inline int ref_bwd_last_step(const int64_t *n, int P, int owner, int mask) {
+  int t;
+  if (n[owner] == 0) return 0;
+  for (t = P - 1; t >= 1; --t)
+    if (ref_shard_needs(n, owner, (owner + t) % P, mask)) return t;
+  return 0;
+}
+
+static inline uint64_t ref_burst_bwd_bytes(const int64_t *n, int P, int r,
+                                           int64_t Z, int64_t d, int mask,
+                                           int received) {
+  uint64_t sum = 0;
+  int j;
+  for (j = 0; j < P; ++j) {
+    int last = ref_bwd_last_step(n, P, j, mask);
+    int t = ((r - j) % P + P) % P; /* rank r is owner j's hop t */
+    uint64_t nj = (uint64_t)n[j];
+    if (!received) {
+      if (t < last) sum += (uint64_t)(3 * d + 2) * nj;
+      if (last >= 1 && t == last) sum += (uint64_t)d * nj;
+    } else {
+      if (t >= 1 && t <= last) sum += (uint64_t)(3 * d + 2) * nj;
+      if (last >= 1 && r == j) sum += (uint64_t)d * nj;
+    }
+  }
+  return 4u * (uint64_t)Z * sum;
+}
+
 static inline uint64_t ref_burst_bwd_sent(const int64_t *n, int P, int r,
-                                          int64_t Z, int64_t d) {
+                                          int64_t Z, int64_t d, int mask) {
+  return ref_burst_bwd_bytes(n, P, r, Z, d, mask, 0);
+}
+
+static inline uint64_t ref_burst_bwd_received(const int64_t *n, int P, int r,
+                                              int64_t Z, int64_t d, int mask) {
+  return ref_burst_bwd_bytes(n, P, r, Z, d, mask, 1);
+}
+
+/* Mask NONE, every shard non-empty: the closed form (P-1)(3d+2)n + d n per
+ * owner pass, a check of the skip-aware rule above. */
+static inline uint64_t ref_burst_bwd_sent_dense(const int64_t *n, int P, int r,
+                                                int64_t Z, int64_t d) {
   uint64_t sum = 0;
   int t;
   if (P <= 1) return 0;
   for (t = 0; t <= P - 2; ++t)
     sum += (uint64_t)(3 * d + 2) * (uint64_t)n[((r - t) % P + P) % P];
   sum += (uint64_t)d * (uint64_t)n[(r + 1) % P];
-  return 4u * (uint64_t)Z * sum;
-}
-
-static inline uint64_t ref_burst_bwd_received(const int64_t *n, int P, int r,
-                                              int64_t Z, int64_t d) {
-  uint64_t sum = 0;
-  int t;
-  if (P <= 1) return 0;
-  for (t = 1; t <= P - 1; ++t)
-    sum += (uint64_t)(3 * d + 2) * (uint64_t)n[((r - t) % P + P) % P];
-  sum += (uint64_t)d * (uint64_t)n[r];
   return 4u * (uint64_t)Z * sum;
 }
 

@@ -1,0 +1,248 @@
+/*
+ * c_variants.c — every attention variant of version 0.2 from C under mpirun
+ * (2, 3 and 4 ranks): ZIGZAG / STRIPED / CONTIGUOUS distributions, causal,
+ * sliding windows, GQA and MQA, packed sequences (cu_seqlens), BSHD and BHSD.
+ *
+ * Every rank builds the same global inputs, takes its shard with burst_shard,
+ * runs forward and backward on MPI_COMM_WORLD and compares its rows with a
+ * float64 reference of the whole sequence (sharded by burst_shard as well;
+ * the reference's mask is written here from the header's rule). The outputs
+ * are also assembled with burst_unshard + MPI_Allreduce and compared whole.
+ * burst_stats: bytes sent/received exactly against the schedule's rules with
+ * a brute-force needs matrix, tiles computed + skipped against the dense
+ * count, and a 0.1-sized (72-byte) struct accepted.
+ */
+#include <burst_attention.h>
+#include <mpi.h>
+
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "variant_reference.h"
+
+static int g_rank, g_size, g_failures;
+static const char *g_case = "";
+
+static void fail(const char *fmt, ...) {
+  va_list ap;
+  ++g_failures;
+  fprintf(stderr, "c_variants rank %d/%d FAIL [%s]: ", g_rank, g_size, g_case);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+}
+
+static void *xcalloc(size_t count, size_t size) {
+  void *p = calloc(count ? count : 1, size);
+  if (!p) { fprintf(stderr, "out of memory\n"); MPI_Abort(MPI_COMM_WORLD, 2); }
+  return p;
+}
+
+/* canonical [b][h][t][x] (double) -> the user's layout, as float or double. */
+static void to_user(const vcase *c, int64_t H, const double *canon, float *f, double *dd) {
+  int64_t b, h, t, x;
+  for (b = 0; b < c->batch; ++b)
+    for (h = 0; h < H; ++h)
+      for (t = 0; t < c->N; ++t)
+        for (x = 0; x < c->d; ++x) {
+          size_t u = c->layout == BURST_LAYOUT_BHSD
+                         ? (((size_t)b * H + h) * c->N + t) * c->d + x
+                         : (((size_t)b * c->N + t) * H + h) * c->d + x;
+          double val = canon[CI(c, h, b, t, x, H)];
+          if (f) f[u] = (float)val;
+          if (dd) dd[u] = val;
+        }
+}
+
+/* burst_shard of a user-layout tensor with H heads and `elem` bytes per value. */
+static int shard(const vcase *c, int64_t H, size_t elem, const void *full, void *local, int rank, int unshard) {
+  int64_t outer = c->layout == BURST_LAYOUT_BHSD ? c->batch * H : c->batch;
+  int64_t row = (int64_t)elem * c->d * (c->layout == BURST_LAYOUT_BHSD ? 1 : H);
+  burst_status st = unshard
+      ? burst_unshard(c->dist, c->N, c->cu, c->nseq, g_size, rank, outer, row, local, (void *)full)
+      : burst_shard(c->dist, c->N, c->cu, c->nseq, g_size, rank, outer, row, full, local);
+  if (st != BURST_OK) { fail("burst_%sshard: %s: %s", unshard ? "un" : "", burst_status_string(st), burst_last_error()); return 0; }
+  return 1;
+}
+
+static double max_err(const float *got, const double *want, size_t n) {
+  double worst = 0;
+  size_t i;
+  for (i = 0; i < n; ++i) {
+    double e = (got[i] == want[i]) ? 0 : fabs((double)got[i] - want[i]);
+    if (e != e) e = INFINITY;
+    if (e > worst) worst = e;
+  }
+  return worst;
+}
+
+static double max_abs(const double *x, size_t n) {
+  double m = 0;
+  size_t i;
+  for (i = 0; i < n; ++i) if (fabs(x[i]) > m) m = fabs(x[i]);
+  return m;
+}
+
+static uint64_t ceil_div(int64_t a, int64_t b) { return (uint64_t)((a + b - 1) / b); }
+
+static void run_case(burst_context *ctx, const vcase *c) {
+  const int64_t N = c->N, D = c->d;
+  const size_t nq = (size_t)(c->batch * c->hq * N * D), nk = (size_t)(c->batch * c->hkv * N * D);
+  const size_t nl = (size_t)(c->batch * c->hq * N);
+  int64_t cnt[16], *pos[16], n;
+  int r;
+  size_t lq, lk, ll, i;
+  double *cq = xcalloc(nq, 8), *ck = xcalloc(nk, 8), *cv = xcalloc(nk, 8), *cdo = xcalloc(nq, 8);
+  double *cout = xcalloc(nq, 8), *clse = xcalloc(nl, 8), *cdq = xcalloc(nq, 8), *cdk = xcalloc(nk, 8), *cdv = xcalloc(nk, 8);
+  float *uq = xcalloc(nq, 4), *uk = xcalloc(nk, 4), *uv = xcalloc(nk, 4), *udo = xcalloc(nq, 4);
+  double *rout = xcalloc(nq, 8), *rdq = xcalloc(nq, 8), *rdk = xcalloc(nk, 8), *rdv = xcalloc(nk, 8);
+  float *q, *k, *v, *dout, *out, *lse, *dq, *dk, *dv, *assembled;
+  double *wout, *wlse, *wdq, *wdk, *wdv;
+  burst_attention_config cfg;
+  burst_plan *plan = NULL;
+  burst_stats sf, sb, old;
+  burst_status st;
+
+  g_case = c->name;
+  for (r = 0; r < g_size; ++r) {
+    if (burst_shard_positions(c->dist, N, c->cu, c->nseq, g_size, r, NULL, 0, &cnt[r]) != BURST_OK) {
+      fail("burst_shard_positions count: %s", burst_last_error());
+      return;
+    }
+    pos[r] = xcalloc((size_t)cnt[r], 8);
+    if (burst_shard_positions(c->dist, N, c->cu, c->nseq, g_size, r, pos[r], cnt[r], &n) != BURST_OK || n != cnt[r])
+      fail("burst_shard_positions: %s", burst_last_error());
+  }
+  n = cnt[g_rank];
+  for (i = 0; i < nq; ++i) { cq[i] = vref_value(1, i); cdo[i] = vref_value(4, i); }
+  for (i = 0; i < nk; ++i) { ck[i] = vref_value(2, i); cv[i] = vref_value(3, i); }
+  vref_reference(c, cq, ck, cv, cdo, cout, clse, cdq, cdk, cdv);
+  to_user(c, c->hq, cq, uq, NULL); to_user(c, c->hkv, ck, uk, NULL);
+  to_user(c, c->hkv, cv, uv, NULL); to_user(c, c->hq, cdo, udo, NULL);
+  to_user(c, c->hq, cout, NULL, rout); to_user(c, c->hq, cdq, NULL, rdq);
+  to_user(c, c->hkv, cdk, NULL, rdk); to_user(c, c->hkv, cdv, NULL, rdv);
+
+  lq = (size_t)(c->batch * c->hq * n * D); lk = (size_t)(c->batch * c->hkv * n * D); ll = (size_t)(c->batch * c->hq * n);
+  q = xcalloc(lq, 4); dout = xcalloc(lq, 4); out = xcalloc(lq, 4); dq = xcalloc(lq, 4);
+  k = xcalloc(lk, 4); v = xcalloc(lk, 4); dk = xcalloc(lk, 4); dv = xcalloc(lk, 4); lse = xcalloc(ll, 4);
+  wout = xcalloc(lq, 8); wdq = xcalloc(lq, 8); wdk = xcalloc(lk, 8); wdv = xcalloc(lk, 8); wlse = xcalloc(ll, 8);
+  shard(c, c->hq, 4, uq, q, g_rank, 0); shard(c, c->hkv, 4, uk, k, g_rank, 0);
+  shard(c, c->hkv, 4, uv, v, g_rank, 0); shard(c, c->hq, 4, udo, dout, g_rank, 0);
+  shard(c, c->hq, 8, rout, wout, g_rank, 0); shard(c, c->hq, 8, rdq, wdq, g_rank, 0);
+  shard(c, c->hkv, 8, rdk, wdk, g_rank, 0); shard(c, c->hkv, 8, rdv, wdv, g_rank, 0);
+  if (burst_shard(c->dist, N, c->cu, c->nseq, g_size, g_rank, c->batch * c->hq, 8, clse, wlse) != BURST_OK)
+    fail("burst_shard lse: %s", burst_last_error());
+
+  burst_attention_config_init(&cfg);
+  cfg.layout = c->layout; cfg.mask = c->causal ? BURST_MASK_CAUSAL : BURST_MASK_NONE;
+  cfg.distribution = c->dist; cfg.batch = c->batch; cfg.seq_len_local = n;
+  cfg.num_heads_q = c->hq; cfg.num_heads_kv = c->hkv; cfg.head_dim = D;
+  cfg.window_left = c->wl; cfg.window_right = c->wr; cfg.cu_seqlens = c->cu; cfg.num_sequences = c->nseq;
+  cfg.num_threads = 1; cfg.timeout_seconds = 120;
+  st = burst_plan_create(ctx, &cfg, &plan);
+  if (st != BURST_OK) { fail("plan_create: %s: %s", burst_status_string(st), burst_last_error()); goto done; }
+  memset(&sf, 0, sizeof sf); memset(&sb, 0, sizeof sb); memset(&old, 0, sizeof old);
+  sf.struct_size = sb.struct_size = sizeof(burst_stats);
+  st = burst_forward(plan, q, k, v, out, lse);
+  if (st != BURST_OK) { fail("forward: %s", burst_last_error()); goto done; }
+  burst_plan_stats(plan, &sf);
+  st = burst_backward(plan, q, k, v, out, lse, dout, dq, dk, dv);
+  if (st != BURST_OK) { fail("backward: %s", burst_last_error()); goto done; }
+  burst_plan_stats(plan, &sb);
+  old.struct_size = (uint32_t)(offsetof(burst_stats, total_seconds) + sizeof(double));
+  old.tiles_computed = 12345;
+  if (burst_plan_stats(plan, &old) != BURST_OK || old.bytes_sent != sb.bytes_sent || old.tiles_computed != 12345)
+    fail("a 0.1-sized burst_stats (%u bytes) must be accepted and only its fields written", old.struct_size);
+
+  {
+    double mo = max_abs(cout, nq), mq = max_abs(cdq, nq), mk = max_abs(cdk, nk), mv = max_abs(cdv, nk);
+    double eo = max_err(out, wout, lq), el = max_err(lse, wlse, ll);
+    double eq = max_err(dq, wdq, lq), ek = max_err(dk, wdk, lk), ev = max_err(dv, wdv, lk);
+    if (!(eo <= 1e-5 * mo)) fail("out error %.3e > 1e-5 * %.3e", eo, mo);
+    if (!(el <= 1e-4)) fail("lse error %.3e", el);
+    if (!(eq <= 1e-4 * mq)) fail("dq error %.3e > 1e-4 * %.3e", eq, mq);
+    if (!(ek <= 1e-4 * mk)) fail("dk error %.3e > 1e-4 * %.3e", ek, mk);
+    if (!(ev <= 1e-4 * mv)) fail("dv error %.3e > 1e-4 * %.3e", ev, mv);
+  }
+  /* The whole output, assembled from every rank with burst_unshard. */
+  assembled = xcalloc(nq, 4);
+  if (shard(c, c->hq, 4, assembled, out, g_rank, 1)) {
+    float *sum = xcalloc(nq, 4);
+    double *rf = xcalloc(nq, 8);
+    MPI_Allreduce(assembled, sum, (int)nq, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    for (i = 0; i < nq; ++i) rf[i] = rout[i];
+    if (!(max_err(sum, rf, nq) <= 1e-5 * max_abs(rout, nq))) fail("assembled out differs from the reference");
+    free(sum); free(rf);
+  }
+  free(assembled);
+  {
+    uint64_t fs, fr, bs, br, dense_f = 0, dense_b = 0;
+    vref_expected_bytes(c, pos, cnt, g_size, g_rank, &fs, &fr, &bs, &br);
+    if (sf.bytes_sent != fs || sf.bytes_received != fr)
+      fail("forward bytes sent %llu received %llu, expected %llu %llu", (unsigned long long)sf.bytes_sent,
+           (unsigned long long)sf.bytes_received, (unsigned long long)fs, (unsigned long long)fr);
+    if (sb.bytes_sent != bs || sb.bytes_received != br)
+      fail("backward bytes sent %llu received %llu, expected %llu %llu", (unsigned long long)sb.bytes_sent,
+           (unsigned long long)sb.bytes_received, (unsigned long long)bs, (unsigned long long)br);
+    for (r = 0; r < g_size; ++r) {
+      if (n > 0 && cnt[r] > 0) {
+        dense_f += (uint64_t)(c->batch * c->hq) * ceil_div(n, 256) * ceil_div(cnt[r], 128);
+        dense_b += (uint64_t)(c->batch * c->hq) * ceil_div(cnt[r], 256) * ceil_div(n, 128);
+      }
+    }
+    if (sf.tiles_computed + sf.tiles_skipped != dense_f || sb.tiles_computed + sb.tiles_skipped != dense_b)
+      fail("tiles: forward %llu + %llu (dense %llu), backward %llu + %llu (dense %llu)",
+           (unsigned long long)sf.tiles_computed, (unsigned long long)sf.tiles_skipped, (unsigned long long)dense_f,
+           (unsigned long long)sb.tiles_computed, (unsigned long long)sb.tiles_skipped, (unsigned long long)dense_b);
+    if (n > 0 && sf.tiles_computed == 0) fail("a rank with tokens computed no forward tile");
+    if (sf.steps_computed + sf.steps_skipped != (uint64_t)g_size) fail("forward steps do not add up to P");
+  }
+done:
+  burst_plan_destroy(plan);
+  for (r = 0; r < g_size; ++r) free(pos[r]);
+  free(cq); free(ck); free(cv); free(cdo); free(cout); free(clse); free(cdq); free(cdk); free(cdv);
+  free(uq); free(uk); free(uv); free(udo); free(rout); free(rdq); free(rdk); free(rdv);
+  free(q); free(k); free(v); free(dout); free(out); free(lse); free(dq); free(dk); free(dv);
+  free(wout); free(wlse); free(wdq); free(wdk); free(wdv);
+}
+
+int main(int argc, char **argv) {
+  static const int64_t cu_a[] = {0, 5, 5, 23, 37};
+  static const int64_t cu_b[] = {0, 10, 11, 30, 53};
+  static const vcase cases[] = {
+      {"zigzag causal BSHD 4/4 N=37", BURST_DISTRIBUTION_ZIGZAG, BURST_LAYOUT_BSHD, 1, -1, -1, 4, 4, 1, 16, 37, NULL, 0},
+      {"zigzag causal GQA 4/2 BHSD N=53 B=2", BURST_DISTRIBUTION_ZIGZAG, BURST_LAYOUT_BHSD, 1, -1, -1, 4, 2, 2, 16, 53, NULL, 0},
+      {"striped causal window(8,0) GQA 4/2 BHSD N=53", BURST_DISTRIBUTION_STRIPED, BURST_LAYOUT_BHSD, 1, 8, 0, 4, 2, 1, 16, 53, NULL, 0},
+      {"contiguous window(8,0) MQA 4/1 BSHD N=41", BURST_DISTRIBUTION_CONTIGUOUS, BURST_LAYOUT_BSHD, 0, 8, 0, 4, 1, 1, 16, 41, NULL, 0},
+      {"contiguous window(3,5) GQA 4/2 BHSD N=53", BURST_DISTRIBUTION_CONTIGUOUS, BURST_LAYOUT_BHSD, 0, 3, 5, 4, 2, 1, 16, 53, NULL, 0},
+      {"zigzag varlen {0,5,5,23,37} causal window(4,0) 4/2 BSHD", BURST_DISTRIBUTION_ZIGZAG, BURST_LAYOUT_BSHD, 1, 4, 0, 4, 2, 1, 16, 37, cu_a, 4},
+      {"striped varlen {0,5,5,23,37} MQA 4/1 BHSD", BURST_DISTRIBUTION_STRIPED, BURST_LAYOUT_BHSD, 0, -1, -1, 4, 1, 1, 16, 37, cu_a, 4},
+      {"contiguous varlen {0,10,11,30,53} causal B=2 4/4 BSHD", BURST_DISTRIBUTION_CONTIGUOUS, BURST_LAYOUT_BSHD, 1, -1, -1, 4, 4, 2, 8, 53, cu_b, 4},
+      {"zigzag window(2,2) B=2 4/2 BHSD N=53", BURST_DISTRIBUTION_ZIGZAG, BURST_LAYOUT_BHSD, 0, 2, 2, 4, 2, 2, 8, 53, NULL, 0},
+  };
+  burst_context *ctx = NULL;
+  size_t c;
+  int total = 0;
+  (void)argc; (void)argv;
+  MPI_Init(&argc, &argv);
+  MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+  if (g_size > 16) { if (g_rank == 0) fprintf(stderr, "at most 16 ranks\n"); MPI_Abort(MPI_COMM_WORLD, 2); }
+  if (burst_context_create_mpi((int64_t)MPI_Comm_c2f(MPI_COMM_WORLD), &ctx) != BURST_OK) {
+    fprintf(stderr, "context: %s\n", burst_last_error());
+    MPI_Abort(MPI_COMM_WORLD, 2);
+  }
+  for (c = 0; c < sizeof cases / sizeof cases[0]; ++c) run_case(ctx, &cases[c]);
+  burst_context_destroy(ctx);
+  MPI_Allreduce(&g_failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  printf("c_variants rank %d/%d: %s - %d cases, %d local failures\n", g_rank, g_size, total ? "FAILED" : "ok",
+         (int)(sizeof cases / sizeof cases[0]), g_failures);
+  MPI_Finalize();
+  return total ? 1 : 0;
+}
