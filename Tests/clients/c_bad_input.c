@@ -111,17 +111,47 @@ typedef struct padded_config {
 typedef struct config_case {
   const char *name;
   burst_status want;
+  const char *needle; /* the error message must name this (NULL: any) */
 } config_case;
+
+/* Rank `rank`'s token count under a distribution (burst_shard_positions). */
+static int64_t count_of(int32_t distribution, int64_t total_tokens, int rank) {
+  int64_t n = -1;
+  if (burst_shard_positions(distribution, total_tokens, NULL, 0, g_size, rank, NULL, 0, &n) != BURST_OK)
+    fail("burst_shard_positions(count): %s", burst_last_error());
+  return n;
+}
+
+static int64_t rule_count(int32_t distribution, int64_t total_tokens) {
+  return count_of(distribution, total_tokens, g_rank);
+}
+
+/* The status plan creation must give when rank 0 holds `delta` tokens more
+ * than the rule deals it: the total changes too, so the shifted counts are
+ * wrong unless they happen to be the rule's counts for the new total. */
+static burst_status shifted_status(int32_t distribution, int64_t total_tokens, int64_t delta) {
+  int r;
+  for (r = 0; r < g_size; ++r)
+    if (count_of(distribution, total_tokens + delta, r) != count_of(distribution, total_tokens, r) + (r == 0 ? delta : 0))
+      return BURST_ERROR_INVALID_ARGUMENT;
+  return BURST_OK;
+}
 
 /* Mutates cfg for case i; returns 0 past the last case. */
 static int apply_case(int i, burst_attention_config *cfg, int64_t total_tokens,
                       config_case *c) {
-  static int64_t cu[2];
+  static int64_t cu[2], cu_decreasing[3], cu_start[2], cu_end[2];
   cu[0] = 0;
   cu[1] = total_tokens;
+  cu_decreasing[0] = 0; cu_decreasing[1] = total_tokens; cu_decreasing[2] = total_tokens - 1;
+  cu_start[0] = 1; cu_start[1] = total_tokens;
+  cu_end[0] = 0; cu_end[1] = total_tokens + 1;
+  c->needle = NULL;
   switch (i) {
 #define CASE(idx, label, status, stmt) \
   case idx: c->name = label; c->want = status; stmt; return 1;
+#define CASEM(idx, label, status, field, stmt) \
+  case idx: c->name = label; c->want = status; c->needle = field; stmt; return 1;
     CASE(0, "batch = 0", BURST_ERROR_INVALID_ARGUMENT, cfg->batch = 0)
     CASE(1, "batch = -1", BURST_ERROR_INVALID_ARGUMENT, cfg->batch = -1)
     CASE(2, "num_heads_q = 0", BURST_ERROR_INVALID_ARGUMENT, cfg->num_heads_q = 0)
@@ -158,25 +188,51 @@ static int apply_case(int i, burst_attention_config *cfg, int64_t total_tokens,
     CASE(27, "num_sequences = 3 with cu_seqlens = NULL",
          BURST_ERROR_INVALID_ARGUMENT, cfg->num_sequences = 3)
     CASE(28, "num_threads = -1", BURST_ERROR_INVALID_ARGUMENT, cfg->num_threads = -1)
-    /* valid but not implemented in this version */
-    CASE(29, "num_heads_q = 4, num_heads_kv = 2 (GQA)", BURST_ERROR_UNSUPPORTED,
+    /* supported since 0.2 */
+    CASE(29, "num_heads_q = 4, num_heads_kv = 2 (GQA)", BURST_OK,
          (cfg->num_heads_q = 4, cfg->num_heads_kv = 2))
-    CASE(30, "num_heads_q = 2, num_heads_kv = 1 (MQA)", BURST_ERROR_UNSUPPORTED,
-         cfg->num_heads_kv = 1)
-    CASE(31, "window_left = 4", BURST_ERROR_UNSUPPORTED, cfg->window_left = 4)
-    CASE(32, "window_right = 4", BURST_ERROR_UNSUPPORTED, cfg->window_right = 4)
-    CASE(33, "distribution = ZIGZAG", BURST_ERROR_UNSUPPORTED,
-         (cfg->distribution = BURST_DISTRIBUTION_ZIGZAG, cfg->mask = BURST_MASK_CAUSAL))
-    CASE(34, "distribution = STRIPED", BURST_ERROR_UNSUPPORTED,
-         cfg->distribution = BURST_DISTRIBUTION_STRIPED)
+    CASE(30, "num_heads_q = 2, num_heads_kv = 1 (MQA)", BURST_OK, cfg->num_heads_kv = 1)
+    CASE(31, "window_left = 4", BURST_OK, cfg->window_left = 4)
+    CASE(32, "window_right = 4", BURST_OK, cfg->window_right = 4)
+    CASE(33, "distribution = ZIGZAG (rule's counts)", BURST_OK,
+         (cfg->distribution = BURST_DISTRIBUTION_ZIGZAG, cfg->mask = BURST_MASK_CAUSAL,
+          cfg->seq_len_local = rule_count(BURST_DISTRIBUTION_ZIGZAG, total_tokens)))
+    CASE(34, "distribution = STRIPED (rule's counts)", BURST_OK,
+         (cfg->distribution = BURST_DISTRIBUTION_STRIPED,
+          cfg->seq_len_local = rule_count(BURST_DISTRIBUTION_STRIPED, total_tokens)))
+    /* valid but not implemented in this version */
     CASE(35, "pattern = RING", BURST_ERROR_UNSUPPORTED, cfg->pattern = BURST_PATTERN_RING)
     CASE(36, "pattern = ALLGATHER", BURST_ERROR_UNSUPPORTED,
          cfg->pattern = BURST_PATTERN_ALLGATHER)
     CASE(37, "pattern = ULYSSES", BURST_ERROR_UNSUPPORTED,
          cfg->pattern = BURST_PATTERN_ULYSSES)
     CASE(38, "pattern = AUTO", BURST_ERROR_UNSUPPORTED, cfg->pattern = BURST_PATTERN_AUTO)
-    CASE(39, "cu_seqlens = {0, N} (varlen packing)", BURST_ERROR_UNSUPPORTED,
+    CASE(39, "cu_seqlens = {0, N} (varlen packing)", BURST_OK,
          (cfg->cu_seqlens = cu, cfg->num_sequences = 1))
+    /* bad combinations of the variants: every rank fails, naming the field */
+    CASEM(40, "num_heads_q = 6, num_heads_kv = 4", BURST_ERROR_INVALID_ARGUMENT, "num_heads_kv",
+          (cfg->num_heads_q = 6, cfg->num_heads_kv = 4))
+    CASEM(41, "window_right = -5", BURST_ERROR_INVALID_ARGUMENT, "window_right", cfg->window_right = -5)
+    CASEM(42, "window_left = -2 (named)", BURST_ERROR_INVALID_ARGUMENT, "window_left", cfg->window_left = -2)
+    CASEM(43, "cu_seqlens decreasing {0, N, N-1}", BURST_ERROR_INVALID_ARGUMENT, "cu_seqlens",
+          (cfg->cu_seqlens = cu_decreasing, cfg->num_sequences = 2))
+    CASEM(44, "cu_seqlens not starting at 0 {1, N}", BURST_ERROR_INVALID_ARGUMENT, "cu_seqlens",
+          (cfg->cu_seqlens = cu_start, cfg->num_sequences = 1))
+    CASEM(45, "cu_seqlens not ending at N {0, N+1}", BURST_ERROR_INVALID_ARGUMENT, "cu_seqlens",
+          (cfg->cu_seqlens = cu_end, cfg->num_sequences = 1))
+    CASEM(46, "ZIGZAG with one token too many on rank 0",
+          shifted_status(BURST_DISTRIBUTION_ZIGZAG, total_tokens, 1), "seq_len_local",
+          (cfg->distribution = BURST_DISTRIBUTION_ZIGZAG,
+           cfg->seq_len_local = rule_count(BURST_DISTRIBUTION_ZIGZAG, total_tokens) + (g_rank == 0)))
+    CASEM(47, "STRIPED with one token too few on rank 0",
+          shifted_status(BURST_DISTRIBUTION_STRIPED, total_tokens, -1), "seq_len_local",
+          (cfg->distribution = BURST_DISTRIBUTION_STRIPED,
+           cfg->seq_len_local = rule_count(BURST_DISTRIBUTION_STRIPED, total_tokens) - (g_rank == 0)))
+    CASEM(48, "STRIPED with three tokens too many on rank 0",
+          shifted_status(BURST_DISTRIBUTION_STRIPED, total_tokens, 3), "seq_len_local",
+          (cfg->distribution = BURST_DISTRIBUTION_STRIPED,
+           cfg->seq_len_local = rule_count(BURST_DISTRIBUTION_STRIPED, total_tokens) + 3 * (g_rank == 0)))
+#undef CASEM
 #undef CASE
   default:
     return 0;
@@ -325,7 +381,7 @@ static void check_config_cases(burst_context *ctx, int64_t total_tokens) {
     if (!apply_case(i, &pc.cfg, total_tokens, &c)) break;
     st = burst_plan_create(ctx, &pc.cfg, &plan);
     snprintf(what, sizeof what, "burst_plan_create(%s)", c.name);
-    expect(st, c.want, what);
+    expect_msg(st, c.want, c.needle, what);
     if (st == BURST_OK) burst_plan_destroy(plan);
   }
   {
@@ -343,12 +399,14 @@ static void check_config_cases(burst_context *ctx, int64_t total_tokens) {
 static void check_mismatch(burst_context *ctx) {
   const int odd = (g_rank == g_size - 1);
   int i;
-  for (i = 0; i < 6; ++i) {
+  for (i = 0; i < 7; ++i) {
     burst_attention_config cfg;
     burst_plan *plan = NULL;
     burst_status st;
     const char *field = "";
+    int64_t cu[3];
     base_config(&cfg, 3);
+    cu[0] = 0; cu[1] = odd ? 2 : 1; cu[2] = 3 * (int64_t)g_size;
     switch (i) {
     case 0: field = "head_dim"; if (odd) cfg.head_dim = 32; break;
     case 1: field = "layout"; if (odd) cfg.layout = BURST_LAYOUT_BHSD; break;
@@ -356,6 +414,7 @@ static void check_mismatch(burst_context *ctx) {
     case 3: field = "batch"; if (odd) cfg.batch = 2; break;
     case 4: field = "num_heads"; if (odd) { cfg.num_heads_q = 4; cfg.num_heads_kv = 4; } break;
     case 5: field = "softmax_scale"; if (odd) cfg.softmax_scale = 0.5f; break;
+    case 6: field = "cu_seqlens"; cfg.cu_seqlens = cu; cfg.num_sequences = 2; break;
     default: break;
     }
     {
@@ -383,7 +442,7 @@ static void check_mismatch(burst_context *ctx) {
   /* A config that is invalid on one rank only: every rank gets an error. */
   {
     int which;
-    for (which = 0; which < 3; ++which) {
+    for (which = 0; which < 4; ++which) {
       burst_attention_config cfg;
       burst_plan *plan = NULL;
       burst_status st;
@@ -397,6 +456,10 @@ static void check_mismatch(burst_context *ctx) {
       case 1:
         what = "burst_plan_create(layout = 7 on the last rank only)";
         if (odd) cfg.layout = 7;
+        break;
+      case 2:
+        what = "burst_plan_create(window_left = -2 on the last rank only)";
+        if (odd) cfg.window_left = -2;
         break;
       default:
         what = "burst_plan_create(struct_size = 4 on the last rank only)";
