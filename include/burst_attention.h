@@ -52,6 +52,15 @@ extern "C" {
  * Compare it with BURST_VERSION_NUMBER to detect a header/library mismatch. */
 BURST_API uint32_t burst_version(void);
 
+/* A static, never-NULL description of the library loaded and the kernel code
+ * paths its run-time dispatch picked for this CPU, e.g.
+ * "libburst_attention 0.2.0; kernels cpx+avx512; cpus 2" (tile products:
+ * libxsmm's target "cpx", "skx", "hsw", ... or "portable"; row kernels "avx512",
+ * "avx2" or "baseline"; cpus: the CPUs this process may run on, which divided by
+ * the ranks on the node is the default num_threads). For logs and bug reports:
+ * "key value" pairs separated by "; ". Thread-safe. (0.2) */
+BURST_API const char *burst_build_info(void);
+
 /* ------------------------------------------------------------------------ */
 /* Status codes. The values are ABI and never change.                        */
 typedef enum burst_status {

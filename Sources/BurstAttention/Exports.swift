@@ -53,6 +53,19 @@ public func _burst_version() -> UInt32 {
     versionMajor * 10000 + versionMinor * 100 + versionPatch
 }
 
+/// "libburst_attention 0.2.0; kernels <tile>+<rows>; cpus <n>", made once:
+/// the version and the kernel code paths the run-time dispatch picked on this CPU
+/// (BURST_KERNELS / LIBXSMM_TARGET are read at the first call).
+private let buildInfo: UnsafeMutablePointer<CChar> = {
+    let text = "libburst_attention \(versionMajor).\(versionMinor).\(versionPatch); kernels \(LocalAttention.codePath); cpus \(availableCPUCount())"
+    return strdup(text)!
+}()
+
+@c(burst_build_info)
+public func _burst_build_info() -> UnsafePointer<CChar> {
+    UnsafePointer(buildInfo)
+}
+
 private let statusNames: [StaticString] = [
     "BURST_OK", "BURST_ERROR_INVALID_ARGUMENT", "BURST_ERROR_UNSUPPORTED", "BURST_ERROR_OUT_OF_MEMORY",
     "BURST_ERROR_MISMATCH", "BURST_ERROR_COMMUNICATION", "BURST_ERROR_INTERNAL", "BURST_ERROR_VERSION",

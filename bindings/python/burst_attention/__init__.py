@@ -40,6 +40,13 @@ def version() -> int:
     return int(_cdll.burst_version())
 
 
+def build_info() -> str:
+    """burst_build_info(): the loaded library's version and the kernel code paths its
+    run-time dispatch picked for this CPU, e.g.
+    "libburst_attention 0.2.0; kernels cpx+avx512; cpus 2"."""
+    return _cdll.burst_build_info().decode("utf-8", "replace")
+
+
 def version_info() -> tuple:
     """(major, minor, patch) of the library actually loaded."""
     v = version()
@@ -47,7 +54,7 @@ def version_info() -> tuple:
 
 
 __all__ = [
-    "BurstError", "Context", "DType", "Distribution", "Layout", "Mask", "Pattern", "Plan",
+    "BurstError", "Context", "build_info", "DType", "Distribution", "Layout", "Mask", "Pattern", "Plan",
     "STATS_KEYS", "Status", "VERSION_MAJOR", "VERSION_MINOR", "VERSION_NUMBER",
     "VERSION_PATCH", "last_error", "library_path", "status_string", "version", "version_info",
     "shard", "shard_counts", "shard_positions", "unshard",

@@ -129,6 +129,7 @@ _SIGNATURES = {
     "burst_version": (ctypes.c_uint32, []),
     "burst_status_string": (ctypes.c_char_p, [burst_status]),
     "burst_last_error": (ctypes.c_char_p, []),
+    "burst_build_info": (ctypes.c_char_p, []),
     "burst_attention_config_init": (None, [ctypes.POINTER(AttentionConfig)]),
     "burst_context_create_mpi": (burst_status, [ctypes.c_int64, ctypes.POINTER(c_handle)]),
     "burst_context_create_self": (burst_status, [ctypes.POINTER(c_handle)]),
