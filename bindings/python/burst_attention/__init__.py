@@ -12,14 +12,19 @@ BurstAttention, arXiv 2403.09347) over its C ABI, with ctypes and numpy.
 `shard_positions`, `shard_counts`, `shard` and `unshard` deal a full-sequence array to
 the ranks by a distribution ("contiguous", "zigzag", "striped") and gather it back.
 
-Every C call that fails raises `BurstError` (with `.status`, a `Status`). See
+Every C call that fails raises a `BurstError` (with `.status`, a `Status`): the subclass
+for its status (`InvalidArgumentError`, `MismatchError`, `BurstTimeoutError`, ...). See
 bindings/python/README.md and include/burst_attention.h (the manual).
 """
 
 from ._lib import VERSION_MAJOR, VERSION_MINOR, VERSION_PATCH, VERSION_NUMBER
 from ._lib import path as library_path
 from ._lib import lib as _cdll
-from ._errors import BurstError, Status, last_error, status_string
+from ._errors import (
+    BurstError, BurstTimeoutError, BusyError, CommunicationError, InternalError,
+    InvalidArgumentError, MismatchError, OutOfMemoryError, Status, UnsupportedError,
+    VersionError, last_error, status_string,
+)
 from ._enums import (
     DType, Distribution, Layout, Mask, Pattern,
     DTYPE_F32, LAYOUT_BHSD, LAYOUT_BSHD, MASK_CAUSAL, MASK_NONE,
@@ -54,6 +59,9 @@ def version_info() -> tuple:
 
 
 __all__ = [
+    "BurstTimeoutError", "BusyError", "CommunicationError", "InternalError",
+    "InvalidArgumentError", "MismatchError", "OutOfMemoryError", "UnsupportedError",
+    "VersionError",
     "BurstError", "Context", "build_info", "DType", "Distribution", "Layout", "Mask", "Pattern", "Plan",
     "STATS_KEYS", "Status", "VERSION_MAJOR", "VERSION_MINOR", "VERSION_NUMBER",
     "VERSION_PATCH", "last_error", "library_path", "status_string", "version", "version_info",

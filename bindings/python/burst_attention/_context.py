@@ -124,9 +124,11 @@ class Context:
         handles = (_lib.c_handle * max(n, 1))()
         _check(_lib.lib.burst_context_create_loopback(n, handles), "burst_context_create_loopback")
         contexts = []
+        group_token = _LoopbackGroupToken()  # one per group (burst_attention.torch)
         try:
             for i in range(n):
                 contexts.append(cls(handles[i], "loopback", _PRIVATE))
+                contexts[-1]._loopback_group = group_token
         except BaseException:
             for c in contexts:
                 c.close()
@@ -307,6 +309,10 @@ class Context:
 
 
 _PRIVATE = object()
+
+
+class _LoopbackGroupToken:
+    """Shared by the contexts of one Context.loopback() group (weak-referenceable)."""
 
 
 def _raise_problems(problems, status, message, function):

@@ -1,0 +1,558 @@
+"""PyTorch layer: exact distributed attention as an autograd function.
+
+    import torch
+    from mpi4py import MPI
+    from burst_attention.torch import burst_attn
+
+    # q: [batch, n_local, heads_q, d], k/v: [batch, n_local, heads_kv, d] (layout="bshd"),
+    # this rank's shard of the sequence; CPU float32.
+    out = burst_attn(q, k, v, causal=True, comm=MPI.COMM_WORLD, distribution="zigzag")
+    out.sum().backward()          # q.grad, k.grad, v.grad: this rank's shard's gradients
+
+Every rank calls with its own shard (see `shard_positions` / `shard` for how a
+distribution deals the tokens); the result is exactly attention over the whole
+sequence, restricted to this rank's queries, and the gradients are those of the whole
+sequence's loss with respect to this rank's q, k, v. Both calls are collective: every
+rank of the communicator must make them, in the same order, with the same arguments
+(except the shard length).
+
+Tensors are used zero-copy when they are CPU float32 and contiguous; a non-contiguous
+input is copied to a contiguous one first (as torch kernels do). Gradients flow to every
+input that requires them; double backward is not supported.
+
+Communicators (`comm=`):
+  * an mpi4py communicator (MPI.COMM_WORLD, a split, ...);
+  * a `torch.distributed` ProcessGroup (or `torch.distributed.group.WORLD`) of a job
+    started under mpirun: the library talks MPI, so the group is mapped to the MPI
+    communicator of the same processes. This requires that torch.distributed ranks are
+    the MPI ranks (init_process_group with rank = MPI rank, which is what
+    init_method="env://" with RANK=$OMPI_COMM_WORLD_RANK gives); otherwise ValueError
+    says which ranks disagree. The gloo/nccl group itself carries no traffic of ours;
+  * a `burst_attention.Context` (MPI, self, or one of `Context.loopback(n)`'s ranks);
+  * None: the default torch.distributed group when torch.distributed is initialised;
+    else MPI.COMM_WORLD when mpi4py has initialised MPI and COMM_WORLD has more than one
+    rank; else a one-rank context (whole-sequence attention in this process).
+
+Plans (the library's per-shape workspace) are cached per context and shape, least
+recently used first out (`set_plan_cache_size`, `clear_plan_cache`). On contexts of
+several ranks each call first agrees on every rank's shard length (one small allgather
+through mpi4py for MPI contexts, an in-process exchange for loopback ones), so ranks
+never disagree on whether a plan is cached, even when shard lengths repeat across
+different global lengths.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import sys
+import threading
+import typing
+import weakref
+
+import numpy as np
+import torch
+
+from . import _lib
+from ._context import Context
+from ._errors import BurstError
+from ._enums import Distribution, Layout, parse
+from ._sharding import shard_counts as _shard_counts_np
+from ._sharding import shard_positions as _shard_positions_np
+
+__all__ = [
+    "burst_attn", "burst_attn_varlen", "BurstAttnFunction", "context_for",
+    "shard_positions", "shard", "unshard_positions", "set_plan_cache_size",
+    "clear_plan_cache", "last_stats",
+]
+
+CommLike = typing.Any  # mpi4py Comm | torch.distributed.ProcessGroup | Context | None
+
+
+# --------------------------------------------------------------------------- #
+# Communicators -> contexts
+
+
+class _Group:
+    """The context of one communicator plus what the layer caches for it."""
+
+    def __init__(self, context: Context, keepalive=None, exchange=None):
+        self.context = context
+        self.keepalive = keepalive  # the mpi4py comm (or group) we were built from
+        self.exchange = exchange    # callable(int) -> list[int] over the ranks
+        self.plans: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()
+        self.lock = threading.Lock()
+        self.last_plan = None
+
+
+_lock = threading.RLock()
+_by_key: "dict[object, _Group]" = {}
+_by_context: "weakref.WeakKeyDictionary[Context, _Group]" = weakref.WeakKeyDictionary()
+_plan_cache_size = 8
+_self_group: "_Group | None" = None
+
+
+def _mpi_module():
+    mpi4py = sys.modules.get("mpi4py.MPI")
+    if mpi4py is None:
+        try:
+            from mpi4py import MPI as mpi4py
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ImportError("burst_attention.torch: this communicator needs mpi4py "
+                              "(pip install mpi4py)") from exc
+    return mpi4py
+
+
+def _mpi_group(comm) -> _Group:
+    fhandle = int(comm.py2f())
+    key = ("mpi", fhandle)
+    with _lock:
+        group = _by_key.get(key)
+        if group is not None and group.keepalive == comm:
+            return group
+    # Collective over comm (every rank of it takes this path at the same call).
+    context = Context.from_mpi(comm)
+    mpi_comm = comm.Dup()  # our own, for the shard-length agreement
+
+    def exchange(n: int) -> "list[int]":
+        return [int(x) for x in mpi_comm.allgather(int(n))]
+
+    group = _Group(context, keepalive=comm, exchange=exchange)
+    group.mpi_comm = mpi_comm
+    with _lock:
+        _by_key[key] = group
+        _by_context[context] = group
+    return group
+
+
+def _torch_group(pg) -> _Group:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        raise ValueError("comm: torch.distributed is not initialised")
+    key = ("torch", id(pg))
+    with _lock:
+        group = _by_key.get(key)
+        if group is not None and group.keepalive is pg:
+            return group
+    MPI = _mpi_module()
+    world = MPI.COMM_WORLD
+    if dist.get_world_size() != world.Get_size() or dist.get_rank() != world.Get_rank():
+        raise ValueError(
+            f"comm: torch.distributed rank {dist.get_rank()} of {dist.get_world_size()} is "
+            f"MPI rank {world.Get_rank()} of {world.Get_size()}; burst_attention maps a "
+            "process group to MPI by rank, so start torch.distributed with rank = MPI rank "
+            "(e.g. RANK=$OMPI_COMM_WORLD_RANK, WORLD_SIZE=$OMPI_COMM_WORLD_SIZE) or pass an "
+            "mpi4py communicator")
+    ranks = list(dist.get_process_group_ranks(pg))
+    if ranks == list(range(world.Get_size())):
+        comm = world
+    else:
+        # MPI_Comm_create_group: collective over the group's members only.
+        comm = world.Create_group(world.Get_group().Incl(ranks))
+    group = _mpi_group(comm)
+    with _lock:
+        _by_key[key] = group
+        group.torch_group = pg
+    return group
+
+
+def _context_group(context: Context) -> _Group:
+    if context.closed:
+        raise ValueError("comm: the Context is closed")
+    with _lock:
+        group = _by_context.get(context)
+        if group is None:
+            exchange = None
+            if context.size > 1:
+                exchange = _LoopbackExchange.for_context(context)
+            group = _Group(context, exchange=exchange)
+            _by_context[context] = group
+        return group
+
+
+class _LoopbackExchange:
+    """An allgather among the Python threads driving one loopback group.
+
+    Every rank's k-th exchange is the same collective (collective calls are made in
+    the same order on all ranks), so a round is identified by the per-rank count."""
+
+    _by_token: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+    _tokens_lock = threading.Lock()
+
+    def __init__(self, size: int):
+        self.size = size
+        self.cond = threading.Condition()
+        self.rounds: "dict[int, list]" = {}
+        self.calls = [0] * size
+
+    @classmethod
+    def for_context(cls, context: Context):
+        token = getattr(context, "_loopback_group", None)
+        if context.kind != "loopback" or token is None:
+            raise ValueError(f"comm: a {context.size}-rank {context.kind} Context: pass the "
+                             "mpi4py communicator it was made from instead")
+        with cls._tokens_lock:
+            ex = cls._by_token.get(token)
+            if ex is None:
+                ex = cls._by_token[token] = cls(context.size)
+        rank = context.rank
+        return lambda n: ex.allgather(rank, n)
+
+    def allgather(self, rank: int, value: int, timeout: float = 300.0) -> "list[int]":
+        with self.cond:
+            k = self.calls[rank]
+            self.calls[rank] += 1
+            slot = self.rounds.setdefault(k, [{}, 0])  # values by rank, ranks done
+            slot[0][rank] = int(value)
+            self.cond.notify_all()
+            if not self.cond.wait_for(lambda: len(slot[0]) == self.size, timeout):
+                raise BurstError(8, f"loopback shard-length agreement: only {len(slot[0])} of "
+                                    f"{self.size} ranks arrived within {timeout:.0f} s",
+                                 "burst_attention.torch")
+            result = [slot[0][r] for r in range(self.size)]
+            slot[1] += 1
+            if slot[1] == self.size:
+                del self.rounds[k]
+            return result
+
+
+def context_for(comm: CommLike = None) -> Context:
+    """The `burst_attention.Context` the layer uses for `comm` (see the module
+    docstring for what `comm` may be). Collective the first time for a given MPI
+    communicator or process group."""
+    return _group_for(comm).context
+
+
+def _group_for(comm: CommLike) -> _Group:
+    global _self_group
+    if isinstance(comm, Context):
+        return _context_group(comm)
+    if comm is None:
+        try:
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized():
+                return _torch_group(dist.group.WORLD)
+        except ImportError:  # pragma: no cover
+            pass
+        mpi = sys.modules.get("mpi4py.MPI")
+        if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized() \
+                and mpi.COMM_WORLD.Get_size() > 1:
+            return _mpi_group(mpi.COMM_WORLD)
+        with _lock:
+            if _self_group is None or _self_group.context.closed:
+                _self_group = _Group(Context.self())
+            return _self_group
+    if hasattr(comm, "py2f") and hasattr(comm, "Get_size"):
+        return _mpi_group(comm)
+    try:
+        import torch.distributed as dist
+        if dist.is_available() and isinstance(comm, dist.ProcessGroup):
+            return _torch_group(comm)
+    except ImportError:  # pragma: no cover
+        pass
+    raise TypeError(f"comm: expected an mpi4py communicator, a torch.distributed "
+                    f"ProcessGroup, a burst_attention.Context or None, got {type(comm).__name__}")
+
+
+def set_plan_cache_size(n: int) -> None:
+    """How many plans each communicator keeps (default 8, at least 1). Plans hold the
+    library's workspace for one shape; a plan still needed by a pending backward stays
+    alive until that backward is done."""
+    global _plan_cache_size
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_plan_cache_size: expected an int >= 1, got {n!r}")
+    _plan_cache_size = n
+
+
+def clear_plan_cache() -> None:
+    """Drop every cached plan and forget every communicator (local; pending backwards
+    keep their plans). The next call on an MPI communicator creates its context again,
+    collectively."""
+    global _self_group
+    with _lock:
+        for group in set(_by_key.values()) | set(_by_context.values()):
+            with group.lock:
+                group.plans.clear()
+        _by_key.clear()
+        _by_context.clear()
+        _self_group = None
+
+
+def last_stats(comm: CommLike = None) -> dict:
+    """`Plan.stats()` of the plan that ran the last call on `comm` (bytes, messages,
+    steps, tiles, seconds of this rank's last forward or backward)."""
+    group = _group_for(comm)
+    plan = group.last_plan
+    if plan is None:
+        raise ValueError("last_stats: no call has run on this communicator yet")
+    return plan.stats()
+
+
+# --------------------------------------------------------------------------- #
+# Argument checks
+
+
+def _check_tensor(name: str, t, ndim: int) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name}: burst_attention runs on CPU tensors; got device {t.device}")
+    if t.dtype != torch.float32:
+        raise TypeError(f"{name}: expected dtype torch.float32, got {t.dtype} "
+                        "(half types are not supported yet)")
+    if t.layout != torch.strided:
+        raise ValueError(f"{name}: expected a dense (strided) tensor, got {t.layout}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(t.shape)}")
+
+
+def _window(window) -> "tuple[int, int]":
+    try:
+        left, right = window
+    except (TypeError, ValueError):
+        raise TypeError(f"window: expected a pair (left, right), got {window!r}") from None
+    out = []
+    for side, value in (("left", left), ("right", right)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"window: {side} must be an int, got {type(value).__name__}")
+        if value < -1:
+            raise ValueError(f"window: {side} must be >= -1 (-1 = unbounded), got {value}")
+        out.append(int(value))
+    return out[0], out[1]
+
+
+def _scale(softmax_scale, head_dim: int) -> float:
+    if softmax_scale is None:
+        return 0.0  # the library's 1/sqrt(head_dim)
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
+        raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
+    value = float(softmax_scale)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"softmax_scale: expected a finite value > 0, got {softmax_scale!r}")
+    return value
+
+
+def _cu_seqlens_tuple(cu_seqlens) -> "tuple[int, ...]":
+    if isinstance(cu_seqlens, torch.Tensor):
+        if cu_seqlens.dim() != 1 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+            raise TypeError("cu_seqlens: expected a 1-D int32/int64 tensor, got "
+                            f"{cu_seqlens.dtype} of shape {tuple(cu_seqlens.shape)}")
+        values = cu_seqlens.detach().cpu().tolist()
+    else:
+        arr = np.asarray(cu_seqlens)
+        if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
+            raise TypeError("cu_seqlens: expected a 1-D sequence of ints")
+        values = arr.tolist()
+    if len(values) < 2:
+        raise ValueError(f"cu_seqlens: expected at least 2 offsets (one sequence), got {values}")
+    return tuple(int(v) for v in values)
+
+
+# --------------------------------------------------------------------------- #
+# Plans
+
+
+def _plan_for(group: _Group, key: tuple, n_local: int, kwargs: dict):
+    """The cached plan for this call's shape (collective on a miss)."""
+    lengths = (n_local,) if group.exchange is None else tuple(group.exchange(n_local))
+    full_key = key + (lengths,)
+    with group.lock:
+        plan = group.plans.get(full_key)
+        if plan is not None and not plan.closed:
+            group.plans.move_to_end(full_key)
+            return plan
+    plan = group.context.plan(seq_len_local=n_local, **kwargs)  # collective
+    with group.lock:
+        group.plans[full_key] = plan
+        while len(group.plans) > _plan_cache_size:
+            group.plans.popitem(last=False)  # a pending backward keeps its own reference
+    return plan
+
+
+def _contiguous(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.numpy()  # zero-copy view of a contiguous CPU float32 tensor
+
+
+class BurstAttnFunction(torch.autograd.Function):
+    """autograd.Function(q, k, v, plan) -> (out, lse). Prefer `burst_attn`."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, plan):
+        qc, kc, vc = _contiguous(q), _contiguous(k), _contiguous(v)
+        out = torch.empty(plan.q_shape, dtype=torch.float32)
+        lse = torch.empty(plan.lse_shape, dtype=torch.float32)
+        plan.forward(_np(qc), _np(kc), _np(vc), out=_np(out), lse=_np(lse))
+        ctx.save_for_backward(qc, kc, vc, out, lse)
+        ctx.plan = plan
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, _dlse):
+        qc, kc, vc, out, lse = ctx.saved_tensors
+        plan = ctx.plan
+        dout = _contiguous(dout)
+        dq = torch.empty_like(qc)
+        dk = torch.empty_like(kc)
+        dv = torch.empty_like(vc)
+        plan.backward(_np(qc), _np(kc), _np(vc), _np(out), _np(lse), _np(dout),
+                      dq=_np(dq), dk=_np(dk), dv=_np(dv))
+        need = ctx.needs_input_grad
+        return (dq if need[0] else None, dk if need[1] else None,
+                dv if need[2] else None, None)
+
+
+def _run(q, k, v, *, causal, window, softmax_scale, layout, comm, distribution,
+         cu_seqlens, num_threads, timeout_seconds, return_lse):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_tensor(name, t, 4)
+    layout_v = Layout(parse(Layout, layout, "layout"))
+    seq_axis, head_axis = (1, 2) if layout_v == Layout.BSHD else (2, 1)
+    b, n, hq, d = q.shape[0], q.shape[seq_axis], q.shape[head_axis], q.shape[3]
+    if k.shape != v.shape:
+        raise ValueError(f"k and v: expected the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    hkv = k.shape[head_axis]
+    if k.shape[0] != b or k.shape[seq_axis] != n or k.shape[3] != d:
+        axes = "[batch, seq, heads, dim]" if layout_v == Layout.BSHD else "[batch, heads, seq, dim]"
+        raise ValueError(f"k: shape {tuple(k.shape)} does not match q's {tuple(q.shape)} "
+                         f"in batch, sequence or head_dim (layout {layout_v.name.lower()}: {axes})")
+    if hkv == 0 or hq % hkv:
+        raise ValueError(f"k: {hkv} key/value heads must divide the {hq} query heads (GQA)")
+    left, right = _window(window)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
+    dist_v = Distribution(parse(Distribution, distribution, "distribution"))
+    scale = _scale(softmax_scale, d)
+    group = _group_for(comm)
+    kwargs = dict(batch=b, num_heads_q=hq, head_dim=d, num_heads_kv=hkv, layout=layout_v,
+                  mask="causal" if causal else "none", softmax_scale=scale,
+                  distribution=dist_v, window_left=left, window_right=right,
+                  cu_seqlens=None if cu_seqlens is None else np.asarray(cu_seqlens, np.int64),
+                  num_threads=num_threads, timeout_seconds=timeout_seconds)
+    key = (b, hq, hkv, d, int(layout_v), causal, left, right, scale, int(dist_v),
+           cu_seqlens, num_threads, timeout_seconds)
+    plan = _plan_for(group, key, n, kwargs)
+    group.last_plan = plan
+    out, lse = BurstAttnFunction.apply(q, k, v, plan)
+    return (out, lse) if return_lse else out
+
+
+def burst_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+               window: "tuple[int, int]" = (-1, -1), softmax_scale: "float | None" = None,
+               layout: str = "bshd", comm: CommLike = None, distribution: str = "contiguous",
+               num_threads: int = 0, timeout_seconds: float = 0.0,
+               return_lse: bool = False):
+    """Exact attention over the whole sequence sharded across the ranks of `comm`.
+
+    Args:
+        q: [batch, n_local, heads_q, head_dim] ("bshd", flash-attn) or
+           [batch, heads_q, n_local, head_dim] ("bhsd", torch SDPA): this rank's queries.
+        k, v: the same with heads_kv heads (a divisor of heads_q: GQA; 1 = MQA).
+        causal: key j visible to query i only if j <= i, in global positions.
+        window: (left, right) as flash-attn's window_size: query i sees keys
+            i - left .. i + right (inclusive, global positions); -1 = unbounded.
+        softmax_scale: None = 1/sqrt(head_dim).
+        layout: "bshd" or "bhsd".
+        comm: the ranks that share the sequence (module docstring).
+        distribution: how the sequence was dealt: "contiguous" (rank r holds one run of
+            tokens, ranks in order, any lengths), "zigzag" (2P chunks, rank r holds
+            chunks r and 2P-1-r: balanced causal work) or "striped" (token t on rank
+            t mod P); see `shard_positions`.
+        num_threads: compute threads per rank (0 = the library's default).
+        timeout_seconds: per-call deadline for the other ranks (0 = 300 s).
+        return_lse: also return lse [batch, heads_q, n_local] (natural log of the softmax
+            denominator; -inf for a query that sees no key), not differentiable.
+
+    Returns:
+        out, shaped like q (and lse when return_lse). Differentiable w.r.t. q, k, v.
+
+    Raises:
+        TypeError / ValueError naming the argument for a bad tensor or option;
+        burst_attention.BurstError subclasses (MismatchError, BurstTimeoutError, ...)
+        for what the library reports; every rank fails together.
+    """
+    return _run(q, k, v, causal=causal, window=window, softmax_scale=softmax_scale,
+                layout=layout, comm=comm, distribution=distribution, cu_seqlens=None,
+                num_threads=num_threads, timeout_seconds=timeout_seconds,
+                return_lse=return_lse)
+
+
+def burst_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens,
+                      causal: bool = False, window: "tuple[int, int]" = (-1, -1),
+                      softmax_scale: "float | None" = None, comm: CommLike = None,
+                      distribution: str = "contiguous", num_threads: int = 0,
+                      timeout_seconds: float = 0.0, return_lse: bool = False):
+    """Packed sequences (flash-attn varlen): several sequences laid end to end in one
+    global token stream, with no attention across sequences.
+
+    Args:
+        q: [n_local, heads_q, head_dim]; k, v: [n_local, heads_kv, head_dim] — this
+            rank's tokens of the packed stream as `distribution` deals it (per sequence
+            for zigzag: `shard_positions(..., cu_seqlens=cu_seqlens)`).
+        cu_seqlens: the global offsets, num_sequences + 1 ints starting at 0,
+            non-decreasing, ending at the total token count (a list, numpy array or
+            int32/int64 tensor), the same on every rank.
+        causal, window, softmax_scale, comm, distribution, num_threads,
+        timeout_seconds, return_lse: as in `burst_attn` (positions are within each
+            sequence's stream, which is the same thing since sequences never see
+            each other).
+
+    Returns:
+        out [n_local, heads_q, head_dim] (and lse [heads_q, n_local] when return_lse).
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_tensor(name, t, 3)
+    seqlens = _cu_seqlens_tuple(cu_seqlens)
+    result = _run(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), causal=causal,
+                  window=window, softmax_scale=softmax_scale, layout="bshd", comm=comm,
+                  distribution=distribution, cu_seqlens=seqlens, num_threads=num_threads,
+                  timeout_seconds=timeout_seconds, return_lse=return_lse)
+    if return_lse:
+        out, lse = result
+        return out.squeeze(0), lse.squeeze(0)
+    return result.squeeze(0)
+
+
+# --------------------------------------------------------------------------- #
+# Sharding tensors
+
+
+def shard_positions(distribution: str, total_tokens: int, world_size: int, rank: int,
+                    cu_seqlens=None) -> torch.Tensor:
+    """The global positions (int64 tensor, increasing) of the tokens `rank` holds when
+    `total_tokens` are dealt by `distribution` — index a full-sequence tensor with it
+    (`x.index_select(seq_dim, positions)`) to get that rank's shard."""
+    seqlens = None if cu_seqlens is None else list(_cu_seqlens_tuple(cu_seqlens))
+    return torch.from_numpy(_shard_positions_np(distribution, total_tokens, world_size,
+                                                rank, cu_seqlens=seqlens))
+
+
+def shard(x: torch.Tensor, dim: int, distribution: str, world_size: int, rank: int,
+          cu_seqlens=None) -> torch.Tensor:
+    """This rank's shard of a full-sequence tensor along `dim` (any dtype; autograd
+    flows through it)."""
+    positions = shard_positions(distribution, x.shape[dim], world_size, rank, cu_seqlens)
+    return x.index_select(dim, positions)
+
+
+def unshard_positions(distribution: str, total_tokens: int, world_size: int,
+                      cu_seqlens=None) -> "list[torch.Tensor]":
+    """Every rank's positions: to rebuild a full tensor from gathered shards,
+    `full.index_copy_(dim, positions[r], shard_r)` for each rank r."""
+    return [shard_positions(distribution, total_tokens, world_size, r, cu_seqlens)
+            for r in range(world_size)]
+
+
+def shard_counts(distribution: str, total_tokens: int, world_size: int,
+                 cu_seqlens=None) -> "list[int]":
+    """The shard length of every rank (what each rank passes as n_local)."""
+    seqlens = None if cu_seqlens is None else list(_cu_seqlens_tuple(cu_seqlens))
+    return [int(c) for c in _shard_counts_np(distribution, total_tokens, world_size,
+                                             cu_seqlens=seqlens)]
