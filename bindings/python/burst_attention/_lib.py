@@ -9,9 +9,12 @@ total_seconds, the 0.1 struct the library still accepts).
 
 Lookup order for the shared library (first hit wins):
   1. the path in the environment variable BURST_ATTENTION_LIBRARY;
-  2. libburst_attention.so next to this package's files;
+  2. libburst_attention.so next to this package's files (where `pip install` puts it);
   3. ctypes.util.find_library("burst_attention");
   4. /usr/local/lib/libburst_attention.so.
+
+After loading, the library's burst_version() must have this binding's MAJOR and MINOR
+version (a different PATCH is accepted); otherwise the import fails with ImportError.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ VERSION_MAJOR = 0
 VERSION_MINOR = 2
 VERSION_PATCH = 0
 VERSION_NUMBER = VERSION_MAJOR * 10000 + VERSION_MINOR * 100 + VERSION_PATCH
+# The package version (the wheel's metadata is read from the three lines above).
+VERSION = f"{VERSION_MAJOR}.{VERSION_MINOR}.{VERSION_PATCH}"
 
 _LIBNAME = "libburst_attention.dylib" if sys.platform == "darwin" else "libburst_attention.so"
 ENV_VAR = "BURST_ATTENTION_LIBRARY"
@@ -174,8 +179,25 @@ def _declare(cdll: ctypes.CDLL) -> None:
         raise ImportError(f"burst_attention: {path} lacks symbols: {', '.join(missing)}")
 
 
+def _version_string(number: int) -> str:
+    return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+
+
+def _check_version(cdll: ctypes.CDLL, where: str) -> None:
+    """ImportError unless the loaded library has this binding's MAJOR.MINOR (the C ABI
+    only grows within a minor version; a different PATCH is accepted)."""
+    found = int(cdll.burst_version())
+    if found // 100 != VERSION_NUMBER // 100:
+        raise ImportError(
+            f"burst_attention: version mismatch: this binding is {VERSION} "
+            f"(VERSION_NUMBER {VERSION_NUMBER}) but {where} is libburst_attention "
+            f"{_version_string(found)} (burst_version() = {found}); MAJOR and MINOR must "
+            f"agree. Install a matching library or point {ENV_VAR} at one.")
+
+
 lib, path = _load()
 _declare(lib)
+_check_version(lib, path)
 
 
 def float_ptr(array) -> "ctypes._Pointer | None":
