@@ -55,7 +55,7 @@ import torch
 
 from . import _lib
 from ._context import Context
-from ._errors import BurstError
+from ._errors import BurstError, MismatchError, Status
 from ._enums import Distribution, Layout, parse
 from ._sharding import shard_counts as _shard_counts_np
 from ._sharding import shard_positions as _shard_positions_np
@@ -79,7 +79,7 @@ class _Group:
     def __init__(self, context: Context, keepalive=None, exchange=None):
         self.context = context
         self.keepalive = keepalive  # the mpi4py comm (or group) we were built from
-        self.exchange = exchange    # callable(int) -> list[int] over the ranks
+        self.exchange = exchange    # callable(obj) -> [obj of every rank] (allgather)
         self.plans: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()
         self.lock = threading.Lock()
         self.last_plan = None
@@ -114,8 +114,8 @@ def _mpi_group(comm) -> _Group:
     context = Context.from_mpi(comm)
     mpi_comm = comm.Dup()  # our own, for the shard-length agreement
 
-    def exchange(n: int) -> "list[int]":
-        return [int(x) for x in mpi_comm.allgather(int(n))]
+    def exchange(item) -> list:
+        return mpi_comm.allgather(item)
 
     group = _Group(context, keepalive=comm, exchange=exchange)
     group.mpi_comm = mpi_comm
@@ -197,14 +197,14 @@ class _LoopbackExchange:
             if ex is None:
                 ex = cls._by_token[token] = cls(context.size)
         rank = context.rank
-        return lambda n: ex.allgather(rank, n)
+        return lambda item: ex.allgather(rank, item)
 
-    def allgather(self, rank: int, value: int, timeout: float = 300.0) -> "list[int]":
+    def allgather(self, rank: int, value, timeout: float = 300.0) -> list:
         with self.cond:
             k = self.calls[rank]
             self.calls[rank] += 1
             slot = self.rounds.setdefault(k, [{}, 0])  # values by rank, ranks done
-            slot[0][rank] = int(value)
+            slot[0][rank] = value
             self.cond.notify_all()
             if not self.cond.wait_for(lambda: len(slot[0]) == self.size, timeout):
                 raise BurstError(8, f"loopback shard-length agreement: only {len(slot[0])} of "
@@ -353,21 +353,59 @@ def _cu_seqlens_tuple(cu_seqlens) -> "tuple[int, ...]":
 # Plans
 
 
-def _plan_for(group: _Group, key: tuple, n_local: int, kwargs: dict):
-    """The cached plan for this call's shape (collective on a miss)."""
-    lengths = (n_local,) if group.exchange is None else tuple(group.exchange(n_local))
+def _plan_for(group: _Group, key: tuple, lengths: tuple, kwargs: dict):
+    """The cached plan for this call (collective on a miss; every rank misses or hits
+    together because `lengths`, every rank's shard length, is part of the key)."""
     full_key = key + (lengths,)
     with group.lock:
         plan = group.plans.get(full_key)
         if plan is not None and not plan.closed:
             group.plans.move_to_end(full_key)
             return plan
-    plan = group.context.plan(seq_len_local=n_local, **kwargs)  # collective
+    plan = group.context.plan(seq_len_local=lengths[group.context.rank], **kwargs)
     with group.lock:
         group.plans[full_key] = plan
         while len(group.plans) > _plan_cache_size:
             group.plans.popitem(last=False)  # a pending backward keeps its own reference
     return plan
+
+
+# The arguments every rank must pass alike (the library checks the rest of the config
+# again; num_threads and timeout_seconds may differ between ranks).
+_AGREED = ("batch", "num_heads_q", "num_heads_kv", "head_dim", "layout", "causal",
+           "window", "softmax_scale", "distribution", "cu_seqlens")
+
+
+def _agree(group: _Group, n_local: int, agreed: "dict | None", problem: "Exception | None"):
+    """One allgather over the ranks: every rank's shard length, its agreed arguments
+    and whether it failed validation. Raises on every rank if any rank failed or the
+    ranks disagree; returns the shard lengths."""
+    if group.exchange is None:
+        if problem is not None:
+            raise problem
+        return (n_local,)
+    text = None if problem is None else f"{type(problem).__name__}: {problem}"
+    items = group.exchange((n_local if problem is None else -1, agreed, text))
+    rank = group.context.rank
+    failed = [(r, t) for r, (_, _, t) in enumerate(items) if t is not None]
+    if problem is not None:
+        others = [f"rank {r}: {t}" for r, t in failed if r != rank]
+        if others:
+            raise type(problem)(f"{problem} (also {'; '.join(others)})") from problem
+        raise problem
+    if failed:
+        raise MismatchError(int(Status.MISMATCH),
+                            "; ".join(f"rank {r} failed argument validation: {t}" for r, t in failed),
+                            "burst_attention.torch")
+    diffs = []
+    for name in _AGREED:
+        values = [item[1][name] for item in items]
+        if any(v != values[0] for v in values):
+            diffs.append(f"{name} differs between ranks: " +
+                         ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values)))
+    if diffs:
+        raise MismatchError(int(Status.MISMATCH), "; ".join(diffs), "burst_attention.torch")
+    return tuple(int(item[0]) for item in items)
 
 
 def _contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -409,8 +447,10 @@ class BurstAttnFunction(torch.autograd.Function):
                 dv if need[2] else None, None)
 
 
-def _run(q, k, v, *, causal, window, softmax_scale, layout, comm, distribution,
-         cu_seqlens, num_threads, timeout_seconds, return_lse):
+def _validate(q, k, v, *, causal, window, softmax_scale, layout, distribution,
+              cu_seqlens, num_threads, timeout_seconds):
+    """(n_local, agreed arguments, plan kwargs, local key) or a raised TypeError /
+    ValueError naming the argument."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_tensor(name, t, 4)
     layout_v = Layout(parse(Layout, layout, "layout"))
@@ -430,15 +470,32 @@ def _run(q, k, v, *, causal, window, softmax_scale, layout, comm, distribution,
         raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
     dist_v = Distribution(parse(Distribution, distribution, "distribution"))
     scale = _scale(softmax_scale, d)
-    group = _group_for(comm)
+    agreed = dict(batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d,
+                  layout=layout_v.name.lower(), causal=causal, window=(left, right),
+                  softmax_scale=scale, distribution=dist_v.name.lower(), cu_seqlens=cu_seqlens)
     kwargs = dict(batch=b, num_heads_q=hq, head_dim=d, num_heads_kv=hkv, layout=layout_v,
                   mask="causal" if causal else "none", softmax_scale=scale,
                   distribution=dist_v, window_left=left, window_right=right,
                   cu_seqlens=None if cu_seqlens is None else np.asarray(cu_seqlens, np.int64),
                   num_threads=num_threads, timeout_seconds=timeout_seconds)
-    key = (b, hq, hkv, d, int(layout_v), causal, left, right, scale, int(dist_v),
-           cu_seqlens, num_threads, timeout_seconds)
-    plan = _plan_for(group, key, n, kwargs)
+    key = tuple(agreed.values()) + (num_threads, timeout_seconds)
+    return n, agreed, kwargs, key
+
+
+def _run(q, k, v, *, comm, return_lse, varlen=False, **options):
+    group = _group_for(comm)  # a bad comm is local: there is nobody to tell
+    try:
+        if varlen:  # [n, h, d] -> [1, n, h, d]
+            for name, t in (("q", q), ("k", k), ("v", v)):
+                _check_tensor(name, t, 3)
+            options["cu_seqlens"] = _cu_seqlens_tuple(options["cu_seqlens"])
+            q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
+        n, agreed, kwargs, key = _validate(q, k, v, **options)
+        problem = None
+    except (TypeError, ValueError) as exc:
+        n, agreed, kwargs, key, problem = -1, None, None, None, exc
+    lengths = _agree(group, n, agreed, problem)
+    plan = _plan_for(group, key, lengths, kwargs)
     group.last_plan = plan
     out, lse = BurstAttnFunction.apply(q, k, v, plan)
     return (out, lse) if return_lse else out
@@ -507,12 +564,9 @@ def burst_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     Returns:
         out [n_local, heads_q, head_dim] (and lse [heads_q, n_local] when return_lse).
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _check_tensor(name, t, 3)
-    seqlens = _cu_seqlens_tuple(cu_seqlens)
-    result = _run(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), causal=causal,
-                  window=window, softmax_scale=softmax_scale, layout="bshd", comm=comm,
-                  distribution=distribution, cu_seqlens=seqlens, num_threads=num_threads,
+    result = _run(q, k, v, varlen=True, causal=causal, window=window,
+                  softmax_scale=softmax_scale, layout="bshd", comm=comm,
+                  distribution=distribution, cu_seqlens=cu_seqlens, num_threads=num_threads,
                   timeout_seconds=timeout_seconds, return_lse=return_lse)
     if return_lse:
         out, lse = result

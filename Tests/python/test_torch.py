@@ -1,0 +1,447 @@
+"""pytest for burst_attention.torch (the autograd layer), single process.
+
+Whole-sequence float64 SDPA is the reference (torch_reference.py). Multi-rank runs use
+loopback contexts, one Python thread per rank; the same layer under mpirun (mpi4py and
+torch.distributed communicators) is torch_mpi_check.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import threading
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "bindings", "python"))
+sys.path.insert(0, HERE)
+_INSTALLED = os.path.join(ROOT, "build", "install", "lib", "libburst_attention.so")
+if "BURST_ATTENTION_LIBRARY" not in os.environ and os.path.exists(_INSTALLED):
+    os.environ["BURST_ATTENTION_LIBRARY"] = _INSTALLED
+
+import burst_attention as ba  # noqa: E402
+import burst_attention.torch as bt  # noqa: E402
+from torch_reference import GRAD_TOL, OUT_TOL, reference, rel_err  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def make(b, n, hq, hkv, d, layout="bshd", seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    shape = (lambda h: (b, n, h, d)) if layout == "bshd" else (lambda h: (b, h, n, d))
+    q = torch.randn(shape(hq), generator=g, dtype=dtype)
+    k = torch.randn(shape(hkv), generator=g, dtype=dtype)
+    v = torch.randn(shape(hkv), generator=g, dtype=dtype)
+    dout = torch.randn(shape(hq), generator=g, dtype=dtype)
+    return q, k, v, dout
+
+
+def check(got, ref, what=""):
+    out, dq, dk, dv = got
+    rout, rdq, rdk, rdv = ref
+    errs = {"out": rel_err(out, rout), "dq": rel_err(dq, rdq), "dk": rel_err(dk, rdk),
+            "dv": rel_err(dv, rdv)}
+    assert errs["out"] <= OUT_TOL, (what, errs)
+    for name in ("dq", "dk", "dv"):
+        assert errs[name] <= GRAD_TOL, (what, errs)
+    return errs
+
+
+def run_single(q, k, v, dout, **kw):
+    q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
+    out = bt.burst_attn(q, k, v, **kw)
+    out.backward(dout)
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+def run_ranks(world, fn):
+    """fn(rank, ctx) on `world` loopback ranks, one thread each; returns the results,
+    re-raising the first exception."""
+    ctxs = ba.Context.loopback(world)
+    results, errors = [None] * world, [None] * world
+
+    def body(r):
+        try:
+            results[r] = fn(r, ctxs[r])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors[r] = exc
+
+    threads = [threading.Thread(target=body, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+        assert not t.is_alive(), "a rank thread hung"
+    for c in ctxs:
+        c.close()
+    for e in errors:
+        if e is not None:
+            raise e
+    return results
+
+
+def run_sharded(world, q, k, v, dout, distribution, layout="bshd", cu_seqlens=None,
+                varlen=False, **kw):
+    """Each rank takes its shard, runs forward+backward; the shards' results are put
+    back in place. Returns (out, dq, dk, dv) over the whole sequence."""
+    seq_dim = 1 if layout == "bshd" else 2
+    if varlen:
+        seq_dim = 0
+    n = q.shape[seq_dim]
+
+    def fn(rank, ctx):
+        pos = bt.shard_positions(distribution, n, world, rank, cu_seqlens=cu_seqlens)
+        ql, kl, vl = (t.index_select(seq_dim, pos).clone().requires_grad_() for t in (q, k, v))
+        if varlen:
+            out = bt.burst_attn_varlen(ql, kl, vl, cu_seqlens, comm=ctx,
+                                       distribution=distribution, **kw)
+        else:
+            out = bt.burst_attn(ql, kl, vl, comm=ctx, distribution=distribution,
+                                layout=layout, **kw)
+        out.backward(dout.index_select(seq_dim, pos))
+        return pos, out.detach(), ql.grad, kl.grad, vl.grad
+
+    full = [torch.zeros_like(q), torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(k)]
+    for pos, *parts in run_ranks(world, fn):
+        for dst, part in zip(full, parts):
+            dst.index_copy_(seq_dim, pos, part)
+    return tuple(full)
+
+
+# ----------------------------------------------------------------------------- one rank
+
+@pytest.mark.parametrize("layout", ["bshd", "bhsd"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2), (4, 1)])
+def test_single_rank_matches_sdpa(layout, causal, heads):
+    hq, hkv = heads
+    q, k, v, dout = make(2, 77, hq, hkv, 32, layout)
+    got = run_single(q, k, v, dout, causal=causal, layout=layout)
+    check(got, reference(q, k, v, dout, causal=causal, layout=layout), (layout, causal, heads))
+
+
+@pytest.mark.parametrize("window,causal", [((8, 0), True), ((5, 3), False), ((0, 0), False),
+                                           ((-1, 4), False), ((16, -1), True)])
+def test_windows(window, causal):
+    q, k, v, dout = make(1, 64, 2, 2, 16)
+    got = run_single(q, k, v, dout, causal=causal, window=window)
+    check(got, reference(q, k, v, dout, causal=causal, window=window), window)
+
+
+def test_softmax_scale():
+    q, k, v, dout = make(1, 40, 2, 1, 16)
+    got = run_single(q, k, v, dout, causal=True, softmax_scale=0.05)
+    check(got, reference(q, k, v, dout, causal=True, softmax_scale=0.05))
+
+
+def test_return_lse():
+    q, k, v, _ = make(1, 30, 2, 2, 8)
+    out, lse = bt.burst_attn(q, k, v, causal=True, return_lse=True)
+    assert lse.shape == (1, 2, 30) and not lse.requires_grad
+    s = torch.einsum("bnhd,bmhd->bhnm", q.double(), k.double()) / 8 ** 0.5
+    s = s.masked_fill(~torch.ones(30, 30, dtype=torch.bool).tril(), float("-inf"))
+    assert torch.allclose(lse.double(), torch.logsumexp(s, -1), atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- many ranks
+
+SWEEP = [
+    # world, distribution, causal, window, (hq, hkv), layout
+    (2, "contiguous", False, (-1, -1), (4, 4), "bshd"),
+    (2, "zigzag", True, (-1, -1), (4, 2), "bshd"),
+    (3, "zigzag", True, (-1, -1), (4, 4), "bhsd"),
+    (3, "striped", True, (12, 0), (4, 1), "bshd"),
+    (4, "contiguous", True, (-1, -1), (2, 2), "bhsd"),
+    (4, "zigzag", False, (6, 6), (4, 2), "bshd"),
+    (3, "contiguous", False, (-1, 9), (2, 1), "bshd"),
+]
+
+
+@pytest.mark.parametrize("world,distribution,causal,window,heads,layout", SWEEP)
+def test_loopback_ranks_match_sdpa(world, distribution, causal, window, heads, layout):
+    hq, hkv = heads
+    q, k, v, dout = make(2, 101, hq, hkv, 16, layout, seed=world)
+    got = run_sharded(world, q, k, v, dout, distribution, layout=layout, causal=causal,
+                      window=window)
+    check(got, reference(q, k, v, dout, causal=causal, window=window, layout=layout),
+          (world, distribution, causal, window, heads, layout))
+
+
+@pytest.mark.parametrize("world,distribution", [(1, "contiguous"), (2, "zigzag"),
+                                                (3, "contiguous"), (3, "striped")])
+@pytest.mark.parametrize("causal,window", [(True, (-1, -1)), (False, (4, 4))])
+def test_varlen(world, distribution, causal, window):
+    cu = [0, 17, 17, 50, 61, 90]  # an empty sequence included
+    g = torch.Generator().manual_seed(7)
+    q, k, v, dout = (torch.randn(90, h, 16, generator=g) for h in (4, 2, 2, 4))
+    got = run_sharded(world, q, k, v, dout, distribution, cu_seqlens=cu, varlen=True,
+                      causal=causal, window=window)
+    ref = reference(q[None], k[None], v[None], dout[None], causal=causal, window=window,
+                    cu_seqlens=cu)
+    check(got, tuple(t[0] for t in ref), (world, distribution, causal))
+
+
+def test_varlen_accepts_tensor_offsets():
+    cu = torch.tensor([0, 10, 25], dtype=torch.int32)
+    q, k, v, dout = (t[0] for t in make(1, 25, 2, 2, 8))
+    q1, k1, v1 = (t.clone().requires_grad_() for t in (q, k, v))
+    out = bt.burst_attn_varlen(q1, k1, v1, cu, causal=True)
+    out.backward(dout)
+    ref = reference(q[None], k[None], v[None], dout[None], causal=True, cu_seqlens=[0, 10, 25])
+    check((out.detach(), q1.grad, k1.grad, v1.grad), tuple(t[0] for t in ref))
+
+
+def test_shard_lengths_that_repeat_across_global_lengths():
+    """Rank 0 holds 5 tokens in both calls (N = 10 as 5+5, then N = 9 as 5+4): the
+    layer's shard-length agreement must give both ranks a new plan for the second."""
+    def fn(rank, ctx):
+        res = []
+        for n, split in ((10, (5, 5)), (9, (5, 4)), (10, (5, 5))):
+            q, k, v, dout = make(1, n, 2, 2, 8, seed=n)
+            lo = sum(split[:rank])
+            sl = slice(lo, lo + split[rank])
+            ql, kl, vl = (t[:, sl].clone().requires_grad_() for t in (q, k, v))
+            out = bt.burst_attn(ql, kl, vl, causal=True, comm=ctx, timeout_seconds=30)
+            out.backward(dout[:, sl])
+            ref = reference(q, k, v, dout, causal=True)
+            res.append(check((out.detach(), ql.grad, kl.grad, vl.grad),
+                             tuple(t[:, sl] for t in ref), (n, rank)))
+        return res
+
+    run_ranks(2, fn)
+
+
+def test_mismatched_arguments_fail_on_every_rank():
+    def fn(rank, ctx):
+        q, k, v, _ = make(1, 8, 2, 2, 8)
+        with pytest.raises(ba.MismatchError) as info:
+            bt.burst_attn(q, k, v, causal=(rank == 0), comm=ctx, timeout_seconds=30)
+        return str(info.value)
+
+    messages = run_ranks(2, fn)
+    assert all("causal differs between ranks" in m for m in messages), messages
+
+
+def test_bad_tensor_on_one_rank_fails_on_every_rank():
+    """A validation failure on one rank must not leave the others waiting."""
+    def fn(rank, ctx):
+        q, k, v, _ = make(1, 8, 2, 2, 8)
+        if rank == 1:
+            q = q.double()
+            with pytest.raises(TypeError, match="q: expected dtype"):
+                bt.burst_attn(q, k, v, comm=ctx, timeout_seconds=30)
+            return "typeerror"
+        with pytest.raises(ba.MismatchError, match="rank 1 failed argument validation"):
+            bt.burst_attn(q, k, v, comm=ctx, timeout_seconds=30)
+        # ... and the group still works afterwards
+        return "mismatch"
+
+    assert run_ranks(3, fn) == ["mismatch", "typeerror", "mismatch"]
+
+    def again(rank, ctx):
+        q, k, v, _ = make(1, 8, 2, 2, 8)
+        if rank == 0:
+            with pytest.raises(ValueError):
+                bt.burst_attn_varlen(q[0], k[0], v[0], [0], comm=ctx, timeout_seconds=30)
+        else:
+            with pytest.raises(ba.MismatchError, match="rank 0"):
+                bt.burst_attn_varlen(q[0], k[0], v[0], [0, 8], comm=ctx, timeout_seconds=30)
+        out = bt.burst_attn(q, k, v, comm=ctx, timeout_seconds=30)  # still usable
+        return out.shape
+
+    run_ranks(2, again)
+
+
+# ----------------------------------------------------------------------------- torch semantics
+
+def test_non_contiguous_inputs_and_grads_reach_the_originals():
+    base = torch.randn(1, 4, 50, 16)  # bhsd storage, used as a bshd view
+    q0 = base.clone().requires_grad_()
+    k0 = torch.randn(1, 2, 50, 16).requires_grad_()
+    v0 = torch.randn(1, 2, 50, 16).requires_grad_()
+    q, k, v = (t.transpose(1, 2) for t in (q0, k0, v0))
+    assert not q.is_contiguous()
+    dout = torch.randn(1, 4, 50, 16).transpose(1, 2)  # non-contiguous output gradient
+    out = bt.burst_attn(q, k, v, causal=True)
+    out.backward(dout)
+    ref = reference(q, k, v, dout, causal=True)
+    check((out.detach(), q0.grad.transpose(1, 2), k0.grad.transpose(1, 2),
+           v0.grad.transpose(1, 2)), ref)
+
+
+def test_only_some_inputs_require_grad():
+    q, k, v, dout = make(1, 20, 2, 2, 8)
+    q.requires_grad_()
+    out = bt.burst_attn(q, k, v)
+    assert out.requires_grad
+    out.backward(dout)
+    assert k.grad is None and v.grad is None
+    check((out.detach(), q.grad, q.grad * 0, q.grad * 0),
+          reference(q, k, v, dout)[:2] + (torch.zeros_like(q), torch.zeros_like(q)))
+
+
+def test_no_grad_and_inference_mode():
+    q, k, v, _ = make(1, 20, 2, 2, 8)
+    with torch.no_grad():
+        out = bt.burst_attn(q.requires_grad_(), k, v)
+    assert not out.requires_grad
+    with torch.inference_mode():
+        out2 = bt.burst_attn(q.detach(), k, v)
+    assert torch.equal(out, out2)
+
+
+def test_two_layers_share_a_plan_and_second_backward_pass():
+    q, k, v, dout = make(1, 33, 2, 2, 8)
+    q.requires_grad_()
+    h = bt.burst_attn(q, k, v, causal=True)
+    out = bt.burst_attn(h, k, v, causal=True)  # same shape: the same cached plan
+    out.backward(dout)
+    qd = q.detach().double().requires_grad_()
+    h_ref = torch.nn.functional.scaled_dot_product_attention(
+        qd.transpose(1, 2), k.double().transpose(1, 2), v.double().transpose(1, 2), is_causal=True)
+    o_ref = torch.nn.functional.scaled_dot_product_attention(
+        h_ref, k.double().transpose(1, 2), v.double().transpose(1, 2), is_causal=True)
+    (o_ref.transpose(1, 2) * dout.double()).sum().backward()
+    assert rel_err(out.detach(), o_ref.transpose(1, 2)) < OUT_TOL
+    assert rel_err(q.grad, qd.grad) < GRAD_TOL
+
+
+def test_plan_cache_eviction_keeps_a_pending_backward_alive():
+    bt.set_plan_cache_size(1)
+    try:
+        qa, ka, va, da = make(1, 24, 2, 2, 8, seed=1)
+        qb, kb, vb, db = make(1, 31, 2, 2, 8, seed=2)
+        qa.requires_grad_()
+        qb.requires_grad_()
+        oa = bt.burst_attn(qa, ka, va)
+        ob = bt.burst_attn(qb, kb, vb)   # evicts the first plan from the cache
+        oa.backward(da)                  # ... which its backward still holds
+        ob.backward(db)
+        assert rel_err(qa.grad, reference(qa, ka, va, da)[1]) < GRAD_TOL
+        assert rel_err(qb.grad, reference(qb, kb, vb, db)[1]) < GRAD_TOL
+    finally:
+        bt.set_plan_cache_size(8)
+    with pytest.raises(ValueError):
+        bt.set_plan_cache_size(0)
+
+
+def test_last_stats_and_context_for():
+    q, k, v, _ = make(1, 16, 2, 2, 8)
+    bt.burst_attn(q, k, v, causal=True)
+    stats = bt.last_stats()
+    assert stats["tiles_computed"] >= 1 and stats["bytes_sent"] == 0
+    assert bt.context_for(None).size == 1
+
+
+def test_gradcheck_float64_wrapper():
+    """torch.autograd.gradcheck on a float64 wrapper: inputs are cast to float32 (the
+    library's type) and the output back to float64, so gradcheck's finite differences
+    see fp32 rounding: eps = 1e-3 and atol = 2e-3 are set for that (a wrong gradient
+    is off by O(1))."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 6, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 6, 1, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 6, 1, 4, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def f(q, k, v):
+        return bt.burst_attn(q.float(), k.float(), v.float(), causal=True,
+                             window=(3, 0)).double()
+
+    assert torch.autograd.gradcheck(f, (q, k, v), eps=1e-3, atol=2e-3, rtol=1e-2)
+
+
+def test_directional_finite_difference():
+    """<grad L, u> against (L(x + h u) - L(x - h u)) / 2h with L = <out, w>, in fp32."""
+    q, k, v, w = make(1, 40, 2, 2, 8, seed=11)
+    qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
+    (bt.burst_attn(qs, ks, vs, causal=True) * w).sum().backward()
+    g = torch.Generator().manual_seed(12)
+    for x, grad, name in ((q, qs.grad, "q"), (k, ks.grad, "k"), (v, vs.grad, "v")):
+        u = torch.randn(x.shape, generator=g)
+        h = 1e-2
+
+        def loss(xx):
+            args = {"q": q, "k": k, "v": v}
+            args[name] = xx
+            return float((bt.burst_attn(args["q"], args["k"], args["v"], causal=True)
+                          .double() * w.double()).sum())
+
+        fd = (loss(x + h * u) - loss(x - h * u)) / (2 * h)
+        an = float((grad.double() * u.double()).sum())
+        assert abs(fd - an) <= 2e-3 * max(1.0, abs(an)), (name, fd, an)
+
+
+# ----------------------------------------------------------------------------- errors
+
+def test_bad_arguments_name_the_argument():
+    q, k, v, _ = make(1, 8, 2, 2, 8)
+    cases = [
+        (dict(q=q.double()), TypeError, "q: expected dtype torch.float32"),
+        (dict(k=k.half()), TypeError, "k: expected dtype"),
+        (dict(q=q[0]), ValueError, "q: expected 4 dimensions"),
+        (dict(v=v[:, :4]), ValueError, "k and v"),
+        (dict(k=k[:, :4], v=v[:, :4]), ValueError, "k: shape"),
+        (dict(k=torch.randn(1, 8, 3, 8), v=torch.randn(1, 8, 3, 8)), ValueError, "divide"),
+        (dict(q="q"), TypeError, "q: expected a torch.Tensor"),
+        (dict(q=torch.randn(1, 8, 2, 8, device="meta")), ValueError, "q: burst_attention runs on CPU"),
+        (dict(window=(-2, 0)), ValueError, "window"),
+        (dict(window=5), TypeError, "window"),
+        (dict(softmax_scale=-1.0), ValueError, "softmax_scale"),
+        (dict(softmax_scale=float("nan")), ValueError, "softmax_scale"),
+        (dict(layout="sbhd"), ValueError, "layout"),
+        (dict(distribution="spiral"), ValueError, "distribution"),
+        (dict(causal=1), TypeError, "causal"),
+        (dict(comm="world"), TypeError, "comm"),
+        (dict(q=torch.randn(1, 8, 2, 8).to_sparse()), ValueError, "q: expected a dense"),
+    ]
+    for overrides, exc_type, text in cases:
+        args = dict(q=q, k=k, v=v)
+        kwargs = {}
+        for key, value in overrides.items():
+            (args if key in args else kwargs)[key] = value
+        with pytest.raises(exc_type) as info:
+            bt.burst_attn(args["q"], args["k"], args["v"], **kwargs)
+        assert text in str(info.value), (overrides, str(info.value))
+
+
+def test_library_errors_are_typed():
+    q, k, v, _ = make(1, 8, 2, 2, 8)
+    with pytest.raises(ba.InvalidArgumentError) as info:
+        bt.burst_attn(q, k, v, num_threads=-1)
+    assert info.value.status == ba.Status.INVALID_ARGUMENT and "num_threads" in str(info.value)
+    with pytest.raises(ba.InvalidArgumentError):
+        bt.burst_attn_varlen(q[0], k[0], v[0], [0, 3, 9])  # ends past the 8 tokens
+    with pytest.raises(ValueError):
+        bt.burst_attn_varlen(q[0], k[0], v[0], [0])
+    assert issubclass(ba.InvalidArgumentError, ValueError)
+    assert issubclass(ba.UnsupportedError, NotImplementedError)
+    assert isinstance(ba.BurstError(ba.Status.TIMEOUT, "late"), ba.BurstTimeoutError)
+
+
+def test_multi_rank_context_without_its_communicator_is_refused():
+    ctxs = ba.Context.loopback(2)
+    try:
+        del ctxs[0]._loopback_group  # as if it were some other multi-rank context
+        q, k, v, _ = make(1, 8, 2, 2, 8)
+        with pytest.raises(ValueError, match="communicator"):
+            bt.burst_attn(q, k, v, comm=ctxs[0])
+    finally:
+        for c in ctxs:
+            c.close()
+
+
+def test_tensor_sharding_helpers():
+    x = torch.arange(2 * 23).reshape(2, 23)
+    for dist, world in itertools.product(["contiguous", "zigzag", "striped"], [1, 2, 3, 5]):
+        counts = bt.shard_counts(dist, 23, world)
+        parts = [bt.shard(x, 1, dist, world, r) for r in range(world)]
+        assert [p.shape[1] for p in parts] == counts
+        full = torch.zeros_like(x)
+        for pos, part in zip(bt.unshard_positions(dist, 23, world), parts):
+            full.index_copy_(1, pos, part)
+        assert torch.equal(full, x)

@@ -1,0 +1,74 @@
+"""float64 torch SDPA references for the torch-layer tests (test_torch.py, torch_mpi_check.py).
+
+`reference(q, k, v, ...)` runs torch.nn.functional.scaled_dot_product_attention on
+float64 copies of the *whole-sequence* tensors, with an explicit boolean mask for the
+visibility rule of include/burst_attention.h (causal, inclusive windows, no attention
+across packed sequences) and GQA heads repeated, and returns out, dq, dk, dv for a given
+output gradient. Tolerances are DESIGN §3's: out 1e-5·max|ref|, gradients 1e-4·max|ref|.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+OUT_TOL = 1e-5
+GRAD_TOL = 1e-4
+
+
+def visibility(n: int, causal: bool, window=(-1, -1), cu_seqlens=None) -> torch.Tensor:
+    """[n, n] bool: query i may see key j."""
+    i = torch.arange(n)[:, None]
+    j = torch.arange(n)[None, :]
+    m = torch.ones(n, n, dtype=torch.bool)
+    if causal:
+        m &= j <= i
+    left, right = window
+    if left >= 0:
+        m &= j >= i - left
+    if right >= 0:
+        m &= j <= i + right
+    if cu_seqlens is not None:
+        seq = torch.zeros(n, dtype=torch.long)
+        for s, (a, b) in enumerate(zip(cu_seqlens[:-1], cu_seqlens[1:])):
+            seq[a:b] = s
+        m &= seq[:, None] == seq[None, :]
+    return m
+
+
+def reference(q, k, v, dout, causal=False, window=(-1, -1), softmax_scale=None,
+              layout="bshd", cu_seqlens=None):
+    """(out, dq, dk, dv) in float64 for whole-sequence tensors in `layout`
+    ([B, N, H, d] for bshd, [B, H, N, d] for bhsd). Rows that see no key get 0."""
+    q, k, v, dout = (t.detach().double() for t in (q, k, v, dout))
+    if layout == "bshd":
+        q, k, v, dout = (t.transpose(1, 2) for t in (q, k, v, dout))
+    q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+    hq, hkv, n, d = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
+    kr = k.repeat_interleave(hq // hkv, dim=1)
+    vr = v.repeat_interleave(hq // hkv, dim=1)
+    mask = visibility(n, causal, window, cu_seqlens)
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
+    # Explicit softmax (not SDPA) where a row may see nothing: SDPA gives NaN there.
+    if bool((~mask.any(1)).any()):
+        s = (q @ kr.transpose(-1, -2)) * scale
+        s = s.masked_fill(~mask, -math.inf)
+        p = torch.softmax(s, -1).nan_to_num(0.0)
+        out = p @ vr
+    else:
+        out = F.scaled_dot_product_attention(q, kr, vr, attn_mask=mask, scale=scale)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+    out = out.detach()
+    if layout == "bshd":
+        out, dq, dk, dv = (t.transpose(1, 2) for t in (out, dq, dk, dv))
+    return out, dq, dk, dv
+
+
+def rel_err(got, ref) -> float:
+    """max|got - ref| / max|ref|, with max|ref| floored at 1e-2: a gradient that is 0
+    in exact arithmetic (a window of one key: dq = dk = 0) is compared absolutely
+    instead of against its rounding noise (inputs are of unit scale)."""
+    ref = ref.detach().double()
+    return float((got.detach().double() - ref).abs().max() / ref.abs().max().clamp_min(1e-2))
