@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""burst_attention.torch under mpirun: run with 2 and 3 ranks.
+
+    mpirun --allow-run-as-root --oversubscribe -n 2 python3 Tests/python/torch_mpi_check.py
+    mpirun --allow-run-as-root --oversubscribe -n 3 python3 Tests/python/torch_mpi_check.py
+
+Every rank builds the same whole-sequence q, k, v and output gradient (fixed seed),
+takes its shard with burst_attention.torch.shard_positions, runs burst_attn forward and
+autograd backward, and the shards are gathered (allgather) and compared on every rank
+with float64 SDPA on the whole sequence (torch_reference.py, DESIGN §3 tolerances):
+out, dq, dk, dv. Communicators: MPI.COMM_WORLD, a torch.distributed gloo process group
+(the default group and a sub-group of ranks 0..1), and comm=None (the default group).
+Cases: zigzag + causal + GQA, striped + window, contiguous with an empty rank, varlen
+with zigzag per sequence, a shard length that repeats across global lengths, a bad
+tensor on one rank and a differing argument (both must fail on every rank, quickly).
+
+Prints one line per rank; exits non-zero if any check failed on any rank.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "bindings", "python"))
+sys.path.insert(0, HERE)
+_INSTALLED = os.path.join(ROOT, "build", "install", "lib", "libburst_attention.so")
+if "BURST_ATTENTION_LIBRARY" not in os.environ and os.path.exists(_INSTALLED):
+    os.environ["BURST_ATTENTION_LIBRARY"] = _INSTALLED
+
+import faulthandler  # noqa: E402
+# A hang shows where it is (tracebacks, then exit) before CTest's own timeout.
+faulthandler.dump_traceback_later(float(os.environ.get("BURST_FAULTHANDLER_S", "240")), exit=True)
+from mpi4py import MPI  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+import burst_attention as ba  # noqa: E402
+import burst_attention.torch as bt  # noqa: E402
+from torch_reference import GRAD_TOL, OUT_TOL, reference, rel_err  # noqa: E402
+
+world = MPI.COMM_WORLD
+P, RANK = world.Get_size(), world.Get_rank()
+torch.set_num_threads(1)
+failures: list = []
+checks = 0
+
+
+def fail(what: str) -> None:
+    failures.append(what)
+    print(f"[rank {RANK}] FAIL {what}", flush=True)
+
+
+def init_torch_distributed() -> None:
+    """gloo with the MPI ranks: rank 0 picks a free port and tells the others."""
+    port = None
+    if RANK == 0:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    port = world.bcast(port, root=0)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=RANK,
+                            world_size=P)
+
+
+def gather_full(part: torch.Tensor, pos: torch.Tensor, dim: int, like: torch.Tensor,
+                comm=world) -> torch.Tensor:
+    full = torch.zeros_like(like)
+    for p, t in comm.allgather((pos, part)):
+        full.index_copy_(dim, p, t)
+    return full
+
+
+def run_case(name, comm, *, b=1, n=97, hq=4, hkv=4, d=16, causal=False, window=(-1, -1),
+             distribution="contiguous", layout="bshd", cu_seqlens=None, positions=None,
+             members=None):
+    """One forward+backward on `comm`, checked against the whole-sequence reference."""
+    global checks
+    members = list(range(P)) if members is None else members
+    # the members' communicator for gathering (Split is collective over every rank)
+    sub = world if len(members) == P else world.Split(0 if RANK in members else MPI.UNDEFINED, RANK)
+    if RANK not in members:
+        return
+    size, me = len(members), members.index(RANK)
+    g = torch.Generator().manual_seed(len(name))
+    varlen = cu_seqlens is not None
+    if varlen:
+        q, k, v, dout = (torch.randn(n, h, d, generator=g) for h in (hq, hkv, hkv, hq))
+        dim = 0
+    else:
+        shape = (lambda h: (b, n, h, d)) if layout == "bshd" else (lambda h: (b, h, n, d))
+        q, k, v, dout = (torch.randn(shape(h), generator=g) for h in (hq, hkv, hkv, hq))
+        dim = 1 if layout == "bshd" else 2
+    pos = (positions[me] if positions is not None else
+           bt.shard_positions(distribution, n, size, me, cu_seqlens=cu_seqlens))
+    ql, kl, vl = (t.index_select(dim, pos).clone().requires_grad_() for t in (q, k, v))
+    if varlen:
+        out = bt.burst_attn_varlen(ql, kl, vl, cu_seqlens, causal=causal, window=window,
+                                   comm=comm, distribution=distribution, timeout_seconds=60)
+    else:
+        out = bt.burst_attn(ql, kl, vl, causal=causal, window=window, comm=comm,
+                            distribution=distribution, layout=layout, timeout_seconds=60)
+    out.backward(dout.index_select(dim, pos))
+    got = [gather_full(t, pos, dim, like, sub) for t, like in
+           ((out.detach(), q), (ql.grad, q), (kl.grad, k), (vl.grad, v))]
+    if varlen:
+        ref = reference(q[None], k[None], v[None], dout[None], causal=causal, window=window,
+                        cu_seqlens=cu_seqlens)
+        ref = [t[0] for t in ref]
+    else:
+        ref = reference(q, k, v, dout, causal=causal, window=window, layout=layout)
+    for label, a, r, tol in zip(("out", "dq", "dk", "dv"), got, ref,
+                                (OUT_TOL, GRAD_TOL, GRAD_TOL, GRAD_TOL)):
+        checks += 1
+        err = rel_err(a, r)
+        if not err <= tol:
+            fail(f"{name}: {label} error {err:.3g} > {tol:g}")
+
+
+def expect_collective_failure(name, comm, bad_rank, make_call, bad_exc, others_exc):
+    global checks
+    start = time.monotonic()
+    try:
+        make_call(RANK == bad_rank)
+        fail(f"{name}: no error raised")
+    except BaseException as exc:  # noqa: BLE001
+        want = bad_exc if RANK == bad_rank else others_exc
+        checks += 1
+        if not isinstance(exc, want):
+            fail(f"{name}: expected {want.__name__}, got {type(exc).__name__}: {exc}")
+    if time.monotonic() - start > 30:  # the call timeout is 60 s: this was no wait
+        fail(f"{name}: the failure took {time.monotonic() - start:.1f} s")
+
+
+def main() -> None:
+    init_torch_distributed()
+    default_group = dist.group.WORLD
+
+    run_case("zigzag causal GQA 8/2 on COMM_WORLD", world, b=2, n=131, hq=8, hkv=2,
+             causal=True, distribution="zigzag")
+    run_case("striped window (20,0) causal MQA on the torch group", default_group, n=120,
+             hq=4, hkv=1, causal=True, window=(20, 0), distribution="striped")
+    run_case("contiguous bhsd, comm=None (default torch group)", None, b=2, n=77,
+             layout="bhsd", window=(9, 9))
+    counts = [0] + [40 // (P - 1) + (r < 40 % (P - 1)) for r in range(P - 1)]
+    starts = [sum(counts[:r]) for r in range(P)]
+    run_case("contiguous with an empty rank 0", world, n=40, causal=True,
+             positions=[torch.arange(s, s + c) for s, c in zip(starts, counts)])
+    run_case("varlen zigzag causal", world, n=150, hq=4, hkv=2, causal=True,
+             distribution="zigzag", cu_seqlens=[0, 31, 31, 90, 150])
+    run_case("varlen striped window", default_group, n=64, window=(5, 5),
+             distribution="striped", cu_seqlens=[0, 20, 64])
+    sub = dist.new_group([0, 1])  # collective over every rank, used by ranks 0, 1
+    run_case("a sub-group (ranks 0, 1) of the torch world", sub, n=50, causal=True,
+             distribution="zigzag", members=[0, 1])
+
+    # Rank 0 holds 5 tokens both times; the global lengths differ.
+    for n in (5 * P, 5 * P - 1, 5 * P):
+        counts = [5] + [(n - 5) // (P - 1) + (r < (n - 5) % (P - 1)) for r in range(P - 1)]
+        starts = [sum(counts[:r]) for r in range(P)]
+        run_case(f"repeated shard length, N = {n}", world, n=n, causal=True,
+                 positions=[torch.arange(s, s + c) for s, c in zip(starts, counts)])
+
+    q, k, v = (torch.randn(1, 8, 2, 8) for _ in range(3))
+    expect_collective_failure(
+        "a float64 q on the last rank", world, P - 1,
+        lambda bad: bt.burst_attn(q.double() if bad else q, k, v, comm=world, timeout_seconds=60),
+        TypeError, ba.MismatchError)
+    expect_collective_failure(
+        "causal on rank 0 only", default_group, 0,
+        lambda bad: bt.burst_attn(q, k, v, causal=bad, comm=default_group, timeout_seconds=60),
+        ba.MismatchError, ba.MismatchError)
+    run_case("still usable after the failures", world, n=33, causal=True,
+             distribution="zigzag")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BaseException:  # noqa: BLE001
+        fail("exception:\n" + traceback.format_exc())
+    bad = world.allreduce(1 if failures else 0)
+    print(f"[rank {RANK}/{P}] torch layer: {checks} checks, {len(failures)} failures "
+          f"({'OK' if bad == 0 else 'FAILED on ' + str(bad) + ' rank(s)'})", flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.exit(1 if bad else 0)
