@@ -185,8 +185,9 @@ def test_main_prints_info_and_passes():
     assert f"build info: {ba.build_info()}" in out
     assert re.search(r"^mpi4py: ", out, re.M) and re.search(r"^torch: ", out, re.M)
     passes = [line for line in out.splitlines() if line.startswith("PASS ")]
-    assert len(passes) == 4, out
+    assert len(passes) == 6, out  # self x2, loopback x2, torch layer x2 (torch is installed)
     assert sum("loopback(2)" in line for line in passes) == 2
+    assert sum("torch layer" in line for line in passes) == 2
     assert "FAIL" not in out
     assert out.rstrip().endswith("self-check: PASS")
 
@@ -218,7 +219,7 @@ def test_selfcheck_fails_on_a_wrong_result(monkeypatch, capsys):
     monkeypatch.setattr(_selfcheck, "reference", wrong)
     assert ba_main.main(["--quiet"]) == 1
     out = capsys.readouterr().out
-    assert out.count("FAIL ") == 4 and "PASS" not in out
+    assert out.count("FAIL ") == 6 and "PASS" not in out
     assert out.rstrip().endswith("self-check: FAIL")
 
 
@@ -228,7 +229,7 @@ def test_selfcheck_reports_an_exception_as_fail(monkeypatch):
     monkeypatch.setattr(ba.Context, "loopback", boom)
     lines = []
     assert _selfcheck.run(ba, lambda ok, line: lines.append((ok, line))) is False
-    assert [ok for ok, _ in lines] == [True, True, False, False]
+    assert [ok for ok, _ in lines] == [True, True, False, False, True, True]
     assert all("RuntimeError: no context today" in line for ok, line in lines if not ok)
 
 

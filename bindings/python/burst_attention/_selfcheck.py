@@ -116,6 +116,32 @@ def check_loopback(ba, causal, counts=LOOPBACK_COUNTS, tol=TOLERANCE):
     return _compare(got, reference(q, k, v, dout, causal), tol)
 
 
+def check_torch(causal, tol=TOLERANCE):
+    """burst_attention.torch.burst_attn (one rank) forward + autograd backward."""
+    import torch
+
+    import burst_attention.torch as bt
+
+    q, k, v, dout = (torch.from_numpy(x) for x in problem(5 + causal))
+    import burst_attention as ba
+
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    with ba.Context.self() as ctx:
+        out, lse = bt.burst_attn(*leaves, causal=causal, return_lse=True, comm=ctx,
+                                 timeout_seconds=CALL_TIMEOUT)
+        out.backward(dout)
+    got = [out.detach().numpy(), lse.numpy()] + [x.grad.numpy() for x in leaves]
+    return _compare(got, reference(q.numpy(), k.numpy(), v.numpy(), dout.numpy(), causal), tol)
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def run(ba, report, tol=TOLERANCE) -> bool:
     """Runs every check; report(ok, line) gets one PASS/FAIL line each. True when all
     passed."""
@@ -129,6 +155,11 @@ def run(ba, report, tol=TOLERANCE) -> bool:
         checks.append((f"loopback(2) context, 2 threads, tokens {LOOPBACK_COUNTS[0]}+"
                        f"{LOOPBACK_COUNTS[1]}, mask={mask}",
                        lambda causal=causal: check_loopback(ba, causal, tol=tol)))
+    if torch_available():
+        for causal in (False, True):
+            mask = "causal" if causal else "none"
+            checks.append((f"torch layer burst_attn, autograd backward, mask={mask}",
+                           lambda causal=causal: check_torch(causal, tol)))
     all_ok = True
     for name, fn in checks:
         try:
