@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
-"""burst_attention.torch under mpirun: run with 2 and 3 ranks.
+"""pytest for burst_attention.torch under mpirun: run with 2 and 3 ranks.
 
-    mpirun --allow-run-as-root --oversubscribe -n 2 python3 Tests/python/torch_mpi_check.py
-    mpirun --allow-run-as-root --oversubscribe -n 3 python3 Tests/python/torch_mpi_check.py
+    mpirun --allow-run-as-root --oversubscribe -n 2 python3 -m pytest -q Tests/python/torch_mpi_check.py
+    mpirun --allow-run-as-root --oversubscribe -n 3 python3 -m pytest -q Tests/python/torch_mpi_check.py
+
+(The file name keeps it out of the single-process pytest run, which collects test_*.py.)
+Every test is collective: every rank runs the same tests in the same order, and each
+test ends by gathering every rank's failures, so a failure on one rank fails the test on
+all ranks and the ranks stay in step.
 
 Every rank builds the same whole-sequence q, k, v and output gradient (fixed seed),
 takes its shard with burst_attention.torch.shard_positions, runs burst_attn forward and
@@ -14,7 +19,6 @@ Cases: zigzag + causal + GQA, striped + window, contiguous with an empty rank, v
 with zigzag per sequence, a shard length that repeats across global lengths, a bad
 tensor on one rank and a differing argument (both must fail on every rank, quickly).
 
-Prints one line per rank; exits non-zero if any check failed on any rank.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import socket
 import sys
 import time
 import traceback
+
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -47,13 +53,38 @@ from torch_reference import GRAD_TOL, OUT_TOL, reference, rel_err  # noqa: E402
 world = MPI.COMM_WORLD
 P, RANK = world.Get_size(), world.Get_rank()
 torch.set_num_threads(1)
-failures: list = []
+failures: list = []  # this rank's failures in the current test
 checks = 0
 
 
 def fail(what: str) -> None:
     failures.append(what)
-    print(f"[rank {RANK}] FAIL {what}", flush=True)
+
+
+def collective(test):
+    """Runs the test body, turning an exception into a failure of this rank, then
+    gathers every rank's failures: the test fails on every rank if it failed on any
+    (and every rank reaches the allgather, so the ranks stay in step)."""
+    import functools
+
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        failures.clear()
+        try:
+            test(*args, **kwargs)
+        except BaseException:  # noqa: BLE001
+            fail("exception:\n" + traceback.format_exc())
+        everyone = world.allgather(list(failures))
+        bad = [f"rank {r}: {f}" for r, fs in enumerate(everyone) for f in fs]
+        assert not bad, "\n".join(bad)
+    return wrapper
+
+
+@pytest.fixture(scope="module", autouse=True)
+def torch_distributed():
+    init_torch_distributed()
+    yield
+    dist.destroy_process_group()
 
 
 def init_torch_distributed() -> None:
@@ -137,56 +168,76 @@ def expect_collective_failure(name, comm, bad_rank, make_call, bad_exc, others_e
         fail(f"{name}: the failure took {time.monotonic() - start:.1f} s")
 
 
-def main() -> None:
-    init_torch_distributed()
-    default_group = dist.group.WORLD
-
+@collective
+def test_zigzag_causal_gqa_on_comm_world():
     run_case("zigzag causal GQA 8/2 on COMM_WORLD", world, b=2, n=131, hq=8, hkv=2,
              causal=True, distribution="zigzag")
-    run_case("striped window (20,0) causal MQA on the torch group", default_group, n=120,
+
+
+@collective
+def test_striped_window_mqa_on_the_torch_group():
+    run_case("striped window (20,0) causal MQA on the torch group", dist.group.WORLD, n=120,
              hq=4, hkv=1, causal=True, window=(20, 0), distribution="striped")
+
+
+@collective
+def test_comm_none_is_the_default_torch_group_bhsd():
     run_case("contiguous bhsd, comm=None (default torch group)", None, b=2, n=77,
              layout="bhsd", window=(9, 9))
+
+
+@collective
+def test_contiguous_with_an_empty_rank():
     counts = [0] + [40 // (P - 1) + (r < 40 % (P - 1)) for r in range(P - 1)]
     starts = [sum(counts[:r]) for r in range(P)]
     run_case("contiguous with an empty rank 0", world, n=40, causal=True,
              positions=[torch.arange(s, s + c) for s, c in zip(starts, counts)])
+
+
+@collective
+def test_varlen_zigzag_causal():
     run_case("varlen zigzag causal", world, n=150, hq=4, hkv=2, causal=True,
              distribution="zigzag", cu_seqlens=[0, 31, 31, 90, 150])
-    run_case("varlen striped window", default_group, n=64, window=(5, 5),
+
+
+@collective
+def test_varlen_striped_window_on_the_torch_group():
+    run_case("varlen striped window", dist.group.WORLD, n=64, window=(5, 5),
              distribution="striped", cu_seqlens=[0, 20, 64])
+
+
+@collective
+def test_a_torch_sub_group():
     sub = dist.new_group([0, 1])  # collective over every rank, used by ranks 0, 1
     run_case("a sub-group (ranks 0, 1) of the torch world", sub, n=50, causal=True,
              distribution="zigzag", members=[0, 1])
 
-    # Rank 0 holds 5 tokens both times; the global lengths differ.
+
+@collective
+def test_shard_length_that_repeats_across_global_lengths():
+    # Rank 0 holds 5 tokens every time; the global lengths differ.
     for n in (5 * P, 5 * P - 1, 5 * P):
         counts = [5] + [(n - 5) // (P - 1) + (r < (n - 5) % (P - 1)) for r in range(P - 1)]
         starts = [sum(counts[:r]) for r in range(P)]
         run_case(f"repeated shard length, N = {n}", world, n=n, causal=True,
                  positions=[torch.arange(s, s + c) for s, c in zip(starts, counts)])
 
+
+@collective
+def test_a_bad_tensor_on_one_rank_fails_on_every_rank():
     q, k, v = (torch.randn(1, 8, 2, 8) for _ in range(3))
     expect_collective_failure(
         "a float64 q on the last rank", world, P - 1,
         lambda bad: bt.burst_attn(q.double() if bad else q, k, v, comm=world, timeout_seconds=60),
         TypeError, ba.MismatchError)
+
+
+@collective
+def test_a_differing_argument_fails_on_every_rank_and_the_group_stays_usable():
+    q, k, v = (torch.randn(1, 8, 2, 8) for _ in range(3))
     expect_collective_failure(
-        "causal on rank 0 only", default_group, 0,
-        lambda bad: bt.burst_attn(q, k, v, causal=bad, comm=default_group, timeout_seconds=60),
+        "causal on rank 0 only", dist.group.WORLD, 0,
+        lambda bad: bt.burst_attn(q, k, v, causal=bad, comm=dist.group.WORLD, timeout_seconds=60),
         ba.MismatchError, ba.MismatchError)
     run_case("still usable after the failures", world, n=33, causal=True,
              distribution="zigzag")
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except BaseException:  # noqa: BLE001
-        fail("exception:\n" + traceback.format_exc())
-    bad = world.allreduce(1 if failures else 0)
-    print(f"[rank {RANK}/{P}] torch layer: {checks} checks, {len(failures)} failures "
-          f"({'OK' if bad == 0 else 'FAILED on ' + str(bad) + ' rank(s)'})", flush=True)
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    sys.exit(1 if bad else 0)
