@@ -145,6 +145,9 @@ def _torch_group(pg) -> _Group:
             "(e.g. RANK=$OMPI_COMM_WORLD_RANK, WORLD_SIZE=$OMPI_COMM_WORLD_SIZE) or pass an "
             "mpi4py communicator")
     ranks = list(dist.get_process_group_ranks(pg))
+    if world.Get_rank() not in ranks:
+        raise ValueError(f"comm: this process (rank {world.Get_rank()}) is not a member of "
+                         f"the process group (ranks {ranks})")
     if ranks == list(range(world.Get_size())):
         comm = world
     else:
