@@ -3,7 +3,8 @@
 Run under mpirun (bench/run_peer.sh does it):
 
     mpirun -n 2 python3 bench/peer_ring_attention.py [--n 4096 8192] [--causal off on]
-        [--repeats 3] [--peer-buckets 512 1024] [--jsonl docs/peer_ring_attention.jsonl]
+        [--repeats 3] [--peer-buckets 512 1024 shard] [--ours-comm torch|mpi]
+        [--jsonl docs/peer_ring_attention.jsonl]
 
 Every rank runs one compute thread (torch.set_num_threads(1), our num_threads=1).
 torch.distributed is initialised with gloo from the OpenMPI environment
@@ -16,7 +17,9 @@ Per (N, causal), forward + backward, B = 1, H = 8, d = 128, fp32:
   * peer: ring_attention_pytorch.ring_flash_attn(q, k, v, causal=c,
     bucket_size=b, ring_reduce_col=True) on a contiguous shard: the call
     RingAttention(ring_attn=True) makes on CPU; b = 512 (RingAttention's default, the
-    README's module) and 1024 (ring_flash_attn's default);
+    README's module), 1024 (ring_flash_attn's default) and N/P ("shard": the peer's
+    assert.py sets bucket_size = ring_seq_size = seq_len / world_size); the summary's
+    ratio is against the fastest of them;
   * sdpa: torch SDPA fp32 on the whole sequence, 1 thread, rank 0 alone (context).
 Timing: dist.barrier(); t0; out = f(q, k, v); out.backward(dout); dist.barrier(); t1
 on rank 0, 1 warm-up call then --repeats timed calls, median reported.
@@ -224,7 +227,7 @@ def machine_info() -> dict:
     import mpi4py
     return {"cpu_model": model, "cpus": NCPU, "kernel": platform.release(),
             "python": platform.python_version(), "torch": torch.__version__,
-            "mpi4py": mpi4py.__version__, "mpi": MPI.Get_library_version().splitlines()[0],
+            "mpi4py": mpi4py.__version__, "mpi": MPI.Get_library_version().splitlines()[0].strip("\x00 "),
             "ring_attention_pytorch": peer_version,
             "build_info": burst_attention.build_info(), "git_commit": commit,
             "loadavg_at_start": open("/proc/loadavg").read().split()[:3]}
@@ -258,7 +261,12 @@ def main():
     ap.add_argument("--n", type=int, nargs="+", default=[4096, 8192])
     ap.add_argument("--causal", nargs="+", default=["off", "on"], choices=["off", "on"])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--peer-buckets", type=int, nargs="+", default=[512, 1024])
+    ap.add_argument("--peer-buckets", nargs="+", default=["512", "1024", "shard"],
+                    help="the peer's bucket_size values: ints, or 'shard' = the whole local "
+                         "shard N/P (what the peer's own assert.py uses)")
+    ap.add_argument("--ours-comm", choices=["torch", "mpi"], default="torch",
+                    help="comm= of our timed calls: the torch.distributed group (mapped to "
+                         "MPI by rank) or mpi4py's MPI.COMM_WORLD")
     ap.add_argument("--ref-threads", type=int, default=2,
                     help="threads of the float64 reference on rank 0 (not timed)")
     ap.add_argument("--no-sdpa", action="store_true")
@@ -276,7 +284,7 @@ def main():
     torch.set_num_threads(1)
     from ring_attention_pytorch import ring_flash_attn
 
-    comm = dist.group.WORLD  # what the timed calls of ours use
+    comm = dist.group.WORLD if args.ours_comm == "torch" else MPI.COMM_WORLD
     lines = []
     is0 = rank == 0
 
@@ -293,7 +301,9 @@ def main():
           "command": args.command or " ".join(sys.argv), "world_size": world,
           "threads_per_rank": 1, "B": B, "H": H, "d": D, "N": args.n,
           "causal": [c == "on" for c in args.causal], "repeats": args.repeats,
-          "peer_buckets": args.peer_buckets, "ours_comm": "torch.distributed group.WORLD",
+          "peer_buckets": args.peer_buckets,
+          "ours_comm": ("torch.distributed group.WORLD" if args.ours_comm == "torch"
+                        else "mpi4py MPI.COMM_WORLD"),
           "peer_entry": "ring_flash_attn(q, k, v, causal=c, bucket_size=b, ring_reduce_col=True)",
           "machine": machine_info()})
     emit(comm_check(rank, world))
@@ -348,6 +358,7 @@ def main():
                 if is0:
                     # the known bug: is the peer's dK the sum of the true dK and dV?
                     extra["err_dk_vs_true_dk_plus_dv"] = rel_err(full[2], ref[2] + ref[3])
+                extra["bucket_size"] = bucket
                 return record("peer", f"contiguous bucket={bucket}", times,
                               full if is0 else None, share, extra)
 
@@ -355,7 +366,12 @@ def main():
             progress(f"N={n} causal={causal}: ours ({main_dist})")
             ours = run_ours(main_dist)
             peers = []
-            for bucket in args.peer_buckets:
+            buckets = []
+            for b_arg in args.peer_buckets:
+                bucket = n // world if b_arg == "shard" else int(b_arg)
+                if bucket not in buckets:
+                    buckets.append(bucket)
+            for bucket in buckets:
                 progress(f"N={n} causal={causal}: peer bucket_size={bucket}")
                 peers.append((bucket, run_peer(bucket)))
             ours_contig = None
