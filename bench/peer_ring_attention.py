@@ -3,7 +3,7 @@
 Run under mpirun (bench/run_peer.sh does it):
 
     mpirun -n 2 python3 bench/peer_ring_attention.py [--n 4096 8192] [--causal off on]
-        [--repeats 3] [--peer-buckets 512 1024 shard] [--ours-comm torch|mpi]
+        [--repeats 3] [--peer-buckets 512 1024 [shard]] [--ours-comm torch|mpi]
         [--jsonl docs/peer_ring_attention.jsonl]
 
 Every rank runs one compute thread (torch.set_num_threads(1), our num_threads=1).
@@ -17,12 +17,14 @@ Per (N, causal), forward + backward, B = 1, H = 8, d = 128, fp32:
   * peer: ring_attention_pytorch.ring_flash_attn(q, k, v, causal=c,
     bucket_size=b, ring_reduce_col=True) on a contiguous shard: the call
     RingAttention(ring_attn=True) makes on CPU; b = 512 (RingAttention's default, the
-    README's module), 1024 (ring_flash_attn's default) and N/P ("shard": the peer's
-    assert.py sets bucket_size = ring_seq_size = seq_len / world_size); the summary's
-    ratio is against the fastest of them;
+    README's module) and 1024 (ring_flash_attn's default) — optionally N/P ("shard":
+    the peer's assert.py sets bucket_size = ring_seq_size = seq_len / world_size); the
+    summary's ratio is against the fastest of them;
   * sdpa: torch SDPA fp32 on the whole sequence, 1 thread, rank 0 alone (context).
 Timing: dist.barrier(); t0; out = f(q, k, v); out.backward(dout); dist.barrier(); t1
-on rank 0, 1 warm-up call then --repeats timed calls, median reported.
+on rank 0; a warm-up round then --repeats rounds, each round one call of every
+implementation in turn (interleaved, so load from elsewhere spreads over all of them);
+median reported.
 Errors: the last timed call's out, dq, dk, dv gathered to rank 0 and un-sharded by
 position, against torch SDPA in float64 on the whole sequence:
 max|x - ref| / max|ref|.
@@ -86,21 +88,6 @@ def self_ticks() -> int:
     return int(parts[11]) + int(parts[12])  # utime + stime, all threads
 
 
-class OthersMeter:
-    """Share of all CPUs used by processes other than the ranks of this job (and by the
-    hypervisor's steal) between start() and stop(); collective in stop()."""
-
-    def start(self):
-        self.t0, self.b0, self.s0 = time.perf_counter(), busy_ticks(), self_ticks()
-
-    def stop(self):
-        wall = time.perf_counter() - self.t0
-        mine = torch.tensor([self_ticks() - self.s0], dtype=torch.float64)
-        dist.all_reduce(mine)
-        others = max(0.0, (busy_ticks() - self.b0) - mine.item())
-        return others / HZ / max(wall * NCPU, 1e-9)
-
-
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     x = x.to(torch.float64)
     return float((x - ref).abs().max() / ref.abs().max())
@@ -146,29 +133,38 @@ def reference(q, k, v, dout, causal: bool, threads: int):
 # the timed calls
 
 
-def time_distributed(fn, shards, repeats: int):
-    """fn(q, k, v) -> out on this rank's shards; forward + backward timed between two
-    barriers; returns (times on rank 0, last out/dq/dk/dv, others' CPU share)."""
-    q0, k0, v0, dout = shards
-    meter = OthersMeter()
-    times = []
-    last = None
-    meter.start()
-    for i in range(1 + repeats):
+class Runner:
+    """One implementation on this rank's shards: call() times one forward + backward
+    between two barriers (rank 0's clock) and adds up, over the timed calls only, the
+    busy CPU ticks of the machine and of this job's ranks (collective)."""
+
+    def __init__(self, fn, shards):
+        self.fn, self.shards = fn, shards
+        self.times, self.last = [], None
+        self.wall = self.busy = self.mine = 0.0
+
+    def call(self, timed: bool):
+        q0, k0, v0, dout = self.shards
         q, k, v = [t.detach().clone().requires_grad_() for t in (q0, k0, v0)]
         dist.barrier()
+        b0, s0 = busy_ticks(), self_ticks()
         t0 = time.perf_counter()
-        out = fn(q, k, v)
+        out = self.fn(q, k, v)
         out.backward(dout)
         dist.barrier()
         dt = time.perf_counter() - t0
-        if i > 0:
-            times.append(dt)
-        last = (out.detach(), q.grad, k.grad, v.grad)
-        if i == 0:
-            meter.start()  # the warm-up call is not in the share
-    share = meter.stop()
-    return times, last, share
+        b1, s1 = busy_ticks(), self_ticks()
+        self.last = (out.detach(), q.grad, k.grad, v.grad)
+        if timed:
+            mine = torch.tensor([s1 - s0], dtype=torch.float64)
+            dist.all_reduce(mine)
+            self.times.append(dt)
+            self.wall += dt
+            self.busy += b1 - b0
+            self.mine += mine.item()
+
+    def others_share(self) -> float:
+        return max(0.0, self.busy - self.mine) / HZ / max(self.wall * NCPU, 1e-9)
 
 
 def time_sdpa(q, k, v, dout, causal: bool, repeats: int):
@@ -261,7 +257,7 @@ def main():
     ap.add_argument("--n", type=int, nargs="+", default=[4096, 8192])
     ap.add_argument("--causal", nargs="+", default=["off", "on"], choices=["off", "on"])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--peer-buckets", nargs="+", default=["512", "1024", "shard"],
+    ap.add_argument("--peer-buckets", nargs="+", default=["512", "1024"],
                     help="the peer's bucket_size values: ints, or 'shard' = the whole local "
                          "shard N/P (what the peer's own assert.py uses)")
     ap.add_argument("--ours-comm", choices=["torch", "mpi"], default="torch",
@@ -334,50 +330,58 @@ def main():
                          f"err out/dq/dk/dv {errs}  others {share:.0%}")
                 return m
 
-            def run_ours(distribution):
+            def ours_runner(distribution):
                 pos = [shard_positions(distribution, n, world, r) for r in range(world)]
                 shards = [t.index_select(1, pos[rank]).contiguous() for t in (q, k, v, dout)]
                 fn = lambda a, b_, c_: burst_attn(a, b_, c_, causal=causal, comm=comm,  # noqa: E731
                                                   distribution=distribution, num_threads=1)
-                times, last, share = time_distributed(fn, shards, args.repeats)
-                stats = last_stats(comm)  # the backward of the last call, this rank
-                full = [gather_full(t, pos, n) for t in last]
-                allstats = [None] * world
-                dist.all_gather_object(allstats, stats)
-                return record("ours", distribution, times, full if is0 else None, share,
-                              {"last_backward_stats_per_rank": allstats})
+                return Runner(fn, shards), pos
 
-            def run_peer(bucket):
+            def peer_runner(bucket):
                 pos = [shard_positions("contiguous", n, world, r) for r in range(world)]
                 shards = [t.index_select(1, pos[rank]).contiguous() for t in (q, k, v, dout)]
                 fn = lambda a, b_, c_: ring_flash_attn(a, b_, c_, causal=causal,  # noqa: E731
                                                        bucket_size=bucket, ring_reduce_col=True)
-                times, last, share = time_distributed(fn, shards, args.repeats)
-                full = [gather_full(t, pos, n) for t in last]
-                extra = {}
-                if is0:
-                    # the known bug: is the peer's dK the sum of the true dK and dV?
-                    extra["err_dk_vs_true_dk_plus_dv"] = rel_err(full[2], ref[2] + ref[3])
-                extra["bucket_size"] = bucket
-                return record("peer", f"contiguous bucket={bucket}", times,
-                              full if is0 else None, share, extra)
+                return Runner(fn, shards), pos
 
             main_dist = "zigzag" if causal else "contiguous"
-            progress(f"N={n} causal={causal}: ours ({main_dist})")
-            ours = run_ours(main_dist)
-            peers = []
             buckets = []
             for b_arg in args.peer_buckets:
                 bucket = n // world if b_arg == "shard" else int(b_arg)
                 if bucket not in buckets:
                     buckets.append(bucket)
-            for bucket in buckets:
-                progress(f"N={n} causal={causal}: peer bucket_size={bucket}")
-                peers.append((bucket, run_peer(bucket)))
-            ours_contig = None
+            # (impl, variant, runner, positions, extra)
+            runs = [("ours", main_dist, *ours_runner(main_dist))]
+            runs += [("peer", f"contiguous bucket={b_}", *peer_runner(b_)) for b_ in buckets]
             if causal:
-                progress(f"N={n} causal={causal}: ours (contiguous, side line)")
-                ours_contig = run_ours("contiguous")
+                runs.append(("ours", "contiguous", *ours_runner("contiguous")))
+            # interleaved: a warm-up round, then `repeats` rounds of one call of each, so
+            # a burst of load elsewhere falls on all of them rather than on one
+            for i in range(1 + args.repeats):
+                progress(f"N={n} causal={causal}: round {i} of {args.repeats} "
+                         f"({'warm-up' if i == 0 else 'timed'}): "
+                         + ", ".join(f"{impl} {variant}" for impl, variant, *_ in runs))
+                for impl, variant, runner, pos in runs:
+                    runner.call(timed=i > 0)
+                    if impl == "ours" and i == args.repeats:
+                        runner.stats = last_stats(comm)  # this rank's last backward
+            results = {}
+            for impl, variant, runner, pos in runs:
+                full = [gather_full(t, pos, n) for t in runner.last]
+                extra = {}
+                if impl == "ours":
+                    allstats = [None] * world
+                    dist.all_gather_object(allstats, runner.stats)
+                    extra["last_backward_stats_per_rank"] = allstats
+                elif is0:
+                    # the known bug: is the peer's dK the sum of the true dK and dV?
+                    extra["err_dk_vs_true_dk_plus_dv"] = rel_err(full[2], ref[2] + ref[3])
+                results[(impl, variant)] = record(impl, variant, runner.times,
+                                                  full if is0 else None,
+                                                  runner.others_share(), extra)
+            ours = results[("ours", main_dist)]
+            peers = [(b_, results[("peer", f"contiguous bucket={b_}")]) for b_ in buckets]
+            ours_contig = results.get(("ours", "contiguous")) if causal else None
             sdpa = None
             if not args.no_sdpa:
                 progress(f"N={n} causal={causal}: torch SDPA fp32, 1 thread, rank 0")
