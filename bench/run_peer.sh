@@ -11,6 +11,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
+orig_args="$*"
 build=1
 if [[ ${1:-} == --no-build ]]; then build=0; shift; fi
 
@@ -46,4 +47,4 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 exec mpirun --oversubscribe --bind-to none -n 2 \
   -x PYTHONPATH -x BURST_ATTENTION_LIBRARY -x MASTER_ADDR -x MASTER_PORT \
   -x OMP_NUM_THREADS -x MKL_NUM_THREADS -x OPENBLAS_NUM_THREADS \
-  python3 bench/peer_ring_attention.py --command "bench/run_peer.sh $*" "${args[@]}"
+  python3 bench/peer_ring_attention.py --command "bench/run_peer.sh $orig_args" "${args[@]}"
