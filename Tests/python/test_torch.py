@@ -331,11 +331,34 @@ def test_plan_cache_eviction_keeps_a_pending_backward_alive():
 
 
 def test_last_stats_and_context_for():
-    q, k, v, _ = make(1, 16, 2, 2, 8)
-    bt.burst_attn(q, k, v, causal=True)
-    stats = bt.last_stats()
-    assert stats["tiles_computed"] >= 1 and stats["bytes_sent"] == 0
+    q, k, v, dout = make(1, 300, 2, 2, 8)
+    q.requires_grad_()
+    out = bt.burst_attn(q, k, v, causal=True)
+    fwd = bt.last_stats()
+    assert fwd == bt.last_stats(which="forward")
+    # 300 causal queries x keys in 256 x 128 tiles: 2 query tiles x 3 key tiles, the
+    # upper-right tile of the first query tile fully hidden, x 2 heads
+    assert fwd["tiles_computed"] + fwd["tiles_skipped"] == 2 * 2 * 3
+    assert fwd["tiles_skipped"] >= 2 and fwd["bytes_sent"] == 0
+    out.backward(dout)
+    assert bt.last_stats() == bt.last_stats(which="backward")
+    assert bt.last_stats(which="forward") == fwd
+    with pytest.raises(ValueError):
+        bt.last_stats(which="both")
     assert bt.context_for(None).size == 1
+
+
+def test_last_stats_bytes_on_two_ranks():
+    def fn(rank, ctx):
+        q, k, v, dout = make(1, 64, 2, 1, 8)
+        q.requires_grad_()
+        bt.burst_attn(q, k, v, comm=ctx).backward(dout)
+        return bt.last_stats(ctx, "forward"), bt.last_stats(ctx, "backward")
+
+    for fwd, bwd in run_ranks(2, fn):
+        # forward: one K,V block of 64 tokens x 1 kv head x 8 dims x 2 tensors x 4 bytes
+        assert fwd["bytes_sent"] == fwd["bytes_received"] == 64 * 1 * 8 * 2 * 4
+        assert bwd["bytes_sent"] > 0 and bwd["steps_computed"] == 2
 
 
 def test_gradcheck_float64_wrapper():

@@ -82,7 +82,7 @@ class _Group:
         self.exchange = exchange    # callable(obj) -> [obj of every rank] (allgather)
         self.plans: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()
         self.lock = threading.Lock()
-        self.last_plan = None
+        self.last_stats = self.forward_stats = self.backward_stats = None
 
 
 _lock = threading.RLock()
@@ -282,14 +282,19 @@ def clear_plan_cache() -> None:
         _self_group = None
 
 
-def last_stats(comm: CommLike = None) -> dict:
-    """`Plan.stats()` of the plan that ran the last call on `comm` (bytes, messages,
-    steps, tiles, seconds of this rank's last forward or backward)."""
+def last_stats(comm: CommLike = None, which: str = "last") -> dict:
+    """Counters of this rank's last call on `comm` (`Plan.stats()`: bytes_sent,
+    bytes_received, messages_sent, steps_computed/skipped, tiles_computed/skipped,
+    compute/comm_wait/total_seconds). `which`: "last" (the last forward or backward,
+    whichever ran last), "forward" (the last forward) or "backward" (the last backward)."""
+    if which not in ("last", "forward", "backward"):
+        raise ValueError(f"which: expected 'last', 'forward' or 'backward', got {which!r}")
     group = _group_for(comm)
-    plan = group.last_plan
-    if plan is None:
-        raise ValueError("last_stats: no call has run on this communicator yet")
-    return plan.stats()
+    stats = getattr(group, f"{which}_stats", None)
+    if stats is None:
+        raise ValueError(f"last_stats: no {'' if which == 'last' else which + ' '}call has "
+                         "run on this communicator yet")
+    return dict(stats)
 
 
 # --------------------------------------------------------------------------- #
@@ -421,16 +426,17 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 class BurstAttnFunction(torch.autograd.Function):
-    """autograd.Function(q, k, v, plan) -> (out, lse). Prefer `burst_attn`."""
+    """autograd.Function(q, k, v, plan, group) -> (out, lse). Prefer `burst_attn`."""
 
     @staticmethod
-    def forward(ctx, q, k, v, plan):
+    def forward(ctx, q, k, v, plan, group):
         qc, kc, vc = _contiguous(q), _contiguous(k), _contiguous(v)
         out = torch.empty(plan.q_shape, dtype=torch.float32)
         lse = torch.empty(plan.lse_shape, dtype=torch.float32)
         plan.forward(_np(qc), _np(kc), _np(vc), out=_np(out), lse=_np(lse))
+        group.last_stats = group.forward_stats = plan.stats()
         ctx.save_for_backward(qc, kc, vc, out, lse)
-        ctx.plan = plan
+        ctx.plan, ctx.group = plan, group
         ctx.mark_non_differentiable(lse)
         return out, lse
 
@@ -445,9 +451,10 @@ class BurstAttnFunction(torch.autograd.Function):
         dv = torch.empty_like(vc)
         plan.backward(_np(qc), _np(kc), _np(vc), _np(out), _np(lse), _np(dout),
                       dq=_np(dq), dk=_np(dk), dv=_np(dv))
+        ctx.group.last_stats = ctx.group.backward_stats = plan.stats()
         need = ctx.needs_input_grad
         return (dq if need[0] else None, dk if need[1] else None,
-                dv if need[2] else None, None)
+                dv if need[2] else None, None, None)
 
 
 def _validate(q, k, v, *, causal, window, softmax_scale, layout, distribution,
@@ -499,8 +506,7 @@ def _run(q, k, v, *, comm, return_lse, varlen=False, **options):
         n, agreed, kwargs, key, problem = -1, None, None, None, exc
     lengths = _agree(group, n, agreed, problem)
     plan = _plan_for(group, key, lengths, kwargs)
-    group.last_plan = plan
-    out, lse = BurstAttnFunction.apply(q, k, v, plan)
+    out, lse = BurstAttnFunction.apply(q, k, v, plan, group)
     return (out, lse) if return_lse else out
 
 
