@@ -198,7 +198,9 @@ def progress_bar(enabled: bool, total: int, desc: str):
         return (lambda step, loss: None), (lambda: None)
     try:
         from tqdm import tqdm
-        bar = tqdm(total=total, desc=desc, unit="step", file=sys.stdout, dynamic_ncols=True)
+        # stderr: under mpirun, stdout may be a pipe whose encoding cannot take the
+        # bar's block characters, and tqdm then silently disables itself.
+        bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr)
 
         def update(step, loss):
             bar.set_postfix(loss=f"{loss:.4f}")
