@@ -209,8 +209,16 @@ def test_varlen_striped_window_on_the_torch_group():
 @collective
 def test_a_torch_sub_group():
     sub = dist.new_group([0, 1])  # collective over every rank, used by ranks 0, 1
-    run_case("a sub-group (ranks 0, 1) of the torch world", sub, n=50, causal=True,
-             distribution="zigzag", members=[0, 1])
+    for _ in range(2):
+        run_case("a sub-group (ranks 0, 1) of the torch world", sub, n=50, causal=True,
+                 distribution="zigzag", members=[0, 1])
+    if RANK in (0, 1):
+        # mapped once: the same MPI communicator, context and plan on the second call
+        ctx = bt.context_for(sub)
+        if ctx is not bt.context_for(sub) or ctx.size != 2:
+            fail("a sub-group's context is not cached")
+    if bt.context_for(dist.group.WORLD) is not bt.context_for(world):
+        fail("the default torch group and COMM_WORLD do not share one context")
 
 
 @collective

@@ -87,6 +87,9 @@ class _Group:
 
 _lock = threading.RLock()
 _by_key: "dict[object, _Group]" = {}
+# id(process group) -> (the group object, its _Group); the object is kept so that the
+# id is never reused while the entry exists.
+_by_torch_group: "dict[int, tuple]" = {}
 _by_context: "weakref.WeakKeyDictionary[Context, _Group]" = weakref.WeakKeyDictionary()
 _plan_cache_size = 8
 _self_group: "_Group | None" = None
@@ -130,11 +133,10 @@ def _torch_group(pg) -> _Group:
 
     if not dist.is_initialized():
         raise ValueError("comm: torch.distributed is not initialised")
-    key = ("torch", id(pg))
     with _lock:
-        group = _by_key.get(key)
-        if group is not None and group.keepalive is pg:
-            return group
+        entry = _by_torch_group.get(id(pg))
+        if entry is not None and entry[0] is pg and not entry[1].context.closed:
+            return entry[1]
     MPI = _mpi_module()
     world = MPI.COMM_WORLD
     if dist.get_world_size() != world.Get_size() or dist.get_rank() != world.Get_rank():
@@ -155,8 +157,7 @@ def _torch_group(pg) -> _Group:
         comm = world.Create_group(world.Get_group().Incl(ranks))
     group = _mpi_group(comm)
     with _lock:
-        _by_key[key] = group
-        group.torch_group = pg
+        _by_torch_group[id(pg)] = (pg, group)
     return group
 
 
@@ -278,6 +279,7 @@ def clear_plan_cache() -> None:
             with group.lock:
                 group.plans.clear()
         _by_key.clear()
+        _by_torch_group.clear()
         _by_context.clear()
         _self_group = None
 
