@@ -35,13 +35,7 @@ import sys
 import time
 import traceback
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-sys.path.insert(0, os.path.join(ROOT, "bindings", "python"))
-sys.path.insert(0, HERE)
-_INSTALLED = os.path.join(ROOT, "build", "install", "lib", "libburst_attention.so")
-if "BURST_ATTENTION_LIBRARY" not in os.environ and os.path.exists(_INSTALLED):
-    os.environ["BURST_ATTENTION_LIBRARY"] = _INSTALLED
+import _testenv  # noqa: E402,F401  (sys.path, BURST_ATTENTION_LIBRARY for a checkout)
 
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402

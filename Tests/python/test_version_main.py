@@ -15,13 +15,7 @@ import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-BINDING = os.path.join(ROOT, "bindings", "python")
-sys.path.insert(0, BINDING)
-_INSTALLED = os.path.join(ROOT, "build", "install", "lib", "libburst_attention.so")
-if "BURST_ATTENTION_LIBRARY" not in os.environ and os.path.exists(_INSTALLED):
-    os.environ["BURST_ATTENTION_LIBRARY"] = _INSTALLED
+from _testenv import BINDING, HERE, ROOT  # noqa: E402  (sys.path, BURST_ATTENTION_LIBRARY)
 
 import burst_attention as ba  # noqa: E402
 from burst_attention import _lib, _selfcheck  # noqa: E402

@@ -25,19 +25,12 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 import traceback
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-sys.path.insert(0, os.path.join(ROOT, "bindings", "python"))
-sys.path.insert(0, HERE)
-_INSTALLED = os.path.join(ROOT, "build", "install", "lib", "libburst_attention.so")
-if "BURST_ATTENTION_LIBRARY" not in os.environ and os.path.exists(_INSTALLED):
-    os.environ["BURST_ATTENTION_LIBRARY"] = _INSTALLED
+import _testenv  # noqa: E402,F401  (sys.path, BURST_ATTENTION_LIBRARY for a checkout)
 
 import faulthandler  # noqa: E402
 # A hang shows where it is (tracebacks, then exit) before CTest's own timeout.

@@ -53,7 +53,6 @@ import weakref
 import numpy as np
 import torch
 
-from . import _lib
 from ._context import Context
 from ._errors import BurstError, MismatchError, Status
 from ._enums import Distribution, Layout, parse
@@ -120,8 +119,7 @@ def _mpi_group(comm) -> _Group:
     def exchange(item) -> list:
         return mpi_comm.allgather(item)
 
-    group = _Group(context, keepalive=comm, exchange=exchange)
-    group.mpi_comm = mpi_comm
+    group = _Group(context, keepalive=comm, exchange=exchange)  # exchange keeps mpi_comm
     with _lock:
         _by_key[key] = group
         _by_context[context] = group
