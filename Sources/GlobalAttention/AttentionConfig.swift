@@ -115,9 +115,6 @@ public struct AttentionConfig: Sendable {
         func unsupported(_ message: String) -> BurstError { BurstError(.unsupported, message) }
         // Tile kernels take 32-bit leading dimensions; no attention model comes near this.
         guard headDim <= 65_536 else { throw unsupported("head_dim above 65536 is not supported (got \(headDim))") }
-        guard pattern == Pattern.burst.rawValue else {
-            throw unsupported("only BURST_PATTERN_BURST is supported in this version")
-        }
     }
 
     /// The fields that must agree across ranks, in ABI order, with their C

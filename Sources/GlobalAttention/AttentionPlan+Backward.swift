@@ -57,6 +57,11 @@ extension AttentionPlan {
                 if let e = Self.requireBuffer(pointer, name, elements: count) { return e }
             }
             if let e = Self.requireBuffer(lse, "lse", elements: lseElements) { return e }
+            switch pattern {
+            case .allgather: return prepareAllgather(backward: true)
+            case .ulysses: return prepareUlysses(backward: true)
+            default: break
+            }
             if let e = ensureKernels() { return e }
             if backwardSpace == nil {
                 do {
@@ -66,8 +71,19 @@ extension AttentionPlan {
             }
             return nil
         }) { stats, deadline in
-            try runBackward(q: q, k: k, v: v, out: out, lse: lse, dout: dout, dq: dq, dk: dk, dv: dv,
-                            stats: &stats, deadline: deadline)
+            func floats(_ raw: UnsafeRawPointer?) -> UnsafePointer<Float>? { raw?.assumingMemoryBound(to: Float.self) }
+            func floats(_ raw: UnsafeMutableRawPointer?) -> UnsafeMutablePointer<Float>? { raw?.assumingMemoryBound(to: Float.self) }
+            switch pattern {
+            case .allgather:
+                try allgatherBackward(q: floats(q), k: floats(k), v: floats(v), out: floats(out), lse: lse, dout: floats(dout),
+                                      dq: floats(dq), dk: floats(dk), dv: floats(dv), stats: &stats, deadline: deadline)
+            case .ulysses:
+                try ulyssesBackward(q: floats(q), k: floats(k), v: floats(v), out: floats(out), lse: lse, dout: floats(dout),
+                                    dq: floats(dq), dk: floats(dk), dv: floats(dv), stats: &stats, deadline: deadline)
+            default:
+                try runBackward(q: q, k: k, v: v, out: out, lse: lse, dout: dout, dq: dq, dk: dk, dv: dv,
+                                stats: &stats, deadline: deadline)
+            }
         }
     }
 

@@ -45,6 +45,11 @@ extension AttentionPlan {
             if let e = Self.requireBuffer(k, "k", elements: kvElements) { return e }
             if let e = Self.requireBuffer(v, "v", elements: kvElements) { return e }
             if let e = Self.requireBuffer(out, "out", elements: elements) { return e }
+            switch pattern {
+            case .allgather: return prepareAllgather(backward: false)
+            case .ulysses: return prepareUlysses(backward: false)
+            default: break
+            }
             if let e = ensureKernels() { return e }
             if forwardSpace == nil {
                 do {
@@ -54,10 +59,13 @@ extension AttentionPlan {
             }
             return nil
         }) { stats, deadline in
-            try runForward(q: q?.assumingMemoryBound(to: Float.self), k: k?.assumingMemoryBound(to: Float.self),
-                           v: v?.assumingMemoryBound(to: Float.self),
-                           out: out?.assumingMemoryBound(to: Float.self), lse: lse,
-                           stats: &stats, deadline: deadline)
+            let q = q?.assumingMemoryBound(to: Float.self), k = k?.assumingMemoryBound(to: Float.self)
+            let v = v?.assumingMemoryBound(to: Float.self), out = out?.assumingMemoryBound(to: Float.self)
+            switch pattern {
+            case .allgather: try allgatherForward(q: q, k: k, v: v, out: out, lse: lse, stats: &stats, deadline: deadline)
+            case .ulysses: try ulyssesForward(q: q, k: k, v: v, out: out, lse: lse, stats: &stats, deadline: deadline)
+            default: try runForward(q: q, k: k, v: v, out: out, lse: lse, stats: &stats, deadline: deadline)
+            }
         }
     }
 

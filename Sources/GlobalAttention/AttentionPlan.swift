@@ -27,6 +27,10 @@ public final class AttentionPlan {
     let zKV: Int
     /// Query heads per key/value head.
     let group: Int
+    /// The communication pattern the calls run (AUTO already resolved).
+    public let pattern: AttentionConfig.Pattern
+    /// Ranks per group of the double ring (= size: one ring).
+    public let groupSize: Int
 
     public private(set) var lastStats = CallStats()
     private var poisoned: BurstError?
@@ -37,9 +41,16 @@ public final class AttentionPlan {
     var kernels: LocalAttention?
     var forwardSpace: ForwardWorkspace?
     var backwardSpace: BackwardWorkspace?
+    /// ALLGATHER / ULYSSES workspace and kernels (their own shapes).
+    var collectiveForwardSpace: AnyObject?
+    var collectiveBackwardSpace: AnyObject?
+    var collectiveKernels: LocalAttention?
 
-    init(config: AttentionConfig, transport: Transport, tokens: TokenLayout, threads: Int) {
+    init(config: AttentionConfig, transport: Transport, tokens: TokenLayout, threads: Int,
+         pattern: AttentionConfig.Pattern = .burst, groupSize: Int = 0) {
         self.config = config
+        self.pattern = pattern
+        self.groupSize = groupSize > 0 ? groupSize : transport.size
         self.transport = transport
         self.tokens = tokens
         self.pool = WorkerPool(threadCount: threads)
