@@ -43,7 +43,7 @@ extern "C" {
 #endif
 
 #define BURST_VERSION_MAJOR 0
-#define BURST_VERSION_MINOR 2
+#define BURST_VERSION_MINOR 3
 #define BURST_VERSION_PATCH 0
 #define BURST_VERSION_NUMBER \
   (BURST_VERSION_MAJOR * 10000 + BURST_VERSION_MINOR * 100 + BURST_VERSION_PATCH)
@@ -54,7 +54,7 @@ BURST_API uint32_t burst_version(void);
 
 /* A static, never-NULL description of the library loaded and the kernel code
  * paths its run-time dispatch picked for this CPU, e.g.
- * "libburst_attention 0.2.0; kernels cpx+avx512; cpus 2" (tile products:
+ * "libburst_attention 0.3.0; kernels cpx+avx512; cpus 2" (tile products:
  * libxsmm's target "cpx", "skx", "hsw", ... or "portable"; row kernels "avx512",
  * "avx2" or "baseline"; cpus: the CPUs this process may run on, which divided by
  * the ranks on the node is the default num_threads). For logs and bug reports:
@@ -125,11 +125,29 @@ enum { BURST_MASK_NONE = 0, BURST_MASK_CAUSAL = 1 /* in global positions */ };
 enum { BURST_DISTRIBUTION_CONTIGUOUS = 0,
        BURST_DISTRIBUTION_ZIGZAG = 1,
        BURST_DISTRIBUTION_STRIPED = 2 };
-enum { BURST_PATTERN_BURST = 0,      /* default: the BurstAttention ring     */
-       BURST_PATTERN_RING = 1,       /* not yet supported */
-       BURST_PATTERN_ALLGATHER = 2,  /* not yet supported */
-       BURST_PATTERN_ULYSSES = 3,    /* not yet supported */
-       BURST_PATTERN_AUTO = 4        /* not yet supported */ };
+/* Communication patterns: what travels between the ranks (exact per-rank
+ * byte formulas in README, "Communication patterns"). All give the same
+ * results within the numerics contract; each is bitwise reproducible.
+ *  BURST     default. Forward: K,V blocks travel the ring. Backward: the
+ *            query side (Q, dO, D, lse and the partial dQ) travels, K, V,
+ *            dK, dV stay (BurstAttention Alg. 2: ~25% fewer bytes than RING
+ *            for MHA). Transfers of step t+1 overlap the compute of step t.
+ *  RING      forward as BURST; backward: K, V and the partial dK, dV travel
+ *            (ring-flash-attention). Fewer bytes than BURST with GQA.
+ *  ALLGATHER every rank gathers every K,V; the backward sends each partial
+ *            dK, dV to its owner (reduce-scatter). Megatron / Llama 3
+ *            context parallelism; memory O(N) per rank.
+ *  ULYSSES   all-to-all over heads (DeepSpeed-Ulysses): needs num_heads_kv
+ *            divisible by the number of ranks, else burst_plan_create
+ *            returns BURST_ERROR_UNSUPPORTED naming the condition.
+ *  AUTO      burst_plan_create picks one of the above by the cost model in
+ *            README; burst_stats.pattern reports the choice.
+ * The ring patterns run a double ring when intra_group_size < world size. */
+enum { BURST_PATTERN_BURST = 0,
+       BURST_PATTERN_RING = 1,
+       BURST_PATTERN_ALLGATHER = 2,
+       BURST_PATTERN_ULYSSES = 3,
+       BURST_PATTERN_AUTO = 4 };
 
 /* Which keys a query sees (all positions global, every rule combinable):
  * key j is visible to query i when
@@ -173,7 +191,11 @@ typedef struct burst_attention_config {
   int32_t  num_threads;   /* compute threads for this rank; 0 = default: the
                              CPUs this process may run on divided by the ranks
                              sharing the node (at least 1)                  */
-  int32_t  intra_group_size; /* 0 = detect (reserved for the double ring)   */
+  int32_t  intra_group_size; /* ranks per group of the double ring (BURST,
+                             RING): must divide the world size; the world size
+                             = one ring. 0 = detect: the MPI_COMM_TYPE_SHARED
+                             nodes when they are runs of consecutive ranks of
+                             one size (mpirun's default), else one ring     */
   double   timeout_seconds;  /* per call; 0 = default 300 s; must be >= 0   */
 } burst_attention_config;
 
@@ -184,8 +206,11 @@ BURST_API void burst_attention_config_init(burst_attention_config *cfg);
 
 /* Per-rank counters of the last forward or backward call on a plan.
  * The caller sets struct_size = sizeof(burst_stats) before the call; a
- * client built against version 0.1 (which ended at total_seconds) may pass
- * that smaller size and gets the fields it knows.
+ * client built against version 0.1 (which ended at total_seconds) or 0.2
+ * (tiles_skipped) may pass that smaller size and gets the fields it knows.
+ * compute_seconds and comm_wait_seconds are measured (clock around the
+ * kernels, and around every wait for a transfer), not derived. Before the
+ * first call every count is 0 but pattern and intra_group_size are set.
  * bytes_* count the tensor payload this rank handed to / got from the
  * transport (validation and other control traffic excluded). A tile is
  * (one head) x (up to 256 queries) x (up to 128 keys); tiles_computed +
@@ -197,6 +222,12 @@ typedef struct burst_stats {
   uint64_t steps_computed, steps_skipped; /* ring steps with / without local work */
   double   compute_seconds, comm_wait_seconds, total_seconds;
   uint64_t tiles_computed, tiles_skipped; /* since 0.2 */
+  /* since 0.3: the part of bytes_sent / bytes_received whose peer is in
+   * another group (node: MPI_COMM_TYPE_SHARED, or the loopback's simulated
+   * network groups) */
+  uint64_t bytes_sent_inter_group, bytes_received_inter_group;
+  int32_t  pattern;          /* since 0.3: the pattern the plan runs (AUTO resolved) */
+  int32_t  intra_group_size; /* since 0.3: ranks per group of the ring (world size: one ring) */
 } burst_stats;
 
 /* ------------------------------------------------------------------------ */

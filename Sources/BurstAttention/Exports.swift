@@ -53,7 +53,7 @@ public func _burst_version() -> UInt32 {
     versionMajor * 10000 + versionMinor * 100 + versionPatch
 }
 
-/// "libburst_attention 0.2.0; kernels <tile>+<rows>; cpus <n>", made once:
+/// "libburst_attention 0.3.0; kernels <tile>+<rows>; cpus <n>", made once:
 /// the version and the kernel code paths the run-time dispatch picked on this CPU
 /// (BURST_KERNELS / LIBXSMM_TARGET are read at the first call).
 private let buildInfo: UnsafeMutablePointer<CChar> = {
@@ -136,7 +136,13 @@ public func _burst_context_create_loopback(_ worldSize: Int32, _ out: UnsafeMuta
         guard let out else { throw invalid("out is NULL") }
         guard (1...1024).contains(worldSize) else { throw invalid("world_size must be in 1...1024 (got \(worldSize))") }
         let threads = defaultThreads(ranksOnNode: Int(worldSize))
-        for (rank, transport) in LoopbackTransport.makeGroup(size: Int(worldSize)).enumerated() {
+        // A simulated network (latency, bandwidth, slower links between
+        // groups) from BURST_SIMULATED_NETWORK; see SimulatedNetwork.
+        var network: SimulatedNetwork?
+        if let text = getenv("BURST_SIMULATED_NETWORK").map({ String(cString: $0) }), !text.isEmpty {
+            network = try SimulatedNetwork(parsing: text)
+        }
+        for (rank, transport) in LoopbackTransport.makeGroup(size: Int(worldSize), network: network).enumerated() {
             let context = AttentionContext(transport: transport, defaultThreads: threads)
             out[rank] = ContextHandle(context: context, usesMPI: false).opaque
         }
@@ -209,8 +215,8 @@ public func _burst_plan_stats(_ plan: OpaquePointer?, _ stats: UnsafeMutablePoin
         guard let stats else { throw invalid("stats is NULL") }
         let declared = Int(UnsafeRawPointer(stats).load(as: UInt32.self))
         let known = MemoryLayout<burst_stats>.size
-        guard declared == known || declared == statsSizeV01 else {
-            throw BurstError(.version, "stats struct_size is \(declared) but this library knows only \(known) (and \(statsSizeV01) of version 0.1): set struct_size = sizeof(burst_stats)")
+        guard declared == known || declared == statsSizeV02 || declared == statsSizeV01 else {
+            throw BurstError(.version, "stats struct_size is \(declared) but this library knows only \(known) (and \(statsSizeV02) of version 0.2, \(statsSizeV01) of 0.1): set struct_size = sizeof(burst_stats)")
         }
         let s = handle.plan.lastStats
         var c = burst_stats()
@@ -225,11 +231,17 @@ public func _burst_plan_stats(_ plan: OpaquePointer?, _ stats: UnsafeMutablePoin
         c.total_seconds = s.totalSeconds
         c.tiles_computed = s.tilesComputed
         c.tiles_skipped = s.tilesSkipped
-        // A 0.1 client's struct ends at total_seconds: write only that much.
+        c.bytes_sent_inter_group = s.bytesSentInterGroup
+        c.bytes_received_inter_group = s.bytesReceivedInterGroup
+        c.pattern = s.pattern
+        c.intra_group_size = s.intraGroupSize
+        // An older client's struct is shorter: write only what it has.
         withUnsafeBytes(of: &c) { UnsafeMutableRawPointer(stats).copyMemory(from: $0.baseAddress!, byteCount: declared) }
     }
 }
 
+/// sizeof(burst_stats) in version 0.2: it ended at tiles_skipped.
+private let statsSizeV02 = MemoryLayout<burst_stats>.offset(of: \burst_stats.tiles_skipped)! + MemoryLayout<UInt64>.size
 /// sizeof(burst_stats) in version 0.1: it ended at total_seconds.
 private let statsSizeV01 = MemoryLayout<burst_stats>.offset(of: \burst_stats.total_seconds)! + MemoryLayout<Double>.size
 

@@ -14,6 +14,8 @@ static inline MPI_Status *cmpi_statuses_ignore(void) { return MPI_STATUSES_IGNOR
 static inline MPI_Errhandler cmpi_errors_return(void) { return MPI_ERRORS_RETURN; }
 static inline MPI_Info cmpi_info_null(void) { return MPI_INFO_NULL; }
 static inline int cmpi_success(void) { return MPI_SUCCESS; }
+static inline MPI_Datatype cmpi_int(void) { return MPI_INT; }
+static inline MPI_Op cmpi_min(void) { return MPI_MIN; }
 static inline int cmpi_comm_type_shared(void) { return MPI_COMM_TYPE_SHARED; }
 static inline int cmpi_thread_multiple(void) { return MPI_THREAD_MULTIPLE; }
 static inline int cmpi_max_error_string(void) { return MPI_MAX_ERROR_STRING; }

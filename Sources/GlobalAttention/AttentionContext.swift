@@ -69,7 +69,7 @@ public final class AttentionContext {
         let planTransport = try transport.duplicate(deadline: deadline)
         let threads = cfg.numThreads > 0 ? Int(cfg.numThreads) : defaultThreads
         return AttentionPlan(config: cfg, transport: planTransport, tokens: layout, threads: threads,
-                             pattern: pattern, groupSize: counts.count)
+                             pattern: pattern, groupSize: try Self.ringGroupSize(cfg, nodes: transport.nodes))
     }
 
     /// Where every rank's tokens are, once the shard sizes are known: checks
@@ -90,6 +90,27 @@ public final class AttentionContext {
             }
         }
         return TokenLayout(distribution: distribution, counts: counts, rule: cfg.visibilityRule)
+    }
+
+    /// Ranks per group of the double ring. intra_group_size > 0 must divide
+    /// the number of ranks (G = P is the single ring). 0 detects the groups
+    /// from the transport's nodes: when they are runs of consecutive ranks of
+    /// one size G (mpirun's default by-slot mapping), the double ring over
+    /// them; otherwise the single ring.
+    static func ringGroupSize(_ cfg: AttentionConfig, nodes: [Int]) throws -> Int {
+        let p = nodes.count
+        if cfg.intraGroupSize > 0 {
+            let g = Int(cfg.intraGroupSize)
+            guard g <= p, p % g == 0 else {
+                throw BurstError(.invalidArgument, "intra_group_size (\(g)) must divide the number of ranks (\(p)); 0 detects it, \(p) is the single ring")
+            }
+            return g
+        }
+        var g = 1
+        while g < p && nodes[g] == nodes[0] { g += 1 }
+        guard p % g == 0 else { return p }
+        for r in 0..<p where nodes[r] != nodes[r - r % g] || (r % g == 0 && r > 0 && nodes[r] == nodes[r - 1]) { return p }
+        return g
     }
 
     private func describe(_ name: String, _ value: Int64) -> String {

@@ -1,23 +1,24 @@
 import LocalAttention
 
-/// Backward workspace of one rank (floats). The travelling "query bundle" of
-/// a rank with m rows is split in two messages: the read-only part
-/// [Q | dO | D | lse] of Zq·m·(2d + 2) floats, and the partial dQ of Zq·m·d
-/// floats that every rank on the way adds to. Local: K|V (2·Zkv·n·d) and the
-/// dK, dV accumulators (Zkv·n·d each) never move.
+/// Backward workspace of one rank (floats). Local: the query bundle
+/// [Q | dO | D | lse] of Zq·n·(2d + 2), dQ (Zq·n·d), K|V (2·Zkv·n·d) and
+/// dK|dV (2·Zkv·n·d). What travels depends on the pattern:
+/// - BURST: the bundle (read-only) and the partial dQ (accumulator) of the
+///   rank they belong to; K, V, dK, dV never move.
+/// - RING: K|V (read-only) and the partial dK|dV (accumulator); the query
+///   side never moves.
 final class BackwardWorkspace {
-    let bundle, dq, kv, dk, dv: FloatBuffer
-    let receiveBundle: [FloatBuffer]
-    let receiveDQ: [FloatBuffer]
+    let bundle, dq, kv, dkv: FloatBuffer
+    let ring: RingBuffers
 
-    init(zq: Int, zkv: Int, rows: Int, maxRows: Int, headDim d: Int, ranks: Int) throws {
+    init(zq: Int, zkv: Int, rows: Int, maxRows: Int, headDim d: Int, route: RingRoute, keysTravel: Bool) throws {
         bundle = try allocate(zq * rows * (2 * d + 2), "the query bundle")
         dq = try allocate(zq * rows * d, "dq")
         kv = try allocate(2 * zkv * rows * d, "the packed keys and values")
-        dk = try allocate(zkv * rows * d, "dk")
-        dv = try allocate(zkv * rows * d, "dv")
-        receiveBundle = ranks > 1 ? try (0..<2).map { _ in try allocate(zq * maxRows * (2 * d + 2), "a bundle receive buffer") } : []
-        receiveDQ = ranks > 1 ? try (0..<2).map { _ in try allocate(zq * maxRows * d, "a dq receive buffer") } : []
+        dkv = try allocate(2 * zkv * rows * d, "dk and dv")
+        ring = keysTravel
+            ? try RingBuffers(readOnlyFloats: 2 * zkv * maxRows * d, accumulatorFloats: 2 * zkv * maxRows * d, route: route)
+            : try RingBuffers(readOnlyFloats: zq * maxRows * (2 * d + 2), accumulatorFloats: zq * maxRows * d, route: route)
     }
 }
 
@@ -25,26 +26,27 @@ extension AttentionPlan {
     static let bundleTag: Int32 = 10
     static let partialDQTag: Int32 = 11
     static let homeDQTag: Int32 = 12
+    static let bundleInterTag: Int32 = 13
 
     /// burst_backward. Collective.
     ///
-    /// GAO backward (BurstAttention Algorithm 2): K, V, dK, dV stay on their
-    /// owner; the query side travels. At step t rank r holds the bundle of
-    /// rank j = (r − t) mod P, adds its K,V contribution to dQ_j and
-    /// accumulates dK_r, dV_r; then passes bundle and dQ_j on.
+    /// BURST (BurstAttention Algorithm 2): K, V, dK, dV stay on their owner;
+    /// the query side travels. At step k rank r holds the bundle of rank
+    /// b = `route.source(r, k)`, adds its K,V contribution to dQ_b and
+    /// accumulates dK_r, dV_r; the bundle goes on before the compute, the
+    /// partial dQ after it. RING: the mirror — K|V and the partial dK|dV of
+    /// rank b travel, dQ accumulates locally.
     ///
-    /// Skipping: a bundle travels only as far as it is needed. With
-    /// last(j) = the last step t ∈ 1..P−1 at which the rank it reaches,
-    /// j + t, sees any of it (`TokenLayout.lastBackwardStep`; 0 when no other
-    /// rank does), it goes from rank j + t to j + t + 1 for t < last(j), and
-    /// dQ_j goes home from rank j + last(j) straight after that step. Steps
-    /// and tiles whose keys are all hidden are not computed.
+    /// Skipping: a block travels only as far as it is needed (`RingPass`);
+    /// the accumulator of a chain (the ranks of one outer step of the route;
+    /// the whole ring for a single ring) travels from its first rank that
+    /// needs the block (the owner for its own group) to the last, and goes
+    /// home from there; the owner adds the chains in order.
     ///
-    /// Bytes sent by rank r: Σ over owners j with t = (r − j) mod P of
-    /// 4·Zq·n_j·(3d + 2) if t < last(j), plus 4·Zq·n_j·d if t = last(j) ≥ 1.
-    /// With no mask and equal shards: (P − 1)(3nd + 2n)Zq + ndZq elements.
-    /// P = 1 moves nothing. GQA does not shrink it: what travels is the
-    /// query side.
+    /// Bytes, one ring, no mask, equal shards n (floats): BURST sends
+    /// (P − 1)(3nd + 2n)Zq + ndZq, RING (4P − 2)·nd·Zkv. P = 1 moves nothing.
+    /// GQA does not shrink BURST's traffic (the query side travels) but does
+    /// shrink RING's.
     public func backward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
                          out: UnsafeRawPointer?, lse: UnsafePointer<Float>?, dout: UnsafeRawPointer?,
                          dq: UnsafeMutableRawPointer?, dk: UnsafeMutableRawPointer?, dv: UnsafeMutableRawPointer?) throws {
@@ -66,7 +68,7 @@ extension AttentionPlan {
             if backwardSpace == nil {
                 do {
                     backwardSpace = try BackwardWorkspace(zq: zHeads, zkv: zKV, rows: localRows, maxRows: tokens.maxCount,
-                                                          headDim: headDim, ranks: size)
+                                                          headDim: headDim, route: route, keysTravel: pattern == .ring)
                 } catch let error as BurstError { return error } catch { return BurstError(.internalError, "\(error)") }
             }
             return nil
@@ -93,7 +95,6 @@ extension AttentionPlan {
                              stats: inout CallStats, deadline: Deadline) throws {
         guard let space = backwardSpace, let kernels else { throw BurstError(.internalError, "backward workspace missing") }
         let p = size, r = rank, n = localRows, zq = zHeads, zkv = zKV, d = headDim
-        let next = (r + 1) % p, previous = (r + p - 1) % p
         func floats(_ raw: UnsafeRawPointer?) -> UnsafePointer<Float>? { raw?.assumingMemoryBound(to: Float.self) }
 
         // This rank's bundle: [Q | dO | D | lse], D = rowsum(dO ∘ O); dQ = 0.
@@ -113,114 +114,70 @@ extension AttentionPlan {
                                into: space.kv.pointer + zkv * n * d)
         }
         space.dq.fill(0, count: zq * n * d)
-        space.dk.fill(0, count: zkv * n * d)
-        space.dv.fill(0, count: zkv * n * d)
+        space.dkv.fill(0, count: 2 * zkv * n * d)
+        let dkLocal = space.dkv.pointer, dvLocal = space.dkv.pointer + zkv * n * d
+        let tags = RingTags(readOnly: Self.bundleTag, readOnlyInter: Self.bundleInterTag,
+                            accumulator: Self.partialDQTag, home: Self.homeDQTag)
+        /// One (query block, key block) pair: m query rows of `owner`
+        /// against the keys of `keyRank`.
+        func accumulate(queries owner: Int, bundle: UnsafeMutablePointer<Float>, dq: UnsafeMutablePointer<Float>,
+                        keys keyRank: Int, kv: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
+                        dv: UnsafeMutablePointer<Float>, keyPanelsReady: Bool, stats: inout CallStats) {
+            let m = tokens.counts[owner], nk = tokens.counts[keyRank]
+            let tiles = timed(&stats.computeSeconds) {
+                tokens.lo[owner].withUnsafeBufferPointer { lo in
+                tokens.hi[owner].withUnsafeBufferPointer { hi in
+                tokens.positions[keyRank].withUnsafeBufferPointer { keys in
+                    kernels.backwardAccumulate(keyPanelsReady: keyPanelsReady, queryHeads: zq, group: group,
+                                               q: bundle, dOut: bundle + zq * m * d,
+                                               delta: bundle + 2 * zq * m * d, lse: bundle + 2 * zq * m * d + zq * m,
+                                               dq: dq, queryRows: m,
+                                               queryLo: lo.baseAddress!, queryHi: hi.baseAddress!,
+                                               k: kv, v: kv + zkv * nk * d, dk: dk, dv: dv,
+                                               keyRows: nk, keyPositions: keys.baseAddress!)
+                } } }
+            }
+            stats.add(tiles)
+        }
 
-        var bundle: UnsafeMutablePointer<Float>? = space.bundle.pointer
-        var partial: UnsafeMutablePointer<Float>? = space.dq.pointer
-        var slot = 0
-        var keyPanelsReady = false   // this rank's K,V panels, built at its first computed step
-        var homePending: PendingTransfer = CompletedTransfer()
-        let myLast = tokens.lastBackwardStep(owner: r)
-        for step in 0..<p {
-            let owner = (r - step + p) % p
-            let m = tokens.counts[owner]
-            let ownerLast = tokens.lastBackwardStep(owner: owner)
-            if step == 1 && myLast >= 1 {
-                // Our own dQ comes home from rank r + last(r) into space.dq,
-                // free since the first step's send of it completed. Posted
-                // now, so that rank never waits on us to post it.
-                let bytes = zq * n * d * 4
-                homePending = try transport.start(sends: [], receives: [
-                    IncomingMessage(UnsafeMutableRawBufferPointer(start: space.dq.pointer, count: bytes),
-                                    from: (r + myLast) % p, tag: Self.homeDQTag)])
-                stats.bytesReceived += UInt64(bytes)
+        let pass: RingPass
+        if pattern == .ring {
+            // K|V and the partial dK|dV travel; Q, dO, D, lse, dQ stay.
+            pass = keyPass
+            try runRing(pass, tags: tags, readOnlyFloats: { 2 * zkv * self.tokens.counts[$0] * d },
+                        accumulatorFloats: { 2 * zkv * self.tokens.counts[$0] * d },
+                        ownReadOnly: space.kv.pointer, ownAccumulator: space.dkv.pointer, buffers: space.ring,
+                        stats: &stats, deadline: deadline) { source, block, partial, stats in
+                let m = tokens.counts[source]
+                accumulate(queries: r, bundle: space.bundle.pointer, dq: space.dq.pointer, keys: source, kv: block,
+                           dk: partial!, dv: partial! + zkv * m * d, keyPanelsReady: false, stats: &stats)
             }
-            var sends: [OutgoingMessage] = []
-            var receives: [IncomingMessage] = []
-            var received = false
-            let incoming = (owner - 1 + p) % p
-            if step < p - 1 && step < tokens.lastBackwardStep(owner: incoming) {
-                let rows = tokens.counts[incoming]
-                let bundleBytes = zq * rows * (2 * d + 2) * 4, dqBytes = zq * rows * d * 4
-                receives.append(IncomingMessage(UnsafeMutableRawBufferPointer(start: space.receiveBundle[slot].pointer, count: bundleBytes),
-                                                from: previous, tag: Self.bundleTag))
-                receives.append(IncomingMessage(UnsafeMutableRawBufferPointer(start: space.receiveDQ[slot].pointer, count: dqBytes),
-                                                from: previous, tag: Self.partialDQTag))
-                stats.bytesReceived += UInt64(bundleBytes + dqBytes)
-                received = true
-            }
-            if step < ownerLast {
-                // The read-only part leaves before the compute; dQ after it.
-                guard let bundle else { throw BurstError(.internalError, "backward: bundle of rank \(owner) to pass on was never received") }
-                let bytes = zq * m * (2 * d + 2) * 4
-                sends.append(OutgoingMessage(UnsafeRawBufferPointer(start: bundle, count: bytes), to: next, tag: Self.bundleTag))
-                stats.bytesSent += UInt64(bytes)
-                stats.messagesSent += 1
-            }
-            let pending = sends.isEmpty && receives.isEmpty
-                ? CompletedTransfer() : try transport.start(sends: sends, receives: receives)
-
-            if tokens.needs(queryRank: owner, keyRank: r) {
-                guard let bundle, let partial else { throw BurstError(.internalError, "backward: needed bundle of rank \(owner) was never received") }
-                let kv = space.kv.pointer
-                let tiles = timed(&stats.computeSeconds) {
-                    tokens.lo[owner].withUnsafeBufferPointer { lo in
-                    tokens.hi[owner].withUnsafeBufferPointer { hi in
-                    tokens.positions[r].withUnsafeBufferPointer { keys in
-                        kernels.backwardAccumulate(keyPanelsReady: keyPanelsReady, queryHeads: zq, group: group,
-                                                   q: bundle, dOut: bundle + zq * m * d,
-                                                   delta: bundle + 2 * zq * m * d, lse: bundle + 2 * zq * m * d + zq * m,
-                                                   dq: partial, queryRows: m,
-                                                   queryLo: lo.baseAddress!, queryHi: hi.baseAddress!,
-                                                   k: kv, v: kv + zkv * n * d, dk: space.dk.pointer, dv: space.dv.pointer,
-                                                   keyRows: n, keyPositions: keys.baseAddress!)
-                    } } }
-                }
-                stats.add(tiles)
+        } else {
+            // The bundle and the partial dQ travel; K, V, dK, dV stay.
+            pass = queryPass
+            var keyPanelsReady = false   // this rank's K,V panels, built at its first computed step
+            try runRing(pass, tags: tags, readOnlyFloats: { zq * self.tokens.counts[$0] * (2 * d + 2) },
+                        accumulatorFloats: { zq * self.tokens.counts[$0] * d },
+                        ownReadOnly: space.bundle.pointer, ownAccumulator: space.dq.pointer, buffers: space.ring,
+                        stats: &stats, deadline: deadline) { owner, bundle, partial, stats in
+                accumulate(queries: owner, bundle: bundle, dq: partial!, keys: r, kv: space.kv.pointer,
+                           dk: dkLocal, dv: dvLocal, keyPanelsReady: keyPanelsReady, stats: &stats)
                 keyPanelsReady = true
-                stats.stepsComputed += 1
-            } else {
-                stats.add(.init(skipped: kernels.denseTiles(queryHeads: zq, queryRows: m, keyRows: n)))
-                stats.stepsSkipped += 1
-            }
-
-            // dQ_owner goes on with its bundle, or home after the last rank
-            // that needs it.
-            var dqPending: PendingTransfer = CompletedTransfer()
-            if step < ownerLast || (step == ownerLast && step >= 1) {
-                guard let partial else { throw BurstError(.internalError, "backward: partial dq of rank \(owner) was never received") }
-                let bytes = zq * m * d * 4
-                let message = step < ownerLast
-                    ? OutgoingMessage(UnsafeRawBufferPointer(start: partial, count: bytes), to: next, tag: Self.partialDQTag)
-                    : OutgoingMessage(UnsafeRawBufferPointer(start: partial, count: bytes), to: owner, tag: Self.homeDQTag)
-                dqPending = try transport.start(sends: [message], receives: [])
-                stats.bytesSent += UInt64(bytes)
-                stats.messagesSent += 1
-            }
-            try timed(&stats.commWaitSeconds) {
-                try pending.wait(until: deadline)
-                try dqPending.wait(until: deadline)
-            }
-            if step < p - 1 {
-                if received {
-                    bundle = space.receiveBundle[slot].pointer
-                    partial = space.receiveDQ[slot].pointer
-                    slot ^= 1
-                } else {
-                    bundle = nil
-                    partial = nil
-                }
             }
         }
-        try timed(&stats.commWaitSeconds) { try homePending.wait(until: deadline) }
+        for k in 0..<p {
+            let b = pass.route.source(r, step: k)
+            if pass.needs(holder: r, block: b) { continue }
+            let (queryRows, keyRows) = pattern == .ring ? (n, tokens.counts[b]) : (tokens.counts[b], n)
+            stats.add(.init(skipped: kernels.denseTiles(queryHeads: zq, queryRows: queryRows, keyRows: keyRows)))
+        }
 
         if n > 0, let dq, let dk, let dv {
             TensorPacking.unpack(space.dq.pointer, layout: layout, batch: batch, heads: heads, rows: n, headDim: d,
                                  into: dq.assumingMemoryBound(to: Float.self))
-            TensorPacking.unpack(space.dk.pointer, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
+            TensorPacking.unpack(space.dkv.pointer, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
                                  into: dk.assumingMemoryBound(to: Float.self))
-            TensorPacking.unpack(space.dv.pointer, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
+            TensorPacking.unpack(space.dkv.pointer + zkv * n * d, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
                                  into: dv.assumingMemoryBound(to: Float.self))
         }
     }

@@ -32,6 +32,14 @@ public final class AttentionPlan {
     /// Ranks per group of the double ring (= size: one ring).
     public let groupSize: Int
 
+    /// The ring (or double ring) of the ring patterns, and who needs whose
+    /// blocks on it: keys and values go to the ranks whose queries see them
+    /// (forward, RING backward); query bundles go to the ranks whose keys
+    /// they see (BURST backward).
+    public var route: RingRoute { RingRoute(ranks: size, groupSize: groupSize) }
+    lazy var keyPass = RingPass(route: route) { holder, block in self.tokens.needs(queryRank: holder, keyRank: block) }
+    lazy var queryPass = RingPass(route: route) { holder, block in self.tokens.needs(queryRank: block, keyRank: holder) }
+
     public private(set) var lastStats = CallStats()
     private var poisoned: BurstError?
     private var callsMade: UInt64 = 0
@@ -64,6 +72,8 @@ public final class AttentionPlan {
         self.group = config.group
         busy = .allocate(capacity: 1)
         pthread_mutex_init(busy, nil)
+        lastStats.pattern = pattern.rawValue
+        lastStats.intraGroupSize = Int32(self.groupSize)
     }
 
     deinit {
@@ -102,6 +112,8 @@ public final class AttentionPlan {
             _ = try Agreement.agree(transport, operation: operation, sequence: callsMade,
                                     localError: localCheck(), payload: [], deadline: deadline)
             var stats = CallStats()
+            stats.pattern = pattern.rawValue
+            stats.intraGroupSize = Int32(groupSize)
             try body(&stats, deadline)
             stats.totalSeconds = Deadline.seconds() - start
             lastStats = stats

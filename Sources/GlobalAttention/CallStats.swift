@@ -14,6 +14,13 @@ public struct CallStats: Sendable, Equatable {
     /// skipped step): their sum is what a dense schedule would compute.
     public var tilesComputed: UInt64 = 0
     public var tilesSkipped: UInt64 = 0
+    /// The part of bytesSent / bytesReceived whose peer is in another group
+    /// (node) of the transport.
+    public var bytesSentInterGroup: UInt64 = 0
+    public var bytesReceivedInterGroup: UInt64 = 0
+    /// The pattern the call ran (AUTO resolved) and the ring's group size.
+    public var pattern: Int32 = 0
+    public var intraGroupSize: Int32 = 0
     public init() {}
 
     mutating func add(_ tiles: LocalAttention.TileCounts) {

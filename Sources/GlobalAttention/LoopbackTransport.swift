@@ -6,12 +6,16 @@ import Darwin
 
 /// The shared memory of an in-process group: one mailbox per
 /// (communicator, source, destination, tag), first in, first out.
-/// Sends copy eagerly, so they never block; receives wait for their message.
+/// Sends copy eagerly, so they never block; receives wait for their message
+/// — and, with a simulated network, until the time it would have arrived.
 final class LoopbackWorld {
     let size: Int
+    let network: SimulatedNetwork?
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let posted: UnsafeMutablePointer<pthread_cond_t>
-    private var mailboxes: [MailKey: [[UInt8]]] = [:]
+    private var mailboxes: [MailKey: [Message]] = [:]
+    /// Simulated network: when each directed link (source · size + destination) is free again.
+    private var linkFree: [UInt64]
 
     struct MailKey: Hashable {
         var communicator: [Int]
@@ -20,8 +24,16 @@ final class LoopbackWorld {
         var tag: Int32
     }
 
-    init(size: Int) {
+    struct Message {
+        var bytes: [UInt8]
+        /// Monotonic nanoseconds at which the receiver may have it.
+        var arrival: UInt64
+    }
+
+    init(size: Int, network: SimulatedNetwork? = nil) {
         self.size = size
+        self.network = network
+        linkFree = network == nil ? [] : [UInt64](repeating: 0, count: size * size)
         mutex = .allocate(capacity: 1)
         posted = .allocate(capacity: 1)
         pthread_mutex_init(mutex, nil)
@@ -39,10 +51,23 @@ final class LoopbackWorld {
         mutex.deallocate()
     }
 
+    /// The node of every rank (the simulated network's groups, else one).
+    var nodes: [Int] { (0..<size).map { network?.group(of: $0, ranks: size) ?? 0 } }
+
     func post(_ key: MailKey, _ bytes: UnsafeRawBufferPointer) {
-        let copy = [UInt8](bytes)
+        var message = Message(bytes: [UInt8](bytes), arrival: 0)
         pthread_mutex_lock(mutex)
-        mailboxes[key, default: []].append(copy)
+        if let network {
+            // The link carries one message at a time at its bandwidth; the
+            // message arrives a latency after its last byte left.
+            let now = Deadline.now()
+            let link = key.source * size + key.destination
+            let (seconds, latency) = network.cost(bytes: bytes.count, from: key.source, to: key.destination, ranks: size)
+            let start = max(now, linkFree[link])
+            linkFree[link] = start &+ UInt64(seconds * 1e9)
+            message.arrival = linkFree[link] &+ UInt64(latency * 1e9)
+        }
+        mailboxes[key, default: []].append(message)
         pthread_cond_broadcast(posted)
         pthread_mutex_unlock(mutex)
     }
@@ -52,8 +77,9 @@ final class LoopbackWorld {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         while true {
-            if var queue = mailboxes[key], !queue.isEmpty {
-                let message = queue.removeFirst()
+            let now = Deadline.now()
+            if var queue = mailboxes[key], let first = queue.first, first.arrival <= now {
+                let message = queue.removeFirst().bytes
                 mailboxes[key] = queue.isEmpty ? nil : queue
                 guard message.count == buffer.count else {
                     throw BurstError(.communication,
@@ -66,9 +92,12 @@ final class LoopbackWorld {
                 throw BurstError(.timeout,
                                  "rank \(key.destination) timed out waiting for a message from rank \(key.source) (did every rank make the same call?)")
             }
+            // Sleep until the deadline, a post, or the head message's arrival.
+            var until = deadline.nanoseconds
+            if let first = mailboxes[key]?.first { until = min(until, first.arrival) }
             var ts = timespec()
-            ts.tv_sec = Int(deadline.nanoseconds / 1_000_000_000)
-            ts.tv_nsec = Int(deadline.nanoseconds % 1_000_000_000)
+            ts.tv_sec = Int(until / 1_000_000_000)
+            ts.tv_nsec = Int(until % 1_000_000_000)
             pthread_cond_timedwait(posted, mutex, &ts)
         }
     }
@@ -91,9 +120,12 @@ public final class LoopbackTransport: Transport {
         self.communicator = communicator
     }
 
-    /// A group of `size` ranks; element i is rank i. Drive each from its own thread.
-    public static func makeGroup(size: Int) -> [LoopbackTransport] {
-        let world = LoopbackWorld(size: size)
+    public var nodes: [Int] { world.nodes }
+
+    /// A group of `size` ranks; element i is rank i. Drive each from its own
+    /// thread. With a `network`, messages take the time it says to arrive.
+    public static func makeGroup(size: Int, network: SimulatedNetwork? = nil) -> [LoopbackTransport] {
+        let world = LoopbackWorld(size: size, network: network)
         return (0..<size).map { LoopbackTransport(world: world, rank: $0, communicator: [0]) }
     }
 

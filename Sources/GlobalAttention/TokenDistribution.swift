@@ -127,28 +127,4 @@ public final class TokenLayout {
 
     /// True when some query of rank `queryRank` sees some key of rank `keyRank`.
     public func needs(queryRank a: Int, keyRank b: Int) -> Bool { visible[a * ranks + b] }
-
-    /// Forward ring: at hop `hop` (0-based) the K,V block of rank `source` sits
-    /// on rank (source + hop) mod P. That rank passes it on only if a rank still
-    /// ahead of it on the ring (the next P − 1 − hop ranks) needs it.
-    public func forwardsBlock(holder: Int, source: Int, hop: Int) -> Bool {
-        let p = ranks
-        guard hop < p - 1 else { return false }
-        for ahead in 1...(p - 1 - hop) where needs(queryRank: (holder + ahead) % p, keyRank: source) {
-            return true
-        }
-        return false
-    }
-
-    /// Backward ring: the query bundle of `owner` visits owner+1, owner+2, …
-    /// The last step t ∈ 1..P−1 at which the rank it visits, owner + t, needs
-    /// it, or 0 when no other rank does. The bundle travels steps 0 ..< t and
-    /// its dQ goes home from owner + t right after that step.
-    public func lastBackwardStep(owner: Int) -> Int {
-        let p = ranks
-        guard counts[owner] > 0 else { return 0 }
-        var t = p - 1
-        while t >= 1 && !needs(queryRank: owner, keyRank: (owner + t) % p) { t -= 1 }
-        return t
-    }
 }

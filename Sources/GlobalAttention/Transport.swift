@@ -10,6 +10,11 @@
 public protocol Transport: AnyObject {
     var rank: Int { get }
     var size: Int { get }
+    /// The group (node) of every rank, as ids that are equal for ranks that
+    /// share memory: MPI_COMM_TYPE_SHARED for MPI, the simulated network's
+    /// groups for the loopback. Stats count bytes between groups apart, and
+    /// `intra_group_size = 0` takes the ring's groups from it.
+    var nodes: [Int] { get }
 
     /// Collective: a transport over the same ranks whose messages never mix
     /// with this one's (MPI_Comm_dup).
@@ -51,6 +56,13 @@ public struct IncomingMessage {
 /// Transfers in flight. `wait` completes all of them or throws.
 public protocol PendingTransfer: AnyObject {
     func wait(until deadline: Deadline) throws
+    /// Lets the transfers progress without blocking (MPI_Testall); called
+    /// between tiles from the calling thread while compute runs.
+    func poll() throws
+}
+
+extension PendingTransfer {
+    public func poll() throws {}
 }
 
 /// A transfer that is already complete (nothing to send or receive).

@@ -77,6 +77,26 @@ public final class LocalAttention {
                               UnsafePointer<Int>, UnsafePointer<Int>, Float, UnsafePointer<Float>, UnsafePointer<Float>) -> Void
     private let softmaxTile: SoftmaxTile
     private let gradientTile: GradientTile
+
+    /// Called between tiles by the calling thread (worker 0 of the pool, the
+    /// only thread that may call MPI), at most every `progressInterval`
+    /// nanoseconds: the ring uses it to let transfers progress while the
+    /// tiles run (MPI moves a large message only inside MPI calls).
+    public var progress: (() -> Void)?
+    public var progressInterval: UInt64 = 200_000
+    private var nextProgress: UInt64 = 0
+
+    @inline(__always)
+    private func tick(_ worker: Int) {
+        guard worker == 0, let progress else { return }
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        let now = UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+        if now >= nextProgress {
+            nextProgress = now &+ progressInterval
+            progress()
+        }
+    }
     private let ranges: UnsafeMutablePointer<Int>   // per worker: lo[tileQ], hi[tileQ]
     private let counters: UnsafeMutablePointer<TileCounts>   // per worker
 
@@ -213,7 +233,7 @@ public final class LocalAttention {
                                  v: v + kv * nk * d, nk: nk, keyPositions: keyPositions,
                                  acc: acc + (z * nq + i0) * d,
                                  rowMax: rowMax + z * nq + i0, rowSum: rowSum + z * nq + i0,
-                                 work: work, lo: ranges + worker * 2 * tileQ)
+                                 work: work, lo: ranges + worker * 2 * tileQ, worker: worker)
         }
     }
 
@@ -223,7 +243,7 @@ public final class LocalAttention {
                              keyPositions: UnsafePointer<Int>,
                              acc: UnsafeMutablePointer<Float>,
                              rowMax: UnsafeMutablePointer<Float>, rowSum: UnsafeMutablePointer<Float>,
-                             work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>) -> TileCounts {
+                             work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>, worker: Int) -> TileCounts {
         let d = headDim, tk = tileK
         let hi = lo + tileQ
         let s = work   // [tileQ × tk] scores, then probabilities
@@ -241,6 +261,7 @@ public final class LocalAttention {
                 continue
             }
             tiles.computed += 1
+            tick(worker)
             products.run(score, q, panels + (j0 / tk) * d * tk, s)
             softmaxTile(s, tk, tk, rows, lo, hi, scale, rowMax, rowSum, acc, d)
             let value = fullRows && cols == tk ? valueKernel
@@ -331,7 +352,7 @@ public final class LocalAttention {
                                       keyPanels: keyPanels.pointer + kv * panelStride,
                                       valuePanels: valuePanels.pointer + kv * panelStride,
                                       dk: dk + kv * nk * d, dv: dv + kv * nk * d, nk: nk, keyPositions: keyPositions,
-                                      work: work, lo: ranges + worker * 2 * tileQ)
+                                      work: work, lo: ranges + worker * 2 * tileQ, worker: worker)
             }
         }
     }
@@ -343,7 +364,7 @@ public final class LocalAttention {
                               k: UnsafePointer<Float>, keyPanels: UnsafePointer<Float>, valuePanels: UnsafePointer<Float>,
                               dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
                               nk: Int, keyPositions: UnsafePointer<Int>,
-                              work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>) -> TileCounts {
+                              work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>, worker: Int) -> TileCounts {
         let d = headDim, tq = tileQ, tk = tileK
         let hi = lo + tq
         let p = work                   // [tq × tk] scores, then probabilities
@@ -369,6 +390,7 @@ public final class LocalAttention {
                     i0 += tq; continue
                 }
                 tiles.computed += 1
+                tick(worker)
                 let qi = q + i0 * d, doi = dOut + i0 * d
                 let full = rows == tq && cols == tk
 

@@ -13,16 +13,19 @@ import GlobalAttention
 public final class MPITransport: Transport {
     public let rank: Int
     public let size: Int
+    /// Every rank's node: the lowest rank of its MPI_COMM_TYPE_SHARED group.
+    public let nodes: [Int]
     private var communicator: MPI_Comm?
 
     /// Takes ownership of `communicator` (already a private duplicate).
-    init(owning communicator: MPI_Comm) throws {
+    init(owning communicator: MPI_Comm, nodes: [Int]? = nil) throws {
         self.communicator = communicator
         var r: Int32 = 0, s: Int32 = 0
         try Self.check(MPI_Comm_rank(communicator, &r), "MPI_Comm_rank")
         try Self.check(MPI_Comm_size(communicator, &s), "MPI_Comm_size")
         rank = Int(r)
         size = Int(s)
+        self.nodes = nodes ?? [Int](repeating: 0, count: Int(s))
     }
 
     deinit { close() }
@@ -61,14 +64,24 @@ public final class MPITransport: Transport {
         var dup: MPI_Comm?
         try check(MPI_Comm_dup(user, &dup), "MPI_Comm_dup")
         try check(MPI_Comm_set_errhandler(dup, cmpi_errors_return()), "MPI_Comm_set_errhandler")
-        let transport = try MPITransport(owning: dup!)
+        var r: Int32 = 0, s: Int32 = 0
+        try check(MPI_Comm_rank(dup, &r), "MPI_Comm_rank")
+        try check(MPI_Comm_size(dup, &s), "MPI_Comm_size")
+        // Nodes: each rank learns the lowest rank of its shared-memory group,
+        // and every rank's (one allgather at creation).
         var shared: MPI_Comm?
-        var localRanks: Int32 = 1
+        var leader: Int32 = r
         if MPI_Comm_split_type(dup, cmpi_comm_type_shared(), 0, cmpi_info_null(), &shared) == cmpi_success() {
-            MPI_Comm_size(shared, &localRanks)
+            var mine = r
+            MPI_Allreduce(&mine, &leader, 1, cmpi_int(), cmpi_min(), shared)
             MPI_Comm_free(&shared)
         }
-        return (transport, Int(max(1, localRanks)))
+        var leaders = [Int32](repeating: 0, count: Int(s))
+        try check(MPI_Allgather(&leader, 1, cmpi_int(), &leaders, 1, cmpi_int(), dup), "MPI_Allgather")
+        let nodes = leaders.map { Int($0) }
+        let transport = try MPITransport(owning: dup!, nodes: nodes)
+        let localRanks = nodes.filter { $0 == nodes[Int(r)] }.count
+        return (transport, localRanks)
     }
 
     public func duplicate(deadline: Deadline) throws -> Transport {
@@ -79,7 +92,7 @@ public final class MPITransport: Transport {
         var requests = [request]
         try waitAll(&requests, deadline: deadline, what: "duplicating the communicator")
         try Self.check(MPI_Comm_set_errhandler(dup, cmpi_errors_return()), "MPI_Comm_set_errhandler")
-        return try MPITransport(owning: dup!)
+        return try MPITransport(owning: dup!, nodes: nodes)
     }
 
     // MARK: Communicating
@@ -180,5 +193,17 @@ private final class MPIPending: PendingTransfer {
     func wait(until deadline: Deadline) throws {
         try transport.waitAll(&requests, deadline: deadline, what: "a ring transfer")
         requests = []
+    }
+
+    /// One MPI_Testall: OpenMPI moves a large (rendezvous) message only
+    /// inside MPI calls, so the ring calls this between tiles.
+    func poll() throws {
+        if requests.isEmpty { return }
+        var done: Int32 = 0
+        let code = requests.withUnsafeMutableBufferPointer {
+            MPI_Testall(Int32($0.count), $0.baseAddress, &done, cmpi_statuses_ignore())
+        }
+        try MPITransport.check(code, "MPI_Testall")
+        if done != 0 { requests = [] }
     }
 }

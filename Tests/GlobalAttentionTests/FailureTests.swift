@@ -115,8 +115,8 @@ final class FailureTests: XCTestCase {
         XCTAssertThrowsError(try c.validate()) { XCTAssertEqual(($0 as? BurstError)?.status, .invalidArgument) }
         c = Problem().config(rank: 0); c.windowLeft = -2
         XCTAssertThrowsError(try c.validate()) { XCTAssertEqual(($0 as? BurstError)?.status, .invalidArgument) }
-        c = Problem().config(rank: 0); c.pattern = 1
-        XCTAssertThrowsError(try c.validate()) { XCTAssertEqual(($0 as? BurstError)?.status, .unsupported) }
+        c = Problem().config(rank: 0); c.pattern = 5
+        XCTAssertThrowsError(try c.validate()) { XCTAssertEqual(($0 as? BurstError)?.status, .invalidArgument) }
         c = Problem().config(rank: 0); c.layout = 7
         XCTAssertThrowsError(try c.validate()) { XCTAssertEqual(($0 as? BurstError)?.status, .invalidArgument) }
         c = Problem().config(rank: 0); c.seqLenLocal = -1

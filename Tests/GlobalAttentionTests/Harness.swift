@@ -20,6 +20,9 @@ struct Problem {
     var seed: UInt64 = 1
     var threads: Int32 = 1
     var inputScale = 1.0
+    var pattern: AttentionConfig.Pattern = .burst
+    var intraGroupSize: Int32 = 0
+    var network: SimulatedNetwork? = nil
 
     var ranks: Int { counts.count }
     var total: Int { counts.reduce(0, +) }
@@ -37,7 +40,7 @@ struct Problem {
     func positions(rank: Int) -> [Int] { tokenDistribution.positions(rank: rank, counts: rankCounts) }
 
     var label: String {
-        "P=\(ranks) counts=\(rankCounts) dist=\(distribution) B=\(batch) H=\(heads)/\(hkv) d=\(headDim) causal=\(causal) window=\(window) cu=\(cuSeqlens.map { "\($0)" } ?? "-") layout=\(layout)"
+        "P=\(ranks) counts=\(rankCounts) dist=\(distribution) B=\(batch) H=\(heads)/\(hkv) d=\(headDim) causal=\(causal) window=\(window) cu=\(cuSeqlens.map { "\($0)" } ?? "-") layout=\(layout) pattern=\(pattern) G=\(intraGroupSize)"
     }
 
     func config(rank: Int) -> AttentionConfig {
@@ -58,6 +61,8 @@ struct Problem {
             c.numSequences = Int64(cuSeqlens.count - 1)
         }
         c.numThreads = threads
+        c.pattern = pattern.rawValue
+        c.intraGroupSize = intraGroupSize
         c.timeoutSeconds = 60
         return c
     }
@@ -107,8 +112,8 @@ struct RankResult {
 }
 
 /// Runs `body(rank, transport)` on one thread per rank and returns the results in rank order.
-func runRanks<T>(_ size: Int, _ body: @escaping (Int, LoopbackTransport) -> T) -> [T] {
-    let transports = LoopbackTransport.makeGroup(size: size)
+func runRanks<T>(_ size: Int, network: SimulatedNetwork? = nil, _ body: @escaping (Int, LoopbackTransport) -> T) -> [T] {
+    let transports = LoopbackTransport.makeGroup(size: size, network: network)
     let results = UnsafeMutablePointer<T?>.allocate(capacity: size)
     results.initialize(repeating: nil, count: size)
     defer { results.deinitialize(count: size); results.deallocate() }
@@ -132,7 +137,7 @@ func runRanks<T>(_ size: Int, _ body: @escaping (Int, LoopbackTransport) -> T) -
 func runProblem(_ p: Problem, backward: Bool = true) -> [RankResult] {
     let inputs = p.inputs
     let z = p.z
-    return runRanks(p.ranks) { rank, transport in
+    return runRanks(p.ranks, network: p.network) { rank, transport in
         var result = RankResult()
         do {
             let context = AttentionContext(transport: transport, defaultThreads: 1)

@@ -1,7 +1,7 @@
 """Loading libburst_attention and declaring its C ABI for ctypes.
 
 This is the only module that knows the C signatures. It mirrors
-include/burst_attention.h (version 0.2.0) one declaration at a time; the structs
+include/burst_attention.h (version 0.3.0) one declaration at a time; the structs
 keep the header's field order, and ctypes gives them the same natural alignment as
 the C compiler on the platforms we support (x86-64 / aarch64 Linux), so
 `sizeof(burst_attention_config) == 120` and `sizeof(burst_stats) == 88` (72 up to
@@ -26,7 +26,7 @@ import sys
 
 # The header version this binding was written against (BURST_VERSION_*).
 VERSION_MAJOR = 0
-VERSION_MINOR = 2
+VERSION_MINOR = 3
 VERSION_PATCH = 0
 VERSION_NUMBER = VERSION_MAJOR * 10000 + VERSION_MINOR * 100 + VERSION_PATCH
 # The package version (the wheel's metadata is read from the three lines above).
@@ -106,7 +106,8 @@ class AttentionConfig(ctypes.Structure):
 
 
 class Stats(ctypes.Structure):
-    """`burst_stats` — the caller sets struct_size (tiles_* appended in 0.2)."""
+    """`burst_stats` — the caller sets struct_size (tiles_* appended in 0.2, the
+    inter-group bytes, pattern and intra_group_size in 0.3)."""
 
     _fields_ = [
         ("struct_size", ctypes.c_uint32),
@@ -120,10 +121,16 @@ class Stats(ctypes.Structure):
         ("total_seconds", ctypes.c_double),
         ("tiles_computed", ctypes.c_uint64),
         ("tiles_skipped", ctypes.c_uint64),
+        ("bytes_sent_inter_group", ctypes.c_uint64),
+        ("bytes_received_inter_group", ctypes.c_uint64),
+        ("pattern", ctypes.c_int32),
+        ("intra_group_size", ctypes.c_int32),
     ]
 
-# sizeof(burst_stats) of version 0.1, which ended at total_seconds.
+# sizeof(burst_stats) of version 0.1, which ended at total_seconds, and 0.2,
+# which ended at tiles_skipped.
 STATS_SIZE_V0_1 = Stats.tiles_computed.offset
+STATS_SIZE_V0_2 = Stats.bytes_sent_inter_group.offset
 
 
 _c_float_p = ctypes.POINTER(ctypes.c_float)

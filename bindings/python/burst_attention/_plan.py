@@ -27,7 +27,8 @@ from ._errors import BurstError, Status, _check, last_error, status_string
 
 STATS_KEYS = ("bytes_sent", "bytes_received", "messages_sent", "steps_computed",
               "steps_skipped", "compute_seconds", "comm_wait_seconds", "total_seconds",
-              "tiles_computed", "tiles_skipped")
+              "tiles_computed", "tiles_skipped", "bytes_sent_inter_group",
+              "bytes_received_inter_group", "pattern", "intra_group_size")
 
 
 class Plan:

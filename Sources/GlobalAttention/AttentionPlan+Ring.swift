@@ -1,0 +1,229 @@
+import LocalAttention
+
+/// Receive buffers of a ring pass: two for blocks arriving over intra-group
+/// links (step k uses slot k mod 2), two for blocks arriving over
+/// inter-group links (outer step s uses slot s mod 2; only for a double
+/// ring), and, for passes that carry an accumulator, two for the travelling
+/// partial and two for the partials of other groups' chains coming home.
+final class RingBuffers {
+    let intra: [FloatBuffer], inter: [FloatBuffer], accumulator: [FloatBuffer], home: [FloatBuffer]
+
+    init(readOnlyFloats: Int, accumulatorFloats: Int, route: RingRoute) throws {
+        let ring = route.ranks > 1
+        func two(_ count: Int, _ what: String, _ wanted: Bool) throws -> [FloatBuffer] {
+            wanted ? try (0..<2).map { _ in try allocate(count, what) } : []
+        }
+        intra = try two(readOnlyFloats, "a ring receive buffer", ring && route.groupSize > 1)
+        inter = try two(readOnlyFloats, "an inter-group receive buffer", ring && route.groups > 1)
+        accumulator = try two(accumulatorFloats, "a partial-gradient receive buffer", ring && accumulatorFloats > 0)
+        home = try two(accumulatorFloats, "a partial-gradient home buffer", ring && accumulatorFloats > 0 && route.groups > 1)
+    }
+}
+
+/// The four message kinds of a pass; distinct tags keep them apart.
+struct RingTags {
+    var readOnly: Int32, readOnlyInter: Int32, accumulator: Int32, home: Int32
+}
+
+/// Transfers of a pass still in flight, each with the step by whose end it
+/// must be complete. The progress hook polls them between tiles.
+private final class InFlight {
+    struct Entry { var transfer: PendingTransfer; var waitBy: Int; var homeChain: Int? }
+    var entries: [Entry] = []
+    var pollError: BurstError?
+
+    func poll() {
+        guard pollError == nil else { return }
+        do {
+            for entry in entries { try entry.transfer.poll() }
+        } catch let error as BurstError { pollError = error } catch { pollError = BurstError(.internalError, "\(error)") }
+    }
+}
+
+extension AttentionPlan {
+    /// Runs one ring pass on this rank (BurstAttention's GAO with the
+    /// paper's double buffering: the block of step k + 1 is in flight while
+    /// step k computes, and an inter-group block has a whole outer step).
+    ///
+    /// - `readOnlyFloats(b)`: size of block b's travelling read-only part
+    ///   (forward: K|V; BURST backward: Q|dO|D|lse; RING backward: K|V).
+    /// - `accumulatorFloats(b)`: size of its travelling accumulator (BURST
+    ///   backward: dQ; RING backward: dK|dV), nil for the forward.
+    /// - `compute(b, data, accumulator, stats)`: this rank's work with block
+    ///   b; called only at the steps where `pass.needs(holder: rank, block: b)`.
+    ///
+    /// At the end `ownAccumulator` holds the sum of every rank's
+    /// contribution to this rank's block, added in a fixed order.
+    func runRing(_ pass: RingPass, tags: RingTags, readOnlyFloats: (Int) -> Int, accumulatorFloats: ((Int) -> Int)?,
+                 ownReadOnly: UnsafeMutablePointer<Float>, ownAccumulator: UnsafeMutablePointer<Float>?,
+                 buffers: RingBuffers, stats: inout CallStats, deadline: Deadline,
+                 compute: (_ block: Int, _ data: UnsafeMutablePointer<Float>, _ accumulator: UnsafeMutablePointer<Float>?,
+                           _ stats: inout CallStats) throws -> Void) throws {
+        let route = pass.route, p = route.ranks, g = route.groupSize, q = route.groups, r = rank
+        let carries = accumulatorFloats != nil
+        let inFlight = InFlight()
+        let nodes = transport.nodes
+
+        func start(sends: [OutgoingMessage], receives: [IncomingMessage], waitBy: Int, homeChain: Int? = nil) throws {
+            for m in sends {
+                stats.bytesSent += UInt64(m.buffer.count)
+                stats.messagesSent += 1
+                if nodes[m.peer] != nodes[r] { stats.bytesSentInterGroup += UInt64(m.buffer.count) }
+            }
+            for m in receives {
+                stats.bytesReceived += UInt64(m.buffer.count)
+                if nodes[m.peer] != nodes[r] { stats.bytesReceivedInterGroup += UInt64(m.buffer.count) }
+            }
+            let transfer = try transport.start(sends: sends, receives: receives)
+            inFlight.entries.append(.init(transfer: transfer, waitBy: waitBy, homeChain: homeChain))
+        }
+        func bytes(_ floats: Int) -> Int { floats * MemoryLayout<Float>.size }
+        func receive(_ buffer: UnsafeMutablePointer<Float>, floats: Int, from peer: Int, tag: Int32) -> IncomingMessage {
+            IncomingMessage(UnsafeMutableRawBufferPointer(start: buffer, count: bytes(floats)), from: peer, tag: tag)
+        }
+        func send(_ buffer: UnsafeMutablePointer<Float>, floats: Int, to peer: Int, tag: Int32) -> OutgoingMessage {
+            OutgoingMessage(UnsafeRawBufferPointer(start: buffer, count: bytes(floats)), to: peer, tag: tag)
+        }
+        /// The accumulator of block b travels into rank x at step k (x is
+        /// past the first rank of its chain and not past the last).
+        func accumulatorArrives(_ x: Int, block b: Int, step k: Int) -> Bool {
+            guard let chain = pass.chain(block: b, outer: k / g) else { return false }
+            return k % g > chain.lowerBound && k % g <= chain.upperBound
+        }
+        /// The rank at inner position t of chain c of block b.
+        func chainRank(_ b: Int, _ c: Int, _ t: Int) -> Int {
+            route.rank(group: route.group(b) + c, member: route.member(b) + t)
+        }
+        /// Completes every transfer due by the end of step k, then adds the
+        /// partials of other groups that came home, in chain order.
+        func settle(through k: Int) throws {
+            var kept: [InFlight.Entry] = []
+            var arrived: [Int] = []
+            for entry in inFlight.entries {
+                if entry.waitBy <= k {
+                    try timed(&stats.commWaitSeconds) { try entry.transfer.wait(until: deadline) }
+                    if let c = entry.homeChain, c > 0 { arrived.append(c) }
+                } else {
+                    kept.append(entry)
+                }
+            }
+            inFlight.entries = kept
+            guard let ownAccumulator, let accumulatorFloats else { return }
+            let count = accumulatorFloats(r)
+            for c in arrived.sorted() {
+                let partial = buffers.home[c % 2].pointer
+                timed(&stats.computeSeconds) {
+                    for i in 0..<count { ownAccumulator[i] += partial[i] }
+                }
+            }
+        }
+
+        var current: UnsafeMutablePointer<Float>? = ownReadOnly
+        var next: UnsafeMutablePointer<Float>?           // block of step k + 1 (intra)
+        var nextOuter: [UnsafeMutablePointer<Float>?] = [nil, nil]   // by outer step mod 2
+        for k in 0..<p {
+            let s = k / g, t = k % g
+            let b = route.source(r, step: k)
+            if k > 0 {
+                current = t == 0 ? nextOuter[s % 2] : next
+            }
+            next = nil
+
+            // 1. Receives this step posts: the next block (intra), the next
+            //    outer step's block (inter), the next accumulator, and this
+            //    rank's own partials coming home.
+            if t < g - 1 && k + 1 < p {
+                let b1 = route.source(r, step: k + 1)
+                var receives: [IncomingMessage] = []
+                if pass.isDelivered(block: b1, to: r) {
+                    let buffer = buffers.intra[(k + 1) % 2].pointer
+                    receives.append(receive(buffer, floats: readOnlyFloats(b1), from: route.provider(r, step: k + 1), tag: tags.readOnly))
+                    next = buffer
+                }
+                if let accumulatorFloats, accumulatorArrives(r, block: b1, step: k + 1) {
+                    receives.append(receive(buffers.accumulator[(k + 1) % 2].pointer, floats: accumulatorFloats(b1),
+                                            from: route.provider(r, step: k + 1), tag: tags.accumulator))
+                }
+                if !receives.isEmpty { try start(sends: [], receives: receives, waitBy: k) }
+            }
+            if t == 0 && s + 1 < q {
+                let k2 = (s + 1) * g, b2 = route.source(r, step: k2)
+                nextOuter[(s + 1) % 2] = nil
+                if pass.isDelivered(block: b2, to: r) {
+                    let buffer = buffers.inter[(s + 1) % 2].pointer
+                    try start(sends: [], receives: [receive(buffer, floats: readOnlyFloats(b2), from: route.provider(r, step: k2),
+                                                            tag: tags.readOnlyInter)], waitBy: k2 - 1)
+                    nextOuter[(s + 1) % 2] = buffer
+                }
+            }
+            if let accumulatorFloats, let ownAccumulator {
+                // Chain c of this rank's block comes home from its last rank:
+                // chain 0 into place, posted at step 1 once the first step's
+                // send of it is done; chain c ≥ 1 into a home buffer, posted
+                // at its outer step and added (in order) after it arrives.
+                let c: Int? = k == 1 && g > 1 ? 0 : (t == 0 && s >= 1 ? s : nil)
+                if let c, let chain = pass.chain(block: r, outer: c), c > 0 || chain.upperBound > 0 {
+                    let target = c == 0 ? ownAccumulator : buffers.home[c % 2].pointer
+                    try start(sends: [], receives: [receive(target, floats: accumulatorFloats(r),
+                                                            from: chainRank(r, c, chain.upperBound), tag: tags.home)],
+                              waitBy: min((c + 2) * g - 1, p - 1), homeChain: c)
+                }
+            }
+
+            // 2. The read-only block goes on before the compute.
+            if let current {
+                var sends: [OutgoingMessage] = []
+                if t < g - 1, pass.isDelivered(block: b, to: route.intraNext(r)) {
+                    sends.append(send(current, floats: readOnlyFloats(b), to: route.intraNext(r), tag: tags.readOnly))
+                }
+                if !sends.isEmpty { try start(sends: sends, receives: [], waitBy: k) }
+                if t == 0 && s + 1 < q, pass.isDelivered(block: b, to: route.interNext(r)) {
+                    try start(sends: [send(current, floats: readOnlyFloats(b), to: route.interNext(r), tag: tags.readOnlyInter)],
+                              receives: [], waitBy: (s + 1) * g - 1)
+                }
+            } else if pass.isDelivered(block: b, to: r) || b == r {
+                throw BurstError(.internalError, "ring: block of rank \(b) for step \(k) was never received")
+            }
+
+            // 3. Compute, polling the transfers in flight between tiles.
+            var accumulator: UnsafeMutablePointer<Float>?
+            if let accumulatorFloats {
+                if k == 0 {
+                    accumulator = ownAccumulator
+                } else if accumulatorArrives(r, block: b, step: k) {
+                    accumulator = buffers.accumulator[k % 2].pointer
+                } else if let chain = pass.chain(block: b, outer: s), chain.lowerBound == t {
+                    accumulator = buffers.accumulator[k % 2].pointer
+                    accumulator!.update(repeating: 0, count: accumulatorFloats(b))
+                }
+            }
+            if pass.needs(holder: r, block: b) {
+                guard let current, !carries || accumulator != nil else {
+                    throw BurstError(.internalError, "ring: rank \(r) lacks the data of block \(b) at step \(k)")
+                }
+                kernels?.progress = { inFlight.poll() }
+                defer { kernels?.progress = nil }
+                try compute(b, current, accumulator, &stats)
+                if let error = inFlight.pollError { throw error }
+                stats.stepsComputed += 1
+            } else {
+                stats.stepsSkipped += 1
+            }
+
+            // 4. The accumulator goes on along the chain, or home from its end.
+            if let accumulatorFloats, let accumulator, let chain = pass.chain(block: b, outer: s), chain.contains(t) {
+                if t < chain.upperBound {
+                    try start(sends: [send(accumulator, floats: accumulatorFloats(b), to: route.intraNext(r), tag: tags.accumulator)],
+                              receives: [], waitBy: k)
+                } else if b != r {
+                    try start(sends: [send(accumulator, floats: accumulatorFloats(b), to: b, tag: tags.home)],
+                              receives: [], waitBy: k)
+                }
+            }
+
+            // 5. Everything due by the end of this step.
+            try settle(through: k)
+        }
+        try settle(through: Int.max)
+    }
+}
