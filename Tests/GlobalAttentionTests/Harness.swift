@@ -20,6 +20,7 @@ struct Problem {
     var seed: UInt64 = 1
     var threads: Int32 = 1
     var inputScale = 1.0
+    var pattern: AttentionConfig.Pattern = .burst
 
     var ranks: Int { counts.count }
     var total: Int { counts.reduce(0, +) }
@@ -37,7 +38,7 @@ struct Problem {
     func positions(rank: Int) -> [Int] { tokenDistribution.positions(rank: rank, counts: rankCounts) }
 
     var label: String {
-        "P=\(ranks) counts=\(rankCounts) dist=\(distribution) B=\(batch) H=\(heads)/\(hkv) d=\(headDim) causal=\(causal) window=\(window) cu=\(cuSeqlens.map { "\($0)" } ?? "-") layout=\(layout)"
+        "P=\(ranks) counts=\(rankCounts) dist=\(distribution) B=\(batch) H=\(heads)/\(hkv) d=\(headDim) causal=\(causal) window=\(window) cu=\(cuSeqlens.map { "\($0)" } ?? "-") layout=\(layout) pattern=\(pattern)"
     }
 
     func config(rank: Int) -> AttentionConfig {
@@ -57,6 +58,7 @@ struct Problem {
             c.cuSeqlens = cuSeqlens.map { Int64($0) }
             c.numSequences = Int64(cuSeqlens.count - 1)
         }
+        c.pattern = pattern.rawValue
         c.numThreads = threads
         c.timeoutSeconds = 60
         return c
