@@ -130,6 +130,11 @@ final class UlyssesBackwardSpace {
 /// distribution, window and packing. The all-to-alls are point-to-point
 /// messages (one per pair of ranks and direction; none when it would be
 /// empty); nothing is summed across ranks, so results are reproducible.
+/// Stats: one step (the whole-sequence block; none when N = 0); its tiles
+/// are those of Zq/P heads × N queries × N keys.
+///
+/// Memory per rank is O(N): the whole-sequence q, k, v (and in the backward
+/// dO, D, lse, dq, dk, dv) of Zq/P heads, plus the messages in both directions.
 extension AttentionPlan {
     static let ulyssesForwardTag: Int32 = 24
     static let ulyssesOutputTag: Int32 = 25
@@ -307,7 +312,7 @@ extension AttentionPlan {
                               headDim: d, slices: p, into: out)
         }
         if n > 0, let lse {
-            // lse[b, h, i] (= canonical) from slice h / zq'' where the slice holds [b, h mod hs, i].
+            // lse[b, h, i] (canonical already) from slice h / hs, which holds it at [b, h mod hs, i].
             let hs = heads / p
             for b in 0..<batch {
                 for h in 0..<heads {

@@ -65,9 +65,14 @@ final class CollectivePatternTests: XCTestCase {
             for c in Self.cases {
                 seed += 1
                 let p = Self.problem(c, ranks: ranks, pattern: pattern, seed: seed)
+                // Every other case with 8 × 8 tiles, so that tiles inside a block are skipped too.
+                let smallTiles = seed % 2 == 1
+                if smallTiles { setenv("BURST_TILE_Q", "8", 1); setenv("BURST_TILE_K", "8", 1) }
                 let results = runProblem(p)
+                if smallTiles { unsetenv("BURST_TILE_Q"); unsetenv("BURST_TILE_K") }
                 assertWithinTolerance(p, referenceErrors(p, results))
                 checkBytes(p, results)
+                checkTiles(p, results, tile: smallTiles ? (8, 8) : (256, 128))
             }
         }
     }
@@ -122,6 +127,29 @@ final class CollectivePatternTests: XCTestCase {
                 XCTAssertEqual(formula.sent, UInt64(sent), "formula sent, \(what)", file: file, line: line)
                 XCTAssertEqual(formula.received, UInt64(received), "formula received, \(what)", file: file, line: line)
                 XCTAssertEqual(stats.messagesSent, UInt64(messages), "messages, \(what)", file: file, line: line)
+            }
+        }
+    }
+
+    /// Tiles computed plus skipped equal what a dense schedule computes:
+    /// ALLGATHER this rank's queries against every block, ULYSSES the whole
+    /// sequence for the local heads (one step).
+    func checkTiles(_ p: Problem, _ results: [RankResult], tile: (q: Int, k: Int),
+                    file: StaticString = #filePath, line: UInt = #line) {
+        guard results.allSatisfy({ $0.error == nil }) else { return }
+        let counts = p.rankCounts, N = p.total
+        func dense(_ heads: Int, _ nq: Int, _ nk: Int) -> UInt64 {
+            UInt64(heads * ((nq + tile.q - 1) / tile.q) * ((nk + tile.k - 1) / tile.k))
+        }
+        for (r, result) in results.enumerated() {
+            let expected = p.pattern == .allgather
+                ? counts.reduce(UInt64(0)) { $0 + dense(p.z, counts[r], $1) }
+                : dense(p.z / p.ranks, N, N)
+            for stats in [result.forwardStats, result.backwardStats] {
+                XCTAssertEqual(stats.tilesComputed + stats.tilesSkipped, expected, "tiles, rank \(r) — \(p.label)", file: file, line: line)
+                if p.pattern == .ulysses {
+                    XCTAssertEqual(stats.stepsComputed, N > 0 ? 1 : 0, "steps, rank \(r) — \(p.label)", file: file, line: line)
+                }
             }
         }
     }
