@@ -1,31 +1,444 @@
 import LocalAttention
 
+/// ULYSSES moves tensors in "head slices": slice j of a rank's tensor holds
+/// heads [j·h/P, (j+1)·h/P) of every batch of that rank's rows, canonical
+/// inside the slice: `[batch, h/P, rows, d]`. The slices of one rank's
+/// message lie at `base + j·sliceStride`.
+enum HeadSlices {
+    /// slice_j[b, h mod hs, i, :] = user[b, i, h, :] (BSHD) or user[b, h, i, :] (BHSD), j = h / hs.
+    static func pack(_ user: UnsafePointer<Float>, layout: AttentionConfig.Layout, batch: Int, heads: Int, rows: Int,
+                     headDim d: Int, slices: Int, into base: UnsafeMutablePointer<Float>, sliceStride: Int) {
+        let hs = heads / slices
+        for b in 0..<batch {
+            for h in 0..<heads {
+                let slice = base + (h / hs) * sliceStride + (b * hs + h % hs) * rows * d
+                for i in 0..<rows {
+                    let offset = layout == .bhsd ? ((b * heads + h) * rows + i) * d : ((b * rows + i) * heads + h) * d
+                    (slice + i * d).update(from: user + offset, count: d)
+                }
+            }
+        }
+    }
+
+    /// The inverse of `pack`.
+    static func unpack(_ base: UnsafePointer<Float>, sliceStride: Int, layout: AttentionConfig.Layout, batch: Int,
+                       heads: Int, rows: Int, headDim d: Int, slices: Int, into user: UnsafeMutablePointer<Float>) {
+        let hs = heads / slices
+        for b in 0..<batch {
+            for h in 0..<heads {
+                let slice = base + (h / hs) * sliceStride + (b * hs + h % hs) * rows * d
+                for i in 0..<rows {
+                    let offset = layout == .bhsd ? ((b * heads + h) * rows + i) * d : ((b * rows + i) * heads + h) * d
+                    (user + offset).update(from: slice + i * d, count: d)
+                }
+            }
+        }
+    }
+
+    /// full[z, positions[i], :] = part[z, i, :] for z < heads: one source
+    /// rank's rows placed at their global positions of the whole sequence.
+    static func scatter(_ part: UnsafePointer<Float>, heads: Int, rows: Int, width: Int, positions: [Int],
+                        total: Int, into full: UnsafeMutablePointer<Float>) {
+        for z in 0..<heads {
+            for (i, position) in positions.enumerated() {
+                (full + (z * total + position) * width).update(from: part + (z * rows + i) * width, count: width)
+            }
+        }
+    }
+
+    /// part[z, i, :] = full[z, positions[i], :]: the inverse of `scatter`.
+    static func gather(_ full: UnsafePointer<Float>, heads: Int, total: Int, width: Int, positions: [Int],
+                       into part: UnsafeMutablePointer<Float>) {
+        let rows = positions.count
+        for z in 0..<heads {
+            for (i, position) in positions.enumerated() {
+                (part + (z * rows + i) * width).update(from: full + (z * total + position) * width, count: width)
+            }
+        }
+    }
+}
+
+/// Forward workspace of ULYSSES (floats; zq' = Zq/P, zkv' = Zkv/P heads per
+/// rank after the exchange, N the global length):
+/// - `send`: this rank's q|k|v in P head slices of (zq' + 2zkv')·n·d each;
+///   slice r never leaves, it is read in place.
+/// - `receive`: the slices that come in, source s at (zq' + 2zkv')·d·Σ_{i<s} n_i.
+/// - `q`, `k`, `v`: the local heads over the whole sequence, rows at their
+///   global positions (zq'·N·d, zkv'·N·d, zkv'·N·d); `acc`, `rowMax`,
+///   `rowSum`: the softmax state of all N rows (acc becomes O in place).
+/// - `back`: O|lse rows of every rank's tokens, rank s at zq'·(d+1)·Σ_{i<s} n_i.
+/// - `home`: what comes home, P slices of zq'·n·(d+1) (slice r filled locally).
+final class UlyssesForwardSpace {
+    let send, receive, q, k, v, acc, rowMax, rowSum, back, home: FloatBuffer
+    let bounds: UlyssesBounds
+
+    init(zq: Int, zkv: Int, rows n: Int, total: Int, ranks p: Int, headDim d: Int, bounds: UlyssesBounds) throws {
+        self.bounds = bounds
+        let zqs = zq / p, zkvs = zkv / p
+        send = try allocate(p * (zqs + 2 * zkvs) * n * d, "the q, k, v head slices to send")
+        receive = try allocate((zqs + 2 * zkvs) * total * d, "the received q, k, v head slices")
+        q = try allocate(zqs * total * d, "the whole-sequence queries")
+        k = try allocate(zkvs * total * d, "the whole-sequence keys")
+        v = try allocate(zkvs * total * d, "the whole-sequence values")
+        acc = try allocate(zqs * total * d, "the output accumulator")
+        rowMax = try allocate(zqs * total, "the row maxima")
+        rowSum = try allocate(zqs * total, "the row sums")
+        back = try allocate(zqs * total * (d + 1), "the output rows to send home")
+        home = try allocate(p * zqs * n * (d + 1), "the output rows that come home")
+    }
+}
+
+/// Backward workspace of ULYSSES (floats; same notation): the P head slices
+/// of [q | k | v | dO | D | lse], (zq'(2d + 2) + 2zkv'·d)·n each, the packed O
+/// (Zq·n·d, for D only), what comes in, the whole-sequence q, k, v, dO, D,
+/// lse and gradients dq, dk, dv (their rows at global positions), the
+/// gradient rows to send back ((zq' + 2zkv')·d per token) and what comes home.
+final class UlyssesBackwardSpace {
+    let send, packedOut, receive, q, k, v, dOut, delta, lse, dq, dk, dv, back, home: FloatBuffer
+    let bounds: UlyssesBounds
+
+    init(zq: Int, zkv: Int, rows n: Int, total: Int, ranks p: Int, headDim d: Int, bounds: UlyssesBounds) throws {
+        self.bounds = bounds
+        let zqs = zq / p, zkvs = zkv / p
+        let bundle = zqs * (2 * d + 2) + 2 * zkvs * d
+        send = try allocate(p * bundle * n, "the backward head slices to send")
+        packedOut = try allocate(zq * n * d, "the packed output")
+        receive = try allocate(bundle * total, "the received backward head slices")
+        q = try allocate(zqs * total * d, "the whole-sequence queries")
+        k = try allocate(zkvs * total * d, "the whole-sequence keys")
+        v = try allocate(zkvs * total * d, "the whole-sequence values")
+        dOut = try allocate(zqs * total * d, "the whole-sequence output gradient")
+        delta = try allocate(zqs * total, "the whole-sequence D")
+        lse = try allocate(zqs * total, "the whole-sequence lse")
+        dq = try allocate(zqs * total * d, "the whole-sequence dq")
+        dk = try allocate(zkvs * total * d, "the whole-sequence dk")
+        dv = try allocate(zkvs * total * d, "the whole-sequence dv")
+        back = try allocate((zqs + 2 * zkvs) * total * d, "the gradient rows to send home")
+        home = try allocate(p * (zqs + 2 * zkvs) * n * d, "the gradient rows that come home")
+    }
+}
+
 /// BURST_PATTERN_ULYSSES (DeepSpeed-Ulysses): an all-to-all trades the
 /// sequence split for a head split, every rank runs full-sequence attention
 /// for heads/P heads, and a second all-to-all brings the output back.
 ///
-/// STUB: to be written (issue 7).
+/// Rank j gets query heads [j·H/P, (j+1)·H/P) and key/value heads
+/// [j·Hkv/P, (j+1)·Hkv/P) — the ones those query heads read under GQA
+/// (h → h / group) — of all N tokens. Received rows go to their global
+/// positions, so the whole-sequence keys sit at positions 0 ..< N in order
+/// and the existing kernels and `VisibilityRule.rowBounds` handle every
+/// distribution, window and packing. The all-to-alls are point-to-point
+/// messages (one per pair of ranks and direction; none when it would be
+/// empty); nothing is summed across ranks, so results are reproducible.
+/// Stats: one step (the whole-sequence block; none when N = 0); its tiles
+/// are those of Zq/P heads × N queries × N keys.
+///
+/// Memory per rank is O(N): the whole-sequence q, k, v (and in the backward
+/// dO, D, lse, dq, dk, dv) of Zq/P heads, plus the messages in both directions.
 extension AttentionPlan {
+    static let ulyssesForwardTag: Int32 = 24
+    static let ulyssesOutputTag: Int32 = 25
+    static let ulyssesBackwardTag: Int32 = 26
+    static let ulyssesGradientTag: Int32 = 27
+
     /// Why ULYSSES cannot run this shape on `ranks` ranks (UNSUPPORTED naming
     /// the condition), or nil. Checked at plan creation, identically on every rank.
+    /// num_heads_kv divisible by P implies num_heads_q is (it is a multiple of num_heads_kv).
     static func ulyssesUnsupported(_ config: AttentionConfig, ranks: Int) -> BurstError? {
-        nil
+        guard ranks > 0, config.numHeadsKV % Int64(ranks) == 0 else {
+            return BurstError(.unsupported,
+                              "BURST_PATTERN_ULYSSES needs num_heads_kv (\(config.numHeadsKV)) divisible by the number of ranks (\(ranks)); use BURST_PATTERN_BURST or ALLGATHER for this shape")
+        }
+        return nil
+    }
+
+    /// Bytes one ULYSSES call sends and receives on `rank` (burst_stats),
+    /// for any shard sizes (masks change nothing: every token row is needed
+    /// by the owner of its heads). With zq' = zq/P, zkv' = zkv/P, n_j the
+    /// tokens of rank j, N = Σ n_j, and sums over the P − 1 other ranks:
+    ///
+    /// - forward: out 4·(zq' + 2zkv')·d·n_r to each other rank (q, k, v
+    ///   slices), and back 4·zq'·(d + 1)·n_j to each other rank j (its O and
+    ///   lse rows of our heads). Sent 4(P−1)(zq' + 2zkv')·d·n_r + 4zq'(d+1)(N − n_r),
+    ///   received 4(zq' + 2zkv')·d·(N − n_r) + 4(P−1)zq'(d+1)·n_r.
+    /// - backward: out [q | k | v | dO | D | lse] slices, 4·(zq'(2d+2) + 2zkv'·d)·n_r
+    ///   to each other rank (O stays: D is computed before the exchange),
+    ///   back the gradients 4·(zq' + 2zkv')·d·n_j. Sent
+    ///   4(P−1)(zq'(2d+2) + 2zkv'd)·n_r + 4(zq' + 2zkv')d·(N − n_r), received the mirror.
+    ///
+    /// Equal shards n = N/P: the forward moves (P−1)/P·n·(zq(2d+1) + 2zkv·d)
+    /// floats each way (MHA: ≈ 4·Z·N·d/P), the backward
+    /// (P−1)/P·n·(zq(3d+2) + 4zkv·d) (MHA: ≈ 7·Z·N·d/P). P = 1 moves nothing.
+    /// Meaningful when `ulyssesUnsupported` is nil (zkv and zq divisible by P).
+    static func ulyssesBytes(tokens: TokenLayout, rank r: Int, zq: Int, zkv: Int, headDim d: Int,
+                             backward: Bool) -> (sent: UInt64, received: UInt64) {
+        let p = tokens.ranks
+        guard p > 0 else { return (0, 0) }
+        let zqs = zq / p, zkvs = zkv / p
+        let outgoing = backward ? zqs * (2 * d + 2) + 2 * zkvs * d : (zqs + 2 * zkvs) * d   // floats per token, there
+        let returning = backward ? (zqs + 2 * zkvs) * d : zqs * (d + 1)                    // floats per token, back
+        let mine = tokens.counts[r], others = tokens.total - mine
+        let sent = (p - 1) * outgoing * mine + returning * others
+        let received = outgoing * others + (p - 1) * returning * mine
+        return (UInt64(4 * sent), UInt64(4 * received))
     }
 
     func prepareUlysses(backward: Bool) -> BurstError? {
-        BurstError(.unsupported, "BURST_PATTERN_ULYSSES is not implemented yet")
+        let p = size
+        if let e = ensureCollectiveKernels(maxKVHeads: zKV / p, maxKeyRows: tokens.total) { return e }
+        // The whole sequence's query bounds, shared by the forward and backward workspaces.
+        let bounds = (collectiveForwardSpace as? UlyssesForwardSpace)?.bounds
+            ?? (collectiveBackwardSpace as? UlyssesBackwardSpace)?.bounds
+            ?? UlyssesBounds(total: tokens.total, rule: config.visibilityRule)
+        do {
+            if backward {
+                if collectiveBackwardSpace == nil {
+                    collectiveBackwardSpace = try UlyssesBackwardSpace(zq: zHeads, zkv: zKV, rows: localRows, total: tokens.total,
+                                                                       ranks: p, headDim: headDim, bounds: bounds)
+                }
+            } else if collectiveForwardSpace == nil {
+                collectiveForwardSpace = try UlyssesForwardSpace(zq: zHeads, zkv: zKV, rows: localRows, total: tokens.total,
+                                                                 ranks: p, headDim: headDim, bounds: bounds)
+            }
+        } catch let error as BurstError { return error } catch { return BurstError(.internalError, "\(error)") }
+        return nil
     }
 
+    /// Floats before rank s's rows in a buffer that holds `width` floats per token of every rank.
+    private func tokenOffset(_ s: Int, width: Int) -> Int { width * tokens.counts.prefix(s).reduce(0, +) }
+
+    /// One all-to-all: this rank's message for rank j is `count(j)` floats at
+    /// `outgoing(j)`, the one from rank s comes into `incoming(s)` (`incomingCount(s)`
+    /// floats). Empty messages are neither sent nor received (both sides know
+    /// the sizes). Waits for all of it.
+    private func exchange(tag: Int32, outgoing: (Int) -> UnsafeMutablePointer<Float>, count: (Int) -> Int,
+                          incoming: (Int) -> UnsafeMutablePointer<Float>, incomingCount: (Int) -> Int,
+                          stats: inout CallStats, deadline: Deadline) throws {
+        let p = size, r = rank
+        var sends: [OutgoingMessage] = [], receives: [IncomingMessage] = []
+        for s in 0..<p where s != r && incomingCount(s) > 0 {
+            let bytes = incomingCount(s) * 4
+            receives.append(IncomingMessage(UnsafeMutableRawBufferPointer(start: incoming(s), count: bytes), from: s, tag: tag))
+            stats.bytesReceived += UInt64(bytes)
+        }
+        for j in 0..<p where j != r && count(j) > 0 {
+            let bytes = count(j) * 4
+            sends.append(OutgoingMessage(UnsafeRawBufferPointer(start: outgoing(j), count: bytes), to: j, tag: tag))
+            stats.bytesSent += UInt64(bytes)
+            stats.messagesSent += 1
+        }
+        if sends.isEmpty && receives.isEmpty { return }
+        let pending = try transport.start(sends: sends, receives: receives)
+        try timed(&stats.commWaitSeconds) { try pending.wait(until: deadline) }
+    }
+
+    /// burst_forward under ULYSSES. Bytes: `ulyssesBytes(backward: false)`.
     func ulyssesForward(q: UnsafePointer<Float>?, k: UnsafePointer<Float>?, v: UnsafePointer<Float>?,
                         out: UnsafeMutablePointer<Float>?, lse: UnsafeMutablePointer<Float>?,
                         stats: inout CallStats, deadline: Deadline) throws {
-        throw BurstError(.unsupported, "BURST_PATTERN_ULYSSES is not implemented yet")
+        guard let space = collectiveForwardSpace as? UlyssesForwardSpace, let kernels = collectiveKernels else {
+            throw BurstError(.internalError, "ULYSSES forward workspace missing")
+        }
+        let p = size, r = rank, n = localRows, d = headDim, total = tokens.total, bounds = space.bounds
+        let zqs = zHeads / p, zkvs = zKV / p
+        let width = (zqs + 2 * zkvs) * d          // floats per token in a q|k|v slice
+        let slice = width * n                     // one slice of this rank's message
+
+        // q|k|v head slices: slice j = [q heads of j | k heads of j | v heads of j].
+        if n > 0, let q, let k, let v {
+            HeadSlices.pack(q, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, slices: p,
+                            into: space.send.pointer, sliceStride: slice)
+            HeadSlices.pack(k, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, slices: p,
+                            into: space.send.pointer + zqs * n * d, sliceStride: slice)
+            HeadSlices.pack(v, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, slices: p,
+                            into: space.send.pointer + (zqs + zkvs) * n * d, sliceStride: slice)
+        }
+        try exchange(tag: Self.ulyssesForwardTag, outgoing: { space.send.pointer + $0 * slice }, count: { _ in slice },
+                     incoming: { space.receive.pointer + self.tokenOffset($0, width: width) },
+                     incomingCount: { width * self.tokens.counts[$0] }, stats: &stats, deadline: deadline)
+        for s in 0..<p {
+            let m = tokens.counts[s]
+            let part = s == r ? space.send.pointer + r * slice : space.receive.pointer + tokenOffset(s, width: width)
+            HeadSlices.scatter(part, heads: zqs, rows: m, width: d, positions: tokens.positions[s], total: total, into: space.q.pointer)
+            HeadSlices.scatter(part + zqs * m * d, heads: zkvs, rows: m, width: d, positions: tokens.positions[s], total: total,
+                               into: space.k.pointer)
+            HeadSlices.scatter(part + (zqs + zkvs) * m * d, heads: zkvs, rows: m, width: d, positions: tokens.positions[s],
+                               total: total, into: space.v.pointer)
+        }
+
+        // Whole-sequence attention of the local heads, rows in position order.
+        LocalAttention.resetForwardState(heads: zqs, rows: total, headDim: d, acc: space.acc.pointer,
+                                         rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer)
+        if total > 0 {
+            let tiles = timed(&stats.computeSeconds) {
+                bounds.lo.withUnsafeBufferPointer { lo in
+                bounds.hi.withUnsafeBufferPointer { hi in
+                bounds.positions.withUnsafeBufferPointer { keys in
+                    kernels.forwardAccumulate(queryHeads: zqs, group: group, q: space.q.pointer, queryRows: total,
+                                              queryLo: lo.baseAddress!, queryHi: hi.baseAddress!,
+                                              k: space.k.pointer, v: space.v.pointer,
+                                              keyRows: total, keyPositions: keys.baseAddress!,
+                                              acc: space.acc.pointer, rowMax: space.rowMax.pointer,
+                                              rowSum: space.rowSum.pointer)
+                } } }
+            }
+            stats.add(tiles)
+            stats.stepsComputed += 1
+        }
+        // O in place of acc; lse of all N rows into rowMax.
+        timed(&stats.computeSeconds) {
+            LocalAttention.finishForward(heads: zqs, rows: total, headDim: d, acc: space.acc.pointer,
+                                         rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer,
+                                         out: space.acc.pointer, lse: space.rowMax.pointer)
+        }
+
+        // Every rank's O|lse rows of our heads go home: message for rank j =
+        // [O rows zq'·n_j·d | lse rows zq'·n_j]; ours goes straight into home slice r.
+        let homeSlice = zqs * n * (d + 1)
+        for j in 0..<p {
+            let m = tokens.counts[j]
+            let part = j == r ? space.home.pointer + r * homeSlice : space.back.pointer + tokenOffset(j, width: zqs * (d + 1))
+            HeadSlices.gather(space.acc.pointer, heads: zqs, total: total, width: d, positions: tokens.positions[j], into: part)
+            HeadSlices.gather(space.rowMax.pointer, heads: zqs, total: total, width: 1, positions: tokens.positions[j],
+                              into: part + zqs * m * d)
+        }
+        try exchange(tag: Self.ulyssesOutputTag, outgoing: { space.back.pointer + self.tokenOffset($0, width: zqs * (d + 1)) },
+                     count: { zqs * (d + 1) * self.tokens.counts[$0] },
+                     incoming: { space.home.pointer + $0 * homeSlice }, incomingCount: { _ in homeSlice },
+                     stats: &stats, deadline: deadline)
+
+        if n > 0, let out {
+            HeadSlices.unpack(space.home.pointer, sliceStride: homeSlice, layout: layout, batch: batch, heads: heads, rows: n,
+                              headDim: d, slices: p, into: out)
+        }
+        if n > 0, let lse {
+            // lse[b, h, i] (canonical already) from slice h / hs, which holds it at [b, h mod hs, i].
+            let hs = heads / p
+            for b in 0..<batch {
+                for h in 0..<heads {
+                    let source = space.home.pointer + (h / hs) * homeSlice + zqs * n * d + (b * hs + h % hs) * n
+                    (lse + (b * heads + h) * n).update(from: source, count: n)
+                }
+            }
+        }
     }
 
+    /// burst_backward under ULYSSES. Bytes: `ulyssesBytes(backward: true)`.
+    ///
+    /// D = rowsum(dO ∘ O) is computed before the exchange (n floats per head
+    /// travel instead of n·d of O); then [q | k | v | dO | D | lse] go to the
+    /// owner of their heads, every rank runs the whole-sequence backward of
+    /// its heads, and dq | dk | dv come home.
     func ulyssesBackward(q: UnsafePointer<Float>?, k: UnsafePointer<Float>?, v: UnsafePointer<Float>?,
                          out: UnsafePointer<Float>?, lse: UnsafePointer<Float>?, dout: UnsafePointer<Float>?,
                          dq: UnsafeMutablePointer<Float>?, dk: UnsafeMutablePointer<Float>?, dv: UnsafeMutablePointer<Float>?,
                          stats: inout CallStats, deadline: Deadline) throws {
-        throw BurstError(.unsupported, "BURST_PATTERN_ULYSSES is not implemented yet")
+        guard let space = collectiveBackwardSpace as? UlyssesBackwardSpace, let kernels = collectiveKernels else {
+            throw BurstError(.internalError, "ULYSSES backward workspace missing")
+        }
+        let p = size, r = rank, n = localRows, d = headDim, total = tokens.total, bounds = space.bounds
+        let zqs = zHeads / p, zkvs = zKV / p, hs = heads / p
+        let width = zqs * (2 * d + 2) + 2 * zkvs * d   // floats per token of the bundle
+        let slice = width * n
+        // Offsets of the parts inside a slice of m rows: q, k, v, dO, D, lse.
+        func parts(_ m: Int) -> (k: Int, v: Int, dO: Int, delta: Int, lse: Int) {
+            let k = zqs * m * d, v = k + zkvs * m * d, dO = v + zkvs * m * d, delta = dO + zqs * m * d
+            return (k, v, dO, delta, delta + zqs * m)
+        }
+
+        let mine = parts(n)
+        if n > 0, let q, let k, let v, let o = out, let dO = dout, let lse {
+            let base = space.send.pointer
+            HeadSlices.pack(q, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, slices: p,
+                            into: base, sliceStride: slice)
+            HeadSlices.pack(k, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, slices: p,
+                            into: base + mine.k, sliceStride: slice)
+            HeadSlices.pack(v, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, slices: p,
+                            into: base + mine.v, sliceStride: slice)
+            HeadSlices.pack(dO, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, slices: p,
+                            into: base + mine.dO, sliceStride: slice)
+            HeadSlices.pack(o, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, slices: p,
+                            into: space.packedOut.pointer, sliceStride: zqs * n * d)
+            timed(&stats.computeSeconds) {
+                for j in 0..<p {
+                    LocalAttention.rowDot(count: zqs * n, headDim: d, base + j * slice + mine.dO,
+                                          space.packedOut.pointer + j * zqs * n * d, into: base + j * slice + mine.delta)
+                }
+            }
+            for b in 0..<batch {
+                for h in 0..<heads {
+                    (base + (h / hs) * slice + mine.lse + (b * hs + h % hs) * n).update(from: lse + (b * heads + h) * n, count: n)
+                }
+            }
+        }
+        try exchange(tag: Self.ulyssesBackwardTag, outgoing: { space.send.pointer + $0 * slice }, count: { _ in slice },
+                     incoming: { space.receive.pointer + self.tokenOffset($0, width: width) },
+                     incomingCount: { width * self.tokens.counts[$0] }, stats: &stats, deadline: deadline)
+        for s in 0..<p {
+            let m = tokens.counts[s], at = parts(m), positions = tokens.positions[s]
+            let part = s == r ? space.send.pointer + r * slice : space.receive.pointer + tokenOffset(s, width: width)
+            for (offset, h, w, target) in [(0, zqs, d, space.q), (at.k, zkvs, d, space.k), (at.v, zkvs, d, space.v),
+                                           (at.dO, zqs, d, space.dOut), (at.delta, zqs, 1, space.delta),
+                                           (at.lse, zqs, 1, space.lse)] {
+                HeadSlices.scatter(part + offset, heads: h, rows: m, width: w, positions: positions, total: total,
+                                   into: target.pointer)
+            }
+        }
+
+        space.dq.fill(0, count: zqs * total * d)
+        space.dk.fill(0, count: zkvs * total * d)
+        space.dv.fill(0, count: zkvs * total * d)
+        if total > 0 {
+            let tiles = timed(&stats.computeSeconds) {
+                bounds.lo.withUnsafeBufferPointer { lo in
+                bounds.hi.withUnsafeBufferPointer { hi in
+                bounds.positions.withUnsafeBufferPointer { keys in
+                    kernels.backwardAccumulate(queryHeads: zqs, group: group, q: space.q.pointer, dOut: space.dOut.pointer,
+                                               delta: space.delta.pointer, lse: space.lse.pointer,
+                                               dq: space.dq.pointer, queryRows: total,
+                                               queryLo: lo.baseAddress!, queryHi: hi.baseAddress!,
+                                               k: space.k.pointer, v: space.v.pointer,
+                                               dk: space.dk.pointer, dv: space.dv.pointer,
+                                               keyRows: total, keyPositions: keys.baseAddress!)
+                } } }
+            }
+            stats.add(tiles)
+            stats.stepsComputed += 1
+        }
+
+        // Gradient rows home: message for rank j = [dq zq'·n_j·d | dk zkv'·n_j·d | dv zkv'·n_j·d].
+        let backWidth = (zqs + 2 * zkvs) * d
+        let homeSlice = backWidth * n
+        for j in 0..<p {
+            let m = tokens.counts[j], positions = tokens.positions[j]
+            let part = j == r ? space.home.pointer + r * homeSlice : space.back.pointer + tokenOffset(j, width: backWidth)
+            HeadSlices.gather(space.dq.pointer, heads: zqs, total: total, width: d, positions: positions, into: part)
+            HeadSlices.gather(space.dk.pointer, heads: zkvs, total: total, width: d, positions: positions, into: part + zqs * m * d)
+            HeadSlices.gather(space.dv.pointer, heads: zkvs, total: total, width: d, positions: positions,
+                              into: part + (zqs + zkvs) * m * d)
+        }
+        try exchange(tag: Self.ulyssesGradientTag, outgoing: { space.back.pointer + self.tokenOffset($0, width: backWidth) },
+                     count: { backWidth * self.tokens.counts[$0] },
+                     incoming: { space.home.pointer + $0 * homeSlice }, incomingCount: { _ in homeSlice },
+                     stats: &stats, deadline: deadline)
+
+        if n > 0, let dq, let dk, let dv {
+            let home = space.home.pointer
+            HeadSlices.unpack(home, sliceStride: homeSlice, layout: layout, batch: batch, heads: heads, rows: n, headDim: d,
+                              slices: p, into: dq)
+            HeadSlices.unpack(home + zqs * n * d, sliceStride: homeSlice, layout: layout, batch: batch, heads: kvHeads, rows: n,
+                              headDim: d, slices: p, into: dk)
+            HeadSlices.unpack(home + (zqs + zkvs) * n * d, sliceStride: homeSlice, layout: layout, batch: batch, heads: kvHeads,
+                              rows: n, headDim: d, slices: p, into: dv)
+        }
+    }
+}
+
+/// Query bounds of the whole sequence in position order (ULYSSES), computed once per plan.
+final class UlyssesBounds {
+    let positions: [Int], lo: [Int], hi: [Int]
+    init(total: Int, rule: VisibilityRule) {
+        positions = Array(0..<total)
+        (lo, hi) = rule.rowBounds(positions)
     }
 }
