@@ -125,18 +125,16 @@ extension AttentionPlan {
         var receives = [PendingTransfer?](repeating: nil, count: p)
         for j in 0..<p where j != r && tokens.needs(queryRank: r, keyRank: j) {
             let bytes = 2 * zkv * tokens.counts[j] * d * 4
-            receives[j] = try transport.start(sends: [], receives: [
-                IncomingMessage(UnsafeMutableRawBufferPointer(start: kv + gatheredOffset(j), count: bytes), from: j, tag: tag)])
-            stats.bytesReceived += UInt64(bytes)
+            receives[j] = try startTransfer(sends: [], receives: [
+                IncomingMessage(UnsafeMutableRawBufferPointer(start: kv + gatheredOffset(j), count: bytes), from: j, tag: tag)],
+                                            stats: &stats)
         }
         var sends: [OutgoingMessage] = []
         let own = UnsafeRawBufferPointer(start: kv + gatheredOffset(r), count: 2 * zkv * localRows * d * 4)
         for j in 0..<p where j != r && tokens.needs(queryRank: j, keyRank: r) {
             sends.append(OutgoingMessage(own, to: j, tag: tag))
-            stats.bytesSent += UInt64(own.count)
-            stats.messagesSent += 1
         }
-        let pending = sends.isEmpty ? CompletedTransfer() : try transport.start(sends: sends, receives: [])
+        let pending = try startTransfer(sends: sends, receives: [], stats: &stats)
         return (pending, receives)
     }
 
@@ -158,6 +156,9 @@ extension AttentionPlan {
         LocalAttention.resetForwardState(heads: zq, rows: n, headDim: d, acc: space.acc.pointer,
                                          rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer)
 
+        // Transfers progress between tiles (MPI moves large messages only in MPI calls).
+        kernels.progress = { try? gather.sends.poll(); for pending in gather.receives { try? pending?.poll() } }
+        defer { kernels.progress = nil }
         // Source order 0 … P−1 whatever the arrival order: reproducible sums.
         for source in 0..<p {
             let rows = tokens.counts[source]
@@ -233,15 +234,18 @@ extension AttentionPlan {
         var partialReceives: [PendingTransfer] = []
         for i in 0..<p where i != r && tokens.needs(queryRank: i, keyRank: r) {
             let bytes = partialFloats * 4
-            partialReceives.append(try transport.start(sends: [], receives: [
+            partialReceives.append(try startTransfer(sends: [], receives: [
                 IncomingMessage(UnsafeMutableRawBufferPointer(start: space.ownPartials.pointer + i * partialFloats, count: bytes),
-                                from: i, tag: Self.allgatherPartialTag)]))
-            stats.bytesReceived += UInt64(bytes)
+                                from: i, tag: Self.allgatherPartialTag)], stats: &stats))
         }
         let gather = try startGather(kv: space.kv.pointer, tag: Self.allgatherBackwardTag, stats: &stats)
 
         var outgoing: [PendingTransfer] = [CompletedTransfer(), CompletedTransfer()]
         var slot = 0
+        // Transfers progress between tiles (failures surface at the waits).
+        let inFlight = partialReceives + [gather.sends] + gather.receives.compactMap { $0 }
+        kernels.progress = { for pending in inFlight { try? pending.poll() } }
+        defer { kernels.progress = nil }
         for source in 0..<p {
             let rows = tokens.counts[source]
             guard tokens.needs(queryRank: r, keyRank: source) else {
@@ -280,11 +284,9 @@ extension AttentionPlan {
             stats.stepsComputed += 1
             if source != r {
                 let bytes = 2 * zkv * rows * d * 4
-                outgoing[slot] = try transport.start(sends: [OutgoingMessage(UnsafeRawBufferPointer(start: partial, count: bytes),
-                                                                             to: source, tag: Self.allgatherPartialTag)],
-                                                     receives: [])
-                stats.bytesSent += UInt64(bytes)
-                stats.messagesSent += 1
+                outgoing[slot] = try startTransfer(sends: [OutgoingMessage(UnsafeRawBufferPointer(start: partial, count: bytes),
+                                                                           to: source, tag: Self.allgatherPartialTag)],
+                                                   receives: [], stats: &stats)
                 slot ^= 1
             }
         }

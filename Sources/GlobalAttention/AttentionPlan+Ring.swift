@@ -62,19 +62,9 @@ extension AttentionPlan {
         let route = pass.route, p = route.ranks, g = route.groupSize, q = route.groups, r = rank
         let carries = accumulatorFloats != nil
         let inFlight = InFlight()
-        let nodes = transport.nodes
 
         func start(sends: [OutgoingMessage], receives: [IncomingMessage], waitBy: Int, homeChain: Int? = nil) throws {
-            for m in sends {
-                stats.bytesSent += UInt64(m.buffer.count)
-                stats.messagesSent += 1
-                if nodes[m.peer] != nodes[r] { stats.bytesSentInterGroup += UInt64(m.buffer.count) }
-            }
-            for m in receives {
-                stats.bytesReceived += UInt64(m.buffer.count)
-                if nodes[m.peer] != nodes[r] { stats.bytesReceivedInterGroup += UInt64(m.buffer.count) }
-            }
-            let transfer = try transport.start(sends: sends, receives: receives)
+            let transfer = try startTransfer(sends: sends, receives: receives, stats: &stats)
             inFlight.entries.append(.init(transfer: transfer, waitBy: waitBy, homeChain: homeChain))
         }
         func bytes(_ floats: Int) -> Int { floats * MemoryLayout<Float>.size }

@@ -219,16 +219,13 @@ extension AttentionPlan {
         for s in 0..<p where s != r && incomingCount(s) > 0 {
             let bytes = incomingCount(s) * 4
             receives.append(IncomingMessage(UnsafeMutableRawBufferPointer(start: incoming(s), count: bytes), from: s, tag: tag))
-            stats.bytesReceived += UInt64(bytes)
         }
         for j in 0..<p where j != r && count(j) > 0 {
             let bytes = count(j) * 4
             sends.append(OutgoingMessage(UnsafeRawBufferPointer(start: outgoing(j), count: bytes), to: j, tag: tag))
-            stats.bytesSent += UInt64(bytes)
-            stats.messagesSent += 1
         }
         if sends.isEmpty && receives.isEmpty { return }
-        let pending = try transport.start(sends: sends, receives: receives)
+        let pending = try startTransfer(sends: sends, receives: receives, stats: &stats)
         try timed(&stats.commWaitSeconds) { try pending.wait(until: deadline) }
     }
 

@@ -149,6 +149,23 @@ public final class AttentionPlan {
         return nil
     }
 
+    /// Starts transfers and counts them into `stats`: payload bytes each
+    /// way, messages sent, and the part whose peer is in another group.
+    func startTransfer(sends: [OutgoingMessage], receives: [IncomingMessage], stats: inout CallStats) throws -> PendingTransfer {
+        if sends.isEmpty && receives.isEmpty { return CompletedTransfer() }
+        let nodes = transport.nodes, home = nodes[rank]
+        for m in sends {
+            stats.bytesSent += UInt64(m.buffer.count)
+            stats.messagesSent += 1
+            if nodes[m.peer] != home { stats.bytesSentInterGroup += UInt64(m.buffer.count) }
+        }
+        for m in receives {
+            stats.bytesReceived += UInt64(m.buffer.count)
+            if nodes[m.peer] != home { stats.bytesReceivedInterGroup += UInt64(m.buffer.count) }
+        }
+        return try transport.start(sends: sends, receives: receives)
+    }
+
     /// Times a compute phase into `stats.computeSeconds`.
     @inline(__always)
     func timed<T>(_ seconds: inout Double, _ work: () throws -> T) rethrows -> T {
