@@ -123,6 +123,22 @@ public final class AttentionPlan {
         }
     }
 
+    /// Bytes of workspace this plan holds now (buffers of every pattern's
+    /// workspace and the kernels' panels and scratch): what a rank pays in
+    /// memory beyond the caller's tensors. Grows on the first forward and
+    /// the first backward, then stays.
+    public var workspaceBytes: Int {
+        func floats(_ object: Any?) -> Int {
+            guard let object else { return 0 }
+            if let buffer = object as? FloatBuffer { return buffer.count }
+            if let buffers = object as? [FloatBuffer] { return buffers.reduce(0) { $0 + $1.count } }
+            return Mirror(reflecting: object).children.reduce(0) { $0 + floats($1.value) }
+        }
+        let spaces: [AnyObject?] = [forwardSpace, backwardSpace, collectiveForwardSpace, collectiveBackwardSpace]
+        return spaces.reduce(0) { $0 + floats($1) } * MemoryLayout<Float>.size
+            + (kernels?.workspaceBytes ?? 0) + (collectiveKernels?.workspaceBytes ?? 0)
+    }
+
     /// Allocates the kernels' scratch space if needed.
     func ensureKernels() -> BurstError? {
         if kernels != nil { return nil }

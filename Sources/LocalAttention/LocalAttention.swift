@@ -84,6 +84,9 @@ public final class LocalAttention {
     /// tiles run (MPI moves a large message only inside MPI calls).
     public var progress: (() -> Void)?
     public var progressInterval: UInt64 = 200_000
+
+    /// Bytes of the scratch space and panels this object allocated.
+    public var workspaceBytes: Int { (scratch.count + keyPanels.count + valuePanels.count) * MemoryLayout<Float>.size }
     private var nextProgress: UInt64 = 0
 
     @inline(__always)
