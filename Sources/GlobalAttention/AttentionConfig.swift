@@ -9,7 +9,7 @@ public struct AttentionConfig: Sendable {
         case contiguous = 0, zigzag = 1, striped = 2
         public var cName: String { ["BURST_DISTRIBUTION_CONTIGUOUS", "BURST_DISTRIBUTION_ZIGZAG", "BURST_DISTRIBUTION_STRIPED"][Int(rawValue)] }
     }
-    public enum Pattern: Int32 { case burst = 0, ring = 1, allgather = 2, ulysses = 3, auto = 4 }
+    public enum Pattern: Int32, Sendable { case burst = 0, ring = 1, allgather = 2, ulysses = 3, auto = 4 }
 
     public var layout: Int32 = Layout.bshd.rawValue
     public var dtype: Int32 = 0

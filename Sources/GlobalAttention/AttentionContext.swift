@@ -63,13 +63,14 @@ public final class AttentionContext {
         // Every rank has the same counts and config here, so the checks below
         // fail on every rank alike, with the same message.
         let layout = try Self.tokenLayout(cfg, counts: counts, total: Int(total))
+        let groupSize = try Self.ringGroupSize(cfg, nodes: transport.nodes)
         var pattern = AttentionConfig.Pattern(rawValue: cfg.pattern)!
-        if pattern == .auto { pattern = CostModel.choose(cfg, tokens: layout) }
+        if pattern == .auto { pattern = CostModel.choose(cfg, tokens: layout, groupSize: groupSize) }
         if pattern == .ulysses, let error = AttentionPlan.ulyssesUnsupported(cfg, ranks: counts.count) { throw error }
         let planTransport = try transport.duplicate(deadline: deadline)
         let threads = cfg.numThreads > 0 ? Int(cfg.numThreads) : defaultThreads
         return AttentionPlan(config: cfg, transport: planTransport, tokens: layout, threads: threads,
-                             pattern: pattern, groupSize: try Self.ringGroupSize(cfg, nodes: transport.nodes))
+                             pattern: pattern, groupSize: groupSize)
     }
 
     /// Where every rank's tokens are, once the shard sizes are known: checks

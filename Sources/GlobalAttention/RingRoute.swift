@@ -126,3 +126,30 @@ public struct RingPass: Sendable {
     /// Inner positions the accumulator of block b travels in outer step c.
     public func chain(block b: Int, outer c: Int) -> ClosedRange<Int>? { chains[b * route.groups + c] }
 }
+
+extension RingPass {
+    /// What a pass with these block sizes moves, per rank: floats sent and
+    /// received and messages sent — the same rules the ring runs by, for the
+    /// cost model (tests check the measured counts against an independent
+    /// statement of the rules).
+    public func traffic(readOnly: (Int) -> Int, accumulator: ((Int) -> Int)?) -> [(sent: Int, received: Int, messages: Int)] {
+        let p = route.ranks
+        var result = [(sent: Int, received: Int, messages: Int)](repeating: (0, 0, 0), count: p)
+        func move(_ floats: Int, _ from: Int, _ to: Int) {
+            result[from].sent += floats; result[from].messages += 1; result[to].received += floats
+        }
+        for b in 0..<p {
+            for x in 0..<p where isDelivered(block: b, to: x) {
+                move(readOnly(b), route.provider(x, step: route.step(x, holding: b)), x)
+            }
+            guard let accumulator else { continue }
+            for c in 0..<route.groups {
+                guard let chain = chain(block: b, outer: c) else { continue }
+                let at = { (t: Int) in route.rank(group: route.group(b) + c, member: route.member(b) + t) }
+                for t in chain.lowerBound..<chain.upperBound { move(accumulator(b), at(t), at(t + 1)) }
+                if at(chain.upperBound) != b { move(accumulator(b), at(chain.upperBound), b) }
+            }
+        }
+        return result
+    }
+}

@@ -198,3 +198,68 @@ final class RingPatternTests: XCTestCase {
                        SimulatedNetwork(latency: 5e-6, bandwidth: 2e9, interGroupBandwidth: 2.5e8, groupSize: 4))
     }
 }
+
+/// BURST_PATTERN_AUTO: the documented cost model's choices, and the choice
+/// reported in the stats.
+final class CostModelTests: XCTestCase {
+    /// The choice for a shape (no attention is run: only the layout).
+    func choice(heads: Int, kvHeads: Int, ranks: Int, total: Int = 32768, causal: Bool = false, window: Int = -1,
+                distribution: AttentionConfig.Distribution = .contiguous) -> AttentionConfig.Pattern {
+        var p = Problem()
+        p.heads = heads; p.kvHeads = kvHeads; p.headDim = 128
+        p.counts = [Int](repeating: total / ranks, count: ranks)
+        p.causal = causal; p.window = (left: window, right: causal ? 0 : window); p.distribution = distribution
+        let config = p.config(rank: 0)
+        let layout = try! AttentionContext.tokenLayout(config, counts: p.rankCounts, total: p.total)
+        return CostModel.choose(config, tokens: layout, groupSize: ranks)
+    }
+
+    func testChoicesFollowTheModel() {
+        // MHA, no mask: BURST's 3·Z·N·d backward beats RING's 4 and ULYSSES' doubled ~11·Z·N·d/P up to P = 4 …
+        XCTAssertEqual(choice(heads: 8, kvHeads: 8, ranks: 4), .burst)
+        // … and from P = 5 with divisible heads ULYSSES moves fewer bytes (ALLGATHER: too much memory).
+        XCTAssertEqual(choice(heads: 8, kvHeads: 8, ranks: 8), .ulysses)
+        XCTAssertEqual(choice(heads: 12, kvHeads: 12, ranks: 8), .burst, "12 heads on 8 ranks: ULYSSES cannot")
+        // GQA: the K,V side is 4× smaller than the query side, so RING.
+        XCTAssertEqual(choice(heads: 32, kvHeads: 8, ranks: 8), .ring)
+        // A window of 512 keys on 4096-token shards: the rings send one block; ULYSSES everything.
+        XCTAssertEqual(choice(heads: 8, kvHeads: 8, ranks: 8, causal: true, window: 512), .ring)
+        // Two ranks: ALLGATHER's backward (own K,V out, partial dK,dV back) is BURST's minus D and lse.
+        XCTAssertEqual(choice(heads: 8, kvHeads: 8, ranks: 2), .allgather)
+        XCTAssertEqual(choice(heads: 8, kvHeads: 8, ranks: 1), .burst, "one rank moves nothing: BURST")
+    }
+
+    /// The plan runs what the model chose and the stats report it.
+    func testStatsReportTheChoice() {
+        var p = Problem()
+        p.pattern = .auto
+        p.heads = 8
+        p.headDim = 16
+        p.counts = [Int](repeating: 12, count: 4)
+        let config = p.config(rank: 0)
+        let layout = try! AttentionContext.tokenLayout(config, counts: p.rankCounts, total: p.total)
+        let expected = CostModel.choose(config, tokens: layout, groupSize: 4)
+        let results = runProblem(p)
+        assertWithinTolerance(p, referenceErrors(p, results))
+        XCTAssertEqual(results.map(\.backwardStats.pattern), [Int32](repeating: expected.rawValue, count: 4))
+    }
+
+    /// ALLGATHER holds every K,V: ruled out by memory at P = 8, and its
+    /// bytes estimate equals what a call measures; so do the ring's.
+    func testEstimatesMatchMeasuredBytes() {
+        var p = Problem()
+        p.heads = 4
+        p.headDim = 8
+        p.counts = [5, 7, 6, 4, 9, 3, 8, 6]
+        p.causal = true
+        let layout = try! AttentionContext.tokenLayout(p.config(rank: 0), counts: p.rankCounts, total: p.total)
+        let estimates = CostModel.estimates(p.config(rank: 0), tokens: layout, groupSize: 8)
+        XCTAssertFalse(estimates.first { $0.pattern == .allgather }!.eligible)
+        for estimate in estimates where estimate.pattern != .ulysses {
+            p.pattern = estimate.pattern
+            let results = runProblem(p)
+            let busiest = results.map { Int($0.forwardStats.bytesSent + $0.forwardStats.bytesReceived + $0.backwardStats.bytesSent + $0.backwardStats.bytesReceived) }.max()!
+            XCTAssertEqual(estimate.bytes, busiest, "\(estimate.pattern)")
+        }
+    }
+}
