@@ -200,13 +200,14 @@ static int apply_case(int i, burst_attention_config *cfg, int64_t total_tokens,
     CASE(34, "distribution = STRIPED (rule's counts)", BURST_OK,
          (cfg->distribution = BURST_DISTRIBUTION_STRIPED,
           cfg->seq_len_local = rule_count(BURST_DISTRIBUTION_STRIPED, total_tokens)))
-    /* valid but not implemented in this version */
-    CASE(35, "pattern = RING", BURST_ERROR_UNSUPPORTED, cfg->pattern = BURST_PATTERN_RING)
-    CASE(36, "pattern = ALLGATHER", BURST_ERROR_UNSUPPORTED,
-         cfg->pattern = BURST_PATTERN_ALLGATHER)
-    CASE(37, "pattern = ULYSSES", BURST_ERROR_UNSUPPORTED,
-         cfg->pattern = BURST_PATTERN_ULYSSES)
-    CASE(38, "pattern = AUTO", BURST_ERROR_UNSUPPORTED, cfg->pattern = BURST_PATTERN_AUTO)
+    /* every pattern is implemented since 0.3; ULYSSES needs num_heads_kv
+     * (2 here) divisible by the number of ranks */
+    CASE(35, "pattern = RING", BURST_OK, cfg->pattern = BURST_PATTERN_RING)
+    CASE(36, "pattern = ALLGATHER", BURST_OK, cfg->pattern = BURST_PATTERN_ALLGATHER)
+    CASEM(37, "pattern = ULYSSES, num_heads_kv = 2",
+          2 % g_size == 0 ? BURST_OK : BURST_ERROR_UNSUPPORTED, 2 % g_size == 0 ? NULL : "num_heads_kv",
+          cfg->pattern = BURST_PATTERN_ULYSSES)
+    CASE(38, "pattern = AUTO", BURST_OK, cfg->pattern = BURST_PATTERN_AUTO)
     CASE(39, "cu_seqlens = {0, N} (varlen packing)", BURST_OK,
          (cfg->cu_seqlens = cu, cfg->num_sequences = 1))
     /* bad combinations of the variants: every rank fails, naming the field */
@@ -232,6 +233,10 @@ static int apply_case(int i, burst_attention_config *cfg, int64_t total_tokens,
           shifted_status(BURST_DISTRIBUTION_STRIPED, total_tokens, 3), "seq_len_local",
           (cfg->distribution = BURST_DISTRIBUTION_STRIPED,
            cfg->seq_len_local = rule_count(BURST_DISTRIBUTION_STRIPED, total_tokens) + 3 * (g_rank == 0)))
+    CASEM(49, "intra_group_size = 5 (does not divide the world)",
+          g_size % 5 == 0 ? BURST_OK : BURST_ERROR_INVALID_ARGUMENT, g_size % 5 == 0 ? NULL : "intra_group_size",
+          cfg->intra_group_size = 5)
+    CASE(50, "intra_group_size = world size (one ring)", BURST_OK, cfg->intra_group_size = g_size)
 #undef CASEM
 #undef CASE
   default:

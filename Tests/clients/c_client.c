@@ -124,8 +124,13 @@ static void track(double *worst, double e) {
 }
 
 /* Runs one configuration. Returns nothing; failures are counted. */
+static const char *const pattern_names[] = {"BURST", "RING", "ALLGATHER", "ULYSSES", "AUTO"};
+
+/* Runs one configuration with one communication pattern (and, for the ring
+ * patterns, intra_group_size; 0 = detect). Failures are counted. */
 static void run_case(burst_context *ctx, int layout, int mask,
-                     const shape_case *sc, int shard_kind, errors *worst) {
+                     const shape_case *sc, int shard_kind, int pattern,
+                     int group, errors *worst) {
   char name[256];
   int64_t n[256];
   int64_t start = 0;
@@ -143,8 +148,8 @@ static void run_case(burst_context *ctx, int layout, int mask,
   if (!make_shards(shard_kind, sc->seq, g_size, n)) return;
   for (r = 0; r < g_rank; ++r) start += n[r];
 
-  snprintf(name, sizeof name, "%s %s B=%ld H=%ld d=%ld N=%ld shards=%s(n_r=%ld)",
-           layout == BURST_LAYOUT_BSHD ? "BSHD" : "BHSD",
+  snprintf(name, sizeof name, "%s G=%d %s %s B=%ld H=%ld d=%ld N=%ld shards=%s(n_r=%ld)",
+           pattern_names[pattern], group, layout == BURST_LAYOUT_BSHD ? "BSHD" : "BHSD",
            mask == BURST_MASK_CAUSAL ? "causal" : "none", (long)sc->batch,
            (long)sc->heads, (long)sc->head_dim, (long)sc->seq,
            shard_names[shard_kind], (long)n[g_rank]);
@@ -207,6 +212,8 @@ static void run_case(burst_context *ctx, int layout, int mask,
   cfg.num_heads_q = sc->heads;
   cfg.num_heads_kv = sc->heads;
   cfg.head_dim = sc->head_dim;
+  cfg.pattern = pattern;
+  cfg.intra_group_size = group;
 
   ok = check_status(burst_plan_create(ctx, &cfg, &plan), "burst_plan_create");
   if (ok && plan == NULL) {
@@ -263,8 +270,29 @@ static void run_case(burst_context *ctx, int layout, int mask,
       track(&worst->dk, mdk > 0 ? edk / mdk : edk);
       track(&worst->dv, mdv > 0 ? edv / mdv : edv);
 
-      /* Communication volume of the BURST pattern (exact, any mask). */
+      /* Every pattern: the stats name the pattern that ran, and what the
+       * ranks sent is what they received. */
       {
+        unsigned long long totals[4], local[4];
+        local[0] = st_fwd.bytes_sent; local[1] = st_fwd.bytes_received;
+        local[2] = st_bwd.bytes_sent; local[3] = st_bwd.bytes_received;
+        MPI_Allreduce(local, totals, 4, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
+        if (totals[0] != totals[1] || totals[2] != totals[3])
+          fail("bytes sent and received over all ranks differ: forward %llu vs %llu, "
+               "backward %llu vs %llu", totals[0], totals[1], totals[2], totals[3]);
+        if (pattern != BURST_PATTERN_AUTO ? st_bwd.pattern != pattern
+                                          : (st_bwd.pattern < 0 || st_bwd.pattern > 3))
+          fail("stats.pattern = %d for pattern %s", (int)st_bwd.pattern, pattern_names[pattern]);
+        if (pattern <= BURST_PATTERN_RING &&
+            st_bwd.intra_group_size != (group > 0 ? group : g_size))
+          fail("stats.intra_group_size = %d, expected %d", (int)st_bwd.intra_group_size,
+               group > 0 ? group : g_size);
+        if (st_bwd.bytes_sent_inter_group != 0 || st_bwd.bytes_received_inter_group != 0)
+          fail("one node, yet %llu bytes counted as sent to another group",
+               (unsigned long long)st_bwd.bytes_sent_inter_group);
+      }
+      /* Communication volume of the BURST pattern, one ring (exact, any mask). */
+      if (pattern == BURST_PATTERN_BURST && group == 0) {
         int64_t Z = sc->batch * sc->heads, d = sc->head_dim;
         uint64_t fs = ref_burst_fwd_sent_skipping(n, g_size, g_rank, Z, d, mask);
         uint64_t fr = ref_burst_fwd_received_skipping(n, g_size, g_rank, Z, d, mask);
@@ -351,8 +379,27 @@ int main(int argc, char **argv) {
             /* The uneven patterns are exercised on the smaller shapes. */
             if (kind != SHARD_EVEN && shapes[s].seq > 100 && layout == BURST_LAYOUT_BHSD)
               continue;
-            run_case(ctx, layout, mask, &shapes[s], kind, &worst);
+            run_case(ctx, layout, mask, &shapes[s], kind, BURST_PATTERN_BURST, 0, &worst);
             ++cases;
+            /* The other patterns (and a double ring of 2-rank groups where
+             * the world divides) on BSHD, every mask, shape and split. */
+            if (layout == BURST_LAYOUT_BSHD) {
+              int pattern;
+              for (pattern = BURST_PATTERN_RING; pattern <= BURST_PATTERN_AUTO; ++pattern) {
+                if (pattern == BURST_PATTERN_ULYSSES && shapes[s].heads % g_size != 0) continue;
+                run_case(ctx, layout, mask, &shapes[s], kind, pattern, 0, &worst);
+                ++cases;
+              }
+              if (g_size % 2 == 0 && g_size > 2) {
+                run_case(ctx, layout, mask, &shapes[s], kind, BURST_PATTERN_BURST, 2, &worst);
+                run_case(ctx, layout, mask, &shapes[s], kind, BURST_PATTERN_RING, 2, &worst);
+                cases += 2;
+              }
+              if (g_size > 1) {
+                run_case(ctx, layout, mask, &shapes[s], kind, BURST_PATTERN_BURST, 1, &worst);
+                ++cases;
+              }
+            }
           }
     burst_context_destroy(ctx);
   }

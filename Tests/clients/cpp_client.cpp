@@ -219,8 +219,11 @@ void run_case(burst_context *world, const shape &s, const std::vector<int64_t> &
 // window, sharded with burst_shard / burst_shard_positions, checked against
 // the float64 reference of variant_reference.h (BHSD, so a rank's rows of a
 // head are one contiguous run per head).
-void run_gqa_zigzag(burst_context *ctx) {
-  const char *name = "zigzag causal window(6,0) GQA 4/2 BHSD N=45";
+void run_gqa_zigzag(burst_context *ctx, int pattern = BURST_PATTERN_BURST, int group = 0) {
+  static const char *const patterns[] = {"BURST", "RING", "ALLGATHER", "ULYSSES", "AUTO"};
+  const std::string label = std::string("zigzag causal window(6,0) GQA 4/2 BHSD N=45 ") + patterns[pattern] +
+                            " G=" + std::to_string(group);
+  const char *name = label.c_str();
   vcase c{name, BURST_DISTRIBUTION_ZIGZAG, BURST_LAYOUT_BHSD, 1, 6, 0, 4, 2, 1, 16, 45, nullptr, 0};
   const size_t nq = size_t(c.batch * c.hq * c.N * c.d), nk = size_t(c.batch * c.hkv * c.N * c.d);
   std::vector<double> q(nq), k(nk), v(nk), dout(nq), out(nq), lse(size_t(c.batch * c.hq * c.N)), dq(nq), dk(nk), dv(nk);
@@ -246,6 +249,7 @@ void run_gqa_zigzag(burst_context *ctx) {
   cfg.layout = c.layout; cfg.mask = BURST_MASK_CAUSAL; cfg.distribution = c.dist;
   cfg.batch = c.batch; cfg.seq_len_local = n; cfg.num_heads_q = c.hq; cfg.num_heads_kv = c.hkv;
   cfg.head_dim = c.d; cfg.window_left = c.wl; cfg.window_right = c.wr; cfg.num_threads = 1;
+  cfg.pattern = pattern; cfg.intra_group_size = group;
   burst_plan *raw = nullptr;
   check(burst_plan_create(ctx, &cfg, &raw), "burst_plan_create");
   plan_ptr plan(raw);
@@ -310,6 +314,19 @@ int main(int argc, char **argv) {
     }
     run_gqa_zigzag(world.get());
     ++cases;
+    // The same problem under every other pattern (ULYSSES where the 2 kv heads
+    // divide over the ranks) and, where the world splits in 2-rank groups, the
+    // double ring.
+    for (int pattern = BURST_PATTERN_RING; pattern <= BURST_PATTERN_AUTO; ++pattern) {
+      if (pattern == BURST_PATTERN_ULYSSES && 2 % g_size != 0) continue;
+      run_gqa_zigzag(world.get(), pattern);
+      ++cases;
+    }
+    if (g_size % 2 == 0 && g_size > 2) {
+      run_gqa_zigzag(world.get(), BURST_PATTERN_BURST, 2);
+      run_gqa_zigzag(world.get(), BURST_PATTERN_RING, 2);
+      cases += 2;
+    }
   } catch (const burst_error &e) {
     fail("setup", e.what());
   }

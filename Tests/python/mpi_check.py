@@ -156,9 +156,9 @@ V_BATCH, V_HEAD_DIM = 2, 8
 
 
 def run_variant(ctx, name, distribution, n_total, causal, window, hq, hkv, cu, layout,
-                seed) -> None:
+                seed, pattern="burst", intra_group_size=0) -> None:
     global bytes_checked
-    tag = f"[{name}: {distribution} N={n_total} {layout}]"
+    tag = f"[{name}: {distribution} N={n_total} {layout} {pattern} G={intra_group_size}]"
     axis = ref.seq_axis(layout)
     q, k, v, dout = ref.make_inputs(seed, V_BATCH, n_total, hq, hkv, V_HEAD_DIM, layout)
     masks = dict(window_left=window[0], window_right=window[1], cu_seqlens=cu)
@@ -175,6 +175,7 @@ def run_variant(ctx, name, distribution, n_total, causal, window, hq, hkv, cu, l
     with ctx.plan(V_BATCH, len(pos[RANK]), hq, V_HEAD_DIM, num_heads_kv=hkv, layout=layout,
                   mask="causal" if causal else "none", distribution=distribution,
                   window_left=window[0], window_right=window[1], cu_seqlens=cu,
+                  pattern=pattern, intra_group_size=intra_group_size,
                   timeout_seconds=TIMEOUT) as plan:
         out, lse = plan.forward(*mine[:3])
         fstats = plan.stats()
@@ -204,6 +205,14 @@ def run_variant(ctx, name, distribution, n_total, causal, window, hq, hkv, cu, l
     lerr = ref.lse_error(lse_full, lse_ref)
     check(lerr <= ref.LSE_TOL, f"{tag} assembled lse error {lerr:.3g}")
 
+    for kind, stats in (("forward", fstats), ("backward", bstats)):
+        sent = COMM.allreduce(stats["bytes_sent"], op=MPI.SUM)
+        check(sent == COMM.allreduce(stats["bytes_received"], op=MPI.SUM),
+              f"{tag} {kind}: bytes sent over all ranks != bytes received")
+        if pattern != "auto":
+            check(stats["pattern"] == ba.Pattern[pattern.upper()], f"{tag} stats pattern {stats['pattern']}")
+    if pattern != "burst" or intra_group_size not in (0, P):
+        return  # the schedule simulation below is BURST's single ring
     visible = ref.visibility(n_total, causal, window[0], window[1], cu)
     needs = ref.needs_matrix(pos, visible)
     counts = [len(x) for x in pos]
@@ -359,6 +368,16 @@ def main() -> int:
                         run_case(ctx, counts, layout, mask, seed)
             for i, variant in enumerate(VARIANTS):
                 run_variant(ctx, *variant, seed=2000 + i)
+            # Every other pattern (ULYSSES where the kv heads divide), and the
+            # double ring in 2-rank groups, on the variants.
+            for i, variant in enumerate(VARIANTS):
+                for pattern in ("ring", "allgather", "ulysses", "auto"):
+                    if pattern == "ulysses" and variant[6] % P:
+                        continue
+                    run_variant(ctx, *variant, seed=3000 + i, pattern=pattern)
+                if P % 2 == 0 and P > 2:
+                    run_variant(ctx, *variant, seed=4000 + i, intra_group_size=2)
+                    run_variant(ctx, *variant, seed=4000 + i, pattern="ring", intra_group_size=2)
             error_paths(ctx)
             variant_error_paths(ctx)
         other_contexts()

@@ -70,7 +70,7 @@ def distributed_run(world, counts, layout, mask, batch=2, heads=2, head_dim=8, s
 
 def variant_run(world, distribution, n_total, counts=None, layout="bshd", causal=False,
                 window=(-1, -1), cu_seqlens=None, batch=2, heads_q=2, heads_kv=None,
-                head_dim=8, seed=7, softmax_scale=0.0):
+                head_dim=8, seed=7, softmax_scale=0.0, pattern="burst", intra_group_size=0):
     """Forward + backward of one global problem over the `world` contexts (one thread a
     rank), every shard compared with the float64 reference (DESIGN §3 tolerances,
     relative to the max of the *global* reference), and every rank's counters checked
@@ -100,6 +100,7 @@ def variant_run(world, distribution, n_total, counts=None, layout="bshd", causal
                       layout=layout, mask=mask, distribution=distribution,
                       window_left=window_left, window_right=window_right,
                       cu_seqlens=cu_seqlens, softmax_scale=softmax_scale,
+                      pattern=pattern, intra_group_size=intra_group_size,
                       timeout_seconds=CALL_TIMEOUT) as plan:
             out, lse = plan.forward(*mine[:3])
             fstats = plan.stats()
@@ -121,6 +122,13 @@ def variant_run(world, distribution, n_total, counts=None, layout="bshd", causal
         lerr = ref.lse_error(lse, ref.shard_lse_at(lse_ref, pos[r]))
         assert lerr <= ref.LSE_TOL, f"{where}: rank {r} lse error {lerr:.3g}"
 
+    for kind, i in (("forward", 5), ("backward", 6)):
+        sent = sum(result[i]["bytes_sent"] for result in per_rank)
+        assert sent == sum(result[i]["bytes_received"] for result in per_rank), (where, kind)
+        if ba.Pattern[str(pattern).upper()] is not ba.Pattern.AUTO:
+            assert all(result[i]["pattern"] == ba.Pattern[str(pattern).upper()] for result in per_rank)
+    if str(pattern).lower() != "burst" or intra_group_size not in (0, p):
+        return [(f, b) for *_, f, b in per_rank]  # the schedule simulation below is BURST's single ring
     visible = ref.visibility(n_total, causal, window_left, window_right, cu_seqlens)
     needs = ref.needs_matrix(pos, visible)
     for kind, i in (("forward", 5), ("backward", 6)):
@@ -173,9 +181,9 @@ def test_library_lookup_failure_lists_what_was_tried(tmp_path):
 
 
 def test_version_matches_header():
-    assert ba.version() == ba.VERSION_NUMBER == 200
-    assert ba.version_info() == (ba.VERSION_MAJOR, ba.VERSION_MINOR, ba.VERSION_PATCH) == (0, 2, 0)
-    assert ba.__version__ == "0.2.0"
+    assert ba.version() == ba.VERSION_NUMBER == 300
+    assert ba.version_info() == (ba.VERSION_MAJOR, ba.VERSION_MINOR, ba.VERSION_PATCH) == (0, 3, 0)
+    assert ba.__version__ == "0.3.0"
 
 
 def test_status_string_every_code():
@@ -221,7 +229,7 @@ def test_last_error_is_thread_local():
 def test_config_init_defaults_and_layout():
     # burst_attention_config_init, called directly: struct layout must match the header.
     assert ctypes.sizeof(_lib.AttentionConfig) == 120
-    assert ctypes.sizeof(_lib.Stats) == 88 and _lib.STATS_SIZE_V0_1 == 72
+    assert ctypes.sizeof(_lib.Stats) == 112 and _lib.STATS_SIZE_V0_2 == 88 and _lib.STATS_SIZE_V0_1 == 72
     scratch = _lib._ConfigScratch()
     _lib.lib.burst_attention_config_init(ctypes.byref(scratch.cfg))
     cfg = scratch.cfg
@@ -758,15 +766,49 @@ def test_bad_config_invalid_argument(kwargs):
     assert info.value.status == ba.Status.INVALID_ARGUMENT, info.value
 
 
-@pytest.mark.parametrize("pattern", ["ring", "allgather", "ulysses", "auto", 1, ba.Pattern.AUTO],
-                         ids=str)
-def test_bad_config_unsupported(pattern):
-    # Patterns other than BURST are the only config values still not implemented.
-    with ba.Context.self() as ctx:
-        with pytest.raises(ba.BurstError) as info:
-            ctx.plan(1, 4, 2, 8, pattern=pattern)
-    assert info.value.status == ba.Status.UNSUPPORTED, info.value
-    assert "pattern" in info.value.message.lower(), info.value.message
+@pytest.mark.parametrize("pattern", ["ring", "allgather", "ulysses", "auto"])
+@pytest.mark.parametrize("world_size,distribution,causal,window,heads", [
+    (2, "contiguous", False, (-1, -1), (4, 4)),
+    (3, "zigzag", True, (-1, -1), (6, 3)),
+    (4, "striped", True, (5, 0), (4, 2)),
+    (4, "contiguous", False, (3, 7), (8, 4)),
+])
+def test_loopback_every_pattern(pattern, world_size, distribution, causal, window, heads):
+    # Every pattern against the float64 reference, with the stats naming it and the
+    # bytes sent over all ranks equal to those received.
+    if pattern == "ulysses" and heads[1] % world_size:
+        pytest.skip("ULYSSES needs num_heads_kv divisible by the world size (tested apart)")
+    contexts = ba.Context.loopback(world_size)
+    try:
+        variant_run(contexts, distribution, 29, causal=causal, window=window,
+                    heads_q=heads[0], heads_kv=heads[1], pattern=pattern)
+    finally:
+        for c in contexts:
+            c.close()
+
+
+def test_loopback_double_ring_4_as_2x2():
+    contexts = ba.Context.loopback(4)
+    try:
+        stats = variant_run(contexts, "zigzag", 40, causal=True, intra_group_size=2)
+        assert all(b["intra_group_size"] == 2 for _, b in stats)
+    finally:
+        for c in contexts:
+            c.close()
+
+
+def test_ulysses_needs_divisible_heads_on_every_rank():
+    # Every pattern is implemented since 0.3; ULYSSES refuses num_heads_kv that the
+    # world size does not divide, on every rank, naming the condition.
+    contexts = ba.Context.loopback(2)
+    try:
+        results = run_ranks(contexts, lambda ctx: ctx.plan(1, 4, 3, 8, pattern="ulysses"))
+        for _, exc in results:
+            assert isinstance(exc, ba.UnsupportedError), exc
+            assert "num_heads_kv (3) divisible by the number of ranks (2)" in exc.message, exc.message
+    finally:
+        for c in contexts:
+            c.close()
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -809,6 +851,7 @@ def test_stats_keys_and_self_context_sends_nothing():
     with ba.Context.self() as ctx, ctx.plan(1, 16, 2, 8) as plan:
         before = plan.stats()
         assert tuple(before) == ba.STATS_KEYS
+        assert before.pop("pattern") is ba.Pattern.BURST and before.pop("intra_group_size") == 1
         assert all(v == 0 for v in before.values()), before
         q, k, v, dout = ref.make_inputs(1, 1, 16, 2, 2, 8)
         out, lse = plan.forward(q, k, v)

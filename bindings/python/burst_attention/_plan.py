@@ -159,15 +159,20 @@ class Plan:
     def stats(self) -> dict:
         """Counters of this rank's last forward/backward on this plan (zeros before the
         first): bytes_sent, bytes_received, messages_sent, steps_computed,
-        steps_skipped, tiles_computed, tiles_skipped (ints) and compute_seconds,
-        comm_wait_seconds, total_seconds (floats).
+        steps_skipped, tiles_computed, tiles_skipped, bytes_sent_inter_group,
+        bytes_received_inter_group (ints), compute_seconds, comm_wait_seconds,
+        total_seconds (floats, measured), and, set from plan creation on, pattern
+        (the `Pattern` the plan runs, AUTO resolved) and intra_group_size (ranks per
+        group of the ring; the world size for one ring).
 
         A tile is (one head) x (up to 256 queries) x (up to 128 keys);
         tiles_computed + tiles_skipped is what a dense schedule would compute."""
         stats = _lib.new_stats()
         with self._in_call() as handle:
             _check(_lib.lib.burst_plan_stats(handle, ctypes.byref(stats)), "burst_plan_stats")
-        return {key: getattr(stats, key) for key in STATS_KEYS}
+        result = {key: getattr(stats, key) for key in STATS_KEYS}
+        result["pattern"] = Pattern(result["pattern"])
+        return result
 
     def _fail_collectively(self, problems, function, call_with_nulls):
         """Raise for a validation failure; first let the other ranks know (see module
