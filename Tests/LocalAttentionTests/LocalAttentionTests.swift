@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 import XCTest
 @testable import LocalAttention
@@ -95,6 +98,39 @@ final class LocalKernelTests: XCTestCase {
         kernel.backwardAccumulate(queryHeads: 1, group: 1, q: q, dOut: dO, delta: delta, lse: lse, dq: &dq, queryRows: n,
                                   queryLo: qLo, queryHi: qHi, k: k, v: v, dk: &dk, dv: &dv, keyRows: n, keyPositions: Array(0..<n))
         XCTAssertTrue((dq + dk + dv).allSatisfy { $0 == 0 })
+    }
+
+    /// The progress hook (the ring polls its transfers with it) runs on the
+    /// calling thread only, between tiles, and does not change a result.
+    func testProgressHookRunsBetweenTilesOnTheCallingThread() {
+        let d = 8, n = 40
+        for threads in [1, 2] {
+            let kernel = LocalAttention(headDim: d, scale: 0.5, pool: WorkerPool(threadCount: threads),
+                                        maxKVHeads: 2, maxKeyRows: n, tileQ: 8, tileK: 8)!
+            let (qLo, qHi) = VisibilityRule(causal: false).rowBounds(Array(0..<n))
+            let q = values(2 * n * d, 1), k = values(2 * n * d, 2), v = values(2 * n * d, 3)
+            func run(withHook: Bool) -> (acc: [Float], calls: Int, foreign: Int) {
+                var acc = [Float](repeating: 0, count: 2 * n * d)
+                var rowMax = [Float](repeating: -.infinity, count: 2 * n), rowSum = [Float](repeating: 0, count: 2 * n)
+                let caller = pthread_self()
+                var calls = 0, foreign = 0
+                if withHook {
+                    kernel.progressInterval = 0
+                    kernel.progress = { calls += 1; if pthread_equal(pthread_self(), caller) == 0 { foreign += 1 } }
+                }
+                let tiles = kernel.forwardAccumulate(queryHeads: 2, group: 1, q: q, queryRows: n, queryLo: qLo, queryHi: qHi,
+                                                     k: k, v: v, keyRows: n, keyPositions: Array(0..<n),
+                                                     acc: &acc, rowMax: &rowMax, rowSum: &rowSum)
+                kernel.progress = nil
+                XCTAssertEqual(tiles.computed, 2 * 5 * 5)
+                return (acc, calls, foreign)
+            }
+            let plain = run(withHook: false), hooked = run(withHook: true)
+            XCTAssertEqual(plain.acc, hooked.acc)
+            XCTAssertGreaterThan(hooked.calls, 0, "threads \(threads)")
+            if threads == 1 { XCTAssertEqual(hooked.calls, 50, "one call per tile with interval 0") }
+            XCTAssertEqual(hooked.foreign, 0, "the hook ran on a worker thread")
+        }
     }
 
     /// Row-by-row visible columns of a tile against brute force: contiguous,
