@@ -164,6 +164,31 @@ def test_loopback_ranks_match_sdpa(world, distribution, causal, window, heads, l
           (world, distribution, causal, window, heads, layout))
 
 
+@pytest.mark.parametrize("pattern,intra_group_size", [("ring", 0), ("allgather", 0), ("ulysses", 0),
+                                                     ("auto", 0), ("burst", 2), ("ring", 1)])
+def test_every_pattern_matches_sdpa(pattern, intra_group_size):
+    # 4 ranks, GQA 4/2 (ULYSSES: 2 kv heads on 4 ranks is refused, so 4/4 there), causal zigzag.
+    hq, hkv = (4, 4) if pattern == "ulysses" else (4, 2)
+    q, k, v, dout = make(1, 64, hq, hkv, 16, "bshd", seed=5)
+    got = run_sharded(4, q, k, v, dout, "zigzag", causal=True, pattern=pattern,
+                      intra_group_size=intra_group_size)
+    check(got, reference(q, k, v, dout, causal=True), (pattern, intra_group_size))
+
+
+def test_pattern_is_checked_and_reported():
+    q, k, v, _ = make(1, 8, 2, 2, 8, "bshd", seed=1)
+    with pytest.raises(ValueError, match="pattern"):
+        bt.burst_attn(q, k, v, pattern="tree")
+    with pytest.raises(TypeError, match="intra_group_size"):
+        bt.burst_attn(q, k, v, intra_group_size=1.5)
+    ctx = ba.Context.self()
+    try:
+        bt.burst_attn(q, k, v, comm=ctx, pattern="ring")
+        assert bt.last_stats(ctx)["pattern"] is ba.Pattern.RING
+    finally:
+        ctx.close()
+
+
 @pytest.mark.parametrize("world,distribution", [(1, "contiguous"), (2, "zigzag"),
                                                 (3, "contiguous"), (3, "striped")])
 @pytest.mark.parametrize("causal,window", [(True, (-1, -1)), (False, (4, 4))])

@@ -55,7 +55,7 @@ import torch
 
 from ._context import Context
 from ._errors import BurstError, MismatchError, Status
-from ._enums import Distribution, Layout, parse
+from ._enums import Distribution, Layout, Pattern, parse
 from ._sharding import shard_counts as _shard_counts_np
 from ._sharding import shard_positions as _shard_positions_np
 
@@ -381,7 +381,8 @@ def _plan_for(group: _Group, key: tuple, lengths: tuple, kwargs: dict):
 # The arguments every rank must pass alike (the library checks the rest of the config
 # again; num_threads and timeout_seconds may differ between ranks).
 _AGREED = ("batch", "num_heads_q", "num_heads_kv", "head_dim", "layout", "causal",
-           "window", "softmax_scale", "distribution", "cu_seqlens")
+           "window", "softmax_scale", "distribution", "cu_seqlens", "pattern",
+           "intra_group_size")
 
 
 def _agree(group: _Group, n_local: int, agreed: "dict | None", problem: "Exception | None"):
@@ -458,7 +459,7 @@ class BurstAttnFunction(torch.autograd.Function):
 
 
 def _validate(q, k, v, *, causal, window, softmax_scale, layout, distribution,
-              cu_seqlens, num_threads, timeout_seconds):
+              cu_seqlens, num_threads, timeout_seconds, pattern="burst", intra_group_size=0):
     """(n_local, agreed arguments, plan kwargs, local key) or a raised TypeError /
     ValueError naming the argument."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -480,14 +481,21 @@ def _validate(q, k, v, *, causal, window, softmax_scale, layout, distribution,
         raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
     dist_v = Distribution(parse(Distribution, distribution, "distribution"))
     scale = _scale(softmax_scale, d)
+    pattern_v = Pattern(parse(Pattern, pattern, "pattern"))
+    if isinstance(intra_group_size, bool) or not isinstance(intra_group_size, int):
+        raise TypeError(f"intra_group_size: expected an int, got {type(intra_group_size).__name__}")
+    if intra_group_size < 0:
+        raise ValueError(f"intra_group_size: must be >= 0 (0 = detect), got {intra_group_size}")
     agreed = dict(batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d,
                   layout=layout_v.name.lower(), causal=causal, window=(left, right),
-                  softmax_scale=scale, distribution=dist_v.name.lower(), cu_seqlens=cu_seqlens)
+                  softmax_scale=scale, distribution=dist_v.name.lower(), cu_seqlens=cu_seqlens,
+                  pattern=pattern_v.name.lower(), intra_group_size=intra_group_size)
     kwargs = dict(batch=b, num_heads_q=hq, head_dim=d, num_heads_kv=hkv, layout=layout_v,
                   mask="causal" if causal else "none", softmax_scale=scale,
                   distribution=dist_v, window_left=left, window_right=right,
                   cu_seqlens=None if cu_seqlens is None else np.asarray(cu_seqlens, np.int64),
-                  num_threads=num_threads, timeout_seconds=timeout_seconds)
+                  num_threads=num_threads, timeout_seconds=timeout_seconds,
+                  pattern=pattern_v, intra_group_size=intra_group_size)
     key = tuple(agreed.values()) + (num_threads, timeout_seconds)
     return n, agreed, kwargs, key
 
@@ -514,7 +522,7 @@ def burst_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool =
                window: "tuple[int, int]" = (-1, -1), softmax_scale: "float | None" = None,
                layout: str = "bshd", comm: CommLike = None, distribution: str = "contiguous",
                num_threads: int = 0, timeout_seconds: float = 0.0,
-               return_lse: bool = False):
+               return_lse: bool = False, pattern: str = "burst", intra_group_size: int = 0):
     """Exact attention over the whole sequence sharded across the ranks of `comm`.
 
     Args:
@@ -535,6 +543,12 @@ def burst_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool =
         timeout_seconds: per-call deadline for the other ranks (0 = 300 s).
         return_lse: also return lse [batch, heads_q, n_local] (natural log of the softmax
             denominator; -inf for a query that sees no key), not differentiable.
+        pattern: what travels between the ranks: "burst" (default; the BurstAttention
+            ring), "ring" (K, V, dK, dV travel), "allgather", "ulysses" (heads_kv must
+            divide by the world size) or "auto" (the library's cost model picks;
+            `last_stats(comm)["pattern"]` says which). The same results either way.
+        intra_group_size: ranks per group of the double ring for "burst"/"ring" (must
+            divide the world size; 0 = the MPI shared-memory nodes, else one ring).
 
     Returns:
         out, shaped like q (and lse when return_lse). Differentiable w.r.t. q, k, v.
@@ -547,14 +561,15 @@ def burst_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool =
     return _run(q, k, v, causal=causal, window=window, softmax_scale=softmax_scale,
                 layout=layout, comm=comm, distribution=distribution, cu_seqlens=None,
                 num_threads=num_threads, timeout_seconds=timeout_seconds,
-                return_lse=return_lse)
+                return_lse=return_lse, pattern=pattern, intra_group_size=intra_group_size)
 
 
 def burst_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens,
                       causal: bool = False, window: "tuple[int, int]" = (-1, -1),
                       softmax_scale: "float | None" = None, comm: CommLike = None,
                       distribution: str = "contiguous", num_threads: int = 0,
-                      timeout_seconds: float = 0.0, return_lse: bool = False):
+                      timeout_seconds: float = 0.0, return_lse: bool = False,
+                      pattern: str = "burst", intra_group_size: int = 0):
     """Packed sequences (flash-attn varlen): several sequences laid end to end in one
     global token stream, with no attention across sequences.
 
@@ -566,7 +581,7 @@ def burst_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
             non-decreasing, ending at the total token count (a list, numpy array or
             int32/int64 tensor), the same on every rank.
         causal, window, softmax_scale, comm, distribution, num_threads,
-        timeout_seconds, return_lse: as in `burst_attn` (positions are within each
+        timeout_seconds, return_lse, pattern, intra_group_size: as in `burst_attn` (positions are within each
             sequence's stream, which is the same thing since sequences never see
             each other).
 
@@ -576,7 +591,8 @@ def burst_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     result = _run(q, k, v, varlen=True, causal=causal, window=window,
                   softmax_scale=softmax_scale, layout="bshd", comm=comm,
                   distribution=distribution, cu_seqlens=cu_seqlens, num_threads=num_threads,
-                  timeout_seconds=timeout_seconds, return_lse=return_lse)
+                  timeout_seconds=timeout_seconds, return_lse=return_lse, pattern=pattern,
+                  intra_group_size=intra_group_size)
     if return_lse:
         out, lse = result
         return out.squeeze(0), lse.squeeze(0)
