@@ -150,6 +150,11 @@ struct BurstBench: ParsableCommand {
             ("step_compute_s", JSON.number(step)), ("fwd_steps_computed", "\(f.stepsComputed)"),
             ("fwd_compute_s", JSON.number(f.computeSeconds)), ("block_bytes", "\(blockBytes)"),
             ("network_given", JSON.string(base.description)), ("network", JSON.string(calibrated.description)),
+            // The calibration run is the same shape without a network: its waits are what
+            // the ranks wait for each other (imbalance, time-slicing of shared cores), not for links.
+            ("baseline_fwd_comm_wait_s", JSON.array(records.map(\.forward.stats.commWaitSeconds))),
+            ("baseline_bwd_comm_wait_s", JSON.array(records.map { $0.backward?.stats.commWaitSeconds ?? 0 })),
+            ("baseline_total_s", JSON.array(records.map { $0.forward.stats.totalSeconds + ($0.backward?.stats.totalSeconds ?? 0) })),
         ])
         return (calibrated, line)
     }
