@@ -68,7 +68,7 @@ extension AttentionPlan {
     /// Equal shards n = N/P and no mask: the forward moves (P−1)·2·Zkv·n·d
     /// floats each way, the backward (P−1)·4·Zkv·n·d floats each way. P = 1
     /// moves nothing. `zq` does not enter: only the key/value side travels.
-    static func allgatherBytes(tokens: TokenLayout, rank r: Int, zq: Int, zkv: Int, headDim d: Int,
+    public static func allgatherBytes(tokens: TokenLayout, rank r: Int, zq: Int, zkv: Int, headDim d: Int,
                                backward: Bool) -> (sent: UInt64, received: UInt64) {
         let block = { (j: Int) in UInt64(8 * zkv * d * tokens.counts[j]) }
         var gatherSent: UInt64 = 0, gatherReceived: UInt64 = 0

@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import LocalAttention
 
 /// Receive buffers of a ring pass: two for blocks arriving over intra-group
@@ -41,6 +46,11 @@ private final class InFlight {
 }
 
 extension AttentionPlan {
+    /// Whether transfers in flight are polled between tiles (read once from
+    /// `BURST_PROGRESS`; "0" turns it off, so transfers progress only when a
+    /// step waits for them — the benchmark's progress on/off comparison).
+    static let progressPolling: Bool = getenv("BURST_PROGRESS").map { String(cString: $0) != "0" } ?? true
+
     /// Runs one ring pass on this rank (BurstAttention's GAO with the
     /// paper's double buffering: the block of step k + 1 is in flight while
     /// step k computes, and an inter-group block has a whole outer step).
@@ -191,7 +201,7 @@ extension AttentionPlan {
                 guard let current, !carries || accumulator != nil else {
                     throw BurstError(.internalError, "ring: rank \(r) lacks the data of block \(b) at step \(k)")
                 }
-                kernels?.progress = { inFlight.poll() }
+                if Self.progressPolling { kernels?.progress = { inFlight.poll() } }
                 defer { kernels?.progress = nil }
                 try compute(b, current, accumulator, &stats)
                 if let error = inFlight.pollError { throw error }

@@ -170,7 +170,7 @@ extension AttentionPlan {
     /// floats each way (MHA: ≈ 4·Z·N·d/P), the backward
     /// (P−1)/P·n·(zq(3d+2) + 4zkv·d) (MHA: ≈ 7·Z·N·d/P). P = 1 moves nothing.
     /// Meaningful when `ulyssesUnsupported` is nil (zkv and zq divisible by P).
-    static func ulyssesBytes(tokens: TokenLayout, rank r: Int, zq: Int, zkv: Int, headDim d: Int,
+    public static func ulyssesBytes(tokens: TokenLayout, rank r: Int, zq: Int, zkv: Int, headDim d: Int,
                              backward: Bool) -> (sent: UInt64, received: UInt64) {
         let p = tokens.ranks
         guard p > 0 else { return (0, 0) }
