@@ -157,7 +157,9 @@ extension AttentionPlan {
                                          rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer)
 
         // Transfers progress between tiles (MPI moves large messages only in MPI calls).
-        kernels.progress = { try? gather.sends.poll(); for pending in gather.receives { try? pending?.poll() } }
+        if Self.progressPolling {
+            kernels.progress = { try? gather.sends.poll(); for pending in gather.receives { try? pending?.poll() } }
+        }
         defer { kernels.progress = nil }
         // Source order 0 … P−1 whatever the arrival order: reproducible sums.
         for source in 0..<p {
@@ -244,7 +246,7 @@ extension AttentionPlan {
         var slot = 0
         // Transfers progress between tiles (failures surface at the waits).
         let inFlight = partialReceives + [gather.sends] + gather.receives.compactMap { $0 }
-        kernels.progress = { for pending in inFlight { try? pending.poll() } }
+        if Self.progressPolling { kernels.progress = { for pending in inFlight { try? pending.poll() } } }
         defer { kernels.progress = nil }
         for source in 0..<p {
             let rows = tokens.counts[source]
