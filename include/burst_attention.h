@@ -167,7 +167,7 @@ enum { BURST_PATTERN_BURST = 0,
  * K, V, dK and dV are stored and sent at num_heads_kv heads, never repeated.
  * Work whose keys are all hidden is skipped: a ring step (steps_skipped), a
  * tile (tiles_skipped), and a transfer that no rank further along the ring
- * needs (see README: bytes per call).                                       */
+ * needs (see README: Communication patterns).                              */
 
 /* One attention shape. Field order is ABI; new fields are only appended.
  * Always call burst_attention_config_init first, then set fields. */
