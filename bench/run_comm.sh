@@ -26,7 +26,7 @@ cd "$ROOT"
 
 command_line="bench/run_comm.sh $*"
 quick=0 build=1 out="$ROOT/docs/comm" parts="a,b,c,d"
-bandwidths="8e10 2.1e10 5.5e9 1.45e9 3.8e8 1e8"
+bandwidths="8e10 1.45e9 1e8 2.6e7 1e7 4e6"
 repeats="" warmup=""
 while (($#)); do
   case $1 in

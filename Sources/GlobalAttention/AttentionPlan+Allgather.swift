@@ -173,19 +173,9 @@ extension AttentionPlan {
                 try timed(&stats.commWaitSeconds) { try pending.wait(until: deadline) }
             }
             let block = space.kv.pointer + gatheredOffset(source)
-            let tiles = timed(&stats.computeSeconds) {
-                tokens.lo[r].withUnsafeBufferPointer { lo in
-                tokens.hi[r].withUnsafeBufferPointer { hi in
-                tokens.positions[source].withUnsafeBufferPointer { keys in
-                    kernels.forwardAccumulate(queryHeads: zq, group: group, q: space.q.pointer, queryRows: n,
-                                              queryLo: lo.baseAddress!, queryHi: hi.baseAddress!,
-                                              k: block, v: block + zkv * rows * d,
-                                              keyRows: rows, keyPositions: keys.baseAddress!,
-                                              acc: space.acc.pointer, rowMax: space.rowMax.pointer,
-                                              rowSum: space.rowSum.pointer)
-                } } }
-            }
-            stats.add(tiles)
+            foldBlock(kernels, queryHeads: zq, q: space.q.pointer, rows: n, lo: tokens.lo[r], hi: tokens.hi[r],
+                      k: block, v: block + zkv * rows * d, keyRows: rows, keyPositions: tokens.positions[source],
+                      acc: space.acc.pointer, rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer, stats: &stats)
             stats.stepsComputed += 1
         }
         try timed(&stats.commWaitSeconds) { try gather.sends.wait(until: deadline) }
@@ -269,20 +259,10 @@ extension AttentionPlan {
             partial.update(repeating: 0, count: 2 * zkv * rows * d)
             let block = space.kv.pointer + gatheredOffset(source)
             let lseRows = lsePointer
-            let tiles = timed(&stats.computeSeconds) {
-                tokens.lo[r].withUnsafeBufferPointer { lo in
-                tokens.hi[r].withUnsafeBufferPointer { hi in
-                tokens.positions[source].withUnsafeBufferPointer { keys in
-                    kernels.backwardAccumulate(queryHeads: zq, group: group, q: space.q.pointer, dOut: space.dOut.pointer,
-                                               delta: space.delta.pointer, lse: lseRows,
-                                               dq: space.dq.pointer, queryRows: n,
-                                               queryLo: lo.baseAddress!, queryHi: hi.baseAddress!,
-                                               k: block, v: block + zkv * rows * d,
-                                               dk: partial, dv: partial + zkv * rows * d,
-                                               keyRows: rows, keyPositions: keys.baseAddress!)
-                } } }
-            }
-            stats.add(tiles)
+            gradientBlock(kernels, queryHeads: zq, q: space.q.pointer, dOut: space.dOut.pointer, delta: space.delta.pointer,
+                          lse: lseRows, dq: space.dq.pointer, rows: n, lo: tokens.lo[r], hi: tokens.hi[r],
+                          k: block, v: block + zkv * rows * d, dk: partial, dv: partial + zkv * rows * d,
+                          keyRows: rows, keyPositions: tokens.positions[source], stats: &stats)
             stats.stepsComputed += 1
             if source != r {
                 let bytes = 2 * zkv * rows * d * 4

@@ -118,26 +118,15 @@ extension AttentionPlan {
         let dkLocal = space.dkv.pointer, dvLocal = space.dkv.pointer + zkv * n * d
         let tags = RingTags(readOnly: Self.bundleTag, readOnlyInter: Self.bundleInterTag,
                             accumulator: Self.partialDQTag, home: Self.homeDQTag)
-        /// One (query block, key block) pair: m query rows of `owner`
+        /// One (query block, key block) pair: the query rows of `owner`
         /// against the keys of `keyRank`.
         func accumulate(queries owner: Int, bundle: UnsafeMutablePointer<Float>, dq: UnsafeMutablePointer<Float>,
                         keys keyRank: Int, kv: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
                         dv: UnsafeMutablePointer<Float>, keyPanelsReady: Bool, stats: inout CallStats) {
-            let m = tokens.counts[owner], nk = tokens.counts[keyRank]
-            let tiles = timed(&stats.computeSeconds) {
-                tokens.lo[owner].withUnsafeBufferPointer { lo in
-                tokens.hi[owner].withUnsafeBufferPointer { hi in
-                tokens.positions[keyRank].withUnsafeBufferPointer { keys in
-                    kernels.backwardAccumulate(keyPanelsReady: keyPanelsReady, queryHeads: zq, group: group,
-                                               q: bundle, dOut: bundle + zq * m * d,
-                                               delta: bundle + 2 * zq * m * d, lse: bundle + 2 * zq * m * d + zq * m,
-                                               dq: dq, queryRows: m,
-                                               queryLo: lo.baseAddress!, queryHi: hi.baseAddress!,
-                                               k: kv, v: kv + zkv * nk * d, dk: dk, dv: dv,
-                                               keyRows: nk, keyPositions: keys.baseAddress!)
-                } } }
-            }
-            stats.add(tiles)
+            let nk = tokens.counts[keyRank]
+            gradientBlock(kernels, queryHeads: zq, bundle: bundle, dq: dq, rows: tokens.counts[owner],
+                          lo: tokens.lo[owner], hi: tokens.hi[owner], k: kv, v: kv + zkv * nk * d, dk: dk, dv: dv,
+                          keyRows: nk, keyPositions: tokens.positions[keyRank], keyPanelsReady: keyPanelsReady, stats: &stats)
         }
 
         let pass: RingPass

@@ -92,19 +92,9 @@ extension AttentionPlan {
                     ownReadOnly: space.kv.pointer, ownAccumulator: nil, buffers: space.ring,
                     stats: &stats, deadline: deadline) { source, block, _, stats in
             let sourceRows = tokens.counts[source]
-            let tiles = timed(&stats.computeSeconds) {
-                tokens.lo[r].withUnsafeBufferPointer { lo in
-                tokens.hi[r].withUnsafeBufferPointer { hi in
-                tokens.positions[source].withUnsafeBufferPointer { keys in
-                    kernels.forwardAccumulate(queryHeads: zq, group: group, q: space.q.pointer, queryRows: n,
-                                              queryLo: lo.baseAddress!, queryHi: hi.baseAddress!,
-                                              k: block, v: block + zkv * sourceRows * d,
-                                              keyRows: sourceRows, keyPositions: keys.baseAddress!,
-                                              acc: space.acc.pointer, rowMax: space.rowMax.pointer,
-                                              rowSum: space.rowSum.pointer)
-                } } }
-            }
-            stats.add(tiles)
+            foldBlock(kernels, queryHeads: zq, q: space.q.pointer, rows: n, lo: tokens.lo[r], hi: tokens.hi[r],
+                      k: block, v: block + zkv * sourceRows * d, keyRows: sourceRows, keyPositions: tokens.positions[source],
+                      acc: space.acc.pointer, rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer, stats: &stats)
         }
         // Tiles of the steps skipped, so computed + skipped is the dense count.
         for k in 0..<p where !pass.needs(holder: r, block: pass.route.source(r, step: k)) {

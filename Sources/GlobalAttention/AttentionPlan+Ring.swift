@@ -8,20 +8,26 @@ import LocalAttention
 /// Receive buffers of a ring pass: two for blocks arriving over intra-group
 /// links (step k uses slot k mod 2), two for blocks arriving over
 /// inter-group links (outer step s uses slot s mod 2; only for a double
-/// ring), and, for passes that carry an accumulator, two for the travelling
-/// partial and two for the partials of other groups' chains coming home.
+/// ring), and, for passes that carry an accumulator, three for the
+/// travelling partial (step k uses slot k mod 3: it is received during step
+/// k, sent on after it and in flight during step k + 1), one for this
+/// step's own contribution while the partial is still arriving, and two for
+/// the partials of other groups' chains coming home.
 final class RingBuffers {
     let intra: [FloatBuffer], inter: [FloatBuffer], accumulator: [FloatBuffer], home: [FloatBuffer]
+    let contribution: FloatBuffer?
 
     init(readOnlyFloats: Int, accumulatorFloats: Int, route: RingRoute) throws {
         let ring = route.ranks > 1
-        func two(_ count: Int, _ what: String, _ wanted: Bool) throws -> [FloatBuffer] {
-            wanted ? try (0..<2).map { _ in try allocate(count, what) } : []
+        func some(_ n: Int, _ count: Int, _ what: String, _ wanted: Bool) throws -> [FloatBuffer] {
+            wanted ? try (0..<n).map { _ in try allocate(count, what) } : []
         }
-        intra = try two(readOnlyFloats, "a ring receive buffer", ring && route.groupSize > 1)
-        inter = try two(readOnlyFloats, "an inter-group receive buffer", ring && route.groups > 1)
-        accumulator = try two(accumulatorFloats, "a partial-gradient receive buffer", ring && accumulatorFloats > 0)
-        home = try two(accumulatorFloats, "a partial-gradient home buffer", ring && accumulatorFloats > 0 && route.groups > 1)
+        let carries = ring && accumulatorFloats > 0
+        intra = try some(2, readOnlyFloats, "a ring receive buffer", ring && route.groupSize > 1)
+        inter = try some(2, readOnlyFloats, "an inter-group receive buffer", ring && route.groups > 1)
+        accumulator = try some(3, accumulatorFloats, "a partial-gradient receive buffer", carries)
+        contribution = try some(1, accumulatorFloats, "a partial-gradient scratch buffer", carries).first
+        home = try some(2, accumulatorFloats, "a partial-gradient home buffer", carries && route.groups > 1)
     }
 }
 
@@ -121,7 +127,10 @@ extension AttentionPlan {
         var current: UnsafeMutablePointer<Float>? = ownReadOnly
         var next: UnsafeMutablePointer<Float>?           // block of step k + 1 (intra)
         var nextOuter: [UnsafeMutablePointer<Float>?] = [nil, nil]   // by outer step mod 2
+        var partialNext: PendingTransfer?                // the partial of step k + 1, arriving
         for k in 0..<p {
+            let partialIn = partialNext                  // the partial of this step
+            partialNext = nil
             let s = k / g, t = k % g
             let b = route.source(r, step: k)
             if k > 0 {
@@ -134,17 +143,20 @@ extension AttentionPlan {
             //    rank's own partials coming home.
             if t < g - 1 && k + 1 < p {
                 let b1 = route.source(r, step: k + 1)
-                var receives: [IncomingMessage] = []
                 if pass.isDelivered(block: b1, to: r) {
                     let buffer = buffers.intra[(k + 1) % 2].pointer
-                    receives.append(receive(buffer, floats: readOnlyFloats(b1), from: route.provider(r, step: k + 1), tag: tags.readOnly))
+                    try start(sends: [], receives: [receive(buffer, floats: readOnlyFloats(b1), from: route.provider(r, step: k + 1),
+                                                            tag: tags.readOnly)], waitBy: k)
                     next = buffer
                 }
+                // The partial of step k + 1 is needed only after that step's
+                // compute: it has all of it to arrive.
                 if let accumulatorFloats, accumulatorArrives(r, block: b1, step: k + 1) {
-                    receives.append(receive(buffers.accumulator[(k + 1) % 2].pointer, floats: accumulatorFloats(b1),
-                                            from: route.provider(r, step: k + 1), tag: tags.accumulator))
+                    try start(sends: [], receives: [receive(buffers.accumulator[(k + 1) % 3].pointer, floats: accumulatorFloats(b1),
+                                                            from: route.provider(r, step: k + 1), tag: tags.accumulator)],
+                              waitBy: k + 1)
+                    partialNext = inFlight.entries.last?.transfer
                 }
-                if !receives.isEmpty { try start(sends: [], receives: receives, waitBy: k) }
             }
             if t == 0 && s + 1 < q {
                 let k2 = (s + 1) * g, b2 = route.source(r, step: k2)
@@ -158,8 +170,8 @@ extension AttentionPlan {
             }
             if let accumulatorFloats, let ownAccumulator {
                 // Chain c of this rank's block comes home from its last rank:
-                // chain 0 into place, posted at step 1 once the first step's
-                // send of it is done; chain c ≥ 1 into a home buffer, posted
+                // chain 0 into place (step 0 computed it in a slot, see 3.);
+                // chain c ≥ 1 into a home buffer, posted
                 // at its outer step and added (in order) after it arrives.
                 let c: Int? = k == 1 && g > 1 ? 0 : (t == 0 && s >= 1 ? s : nil)
                 if let c, let chain = pass.chain(block: r, outer: c), c > 0 || chain.upperBound > 0 {
@@ -185,39 +197,64 @@ extension AttentionPlan {
                 throw BurstError(.internalError, "ring: block of rank \(b) for step \(k) was never received")
             }
 
-            // 3. Compute, polling the transfers in flight between tiles.
-            var accumulator: UnsafeMutablePointer<Float>?
+            // 3. Compute, polling the transfers in flight between tiles. The
+            //    accumulator: at step 0 this rank's own (in a slot when it
+            //    travels, so that chain 0 can come home into place); a zeroed
+            //    slot where a chain starts; and where a partial is arriving,
+            //    the contribution is computed apart and added to the partial
+            //    once it is in (partial + contribution, the same order every run).
+            var accumulator: UnsafeMutablePointer<Float>?   // what this step sends on
+            var target: UnsafeMutablePointer<Float>?        // what the compute adds to
+            let arriving = carries && k > 0 && accumulatorArrives(r, block: b, step: k)
             if let accumulatorFloats {
+                let slot = buffers.accumulator.isEmpty ? nil : buffers.accumulator[k % 3].pointer
                 if k == 0 {
-                    accumulator = ownAccumulator
-                } else if accumulatorArrives(r, block: b, step: k) {
-                    accumulator = buffers.accumulator[k % 2].pointer
+                    let travels = (pass.chain(block: r, outer: 0)?.upperBound ?? 0) > 0
+                    accumulator = travels ? slot : ownAccumulator
+                    if travels { slot!.update(repeating: 0, count: accumulatorFloats(r)) }
+                    target = accumulator
+                } else if arriving {
+                    accumulator = slot
+                    target = buffers.contribution!.pointer
+                    target!.update(repeating: 0, count: accumulatorFloats(b))
                 } else if let chain = pass.chain(block: b, outer: s), chain.lowerBound == t {
-                    accumulator = buffers.accumulator[k % 2].pointer
+                    accumulator = slot
                     accumulator!.update(repeating: 0, count: accumulatorFloats(b))
+                    target = accumulator
                 }
             }
-            if pass.needs(holder: r, block: b) {
-                guard let current, !carries || accumulator != nil else {
+            let computes = pass.needs(holder: r, block: b)
+            if computes {
+                guard let current, !carries || target != nil else {
                     throw BurstError(.internalError, "ring: rank \(r) lacks the data of block \(b) at step \(k)")
                 }
                 if Self.progressPolling { kernels?.progress = { inFlight.poll() } }
                 defer { kernels?.progress = nil }
-                try compute(b, current, accumulator, &stats)
+                try compute(b, current, target, &stats)
                 if let error = inFlight.pollError { throw error }
                 stats.stepsComputed += 1
             } else {
                 stats.stepsSkipped += 1
             }
+            if arriving, let accumulatorFloats, let accumulator {
+                if let partialIn { try timed(&stats.commWaitSeconds) { try partialIn.wait(until: deadline) } }
+                if computes, let target {
+                    timed(&stats.computeSeconds) {
+                        for i in 0..<accumulatorFloats(b) { accumulator[i] += target[i] }
+                    }
+                }
+            }
 
-            // 4. The accumulator goes on along the chain, or home from its end.
+            // 4. The accumulator goes on along the chain, or home from its
+            //    end; its transfer overlaps the next step (slot k mod 3 is
+            //    not reused before step k + 3).
             if let accumulatorFloats, let accumulator, let chain = pass.chain(block: b, outer: s), chain.contains(t) {
                 if t < chain.upperBound {
                     try start(sends: [send(accumulator, floats: accumulatorFloats(b), to: route.intraNext(r), tag: tags.accumulator)],
-                              receives: [], waitBy: k)
+                              receives: [], waitBy: k + 1)
                 } else if b != r {
                     try start(sends: [send(accumulator, floats: accumulatorFloats(b), to: b, tag: tags.home)],
-                              receives: [], waitBy: k)
+                              receives: [], waitBy: k + 1)
                 }
             }
 

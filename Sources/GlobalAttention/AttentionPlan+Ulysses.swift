@@ -267,19 +267,9 @@ extension AttentionPlan {
         LocalAttention.resetForwardState(heads: zqs, rows: total, headDim: d, acc: space.acc.pointer,
                                          rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer)
         if total > 0 {
-            let tiles = timed(&stats.computeSeconds) {
-                bounds.lo.withUnsafeBufferPointer { lo in
-                bounds.hi.withUnsafeBufferPointer { hi in
-                bounds.positions.withUnsafeBufferPointer { keys in
-                    kernels.forwardAccumulate(queryHeads: zqs, group: group, q: space.q.pointer, queryRows: total,
-                                              queryLo: lo.baseAddress!, queryHi: hi.baseAddress!,
-                                              k: space.k.pointer, v: space.v.pointer,
-                                              keyRows: total, keyPositions: keys.baseAddress!,
-                                              acc: space.acc.pointer, rowMax: space.rowMax.pointer,
-                                              rowSum: space.rowSum.pointer)
-                } } }
-            }
-            stats.add(tiles)
+            foldBlock(kernels, queryHeads: zqs, q: space.q.pointer, rows: total, lo: bounds.lo, hi: bounds.hi,
+                      k: space.k.pointer, v: space.v.pointer, keyRows: total, keyPositions: bounds.positions,
+                      acc: space.acc.pointer, rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer, stats: &stats)
             stats.stepsComputed += 1
         }
         // O in place of acc; lse of all N rows into rowMax.
@@ -386,20 +376,10 @@ extension AttentionPlan {
         space.dk.fill(0, count: zkvs * total * d)
         space.dv.fill(0, count: zkvs * total * d)
         if total > 0 {
-            let tiles = timed(&stats.computeSeconds) {
-                bounds.lo.withUnsafeBufferPointer { lo in
-                bounds.hi.withUnsafeBufferPointer { hi in
-                bounds.positions.withUnsafeBufferPointer { keys in
-                    kernels.backwardAccumulate(queryHeads: zqs, group: group, q: space.q.pointer, dOut: space.dOut.pointer,
-                                               delta: space.delta.pointer, lse: space.lse.pointer,
-                                               dq: space.dq.pointer, queryRows: total,
-                                               queryLo: lo.baseAddress!, queryHi: hi.baseAddress!,
-                                               k: space.k.pointer, v: space.v.pointer,
-                                               dk: space.dk.pointer, dv: space.dv.pointer,
-                                               keyRows: total, keyPositions: keys.baseAddress!)
-                } } }
-            }
-            stats.add(tiles)
+            gradientBlock(kernels, queryHeads: zqs, q: space.q.pointer, dOut: space.dOut.pointer, delta: space.delta.pointer,
+                          lse: space.lse.pointer, dq: space.dq.pointer, rows: total, lo: bounds.lo, hi: bounds.hi,
+                          k: space.k.pointer, v: space.v.pointer, dk: space.dk.pointer, dv: space.dv.pointer,
+                          keyRows: total, keyPositions: bounds.positions, stats: &stats)
             stats.stepsComputed += 1
         }
 
