@@ -14,8 +14,9 @@ final class LoopbackWorld {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let posted: UnsafeMutablePointer<pthread_cond_t>
     private var mailboxes: [MailKey: [Message]] = [:]
-    /// Simulated network: when each directed link (source · size + destination) is free again.
-    private var linkFree: [UInt64]
+    /// Simulated network: when each rank's outgoing and incoming port is
+    /// free again, per link class (index 2·rank + (inter-group ? 1 : 0)).
+    private var egressFree: [UInt64], ingressFree: [UInt64]
 
     struct MailKey: Hashable {
         var communicator: [Int]
@@ -33,7 +34,8 @@ final class LoopbackWorld {
     init(size: Int, network: SimulatedNetwork? = nil) {
         self.size = size
         self.network = network
-        linkFree = network == nil ? [] : [UInt64](repeating: 0, count: size * size)
+        egressFree = network == nil ? [] : [UInt64](repeating: 0, count: 2 * size)
+        ingressFree = egressFree
         mutex = .allocate(capacity: 1)
         posted = .allocate(capacity: 1)
         pthread_mutex_init(mutex, nil)
@@ -58,14 +60,18 @@ final class LoopbackWorld {
         var message = Message(bytes: [UInt8](bytes), arrival: 0)
         pthread_mutex_lock(mutex)
         if let network {
-            // The link carries one message at a time at its bandwidth; the
-            // message arrives a latency after its last byte left.
+            // A message holds the sender's outgoing port and the receiver's
+            // incoming port of its class for bytes / bandwidth, once both are
+            // free, and arrives a latency after its last byte left.
             let now = Deadline.now()
-            let link = key.source * size + key.destination
+            let inter = network.group(of: key.source, ranks: size) != network.group(of: key.destination, ranks: size)
+            let out = 2 * key.source + (inter ? 1 : 0), into = 2 * key.destination + (inter ? 1 : 0)
             let (seconds, latency) = network.cost(bytes: bytes.count, from: key.source, to: key.destination, ranks: size)
-            let start = max(now, linkFree[link])
-            linkFree[link] = start &+ UInt64(seconds * 1e9)
-            message.arrival = linkFree[link] &+ UInt64(latency * 1e9)
+            let start = max(now, egressFree[out], ingressFree[into])
+            let done = start &+ UInt64(seconds * 1e9)
+            egressFree[out] = done
+            ingressFree[into] = done
+            message.arrival = done &+ UInt64(latency * 1e9)
         }
         mailboxes[key, default: []].append(message)
         pthread_cond_broadcast(posted)

@@ -4,11 +4,14 @@
 /// double ring gains when links between nodes are slower than inside them.
 ///
 /// Model: ranks form groups (nodes) of `groupSize` consecutive ranks. Every
-/// ordered pair of ranks has its own link (one NIC per rank, as in
-/// rail-optimised clusters); a link carries one message at a time, so a
-/// message of b bytes occupies it for b / bandwidth seconds after the link is
-/// free, and arrives `latency` seconds after its last byte left. Links
-/// between groups use `interGroupBandwidth` and `interGroupLatency`. Sends
+/// rank has two ports, each with an outgoing and an incoming side: one for
+/// messages inside its group (`bandwidth`, `latency`) and one for messages
+/// to and from other groups (`interGroupBandwidth`, `interGroupLatency`; one
+/// NIC per rank, as in rail-optimised clusters). A message of b bytes holds
+/// the sender's outgoing side and the receiver's incoming side of its port
+/// for b / bandwidth seconds, starting when both are free (so a rank that
+/// sends to P − 1 ranks at once, or receives from them, shares its port
+/// among them), and arrives `latency` seconds after its last byte left. Sends
 /// never block (the loopback copies eagerly); a receive completes no earlier
 /// than the arrival time. Compute is not modelled: it is whatever the ranks'
 /// threads take on this machine, so calibrate the bandwidth against a
