@@ -35,6 +35,7 @@ struct BurstBench: ParsableCommand {
     @Option(help: "Timed runs after one warm-up.") var repeats: Int = 5
     @Option(help: "fwd, fwdbwd or both.") var mode: String = "both"
     @Option(help: "Untimed calls before the timed ones.") var warmup: Int = 1
+    @Option(help: "Per-call deadline in seconds (timeout_seconds; a slow simulated network needs more than the library's 300 s default).") var timeout: Double = 3600
     @Flag(help: "Run on MPI_COMM_WORLD (start under mpirun); --ranks is then the MPI world size.") var mpi = false
     @Flag(help: "Print every rank's counters (always on with --mpi).") var rankLines = false
     @Flag(help: "Also print the tile GEMM rate (128×128×d, the kernels' JIT product, one thread): the roofline.") var gemm = false
@@ -212,6 +213,7 @@ struct BurstBench: ParsableCommand {
         c.batch = Int64(batch); c.seqLenLocal = Int64(counts[rank])
         c.numHeadsQ = Int64(heads); c.numHeadsKV = Int64(headsKv ?? heads); c.headDim = Int64(headDim)
         c.numThreads = Int32(threads)
+        c.timeoutSeconds = timeout
         c.pattern = pattern
         c.intraGroupSize = Int32(intraGroupSize)
         return c
