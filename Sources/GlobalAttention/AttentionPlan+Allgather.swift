@@ -164,14 +164,8 @@ extension AttentionPlan {
         // Source order 0 … P−1 whatever the arrival order: reproducible sums.
         for source in 0..<p {
             let rows = tokens.counts[source]
-            guard tokens.needs(queryRank: r, keyRank: source) else {
-                stats.add(.init(skipped: kernels.denseTiles(queryHeads: zq, queryRows: n, keyRows: rows)))
-                stats.stepsSkipped += 1
-                continue
-            }
-            if let pending = gather.receives[source] {
-                try timed(&stats.commWaitSeconds) { try pending.wait(until: deadline) }
-            }
+            guard try gatheredBlockReady(kernels, source: source, receive: gather.receives[source], stats: &stats,
+                                         deadline: deadline) else { continue }
             let block = space.kv.pointer + gatheredOffset(source)
             foldBlock(kernels, queryHeads: zq, q: space.q.pointer, rows: n, lo: tokens.lo[r], hi: tokens.hi[r],
                       k: block, v: block + zkv * rows * d, keyRows: rows, keyPositions: tokens.positions[source],
@@ -180,14 +174,8 @@ extension AttentionPlan {
         }
         try timed(&stats.commWaitSeconds) { try gather.sends.wait(until: deadline) }
 
-        timed(&stats.computeSeconds) {
-            LocalAttention.finishForward(heads: zq, rows: n, headDim: d, acc: space.acc.pointer,
-                                         rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer,
-                                         out: space.acc.pointer, lse: lse)
-        }
-        if n > 0, let out {
-            TensorPacking.unpack(space.acc.pointer, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: out)
-        }
+        finishRows(acc: space.acc.pointer, rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer,
+                   out: out, lse: lse, stats: &stats)
     }
 
     /// burst_backward under ALLGATHER. Bytes: `allgatherBytes(backward: true)`.
@@ -240,14 +228,8 @@ extension AttentionPlan {
         defer { kernels.progress = nil }
         for source in 0..<p {
             let rows = tokens.counts[source]
-            guard tokens.needs(queryRank: r, keyRank: source) else {
-                stats.add(.init(skipped: kernels.denseTiles(queryHeads: zq, queryRows: n, keyRows: rows)))
-                stats.stepsSkipped += 1
-                continue
-            }
-            if let pending = gather.receives[source] {
-                try timed(&stats.commWaitSeconds) { try pending.wait(until: deadline) }
-            }
+            guard try gatheredBlockReady(kernels, source: source, receive: gather.receives[source], stats: &stats,
+                                         deadline: deadline) else { continue }
             let partial: UnsafeMutablePointer<Float>
             if source == r {
                 partial = space.ownPartials.pointer + r * partialFloats

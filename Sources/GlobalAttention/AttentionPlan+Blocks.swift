@@ -51,4 +51,32 @@ extension AttentionPlan {
         }
         stats.add(tiles)
     }
+
+    /// The end of a forward on this rank's n rows: O = acc / l in place,
+    /// lse = m + ln l, then O back to the caller's layout.
+    func finishRows(acc: UnsafeMutablePointer<Float>, rowMax: UnsafePointer<Float>, rowSum: UnsafePointer<Float>,
+                    out: UnsafeMutablePointer<Float>?, lse: UnsafeMutablePointer<Float>?, stats: inout CallStats) {
+        let n = localRows
+        timed(&stats.computeSeconds) {
+            LocalAttention.finishForward(heads: zHeads, rows: n, headDim: headDim, acc: acc, rowMax: rowMax, rowSum: rowSum,
+                                         out: acc, lse: lse)
+        }
+        if n > 0, let out {
+            TensorPacking.unpack(acc, layout: layout, batch: batch, heads: heads, rows: n, headDim: headDim, into: out)
+        }
+    }
+
+    /// ALLGATHER's per-block prologue: false (and the block counted as
+    /// skipped) when this rank's queries see nothing of `source`; otherwise
+    /// waits until the block is in.
+    func gatheredBlockReady(_ kernels: LocalAttention, source: Int, receive: PendingTransfer?,
+                            stats: inout CallStats, deadline: Deadline) throws -> Bool {
+        guard tokens.needs(queryRank: rank, keyRank: source) else {
+            stats.add(.init(skipped: kernels.denseTiles(queryHeads: zHeads, queryRows: localRows, keyRows: tokens.counts[source])))
+            stats.stepsSkipped += 1
+            return false
+        }
+        if let receive { try timed(&stats.commWaitSeconds) { try receive.wait(until: deadline) } }
+        return true
+    }
 }

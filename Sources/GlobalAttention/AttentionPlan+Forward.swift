@@ -101,14 +101,7 @@ extension AttentionPlan {
             stats.add(.init(skipped: kernels.denseTiles(queryHeads: zq, queryRows: n, keyRows: tokens.counts[pass.route.source(r, step: k)])))
         }
 
-        // O = acc / l in place, lse = m + ln l; then back to the caller's layout.
-        timed(&stats.computeSeconds) {
-            LocalAttention.finishForward(heads: zq, rows: n, headDim: d, acc: space.acc.pointer,
-                                         rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer,
-                                         out: space.acc.pointer, lse: lse)
-        }
-        if n > 0, let out {
-            TensorPacking.unpack(space.acc.pointer, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: out)
-        }
+        finishRows(acc: space.acc.pointer, rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer,
+                   out: out, lse: lse, stats: &stats)
     }
 }
