@@ -96,10 +96,6 @@ extension AttentionPlan {
             guard let chain = pass.chain(block: b, outer: k / g) else { return false }
             return k % g > chain.lowerBound && k % g <= chain.upperBound
         }
-        /// The rank at inner position t of chain c of block b.
-        func chainRank(_ b: Int, _ c: Int, _ t: Int) -> Int {
-            route.rank(group: route.group(b) + c, member: route.member(b) + t)
-        }
         /// Completes every transfer due by the end of step k, then adds the
         /// partials of other groups that came home, in chain order.
         func settle(through k: Int) throws {
@@ -118,9 +114,7 @@ extension AttentionPlan {
             let count = accumulatorFloats(r)
             for c in arrived.sorted() {
                 let partial = buffers.home[c % 2].pointer
-                timed(&stats.computeSeconds) {
-                    for i in 0..<count { ownAccumulator[i] += partial[i] }
-                }
+                timed(&stats.computeSeconds) { add(partial, into: ownAccumulator, count: count) }
             }
         }
 
@@ -177,7 +171,7 @@ extension AttentionPlan {
                 if let c, let chain = pass.chain(block: r, outer: c), c > 0 || chain.upperBound > 0 {
                     let target = c == 0 ? ownAccumulator : buffers.home[c % 2].pointer
                     try start(sends: [], receives: [receive(target, floats: accumulatorFloats(r),
-                                                            from: chainRank(r, c, chain.upperBound), tag: tags.home)],
+                                                            from: pass.chainRank(block: r, outer: c, position: chain.upperBound), tag: tags.home)],
                               waitBy: min((c + 2) * g - 1, p - 1), homeChain: c)
                 }
             }
@@ -239,9 +233,7 @@ extension AttentionPlan {
             if arriving, let accumulatorFloats, let accumulator {
                 if let partialIn { try timed(&stats.commWaitSeconds) { try partialIn.wait(until: deadline) } }
                 if computes, let target {
-                    timed(&stats.computeSeconds) {
-                        for i in 0..<accumulatorFloats(b) { accumulator[i] += target[i] }
-                    }
+                    timed(&stats.computeSeconds) { add(target, into: accumulator, count: accumulatorFloats(b)) }
                 }
             }
 
@@ -263,4 +255,9 @@ extension AttentionPlan {
         }
         try settle(through: Int.max)
     }
+}
+
+/// y += x, elementwise (a partial gradient added to another).
+private func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) {
+    for i in 0..<count { y[i] += x[i] }
 }

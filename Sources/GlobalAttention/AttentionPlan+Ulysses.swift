@@ -8,28 +8,27 @@ enum HeadSlices {
     /// slice_j[b, h mod hs, i, :] = user[b, i, h, :] (BSHD) or user[b, h, i, :] (BHSD), j = h / hs.
     static func pack(_ user: UnsafePointer<Float>, layout: AttentionConfig.Layout, batch: Int, heads: Int, rows: Int,
                      headDim d: Int, slices: Int, into base: UnsafeMutablePointer<Float>, sliceStride: Int) {
-        let hs = heads / slices
-        for b in 0..<batch {
-            for h in 0..<heads {
-                let slice = base + (h / hs) * sliceStride + (b * hs + h % hs) * rows * d
-                for i in 0..<rows {
-                    let offset = layout == .bhsd ? ((b * heads + h) * rows + i) * d : ((b * rows + i) * heads + h) * d
-                    (slice + i * d).update(from: user + offset, count: d)
-                }
-            }
-        }
+        eachRow(layout: layout, batch: batch, heads: heads, rows: rows, headDim: d, slices: slices,
+                sliceStride: sliceStride) { sliced, unsliced in (base + sliced).update(from: user + unsliced, count: d) }
     }
 
     /// The inverse of `pack`.
     static func unpack(_ base: UnsafePointer<Float>, sliceStride: Int, layout: AttentionConfig.Layout, batch: Int,
                        heads: Int, rows: Int, headDim d: Int, slices: Int, into user: UnsafeMutablePointer<Float>) {
+        eachRow(layout: layout, batch: batch, heads: heads, rows: rows, headDim: d, slices: slices,
+                sliceStride: sliceStride) { sliced, unsliced in (user + unsliced).update(from: base + sliced, count: d) }
+    }
+
+    /// Calls `body(slice offset, user offset)` for every row of d floats.
+    @inline(__always)
+    private static func eachRow(layout: AttentionConfig.Layout, batch: Int, heads: Int, rows: Int, headDim d: Int,
+                                slices: Int, sliceStride: Int, _ body: (Int, Int) -> Void) {
         let hs = heads / slices
         for b in 0..<batch {
             for h in 0..<heads {
-                let slice = base + (h / hs) * sliceStride + (b * hs + h % hs) * rows * d
+                let slice = (h / hs) * sliceStride + (b * hs + h % hs) * rows * d
                 for i in 0..<rows {
-                    let offset = layout == .bhsd ? ((b * heads + h) * rows + i) * d : ((b * rows + i) * heads + h) * d
-                    (user + offset).update(from: slice + i * d, count: d)
+                    body(slice + i * d, layout == .bhsd ? ((b * heads + h) * rows + i) * d : ((b * rows + i) * heads + h) * d)
                 }
             }
         }

@@ -34,6 +34,7 @@ final class LoopbackWorld {
     init(size: Int, network: SimulatedNetwork? = nil) {
         self.size = size
         self.network = network
+        nodes = (0..<size).map { network?.group(of: $0, ranks: size) ?? 0 }
         egressFree = network == nil ? [] : [UInt64](repeating: 0, count: 2 * size)
         ingressFree = egressFree
         mutex = .allocate(capacity: 1)
@@ -54,7 +55,7 @@ final class LoopbackWorld {
     }
 
     /// The node of every rank (the simulated network's groups, else one).
-    var nodes: [Int] { (0..<size).map { network?.group(of: $0, ranks: size) ?? 0 } }
+    let nodes: [Int]
 
     func post(_ key: MailKey, _ bytes: UnsafeRawBufferPointer) {
         var message = Message(bytes: [UInt8](bytes), arrival: 0)

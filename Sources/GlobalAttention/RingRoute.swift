@@ -125,6 +125,11 @@ public struct RingPass: Sendable {
     public func isDelivered(block b: Int, to x: Int) -> Bool { x != b && delivered[b * route.ranks + x] }
     /// Inner positions the accumulator of block b travels in outer step c.
     public func chain(block b: Int, outer c: Int) -> ClosedRange<Int>? { chains[b * route.groups + c] }
+
+    /// The rank at inner position t of chain c of block b.
+    public func chainRank(block b: Int, outer c: Int, position t: Int) -> Int {
+        route.rank(group: route.group(b) + c, member: route.member(b) + t)
+    }
 }
 
 extension RingPass {
@@ -145,7 +150,7 @@ extension RingPass {
             guard let accumulator else { continue }
             for c in 0..<route.groups {
                 guard let chain = chain(block: b, outer: c) else { continue }
-                let at = { (t: Int) in route.rank(group: route.group(b) + c, member: route.member(b) + t) }
+                let at = { (t: Int) in chainRank(block: b, outer: c, position: t) }
                 for t in chain.lowerBound..<chain.upperBound { move(accumulator(b), at(t), at(t + 1)) }
                 if at(chain.upperBound) != b { move(accumulator(b), at(chain.upperBound), b) }
             }
