@@ -152,7 +152,7 @@ public final class AttentionPlan {
     }
 
     /// A tuning knob from the environment (tile sizes), clamped to 8...512.
-    static func tuning(_ name: String, _ fallback: Int) -> Int {
+    public static func tuning(_ name: String, _ fallback: Int) -> Int {
         guard let raw = getenv(name), let value = Int(String(cString: raw)) else { return fallback }
         return min(max(value, 8), 512)
     }

@@ -119,18 +119,7 @@ public final class LocalAttention {
         self.maxKVHeads = max(maxKVHeads, 0)
         self.maxKeyRows = max(maxKeyRows, 0)
         products = TileProducts(useJIT: useJIT)
-        // Row kernels for the best vector unit the CPU has (chosen at run time).
-        switch useJIT ? TileProducts.vectorLevel : 0 {
-        case 2:
-            softmaxTile = RowKernelsAVX512.RowKernels.softmaxTile
-            gradientTile = RowKernelsAVX512.RowKernels.gradientTile
-        case 1:
-            softmaxTile = RowKernelsAVX2.RowKernels.softmaxTile
-            gradientTile = RowKernelsAVX2.RowKernels.gradientTile
-        default:
-            softmaxTile = RowKernels.softmaxTile
-            gradientTile = RowKernels.gradientTile
-        }
+        (softmaxTile, gradientTile) = Self.rowKernels(level: useJIT ? TileProducts.vectorLevel : 0)
         ranges = .allocate(capacity: 2 * tileQ * max(pool.threadCount, 1))
         counters = .allocate(capacity: max(pool.threadCount, 1))
         counters.initialize(repeating: TileCounts(), count: max(pool.threadCount, 1))
@@ -151,6 +140,16 @@ public final class LocalAttention {
         gradVKernel = products.kernel(m: tileK, n: d, k: tileQ, lda: tileK, ldb: d, ldc: d,
                                       transposedA: true, accumulate: true)
         gradQKernel = valueKernel
+    }
+
+    /// The row kernels of a vector level (2: AVX-512, 1: AVX2, 0: baseline):
+    /// the best the CPU has is chosen at run time.
+    static func rowKernels(level: Int) -> (SoftmaxTile, GradientTile) {
+        switch level {
+        case 2: return (RowKernelsAVX512.RowKernels.softmaxTile, RowKernelsAVX512.RowKernels.gradientTile)
+        case 1: return (RowKernelsAVX2.RowKernels.softmaxTile, RowKernelsAVX2.RowKernels.gradientTile)
+        default: return (RowKernels.softmaxTile, RowKernels.gradientTile)
+        }
     }
 
     deinit {

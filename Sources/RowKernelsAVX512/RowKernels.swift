@@ -9,34 +9,55 @@
 // Lane accumulators combine in a fixed order, so a given code path gives
 // the same bits run after run.
 
-/// e^x lane-wise: Cody–Waite range reduction and the Cephes degree-6
-/// polynomial, within 2 ulp of expf on [−87.3, 88.4]; below that the result
-/// is exactly 0 (so −inf gives 0), NaN stays NaN, and no lane traps.
-@inline(__always)
-func expLanes(_ x: Lanes) -> Lanes {
-    let lowest = Lanes(repeating: -87.336_54), highest = Lanes(repeating: 88.376_26)
-    var xc = x
-    xc.replace(with: lowest, where: x .< lowest)
+/// 2^x lane-wise: x = n + f with n = round(x) and f in [−½, ½], 2^f by a
+/// degree-6 polynomial (fitted for relative error; within 1.4 ulp
+/// evaluated in fp32), 2^n through the exponent bits. Below −126 the
+/// result is exactly 0 (so −inf gives 0), above 128 it is +inf, NaN stays
+/// NaN, and no lane traps. Two compares and three blends: the clamps are
+/// what keeps the exponent arithmetic in range.
+@_transparent
+func exp2Lanes(_ x: Lanes) -> Lanes {
+    let lowest = Lanes(repeating: -126), highest = Lanes(repeating: 128)
+    let low = x .< lowest
+    var xc = x.replacing(with: lowest, where: low)
     xc.replace(with: highest, where: x .> highest)
-    let magic = Lanes(repeating: 12_582_912)   // 1.5 · 2^23: adding it rounds to an integer
-    let shifted = fused(xc, Lanes(repeating: 1.442_695_04), magic)
-    let n = shifted - magic
-    var r = fused(n, Lanes(repeating: -0.693_359_375), xc)
-    r = fused(n, Lanes(repeating: 2.121_944_4e-4), r)
-    var p = Lanes(repeating: 1.987_569_15e-4)
-    p = fused(p, r, Lanes(repeating: 1.398_199_95e-3))
-    p = fused(p, r, Lanes(repeating: 8.333_451_9e-3))
-    p = fused(p, r, Lanes(repeating: 4.166_579_59e-2))
-    p = fused(p, r, Lanes(repeating: 1.666_666_55e-1))
-    p = fused(p, r, Lanes(repeating: 5.000_000_12e-1))
-    p = fused(p, r * r, r + 1)
-    // 2^n from n's bits: `shifted` holds n + 1.5·2^23 in its mantissa.
-    let exponent = (unsafeBitCast(shifted, to: LaneBits.self) &- 0x4B40_0000 &+ 127) &<< 23
-    var result = p * unsafeBitCast(exponent, to: Lanes.self)
-    result.replace(with: 0, where: x .< lowest)
-    result.replace(with: x, where: x .!= x)
-    return result
+    return exp2Core(xc).replacing(with: 0, where: low)
 }
+
+/// 2^x for the softmax's x = s − max ≤ 0 (up to rounding): only the lower
+/// clamp, and there the result is 2^−126·2^f ≈ 1e−38 instead of 0 — below
+/// anything a sum of probabilities (each ≤ 1, one of them 1) can resolve.
+/// NaN stays NaN.
+@_transparent
+func exp2Softmax(_ x: Lanes) -> Lanes {
+    let lowest = Lanes(repeating: -126)
+    return exp2Core(x.replacing(with: lowest, where: x .< lowest))
+}
+
+/// 2^x for x in [−126, 128] (or NaN).
+@_transparent
+func exp2Core(_ xc: Lanes) -> Lanes {
+    let n = xc.rounded(.toNearestOrEven)
+    let f = xc - n   // in [−½, ½]
+    // Estrin's scheme: three FMAs deep instead of Horner's six (the
+    // latency chain is what bounds the throughput here).
+    let f2 = f * f, f4 = f2 * f2
+    let low2 = fused(Lanes(repeating: 6.931_471_825e-1), f, Lanes(repeating: 1))
+    let mid2 = fused(Lanes(repeating: 5.550_327_897e-2), f, Lanes(repeating: 2.402_264_625e-1))
+    var high3 = fused(Lanes(repeating: 1.340_026_269e-3), f, Lanes(repeating: 9.618_489_072e-3))
+    high3 = fused(Lanes(repeating: 1.534_663_315e-4), f2, high3)
+    let p = fused(high3, f4, fused(mid2, f2, low2))
+    // 2^n through the exponent bits (n is an integer in [−126, 128]; NaN
+    // gives garbage bits here, and p is NaN).
+    let shifted = xc + Lanes(repeating: 12_582_912)   // 1.5 · 2^23 + n: n in the low mantissa bits
+    let exponent = (unsafeBitCast(shifted, to: LaneBits.self) &- 0x4B40_0000 &+ 127) &<< 23
+    return p * unsafeBitCast(exponent, to: Lanes.self)
+}
+
+/// e^x lane-wise as 2^(x·log₂e): the product rounds once relative to |x|,
+/// so the values that matter in a softmax (|x| small) keep fp32 accuracy.
+@_transparent
+func expLanes(_ x: Lanes) -> Lanes { exp2Lanes(x * Lanes(repeating: 1.442_695_04)) }
 
 @inline(__always)
 func loadLanes(_ p: UnsafePointer<Float>) -> Lanes {
@@ -68,6 +89,14 @@ func laneSum(_ v: Lanes) -> Float {
     return total
 }
 
+/// Max of lanes none of which is NaN.
+@_transparent
+func laneMaxOrdered(_ v: Lanes) -> Float {
+    var best = v[0]
+    for i in 1..<Lanes.scalarCount { best = v[i] > best ? v[i] : best }
+    return best
+}
+
 /// Max of the lanes; NaN if any lane is NaN.
 @inline(__always)
 func laneMax(_ v: Lanes) -> Float {
@@ -76,71 +105,133 @@ func laneMax(_ v: Lanes) -> Float {
     return best
 }
 
-@inline(__always)
+@inline(never)
 func scalarExp(_ x: Float) -> Float { expLanes(Lanes(repeating: x))[0] }
 
+/// 0, 1, 2, … in the lanes: the column offsets of a vector.
+@_transparent
+func laneOffsets() -> Lanes {
+    var v = Lanes()
+    for i in 0..<Lanes.scalarCount { v[i] = Float(i) }
+    return v
+}
+
+/// The lanes of the vector at column j that lie outside first..<last.
+@_transparent
+func outside(_ offsets: Lanes, _ j: Int, _ first: Int, _ last: Int) -> SIMDMask<Lanes.MaskStorage> {
+    let column = offsets + Lanes(repeating: Float(j))
+    return (column .< Lanes(repeating: Float(first))) .| (column .>= Lanes(repeating: Float(last)))
+}
+
 public enum RowKernels {
+    static let log2e: Float = 1.442_695_04
     /// The forward softmax step of one score tile (FlashAttention's online
     /// softmax). Row i of `s` (leading dimension `ld`, `width` columns
     /// written) holds q_i·k_j for the keys of the tile; only columns
-    /// `lo[i]..<hi[i]` are visible. For each row: s ← scale·s;
-    /// m' = max(m, max s); p = e^(s − m') on visible columns, 0 elsewhere;
+    /// `lo[i]..<hi[i]` are visible. For each row: m' = max(m, max scale·s);
+    /// p = e^(scale·s − m') on visible columns, 0 elsewhere;
     /// l' = l·e^(m − m') + Σ p; acc_i ← acc_i·e^(m − m'). A row with nothing
-    /// visible (so far) keeps m = −inf, l = 0 and gets p = 0.
+    /// visible (so far) keeps m = −inf, l = 0 and gets p = 0; a NaN score
+    /// makes the row's l (and so its output) NaN.
+    ///
+    /// Two passes over the row: the max (nothing stored), then the
+    /// exponentials, stored and summed. Masked columns at the ends of the
+    /// visible run are cleared by lane masks on the vectors they share with
+    /// visible columns, so a causal diagonal costs no scalar loop.
     @inline(never)
     public static func softmaxTile(_ s: UnsafeMutablePointer<Float>, ld: Int, width: Int, rows: Int,
                                    lo: UnsafePointer<Int>, hi: UnsafePointer<Int>, scale: Float,
                                    rowMax: UnsafeMutablePointer<Float>, rowSum: UnsafeMutablePointer<Float>,
                                    acc: UnsafeMutablePointer<Float>, headDim d: Int) {
         let w = Lanes.scalarCount
+        let offsets = laneOffsets()
+        let scaleLanes = Lanes(repeating: scale), scale2 = Lanes(repeating: scale * log2e)
         for i in 0..<rows {
             let row = s + i * ld
             let first = lo[i], last = hi[i]
             if first >= last { row.update(repeating: 0, count: width); continue }
-            // Scale and find the max of the visible scores.
-            var best = Lanes(repeating: -.infinity)
-            var sawNaN = false
-            var j = first
-            while j + w <= last {
-                let v = loadLanes(row + j) * scale
-                storeLanes(v, row + j)
-                best.replace(with: v, where: v .> best)
-                sawNaN = sawNaN || any(v .!= v)
+            // Vectors from the one holding `first`, while inside the row; a
+            // scalar tail only when `width` is not a multiple of the lanes.
+            let start = first / w * w
+            let vectorEnd = min((last + w - 1) / w * w, width / w * w)
+            // The max of the visible scaled scores.
+            var best0 = Lanes(repeating: -.infinity), best1 = best0
+            var j = start
+            let fullEnd = min(last / w * w, vectorEnd)   // vectors wholly visible end here
+            if j < first && j < vectorEnd {
+                let a = (loadLanes(row + j) * scaleLanes).replacing(with: -.infinity, where: outside(offsets, j, first, last))
+                best0.replace(with: a, where: a .> best0)
                 j += w
             }
-            if j < last {
-                let v = loadPartial(row + j, last - j, fill: -.infinity) * scale
-                storePartial(v, row + j, last - j)
-                best.replace(with: v, where: v .> best)
-                sawNaN = sawNaN || any(v .!= v)
+            while j + 2 * w <= fullEnd {
+                let a = loadLanes(row + j) * scaleLanes, b = loadLanes(row + j + w) * scaleLanes
+                best0.replace(with: a, where: a .> best0)
+                best1.replace(with: b, where: b .> best1)
+                j += 2 * w
             }
-            let tileMax = sawNaN ? Float.nan : laneMax(best)
+            while j < vectorEnd {
+                var a = loadLanes(row + j) * scaleLanes
+                if j < first || j + w > last { a.replace(with: -.infinity, where: outside(offsets, j, first, last)) }
+                best0.replace(with: a, where: a .> best0)
+                j += w
+            }
+            best0.replace(with: best1, where: best1 .> best0)
+            var tileMax = laneMaxOrdered(best0)   // the compares above never keep a NaN
+            let tail = max(j, first)
+            for t in tail..<max(tail, last) where row[t] * scale > tileMax { tileMax = row[t] * scale }
+            if tileMax == -.infinity {
+                // Nothing above −inf: either every visible score is −inf or
+                // some are NaN (which the compares above pass over).
+                for t in first..<last where row[t].isNaN { tileMax = .nan; break }
+            }
             let mOld = rowMax[i]
             let mNew = (tileMax > mOld || tileMax != tileMax) ? tileMax : mOld
-            if first > 0 { row.update(repeating: 0, count: first) }
-            if last < width { (row + last).update(repeating: 0, count: width - last) }
-            if mNew == -.infinity { (row + first).update(repeating: 0, count: last - first); continue }
-            // p = e^(s − m'), summed.
-            var sum = Lanes()
-            j = first
-            while j + w <= last {
-                let e = expLanes(loadLanes(row + j) - mNew)
-                storeLanes(e, row + j)
-                sum += e
+            if mNew == -.infinity { row.update(repeating: 0, count: width); continue }
+            // p = e^(scale·s − m'), stored and summed.
+            if start > 0 { row.update(repeating: 0, count: start) }
+            // In base 2: x = scale·log₂e·s − m'·log₂e (one FMA; the product's
+            // rounding is relative to the logit, as m's own rounding is).
+            let shift = Lanes(repeating: -mNew * log2e)
+            var sum0 = Lanes(), sum1 = Lanes()
+            j = start
+            if j < first && j < vectorEnd {
+                let a = exp2Softmax(fused(loadLanes(row + j), scale2, shift)).replacing(with: 0, where: outside(offsets, j, first, last))
+                storeLanes(a, row + j)
+                sum0 += a
                 j += w
             }
-            if j < last {
-                let e = expLanes(loadPartial(row + j, last - j, fill: -.infinity) - mNew)
-                storePartial(e, row + j, last - j)
-                sum += e
+            while j + 2 * w <= fullEnd {
+                let a = exp2Softmax(fused(loadLanes(row + j), scale2, shift))
+                let b = exp2Softmax(fused(loadLanes(row + j + w), scale2, shift))
+                storeLanes(a, row + j)
+                storeLanes(b, row + j + w)
+                sum0 += a
+                sum1 += b
+                j += 2 * w
             }
-            let alpha = mOld == -.infinity ? 0 : scalarExp(mOld - mNew)
-            rowSum[i] = rowSum[i] * alpha + laneSum(sum)
+            while j < vectorEnd {
+                var a = exp2Softmax(fused(loadLanes(row + j), scale2, shift))
+                if j < first || j + w > last { a.replace(with: 0, where: outside(offsets, j, first, last)) }
+                storeLanes(a, row + j)
+                sum0 += a
+                j += w
+            }
+            var tailSum: Float = 0
+            for t in max(j, first)..<max(last, j) {
+                let e = scalarExp(row[t] * scale - mNew)
+                row[t] = e
+                tailSum += e
+            }
+            let cleared = max(j, last)
+            if cleared < width { (row + cleared).update(repeating: 0, count: width - cleared) }
+            let alpha = mOld == -.infinity || mOld == mNew ? (mOld == mNew ? 1 : 0) : scalarExp(mOld - mNew)
+            rowSum[i] = rowSum[i] * alpha + (laneSum(sum0 + sum1) + tailSum)
             rowMax[i] = mNew
             if alpha != 1 {
                 let a = acc + i * d
+                let alphaLanes = Lanes(repeating: alpha)
                 var c = 0
-                while c + w <= d { storeLanes(loadLanes(a + c) * alpha, a + c); c += w }
+                while c + w <= d { storeLanes(loadLanes(a + c) * alphaLanes, a + c); c += w }
                 while c < d { a[c] *= alpha; c += 1 }
             }
         }
@@ -156,6 +247,8 @@ public enum RowKernels {
                                     lo: UnsafePointer<Int>, hi: UnsafePointer<Int>, scale: Float,
                                     lse: UnsafePointer<Float>, delta: UnsafePointer<Float>) {
         let w = Lanes.scalarCount
+        let offsets = laneOffsets()
+        let scaleLanes = Lanes(repeating: scale)
         for i in 0..<rows {
             let pi = p + i * ld, dsi = ds + i * ld
             let first = lo[i], last = hi[i]
@@ -165,23 +258,27 @@ public enum RowKernels {
                 dsi.update(repeating: 0, count: width)
                 continue
             }
-            var j = first
-            while j + w <= last {
-                let e = expLanes(fused(loadLanes(pi + j), Lanes(repeating: scale), Lanes(repeating: -rowLse)))
+            let start = first / w * w
+            let vectorEnd = min((last + w - 1) / w * w, width / w * w)
+            if start > 0 { pi.update(repeating: 0, count: start); dsi.update(repeating: 0, count: start) }
+            let shift = Lanes(repeating: -rowLse), deltaLanes = Lanes(repeating: rowDelta)
+            var j = start
+            while j < vectorEnd {
+                var e = expLanes(fused(loadLanes(pi + j), scaleLanes, shift))
+                if j < first || j + w > last { e.replace(with: 0, where: outside(offsets, j, first, last)) }
                 storeLanes(e, pi + j)
-                storeLanes(e * (loadLanes(dsi + j) - rowDelta) * scale, dsi + j)
+                storeLanes(e * scaleLanes * (loadLanes(dsi + j) - deltaLanes), dsi + j)
                 j += w
             }
-            if j < last {
-                let n = last - j
-                let e = expLanes(fused(loadPartial(pi + j, n, fill: 0), Lanes(repeating: scale), Lanes(repeating: -rowLse)))
-                storePartial(e, pi + j, n)
-                storePartial(e * (loadPartial(dsi + j, n, fill: 0) - rowDelta) * scale, dsi + j, n)
+            for t in max(j, first)..<max(last, j) {
+                let e = scalarExp(pi[t] * scale - rowLse)
+                pi[t] = e
+                dsi[t] = e * scale * (dsi[t] - rowDelta)
             }
-            if first > 0 { pi.update(repeating: 0, count: first); dsi.update(repeating: 0, count: first) }
-            if last < width {
-                (pi + last).update(repeating: 0, count: width - last)
-                (dsi + last).update(repeating: 0, count: width - last)
+            let cleared = max(j, last)
+            if cleared < width {
+                (pi + cleared).update(repeating: 0, count: width - cleared)
+                (dsi + cleared).update(repeating: 0, count: width - cleared)
             }
         }
     }

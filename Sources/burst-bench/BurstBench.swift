@@ -39,6 +39,7 @@ struct BurstBench: ParsableCommand {
     @Flag(help: "Run on MPI_COMM_WORLD (start under mpirun); --ranks is then the MPI world size.") var mpi = false
     @Flag(help: "Print every rank's counters (always on with --mpi).") var rankLines = false
     @Flag(help: "Also print the tile GEMM rate (128×128×d, the kernels' JIT product, one thread): the roofline.") var gemm = false
+    @Flag(help: "Print the time per tile of each kernel phase (score and value products, softmax, the backward's products; tiles of BURST_TILE_Q × BURST_TILE_K, one thread) and exit.") var phases = false
     @Option(help: "Communication pattern: burst, ring, allgather, ulysses or auto.") var pattern: String = "burst"
     @Option(help: "Ranks per group of the double ring (0 = detect from the transport's nodes; must divide the ranks).") var intraGroupSize: Int = 0
     @Option(help: "Simulated network of the loopback ranks, e.g. \"latency=5e-6,bandwidth=2e9,inter_bandwidth=2.5e8,group=4\" (seconds, bytes/s; 0 = infinite). Not with --mpi.") var network: String?
@@ -66,6 +67,16 @@ struct BurstBench: ParsableCommand {
         if gemm && worldRank == 0 {
             let rate = LocalAttention.tileProductRate(headDim: headDim)
             print("{\"bench\":\"tile_gemm\",\"m\":128,\"n\":128,\"k\":\(headDim),\"threads\":1,\"gflops\":\(rate),\"code_path\":\"\(LocalAttention.codePath)\"}")
+        }
+        if phases {
+            if worldRank == 0 {
+                let tq = AttentionPlan.tuning("BURST_TILE_Q", 256), tk = AttentionPlan.tuning("BURST_TILE_K", 128)
+                let rate = LocalAttention.tileProductRate(headDim: headDim)
+                let parts = LocalAttention.phaseProfile(headDim: headDim, tileQ: tq, tileK: tk)
+                let fields = parts.map { "\"\($0.phase)\":\($0.microseconds)" }.joined(separator: ",")
+                print("{\"bench\":\"phases\",\"head_dim\":\(headDim),\"tile_q\":\(tq),\"tile_k\":\(tk),\"tile_gemm_gflops\":\(rate),\"microseconds_per_tile\":{\(fields)},\"code_path\":\"\(LocalAttention.codePath)\"}")
+            }
+            return
         }
         guard let patternValue = patternNames.firstIndex(of: pattern) else {
             throw ValidationError("--pattern must be burst, ring, allgather, ulysses or auto")
