@@ -86,8 +86,13 @@ public final class LocalAttention {
     public var progressInterval: UInt64 = 200_000
 
     /// Bytes of the scratch space and panels this object allocated.
-    public var workspaceBytes: Int { (scratch.count + keyPanels.count + valuePanels.count) * MemoryLayout<Float>.size }
+    public var workspaceBytes: Int {
+        (scratch.count + keyPanels.count + valuePanels.count + (dqPartials?.count ?? 0)) * MemoryLayout<Float>.size
+    }
     private var nextProgress: UInt64 = 0
+    /// The backward's private dQ partials when key tiles are split over
+    /// tasks (allocated on first need, kept).
+    private var dqPartials: FloatBuffer?
 
     @inline(__always)
     private func tick(_ worker: Int) {
@@ -224,9 +229,12 @@ public final class LocalAttention {
         makePanels(k, heads: zq / g, rows: nk, into: keyPanels.pointer)
         let d = headDim
         let qTiles = (nq + tileQ - 1) / tileQ
+        // Tasks go out last query tile first, across heads: under a causal
+        // mask the later query tiles see the most keys, and handing the
+        // largest tasks out first balances the threads (longest first).
         return countingParallelFor(zq * qTiles) { task, worker, tiles in
-            let z = task / qTiles, kv = z / g
-            let i0 = (task % qTiles) * tileQ
+            let z = task % zq, kv = z / g
+            let i0 = (qTiles - 1 - task / zq) * tileQ
             let rows = min(tileQ, nq - i0)
             let work = scratch.pointer + worker * scratchPerWorker
             tiles += forwardTile(q: q + (z * nq + i0) * d, rows: rows,
@@ -318,9 +326,17 @@ public final class LocalAttention {
     /// accumulate into their buffers. q, dOut, delta, lse, dq have
     /// `queryHeads` heads; k, v, dk, dv have queryHeads / group.
     ///
-    /// Parallel over key/value heads; a task runs the `group` query heads of
-    /// its key/value head one after the other, so it owns its dK, dV and dQ
-    /// rows and the result is deterministic. `keyPanelsReady`: the previous
+    /// Parallel over key/value heads and, when they do not split evenly over
+    /// the threads (one head, or a head count the thread count does not
+    /// divide), over key tiles too: each key/value head's key tiles are dealt
+    /// to `chunks` tasks (boustrophedon: 0,1,1,0,0,1,… for two, which evens
+    /// out a causal mask's linear trend). A task runs the `group` query heads
+    /// of its key/value head one after the other over its key tiles, so it
+    /// owns its dK and dV rows. The dQ rows are shared by the chunks of a
+    /// head: chunk 0 adds into dq, chunk c > 0 into a private partial, and
+    /// the partials are added to dq afterwards in chunk order. The summation
+    /// order depends only on the thread count, so results are bitwise
+    /// repeatable at a given count. `keyPanelsReady`: the previous
     /// call had the same k and v (the backward's keys stay on their rank for
     /// every ring step), so their panels are still in place.
     @discardableResult
@@ -344,19 +360,64 @@ public final class LocalAttention {
             makePanels(v, heads: zkv, rows: nk, into: valuePanels.pointer)
         }
         let d = headDim
-        return countingParallelFor(zkv) { kv, worker, tiles in
+        let chunks = keyChunks(kvHeads: zkv, queryElements: zq * nq * d)
+        let partials = chunks > 1 ? dqPartials!.pointer : dq
+        if chunks > 1 { partials.update(repeating: 0, count: (chunks - 1) * zq * nq * d) }
+        let counts = countingParallelFor(zkv * chunks) { task, worker, tiles in
+            let kv = task / chunks, chunk = task % chunks
             let work = scratch.pointer + worker * scratchPerWorker
             for z in (kv * g)..<((kv + 1) * g) {
+                let dqTarget = chunk == 0 ? dq + z * nq * d : partials + ((chunk - 1) * zq + z) * nq * d
                 tiles += backwardHead(q: q + z * nq * d, dOut: dOut + z * nq * d,
-                                      delta: delta + z * nq, lse: lse + z * nq, dq: dq + z * nq * d,
+                                      delta: delta + z * nq, lse: lse + z * nq, dq: dqTarget,
                                       nq: nq, queryLo: queryLo, queryHi: queryHi,
                                       k: k + kv * nk * d,
                                       keyPanels: keyPanels.pointer + kv * panelStride,
                                       valuePanels: valuePanels.pointer + kv * panelStride,
                                       dk: dk + kv * nk * d, dv: dv + kv * nk * d, nk: nk, keyPositions: keyPositions,
+                                      chunk: chunk, chunks: chunks,
                                       work: work, lo: ranges + worker * 2 * tileQ, worker: worker)
             }
         }
+        if chunks > 1 {
+            // dq += partial₁ + partial₂ + … element by element, in chunk order.
+            let total = zq * nq * d, block = 16_384
+            pool.parallelFor((total + block - 1) / block) { task, _ in
+                let start = task * block, end = min(start + block, total)
+                for c in 1..<chunks {
+                    let part = partials + (c - 1) * total
+                    for e in start..<end { dq[e] += part[e] }
+                }
+            }
+        }
+        return counts
+    }
+
+    /// How many tasks share each key/value head's key tiles in the backward:
+    /// 1 when the heads split evenly over the threads, else the smallest
+    /// count that makes heads × chunks a multiple of the threads. Grows the
+    /// dQ partials' buffer if needed; if that allocation fails, 1 (slower,
+    /// never wrong).
+    private func keyChunks(kvHeads zkv: Int, queryElements: Int) -> Int {
+        let threads = pool.threadCount
+        if threads <= 1 || zkv % threads == 0 { return 1 }
+        func gcd(_ a: Int, _ b: Int) -> Int { b == 0 ? a : gcd(b, a % b) }
+        let chunks = threads / gcd(zkv, threads)
+        let needed = (chunks - 1) * queryElements
+        if (dqPartials?.count ?? 0) < needed {
+            dqPartials = nil
+            dqPartials = FloatBuffer(count: needed)
+            if dqPartials == nil { return 1 }
+        }
+        return chunks
+    }
+
+    /// Whether key tile t belongs to chunk c of `chunks` (boustrophedon order).
+    @inline(__always)
+    static func keyTile(_ t: Int, inChunk c: Int, of chunks: Int) -> Bool {
+        if chunks == 1 { return true }
+        let r = t % (2 * chunks)
+        return (r < chunks ? r : 2 * chunks - 1 - r) == c
     }
 
     private func backwardHead(q: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
@@ -365,7 +426,7 @@ public final class LocalAttention {
                               queryLo: UnsafePointer<Int>, queryHi: UnsafePointer<Int>,
                               k: UnsafePointer<Float>, keyPanels: UnsafePointer<Float>, valuePanels: UnsafePointer<Float>,
                               dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                              nk: Int, keyPositions: UnsafePointer<Int>,
+                              nk: Int, keyPositions: UnsafePointer<Int>, chunk: Int, chunks: Int,
                               work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>, worker: Int) -> TileCounts {
         let d = headDim, tq = tileQ, tk = tileK
         let hi = lo + tq
@@ -375,6 +436,7 @@ public final class LocalAttention {
         var tiles = TileCounts()
         var j0 = 0
         while j0 < nk {
+            if !Self.keyTile(j0 / tk, inChunk: chunk, of: chunks) { j0 += tk; continue }
             let cols = min(tk, nk - j0)
             let keys = keyPositions + j0
             // Skip the whole key tile if no query of the block sees it.
