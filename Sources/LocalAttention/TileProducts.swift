@@ -72,10 +72,22 @@ final class TileProducts {
 }
 
 extension LocalAttention {
-    /// GFLOP/s of the tile product the kernels run, C[128×128] = A[128×d]·B[d×128]
-    /// on one thread (the roofline burst-bench prints beside attention): the
-    /// libxsmm JIT kernel, or the portable loops when JIT is off.
-    public static func tileProductRate(headDim d: Int, seconds: Double = 0.5) -> Double {
+    /// GFLOP/s of the tile product the kernels run, C[128×128] = A[128×d]·B[d×128]:
+    /// the libxsmm JIT kernel, or the portable loops when JIT is off — the
+    /// roofline burst-bench prints beside attention. With `threads` > 1,
+    /// that many threads each run their own tile products at once and the
+    /// rate is their sum: what the machine's cores give together (shared
+    /// caches, clocks and, in a VM, the host), the ceiling of thread scaling.
+    public static func tileProductRate(headDim d: Int, threads: Int = 1, seconds: Double = 0.5) -> Double {
+        let pool = WorkerPool(threadCount: max(threads, 1))
+        let rates = UnsafeMutablePointer<Double>.allocate(capacity: pool.threadCount)
+        defer { rates.deallocate() }
+        rates.initialize(repeating: 0, count: pool.threadCount)
+        pool.parallelFor(pool.threadCount) { task, _ in rates[task] = singleTileProductRate(headDim: d, seconds: seconds) }
+        return (0..<pool.threadCount).reduce(0) { $0 + rates[$1] }
+    }
+
+    private static func singleTileProductRate(headDim d: Int, seconds: Double) -> Double {
         let products = TileProducts()
         let kernel = products.kernel(m: 128, n: 128, k: d, lda: d, ldb: 128, ldc: 128,
                                      transposedA: false, accumulate: false)

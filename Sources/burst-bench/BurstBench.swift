@@ -38,7 +38,7 @@ struct BurstBench: ParsableCommand {
     @Option(help: "Per-call deadline in seconds (timeout_seconds; a slow simulated network needs more than the library's 300 s default).") var timeout: Double = 3600
     @Flag(help: "Run on MPI_COMM_WORLD (start under mpirun); --ranks is then the MPI world size.") var mpi = false
     @Flag(help: "Print every rank's counters (always on with --mpi).") var rankLines = false
-    @Flag(help: "Also print the tile GEMM rate (128×128×d, the kernels' JIT product, one thread): the roofline.") var gemm = false
+    @Flag(help: "Also print the tile GEMM rate (128×128×d, the kernels' JIT product) on one thread and, with --threads > 1, summed over that many threads running at once: the roofline.") var gemm = false
     @Flag(help: "Print the time per tile of each kernel phase (score and value products, softmax, the backward's products; tiles of BURST_TILE_Q × BURST_TILE_K, one thread) and exit.") var phases = false
     @Option(help: "Communication pattern: burst, ring, allgather, ulysses or auto.") var pattern: String = "burst"
     @Option(help: "Ranks per group of the double ring (0 = detect from the transport's nodes; must divide the ranks).") var intraGroupSize: Int = 0
@@ -65,8 +65,12 @@ struct BurstBench: ParsableCommand {
         let deal = TokenDistribution(kind: kind, total: seqLen, ranks: ranks, sequenceOffsets: nil)
         let counts = (0..<ranks).map { deal.count(rank: $0) }
         if gemm && worldRank == 0 {
-            let rate = LocalAttention.tileProductRate(headDim: headDim)
-            print("{\"bench\":\"tile_gemm\",\"m\":128,\"n\":128,\"k\":\(headDim),\"threads\":1,\"gflops\":\(rate),\"code_path\":\"\(LocalAttention.codePath)\"}")
+            // One thread, and (with --threads > 1) that many threads at once: the
+            // ceiling of the kernels' thread scaling on this machine.
+            for t in Set([1, threads]).sorted() {
+                let rate = LocalAttention.tileProductRate(headDim: headDim, threads: t)
+                print("{\"bench\":\"tile_gemm\",\"m\":128,\"n\":128,\"k\":\(headDim),\"threads\":\(t),\"gflops\":\(rate),\"code_path\":\"\(LocalAttention.codePath)\"}")
+            }
         }
         if phases {
             if worldRank == 0 {
