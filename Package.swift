@@ -34,7 +34,7 @@ let package = Package(
             "GlobalAttention", "LocalAttention", "MPITransport", "CMPI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "LocalAttentionTests", dependencies: ["LocalAttention"]),
+        .testTarget(name: "LocalAttentionTests", dependencies: ["LocalAttention", "RowKernelsAVX2", "RowKernelsAVX512"]),
         .testTarget(name: "GlobalAttentionTests", dependencies: ["GlobalAttention", "LocalAttention", "BurstAttention", "CBurstABI"]),
     ]
 )

@@ -12,7 +12,8 @@
 /// 2^x lane-wise: x = n + f with n = round(x) and f in [−½, ½], 2^f by a
 /// degree-6 polynomial (fitted for relative error; within 1.4 ulp
 /// evaluated in fp32), 2^n through the exponent bits. Below −126 the
-/// result is exactly 0 (so −inf gives 0), above 128 it is +inf, NaN stays
+/// result is exactly 0 (so −inf gives 0), from 127.5 on it is +inf (2^n with
+/// n = 128 overflows; the true value is within 2^−½ of overflow), NaN stays
 /// NaN, and no lane traps. Two compares and three blends: the clamps are
 /// what keeps the exponent arithmetic in range.
 @_transparent
@@ -49,9 +50,12 @@ func exp2Core(_ xc: Lanes) -> Lanes {
     let p = fused(high3, f4, fused(mid2, f2, low2))
     // 2^n through the exponent bits (n is an integer in [−126, 128]; NaN
     // gives garbage bits here, and p is NaN).
-    let shifted = xc + Lanes(repeating: 12_582_912)   // 1.5 · 2^23 + n: n in the low mantissa bits
-    let exponent = (unsafeBitCast(shifted, to: LaneBits.self) &- 0x4B40_0000 &+ 127) &<< 23
-    return p * unsafeBitCast(exponent, to: Lanes.self)
+    // Adding 1.5·2^23 + 127 leaves n + 127 (1 … 255) in the low mantissa
+    // bits; shifting them into the exponent field pushes everything above
+    // out of the word.
+    // (n, not x: a tie like x = −0.5 must round the way vroundps did.)
+    let shifted = n + Lanes(repeating: 12_583_039)
+    return p * unsafeBitCast(unsafeBitCast(shifted, to: LaneBits.self) &<< 23, to: Lanes.self)
 }
 
 /// e^x lane-wise as 2^(x·log₂e): the product rounds once relative to |x|,
@@ -125,6 +129,11 @@ func outside(_ offsets: Lanes, _ j: Int, _ first: Int, _ last: Int) -> SIMDMask<
 
 public enum RowKernels {
     static let log2e: Float = 1.442_695_04
+
+    /// One lane of each exponential, for the accuracy tests.
+    static func exp2Probe(_ x: Float) -> Float { exp2Lanes(Lanes(repeating: x))[Lanes.scalarCount - 1] }
+    static func exp2SoftmaxProbe(_ x: Float) -> Float { exp2Softmax(Lanes(repeating: x))[1] }
+    static func expProbe(_ x: Float) -> Float { expLanes(Lanes(repeating: x))[0] }
     /// The forward softmax step of one score tile (FlashAttention's online
     /// softmax). Row i of `s` (leading dimension `ld`, `width` columns
     /// written) holds q_i·k_j for the keys of the tile; only columns
