@@ -65,6 +65,7 @@ FULL_N = (1024, 4096, 16384)
 QUICK_N = (1024, 4096)
 ALL_D = (64, 128)
 ALL_THREADS = (1, 2)
+ALL_HEADS = (1, 8)
 ALL_CAUSAL = (False, True)
 SGEMM_TILES = 16  # tiles per stack: 3 MiB of A, B and C at d = 128, cache-resident
 SGEMM_SAMPLE_FLOPS = 10e9  # per thread and timed call: ~0.1 s at 100 GFLOP/s
@@ -109,7 +110,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--causal", type=bool_list, nargs="+", metavar="C",
                    help="causal mask off/on (default both)")
     p.add_argument("--batch", type=int, default=1, help="B (default 1)")
-    p.add_argument("--heads", type=int, default=8, help="H (default 8)")
+    p.add_argument("--heads", type=int_list, nargs="+", metavar="H",
+                   help=f"head counts (default {list(ALL_HEADS)})")
+    p.add_argument("--dtype", nargs="+", metavar="T", default=None,
+                   help="storage types: f32 and/or bf16 (default f32; bf16 compares ours against "
+                        "torch's bfloat16 SDPA, errors against float64 from the same rounded inputs)")
+    p.add_argument("--burst-bench", type=Path, default=REPO / ".build/release/burst-bench",
+                   help="burst-bench binary for the tile GEMM rate lines (skipped if missing)")
+    p.add_argument("--skip", nargs="*", default=[], metavar="N:H",
+                   help="skip these (N, H) pairs, e.g. 16384:8 (the largest shape is ~8x the next)")
     p.add_argument("--repeats", type=int, help="timed calls after one warm-up (default 5)")
     p.add_argument("--no-sgemm", action="store_true", help="skip the sgemm reference lines")
     p.add_argument("--out", type=Path, default=REPO / "docs/perf/results.jsonl",
@@ -120,9 +129,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.d = flatten(a.d) or list(ALL_D)
     a.threads = flatten(a.threads) or list(ALL_THREADS)
     a.causal = flatten(a.causal) or list(ALL_CAUSAL)
+    a.heads = flatten(a.heads) or list(ALL_HEADS)
+    a.dtype = [t for v in (a.dtype or ["f32"]) for t in v.split(",") if t]
+    if any(t not in ("f32", "bf16") for t in a.dtype):
+        p.error("--dtype takes f32 and/or bf16")
+    a.skip = {tuple(int(x) for x in item.split(":")) for item in a.skip}
     if a.repeats is None:
         a.repeats = 3 if a.quick else 5
-    if a.repeats < 1 or min(a.n + a.d + a.threads) < 1 or a.batch < 1 or a.heads < 1:
+    if a.repeats < 1 or min(a.n + a.d + a.threads + a.heads) < 1 or a.batch < 1:
         p.error("repeats, N, d, threads, batch and heads must be positive")
     return a
 
@@ -302,22 +316,59 @@ def sgemm_numpy(d: int, threads: int, repeats: int) -> tuple[dict, float]:
 
 # ---------------------------------------------------------------------------- attention
 class Shape:
-    """Inputs of one (B, H, N, d) shape: torch tensors and numpy views of the same memory."""
+    """Inputs of one (B, H, N, d) shape in one storage type: torch tensors and numpy
+    views of the same memory (bf16: uint16 views of torch's bfloat16 storage, the bits
+    the library reads)."""
 
-    def __init__(self, b: int, h: int, n: int, d: int, seed: int):
+    def __init__(self, b: int, h: int, n: int, d: int, seed: int, dtype: str = "f32"):
         gen = torch.Generator().manual_seed(seed)
-        self.b, self.h, self.n, self.d = b, h, n, d
-        self.q, self.k, self.v, self.dout = (torch.randn(b, h, n, d, generator=gen)
+        self.b, self.h, self.n, self.d, self.dtype = b, h, n, d, dtype
+        tdtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+        self.q, self.k, self.v, self.dout = (torch.randn(b, h, n, d, generator=gen).to(tdtype)
                                              for _ in range(4))
         # Leaves for autograd that share storage with q, k, v.
         self.qg, self.kg, self.vg = (t.detach().requires_grad_() for t in (self.q, self.k, self.v))
-        self.qn, self.kn, self.vn, self.doutn = (t.numpy() for t in
+        self.qn, self.kn, self.vn, self.doutn = (to_numpy(t) for t in
                                                  (self.q, self.k, self.v, self.dout))
 
 
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a float32 tensor, or of a bfloat16 tensor's bits (uint16)."""
+    return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def to_float64(a: np.ndarray) -> np.ndarray:
+    """float32 or bfloat16 bits (uint16) -> float64."""
+    if a.dtype == np.uint16:
+        return (a.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return a.astype(np.float64)
+
+
+def float64_reference(s: "Shape", causal: bool) -> tuple:
+    """out, dq, dk, dv in float64 from the (rounded) inputs, via torch's math SDPA."""
+    q, k, v, dout = (torch.from_numpy(to_float64(x)) for x in (s.qn, s.kn, s.vn, s.doutn))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    out.backward(dout)
+    return out.detach().numpy(), q.grad.numpy(), k.grad.numpy(), v.grad.numpy()
+
+
+def tile_gemm_rates(bench: Path, d: int, threads: int) -> dict[int, float]:
+    """{threads: GFLOP/s} of the kernels' tile GEMM from `burst-bench --gemm` (one
+    thread, and `threads` threads at once), or {} if burst-bench is missing."""
+    if not bench.exists():
+        return {}
+    out = subprocess.run([str(bench), "--gemm", "--threads", str(threads), "--seq-len", "128",
+                          "--heads", "1", "--head-dim", str(d), "--repeats", "1", "--warmup", "0",
+                          "--mode", "fwd"], capture_output=True, text=True, check=True).stdout
+    lines = [json.loads(l) for l in out.splitlines() if '"tile_gemm"' in l]
+    return {r["threads"]: r["gflops"] for r in lines}
+
+
 def bench_shape(rec: Recorder, ctx, s: Shape, causal: bool, threads: int, repeats: int) -> None:
-    base = {"B": s.b, "H": s.h, "N": s.n, "d": s.d, "causal": causal, "threads": threads}
-    label = f"N={s.n} d={s.d} causal={int(causal)} threads={threads}"
+    base = {"B": s.b, "H": s.h, "N": s.n, "d": s.d, "causal": causal, "threads": threads,
+            "dtype": s.dtype}
+    label = f"{s.dtype} H={s.h} N={s.n} d={s.d} causal={int(causal)} threads={threads}"
 
     def measure(impl: str, mode: str, fn) -> None:
         result = rates(time_calls(fn, repeats), attention_flops(mode, s.b, s.h, s.n, s.d, causal))
@@ -341,11 +392,11 @@ def bench_shape(rec: Recorder, ctx, s: Shape, causal: bool, threads: int, repeat
 
     measure("torch", "forward", torch_forward)
     measure("torch", "forward_backward", torch_forward_backward)
-    torch_grads = [t.grad.numpy() for t in (s.qg, s.kg, s.vg)]
+    torch_grads = [to_numpy(t.grad) for t in (s.qg, s.kg, s.vg)]
 
     # ours
     with ctx.plan(s.b, s.n, s.h, s.d, mask="causal" if causal else "none",
-                  num_threads=threads, layout="bhsd") as plan:
+                  num_threads=threads, layout="bhsd", dtype=s.dtype) as plan:
         def ours_forward():
             results["ours_out"], _ = plan.forward(s.qn, s.kn, s.vn)
 
@@ -356,11 +407,20 @@ def bench_shape(rec: Recorder, ctx, s: Shape, causal: bool, threads: int, repeat
         measure("ours", "forward", ours_forward)
         measure("ours", "forward_backward", ours_forward_backward)
 
-    errors = {"err_out": rel_err(results["ours_out"], results["torch_out"].numpy())}
+    errors = {"err_out": rel_err(to_float64(results["ours_out"]), to_float64(to_numpy(results["torch_out"])))}
     for name, ours, ref in zip(("dq", "dk", "dv"), results["ours_grads"], torch_grads):
-        errors[f"err_{name}"] = rel_err(ours, ref)
-    rec.emit({"record": "check", **base, **errors,
-              "definition": "max|ours - torch| / max|torch|"})
+        errors[f"err_{name}"] = rel_err(to_float64(ours), to_float64(ref))
+    definition = "max|ours - torch| / max|torch|"
+    if s.dtype != "f32" and s.n <= 4096:
+        # Both against float64 from the same rounded inputs (ours vs torch's bf16 SDPA).
+        ref = float64_reference(s, causal)
+        torch_outs = [to_numpy(results["torch_out"])] + torch_grads
+        ours_outs = [results["ours_out"], *results["ours_grads"]]
+        for name, o, t, r in zip(("out", "dq", "dk", "dv"), ours_outs, torch_outs, ref):
+            errors[f"err64_ours_{name}"] = rel_err(to_float64(o), r)
+            errors[f"err64_torch_{name}"] = rel_err(to_float64(t), r)
+        definition += "; err64_*: max|x - float64 ref| / max|ref|, ref from the same rounded inputs"
+    rec.emit({"record": "check", **base, **errors, "definition": definition})
     log(f"  {label} max|ours-torch|/max|torch|: " +
         "  ".join(f"{k[4:]} {v:.2e}" for k, v in errors.items()))
 
@@ -374,6 +434,7 @@ def main(argv=None) -> int:
                   timespec="seconds"),
               "command": shlex.join(["python3", *sys.argv]), "cwd": os.getcwd(),
               "sweep": {"B": args.batch, "H": args.heads, "N": args.n, "d": args.d,
+                        "dtype": args.dtype, "skip": sorted(args.skip),
                         "causal": args.causal, "threads": args.threads,
                         "repeats": args.repeats},
               "machine": machine_info()})
@@ -395,14 +456,30 @@ def main(argv=None) -> int:
                                   "threads": threads, **result, "repeats": args.repeats})
                         log(f"  d={d} threads={threads} {backend:12} {describe(result)}")
 
+        log("tile GEMM rate of our kernels (burst-bench --gemm)")
+        for d in args.d:
+            rates_by_threads = {}
+            for threads in args.threads:
+                rates_by_threads.update(tile_gemm_rates(args.burst_bench, d, threads))
+            for threads, rate in sorted(rates_by_threads.items()):
+                rec.emit({"record": "measurement", "impl": "tile_gemm", "mode": "libxsmm",
+                          "gemm": f"128x{d} @ {d}x128, burst-bench --gemm", "B": None, "H": None,
+                          "N": None, "d": d, "causal": None, "threads": threads, "gflops": rate})
+                log(f"  d={d} threads={threads} {rate:.1f} GFLOP/s")
+
         with ba.Context.self() as ctx:
-            for n in args.n:
-                for d in args.d:
-                    shape = Shape(args.batch, args.heads, n, d, args.seed)
-                    for causal in args.causal:
-                        for threads in args.threads:
-                            bench_shape(rec, ctx, shape, causal, threads, args.repeats)
-                    del shape
+            for dtype in args.dtype:
+                for n in args.n:
+                    for h in args.heads:
+                        if (n, h) in args.skip:
+                            log(f"skipping N={n} H={h} (--skip)")
+                            continue
+                        for d in args.d:
+                            shape = Shape(args.batch, h, n, d, args.seed, dtype)
+                            for causal in args.causal:
+                                for threads in args.threads:
+                                    bench_shape(rec, ctx, shape, causal, threads, args.repeats)
+                            del shape
     finally:
         rec.close()
     log(f"appended run {run_id} to {args.out}")

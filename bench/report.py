@@ -77,7 +77,8 @@ def select(records: list[dict], run: str | None, merge: bool):
     headers = [r for r in records if r.get("record") == "header"]
     measurements, checks = {}, {}
     for r in records:
-        shape = (r.get("B"), r.get("H"), r.get("N"), r.get("d"), r.get("causal"), r.get("threads"))
+        shape = (r.get("B"), r.get("H"), r.get("N"), r.get("d"), r.get("causal"), r.get("threads"),
+                 r.get("dtype") or "f32")
         if r.get("record") == "measurement":
             measurements[(r["impl"], r["mode"], *shape)] = r
         elif r.get("record") == "check":
@@ -132,10 +133,12 @@ def machine_lines(headers: list[dict]) -> list[str]:
 
 def write_table(path: Path, headers, measurements, checks, report_command: str) -> None:
     shapes = sorted({k[2:] for k in measurements if k[0] in ("torch", "ours")},
-                    key=lambda s: (s[0], s[1], s[2], s[3], s[4], s[5]))
+                    key=lambda s: (s[6], s[0], s[2], s[1], s[3], s[4], s[5]))
+    tile = {(m["d"], m["threads"]): m["gflops"] for k, m in measurements.items() if k[0] == "tile_gemm"}
     rows, ratios = [], defaultdict(list)
+    half_rows = []
     for shape in shapes:
-        b, h, n, d, causal, threads = shape
+        b, h, n, d, causal, threads, dtype = shape
         check = checks.get(shape, {})
         for mode in MODES:
             torch_m = measurements.get(("torch", mode, *shape))
@@ -145,15 +148,27 @@ def write_table(path: Path, headers, measurements, checks, report_command: str) 
             ratio = "–"
             if torch_m and ours_m:
                 r = ours_m["gflops"] / torch_m["gflops"]
-                ratios[(mode, threads)].append(r)
+                ratios[(mode, threads, dtype)].append(r)
                 ratio = f"**{r:.2f}**"
+            rate = tile.get((d, threads))
+            # % of the tile GEMM: meaningful for dense (non-causal) fp32 work.
+            share = (f"{100 * ours_m['gflops'] / rate:.0f} %" if ours_m and rate and not causal
+                     and dtype == "f32" else "–")
             errs = ([check.get("err_out")] if mode == "forward" else
                     [check.get(f"err_{g}") for g in ("dq", "dk", "dv")])
             errs = [e for e in errs if e is not None]
             err = f"{max(errs):.1e}" if errs else "–"
-            rows.append(f"| {b}×{h}×{n}×{d} | {'causal' if causal else 'none'} | {threads} "
+            rows.append(f"| {dtype} | {b}×{h}×{n}×{d} | {'causal' if causal else 'none'} | {threads} "
                         f"| {MODE_LABEL[mode]} | {fmt_seconds(torch_m)} | {fmt_seconds(ours_m)} "
-                        f"| {fmt_rate(torch_m)} | {fmt_rate(ours_m)} | {ratio} | {err} |")
+                        f"| {fmt_rate(torch_m)} | {fmt_rate(ours_m)} | {share} | {ratio} | {err} |")
+            if dtype != "f32" and "err64_ours_out" in check:
+                names = ("out",) if mode == "forward" else ("dq", "dk", "dv")
+                e_ours = max(check[f"err64_ours_{g}"] for g in names)
+                e_torch = max(check[f"err64_torch_{g}"] for g in names)
+                f32 = measurements.get(("ours", mode, b, h, n, d, causal, threads, "f32"))
+                half_rows.append(f"| {b}×{h}×{n}×{d} | {'causal' if causal else 'none'} | {threads} "
+                                 f"| {MODE_LABEL[mode]} | {fmt_seconds(f32)} | {fmt_seconds(ours_m)} "
+                                 f"| {fmt_seconds(torch_m)} | {e_ours:.1e} | {e_torch:.1e} |")
 
     sgemm = defaultdict(dict)
     for key, m in measurements.items():
@@ -172,14 +187,33 @@ def write_table(path: Path, headers, measurements, checks, report_command: str) 
            "(noisy). Absolute times on a small shared VM can move by 10–30% between runs: "
            "compare ratios from the same run.", "",
            "## Attention", "",
-           "| shape B×H×N×d | mask | threads | mode | torch s | ours s | torch GFLOP/s "
-           "| ours GFLOP/s | ours/torch | max rel. err |",
-           "|---|---|--:|---|--:|--:|--:|--:|--:|--:|", *rows, ""]
+           "| dtype | shape B×H×N×d | mask | threads | mode | torch s | ours s | torch GFLOP/s "
+           "| ours GFLOP/s | ours % of tile GEMM | ours/torch | max rel. err |",
+           "|---|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|", *rows, ""]
+    if tile:
+        out += ["Tile GEMM rate (`burst-bench --gemm`, the kernels' 128×128×d JIT product; at 2 "
+                "threads two threads run tiles at once), measured in the same run: " + "; ".join(
+                    f"d = {d}, {t} thread{'s' if t > 1 else ''}: {g:.1f} GFLOP/s"
+                    for (d, t), g in sorted(tile.items())) + ".", ""]
     if ratios:
         out += ["Geometric mean of ours/torch: " + "; ".join(
-            f"{MODE_LABEL[mode]}, {t} thread{'s' if t > 1 else ''}: "
+            f"{dtype} {MODE_LABEL[mode]}, {t} thread{'s' if t > 1 else ''}: "
             f"{math.exp(sum(map(math.log, v)) / len(v)):.2f} ({len(v)} shapes)"
-            for (mode, t), v in sorted(ratios.items())), ""]
+            for (mode, t, dtype), v in sorted(ratios.items())), ""]
+        worst = {k: min(v) for k, v in ratios.items()}
+        out += ["Lowest ours/torch: " + "; ".join(
+            f"{dtype} {MODE_LABEL[mode]}, {t} thread{'s' if t > 1 else ''}: {w:.2f}"
+            for (mode, t, dtype), w in sorted(worst.items())), ""]
+    if half_rows:
+        out += ["## bf16 storage", "",
+                "Ours with bf16 storage (fp32 compute and accumulation) beside ours in fp32 and "
+                "torch's bfloat16 SDPA, same shapes and threads. Errors: max|x − ref| / max|ref| "
+                "with ref the float64 attention of the same bf16-rounded inputs (the worst of "
+                "dq, dk, dv for forward+backward). Bytes: a bf16 plan moves half the fp32 "
+                "bytes of the storage-typed tensors (see README, Storage types).", "",
+                "| shape B×H×N×d | mask | threads | mode | ours f32 s | ours bf16 s | torch bf16 s "
+                "| ours bf16 err | torch bf16 err |",
+                "|---|---|--:|---|--:|--:|--:|--:|--:|", *half_rows, ""]
     if sgemm:
         out += ["## sgemm reference (not attention)", "",
                 "GFLOP/s of plain fp32 GEMMs C[128×128] = A[128×d] · B[d×128] over a stack "
@@ -203,37 +237,42 @@ def write_plot(path: Path, headers, measurements) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    attention = [m for k, m in measurements.items() if k[0] in ("torch", "ours")]
+    attention = [m for k, m in measurements.items() if k[0] in ("torch", "ours")
+                 and (m.get("dtype") or "f32") == "f32"]
     if not attention:
         print("report: no attention measurements, no plot", file=sys.stderr)
         return
     combos = sorted({(m["d"], m["causal"]) for m in attention})
-    modes = [mode for mode in MODES if any(m["mode"] == mode for m in attention)]
+    heads_all = sorted({m["H"] for m in attention})
+    modes = [(mode, h) for mode in MODES for h in heads_all
+             if any(m["mode"] == mode and m["H"] == h for m in attention)]
     threads_all = sorted({m["threads"] for m in attention})
     n_all = sorted({m["N"] for m in attention})
-    sgemm = [m for k, m in measurements.items() if k[0] == "sgemm"]
+    sgemm = [m for k, m in measurements.items() if k[0] in ("sgemm", "tile_gemm")]
 
     fig, axes = plt.subplots(len(modes), len(combos), figsize=(4.0 * len(combos), 3.4 * len(modes)),
                              sharex=True, sharey=True, squeeze=False, layout="constrained")
-    for row, mode in enumerate(modes):
+    for row, (mode, heads) in enumerate(modes):
         for col, (d, causal) in enumerate(combos):
             ax = axes[row][col]
             for m in sgemm:
                 if m["d"] == d:
-                    ax.axhline(m["gflops"], color=SGEMM_COLOR.get(m["mode"], "0.4"), lw=1,
+                    ax.axhline(m["gflops"], color=SGEMM_COLOR.get(m["mode"], "0.25"), lw=1,
                                ls=THREAD_STYLE.get(m["threads"], ":"),
-                               label=f"sgemm 128×128×d tiles, {SGEMM_LABEL.get(m['mode'], m['mode'])}, "
-                                     f"{m['threads']} thr")
+                               label=(f"our tile GEMM (burst-bench --gemm), {m['threads']} thr"
+                                      if m["impl"] == "tile_gemm" else
+                                      f"sgemm 128×128×d tiles, {SGEMM_LABEL.get(m['mode'], m['mode'])}, "
+                                      f"{m['threads']} thr"))
             for impl in ("torch", "ours"):
                 for t in threads_all:
                     pts = sorted((m["N"], m["gflops"]) for m in attention
-                                 if (m["impl"], m["mode"], m["d"], m["causal"], m["threads"])
-                                 == (impl, mode, d, causal, t))
+                                 if (m["impl"], m["mode"], m["d"], m["causal"], m["threads"], m["H"])
+                                 == (impl, mode, d, causal, t, heads))
                     if pts:
                         ax.plot(*zip(*pts), color=IMPL_COLOR[impl], ls=THREAD_STYLE.get(t, ":"),
                                 marker="o", ms=4,
                                 label=f"{'torch SDPA' if impl == 'torch' else 'ours'}, {t} thr")
-            ax.set_title(f"{MODE_LABEL[mode]}, d={d}, {'causal' if causal else 'no mask'}",
+            ax.set_title(f"{MODE_LABEL[mode]}, H={heads}, d={d}, {'causal' if causal else 'no mask'}",
                          fontsize=10)
             ax.set_xscale("log", base=2)
             ax.set_xticks(n_all, [f"{n // 1024}k" if n % 1024 == 0 else str(n) for n in n_all])
@@ -255,7 +294,7 @@ def write_plot(path: Path, headers, measurements) -> None:
     b_h = sorted({(m["B"], m["H"]) for m in attention})
     fig.suptitle(f"Attention GFLOP/s vs N, fp32, B×H = "
                  f"{', '.join(f'{b}×{h}' for b, h in b_h)}, {cpu}; "
-                 f"gray: sgemm tile rate (not attention)", fontsize=11)
+                 f"gray: tile GEMM rates (not attention)", fontsize=11)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

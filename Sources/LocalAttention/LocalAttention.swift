@@ -228,14 +228,18 @@ public final class LocalAttention {
         }
         makePanels(k, heads: zq / g, rows: nk, into: keyPanels.pointer)
         let d = headDim
-        let qTiles = (nq + tileQ - 1) / tileQ
+        // Few rows (a short shard, one head): smaller query tiles, so every
+        // thread gets work — at least two tasks per thread, tiles ≥ 32 rows.
+        var tq = tileQ
+        while pool.threadCount > 1 && tq > 32 && zq * ((nq + tq - 1) / tq) < 2 * pool.threadCount { tq = (tq + 1) / 2 }
+        let qTiles = (nq + tq - 1) / tq
         // Tasks go out last query tile first, across heads: under a causal
         // mask the later query tiles see the most keys, and handing the
         // largest tasks out first balances the threads (longest first).
         return countingParallelFor(zq * qTiles) { task, worker, tiles in
             let z = task % zq, kv = z / g
-            let i0 = (qTiles - 1 - task / zq) * tileQ
-            let rows = min(tileQ, nq - i0)
+            let i0 = (qTiles - 1 - task / zq) * tq
+            let rows = min(tq, nq - i0)
             let work = scratch.pointer + worker * scratchPerWorker
             tiles += forwardTile(q: q + (z * nq + i0) * d, rows: rows,
                                  queryLo: queryLo + i0, queryHi: queryHi + i0,
