@@ -54,10 +54,12 @@ BURST_API uint32_t burst_version(void);
 
 /* A static, never-NULL description of the library loaded and the kernel code
  * paths its run-time dispatch picked for this CPU, e.g.
- * "libburst_attention 0.3.0; kernels cpx+avx512; cpus 2" (tile products:
- * libxsmm's target "cpx", "skx", "hsw", ... or "portable"; row kernels "avx512",
- * "avx2" or "baseline"; cpus: the CPUs this process may run on, which divided by
- * the ranks on the node is the default num_threads). For logs and bug reports:
+ * "libburst_attention 0.3.0; kernels cpx+avx512; convert avx512; cpus 2" (tile
+ * products: libxsmm's target "cpx", "skx", "hsw", ... or "portable"; row kernels
+ * "avx512", "avx2" or "baseline"; convert: the bf16/fp16 conversions, "avx512",
+ * "avx2" (AVX2 + F16C) or "portable" (since 0.4); cpus: the CPUs this process may
+ * run on, which divided by the ranks on the node is the default num_threads).
+ * BURST_KERNELS=portable selects the portable code everywhere. For logs and bug reports:
  * "key value" pairs separated by "; ". Thread-safe. (0.2) */
 BURST_API const char *burst_build_info(void);
 
@@ -90,7 +92,31 @@ BURST_API const char *burst_last_error(void);
  * range gives BURST_ERROR_INVALID_ARGUMENT.                                 */
 enum { BURST_LAYOUT_BSHD = 0,  /* q/k/v/out: [batch, seq_len_local, heads, head_dim] */
        BURST_LAYOUT_BHSD = 1   /* q/k/v/out: [batch, heads, seq_len_local, head_dim] */ };
-enum { BURST_DTYPE_F32 = 0 };
+/* Storage types of q, k, v, out, dout, dq, dk and dv (the buffers passed as
+ * void *; lse is always fp32). Since 0.4 (appended; values are ABI):
+ *  BURST_DTYPE_F32   IEEE binary32 (float).
+ *  BURST_DTYPE_BF16  bfloat16 in uint16_t elements: the top 16 bits of an
+ *                    fp32 (sign, 8 exponent bits, 7 fraction bits).
+ *  BURST_DTYPE_F16   IEEE binary16 in uint16_t elements (_Float16 / __fp16 /
+ *                    numpy float16 bits).
+ * With bf16 or f16 the library computes in fp32 as for F32: every input is
+ * widened to fp32 (exactly) when it is packed, all accumulation (online
+ * softmax, dQ, dK, dV, lse, D = rowsum(dO * O)) is fp32, and each output
+ * element is rounded once, to nearest with ties to even, when it is written
+ * to the caller's buffer (NaN stays a quiet NaN, fp16 overflow gives +-inf,
+ * subnormals are rounded correctly).
+ * Numerics contract (README "Storage types"): against a float64 reference
+ * computed from the same rounded inputs (for the backward: the same rounded
+ * q, k, v, out and dout), every element of out, dq, dk, dv is within the
+ * fp32 tolerance (out 1e-5, gradients 1e-4 of max|ref|) plus the output
+ * rounding, u*|ref| with u = 2^-8 for bf16 and 2^-11 for f16 (plus 2^-24, the
+ * fp16 subnormal step); lse within 1e-4.
+ * On the wire the tensors that came in the storage type (K, V, Q, dO, and
+ * ULYSSES' results, which are final where they are computed) travel in it, 2
+ * bytes an element; lse, D and partial sums travel as fp32, so the forward
+ * of BURST, RING and ALLGATHER moves exactly half the bytes of F32 (README:
+ * Communication patterns, for the exact formulas). */
+enum { BURST_DTYPE_F32 = 0, BURST_DTYPE_BF16 = 1, BURST_DTYPE_F16 = 2 };
 enum { BURST_MASK_NONE = 0, BURST_MASK_CAUSAL = 1 /* in global positions */ };
 /* How the global sequence (positions 0 .. N-1, N = total tokens) is dealt to
  * the P ranks of a context. Rank r's local rows are its tokens in increasing
@@ -174,7 +200,7 @@ enum { BURST_PATTERN_BURST = 0,
 typedef struct burst_attention_config {
   uint32_t struct_size;   /* sizeof(burst_attention_config); set by _init   */
   int32_t  layout;        /* BURST_LAYOUT_*                                  */
-  int32_t  dtype;         /* BURST_DTYPE_*                                   */
+  int32_t  dtype;         /* BURST_DTYPE_* (storage type of the tensors)     */
   int32_t  mask;          /* BURST_MASK_*                                    */
   int32_t  distribution;  /* BURST_DISTRIBUTION_*                            */
   int32_t  pattern;       /* BURST_PATTERN_*                                 */
@@ -278,7 +304,8 @@ BURST_API burst_status burst_plan_create(burst_context *ctx,
 
 /* Collective. Attention of this rank's queries against the keys/values of all
  * ranks. q, out: [batch, seq_len_local, num_heads_q, head_dim] in the plan's
- * layout (BHSD: heads before sequence); k, v: likewise with num_heads_kv.
+ * layout (BHSD: heads before sequence); k, v: likewise with num_heads_kv;
+ * elements of the plan's dtype (float, or uint16_t for BF16 / F16).
  * lse: [batch, num_heads_q, seq_len_local] fp32, natural log of the softmax
  * denominator (logsumexp of the scaled, masked scores); -inf for a row that
  * sees no key (its out row is 0). lse may be NULL if not wanted (backward
@@ -290,7 +317,7 @@ BURST_API burst_status burst_forward(burst_plan *plan, const void *q,
 
 /* Collective. Gradients of the attention output with respect to q, k and v
  * of this rank, given the forward's out and lse and the output gradient dout.
- * Shapes as in burst_forward; dq/dk/dv are overwritten (not accumulated) and
+ * Shapes and element types as in burst_forward (lse fp32); dq/dk/dv are overwritten (not accumulated) and
  * must not alias the inputs. Buffers may be NULL only when seq_len_local is 0. */
 BURST_API burst_status burst_backward(burst_plan *plan, const void *q,
                                       const void *k, const void *v,
@@ -328,9 +355,10 @@ BURST_API burst_status burst_shard_positions(int32_t distribution, int64_t total
 /* Copies rank `rank`'s rows out of a full-sequence buffer. `full` holds
  * outer x total_tokens rows of row_bytes bytes; `local` receives
  * outer x count rows (count as burst_shard_positions gives it). For a BSHD
- * tensor outer = batch and row_bytes = heads*head_dim*4; for BHSD
- * outer = batch*heads and row_bytes = head_dim*4; for lse outer = batch*heads
- * and row_bytes = 4. The buffers must not overlap. */
+ * tensor outer = batch and row_bytes = heads*head_dim*e; for BHSD
+ * outer = batch*heads and row_bytes = head_dim*e (e = 4 for F32, 2 for BF16
+ * and F16); for lse outer = batch*heads and row_bytes = 4. The buffers must
+ * not overlap. */
 BURST_API burst_status burst_shard(int32_t distribution, int64_t total_tokens,
                                    const int64_t *cu_seqlens, int64_t num_sequences,
                                    int32_t world_size, int32_t rank,

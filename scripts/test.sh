@@ -17,11 +17,12 @@ set -e
 if [ "$status" != 0 ]; then echo "Swift tests failed (exit $status)" >&2; exit "$status"; fi
 
 # The same schedules on the other kernel code paths the run-time dispatch can
-# pick: AVX2 row kernels and AVX2 JIT products, and the portable Swift loops.
+# pick: AVX2 row kernels and AVX2 JIT products, and the portable Swift loops
+# (which also selects the portable bf16/fp16 conversions).
 for path in "LIBXSMM_TARGET=hsw" "BURST_KERNELS=portable"; do
   echo "== Swift correctness tests with $path"
   (cd "$ROOT" && env "$path" swift test -c release --skip-build \
-     --filter 'CorrectnessTests|CommunicationVolumeTests|VariantTests|BackwardSplitTests' 2>&1 | grep -E 'Executed|error|failed' | tail -n 3
+     --filter 'CorrectnessTests|CommunicationVolumeTests|VariantTests|BackwardSplitTests|StorageTypeTests|StorageConversionTests' 2>&1 | grep -E 'Executed|error|failed' | tail -n 3
    exit "${PIPESTATUS[0]}")
 done
 

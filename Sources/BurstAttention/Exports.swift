@@ -53,11 +53,11 @@ public func _burst_version() -> UInt32 {
     versionMajor * 10000 + versionMinor * 100 + versionPatch
 }
 
-/// "libburst_attention 0.3.0; kernels <tile>+<rows>; cpus <n>", made once:
+/// "libburst_attention 0.3.0; kernels <tile>+<rows>; convert <path>; cpus <n>", made once:
 /// the version and the kernel code paths the run-time dispatch picked on this CPU
 /// (BURST_KERNELS / LIBXSMM_TARGET are read at the first call).
 private let buildInfo: UnsafeMutablePointer<CChar> = {
-    let text = "libburst_attention \(versionMajor).\(versionMinor).\(versionPatch); kernels \(LocalAttention.codePath); cpus \(availableCPUCount())"
+    let text = "libburst_attention \(versionMajor).\(versionMinor).\(versionPatch); kernels \(LocalAttention.codePath); convert \(StorageConversion.path.rawValue); cpus \(availableCPUCount())"
     return strdup(text)!
 }()
 

@@ -43,6 +43,9 @@ public struct AttentionConfig: Sendable {
         timeoutSeconds > 0 && timeoutSeconds.isFinite ? timeoutSeconds : Self.defaultTimeoutSeconds
     }
 
+    /// The element type of q, k, v, out, dout, dq, dk, dv (valid after `validate`).
+    public var storage: StorageType { StorageType(rawValue: dtype) ?? .f32 }
+
     /// Query heads per key/value head (GQA; 1 for MHA).
     public var group: Int { Int(numHeadsQ / max(numHeadsKV, 1)) }
 
@@ -62,7 +65,9 @@ public struct AttentionConfig: Sendable {
     public func validate() throws {
         func bad(_ message: String) -> BurstError { BurstError(.invalidArgument, message) }
         guard Layout(rawValue: layout) != nil else { throw bad("layout: unknown value \(layout) (BURST_LAYOUT_BSHD = 0, BURST_LAYOUT_BHSD = 1)") }
-        guard dtype == 0 else { throw bad("dtype: unknown value \(dtype) (only BURST_DTYPE_F32 = 0)") }
+        guard StorageType(rawValue: dtype) != nil else {
+            throw bad("dtype: unknown value \(dtype) (BURST_DTYPE_F32 = 0, BURST_DTYPE_BF16 = 1, BURST_DTYPE_F16 = 2)")
+        }
         guard Mask(rawValue: mask) != nil else { throw bad("mask: unknown value \(mask) (BURST_MASK_NONE = 0, BURST_MASK_CAUSAL = 1)") }
         guard Distribution(rawValue: distribution) != nil else { throw bad("distribution: unknown value \(distribution) (0..2)") }
         guard Pattern(rawValue: pattern) != nil else { throw bad("pattern: unknown value \(pattern) (0..4)") }

@@ -4,15 +4,32 @@ import LocalAttention
 /// Zq·n·d, the running softmax state (acc Zq·n·d, max and sum Zq·n each) and
 /// every rank's K|V block side by side, 2·Zkv·N·d (block j at 2·Zkv·d·Σ_{i<j} n_i,
 /// K first, then V; this rank packs its own block straight into its slot).
+/// With a half storage type `kv` holds the blocks in that type as they come
+/// off the wire (2·Zkv·N·d halves), `own` this rank's block as fp32 and
+/// `decoded` the fp32 block being computed (2·Zkv·n_max·d).
 final class AllgatherForwardSpace {
     let q, acc, rowMax, rowSum, kv: FloatBuffer
+    let gathered: GatheredBlocks
 
-    init(zq: Int, zkv: Int, rows: Int, total: Int, headDim d: Int) throws {
+    init(zq: Int, zkv: Int, rows: Int, maxRows: Int, total: Int, headDim d: Int, storage: StorageType) throws {
         q = try allocate(zq * rows * d, "the packed queries")
         acc = try allocate(zq * rows * d, "the output accumulator")
         rowMax = try allocate(zq * rows, "the row maxima")
         rowSum = try allocate(zq * rows, "the row sums")
-        kv = try allocate(2 * zkv * total * d, "the gathered keys and values")
+        kv = try allocate(WireFormat.floatsHolding(bytes: 2 * zkv * total * d * storage.bytes), "the gathered keys and values")
+        gathered = try GatheredBlocks(zkv: zkv, rows: rows, maxRows: maxRows, headDim: d, storage: storage)
+    }
+}
+
+/// ALLGATHER's fp32 views of gathered K|V blocks held in a half storage
+/// type: this rank's own block and one decode buffer (nil for fp32, where
+/// the gathered buffer is fp32 itself).
+final class GatheredBlocks {
+    let own, decoded: FloatBuffer?
+
+    init(zkv: Int, rows: Int, maxRows: Int, headDim d: Int, storage: StorageType) throws {
+        own = storage == .f32 ? nil : try allocate(2 * zkv * rows * d, "the own keys and values (fp32)")
+        decoded = storage == .f32 ? nil : try allocate(2 * zkv * maxRows * d, "a decoded gathered block")
     }
 }
 
@@ -23,16 +40,19 @@ final class AllgatherForwardSpace {
 /// block is computed while the last one's partial is on its way), one slot
 /// per rank for the partials of this rank's own block (P·2·Zkv·n·d; slot r is
 /// this rank's own partial) and their sum (2·Zkv·n·d).
+/// The gathered K|V with a half storage type: as in the forward.
 final class AllgatherBackwardSpace {
     let q, dOut, delta, dq, kv, ownPartials, sum: FloatBuffer
     let outgoing: [FloatBuffer]
+    let gathered: GatheredBlocks
 
-    init(zq: Int, zkv: Int, rows: Int, maxRows: Int, total: Int, ranks: Int, headDim d: Int) throws {
+    init(zq: Int, zkv: Int, rows: Int, maxRows: Int, total: Int, ranks: Int, headDim d: Int, storage: StorageType) throws {
         q = try allocate(zq * rows * d, "the packed queries")
         dOut = try allocate(zq * rows * d, "the packed output gradient")
         delta = try allocate(zq * rows, "D = rowsum(dO ∘ O)")
         dq = try allocate(zq * rows * d, "dq")
-        kv = try allocate(2 * zkv * total * d, "the gathered keys and values")
+        kv = try allocate(WireFormat.floatsHolding(bytes: 2 * zkv * total * d * storage.bytes), "the gathered keys and values")
+        gathered = try GatheredBlocks(zkv: zkv, rows: rows, maxRows: maxRows, headDim: d, storage: storage)
         ownPartials = try allocate(ranks * 2 * zkv * rows * d, "the partial dk, dv of this rank's block")
         sum = try allocate(2 * zkv * rows * d, "dk, dv")
         outgoing = ranks > 1 ? try (0..<2).map { _ in try allocate(2 * zkv * maxRows * d, "a partial dk, dv send buffer") } : []
@@ -68,16 +88,19 @@ extension AttentionPlan {
     /// Equal shards n = N/P and no mask: the forward moves (P−1)·2·Zkv·n·d
     /// floats each way, the backward (P−1)·4·Zkv·n·d floats each way. P = 1
     /// moves nothing. `zq` does not enter: only the key/value side travels.
+    /// With a half storage type the gathered K|V take 2 bytes an element
+    /// (the 8 above becomes 4) and the partials stay fp32.
     public static func allgatherBytes(tokens: TokenLayout, rank r: Int, zq: Int, zkv: Int, headDim d: Int,
-                               backward: Bool) -> (sent: UInt64, received: UInt64) {
-        let block = { (j: Int) in UInt64(8 * zkv * d * tokens.counts[j]) }
-        var gatherSent: UInt64 = 0, gatherReceived: UInt64 = 0
+                                      backward: Bool, storage: StorageType = .f32) -> (sent: UInt64, received: UInt64) {
+        let block = { (j: Int) in UInt64(2 * storage.bytes * zkv * d * tokens.counts[j]) }
+        let partial = { (j: Int) in UInt64(8 * zkv * d * tokens.counts[j]) }
+        var gatherSent: UInt64 = 0, gatherReceived: UInt64 = 0, partialsSent: UInt64 = 0, partialsReceived: UInt64 = 0
         for j in 0..<tokens.ranks where j != r {
-            if tokens.needs(queryRank: j, keyRank: r) { gatherSent += block(r) }
-            if tokens.needs(queryRank: r, keyRank: j) { gatherReceived += block(j) }
+            if tokens.needs(queryRank: j, keyRank: r) { gatherSent += block(r); partialsReceived += partial(r) }
+            if tokens.needs(queryRank: r, keyRank: j) { gatherReceived += block(j); partialsSent += partial(j) }
         }
-        // The reduce-scatter mirrors the gather: each block received comes back as a partial.
-        return backward ? (gatherSent + gatherReceived, gatherReceived + gatherSent) : (gatherSent, gatherReceived)
+        // The reduce-scatter mirrors the gather: each block received goes back as a partial.
+        return backward ? (gatherSent + partialsSent, gatherReceived + partialsReceived) : (gatherSent, gatherReceived)
     }
 
     /// Allocates the pattern's workspace for a forward or backward call, or
@@ -88,11 +111,12 @@ extension AttentionPlan {
             if backward {
                 if collectiveBackwardSpace == nil {
                     collectiveBackwardSpace = try AllgatherBackwardSpace(zq: zHeads, zkv: zKV, rows: localRows, maxRows: tokens.maxCount,
-                                                                         total: tokens.total, ranks: size, headDim: headDim)
+                                                                         total: tokens.total, ranks: size, headDim: headDim,
+                                                                         storage: storage)
                 }
             } else if collectiveForwardSpace == nil {
-                collectiveForwardSpace = try AllgatherForwardSpace(zq: zHeads, zkv: zKV, rows: localRows, total: tokens.total,
-                                                                   headDim: headDim)
+                collectiveForwardSpace = try AllgatherForwardSpace(zq: zHeads, zkv: zKV, rows: localRows, maxRows: tokens.maxCount,
+                                                                   total: tokens.total, headDim: headDim, storage: storage)
             }
         } catch let error as BurstError { return error } catch { return BurstError(.internalError, "\(error)") }
         return nil
@@ -112,25 +136,58 @@ extension AttentionPlan {
         return nil
     }
 
-    /// Floats before block j in the gathered K|V buffer.
+    /// Elements before block j in the gathered K|V buffer.
     private func gatheredOffset(_ j: Int) -> Int { 2 * zKV * headDim * tokens.counts.prefix(j).reduce(0, +) }
+
+    /// Block j of the gathered K|V (in the storage type).
+    private func gatheredBlock(_ kv: FloatBuffer, _ j: Int) -> UnsafeMutableRawPointer {
+        UnsafeMutableRawPointer(kv.pointer) + gatheredOffset(j) * storage.bytes
+    }
+
+    /// Packs this rank's K|V: straight into its slot of the gathered buffer
+    /// for fp32; for a half type into `gathered.own` (fp32, for the compute)
+    /// and, rounded back (exact), into its slot (for the wire).
+    private func packOwnBlock(k: UnsafeRawPointer, v: UnsafeRawPointer, kv: FloatBuffer, gathered: GatheredBlocks) {
+        let n = localRows, zkv = zKV, d = headDim
+        let target = gathered.own?.pointer ?? kv.pointer + gatheredOffset(rank)
+        TensorPacking.pack(k, type: storage, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, into: target)
+        TensorPacking.pack(v, type: storage, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
+                           into: target + zkv * n * d)
+        if gathered.own != nil {
+            StorageConversion.store(storage, target, into: gatheredBlock(kv, rank), count: 2 * zkv * n * d)
+        }
+    }
+
+    /// The fp32 K|V of block `source` for the compute: in place for fp32,
+    /// the own fp32 copy, or the block decoded into `gathered.decoded`.
+    private func computableBlock(_ source: Int, kv: FloatBuffer, gathered: GatheredBlocks,
+                                 stats: inout CallStats) -> UnsafeMutablePointer<Float> {
+        guard let decoded = gathered.decoded, let own = gathered.own else { return kv.pointer + gatheredOffset(source) }
+        if source == rank { return own.pointer }
+        let count = 2 * zKV * tokens.counts[source] * headDim
+        timed(&stats.computeSeconds) {
+            StorageConversion.load(storage, gatheredBlock(kv, source), into: decoded.pointer, count: count)
+        }
+        return decoded.pointer
+    }
 
     /// Posts the gather of K|V blocks: this rank's block (already packed at
     /// its slot of `kv`) to every rank whose queries see some of it, and one
     /// receive per block this rank's queries see. Returns the send and the
-    /// per-source receives (nil where nothing comes).
-    private func startGather(kv: UnsafeMutablePointer<Float>, tag: Int32,
+    /// per-source receives (nil where nothing comes). Blocks travel in the
+    /// storage type.
+    private func startGather(kv: FloatBuffer, tag: Int32,
                              stats: inout CallStats) throws -> (sends: PendingTransfer, receives: [PendingTransfer?]) {
-        let p = size, r = rank, zkv = zKV, d = headDim
+        let p = size, r = rank, zkv = zKV, d = headDim, size = storage.bytes
         var receives = [PendingTransfer?](repeating: nil, count: p)
         for j in 0..<p where j != r && tokens.needs(queryRank: r, keyRank: j) {
-            let bytes = 2 * zkv * tokens.counts[j] * d * 4
+            let bytes = 2 * zkv * tokens.counts[j] * d * size
             receives[j] = try startTransfer(sends: [], receives: [
-                IncomingMessage(UnsafeMutableRawBufferPointer(start: kv + gatheredOffset(j), count: bytes), from: j, tag: tag)],
+                IncomingMessage(UnsafeMutableRawBufferPointer(start: gatheredBlock(kv, j), count: bytes), from: j, tag: tag)],
                                             stats: &stats)
         }
         var sends: [OutgoingMessage] = []
-        let own = UnsafeRawBufferPointer(start: kv + gatheredOffset(r), count: 2 * zkv * localRows * d * 4)
+        let own = UnsafeRawBufferPointer(start: gatheredBlock(kv, r), count: 2 * zkv * localRows * d * size)
         for j in 0..<p where j != r && tokens.needs(queryRank: j, keyRank: r) {
             sends.append(OutgoingMessage(own, to: j, tag: tag))
         }
@@ -139,20 +196,18 @@ extension AttentionPlan {
     }
 
     /// burst_forward under ALLGATHER. Bytes: `allgatherBytes(backward: false)`.
-    func allgatherForward(q: UnsafePointer<Float>?, k: UnsafePointer<Float>?, v: UnsafePointer<Float>?,
-                          out: UnsafeMutablePointer<Float>?, lse: UnsafeMutablePointer<Float>?,
+    func allgatherForward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
+                          out: UnsafeMutableRawPointer?, lse: UnsafeMutablePointer<Float>?,
                           stats: inout CallStats, deadline: Deadline) throws {
         guard let space = collectiveForwardSpace as? AllgatherForwardSpace, let kernels = collectiveKernels else {
             throw BurstError(.internalError, "ALLGATHER forward workspace missing")
         }
         let p = size, r = rank, n = localRows, zq = zHeads, zkv = zKV, d = headDim
-        let own = space.kv.pointer + gatheredOffset(r)
         if n > 0, let q, let k, let v {
-            TensorPacking.pack(q, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.q.pointer)
-            TensorPacking.pack(k, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, into: own)
-            TensorPacking.pack(v, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, into: own + zkv * n * d)
+            TensorPacking.pack(q, type: storage, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.q.pointer)
+            packOwnBlock(k: k, v: v, kv: space.kv, gathered: space.gathered)
         }
-        let gather = try startGather(kv: space.kv.pointer, tag: Self.allgatherForwardTag, stats: &stats)
+        let gather = try startGather(kv: space.kv, tag: Self.allgatherForwardTag, stats: &stats)
         LocalAttention.resetForwardState(heads: zq, rows: n, headDim: d, acc: space.acc.pointer,
                                          rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer)
 
@@ -166,7 +221,7 @@ extension AttentionPlan {
             let rows = tokens.counts[source]
             guard try gatheredBlockReady(kernels, source: source, receive: gather.receives[source], stats: &stats,
                                          deadline: deadline) else { continue }
-            let block = space.kv.pointer + gatheredOffset(source)
+            let block = computableBlock(source, kv: space.kv, gathered: space.gathered, stats: &stats)
             foldBlock(kernels, queryHeads: zq, q: space.q.pointer, rows: n, lo: tokens.lo[r], hi: tokens.hi[r],
                       k: block, v: block + zkv * rows * d, keyRows: rows, keyPositions: tokens.positions[source],
                       acc: space.acc.pointer, rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer, stats: &stats)
@@ -185,26 +240,25 @@ extension AttentionPlan {
     /// dK_j|dV_j of its queries, which leaves for rank j as soon as it is
     /// ready (the next block is computed meanwhile). The owner sums the
     /// partials of its block in rank order, its own at its own position.
-    func allgatherBackward(q: UnsafePointer<Float>?, k: UnsafePointer<Float>?, v: UnsafePointer<Float>?,
-                           out: UnsafePointer<Float>?, lse: UnsafePointer<Float>?, dout: UnsafePointer<Float>?,
-                           dq: UnsafeMutablePointer<Float>?, dk: UnsafeMutablePointer<Float>?, dv: UnsafeMutablePointer<Float>?,
+    func allgatherBackward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
+                           out: UnsafeRawPointer?, lse: UnsafePointer<Float>?, dout: UnsafeRawPointer?,
+                           dq: UnsafeMutableRawPointer?, dk: UnsafeMutableRawPointer?, dv: UnsafeMutableRawPointer?,
                            stats: inout CallStats, deadline: Deadline) throws {
         guard let space = collectiveBackwardSpace as? AllgatherBackwardSpace, let kernels = collectiveKernels else {
             throw BurstError(.internalError, "ALLGATHER backward workspace missing")
         }
-        let p = size, r = rank, n = localRows, zq = zHeads, zkv = zKV, d = headDim
-        let own = space.kv.pointer + gatheredOffset(r)
+        let p = size, r = rank, n = localRows, zq = zHeads, zkv = zKV, d = headDim, type = storage
         let partialFloats = 2 * zkv * n * d   // one partial of this rank's block
         var lsePointer: UnsafePointer<Float> = UnsafePointer(space.delta.pointer)   // any valid pointer when n = 0
         if n > 0, let q, let k, let v, let o = out, let dO = dout, let lse {
-            TensorPacking.pack(q, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.q.pointer)
-            TensorPacking.pack(dO, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.dOut.pointer)
-            TensorPacking.pack(o, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.dq.pointer)
+            TensorPacking.pack(q, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.q.pointer)
+            TensorPacking.pack(dO, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d,
+                               into: space.dOut.pointer)
+            TensorPacking.pack(o, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.dq.pointer)
             timed(&stats.computeSeconds) {
                 LocalAttention.rowDot(count: zq * n, headDim: d, space.dOut.pointer, space.dq.pointer, into: space.delta.pointer)
             }
-            TensorPacking.pack(k, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, into: own)
-            TensorPacking.pack(v, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, into: own + zkv * n * d)
+            packOwnBlock(k: k, v: v, kv: space.kv, gathered: space.gathered)
             lsePointer = lse
         }
         space.dq.fill(0, count: zq * n * d)
@@ -218,7 +272,7 @@ extension AttentionPlan {
                 IncomingMessage(UnsafeMutableRawBufferPointer(start: space.ownPartials.pointer + i * partialFloats, count: bytes),
                                 from: i, tag: Self.allgatherPartialTag)], stats: &stats))
         }
-        let gather = try startGather(kv: space.kv.pointer, tag: Self.allgatherBackwardTag, stats: &stats)
+        let gather = try startGather(kv: space.kv, tag: Self.allgatherBackwardTag, stats: &stats)
 
         var outgoing: [PendingTransfer] = [CompletedTransfer(), CompletedTransfer()]
         var slot = 0
@@ -239,7 +293,7 @@ extension AttentionPlan {
                 partial = space.outgoing[slot].pointer
             }
             partial.update(repeating: 0, count: 2 * zkv * rows * d)
-            let block = space.kv.pointer + gatheredOffset(source)
+            let block = computableBlock(source, kv: space.kv, gathered: space.gathered, stats: &stats)
             let lseRows = lsePointer
             gradientBlock(kernels, queryHeads: zq, q: space.q.pointer, dOut: space.dOut.pointer, delta: space.delta.pointer,
                           lse: lseRows, dq: space.dq.pointer, rows: n, lo: tokens.lo[r], hi: tokens.hi[r],
@@ -270,9 +324,11 @@ extension AttentionPlan {
             }
         }
         if n > 0, let dq, let dk, let dv {
-            TensorPacking.unpack(space.dq.pointer, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: dq)
-            TensorPacking.unpack(space.sum.pointer, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, into: dk)
-            TensorPacking.unpack(space.sum.pointer + zkv * n * d, layout: layout, batch: batch, heads: kvHeads, rows: n,
+            TensorPacking.unpack(space.dq.pointer, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d,
+                                 into: dq)
+            TensorPacking.unpack(space.sum.pointer, type: type, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
+                                 into: dk)
+            TensorPacking.unpack(space.sum.pointer + zkv * n * d, type: type, layout: layout, batch: batch, heads: kvHeads, rows: n,
                                  headDim: d, into: dv)
         }
     }

@@ -7,18 +7,30 @@ import LocalAttention
 ///   rank they belong to; K, V, dK, dV never move.
 /// - RING: K|V (read-only) and the partial dK|dV (accumulator); the query
 ///   side never moves.
+///
+/// With a half storage type the read-only part travels in wire form (K|V,
+/// or Q|dO, in the storage type; D and lse as fp32): the receive buffers
+/// hold that form, plus one fp32 decode buffer (`RingBuffers`). The accumulators always travel as fp32.
 final class BackwardWorkspace {
     let bundle, dq, kv, dkv: FloatBuffer
     let ring: RingBuffers
 
-    init(zq: Int, zkv: Int, rows: Int, maxRows: Int, headDim d: Int, route: RingRoute, keysTravel: Bool) throws {
+    init(zq: Int, zkv: Int, rows: Int, maxRows: Int, headDim d: Int, route: RingRoute, keysTravel: Bool,
+         storage: StorageType) throws {
         bundle = try allocate(zq * rows * (2 * d + 2), "the query bundle")
         dq = try allocate(zq * rows * d, "dq")
         kv = try allocate(2 * zkv * rows * d, "the packed keys and values")
         dkv = try allocate(2 * zkv * rows * d, "dk and dv")
-        ring = keysTravel
-            ? try RingBuffers(readOnlyFloats: 2 * zkv * maxRows * d, accumulatorFloats: 2 * zkv * maxRows * d, route: route)
-            : try RingBuffers(readOnlyFloats: zq * maxRows * (2 * d + 2), accumulatorFloats: zq * maxRows * d, route: route)
+        let coded = storage != .f32, size = storage.bytes
+        if keysTravel {
+            let wire = { (m: Int) in WireFormat.floatsHolding(bytes: 2 * zkv * m * d * size) }
+            ring = try RingBuffers(readOnlyFloats: 2 * zkv * maxRows * d, accumulatorFloats: 2 * zkv * maxRows * d, route: route,
+                                   wireFloats: coded ? wire(maxRows) : nil)
+        } else {
+            let wire = { (m: Int) in WireFormat.floatsHolding(bytes: 2 * zq * m * d * size + 2 * zq * m * 4) }
+            ring = try RingBuffers(readOnlyFloats: zq * maxRows * (2 * d + 2), accumulatorFloats: zq * maxRows * d, route: route,
+                                   wireFloats: coded ? wire(maxRows) : nil)
+        }
     }
 }
 
@@ -45,6 +57,10 @@ extension AttentionPlan {
     ///
     /// Bytes, one ring, no mask, equal shards n (floats): BURST sends
     /// (P − 1)(3nd + 2n)Zq + ndZq, RING (4P − 2)·nd·Zkv. P = 1 moves nothing.
+    /// With a half storage type the storage-typed parts (BURST: Q, dO;
+    /// RING: K, V) take 2 bytes an element, the fp32 parts (D, lse, the
+    /// partial dQ or dK|dV) 4: BURST (P − 1)(2·2nd + 4·(nd + 2n))Zq + 4ndZq
+    /// bytes, RING (P − 1)·2·2nd·Zkv + 4·2Pnd·Zkv.
     /// GQA does not shrink BURST's traffic (the query side travels) but does
     /// shrink RING's.
     public func backward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
@@ -68,20 +84,19 @@ extension AttentionPlan {
             if backwardSpace == nil {
                 do {
                     backwardSpace = try BackwardWorkspace(zq: zHeads, zkv: zKV, rows: localRows, maxRows: tokens.maxCount,
-                                                          headDim: headDim, route: route, keysTravel: pattern == .ring)
+                                                          headDim: headDim, route: route, keysTravel: pattern == .ring,
+                                                          storage: storage)
                 } catch let error as BurstError { return error } catch { return BurstError(.internalError, "\(error)") }
             }
             return nil
         }) { stats, deadline in
-            func floats(_ raw: UnsafeRawPointer?) -> UnsafePointer<Float>? { raw?.assumingMemoryBound(to: Float.self) }
-            func floats(_ raw: UnsafeMutableRawPointer?) -> UnsafeMutablePointer<Float>? { raw?.assumingMemoryBound(to: Float.self) }
             switch pattern {
             case .allgather:
-                try allgatherBackward(q: floats(q), k: floats(k), v: floats(v), out: floats(out), lse: lse, dout: floats(dout),
-                                      dq: floats(dq), dk: floats(dk), dv: floats(dv), stats: &stats, deadline: deadline)
+                try allgatherBackward(q: q, k: k, v: v, out: out, lse: lse, dout: dout,
+                                      dq: dq, dk: dk, dv: dv, stats: &stats, deadline: deadline)
             case .ulysses:
-                try ulyssesBackward(q: floats(q), k: floats(k), v: floats(v), out: floats(out), lse: lse, dout: floats(dout),
-                                    dq: floats(dq), dk: floats(dk), dv: floats(dv), stats: &stats, deadline: deadline)
+                try ulyssesBackward(q: q, k: k, v: v, out: out, lse: lse, dout: dout,
+                                    dq: dq, dk: dk, dv: dv, stats: &stats, deadline: deadline)
             default:
                 try runBackward(q: q, k: k, v: v, out: out, lse: lse, dout: dout, dq: dq, dk: dk, dv: dv,
                                 stats: &stats, deadline: deadline)
@@ -94,23 +109,23 @@ extension AttentionPlan {
                              dq: UnsafeMutableRawPointer?, dk: UnsafeMutableRawPointer?, dv: UnsafeMutableRawPointer?,
                              stats: inout CallStats, deadline: Deadline) throws {
         guard let space = backwardSpace, let kernels else { throw BurstError(.internalError, "backward workspace missing") }
-        let p = size, r = rank, n = localRows, zq = zHeads, zkv = zKV, d = headDim
-        func floats(_ raw: UnsafeRawPointer?) -> UnsafePointer<Float>? { raw?.assumingMemoryBound(to: Float.self) }
+        let p = size, r = rank, n = localRows, zq = zHeads, zkv = zKV, d = headDim, type = storage
 
         // This rank's bundle: [Q | dO | D | lse], D = rowsum(dO ∘ O); dQ = 0.
-        if n > 0, let q = floats(q), let k = floats(k), let v = floats(v), let o = floats(out),
-           let dO = floats(dout), let lse {
+        if n > 0, let q, let k, let v, let o = out, let dO = dout, let lse {
             let bundle = space.bundle.pointer
-            TensorPacking.pack(q, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: bundle)
-            TensorPacking.pack(dO, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: bundle + zq * n * d)
-            TensorPacking.pack(o, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.dq.pointer)
+            TensorPacking.pack(q, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: bundle)
+            TensorPacking.pack(dO, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d,
+                               into: bundle + zq * n * d)
+            TensorPacking.pack(o, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.dq.pointer)
             timed(&stats.computeSeconds) {
                 LocalAttention.rowDot(count: zq * n, headDim: d, bundle + zq * n * d, space.dq.pointer,
                                       into: bundle + 2 * zq * n * d)
             }
             (bundle + 2 * zq * n * d + zq * n).update(from: lse, count: zq * n)
-            TensorPacking.pack(k, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, into: space.kv.pointer)
-            TensorPacking.pack(v, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
+            TensorPacking.pack(k, type: type, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
+                               into: space.kv.pointer)
+            TensorPacking.pack(v, type: type, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
                                into: space.kv.pointer + zkv * n * d)
         }
         space.dq.fill(0, count: zq * n * d)
@@ -133,7 +148,7 @@ extension AttentionPlan {
         if pattern == .ring {
             // K|V and the partial dK|dV travel; Q, dO, D, lse, dQ stay.
             pass = keyPass
-            try runRing(pass, tags: tags, readOnlyFloats: { 2 * zkv * self.tokens.counts[$0] * d },
+            try runRing(pass, tags: tags, readOnlyFloats: { 2 * zkv * self.tokens.counts[$0] * d }, readOnlyWire: keyValueWire,
                         accumulatorFloats: { 2 * zkv * self.tokens.counts[$0] * d },
                         ownReadOnly: space.kv.pointer, ownAccumulator: space.dkv.pointer, buffers: space.ring,
                         stats: &stats, deadline: deadline) { source, block, partial, stats in
@@ -145,7 +160,12 @@ extension AttentionPlan {
             // The bundle and the partial dQ travel; K, V, dK, dV stay.
             pass = queryPass
             var keyPanelsReady = false   // this rank's K,V panels, built at its first computed step
-            try runRing(pass, tags: tags, readOnlyFloats: { zq * self.tokens.counts[$0] * (2 * d + 2) },
+            // Wire form with a half storage type: Q|dO in it, D|lse as fp32.
+            let counts = tokens.counts
+            let bundleWire: ((Int) -> WireFormat)? = type == .f32 ? nil : { b in
+                WireFormat([(2 * zq * counts[b] * d, type), (2 * zq * counts[b], .f32)])
+            }
+            try runRing(pass, tags: tags, readOnlyFloats: { zq * self.tokens.counts[$0] * (2 * d + 2) }, readOnlyWire: bundleWire,
                         accumulatorFloats: { zq * self.tokens.counts[$0] * d },
                         ownReadOnly: space.bundle.pointer, ownAccumulator: space.dq.pointer, buffers: space.ring,
                         stats: &stats, deadline: deadline) { owner, bundle, partial, stats in
@@ -162,12 +182,12 @@ extension AttentionPlan {
         }
 
         if n > 0, let dq, let dk, let dv {
-            TensorPacking.unpack(space.dq.pointer, layout: layout, batch: batch, heads: heads, rows: n, headDim: d,
-                                 into: dq.assumingMemoryBound(to: Float.self))
-            TensorPacking.unpack(space.dkv.pointer, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
-                                 into: dk.assumingMemoryBound(to: Float.self))
-            TensorPacking.unpack(space.dkv.pointer + zkv * n * d, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
-                                 into: dv.assumingMemoryBound(to: Float.self))
+            TensorPacking.unpack(space.dq.pointer, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d,
+                                 into: dq)
+            TensorPacking.unpack(space.dkv.pointer, type: type, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
+                                 into: dk)
+            TensorPacking.unpack(space.dkv.pointer + zkv * n * d, type: type, layout: layout, batch: batch, heads: kvHeads,
+                                 rows: n, headDim: d, into: dv)
         }
     }
 }

@@ -53,16 +53,17 @@ extension AttentionPlan {
     }
 
     /// The end of a forward on this rank's n rows: O = acc / l in place,
-    /// lse = m + ln l, then O back to the caller's layout.
+    /// lse = m + ln l, then O back to the caller's layout and storage type
+    /// (rounded once).
     func finishRows(acc: UnsafeMutablePointer<Float>, rowMax: UnsafePointer<Float>, rowSum: UnsafePointer<Float>,
-                    out: UnsafeMutablePointer<Float>?, lse: UnsafeMutablePointer<Float>?, stats: inout CallStats) {
+                    out: UnsafeMutableRawPointer?, lse: UnsafeMutablePointer<Float>?, stats: inout CallStats) {
         let n = localRows
         timed(&stats.computeSeconds) {
             LocalAttention.finishForward(heads: zHeads, rows: n, headDim: headDim, acc: acc, rowMax: rowMax, rowSum: rowSum,
                                          out: acc, lse: lse)
         }
         if n > 0, let out {
-            TensorPacking.unpack(acc, layout: layout, batch: batch, heads: heads, rows: n, headDim: headDim, into: out)
+            TensorPacking.unpack(acc, type: storage, layout: layout, batch: batch, heads: heads, rows: n, headDim: headDim, into: out)
         }
     }
 

@@ -3,22 +3,34 @@ import LocalAttention
 /// Forward workspace of one rank (floats): q Zq·n·d, local K|V 2·Zkv·n·d, the
 /// running softmax state (acc Zq·n·d, max and sum Zq·n each) and the ring's
 /// receive buffers of 2·Zkv·n_max·d for the travelling K|V blocks (GQA: K
-/// and V travel at num_heads_kv heads).
+/// and V travel at num_heads_kv heads). With a half storage type the
+/// receive buffers hold 2·Zkv·n_max·d half values, plus one fp32 decode
+/// buffer (2·Zkv·n_max·d).
 final class ForwardWorkspace {
     let q, kv, acc, rowMax, rowSum: FloatBuffer
     let ring: RingBuffers
 
-    init(zq: Int, zkv: Int, rows: Int, maxRows: Int, headDim d: Int, route: RingRoute) throws {
+    init(zq: Int, zkv: Int, rows: Int, maxRows: Int, headDim d: Int, route: RingRoute, storage: StorageType) throws {
         q = try allocate(zq * rows * d, "the packed queries")
         kv = try allocate(2 * zkv * rows * d, "the packed keys and values")
         acc = try allocate(zq * rows * d, "the output accumulator")
         rowMax = try allocate(zq * rows, "the row maxima")
         rowSum = try allocate(zq * rows, "the row sums")
-        ring = try RingBuffers(readOnlyFloats: 2 * zkv * maxRows * d, accumulatorFloats: 0, route: route)
+        let wire = { (rows: Int) in WireFormat.floatsHolding(bytes: 2 * zkv * rows * d * storage.bytes) }
+        ring = try RingBuffers(readOnlyFloats: 2 * zkv * maxRows * d, accumulatorFloats: 0, route: route,
+                               wireFloats: storage == .f32 ? nil : wire(maxRows))
     }
 }
 
 extension AttentionPlan {
+    /// The wire form of rank b's K|V block: the storage type (nil for fp32,
+    /// which travels as is). Used by the forward and RING's backward.
+    var keyValueWire: ((Int) -> WireFormat)? {
+        guard storage != .f32 else { return nil }
+        let type = storage, zkv = zKV, d = headDim, counts = tokens.counts
+        return { b in WireFormat([(2 * zkv * counts[b] * d, type)]) }
+    }
+
     static let kvTag: Int32 = 1
     static let kvInterTag: Int32 = 2
 
@@ -56,13 +68,11 @@ extension AttentionPlan {
             if forwardSpace == nil {
                 do {
                     forwardSpace = try ForwardWorkspace(zq: zHeads, zkv: zKV, rows: localRows, maxRows: tokens.maxCount,
-                                                        headDim: headDim, route: route)
+                                                        headDim: headDim, route: route, storage: storage)
                 } catch let error as BurstError { return error } catch { return BurstError(.internalError, "\(error)") }
             }
             return nil
         }) { stats, deadline in
-            let q = q?.assumingMemoryBound(to: Float.self), k = k?.assumingMemoryBound(to: Float.self)
-            let v = v?.assumingMemoryBound(to: Float.self), out = out?.assumingMemoryBound(to: Float.self)
             switch pattern {
             case .allgather: try allgatherForward(q: q, k: k, v: v, out: out, lse: lse, stats: &stats, deadline: deadline)
             case .ulysses: try ulyssesForward(q: q, k: k, v: v, out: out, lse: lse, stats: &stats, deadline: deadline)
@@ -71,16 +81,17 @@ extension AttentionPlan {
         }
     }
 
-    private func runForward(q: UnsafePointer<Float>?, k: UnsafePointer<Float>?, v: UnsafePointer<Float>?,
-                            out: UnsafeMutablePointer<Float>?, lse: UnsafeMutablePointer<Float>?,
+    private func runForward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
+                            out: UnsafeMutableRawPointer?, lse: UnsafeMutablePointer<Float>?,
                             stats: inout CallStats, deadline: Deadline) throws {
         guard let space = forwardSpace, let kernels else { throw BurstError(.internalError, "forward workspace missing") }
         let p = size, r = rank, n = localRows, zq = zHeads, zkv = zKV, d = headDim
 
         if n > 0, let q, let k, let v {
-            TensorPacking.pack(q, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.q.pointer)
-            TensorPacking.pack(k, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, into: space.kv.pointer)
-            TensorPacking.pack(v, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
+            TensorPacking.pack(q, type: storage, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.q.pointer)
+            TensorPacking.pack(k, type: storage, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
+                               into: space.kv.pointer)
+            TensorPacking.pack(v, type: storage, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
                                into: space.kv.pointer + zkv * n * d)
         }
         LocalAttention.resetForwardState(heads: zq, rows: n, headDim: d, acc: space.acc.pointer,
@@ -88,7 +99,7 @@ extension AttentionPlan {
 
         let pass = keyPass
         try runRing(pass, tags: RingTags(readOnly: Self.kvTag, readOnlyInter: Self.kvInterTag, accumulator: 0, home: 0),
-                    readOnlyFloats: { 2 * zkv * self.tokens.counts[$0] * d }, accumulatorFloats: nil,
+                    readOnlyFloats: { 2 * zkv * self.tokens.counts[$0] * d }, readOnlyWire: keyValueWire, accumulatorFloats: nil,
                     ownReadOnly: space.kv.pointer, ownAccumulator: nil, buffers: space.ring,
                     stats: &stats, deadline: deadline) { source, block, _, stats in
             let sourceRows = tokens.counts[source]

@@ -13,18 +13,37 @@ import LocalAttention
 /// k, sent on after it and in flight during step k + 1), one for this
 /// step's own contribution while the partial is still arriving, and two for
 /// the partials of other groups' chains coming home.
+///
+/// When the read-only block travels in a wire form other than fp32
+/// (`WireFormat`: half storage types), the receive buffers hold the wire
+/// form (`wireFloats` floats of capacity each), and one more buffer exists:
+/// `decoded`, the fp32 block of the step being computed (one suffices:
+/// steps compute one after the other). The wire form of this rank's own
+/// block, sent at step 0, is encoded into a receive buffer that is free
+/// until its sends are complete (`ownWireSlot`), so a single ring holds as
+/// many bytes as with fp32 and a double ring fewer.
 final class RingBuffers {
     let intra: [FloatBuffer], inter: [FloatBuffer], accumulator: [FloatBuffer], home: [FloatBuffer]
     let contribution: FloatBuffer?
+    let decoded: FloatBuffer?
 
-    init(readOnlyFloats: Int, accumulatorFloats: Int, route: RingRoute) throws {
+    /// Where the own block's wire form is written at step 0: inter-group
+    /// slot 0 if there are groups (first received into at outer step 1, for
+    /// outer step 2; the own block's sends are complete by the end of outer
+    /// step 0), else intra slot 0 (first received into at step 1, for step
+    /// 2; the own block's one send is complete by the end of step 0).
+    var ownWireSlot: FloatBuffer? { inter.first ?? intra.first }
+
+    init(readOnlyFloats: Int, accumulatorFloats: Int, route: RingRoute, wireFloats: Int? = nil) throws {
         let ring = route.ranks > 1
         func some(_ n: Int, _ count: Int, _ what: String, _ wanted: Bool) throws -> [FloatBuffer] {
             wanted ? try (0..<n).map { _ in try allocate(count, what) } : []
         }
         let carries = ring && accumulatorFloats > 0
-        intra = try some(2, readOnlyFloats, "a ring receive buffer", ring && route.groupSize > 1)
-        inter = try some(2, readOnlyFloats, "an inter-group receive buffer", ring && route.groups > 1)
+        let received = wireFloats ?? readOnlyFloats
+        intra = try some(2, received, "a ring receive buffer", ring && route.groupSize > 1)
+        inter = try some(2, received, "an inter-group receive buffer", ring && route.groups > 1)
+        decoded = try some(1, readOnlyFloats, "a decoded ring block", ring && wireFloats != nil).first
         accumulator = try some(3, accumulatorFloats, "a partial-gradient receive buffer", carries)
         contribution = try some(1, accumulatorFloats, "a partial-gradient scratch buffer", carries).first
         home = try some(2, accumulatorFloats, "a partial-gradient home buffer", carries && route.groups > 1)
@@ -68,9 +87,18 @@ extension AttentionPlan {
     /// - `compute(b, data, accumulator, stats)`: this rank's work with block
     ///   b; called only at the steps where `pass.needs(holder: rank, block: b)`.
     ///
+    /// - `readOnlyWire(b)`: the wire form of block b's read-only part, or
+    ///   nil when it travels as its fp32 floats. Blocks are then received
+    ///   and forwarded in wire form and decoded (exactly) into
+    ///   `buffers.decoded` before a step computes with them; this rank's own
+    ///   block is encoded once, at step 0, if it is sent (into
+    ///   `buffers.ownWireSlot`). The accumulator
+    ///   always travels as fp32.
+    ///
     /// At the end `ownAccumulator` holds the sum of every rank's
     /// contribution to this rank's block, added in a fixed order.
-    func runRing(_ pass: RingPass, tags: RingTags, readOnlyFloats: (Int) -> Int, accumulatorFloats: ((Int) -> Int)?,
+    func runRing(_ pass: RingPass, tags: RingTags, readOnlyFloats: (Int) -> Int, readOnlyWire: ((Int) -> WireFormat)? = nil,
+                 accumulatorFloats: ((Int) -> Int)?,
                  ownReadOnly: UnsafeMutablePointer<Float>, ownAccumulator: UnsafeMutablePointer<Float>?,
                  buffers: RingBuffers, stats: inout CallStats, deadline: Deadline,
                  compute: (_ block: Int, _ data: UnsafeMutablePointer<Float>, _ accumulator: UnsafeMutablePointer<Float>?,
@@ -78,17 +106,38 @@ extension AttentionPlan {
         let route = pass.route, p = route.ranks, g = route.groupSize, q = route.groups, r = rank
         let carries = accumulatorFloats != nil
         let inFlight = InFlight()
+        let coded = readOnlyWire != nil
+        /// Bytes of block b's read-only part on the wire.
+        func readOnlyBytes(_ b: Int) -> Int { readOnlyWire.map { $0(b).bytes } ?? bytes(readOnlyFloats(b)) }
+        var ownEncoded = false
+        /// What this rank sends of its own block: the block itself, or its
+        /// wire form (encoded at the first send).
+        func ownOutgoing() throws -> UnsafeMutablePointer<Float> {
+            guard let readOnlyWire else { return ownReadOnly }
+            guard let wire = buffers.ownWireSlot else { throw BurstError(.internalError, "ring: no wire buffer for the own block") }
+            if !ownEncoded {
+                timed(&stats.computeSeconds) { readOnlyWire(r).encode(ownReadOnly, into: wire.pointer) }
+                ownEncoded = true
+            }
+            return wire.pointer
+        }
 
         func start(sends: [OutgoingMessage], receives: [IncomingMessage], waitBy: Int, homeChain: Int? = nil) throws {
             let transfer = try startTransfer(sends: sends, receives: receives, stats: &stats)
             inFlight.entries.append(.init(transfer: transfer, waitBy: waitBy, homeChain: homeChain))
         }
         func bytes(_ floats: Int) -> Int { floats * MemoryLayout<Float>.size }
+        func receive(_ buffer: UnsafeMutablePointer<Float>, bytes count: Int, from peer: Int, tag: Int32) -> IncomingMessage {
+            IncomingMessage(UnsafeMutableRawBufferPointer(start: buffer, count: count), from: peer, tag: tag)
+        }
+        func send(_ buffer: UnsafeMutablePointer<Float>, bytes count: Int, to peer: Int, tag: Int32) -> OutgoingMessage {
+            OutgoingMessage(UnsafeRawBufferPointer(start: buffer, count: count), to: peer, tag: tag)
+        }
         func receive(_ buffer: UnsafeMutablePointer<Float>, floats: Int, from peer: Int, tag: Int32) -> IncomingMessage {
-            IncomingMessage(UnsafeMutableRawBufferPointer(start: buffer, count: bytes(floats)), from: peer, tag: tag)
+            receive(buffer, bytes: bytes(floats), from: peer, tag: tag)
         }
         func send(_ buffer: UnsafeMutablePointer<Float>, floats: Int, to peer: Int, tag: Int32) -> OutgoingMessage {
-            OutgoingMessage(UnsafeRawBufferPointer(start: buffer, count: bytes(floats)), to: peer, tag: tag)
+            send(buffer, bytes: bytes(floats), to: peer, tag: tag)
         }
         /// The accumulator of block b travels into rank x at step k (x is
         /// past the first rank of its chain and not past the last).
@@ -139,7 +188,7 @@ extension AttentionPlan {
                 let b1 = route.source(r, step: k + 1)
                 if pass.isDelivered(block: b1, to: r) {
                     let buffer = buffers.intra[(k + 1) % 2].pointer
-                    try start(sends: [], receives: [receive(buffer, floats: readOnlyFloats(b1), from: route.provider(r, step: k + 1),
+                    try start(sends: [], receives: [receive(buffer, bytes: readOnlyBytes(b1), from: route.provider(r, step: k + 1),
                                                             tag: tags.readOnly)], waitBy: k)
                     next = buffer
                 }
@@ -157,7 +206,7 @@ extension AttentionPlan {
                 nextOuter[(s + 1) % 2] = nil
                 if pass.isDelivered(block: b2, to: r) {
                     let buffer = buffers.inter[(s + 1) % 2].pointer
-                    try start(sends: [], receives: [receive(buffer, floats: readOnlyFloats(b2), from: route.provider(r, step: k2),
+                    try start(sends: [], receives: [receive(buffer, bytes: readOnlyBytes(b2), from: route.provider(r, step: k2),
                                                             tag: tags.readOnlyInter)], waitBy: k2 - 1)
                     nextOuter[(s + 1) % 2] = buffer
                 }
@@ -177,14 +226,22 @@ extension AttentionPlan {
             }
 
             // 2. The read-only block goes on before the compute.
+            //    A received block goes on as it came (wire form); the own
+            //    block (step 0) as its wire form.
             if let current {
+                func outgoing() throws -> UnsafeMutablePointer<Float> {
+                    if k == 0 { return try ownOutgoing() }
+                    return current
+                }
                 var sends: [OutgoingMessage] = []
                 if t < g - 1, pass.isDelivered(block: b, to: route.intraNext(r)) {
-                    sends.append(send(current, floats: readOnlyFloats(b), to: route.intraNext(r), tag: tags.readOnly))
+                    sends.append(send(try outgoing(), bytes: readOnlyBytes(b), to: route.intraNext(r),
+                                      tag: tags.readOnly))
                 }
                 if !sends.isEmpty { try start(sends: sends, receives: [], waitBy: k) }
                 if t == 0 && s + 1 < q, pass.isDelivered(block: b, to: route.interNext(r)) {
-                    try start(sends: [send(current, floats: readOnlyFloats(b), to: route.interNext(r), tag: tags.readOnlyInter)],
+                    try start(sends: [send(try outgoing(), bytes: readOnlyBytes(b), to: route.interNext(r),
+                                           tag: tags.readOnlyInter)],
                               receives: [], waitBy: (s + 1) * g - 1)
                 }
             } else if pass.isDelivered(block: b, to: r) || b == r {
@@ -222,9 +279,16 @@ extension AttentionPlan {
                 guard let current, !carries || target != nil else {
                     throw BurstError(.internalError, "ring: rank \(r) lacks the data of block \(b) at step \(k)")
                 }
+                var data = current
+                if coded && k > 0, let readOnlyWire {
+                    // The block arrived in wire form: fp32 for the compute (exact).
+                    guard let decoded = buffers.decoded else { throw BurstError(.internalError, "ring: no decode buffer") }
+                    timed(&stats.computeSeconds) { readOnlyWire(b).decode(current, into: decoded.pointer) }
+                    data = decoded.pointer
+                }
                 if Self.progressPolling { kernels?.progress = { inFlight.poll() } }
                 defer { kernels?.progress = nil }
-                try compute(b, current, target, &stats)
+                try compute(b, data, target, &stats)
                 if let error = inFlight.pollError { throw error }
                 stats.stepsComputed += 1
             } else {

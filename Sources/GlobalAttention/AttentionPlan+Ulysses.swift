@@ -5,18 +5,25 @@ import LocalAttention
 /// inside the slice: `[batch, h/P, rows, d]`. The slices of one rank's
 /// message lie at `base + j·sliceStride`.
 enum HeadSlices {
-    /// slice_j[b, h mod hs, i, :] = user[b, i, h, :] (BSHD) or user[b, h, i, :] (BHSD), j = h / hs.
-    static func pack(_ user: UnsafePointer<Float>, layout: AttentionConfig.Layout, batch: Int, heads: Int, rows: Int,
-                     headDim d: Int, slices: Int, into base: UnsafeMutablePointer<Float>, sliceStride: Int) {
+    /// slice_j[b, h mod hs, i, :] = user[b, i, h, :] (BSHD) or user[b, h, i, :] (BHSD), j = h / hs,
+    /// widened from the storage type to fp32.
+    static func pack(_ user: UnsafeRawPointer, type: StorageType = .f32, layout: AttentionConfig.Layout, batch: Int, heads: Int,
+                     rows: Int, headDim d: Int, slices: Int, into base: UnsafeMutablePointer<Float>, sliceStride: Int) {
+        let size = type.bytes
         eachRow(layout: layout, batch: batch, heads: heads, rows: rows, headDim: d, slices: slices,
-                sliceStride: sliceStride) { sliced, unsliced in (base + sliced).update(from: user + unsliced, count: d) }
+                sliceStride: sliceStride) { sliced, unsliced in
+            StorageConversion.load(type, user + unsliced * size, into: base + sliced, count: d)
+        }
     }
 
-    /// The inverse of `pack`.
-    static func unpack(_ base: UnsafePointer<Float>, sliceStride: Int, layout: AttentionConfig.Layout, batch: Int,
-                       heads: Int, rows: Int, headDim d: Int, slices: Int, into user: UnsafeMutablePointer<Float>) {
+    /// The inverse of `pack` (rounding to the storage type).
+    static func unpack(_ base: UnsafePointer<Float>, sliceStride: Int, type: StorageType = .f32, layout: AttentionConfig.Layout,
+                       batch: Int, heads: Int, rows: Int, headDim d: Int, slices: Int, into user: UnsafeMutableRawPointer) {
+        let size = type.bytes
         eachRow(layout: layout, batch: batch, heads: heads, rows: rows, headDim: d, slices: slices,
-                sliceStride: sliceStride) { sliced, unsliced in (user + unsliced).update(from: base + sliced, count: d) }
+                sliceStride: sliceStride) { sliced, unsliced in
+            StorageConversion.store(type, base + sliced, into: user + unsliced * size, count: d)
+        }
     }
 
     /// Calls `body(slice offset, user offset)` for every row of d floats.
@@ -67,13 +74,21 @@ enum HeadSlices {
 ///   `rowSum`: the softmax state of all N rows (acc becomes O in place).
 /// - `back`: O|lse rows of every rank's tokens, rank s at zq'·(d+1)·Σ_{i<s} n_i.
 /// - `home`: what comes home, P slices of zq'·n·(d+1) (slice r filled locally).
+/// With a half storage type the messages travel in wire form (`WireFormat`:
+/// q, k, v and O in that type, lse fp32), staged in `wire` (one buffer per
+/// direction and exchange, each as large as its messages' wire bytes).
 final class UlyssesForwardSpace {
     let send, receive, q, k, v, acc, rowMax, rowSum, back, home: FloatBuffer
+    let wire: UlyssesWireBuffers?
     let bounds: UlyssesBounds
 
-    init(zq: Int, zkv: Int, rows n: Int, total: Int, ranks p: Int, headDim d: Int, bounds: UlyssesBounds) throws {
+    init(zq: Int, zkv: Int, rows n: Int, total: Int, ranks p: Int, headDim d: Int, bounds: UlyssesBounds,
+         storage: StorageType) throws {
         self.bounds = bounds
-        let zqs = zq / p, zkvs = zkv / p
+        let zqs = zq / p, zkvs = zkv / p, size = storage.bytes
+        wire = storage == .f32 ? nil : try UlyssesWireBuffers(
+            sendBytes: p * (zqs + 2 * zkvs) * n * d * size, receiveBytes: (zqs + 2 * zkvs) * total * d * size,
+            backBytes: zqs * total * (d * size + 4), homeBytes: p * zqs * n * (d * size + 4))
         send = try allocate(p * (zqs + 2 * zkvs) * n * d, "the q, k, v head slices to send")
         receive = try allocate((zqs + 2 * zkvs) * total * d, "the received q, k, v head slices")
         q = try allocate(zqs * total * d, "the whole-sequence queries")
@@ -92,14 +107,22 @@ final class UlyssesForwardSpace {
 /// (Zq·n·d, for D only), what comes in, the whole-sequence q, k, v, dO, D,
 /// lse and gradients dq, dk, dv (their rows at global positions), the
 /// gradient rows to send back ((zq' + 2zkv')·d per token) and what comes home.
+/// With a half storage type: wire staging as in the forward (q, k, v, dO
+/// and the gradients in that type, D and lse fp32).
 final class UlyssesBackwardSpace {
     let send, packedOut, receive, q, k, v, dOut, delta, lse, dq, dk, dv, back, home: FloatBuffer
+    let wire: UlyssesWireBuffers?
     let bounds: UlyssesBounds
 
-    init(zq: Int, zkv: Int, rows n: Int, total: Int, ranks p: Int, headDim d: Int, bounds: UlyssesBounds) throws {
+    init(zq: Int, zkv: Int, rows n: Int, total: Int, ranks p: Int, headDim d: Int, bounds: UlyssesBounds,
+         storage: StorageType) throws {
         self.bounds = bounds
-        let zqs = zq / p, zkvs = zkv / p
+        let zqs = zq / p, zkvs = zkv / p, size = storage.bytes
         let bundle = zqs * (2 * d + 2) + 2 * zkvs * d
+        let bundleBytes = (2 * zqs + 2 * zkvs) * d * size + 2 * zqs * 4, gradientBytes = (zqs + 2 * zkvs) * d * size
+        wire = storage == .f32 ? nil : try UlyssesWireBuffers(
+            sendBytes: p * bundleBytes * n, receiveBytes: bundleBytes * total,
+            backBytes: gradientBytes * total, homeBytes: p * gradientBytes * n)
         send = try allocate(p * bundle * n, "the backward head slices to send")
         packedOut = try allocate(zq * n * d, "the packed output")
         receive = try allocate(bundle * total, "the received backward head slices")
@@ -114,6 +137,18 @@ final class UlyssesBackwardSpace {
         dv = try allocate(zkvs * total * d, "the whole-sequence dv")
         back = try allocate((zqs + 2 * zkvs) * total * d, "the gradient rows to send home")
         home = try allocate(p * (zqs + 2 * zkvs) * n * d, "the gradient rows that come home")
+    }
+}
+
+/// ULYSSES' wire staging for a half storage type: the messages of the
+/// outbound exchange (`send`, `receive`) and of the return (`back`, `home`).
+final class UlyssesWireBuffers {
+    let send, receive, back, home: FloatBuffer
+    init(sendBytes: Int, receiveBytes: Int, backBytes: Int, homeBytes: Int) throws {
+        send = try allocate(WireFormat.floatsHolding(bytes: sendBytes), "the wire form of the outgoing head slices")
+        receive = try allocate(WireFormat.floatsHolding(bytes: receiveBytes), "the wire form of the incoming head slices")
+        back = try allocate(WireFormat.floatsHolding(bytes: backBytes), "the wire form of the results to send home")
+        home = try allocate(WireFormat.floatsHolding(bytes: homeBytes), "the wire form of the results coming home")
     }
 }
 
@@ -134,6 +169,11 @@ final class UlyssesBackwardSpace {
 ///
 /// Memory per rank is O(N): the whole-sequence q, k, v (and in the backward
 /// dO, D, lse, dq, dk, dv) of Zq/P heads, plus the messages in both directions.
+///
+/// Storage types: q, k, v, dO travel in the caller's type; so do the
+/// results coming home (O, dq, dk, dv): each is final on the rank that
+/// computed it (nothing is added to it after), so rounding it there gives
+/// the bits rounding at home would. D and lse travel as fp32.
 extension AttentionPlan {
     static let ulyssesForwardTag: Int32 = 24
     static let ulyssesOutputTag: Int32 = 25
@@ -169,17 +209,23 @@ extension AttentionPlan {
     /// floats each way (MHA: ≈ 4·Z·N·d/P), the backward
     /// (P−1)/P·n·(zq(3d+2) + 4zkv·d) (MHA: ≈ 7·Z·N·d/P). P = 1 moves nothing.
     /// Meaningful when `ulyssesUnsupported` is nil (zkv and zq divisible by P).
+    ///
+    /// With a half storage type (2 bytes, e = 2) the storage-typed parts (q,
+    /// k, v, dO out; O, dq, dk, dv back) take e bytes an element and D, lse
+    /// 4: bytes per token there (zq' + 2zkv')·d·e forward and
+    /// (2zq' + 2zkv')·d·e + 8zq' backward, back zq'(d·e + 4) forward and
+    /// (zq' + 2zkv')·d·e backward.
     public static func ulyssesBytes(tokens: TokenLayout, rank r: Int, zq: Int, zkv: Int, headDim d: Int,
-                             backward: Bool) -> (sent: UInt64, received: UInt64) {
+                                    backward: Bool, storage: StorageType = .f32) -> (sent: UInt64, received: UInt64) {
         let p = tokens.ranks
         guard p > 0 else { return (0, 0) }
-        let zqs = zq / p, zkvs = zkv / p
-        let outgoing = backward ? zqs * (2 * d + 2) + 2 * zkvs * d : (zqs + 2 * zkvs) * d   // floats per token, there
-        let returning = backward ? (zqs + 2 * zkvs) * d : zqs * (d + 1)                    // floats per token, back
+        let zqs = zq / p, zkvs = zkv / p, e = storage.bytes
+        let outgoing = backward ? (2 * zqs + 2 * zkvs) * d * e + 8 * zqs : (zqs + 2 * zkvs) * d * e   // bytes per token, there
+        let returning = backward ? (zqs + 2 * zkvs) * d * e : zqs * (d * e + 4)                        // bytes per token, back
         let mine = tokens.counts[r], others = tokens.total - mine
         let sent = (p - 1) * outgoing * mine + returning * others
         let received = outgoing * others + (p - 1) * returning * mine
-        return (UInt64(4 * sent), UInt64(4 * received))
+        return (UInt64(sent), UInt64(received))
     }
 
     func prepareUlysses(backward: Bool) -> BurstError? {
@@ -193,11 +239,11 @@ extension AttentionPlan {
             if backward {
                 if collectiveBackwardSpace == nil {
                     collectiveBackwardSpace = try UlyssesBackwardSpace(zq: zHeads, zkv: zKV, rows: localRows, total: tokens.total,
-                                                                       ranks: p, headDim: headDim, bounds: bounds)
+                                                                       ranks: p, headDim: headDim, bounds: bounds, storage: storage)
                 }
             } else if collectiveForwardSpace == nil {
                 collectiveForwardSpace = try UlyssesForwardSpace(zq: zHeads, zkv: zKV, rows: localRows, total: tokens.total,
-                                                                 ranks: p, headDim: headDim, bounds: bounds)
+                                                                 ranks: p, headDim: headDim, bounds: bounds, storage: storage)
             }
         } catch let error as BurstError { return error } catch { return BurstError(.internalError, "\(error)") }
         return nil
@@ -206,31 +252,63 @@ extension AttentionPlan {
     /// Floats before rank s's rows in a buffer that holds `width` floats per token of every rank.
     private func tokenOffset(_ s: Int, width: Int) -> Int { width * tokens.counts.prefix(s).reduce(0, +) }
 
-    /// One all-to-all: this rank's message for rank j is `count(j)` floats at
-    /// `outgoing(j)`, the one from rank s comes into `incoming(s)` (`incomingCount(s)`
-    /// floats). Empty messages are neither sent nor received (both sides know
-    /// the sizes). Waits for all of it.
-    private func exchange(tag: Int32, outgoing: (Int) -> UnsafeMutablePointer<Float>, count: (Int) -> Int,
-                          incoming: (Int) -> UnsafeMutablePointer<Float>, incomingCount: (Int) -> Int,
+    /// One all-to-all: this rank's message for rank j is the fp32 floats at
+    /// `outgoing(j)` of `format(outRows(j))`; the one from rank s comes into
+    /// `incoming(s)` as `format(inRows(s))`. Empty messages are neither sent
+    /// nor received (both sides know the sizes). Waits for all of it. With a
+    /// wire form other than fp32 the messages are encoded into `wire.out`
+    /// before the sends and decoded from `wire.in` after the receives.
+    private func exchange(tag: Int32, outgoing: (Int) -> UnsafeMutablePointer<Float>, outRows: (Int) -> Int,
+                          incoming: (Int) -> UnsafeMutablePointer<Float>, inRows: (Int) -> Int,
+                          format: (Int) -> WireFormat, wire: (out: FloatBuffer, in: FloatBuffer)?,
                           stats: inout CallStats, deadline: Deadline) throws {
         let p = size, r = rank
+        let coded = wire != nil
         var sends: [OutgoingMessage] = [], receives: [IncomingMessage] = []
-        for s in 0..<p where s != r && incomingCount(s) > 0 {
-            let bytes = incomingCount(s) * 4
-            receives.append(IncomingMessage(UnsafeMutableRawBufferPointer(start: incoming(s), count: bytes), from: s, tag: tag))
+        var decodes: [(wire: UnsafeRawPointer, format: WireFormat, target: UnsafeMutablePointer<Float>)] = []
+        var inOffset = 0, outOffset = 0
+        for s in 0..<p where s != r && format(inRows(s)).floats > 0 {
+            let f = format(inRows(s))
+            var buffer = UnsafeMutableRawPointer(incoming(s))
+            if let wire {
+                buffer = UnsafeMutableRawPointer(wire.in.pointer) + inOffset
+                inOffset += f.bytes
+                decodes.append((UnsafeRawPointer(buffer), f, incoming(s)))
+            }
+            receives.append(IncomingMessage(UnsafeMutableRawBufferPointer(start: buffer, count: f.bytes), from: s, tag: tag))
         }
-        for j in 0..<p where j != r && count(j) > 0 {
-            let bytes = count(j) * 4
-            sends.append(OutgoingMessage(UnsafeRawBufferPointer(start: outgoing(j), count: bytes), to: j, tag: tag))
+        for j in 0..<p where j != r && format(outRows(j)).floats > 0 {
+            let f = format(outRows(j))
+            var buffer = UnsafeMutableRawPointer(outgoing(j))
+            if let wire {
+                buffer = UnsafeMutableRawPointer(wire.out.pointer) + outOffset
+                outOffset += f.bytes
+                let source = outgoing(j)
+                timed(&stats.computeSeconds) { f.encode(source, into: buffer) }
+            }
+            sends.append(OutgoingMessage(UnsafeRawBufferPointer(start: buffer, count: f.bytes), to: j, tag: tag))
         }
         if sends.isEmpty && receives.isEmpty { return }
         let pending = try startTransfer(sends: sends, receives: receives, stats: &stats)
         try timed(&stats.commWaitSeconds) { try pending.wait(until: deadline) }
+        if coded {
+            timed(&stats.computeSeconds) { for m in decodes { m.format.decode(m.wire, into: m.target) } }
+        }
+    }
+
+    /// The wire forms of ULYSSES' four messages, by rows.
+    private var ulyssesFormats: (out: (Int) -> WireFormat, back: (Int) -> WireFormat,
+                                 gradientsOut: (Int) -> WireFormat, gradientsBack: (Int) -> WireFormat) {
+        let p = size, zqs = zHeads / p, zkvs = zKV / p, d = headDim, type = storage
+        return ({ m in WireFormat([((zqs + 2 * zkvs) * m * d, type)]) },
+                { m in WireFormat([(zqs * m * d, type), (zqs * m, .f32)]) },
+                { m in WireFormat([((2 * zqs + 2 * zkvs) * m * d, type), (2 * zqs * m, .f32)]) },
+                { m in WireFormat([((zqs + 2 * zkvs) * m * d, type)]) })
     }
 
     /// burst_forward under ULYSSES. Bytes: `ulyssesBytes(backward: false)`.
-    func ulyssesForward(q: UnsafePointer<Float>?, k: UnsafePointer<Float>?, v: UnsafePointer<Float>?,
-                        out: UnsafeMutablePointer<Float>?, lse: UnsafeMutablePointer<Float>?,
+    func ulyssesForward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
+                        out: UnsafeMutableRawPointer?, lse: UnsafeMutablePointer<Float>?,
                         stats: inout CallStats, deadline: Deadline) throws {
         guard let space = collectiveForwardSpace as? UlyssesForwardSpace, let kernels = collectiveKernels else {
             throw BurstError(.internalError, "ULYSSES forward workspace missing")
@@ -242,16 +320,18 @@ extension AttentionPlan {
 
         // q|k|v head slices: slice j = [q heads of j | k heads of j | v heads of j].
         if n > 0, let q, let k, let v {
-            HeadSlices.pack(q, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, slices: p,
+            HeadSlices.pack(q, type: storage, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, slices: p,
                             into: space.send.pointer, sliceStride: slice)
-            HeadSlices.pack(k, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, slices: p,
+            HeadSlices.pack(k, type: storage, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, slices: p,
                             into: space.send.pointer + zqs * n * d, sliceStride: slice)
-            HeadSlices.pack(v, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, slices: p,
+            HeadSlices.pack(v, type: storage, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, slices: p,
                             into: space.send.pointer + (zqs + zkvs) * n * d, sliceStride: slice)
         }
-        try exchange(tag: Self.ulyssesForwardTag, outgoing: { space.send.pointer + $0 * slice }, count: { _ in slice },
+        let formats = ulyssesFormats
+        try exchange(tag: Self.ulyssesForwardTag, outgoing: { space.send.pointer + $0 * slice }, outRows: { _ in n },
                      incoming: { space.receive.pointer + self.tokenOffset($0, width: width) },
-                     incomingCount: { width * self.tokens.counts[$0] }, stats: &stats, deadline: deadline)
+                     inRows: { self.tokens.counts[$0] }, format: formats.out, wire: space.wire.map { ($0.send, $0.receive) },
+                     stats: &stats, deadline: deadline)
         for s in 0..<p {
             let m = tokens.counts[s]
             let part = s == r ? space.send.pointer + r * slice : space.receive.pointer + tokenOffset(s, width: width)
@@ -289,13 +369,13 @@ extension AttentionPlan {
                               into: part + zqs * m * d)
         }
         try exchange(tag: Self.ulyssesOutputTag, outgoing: { space.back.pointer + self.tokenOffset($0, width: zqs * (d + 1)) },
-                     count: { zqs * (d + 1) * self.tokens.counts[$0] },
-                     incoming: { space.home.pointer + $0 * homeSlice }, incomingCount: { _ in homeSlice },
-                     stats: &stats, deadline: deadline)
+                     outRows: { self.tokens.counts[$0] },
+                     incoming: { space.home.pointer + $0 * homeSlice }, inRows: { _ in n },
+                     format: formats.back, wire: space.wire.map { ($0.back, $0.home) }, stats: &stats, deadline: deadline)
 
         if n > 0, let out {
-            HeadSlices.unpack(space.home.pointer, sliceStride: homeSlice, layout: layout, batch: batch, heads: heads, rows: n,
-                              headDim: d, slices: p, into: out)
+            HeadSlices.unpack(space.home.pointer, sliceStride: homeSlice, type: storage, layout: layout, batch: batch, heads: heads,
+                              rows: n, headDim: d, slices: p, into: out)
         }
         if n > 0, let lse {
             // lse[b, h, i] (canonical already) from slice h / hs, which holds it at [b, h mod hs, i].
@@ -315,9 +395,9 @@ extension AttentionPlan {
     /// travel instead of n·d of O); then [q | k | v | dO | D | lse] go to the
     /// owner of their heads, every rank runs the whole-sequence backward of
     /// its heads, and dq | dk | dv come home.
-    func ulyssesBackward(q: UnsafePointer<Float>?, k: UnsafePointer<Float>?, v: UnsafePointer<Float>?,
-                         out: UnsafePointer<Float>?, lse: UnsafePointer<Float>?, dout: UnsafePointer<Float>?,
-                         dq: UnsafeMutablePointer<Float>?, dk: UnsafeMutablePointer<Float>?, dv: UnsafeMutablePointer<Float>?,
+    func ulyssesBackward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
+                         out: UnsafeRawPointer?, lse: UnsafePointer<Float>?, dout: UnsafeRawPointer?,
+                         dq: UnsafeMutableRawPointer?, dk: UnsafeMutableRawPointer?, dv: UnsafeMutableRawPointer?,
                          stats: inout CallStats, deadline: Deadline) throws {
         guard let space = collectiveBackwardSpace as? UlyssesBackwardSpace, let kernels = collectiveKernels else {
             throw BurstError(.internalError, "ULYSSES backward workspace missing")
@@ -335,15 +415,15 @@ extension AttentionPlan {
         let mine = parts(n)
         if n > 0, let q, let k, let v, let o = out, let dO = dout, let lse {
             let base = space.send.pointer
-            HeadSlices.pack(q, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, slices: p,
+            HeadSlices.pack(q, type: storage, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, slices: p,
                             into: base, sliceStride: slice)
-            HeadSlices.pack(k, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, slices: p,
+            HeadSlices.pack(k, type: storage, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, slices: p,
                             into: base + mine.k, sliceStride: slice)
-            HeadSlices.pack(v, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, slices: p,
+            HeadSlices.pack(v, type: storage, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, slices: p,
                             into: base + mine.v, sliceStride: slice)
-            HeadSlices.pack(dO, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, slices: p,
+            HeadSlices.pack(dO, type: storage, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, slices: p,
                             into: base + mine.dO, sliceStride: slice)
-            HeadSlices.pack(o, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, slices: p,
+            HeadSlices.pack(o, type: storage, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, slices: p,
                             into: space.packedOut.pointer, sliceStride: zqs * n * d)
             timed(&stats.computeSeconds) {
                 for j in 0..<p {
@@ -357,9 +437,11 @@ extension AttentionPlan {
                 }
             }
         }
-        try exchange(tag: Self.ulyssesBackwardTag, outgoing: { space.send.pointer + $0 * slice }, count: { _ in slice },
+        let formats = ulyssesFormats
+        try exchange(tag: Self.ulyssesBackwardTag, outgoing: { space.send.pointer + $0 * slice }, outRows: { _ in n },
                      incoming: { space.receive.pointer + self.tokenOffset($0, width: width) },
-                     incomingCount: { width * self.tokens.counts[$0] }, stats: &stats, deadline: deadline)
+                     inRows: { self.tokens.counts[$0] }, format: formats.gradientsOut,
+                     wire: space.wire.map { ($0.send, $0.receive) }, stats: &stats, deadline: deadline)
         for s in 0..<p {
             let m = tokens.counts[s], at = parts(m), positions = tokens.positions[s]
             let part = s == r ? space.send.pointer + r * slice : space.receive.pointer + tokenOffset(s, width: width)
@@ -394,18 +476,18 @@ extension AttentionPlan {
                               into: part + (zqs + zkvs) * m * d)
         }
         try exchange(tag: Self.ulyssesGradientTag, outgoing: { space.back.pointer + self.tokenOffset($0, width: backWidth) },
-                     count: { backWidth * self.tokens.counts[$0] },
-                     incoming: { space.home.pointer + $0 * homeSlice }, incomingCount: { _ in homeSlice },
-                     stats: &stats, deadline: deadline)
+                     outRows: { self.tokens.counts[$0] },
+                     incoming: { space.home.pointer + $0 * homeSlice }, inRows: { _ in n },
+                     format: formats.gradientsBack, wire: space.wire.map { ($0.back, $0.home) }, stats: &stats, deadline: deadline)
 
         if n > 0, let dq, let dk, let dv {
             let home = space.home.pointer
-            HeadSlices.unpack(home, sliceStride: homeSlice, layout: layout, batch: batch, heads: heads, rows: n, headDim: d,
-                              slices: p, into: dq)
-            HeadSlices.unpack(home + zqs * n * d, sliceStride: homeSlice, layout: layout, batch: batch, heads: kvHeads, rows: n,
-                              headDim: d, slices: p, into: dk)
-            HeadSlices.unpack(home + (zqs + zkvs) * n * d, sliceStride: homeSlice, layout: layout, batch: batch, heads: kvHeads,
-                              rows: n, headDim: d, slices: p, into: dv)
+            HeadSlices.unpack(home, sliceStride: homeSlice, type: storage, layout: layout, batch: batch, heads: heads, rows: n,
+                              headDim: d, slices: p, into: dq)
+            HeadSlices.unpack(home + zqs * n * d, sliceStride: homeSlice, type: storage, layout: layout, batch: batch,
+                              heads: kvHeads, rows: n, headDim: d, slices: p, into: dk)
+            HeadSlices.unpack(home + (zqs + zkvs) * n * d, sliceStride: homeSlice, type: storage, layout: layout, batch: batch,
+                              heads: kvHeads, rows: n, headDim: d, slices: p, into: dv)
         }
     }
 }

@@ -27,6 +27,8 @@ public final class AttentionPlan {
     let zKV: Int
     /// Query heads per key/value head.
     let group: Int
+    /// The element type of the caller's tensors (lse is always fp32).
+    public let storage: StorageType
     /// The communication pattern the calls run (AUTO already resolved).
     public let pattern: AttentionConfig.Pattern
     /// Ranks per group of the double ring (= size: one ring).
@@ -70,6 +72,7 @@ public final class AttentionPlan {
         self.zHeads = batch * heads
         self.zKV = batch * kvHeads
         self.group = config.group
+        self.storage = config.storage
         busy = .allocate(capacity: 1)
         pthread_mutex_init(busy, nil)
         lastStats.pattern = pattern.rawValue

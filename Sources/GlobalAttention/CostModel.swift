@@ -44,15 +44,20 @@ public enum CostModel {
         let route = RingRoute(ranks: p, groupSize: groupSize)
         let keyPass = RingPass(route: route) { tokens.needs(queryRank: $0, keyRank: $1) }
         let queryPass = RingPass(route: route) { tokens.needs(queryRank: $1, keyRank: $0) }
-        let kv = { (b: Int) in 2 * zkv * tokens.counts[b] * d }
+        // Traffic in bytes: storage-typed parts (K, V, Q, dO) at e bytes an
+        // element, the fp32 parts (D, lse, partial sums) at 4.
+        let e = config.storage.bytes
+        let kv = { (b: Int) in 2 * zkv * tokens.counts[b] * d * e }
+        let partialKV = { (b: Int) in 4 * 2 * zkv * tokens.counts[b] * d }
         let forward = keyPass.traffic(readOnly: kv, accumulator: nil)
-        let burst = queryPass.traffic(readOnly: { zq * tokens.counts[$0] * (2 * d + 2) }, accumulator: { zq * tokens.counts[$0] * d })
-        let ring = keyPass.traffic(readOnly: kv, accumulator: kv)
+        let burst = queryPass.traffic(readOnly: { zq * tokens.counts[$0] * (2 * d * e + 8) },
+                                      accumulator: { 4 * zq * tokens.counts[$0] * d })
+        let ring = keyPass.traffic(readOnly: kv, accumulator: partialKV)
 
         func ringEstimate(_ backward: [(sent: Int, received: Int, messages: Int)]) -> (Int, Int) {
             var bytes = 0, messages = 0
             for r in 0..<p {
-                bytes = max(bytes, 4 * (forward[r].sent + forward[r].received + backward[r].sent + backward[r].received))
+                bytes = max(bytes, forward[r].sent + forward[r].received + backward[r].sent + backward[r].received)
                 messages = max(messages, forward[r].messages + backward[r].messages)
             }
             return (bytes, messages)
@@ -86,10 +91,10 @@ public enum CostModel {
         }
         add(.burst, ringEstimate(burst), workspace: max(ringForward, burstBackward), weight: 1, shapeOK: true)
         add(.ring, ringEstimate(ring), workspace: max(ringForward, ringBackward), weight: 1, shapeOK: true)
-        add(.allgather, collectiveEstimate({ AttentionPlan.allgatherBytes(tokens: tokens, rank: $0, zq: zq, zkv: zkv, headDim: d, backward: $1) }, phases: 3),
+        add(.allgather, collectiveEstimate({ AttentionPlan.allgatherBytes(tokens: tokens, rank: $0, zq: zq, zkv: zkv, headDim: d, backward: $1, storage: config.storage) }, phases: 3),
             workspace: allgather, weight: 1, shapeOK: true)
         let ulyssesOK = AttentionPlan.ulyssesUnsupported(config, ranks: p) == nil
-        add(.ulysses, ulyssesOK ? collectiveEstimate({ AttentionPlan.ulyssesBytes(tokens: tokens, rank: $0, zq: zq, zkv: zkv, headDim: d, backward: $1) }, phases: 4) : (0, 0),
+        add(.ulysses, ulyssesOK ? collectiveEstimate({ AttentionPlan.ulyssesBytes(tokens: tokens, rank: $0, zq: zq, zkv: zkv, headDim: d, backward: $1, storage: config.storage) }, phases: 4) : (0, 0),
             workspace: ulysses, weight: 2, shapeOK: ulyssesOK)
         let smallest = result.filter(\.eligible).map(\.workspaceFloats).min() ?? 0
         for i in result.indices where result[i].workspaceFloats > 2 * smallest { result[i].eligible = false }

@@ -133,8 +133,9 @@ public struct RingPass: Sendable {
 }
 
 extension RingPass {
-    /// What a pass with these block sizes moves, per rank: floats sent and
-    /// received and messages sent — the same rules the ring runs by, for the
+    /// What a pass with these block sizes moves, per rank: amounts sent and
+    /// received (in the unit of the sizes given: the cost model passes bytes)
+    /// and messages sent — the same rules the ring runs by, for the
     /// cost model (tests check the measured counts against an independent
     /// statement of the rules).
     public func traffic(readOnly: (Int) -> Int, accumulator: ((Int) -> Int)?) -> [(sent: Int, received: Int, messages: Int)] {

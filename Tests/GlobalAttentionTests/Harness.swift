@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import GlobalAttention
+import LocalAttention
 
 /// One attention problem sharded over `counts.count` loopback ranks.
 ///
@@ -23,6 +24,10 @@ struct Problem {
     var pattern: AttentionConfig.Pattern = .burst
     var intraGroupSize: Int32 = 0
     var network: SimulatedNetwork? = nil
+    /// The storage type of q, k, v, out, dout and the gradients; the
+    /// inputs are rounded to it, so the reference sees exactly what the
+    /// library does.
+    var dtype: StorageType = .f32
 
     var ranks: Int { counts.count }
     var total: Int { counts.reduce(0, +) }
@@ -40,7 +45,7 @@ struct Problem {
     func positions(rank: Int) -> [Int] { tokenDistribution.positions(rank: rank, counts: rankCounts) }
 
     var label: String {
-        "P=\(ranks) counts=\(rankCounts) dist=\(distribution) B=\(batch) H=\(heads)/\(hkv) d=\(headDim) causal=\(causal) window=\(window) cu=\(cuSeqlens.map { "\($0)" } ?? "-") layout=\(layout) pattern=\(pattern) G=\(intraGroupSize)"
+        "\(dtype) P=\(ranks) counts=\(rankCounts) dist=\(distribution) B=\(batch) H=\(heads)/\(hkv) d=\(headDim) causal=\(causal) window=\(window) cu=\(cuSeqlens.map { "\($0)" } ?? "-") layout=\(layout) pattern=\(pattern) G=\(intraGroupSize)"
     }
 
     func config(rank: Int) -> AttentionConfig {
@@ -64,6 +69,7 @@ struct Problem {
         c.pattern = pattern.rawValue
         c.intraGroupSize = intraGroupSize
         c.timeoutSeconds = 60
+        c.dtype = dtype.rawValue
         return c
     }
 
@@ -96,12 +102,15 @@ struct Problem {
     }
 
     /// Global inputs (canonical): q and dout at `heads`, k and v at `kvHeads`.
+    /// With a half storage type every value is rounded to it (so the
+    /// float64 reference gets the same rounded inputs as the library).
     var inputs: (q: [Double], k: [Double], v: [Double], dout: [Double]) {
         let N = total, d = headDim
-        return (randomTensor(z * N * d, seed: seed).map { $0 * inputScale },
-                randomTensor(zkv * N * d, seed: seed + 1).map { $0 * inputScale },
-                randomTensor(zkv * N * d, seed: seed + 2),
-                randomTensor(z * N * d, seed: seed + 3))
+        let round = { (x: [Double]) in x.map { roundToStorage($0, self.dtype) } }
+        return (round(randomTensor(z * N * d, seed: seed).map { $0 * inputScale }),
+                round(randomTensor(zkv * N * d, seed: seed + 1).map { $0 * inputScale }),
+                round(randomTensor(zkv * N * d, seed: seed + 2)),
+                round(randomTensor(z * N * d, seed: seed + 3)))
     }
 }
 
@@ -144,26 +153,23 @@ func runProblem(_ p: Problem, backward: Bool = true) -> [RankResult] {
             let plan = try context.makePlan(.success(p.config(rank: rank)))
             let qs = p.shard(inputs.q, rank: rank, heads: p.heads), ks = p.shard(inputs.k, rank: rank, heads: p.hkv)
             let vs = p.shard(inputs.v, rank: rank, heads: p.hkv), dos = p.shard(inputs.dout, rank: rank, heads: p.heads)
-            var out = [Float](repeating: .nan, count: qs.count)
+            // Caller buffers in the storage type (fp32 values, or half bits).
+            let type = p.dtype
+            let q = StorageArray(qs, type), k = StorageArray(ks, type), v = StorageArray(vs, type), dO = StorageArray(dos, type)
+            let out = StorageArray(count: qs.count, type)
             var lse = [Float](repeating: .nan, count: z * p.rankCounts[rank])
-            try qs.withUnsafeBytes { qb in try ks.withUnsafeBytes { kb in try vs.withUnsafeBytes { vb in
-                try out.withUnsafeMutableBytes { ob in try lse.withUnsafeMutableBufferPointer { lb in
-                    try plan.forward(q: qb.baseAddress, k: kb.baseAddress, v: vb.baseAddress,
-                                     out: ob.baseAddress, lse: lb.baseAddress)
-                } }
-            } } }
-            result.out = out; result.lse = lse; result.forwardStats = plan.lastStats
+            try lse.withUnsafeMutableBufferPointer { lb in
+                try plan.forward(q: q.raw, k: k.raw, v: v.raw, out: out.mutableRaw, lse: lb.baseAddress)
+            }
+            result.out = out.floats; result.lse = lse; result.forwardStats = plan.lastStats
             if backward {
-                var dq = [Float](repeating: .nan, count: qs.count)
-                var dk = [Float](repeating: .nan, count: ks.count), dv = dk
-                try qs.withUnsafeBytes { qb in try ks.withUnsafeBytes { kb in try vs.withUnsafeBytes { vb in
-                try out.withUnsafeBytes { ob in try lse.withUnsafeBufferPointer { lb in try dos.withUnsafeBytes { db in
-                try dq.withUnsafeMutableBytes { dqb in try dk.withUnsafeMutableBytes { dkb in try dv.withUnsafeMutableBytes { dvb in
-                    try plan.backward(q: qb.baseAddress, k: kb.baseAddress, v: vb.baseAddress, out: ob.baseAddress,
-                                      lse: lb.baseAddress, dout: db.baseAddress,
-                                      dq: dqb.baseAddress, dk: dkb.baseAddress, dv: dvb.baseAddress)
-                } } } } } } } } }
-                result.dq = dq; result.dk = dk; result.dv = dv; result.backwardStats = plan.lastStats
+                let dq = StorageArray(count: qs.count, type), dk = StorageArray(count: ks.count, type)
+                let dv = StorageArray(count: ks.count, type)
+                try lse.withUnsafeBufferPointer { lb in
+                    try plan.backward(q: q.raw, k: k.raw, v: v.raw, out: out.raw, lse: lb.baseAddress, dout: dO.raw,
+                                      dq: dq.mutableRaw, dk: dk.mutableRaw, dv: dv.mutableRaw)
+                }
+                result.dq = dq.floats; result.dk = dk.floats; result.dv = dv.floats; result.backwardStats = plan.lastStats
             }
         } catch let error as BurstError {
             result.error = error
@@ -242,4 +248,52 @@ func unevenCounts(total: Int, ranks: Int) -> [Int] {
         remaining -= share
     }
     return counts
+}
+
+/// x rounded to a storage type (through fp32), as a Double.
+func roundToStorage(_ x: Double, _ type: StorageType) -> Double {
+    switch type {
+    case .f32: return x
+    case .bf16: return Double(StorageConversion.bf16ToFloat(StorageConversion.floatToBF16(Float(x))))
+    case .f16: return Double(StorageConversion.f16ToFloat(StorageConversion.floatToF16(Float(x))))
+    }
+}
+
+/// A caller's buffer in a storage type: fp32 values as they are, or their
+/// half bits (NaN-filled when made empty, so unwritten elements show).
+final class StorageArray {
+    let type: StorageType
+    let count: Int
+    let storage: UnsafeMutableRawPointer
+
+    init(count: Int, _ type: StorageType) {
+        self.type = type
+        self.count = count
+        storage = .allocate(byteCount: max(count, 1) * type.bytes, alignment: 64)
+        if type == .f32 {
+            storage.initializeMemory(as: Float.self, repeating: .nan, count: count)
+        } else {
+            storage.initializeMemory(as: UInt16.self, repeating: 0x7FFF, count: count)   // a NaN in bf16 and f16
+        }
+    }
+
+    /// Holds `values` (which must be representable in `type`: the caller rounded them).
+    convenience init(_ values: [Float], _ type: StorageType) {
+        self.init(count: values.count, type)
+        if values.isEmpty { return }
+        values.withUnsafeBufferPointer { StorageConversion.store(type, $0.baseAddress!, into: storage, count: values.count) }
+    }
+
+    deinit { storage.deallocate() }
+
+    var raw: UnsafeRawPointer? { count > 0 ? UnsafeRawPointer(storage) : nil }
+    var mutableRaw: UnsafeMutableRawPointer? { count > 0 ? storage : nil }
+
+    /// The values as fp32 (exact).
+    var floats: [Float] {
+        var result = [Float](repeating: 0, count: count)
+        if count == 0 { return result }
+        result.withUnsafeMutableBufferPointer { StorageConversion.load(type, storage, into: $0.baseAddress!, count: count) }
+        return result
+    }
 }

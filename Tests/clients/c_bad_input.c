@@ -170,7 +170,7 @@ static int apply_case(int i, burst_attention_config *cfg, int64_t total_tokens,
     CASE(14, "mask = -1", BURST_ERROR_INVALID_ARGUMENT, cfg->mask = -1)
     CASE(15, "mask = 2", BURST_ERROR_INVALID_ARGUMENT, cfg->mask = 2)
     CASE(16, "dtype = 3", BURST_ERROR_INVALID_ARGUMENT, cfg->dtype = 3)
-    CASE(17, "dtype = 1", BURST_ERROR_INVALID_ARGUMENT, cfg->dtype = 1)
+    CASE(17, "dtype = -1", BURST_ERROR_INVALID_ARGUMENT, cfg->dtype = -1)
     CASE(18, "distribution = 9", BURST_ERROR_INVALID_ARGUMENT, cfg->distribution = 9)
     CASE(19, "pattern = 12", BURST_ERROR_INVALID_ARGUMENT, cfg->pattern = 12)
     CASE(20, "pattern = -1", BURST_ERROR_INVALID_ARGUMENT, cfg->pattern = -1)

@@ -13,7 +13,9 @@
 #include "reference.h"
 #include "variant_reference.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -272,6 +274,131 @@ void run_gqa_zigzag(burst_context *ctx, int pattern = BURST_PATTERN_BURST, int g
   if (!(worst(gv, wdv) <= 1e-4 * scale(dv))) fail(name, "dv error " + std::to_string(worst(gv, wdv)));
 }
 
+// bf16 / fp16 storage (BURST_DTYPE_BF16 / F16): the GQA zigzag case with
+// every input rounded to the type (bit conversions written here), checked per
+// element against the float64 reference of the rounded inputs within the
+// header's contract: tol*max|ref|*(1+u) + u*|ref| (+ 2^-24 for fp16). The
+// backward gets the reference's own out rounded to the type, and so does the
+// reference's D = rowsum(dO * O).
+uint16_t to_storage(int dtype, float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if (dtype == BURST_DTYPE_BF16) {
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((u >> 16) | 0x40u);
+    return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  }
+  // fp16 of a finite value of moderate size: 11 significant bits, nearest even.
+  const double a = std::fabs(double(x));
+  const uint16_t sign = x < 0 ? 0x8000u : 0u;
+  if (a == 0) return sign;
+  if (a >= 65520.0) return uint16_t(sign | 0x7C00u);
+  int e = 0;
+  std::frexp(a, &e);
+  if (e - 1 < -14) return uint16_t(sign | uint16_t(std::nearbyint(a * 16777216.0)));
+  double m = std::nearbyint(a / std::ldexp(1.0, e - 11));
+  if (m >= 2048.0) { m /= 2; ++e; }
+  return uint16_t(sign | ((e - 1 + 15) << 10) | (int(m) - 1024));
+}
+
+double from_storage(int dtype, uint16_t h) {
+  if (dtype == BURST_DTYPE_BF16) {
+    uint32_t u = uint32_t(h) << 16;
+    float x;
+    std::memcpy(&x, &u, 4);
+    return x;
+  }
+  const int e = (h >> 10) & 0x1F, f = h & 0x3FF;
+  double v = e == 0 ? std::ldexp(double(f), -24) : std::ldexp(double(f | 0x400), e - 25);
+  if (e == 0x1F) v = f ? NAN : INFINITY;
+  return (h & 0x8000u) ? -v : v;
+}
+
+void run_half(burst_context *ctx, int dtype, int pattern) {
+  static const char *const patterns[] = {"BURST", "RING", "ALLGATHER", "ULYSSES", "AUTO"};
+  const std::string label = std::string(dtype == BURST_DTYPE_BF16 ? "bf16" : "fp16") +
+                            " zigzag causal window(6,0) GQA 4/2 BHSD N=45 " + patterns[pattern];
+  const char *name = label.c_str();
+  vcase c{name, BURST_DISTRIBUTION_ZIGZAG, BURST_LAYOUT_BHSD, 1, 6, 0, 4, 2, 1, 16, 45, nullptr, 0};
+  const size_t nq = size_t(c.batch * c.hq * c.N * c.d), nk = size_t(c.batch * c.hkv * c.N * c.d);
+  auto rounded = [&](double x) { return from_storage(dtype, to_storage(dtype, float(x))); };
+  std::vector<double> q(nq), k(nk), v(nk), dout(nq), out(nq), lse(size_t(c.batch * c.hq * c.N)), dq(nq), dk(nk), dv(nk);
+  for (size_t i = 0; i < nq; ++i) { q[i] = rounded(vref_value(1, i)); dout[i] = rounded(vref_value(4, i)); }
+  for (size_t i = 0; i < nk; ++i) { k[i] = rounded(vref_value(2, i)); v[i] = rounded(vref_value(3, i)); }
+  vref_reference(&c, q.data(), k.data(), v.data(), dout.data(), out.data(), lse.data(), dq.data(), dk.data(), dv.data());
+  std::vector<double> given(nq);
+  for (size_t i = 0; i < nq; ++i) given[i] = rounded(out[i]);
+  std::fill(out.begin(), out.end(), 0.0);
+  std::fill(dq.begin(), dq.end(), 0.0);
+  std::fill(dk.begin(), dk.end(), 0.0);
+  std::fill(dv.begin(), dv.end(), 0.0);
+  vref_reference_given_out(&c, q.data(), k.data(), v.data(), dout.data(), given.data(), out.data(), lse.data(),
+                           dq.data(), dk.data(), dv.data());
+  int64_t n = 0;
+  check(burst_shard_positions(c.dist, c.N, nullptr, 0, g_size, g_rank, nullptr, 0, &n), "burst_shard_positions");
+  // Rows of head_dim elements: 2 bytes each in the storage type, 8 for the reference.
+  auto local_half = [&](const std::vector<double> &full, int64_t heads) {
+    std::vector<uint16_t> h(full.size()), part(size_t(c.batch * heads * n * c.d));
+    for (size_t i = 0; i < full.size(); ++i) h[i] = to_storage(dtype, float(full[i]));
+    check(burst_shard(c.dist, c.N, nullptr, 0, g_size, g_rank, c.batch * heads, 2 * c.d, h.data(), part.data()),
+          "burst_shard");
+    return part;
+  };
+  auto local_ref = [&](const std::vector<double> &full, int64_t heads) {
+    std::vector<double> part(size_t(c.batch * heads * n * c.d));
+    check(burst_shard(c.dist, c.N, nullptr, 0, g_size, g_rank, c.batch * heads, 8 * c.d, full.data(), part.data()),
+          "burst_shard");
+    return part;
+  };
+  auto lq = local_half(q, c.hq), lk = local_half(k, c.hkv), lv = local_half(v, c.hkv), ldo = local_half(dout, c.hq);
+  auto lgiven = local_half(given, c.hq);
+  burst_attention_config cfg;
+  burst_attention_config_init(&cfg);
+  cfg.layout = c.layout; cfg.mask = BURST_MASK_CAUSAL; cfg.distribution = c.dist; cfg.dtype = dtype;
+  cfg.batch = c.batch; cfg.seq_len_local = n; cfg.num_heads_q = c.hq; cfg.num_heads_kv = c.hkv;
+  cfg.head_dim = c.d; cfg.window_left = c.wl; cfg.window_right = c.wr; cfg.num_threads = 1; cfg.pattern = pattern;
+  burst_plan *raw = nullptr;
+  check(burst_plan_create(ctx, &cfg, &raw), "burst_plan_create");
+  plan_ptr plan(raw);
+  std::vector<uint16_t> o(size_t(c.batch * c.hq * n * c.d)), gq(o.size()), gk(size_t(c.batch * c.hkv * n * c.d)),
+      gv(gk.size());
+  std::vector<float> l(size_t(c.batch * c.hq * n));
+  check(burst_forward(plan.get(), lq.data(), lk.data(), lv.data(), o.data(), l.data()), "burst_forward");
+  check(burst_backward(plan.get(), lq.data(), lk.data(), lv.data(), lgiven.data(), l.data(), ldo.data(), gq.data(),
+                       gk.data(), gv.data()),
+        "burst_backward");
+  const double u = dtype == BURST_DTYPE_BF16 ? 0x1p-8 : 0x1p-11, sub = dtype == BURST_DTYPE_F16 ? 0x1p-24 : 0.0;
+  auto within = [&](const char *what, const std::vector<uint16_t> &got, const std::vector<double> &full,
+                    const std::vector<double> &want, double tol, double floor_scale) {
+    double scale = floor_scale, worst = 0;
+    for (double y : full) scale = std::fmax(scale, std::fabs(y));
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double ratio = std::fabs(from_storage(dtype, got[i]) - want[i]) / (tol * scale * (1 + u) + u * std::fabs(want[i]) + sub);
+      if (!(ratio <= worst)) worst = ratio == ratio ? ratio : INFINITY;
+    }
+    if (!(worst <= 1.0)) fail(name, std::string(what) + ": error / allowed = " + std::to_string(worst));
+  };
+  within("out", o, out, local_ref(out, c.hq), 1e-5, 0);
+  within("dq", gq, dq, local_ref(dq, c.hq), 1e-4, 1e-3);
+  within("dk", gk, dk, local_ref(dk, c.hkv), 1e-4, 1e-3);
+  within("dv", gv, dv, local_ref(dv, c.hkv), 1e-4, 1e-3);
+  // The wire carries the storage type: the forward moves half the bytes of F32 (ring patterns, ALLGATHER).
+  if (pattern != BURST_PATTERN_ULYSSES) {
+    burst_stats half_stats{};
+    half_stats.struct_size = sizeof half_stats;
+    std::vector<float> fq(lq.size()), fk(lk.size()), fv(lv.size()), fo(o.size());
+    for (size_t i = 0; i < lq.size(); ++i) fq[i] = float(from_storage(dtype, lq[i]));
+    for (size_t i = 0; i < lk.size(); ++i) { fk[i] = float(from_storage(dtype, lk[i])); fv[i] = float(from_storage(dtype, lv[i])); }
+    check(burst_forward(plan.get(), lq.data(), lk.data(), lv.data(), o.data(), l.data()), "burst_forward");
+    half_stats = stats_of(plan.get());
+    cfg.dtype = BURST_DTYPE_F32;
+    plan_ptr plan32 = make_plan(ctx, cfg);
+    check(burst_forward(plan32.get(), fq.data(), fk.data(), fv.data(), fo.data(), l.data()), "burst_forward F32");
+    const burst_stats full_stats = stats_of(plan32.get());
+    if (2 * half_stats.bytes_sent != full_stats.bytes_sent || 2 * half_stats.bytes_received != full_stats.bytes_received)
+      fail(name, "forward bytes " + std::to_string(half_stats.bytes_sent) + " vs F32 " + std::to_string(full_stats.bytes_sent));
+  }
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -327,6 +454,12 @@ int main(int argc, char **argv) {
       run_gqa_zigzag(world.get(), BURST_PATTERN_RING, 2);
       cases += 2;
     }
+    for (int dtype = BURST_DTYPE_BF16; dtype <= BURST_DTYPE_F16; ++dtype)
+      for (int pattern = BURST_PATTERN_BURST; pattern <= BURST_PATTERN_ULYSSES; ++pattern) {
+        if (pattern == BURST_PATTERN_ULYSSES && 2 % g_size != 0) continue;
+        run_half(world.get(), dtype, pattern);
+        ++cases;
+      }
   } catch (const burst_error &e) {
     fail("setup", e.what());
   }

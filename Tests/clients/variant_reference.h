@@ -47,8 +47,11 @@ static inline double vref_value(uint64_t seed, uint64_t index) {
 
 #define CI(c, h, b, t, x, H) ((((size_t)(b) * (size_t)(H) + (size_t)(h)) * (size_t)(c)->N + (size_t)(t)) * (size_t)(c)->d + (size_t)(x))
 
-static inline void vref_reference(const vcase *c, const double *q, const double *k, const double *v, const double *dout,
-                      double *out, double *lse, double *dq, double *dk, double *dv) {
+/* As vref_reference, but D = rowsum(dout * given_out) when given_out is not
+ * NULL (a backward handed a rounded out, as with bf16/fp16 storage). */
+static inline void vref_reference_given_out(const vcase *c, const double *q, const double *k, const double *v,
+                                            const double *dout, const double *given_out, double *out, double *lse,
+                                            double *dq, double *dk, double *dv) {
   const int64_t g = c->hq / c->hkv, N = c->N, D = c->d;
   const double scale = 1.0 / sqrt((double)D);
   int64_t b, h, i, j, x;
@@ -76,7 +79,8 @@ static inline void vref_reference(const vcase *c, const double *q, const double 
         for (x = 0; x < D; ++x) out[CI(c, h, b, i, x, c->hq)] /= l;
         L = m + log(l);
         lse[((size_t)b * c->hq + h) * N + i] = L;
-        for (x = 0; x < D; ++x) delta += dout[CI(c, h, b, i, x, c->hq)] * out[CI(c, h, b, i, x, c->hq)];
+        for (x = 0; x < D; ++x)
+          delta += dout[CI(c, h, b, i, x, c->hq)] * (given_out ? given_out : out)[CI(c, h, b, i, x, c->hq)];
         for (j = 0; j < N; ++j)
           if (vref_visible(c, i, j)) {
             double s = 0, dp = 0, p, ds;
@@ -97,6 +101,11 @@ static inline void vref_reference(const vcase *c, const double *q, const double 
 }
 
 /* ---- the schedule's byte rules with a brute-force needs matrix ------------- */
+static inline void vref_reference(const vcase *c, const double *q, const double *k, const double *v, const double *dout,
+                                  double *out, double *lse, double *dq, double *dk, double *dv) {
+  vref_reference_given_out(c, q, k, v, dout, NULL, out, lse, dq, dk, dv);
+}
+
 static inline void vref_expected_bytes(const vcase *c, int64_t *const *pos, const int64_t *cnt, int P, int rank,
                                        uint64_t *fs, uint64_t *fr, uint64_t *bs, uint64_t *br) {
   int needs[16][16];

@@ -30,6 +30,7 @@ agree through an allreduce).
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -353,6 +354,44 @@ def other_contexts() -> None:
     sub.Free()
 
 
+def run_half(ctx, dtype, pattern, seed) -> None:
+    """bf16 / fp16 storage (numpy API) on MPI: every element within the storage contract
+    against float64 of the same rounded inputs (the backward's reference with the
+    rounded out, gathered), outputs in the storage dtype, forward bytes exactly half of
+    the same plan in f32 (ring patterns, ALLGATHER)."""
+    global bytes_checked
+    tag = f"[{dtype} {pattern}]"
+    counts = [7 + 3 * r for r in range(P)]
+    n_total, hq, hkv = sum(counts), 2 * P, P
+    q, k, v, dout = (ref.from_storage(ref.to_storage(x, dtype), dtype)
+                     for x in ref.make_inputs(seed, 1, n_total, hq, hkv, HEAD_DIM))
+    out_ref, lse_ref = ref.forward(q, k, v, True)
+    mine = [np.ascontiguousarray(local(x, counts, "bshd")) for x in (q, k, v, dout)]
+    half = [ref.to_storage(x, dtype) for x in mine]
+    with ctx.plan(1, counts[RANK], hq, HEAD_DIM, num_heads_kv=hkv, mask="causal", pattern=pattern,
+                  dtype=dtype, timeout_seconds=TIMEOUT) as plan:
+        out, lse = plan.forward(*half[:3])
+        fbytes = plan.stats()["bytes_sent"]
+        dq, dk, dv = plan.backward(*half[:3], out, lse, half[3])
+    with ctx.plan(1, counts[RANK], hq, HEAD_DIM, num_heads_kv=hkv, mask="causal", pattern=pattern,
+                  timeout_seconds=TIMEOUT) as plan32:
+        plan32.forward(*(x.astype(np.float32) for x in mine[:3]))
+        f32bytes = plan32.stats()["bytes_sent"]
+    given = np.concatenate(COMM.allgather(ref.from_storage(out, dtype)), axis=1)
+    grads_ref = ref.backward(q, k, v, dout, True, given_out=given)
+    check(out.dtype == plan.storage_dtype and dq.dtype == plan.storage_dtype, f"{tag} output dtypes")
+    e = ref.half_excess(out, local(out_ref, counts, "bshd"), dtype, ref.OUT_TOL)
+    check(e <= 1, f"{tag} out error / allowed {e:.3g}")
+    off = ref.offsets(counts)
+    check(ref.lse_error(lse, lse_ref[:, :, off[RANK]:off[RANK + 1]]) <= ref.LSE_TOL, f"{tag} lse")
+    for name, got, want in zip(("dq", "dk", "dv"), (dq, dk, dv), grads_ref):
+        e = ref.half_excess(got, local(want, counts, "bshd"), dtype, ref.GRAD_TOL, floor=1e-3)
+        check(e <= 1, f"{tag} {name} error / allowed {e:.3g}")
+    if pattern != "ulysses":
+        check(2 * fbytes == f32bytes, f"{tag} forward bytes {fbytes} vs f32 {f32bytes}")
+        bytes_checked += 1
+
+
 def main() -> int:
     t0 = time.perf_counter()
     check(ba.version() == ba.VERSION_NUMBER, f"version {ba.version()} != {ba.VERSION_NUMBER}")
@@ -378,6 +417,9 @@ def main() -> int:
                 if P % 2 == 0 and P > 2:
                     run_variant(ctx, *variant, seed=4000 + i, intra_group_size=2)
                     run_variant(ctx, *variant, seed=4000 + i, pattern="ring", intra_group_size=2)
+            for i, (dtype, pattern) in enumerate(itertools.product(("bf16", "f16"),
+                                                                   ("burst", "ring", "allgather", "ulysses"))):
+                run_half(ctx, dtype, pattern, seed=5000 + i)
             error_paths(ctx)
             variant_error_paths(ctx)
         other_contexts()

@@ -132,9 +132,10 @@ def forward(q, k, v, causal=False, scale=None, layout=BSHD, window_left=-1, wind
 
 
 def backward(q, k, v, dout, causal=False, scale=None, layout=BSHD, window_left=-1,
-             window_right=-1, cu_seqlens=None):
+             window_right=-1, cu_seqlens=None, given_out=None):
     """Float64 gradients (dq, dk, dv) in `layout`, recomputing the forward (same mask
-    arguments as `forward`)."""
+    arguments as `forward`). With `given_out` (the rounded out a bf16/fp16 backward is
+    handed), D = rowsum(dout * given_out) as the library computes it."""
     qb, kb0, vb0, dob = (to_bhsd(np.asarray(x, np.float64), layout) for x in (q, k, v, dout))
     hq, hkv, d = qb.shape[1], kb0.shape[1], qb.shape[3]
     scale = 1.0 / math.sqrt(d) if not scale else float(scale)
@@ -144,6 +145,8 @@ def backward(q, k, v, dout, causal=False, scale=None, layout=BSHD, window_left=-
     lse = _lse(s)
     p = _probs(s, lse)
     out = np.einsum("bhij,bhjd->bhid", p, vb)
+    if given_out is not None:
+        out = to_bhsd(np.asarray(given_out, np.float64), layout)
     dd = np.sum(dob * out, axis=-1, keepdims=True)
     dp = np.einsum("bhid,bhjd->bhij", dob, vb)
     ds = p * (dp - dd)
@@ -453,3 +456,47 @@ def plain_bytes_sent(counts, rank, z, d, kind):
     if kind == "forward":
         return 4 * 2 * z * d * held
     return 4 * z * ((3 * d + 2) * held + d * int(counts[(rank + 1) % p]))
+
+
+# --------------------------------------------------------------------------- storage types
+
+UNIT_ROUNDOFF = {"bf16": 2.0 ** -8, "f16": 2.0 ** -11}
+SUBNORMAL_STEP = {"bf16": 0.0, "f16": 2.0 ** -24}
+
+
+def to_bf16_bits(x) -> np.ndarray:
+    """float32 values -> uint16 bfloat16 bits, round to nearest even (NaN quieted)."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(nan, ((u >> 16) | 0x40).astype(np.uint16), r)
+
+
+def from_bf16_bits(h) -> np.ndarray:
+    """uint16 bfloat16 bits -> float32 (exact)."""
+    return (np.asarray(h, np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def to_storage(x, dtype: str) -> np.ndarray:
+    """float values -> the library's storage array: float16, or uint16 bfloat16 bits."""
+    return np.asarray(x, np.float32).astype(np.float16) if dtype == "f16" else to_bf16_bits(x)
+
+
+def from_storage(x, dtype: str) -> np.ndarray:
+    """A storage array (float16, uint16 bfloat16 bits, or ml_dtypes.bfloat16) -> float64."""
+    x = np.asarray(x)
+    if dtype == "bf16" and x.dtype != np.uint16:
+        x = x.view(np.uint16)
+    return (x.astype(np.float64) if dtype == "f16" else from_bf16_bits(x).astype(np.float64))
+
+
+def half_excess(got, want, dtype: str, tol: float, floor: float = 0.0) -> float:
+    """max |got - want| / (tol*max|want|*(1+u) + u*|want| + sub) over the elements: the
+    storage-type contract (README "Storage types") holds when it is <= 1."""
+    want = np.asarray(want, np.float64)
+    if want.size == 0:
+        return 0.0
+    u, sub = UNIT_ROUNDOFF[dtype], SUBNORMAL_STEP[dtype]
+    scale = max(float(np.abs(want).max()), floor)
+    allowed = tol * scale * (1 + u) + u * np.abs(want) + sub
+    return float(np.max(np.abs(from_storage(got, dtype) - want) / allowed))

@@ -1459,3 +1459,100 @@ def test_reference_traffic_rules():
     assert bwd["bytes_sent"] == [12, 0, 60] and bwd["messages_sent"] == [1, 0, 2]
     assert bwd["bytes_received"] == [60, 0, 12]
     assert ref.burst_traffic([5], [[True]], 2, 2, 4, "forward")["bytes_sent"] == [0]
+
+
+# --------------------------------------------------------------------------- storage types
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("world,pattern,causal,heads", [(1, "burst", True, (2, 2)), (3, "burst", True, (4, 2)),
+                                                        (2, "ring", False, (2, 1)), (3, "allgather", True, (3, 3)),
+                                                        (2, "ulysses", False, (4, 2))])
+def test_half_storage_loopback(dtype, world, pattern, causal, heads):
+    """numpy API with dtype="bf16" (uint16 bfloat16 bits) / "f16" (float16): every element
+    within the storage contract of the float64 reference from the same rounded inputs,
+    outputs in the storage dtype, and exact byte halving of the forward (plan.stats())
+    against the same plan in f32 (ring patterns and ALLGATHER)."""
+    hq, hkv = heads
+    counts = [13, 8, 11][:world]
+    n_total = sum(counts)
+    q, k, v, dout = (ref.from_storage(ref.to_storage(x, dtype), dtype)
+                     for x in ref.make_inputs(3, 1, n_total, hq, hkv, 8))
+    out_ref, lse_ref = ref.forward(q, k, v, causal=causal)
+    contexts = ba.Context.loopback(world)
+
+    def fn(ctx):
+        r = ctx.rank
+        local = [ref.shard(x, counts, r) for x in (q, k, v, dout)]
+        stats = {}
+        results = {}
+        for t in ("f32", dtype):
+            arrays = [np.ascontiguousarray(x, np.float32) if t == "f32" else ref.to_storage(x, t) for x in local]
+            with ctx.plan(1, counts[r], hq, 8, num_heads_kv=hkv, mask="causal" if causal else "none",
+                          pattern=pattern, dtype=t, timeout_seconds=CALL_TIMEOUT) as plan:
+                out, lse = plan.forward(*arrays[:3])
+                assert out.dtype == plan.storage_dtype and lse.dtype == np.float32
+                fwd = plan.stats()
+                results[t] = (out, lse)
+                stats[t] = fwd
+        return results, stats, local
+
+    per_rank = results_or_raise(run_ranks(contexts, fn))
+    # The backward's reference uses the rounded out the library returned (gathered).
+    outs = [res[dtype][0] for res, _, _ in per_rank]
+    given = np.concatenate([ref.from_storage(o, dtype) for o in outs], axis=1)
+    dq_ref, dk_ref, dv_ref = ref.backward(q, k, v, dout, causal=causal, given_out=given)
+
+    def bwd(ctx):
+        r = ctx.rank
+        local = [ref.to_storage(ref.shard(x, counts, r), dtype) for x in (q, k, v, dout)]
+        with ctx.plan(1, counts[r], hq, 8, num_heads_kv=hkv, mask="causal" if causal else "none",
+                      pattern=pattern, dtype=dtype, timeout_seconds=CALL_TIMEOUT) as plan:
+            out, lse = plan.forward(*local[:3])
+            grads = plan.backward(local[0], local[1], local[2], out, lse, local[3])
+            assert all(g.dtype == plan.storage_dtype for g in grads)
+            return grads
+
+    grads = results_or_raise(run_ranks(contexts, bwd))
+    for c in contexts:
+        c.close()
+    for r, ((res, stats, _), (dq, dk, dv)) in enumerate(zip(per_rank, grads)):
+        out, lse = res[dtype]
+        assert ref.half_excess(out, ref.shard(out_ref, counts, r), dtype, 1e-5) <= 1
+        assert ref.lse_error(lse, ref.shard_lse(lse_ref, counts, r)) <= 1e-4
+        for got, want in ((dq, dq_ref), (dk, dk_ref), (dv, dv_ref)):
+            assert ref.half_excess(got, ref.shard(want, counts, r), dtype, 1e-4, floor=1e-3) <= 1
+        if pattern != "ulysses":
+            assert 2 * stats[dtype]["bytes_sent"] == stats["f32"]["bytes_sent"]
+            assert 2 * stats[dtype]["bytes_received"] == stats["f32"]["bytes_received"]
+    if world > 1:  # something travelled (a causal last rank may send nothing)
+        assert sum(stats[dtype]["bytes_sent"] for _, stats, _ in per_rank) > 0
+
+
+def test_half_storage_dtype_checks():
+    with ba.Context.self() as ctx:
+        for spelling in ("bf16", "BF16", ba.DType.BF16, 1):
+            with ctx.plan(1, 4, 1, 8, dtype=spelling) as plan:
+                assert plan.dtype == ba.DType.BF16
+                assert plan.storage_dtype in (np.dtype(np.uint16),) + (
+                    (ba._plan.BFLOAT16,) if ba._plan.BFLOAT16 is not None else ())
+        with ctx.plan(1, 4, 1, 8, dtype="f16") as plan:
+            assert plan.storage_dtype == np.float16
+            x = np.ones((1, 4, 1, 8), np.float32)
+            with pytest.raises(TypeError, match="q: expected dtype float16, got float32"):
+                plan.forward(x, x.astype(np.float16), x.astype(np.float16))
+            out, lse = plan.forward(*(x.astype(np.float16),) * 3)
+            assert out.dtype == np.float16 and np.all(out == 1)
+        with pytest.raises(ba.BurstError, match="BURST_DTYPE_BF16 = 1"):
+            ctx.plan(1, 4, 1, 8, dtype=3)
+    assert (ba.DTYPE_F32, ba.DTYPE_BF16, ba.DTYPE_F16) == (0, 1, 2)
+
+
+def test_half_storage_ml_dtypes_bfloat16():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    with ba.Context.self() as ctx, ctx.plan(1, 6, 2, 8, dtype="bf16", mask="causal") as plan:
+        assert plan.storage_dtype == np.dtype(ml_dtypes.bfloat16)
+        rng = np.random.default_rng(1)
+        q, k, v = (rng.standard_normal((1, 6, 2, 8)).astype(ml_dtypes.bfloat16) for _ in range(3))
+        out, _ = plan.forward(q, k, v)
+        bits, _ = plan.forward(q.view(np.uint16), k.view(np.uint16), v.view(np.uint16))
+        assert out.dtype == ml_dtypes.bfloat16 and np.array_equal(out.view(np.uint16), bits.view(np.uint16))

@@ -18,7 +18,8 @@ import _testenv  # noqa: E402,F401  (sys.path, BURST_ATTENTION_LIBRARY for a che
 
 import burst_attention as ba  # noqa: E402
 import burst_attention.torch as bt  # noqa: E402
-from torch_reference import GRAD_TOL, OUT_TOL, reference, rel_err  # noqa: E402
+from torch_reference import (GRAD_TOL, OUT_TOL, half_excess, reference,  # noqa: E402
+                             reference_given_out, rel_err)
 
 torch.set_num_threads(1)
 
@@ -423,7 +424,8 @@ def test_bad_arguments_name_the_argument():
     q, k, v, _ = make(1, 8, 2, 2, 8)
     cases = [
         (dict(q=q.double()), TypeError, "q: expected dtype torch.float32"),
-        (dict(k=k.half()), TypeError, "k: expected dtype"),
+        (dict(k=k.half()), TypeError, "expected one dtype"),
+        (dict(k=k.to(torch.int32)), TypeError, "k: expected dtype torch.float32, torch.bfloat16"),
         (dict(q=q[0]), ValueError, "q: expected 4 dimensions"),
         (dict(v=v[:, :4]), ValueError, "k and v"),
         (dict(k=k[:, :4], v=v[:, :4]), ValueError, "k: shape"),
@@ -486,3 +488,62 @@ def test_tensor_sharding_helpers():
         for pos, part in zip(bt.unshard_positions(dist, 23, world), parts):
             full.index_copy_(1, pos, part)
         assert torch.equal(full, x)
+
+
+# ----------------------------------------------------------------------------- storage types
+
+HALF_CASES = [
+    # world, pattern, distribution, causal, window, (hq, hkv), layout
+    (1, "burst", "contiguous", True, (-1, -1), (4, 2), "bshd"),
+    (2, "burst", "zigzag", True, (-1, -1), (4, 2), "bshd"),
+    (3, "ring", "contiguous", False, (6, 2), (3, 3), "bhsd"),
+    (2, "allgather", "striped", True, (-1, -1), (4, 1), "bshd"),
+    (4, "ulysses", "zigzag", True, (-1, -1), (4, 4), "bhsd"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("world,pattern,distribution,causal,window,heads,layout", HALF_CASES)
+def test_half_storage_matches_float64_sdpa(dtype, world, pattern, distribution, causal, window,
+                                            heads, layout):
+    """bf16/fp16 tensors in, the same dtype out and in the gradients; every element
+    within the storage contract of float64 SDPA from the same rounded inputs (the
+    backward's reference uses the rounded out autograd hands the backward)."""
+    hq, hkv = heads
+    q, k, v, dout = make(1, 53, hq, hkv, 16, layout, seed=7, dtype=dtype)
+    got = run_sharded(world, q, k, v, dout, distribution, layout=layout, causal=causal,
+                      window=window, pattern=pattern)
+    assert all(t.dtype == dtype for t in got)
+    ref = reference_given_out(q, k, v, dout, got[0], causal=causal, window=window, layout=layout)
+    excess = {name: half_excess(g, r, dtype, tol) for name, g, r, tol in
+              zip(("out", "dq", "dk", "dv"), got, ref, (OUT_TOL, GRAD_TOL, GRAD_TOL, GRAD_TOL))}
+    assert all(e <= 1 for e in excess.values()), excess
+
+
+def test_half_zero_copy_and_bytes():
+    """A contiguous bf16 input is read in place (its numpy view shares memory), and
+    two ranks move exactly half the forward bytes of float32."""
+    q, _, _, _ = make(1, 8, 2, 2, 8, dtype=torch.bfloat16)
+    view = bt._np(q)
+    assert view.dtype == "uint16" and view.ctypes.data == q.data_ptr()
+
+    def fn(rank, ctx):
+        stats = {}
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            q, k, v, dout = make(1, 32, 2, 2, 8, dtype=dtype)
+            q.requires_grad_()
+            out = bt.burst_attn(q, k, v, comm=ctx)
+            out.backward(dout.to(dtype))
+            assert out.dtype == dtype and q.grad.dtype == dtype
+            stats[dtype] = (bt.last_stats(ctx, "forward"), bt.last_stats(ctx, "backward"))
+        return stats
+
+    for stats in run_ranks(2, fn):
+        f32 = stats[torch.float32][0]["bytes_sent"]
+        assert f32 == 32 * 2 * 8 * 2 * 4
+        for dtype in (torch.bfloat16, torch.float16):
+            assert 2 * stats[dtype][0]["bytes_sent"] == f32
+            assert 2 * stats[dtype][0]["bytes_received"] == f32
+            # BURST backward, P = 2: Q|dO at 2 bytes, D|lse and the partial dQ (there and home) at 4.
+            n, z, d = 32, 2, 8
+            assert stats[dtype][1]["bytes_sent"] == z * n * (2 * 2 * d + 2 * 4) + 2 * 4 * z * n * d

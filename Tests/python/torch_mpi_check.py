@@ -41,7 +41,8 @@ import torch.distributed as dist  # noqa: E402
 
 import burst_attention as ba  # noqa: E402
 import burst_attention.torch as bt  # noqa: E402
-from torch_reference import GRAD_TOL, OUT_TOL, reference, rel_err  # noqa: E402
+from torch_reference import (GRAD_TOL, OUT_TOL, half_excess, reference,  # noqa: E402
+                             reference_given_out, rel_err)
 
 world = MPI.COMM_WORLD
 P, RANK = world.Get_size(), world.Get_rank()
@@ -159,6 +160,38 @@ def expect_collective_failure(name, comm, bad_rank, make_call, bad_exc, others_e
             fail(f"{name}: expected {want.__name__}, got {type(exc).__name__}: {exc}")
     if time.monotonic() - start > 30:  # the call timeout is 60 s: this was no wait
         fail(f"{name}: the failure took {time.monotonic() - start:.1f} s")
+
+
+@collective
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_storage_on_comm_world(dtype):
+    """bf16/fp16 tensors under mpirun: the same dtype out and in the gradients, every
+    element within the storage contract of float64 SDPA from the same rounded inputs
+    (the backward's reference uses the rounded out), forward bytes half of float32's."""
+    global checks
+    g = torch.Generator().manual_seed(11)
+    n, hq, hkv, d = 67, 4, 2, 16
+    q, k, v, dout = (torch.randn((1, n, h, d), generator=g).to(dtype) for h in (hq, hkv, hkv, hq))
+    pos = bt.shard_positions("zigzag", n, P, RANK)
+    ql, kl, vl = (t.index_select(1, pos).clone().requires_grad_() for t in (q, k, v))
+    out = bt.burst_attn(ql, kl, vl, causal=True, comm=world, distribution="zigzag", timeout_seconds=60)
+    out.backward(dout.index_select(1, pos))
+    half_bytes = bt.last_stats(world, "forward")["bytes_sent"]
+    got = [gather_full(t, pos, 1, like) for t, like in
+           ((out.detach(), q), (ql.grad, q), (kl.grad, k), (vl.grad, v))]
+    ref = reference_given_out(q, k, v, dout, got[0], causal=True)
+    for label, a, r, tol in zip(("out", "dq", "dk", "dv"), got, ref, (OUT_TOL, GRAD_TOL, GRAD_TOL, GRAD_TOL)):
+        checks += 1
+        if a.dtype != dtype:
+            fail(f"{dtype} {label}: dtype {a.dtype}")
+        e = half_excess(a, r, dtype, tol)
+        if not e <= 1:
+            fail(f"{dtype} {label}: error / allowed = {e:.3g}")
+    bt.burst_attn(*(t.detach().float() for t in (ql, kl, vl)), causal=True, comm=world,
+                  distribution="zigzag", timeout_seconds=60)
+    checks += 1
+    if 2 * half_bytes != bt.last_stats(world, "forward")["bytes_sent"]:
+        fail(f"{dtype}: forward bytes {half_bytes}, float32 {bt.last_stats(world, 'forward')['bytes_sent']}")
 
 
 @collective

@@ -72,3 +72,49 @@ def rel_err(got, ref) -> float:
     instead of against its rounding noise (inputs are of unit scale)."""
     ref = ref.detach().double()
     return float((got.detach().double() - ref).abs().max() / ref.abs().max().clamp_min(1e-2))
+
+
+# Storage types (bfloat16 / float16): unit roundoff and the fp16 subnormal step.
+UNIT_ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -24}
+SUBNORMAL_STEP = {torch.bfloat16: 0.0, torch.float16: 2.0 ** -24, torch.float32: 0.0}
+
+
+def reference_given_out(q, k, v, dout, given_out, causal=False, window=(-1, -1), layout="bshd"):
+    """(out, dq, dk, dv) in float64 from q, k, v, dout as given (already rounded to a
+    storage type); out from SDPA, the gradients written out with D = rowsum(dout *
+    given_out): the out a backward of rounded tensors is handed is the rounded one, so
+    the reference uses it as the library does."""
+    q, k, v, dout, given_out = (t.detach().double() for t in (q, k, v, dout, given_out))
+    if layout == "bshd":
+        q, k, v, dout, given_out = (t.transpose(1, 2) for t in (q, k, v, dout, given_out))
+    hq, hkv, n, d = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
+    g = hq // hkv
+    kr, vr = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    mask = visibility(n, causal, window)
+    scale = 1.0 / math.sqrt(d)
+    out = F.scaled_dot_product_attention(q, kr, vr, attn_mask=mask, scale=scale)
+    s = (q @ kr.transpose(-1, -2) * scale).masked_fill(~mask, -math.inf)
+    p = torch.softmax(s, -1)
+    dp = dout @ vr.transpose(-1, -2)
+    delta = (dout * given_out).sum(-1, keepdim=True)
+    ds = p * (dp - delta)
+    dq = ds @ kr * scale
+    dkr = ds.transpose(-1, -2) @ q * scale
+    dvr = p.transpose(-1, -2) @ dout
+    b = q.shape[0]
+    dk = dkr.reshape(b, hkv, g, n, d).sum(2)
+    dv = dvr.reshape(b, hkv, g, n, d).sum(2)
+    if layout == "bshd":
+        out, dq, dk, dv = (t.transpose(1, 2) for t in (out, dq, dk, dv))
+    return out, dq, dk, dv
+
+
+def half_excess(got, ref, dtype, tol) -> float:
+    """max over elements of |got - ref| / (tol*max|ref|*(1+u) + u*|ref| + sub): the
+    numerics contract of a storage type is <= 1 (README "Storage types"). max|ref| is
+    floored at 1e-3 as in the Swift tests."""
+    ref = ref.detach().double()
+    u, sub = UNIT_ROUNDOFF[dtype], SUBNORMAL_STEP[dtype]
+    scale = max(float(ref.abs().max()), 1e-3)
+    allowed = tol * scale * (1 + u) + u * ref.abs() + sub
+    return float(((got.detach().double() - ref).abs() / allowed).max())

@@ -27,7 +27,7 @@ from ._errors import (
 )
 from ._enums import (
     DType, Distribution, Layout, Mask, Pattern,
-    DTYPE_F32, LAYOUT_BHSD, LAYOUT_BSHD, MASK_CAUSAL, MASK_NONE,
+    DTYPE_BF16, DTYPE_F16, DTYPE_F32, LAYOUT_BHSD, LAYOUT_BSHD, MASK_CAUSAL, MASK_NONE,
     DISTRIBUTION_CONTIGUOUS, DISTRIBUTION_STRIPED, DISTRIBUTION_ZIGZAG,
     PATTERN_ALLGATHER, PATTERN_AUTO, PATTERN_BURST, PATTERN_RING, PATTERN_ULYSSES,
 )
@@ -48,7 +48,7 @@ def version() -> int:
 def build_info() -> str:
     """burst_build_info(): the loaded library's version and the kernel code paths its
     run-time dispatch picked for this CPU, e.g.
-    "libburst_attention 0.3.0; kernels cpx+avx512; cpus 2"."""
+    "libburst_attention 0.3.0; kernels cpx+avx512; convert avx512; cpus 2"."""
     return _cdll.burst_build_info().decode("utf-8", "replace")
 
 
@@ -66,7 +66,7 @@ __all__ = [
     "STATS_KEYS", "Status", "VERSION_MAJOR", "VERSION_MINOR", "VERSION_NUMBER",
     "VERSION_PATCH", "last_error", "library_path", "status_string", "version", "version_info",
     "shard", "shard_counts", "shard_positions", "unshard",
-    "DTYPE_F32", "LAYOUT_BHSD", "LAYOUT_BSHD", "MASK_CAUSAL", "MASK_NONE",
+    "DTYPE_BF16", "DTYPE_F16", "DTYPE_F32", "LAYOUT_BHSD", "LAYOUT_BSHD", "MASK_CAUSAL", "MASK_NONE",
     "DISTRIBUTION_CONTIGUOUS", "DISTRIBUTION_STRIPED", "DISTRIBUTION_ZIGZAG",
     "PATTERN_ALLGATHER", "PATTERN_AUTO", "PATTERN_BURST", "PATTERN_RING", "PATTERN_ULYSSES",
 ]

@@ -188,6 +188,12 @@ class Context:
         every rank; the library checks it collectively against N = the sum of the
         ranks' seq_len_local).
 
+        dtype is the storage type of q, k, v, out, dout and the gradients: "f32"
+        (float32), "f16" (numpy.float16) or "bf16" (ml_dtypes.bfloat16 arrays when
+        ml_dtypes is importable, else uint16 arrays holding the bfloat16 bits; see
+        `Plan.storage_dtype`). lse stays float32 and all accumulation is fp32; outputs
+        are rounded once (to nearest even).
+
         An argument that cannot even be put in the C struct (a wrong type, an unknown
         name) raises TypeError/ValueError; on a context of several ranks the library is
         still called (with an invalid config) so that every rank fails together.

@@ -16,7 +16,9 @@ class Layout(enum.IntEnum):
 
 
 class DType(enum.IntEnum):
-    F32 = 0
+    F32 = 0   # float32
+    BF16 = 1  # bfloat16: ml_dtypes.bfloat16 arrays, or uint16 arrays holding the bits
+    F16 = 2   # IEEE half: numpy.float16
 
 
 class Mask(enum.IntEnum):
@@ -40,7 +42,7 @@ class Pattern(enum.IntEnum):
 
 # Module-level constants with the header's names (minus the BURST_ prefix).
 LAYOUT_BSHD, LAYOUT_BHSD = Layout.BSHD, Layout.BHSD
-DTYPE_F32 = DType.F32
+DTYPE_F32, DTYPE_BF16, DTYPE_F16 = DType.F32, DType.BF16, DType.F16
 MASK_NONE, MASK_CAUSAL = Mask.NONE, Mask.CAUSAL
 DISTRIBUTION_CONTIGUOUS, DISTRIBUTION_ZIGZAG, DISTRIBUTION_STRIPED = (
     Distribution.CONTIGUOUS, Distribution.ZIGZAG, Distribution.STRIPED)

@@ -1,6 +1,10 @@
 """`Plan`: one attention shape on one context; forward, backward and counters.
 
-Buffers are numpy float32 arrays, C-contiguous, of exactly the plan's shapes:
+Buffers are numpy arrays of the plan's storage type (dtype="f32": float32;
+"f16": float16; "bf16": ml_dtypes.bfloat16 when ml_dtypes is importable, else
+uint16 arrays holding the bfloat16 bits — both are accepted, outputs are allocated
+as bfloat16 if ml_dtypes is there), C-contiguous, of exactly the plan's shapes
+(lse is always float32):
   q, out, dout, dq        [batch, seq_len_local, num_heads_q,  head_dim]  (BSHD)
   k, v, dk, dv            [batch, seq_len_local, num_heads_kv, head_dim]  (BSHD)
   lse                     [batch, num_heads_q, seq_len_local]
@@ -22,8 +26,24 @@ import threading
 import numpy as np
 
 from . import _lib
-from ._enums import Distribution, Layout, Mask, Pattern
+from ._enums import Distribution, DType, Layout, Mask, Pattern
 from ._errors import BurstError, Status, _check, last_error, status_string
+
+try:  # optional: a numpy dtype for bfloat16
+    import ml_dtypes as _ml_dtypes
+    BFLOAT16 = np.dtype(_ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - depends on the environment
+    BFLOAT16 = None
+
+
+def storage_dtypes(dtype: int) -> tuple:
+    """The numpy dtypes accepted for a storage type; the first is what outputs use."""
+    if dtype == DType.F16:
+        return (np.dtype(np.float16),)
+    if dtype == DType.BF16:
+        return (BFLOAT16, np.dtype(np.uint16)) if BFLOAT16 is not None else (np.dtype(np.uint16),)
+    return (np.dtype(np.float32),)
+
 
 STATS_KEYS = ("bytes_sent", "bytes_received", "messages_sent", "steps_computed",
               "steps_skipped", "compute_seconds", "comm_wait_seconds", "total_seconds",
@@ -48,6 +68,7 @@ class Plan:
         else:
             self._q_shape, self._kv_shape = (b, n, hq, d), (b, n, hkv, d)
         self._lse_shape = (b, hq, n)
+        self._dtypes = storage_dtypes(config.get("dtype", 0))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -65,7 +86,7 @@ class Plan:
         if config is not None and name in config:
             value = config[name]
             enum_type = {"layout": Layout, "mask": Mask, "distribution": Distribution,
-                         "pattern": Pattern}.get(name)
+                         "pattern": Pattern, "dtype": DType}.get(name)
             return enum_type(value) if enum_type is not None else value
         raise AttributeError(f"'Plan' object has no attribute {name!r}")
 
@@ -87,6 +108,12 @@ class Plan:
     @property
     def lse_shape(self) -> tuple:
         return self._lse_shape
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        """The numpy dtype of q, k, v, out, dout and the gradients (outputs are
+        allocated with it): float32, float16, or bfloat16 (ml_dtypes) / uint16."""
+        return self._dtypes[0]
 
     @property
     def closed(self) -> bool:
@@ -111,10 +138,11 @@ class Plan:
         that sees no key (its out row is 0).
         """
         problems: list = []
-        q = _check_array(problems, "q", q, self._q_shape, writable=False)
-        k = _check_array(problems, "k", k, self._kv_shape, writable=False)
-        v = _check_array(problems, "v", v, self._kv_shape, writable=False)
-        out = _output_array(problems, "out", out, self._q_shape)
+        t = self._dtypes
+        q = _check_array(problems, "q", q, self._q_shape, writable=False, dtypes=t)
+        k = _check_array(problems, "k", k, self._kv_shape, writable=False, dtypes=t)
+        v = _check_array(problems, "v", v, self._kv_shape, writable=False, dtypes=t)
+        out = _output_array(problems, "out", out, self._q_shape, dtypes=t)
         lse = _output_array(problems, "lse", lse, self._lse_shape)
         _check_aliasing(problems, {"out": out, "lse": lse}, {"q": q, "k": k, "v": v})
 
@@ -133,15 +161,16 @@ class Plan:
         lse and the output gradient dout. Returns (dq, dk, dv), allocated when not
         given, else overwritten in place (not accumulated) and returned."""
         problems: list = []
-        q = _check_array(problems, "q", q, self._q_shape, writable=False)
-        k = _check_array(problems, "k", k, self._kv_shape, writable=False)
-        v = _check_array(problems, "v", v, self._kv_shape, writable=False)
-        out = _check_array(problems, "out", out, self._q_shape, writable=False)
+        t = self._dtypes
+        q = _check_array(problems, "q", q, self._q_shape, writable=False, dtypes=t)
+        k = _check_array(problems, "k", k, self._kv_shape, writable=False, dtypes=t)
+        v = _check_array(problems, "v", v, self._kv_shape, writable=False, dtypes=t)
+        out = _check_array(problems, "out", out, self._q_shape, writable=False, dtypes=t)
         lse = _check_array(problems, "lse", lse, self._lse_shape, writable=False)
-        dout = _check_array(problems, "dout", dout, self._q_shape, writable=False)
-        dq = _output_array(problems, "dq", dq, self._q_shape)
-        dk = _output_array(problems, "dk", dk, self._kv_shape)
-        dv = _output_array(problems, "dv", dv, self._kv_shape)
+        dout = _check_array(problems, "dout", dout, self._q_shape, writable=False, dtypes=t)
+        dq = _output_array(problems, "dq", dq, self._q_shape, dtypes=t)
+        dk = _output_array(problems, "dk", dk, self._kv_shape, dtypes=t)
+        dv = _output_array(problems, "dv", dv, self._kv_shape, dtypes=t)
         _check_aliasing(problems, {"dq": dq, "dk": dk, "dv": dv},
                         {"q": q, "k": k, "v": v, "out": out, "lse": lse, "dout": dout})
 
@@ -237,24 +266,29 @@ class Plan:
             pass
 
 
-def _output_array(problems: list, name: str, array, shape: tuple):
-    """A fresh float32 array of `shape` when `array` is None, else `array` checked as a
-    writable output."""
+_FLOAT32 = (np.dtype(np.float32),)
+
+
+def _output_array(problems: list, name: str, array, shape: tuple, dtypes: tuple = _FLOAT32):
+    """A fresh array of `shape` and dtypes[0] when `array` is None, else `array`
+    checked as a writable output."""
     if array is None:
-        return np.empty(shape, np.float32)
-    return _check_array(problems, name, array, shape, writable=True)
+        return np.empty(shape, dtypes[0])
+    return _check_array(problems, name, array, shape, writable=True, dtypes=dtypes)
 
 
-def _check_array(problems: list, name: str, array, shape: tuple, writable: bool):
-    """Append (exception type, message) to problems if `array` is not a float32,
-    C-contiguous, aligned ndarray of exactly `shape` (and writable if asked).
+def _check_array(problems: list, name: str, array, shape: tuple, writable: bool, dtypes: tuple = _FLOAT32):
+    """Append (exception type, message) to problems if `array` is not a C-contiguous,
+    aligned ndarray of one of `dtypes` (float32 unless the plan's storage type says
+    otherwise) of exactly `shape` (and writable if asked).
     Returns the array, or None when it cannot be used at all."""
     if not isinstance(array, np.ndarray):
         problems.append((TypeError, f"{name}: expected a numpy.ndarray, got {type(array).__name__}"))
         return None
     bad = len(problems)
-    if array.dtype != np.float32:
-        problems.append((TypeError, f"{name}: expected dtype float32, got {array.dtype}"))
+    if array.dtype not in dtypes:
+        names = " or ".join(str(t) for t in dtypes)
+        problems.append((TypeError, f"{name}: expected dtype {names}, got {array.dtype}"))
     if array.shape != tuple(shape):
         problems.append((ValueError, f"{name}: expected shape {tuple(shape)}, got {array.shape}"))
     if not array.flags.c_contiguous:

@@ -5,7 +5,7 @@
     from burst_attention.torch import burst_attn
 
     # q: [batch, n_local, heads_q, d], k/v: [batch, n_local, heads_kv, d] (layout="bshd"),
-    # this rank's shard of the sequence; CPU float32.
+    # this rank's shard of the sequence; CPU float32, bfloat16 or float16.
     out = burst_attn(q, k, v, causal=True, comm=MPI.COMM_WORLD, distribution="zigzag")
     out.sum().backward()          # q.grad, k.grad, v.grad: this rank's shard's gradients
 
@@ -16,9 +16,12 @@ sequence's loss with respect to this rank's q, k, v. Both calls are collective: 
 rank of the communicator must make them, in the same order, with the same arguments
 (except the shard length).
 
-Tensors are used zero-copy when they are CPU float32 and contiguous; a non-contiguous
-input is copied to a contiguous one first (as torch kernels do). Gradients flow to every
-input that requires them; double backward is not supported.
+Tensors are used zero-copy when they are CPU float32, bfloat16 or float16 and
+contiguous (q, k, v of one dtype); a non-contiguous input is copied to a contiguous one
+first (as torch kernels do). With bfloat16/float16 the library computes in fp32 (lse
+is float32, all accumulation fp32) and rounds out and the gradients once, to nearest
+even; they come back in the input dtype. Gradients flow to every input that requires
+them; double backward is not supported.
 
 Communicators (`comm=`):
   * an mpi4py communicator (MPI.COMM_WORLD, a split, ...);
@@ -301,14 +304,18 @@ def last_stats(comm: CommLike = None, which: str = "last") -> dict:
 # Argument checks
 
 
+# Storage types: torch dtype -> the plan's dtype name. lse is float32 and all
+# accumulation fp32 whatever the type; outputs and gradients come back in it.
+_STORAGE = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
 def _check_tensor(name: str, t, ndim: int) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
         raise ValueError(f"{name}: burst_attention runs on CPU tensors; got device {t.device}")
-    if t.dtype != torch.float32:
-        raise TypeError(f"{name}: expected dtype torch.float32, got {t.dtype} "
-                        "(half types are not supported yet)")
+    if t.dtype not in _STORAGE:
+        raise TypeError(f"{name}: expected dtype torch.float32, torch.bfloat16 or torch.float16, got {t.dtype}")
     if t.layout != torch.strided:
         raise ValueError(f"{name}: expected a dense (strided) tensor, got {t.layout}")
     if t.dim() != ndim:
@@ -382,7 +389,7 @@ def _plan_for(group: _Group, key: tuple, lengths: tuple, kwargs: dict):
 # again; num_threads and timeout_seconds may differ between ranks).
 _AGREED = ("batch", "num_heads_q", "num_heads_kv", "head_dim", "layout", "causal",
            "window", "softmax_scale", "distribution", "cu_seqlens", "pattern",
-           "intra_group_size")
+           "intra_group_size", "dtype")
 
 
 def _agree(group: _Group, n_local: int, agreed: "dict | None", problem: "Exception | None"):
@@ -423,7 +430,11 @@ def _contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    return t.numpy()  # zero-copy view of a contiguous CPU float32 tensor
+    """A zero-copy numpy view of a contiguous CPU tensor: float32 and float16 as
+    they are, bfloat16 as uint16 holding its bits (numpy has no bfloat16)."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
 
 
 class BurstAttnFunction(torch.autograd.Function):
@@ -432,7 +443,7 @@ class BurstAttnFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, plan, group):
         qc, kc, vc = _contiguous(q), _contiguous(k), _contiguous(v)
-        out = torch.empty(plan.q_shape, dtype=torch.float32)
+        out = torch.empty(plan.q_shape, dtype=qc.dtype)
         lse = torch.empty(plan.lse_shape, dtype=torch.float32)
         plan.forward(_np(qc), _np(kc), _np(vc), out=_np(out), lse=_np(lse))
         group.last_stats = group.forward_stats = plan.stats()
@@ -467,6 +478,8 @@ def _validate(q, k, v, *, causal, window, softmax_scale, layout, distribution,
     layout_v = Layout(parse(Layout, layout, "layout"))
     seq_axis, head_axis = (1, 2) if layout_v == Layout.BSHD else (2, 1)
     b, n, hq, d = q.shape[0], q.shape[seq_axis], q.shape[head_axis], q.shape[3]
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q, k, v: expected one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
     if k.shape != v.shape:
         raise ValueError(f"k and v: expected the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     hkv = k.shape[head_axis]
@@ -489,13 +502,14 @@ def _validate(q, k, v, *, causal, window, softmax_scale, layout, distribution,
     agreed = dict(batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d,
                   layout=layout_v.name.lower(), causal=causal, window=(left, right),
                   softmax_scale=scale, distribution=dist_v.name.lower(), cu_seqlens=cu_seqlens,
-                  pattern=pattern_v.name.lower(), intra_group_size=intra_group_size)
+                  pattern=pattern_v.name.lower(), intra_group_size=intra_group_size,
+                  dtype=_STORAGE[q.dtype])
     kwargs = dict(batch=b, num_heads_q=hq, head_dim=d, num_heads_kv=hkv, layout=layout_v,
                   mask="causal" if causal else "none", softmax_scale=scale,
                   distribution=dist_v, window_left=left, window_right=right,
                   cu_seqlens=None if cu_seqlens is None else np.asarray(cu_seqlens, np.int64),
                   num_threads=num_threads, timeout_seconds=timeout_seconds,
-                  pattern=pattern_v, intra_group_size=intra_group_size)
+                  pattern=pattern_v, intra_group_size=intra_group_size, dtype=_STORAGE[q.dtype])
     key = tuple(agreed.values()) + (num_threads, timeout_seconds)
     return n, agreed, kwargs, key
 
