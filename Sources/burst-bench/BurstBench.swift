@@ -39,6 +39,7 @@ struct BurstBench: ParsableCommand {
     @Flag(help: "Run on MPI_COMM_WORLD (start under mpirun); --ranks is then the MPI world size.") var mpi = false
     @Flag(help: "Print every rank's counters (always on with --mpi).") var rankLines = false
     @Flag(help: "Also print the tile GEMM rate (128×128×d, the kernels' JIT product) on one thread and, with --threads > 1, summed over that many threads running at once: the roofline.") var gemm = false
+    @Option(help: "Storage type of q, k, v, out and the gradients: f32, bf16 or f16 (lse and accumulation stay fp32).") var dtype: String = "f32"
     @Flag(help: "Print the time per tile of each kernel phase (score and value products, softmax, the backward's products; tiles of BURST_TILE_Q × BURST_TILE_K, one thread) and exit.") var phases = false
     @Option(help: "Communication pattern: burst, ring, allgather, ulysses or auto.") var pattern: String = "burst"
     @Option(help: "Ranks per group of the double ring (0 = detect from the transport's nodes; must divide the ranks).") var intraGroupSize: Int = 0
@@ -85,6 +86,7 @@ struct BurstBench: ParsableCommand {
         guard let patternValue = patternNames.firstIndex(of: pattern) else {
             throw ValidationError("--pattern must be burst, ring, allgather, ulysses or auto")
         }
+        guard ["f32", "bf16", "f16"].contains(dtype) else { throw ValidationError("--dtype must be f32, bf16 or f16") }
         guard ["fwd", "fwdbwd", "both"].contains(mode) else { throw ValidationError("--mode must be fwd, fwdbwd or both") }
         guard intraGroupSize >= 0 else { throw ValidationError("--intra-group-size must be >= 0") }
         if mpi && (network != nil || calibrateTransfer != nil) {
@@ -113,7 +115,7 @@ struct BurstBench: ParsableCommand {
             let flops = (m == "fwd" ? 4 : 14) * Double(batch * heads) * pairs * Double(headDim)
             var usage = rusage()
             getrusage(RUSAGE_SELF.rawValue, &usage)
-            print("{\"bench\":\"burst\",\"mode\":\"\(m)\",\"batch\":\(batch),\"heads\":\(heads),\"heads_kv\":\(headsKv ?? heads),\"seq_len\":\(seqLen),\"head_dim\":\(headDim),\"causal\":\(causal),\"distribution\":\"\(distribution)\",\"window\":[\(windowLeft),\(windowRight)],\"visible_pairs\":\(Int(pairs)),\"threads\":\(threads),\"ranks\":\(ranks),\"runs\":\(times.count),\"median_s\":\(median),\"min_s\":\(times[0]),\"gflops\":\(flops / median / 1e9),\"bytes_sent_rank0\":\(lastBytes(records)),\"peak_rss_mib\":\(usage.ru_maxrss / 1024),\"code_path\":\"\(LocalAttention.codePath)\"}")
+            print("{\"bench\":\"burst\",\"mode\":\"\(m)\",\"dtype\":\"\(dtype)\",\"batch\":\(batch),\"heads\":\(heads),\"heads_kv\":\(headsKv ?? heads),\"seq_len\":\(seqLen),\"head_dim\":\(headDim),\"causal\":\(causal),\"distribution\":\"\(distribution)\",\"window\":[\(windowLeft),\(windowRight)],\"visible_pairs\":\(Int(pairs)),\"threads\":\(threads),\"ranks\":\(ranks),\"runs\":\(times.count),\"median_s\":\(median),\"min_s\":\(times[0]),\"gflops\":\(flops / median / 1e9),\"bytes_sent_rank0\":\(lastBytes(records)),\"peak_rss_mib\":\(usage.ru_maxrss / 1024),\"code_path\":\"\(LocalAttention.codePath)\"}")
             print(commLine(mode: m, times: times, records: records, network: net, calibration: calibration))
             fflush(stdout)
         }
@@ -220,6 +222,8 @@ struct BurstBench: ParsableCommand {
         return JSON.object(fields)
     }
 
+    var storage: StorageType { ["f32": .f32, "bf16": .bf16, "f16": .f16][dtype] ?? .f32 }
+
     func config(_ counts: [Int], rank: Int, pattern: Int32) -> AttentionConfig {
         var c = AttentionConfig()
         c.mask = causal ? 1 : 0
@@ -231,6 +235,7 @@ struct BurstBench: ParsableCommand {
         c.timeoutSeconds = timeout
         c.pattern = pattern
         c.intraGroupSize = Int32(intraGroupSize)
+        c.dtype = storage.rawValue
         return c
     }
 
@@ -247,6 +252,11 @@ struct BurstBench: ParsableCommand {
         let x = FloatBuffer(count: n)!, out = FloatBuffer(count: n)!, lse = FloatBuffer(count: plan.lseElements)!
         let dq = FloatBuffer(count: n)!, dk = FloatBuffer(count: n)!, dv = FloatBuffer(count: n)!
         for i in 0..<n { x.pointer[i] = Float((i &* 2_654_435_761) % 1000) / 500 - 1 }
+        if storage != .f32 {   // the same values in the storage type (in place: its elements are smaller)
+            let values = FloatBuffer(count: n)!
+            values.pointer.update(from: x.pointer, count: n)
+            StorageConversion.store(storage, values.pointer, into: UnsafeMutableRawPointer(x.pointer), count: n)
+        }
         var times: [Double] = []
         var cpu = 0.0
         var record = RankRecord()

@@ -1,4 +1,5 @@
 import GlobalAttention
+import LocalAttention
 
 /// What one forward or backward call did on one rank: the plan's stats, the
 /// messages received (counted by `CountingTransport`), and the closed-form
@@ -95,24 +96,31 @@ struct RankRecord {
 func formulaBytes(plan: AttentionPlan, backward: Bool, masked: Bool) -> (sent: UInt64, received: UInt64)? {
     let cfg = plan.config
     let zq = Int(cfg.batch * cfg.numHeadsQ), zkv = Int(cfg.batch * cfg.numHeadsKV), d = Int(cfg.headDim)
+    let storage = StorageType(rawValue: cfg.dtype) ?? .f32
+    let e = storage.bytes   // bytes of a storage-typed element; statistics and partial sums are fp32
     switch plan.pattern {
     case .allgather:
-        return AttentionPlan.allgatherBytes(tokens: plan.tokens, rank: plan.rank, zq: zq, zkv: zkv, headDim: d, backward: backward)
+        return AttentionPlan.allgatherBytes(tokens: plan.tokens, rank: plan.rank, zq: zq, zkv: zkv, headDim: d,
+                                            backward: backward, storage: storage)
     case .ulysses:
-        return AttentionPlan.ulyssesBytes(tokens: plan.tokens, rank: plan.rank, zq: zq, zkv: zkv, headDim: d, backward: backward)
+        return AttentionPlan.ulyssesBytes(tokens: plan.tokens, rank: plan.rank, zq: zq, zkv: zkv, headDim: d,
+                                          backward: backward, storage: storage)
     case .burst, .ring, .auto:
         let counts = plan.tokens.counts
         guard !masked, let n = counts.first, counts.allSatisfy({ $0 == n }) else { return nil }
         let p = plan.size, g = plan.groupSize
         guard p > 1 else { return (0, 0) }
         let hops = g == 1 ? p - 1 : p
-        var floats = 2 * zkv * n * d * (p - 1)
+        // Forward: K|V blocks (storage type). Backward: RING sends K|V (storage
+        // type) and the dK|dV partial (fp32); BURST sends Q|dO (storage type),
+        // D and lse (fp32) and the dQ partial (fp32).
+        var bytes = 2 * zkv * n * d * (p - 1) * e
         if backward {
-            floats = plan.pattern == .ring
-                ? (p - 1) * 2 * zkv * n * d + hops * 2 * zkv * n * d
-                : (p - 1) * (2 * d + 2) * n * zq + hops * n * d * zq
+            bytes = plan.pattern == .ring
+                ? (p - 1) * 2 * zkv * n * d * e + hops * 2 * zkv * n * d * 4
+                : (p - 1) * (2 * d * e + 2 * 4) * n * zq + hops * n * d * zq * 4
         }
-        return (UInt64(4 * floats), UInt64(4 * floats))
+        return (UInt64(bytes), UInt64(bytes))
     }
 }
 
