@@ -22,6 +22,13 @@ The relative error max|ours - torch| / max|torch| of out, dq, dk and dv is recor
 per shape and thread count from the timed calls' own results (no extra calls); it is
 printed, never asserted.
 
+Issue 10 added: head counts (--heads, default 1 and 8), storage types (--dtype f32 bf16:
+bf16 runs ours with BURST_DTYPE_BF16 against torch's bfloat16 SDPA, and both are also
+compared with float64 attention of the same rounded inputs, "err64_*"), and "tile_gemm"
+lines: the rate of our kernels' 128×128×d JIT product from `burst-bench --gemm` (one
+thread, and the given threads running tiles at once), so report.py can print ours as a
+share of the machine's own GEMM rate.
+
 The "sgemm" lines are not attention: they are the rate of plain single-precision GEMMs
 C[128,128] = A[128,d] @ B[d,128] over a stack of independent tiles (the shape of one
 S = Q K^T tile product) at the same thread count, by torch.bmm (torch's BLAS, MKL) and

@@ -12,6 +12,7 @@ cd "$ROOT"
 # The CPU-only wheel; a plain `pip install torch` would pull the CUDA build.
 PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q torch==2.13.0+cpu matplotlib threadpoolctl
 ./scripts/build.sh >&2  # stdout stays JSON lines only
+swift build -c release --product burst-bench >&2  # its --gemm line: the tile GEMM rate of our kernels
 
 export PYTHONPATH="$ROOT/bindings/python${PYTHONPATH:+:$PYTHONPATH}"
 export BURST_ATTENTION_LIBRARY="$ROOT/build/install/lib/libburst_attention.so"

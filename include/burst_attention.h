@@ -43,7 +43,7 @@ extern "C" {
 #endif
 
 #define BURST_VERSION_MAJOR 0
-#define BURST_VERSION_MINOR 3
+#define BURST_VERSION_MINOR 4
 #define BURST_VERSION_PATCH 0
 #define BURST_VERSION_NUMBER \
   (BURST_VERSION_MAJOR * 10000 + BURST_VERSION_MINOR * 100 + BURST_VERSION_PATCH)
@@ -54,7 +54,7 @@ BURST_API uint32_t burst_version(void);
 
 /* A static, never-NULL description of the library loaded and the kernel code
  * paths its run-time dispatch picked for this CPU, e.g.
- * "libburst_attention 0.3.0; kernels cpx+avx512; convert avx512; cpus 2" (tile
+ * "libburst_attention 0.4.0; kernels cpx+avx512; convert avx512; cpus 2" (tile
  * products: libxsmm's target "cpx", "skx", "hsw", ... or "portable"; row kernels
  * "avx512", "avx2" or "baseline"; convert: the bf16/fp16 conversions, "avx512",
  * "avx2" (AVX2 + F16C) or "portable" (since 0.4); cpus: the CPUs this process may

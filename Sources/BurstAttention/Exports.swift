@@ -53,7 +53,7 @@ public func _burst_version() -> UInt32 {
     versionMajor * 10000 + versionMinor * 100 + versionPatch
 }
 
-/// "libburst_attention 0.3.0; kernels <tile>+<rows>; convert <path>; cpus <n>", made once:
+/// "libburst_attention 0.4.0; kernels <tile>+<rows>; convert <path>; cpus <n>", made once:
 /// the version and the kernel code paths the run-time dispatch picked on this CPU
 /// (BURST_KERNELS / LIBXSMM_TARGET are read at the first call).
 private let buildInfo: UnsafeMutablePointer<CChar> = {

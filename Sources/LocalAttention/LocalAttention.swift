@@ -236,7 +236,7 @@ public final class LocalAttention {
         // Tasks go out last query tile first, across heads: under a causal
         // mask the later query tiles see the most keys, and handing the
         // largest tasks out first balances the threads (longest first).
-        return countingParallelFor(zq * qTiles) { task, worker, tiles in
+        let counts = countingParallelFor(zq * qTiles) { task, worker, tiles in
             let z = task % zq, kv = z / g
             let i0 = (qTiles - 1 - task / zq) * tq
             let rows = min(tq, nq - i0)
@@ -249,6 +249,29 @@ public final class LocalAttention {
                                  rowMax: rowMax + z * nq + i0, rowSum: rowSum + z * nq + i0,
                                  work: work, lo: ranges + worker * 2 * tileQ, worker: worker)
         }
+        // Tile counts are in tileQ × tileK tiles whatever rows ran together.
+        return tq == tileQ ? counts : nominalTiles(heads: zq, queryRows: nq, queryLo: queryLo, queryHi: queryHi,
+                                                   keyRows: nk, keyPositions: keyPositions)
+    }
+
+    /// The computed/skipped counts of the tileQ × tileK tiles of one call
+    /// (every head has the same mask).
+    private func nominalTiles(heads zq: Int, queryRows nq: Int, queryLo: UnsafePointer<Int>, queryHi: UnsafePointer<Int>,
+                              keyRows nk: Int, keyPositions: UnsafePointer<Int>) -> TileCounts {
+        var perHead = TileCounts()
+        var i0 = 0
+        while i0 < nq {
+            var j0 = 0
+            while j0 < nk {
+                let seen = TileVisibility.columns(rows: min(tileQ, nq - i0), lo: queryLo + i0, hi: queryHi + i0,
+                                                  cols: min(tileK, nk - j0), keys: keyPositions + j0,
+                                                  first: ranges, last: ranges + tileQ)
+                if seen { perHead.computed += 1 } else { perHead.skipped += 1 }
+                j0 += tileK
+            }
+            i0 += tileQ
+        }
+        return TileCounts(computed: zq * perHead.computed, skipped: zq * perHead.skipped)
     }
 
     private func forwardTile(q: UnsafePointer<Float>, rows: Int,
