@@ -73,33 +73,26 @@ public enum HalfConvert {
     }
 
     /// d[i] = Float(bf16 bits s[i]), exactly (bits << 16; a NaN is quieted).
+    /// A plain loop: LLVM vectorises it for the module's ISA (zero-extending
+    /// loads, shifts, a compare and a blend), which the SIMD-type spelling
+    /// of the UInt16 → UInt32 widening did not (it went through the stack).
     @inline(never)
     public static func widenBF16(_ s: UnsafePointer<UInt16>, _ d: UnsafeMutablePointer<Float>, _ n: Int) {
-        let w = Lanes.scalarCount
-        var i = 0
-        while i < n {
-            let c = min(w, n - i)
-            var bits = LaneBits(truncatingIfNeeded: loadHalfBits(s + i, c)) &<< 16
-            let nan = (bits & 0x7FFF_FFFF) .> 0x7F80_0000
-            bits.replace(with: bits | 0x0040_0000, where: nan)
-            storeFloats(unsafeBitCast(bits, to: Lanes.self), d + i, c)
-            i += w
+        for i in 0..<n {
+            let bits = UInt32(s[i]) << 16
+            let nan = bits & 0x7FFF_FFFF > 0x7F80_0000
+            d[i] = Float(bitPattern: nan ? bits | 0x0040_0000 : bits)
         }
     }
 
     /// d[i] = bf16 bits of s[i], rounded to nearest even (a NaN is quieted).
     @inline(never)
     public static func narrowBF16(_ s: UnsafePointer<Float>, _ d: UnsafeMutablePointer<UInt16>, _ n: Int) {
-        let w = Lanes.scalarCount
-        var i = 0
-        while i < n {
-            let c = min(w, n - i)
-            let bits = unsafeBitCast(loadFloats(s + i, c), to: LaneBits.self)
-            var rounded = (bits &+ 0x7FFF &+ ((bits &>> 16) & 1)) &>> 16
-            let nan = (bits & 0x7FFF_FFFF) .> 0x7F80_0000
-            rounded.replace(with: (bits &>> 16) | 0x40, where: nan)
-            storeHalfBits(HalfBits(truncatingIfNeeded: rounded), d + i, c)
-            i += w
+        for i in 0..<n {
+            let bits = s[i].bitPattern
+            let rounded = (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16
+            let nan = bits & 0x7FFF_FFFF > 0x7F80_0000
+            d[i] = UInt16(truncatingIfNeeded: nan ? (bits >> 16) | 0x40 : rounded)
         }
     }
 }
