@@ -114,19 +114,19 @@ extension AttentionPlan {
         // This rank's bundle: [Q | dO | D | lse], D = rowsum(dO ∘ O); dQ = 0.
         if n > 0, let q, let k, let v, let o = out, let dO = dout, let lse {
             let bundle = space.bundle.pointer
-            TensorPacking.pack(q, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: bundle)
+            TensorPacking.pack(q, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: bundle, pool: pool)
             TensorPacking.pack(dO, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d,
-                               into: bundle + zq * n * d)
-            TensorPacking.pack(o, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.dq.pointer)
+                               into: bundle + zq * n * d, pool: pool)
+            TensorPacking.pack(o, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.dq.pointer, pool: pool)
             timed(&stats.computeSeconds) {
                 LocalAttention.rowDot(count: zq * n, headDim: d, bundle + zq * n * d, space.dq.pointer,
                                       into: bundle + 2 * zq * n * d)
             }
             (bundle + 2 * zq * n * d + zq * n).update(from: lse, count: zq * n)
             TensorPacking.pack(k, type: type, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
-                               into: space.kv.pointer)
+                               into: space.kv.pointer, pool: pool)
             TensorPacking.pack(v, type: type, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
-                               into: space.kv.pointer + zkv * n * d)
+                               into: space.kv.pointer + zkv * n * d, pool: pool)
         }
         space.dq.fill(0, count: zq * n * d)
         space.dkv.fill(0, count: 2 * zkv * n * d)
@@ -183,11 +183,11 @@ extension AttentionPlan {
 
         if n > 0, let dq, let dk, let dv {
             TensorPacking.unpack(space.dq.pointer, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d,
-                                 into: dq)
+                                 into: dq, pool: pool)
             TensorPacking.unpack(space.dkv.pointer, type: type, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
-                                 into: dk)
+                                 into: dk, pool: pool)
             TensorPacking.unpack(space.dkv.pointer + zkv * n * d, type: type, layout: layout, batch: batch, heads: kvHeads,
-                                 rows: n, headDim: d, into: dv)
+                                 rows: n, headDim: d, into: dv, pool: pool)
         }
     }
 }

@@ -63,7 +63,7 @@ extension AttentionPlan {
                                          out: acc, lse: lse)
         }
         if n > 0, let out {
-            TensorPacking.unpack(acc, type: storage, layout: layout, batch: batch, heads: heads, rows: n, headDim: headDim, into: out)
+            TensorPacking.unpack(acc, type: storage, layout: layout, batch: batch, heads: heads, rows: n, headDim: headDim, into: out, pool: pool)
         }
     }
 

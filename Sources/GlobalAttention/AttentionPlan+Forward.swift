@@ -88,11 +88,11 @@ extension AttentionPlan {
         let p = size, r = rank, n = localRows, zq = zHeads, zkv = zKV, d = headDim
 
         if n > 0, let q, let k, let v {
-            TensorPacking.pack(q, type: storage, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.q.pointer)
+            TensorPacking.pack(q, type: storage, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.q.pointer, pool: pool)
             TensorPacking.pack(k, type: storage, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
-                               into: space.kv.pointer)
+                               into: space.kv.pointer, pool: pool)
             TensorPacking.pack(v, type: storage, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
-                               into: space.kv.pointer + zkv * n * d)
+                               into: space.kv.pointer + zkv * n * d, pool: pool)
         }
         LocalAttention.resetForwardState(heads: zq, rows: n, headDim: d, acc: space.acc.pointer,
                                          rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer)
