@@ -21,7 +21,8 @@ extension LocalAttention {
         let gradV = products.kernel(m: tk, n: d, k: tq, lda: tk, ldb: d, ldc: d, transposedA: true, accumulate: true)
         guard let q = FloatBuffer(count: tq * d), let k = FloatBuffer(count: tk * d), let panel = FloatBuffer(count: tk * d),
               let s = FloatBuffer(count: tq * tk), let ds = FloatBuffer(count: tq * tk), let acc = FloatBuffer(count: tq * d),
-              let dkv = FloatBuffer(count: tk * d), let stats = FloatBuffer(count: 4 * tq) else { return [] }
+              let dkv = FloatBuffer(count: tk * d), let stats = FloatBuffer(count: 4 * tq),
+              let scores = FloatBuffer(count: tq * tk) else { return [] }
         for i in 0..<(tq * d) { q.pointer[i] = Float((i * 7919) % 1000) * 1e-3 - 0.5 }
         for i in 0..<(tk * d) { k.pointer[i] = Float((i * 104_729) % 1000) * 1e-3 - 0.5 }
         acc.fill(0); dkv.fill(0)
@@ -45,7 +46,6 @@ extension LocalAttention {
         }
         transpose(tk, d, k.pointer, d, panel.pointer, tk)
         products.run(score, q.pointer, panel.pointer, s.pointer)
-        let scores = FloatBuffer(count: tq * tk)!
         scores.pointer.update(from: s.pointer, count: tq * tk)
         for i in 0..<tq { lse[i] = 4; delta[i] = 0.1; rowMax[i] = -.infinity; rowSum[i] = 0 }
         var result: [(String, Double)] = []

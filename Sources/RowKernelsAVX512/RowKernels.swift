@@ -73,18 +73,6 @@ func storeLanes(_ v: Lanes, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: Lanes.self)
 }
 
-@inline(__always)
-func loadPartial(_ p: UnsafePointer<Float>, _ count: Int, fill: Float) -> Lanes {
-    var v = Lanes(repeating: fill)
-    for i in 0..<count { v[i] = p[i] }
-    return v
-}
-
-@inline(__always)
-func storePartial(_ v: Lanes, _ p: UnsafeMutablePointer<Float>, _ count: Int) {
-    for i in 0..<count { p[i] = v[i] }
-}
-
 /// Sum of the lanes in a fixed order.
 @inline(__always)
 func laneSum(_ v: Lanes) -> Float {
@@ -98,14 +86,6 @@ func laneSum(_ v: Lanes) -> Float {
 func laneMaxOrdered(_ v: Lanes) -> Float {
     var best = v[0]
     for i in 1..<Lanes.scalarCount { best = v[i] > best ? v[i] : best }
-    return best
-}
-
-/// Max of the lanes; NaN if any lane is NaN.
-@inline(__always)
-func laneMax(_ v: Lanes) -> Float {
-    var best = v[0]
-    for i in 1..<Lanes.scalarCount where v[i] > best || v[i] != v[i] { best = v[i] }
     return best
 }
 
