@@ -205,6 +205,9 @@ public enum RowKernels {
                 sum0 += a
                 j += w
             }
+            // Masked columns between the last vector and a late `first`
+            // (only when the vectors stop short of it) hold raw scores: clear them.
+            if j < first { (row + j).update(repeating: 0, count: first - j) }
             var tailSum: Float = 0
             for t in max(j, first)..<max(last, j) {
                 let e = scalarExp(row[t] * scale - mNew)
@@ -258,6 +261,10 @@ public enum RowKernels {
                 storeLanes(e, pi + j)
                 storeLanes(e * scaleLanes * (loadLanes(dsi + j) - deltaLanes), dsi + j)
                 j += w
+            }
+            if j < first {
+                (pi + j).update(repeating: 0, count: first - j)
+                (dsi + j).update(repeating: 0, count: first - j)
             }
             for t in max(j, first)..<max(last, j) {
                 let e = scalarExp(pi[t] * scale - rowLse)
