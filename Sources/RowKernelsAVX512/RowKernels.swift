@@ -73,20 +73,30 @@ func storeLanes(_ v: Lanes, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: Lanes.self)
 }
 
-/// Sum of the lanes in a fixed order.
-@inline(__always)
-func laneSum(_ v: Lanes) -> Float {
-    var total: Float = 0
-    for i in 0..<Lanes.scalarCount { total += v[i] }
-    return total
-}
-
-/// Max of lanes none of which is NaN.
+/// Sum of the lanes in a fixed order: halves added pairwise (a tree, log₂ w
+/// steps instead of a w-long chain of dependent adds).
 @_transparent
-func laneMaxOrdered(_ v: Lanes) -> Float {
-    var best = v[0]
-    for i in 1..<Lanes.scalarCount { best = v[i] > best ? v[i] : best }
-    return best
+func laneSum(_ v: Lanes) -> Float { treeSum(v) }
+
+@_transparent
+func treeSum(_ v: SIMD16<Float>) -> Float { treeSum(v.lowHalf + v.highHalf) }
+@_transparent
+func treeSum(_ v: SIMD8<Float>) -> Float { treeSum(v.lowHalf + v.highHalf) }
+@_transparent
+func treeSum(_ v: SIMD4<Float>) -> Float { let h = v.lowHalf + v.highHalf; return h[0] + h[1] }
+
+/// Max of lanes none of which is NaN, by halves.
+@_transparent
+func laneMaxOrdered(_ v: Lanes) -> Float { treeMax(v) }
+
+@_transparent
+func treeMax(_ v: SIMD16<Float>) -> Float { treeMax(v.lowHalf.replacing(with: v.highHalf, where: v.highHalf .> v.lowHalf)) }
+@_transparent
+func treeMax(_ v: SIMD8<Float>) -> Float { treeMax(v.lowHalf.replacing(with: v.highHalf, where: v.highHalf .> v.lowHalf)) }
+@_transparent
+func treeMax(_ v: SIMD4<Float>) -> Float {
+    let h = v.lowHalf.replacing(with: v.highHalf, where: v.highHalf .> v.lowHalf)
+    return h[1] > h[0] ? h[1] : h[0]
 }
 
 @inline(never)
@@ -123,8 +133,12 @@ public enum RowKernels {
     /// visible (so far) keeps m = −inf, l = 0 and gets p = 0; a NaN score
     /// makes the row's l (and so its output) NaN.
     ///
-    /// Two passes over the row: the max (nothing stored), then the
-    /// exponentials, stored and summed. Masked columns at the ends of the
+    /// Two phases over the tile: the new max of every row (nothing stored
+    /// but the maxima), then every row's exponentials, stored and summed.
+    /// Rows are short (a tile's 128 columns are 8 AVX-512 vectors), so a
+    /// row's max → exponentials → sum is a dependency chain longer than its
+    /// work; with the maxima known up front, one row's exponentials overlap
+    /// the previous row's reductions. Masked columns at the ends of the
     /// visible run are cleared by lane masks on the vectors they share with
     /// visible columns, so a causal diagonal costs no scalar loop.
     @inline(never)
@@ -135,96 +149,109 @@ public enum RowKernels {
         let w = Lanes.scalarCount
         let offsets = laneOffsets()
         let scaleLanes = Lanes(repeating: scale), scale2 = Lanes(repeating: scale * log2e)
-        for i in 0..<rows {
-            let row = s + i * ld
-            let first = lo[i], last = hi[i]
-            if first >= last { row.update(repeating: 0, count: width); continue }
-            // Vectors from the one holding `first`, while inside the row; a
-            // scalar tail only when `width` is not a multiple of the lanes.
-            let start = first / w * w
-            let vectorEnd = min((last + w - 1) / w * w, width / w * w)
-            // The max of the visible scaled scores.
-            var best0 = Lanes(repeating: -.infinity), best1 = best0
-            var j = start
-            let fullEnd = min(last / w * w, vectorEnd)   // vectors wholly visible end here
-            if j < first && j < vectorEnd {
-                let a = (loadLanes(row + j) * scaleLanes).replacing(with: -.infinity, where: outside(offsets, j, first, last))
-                best0.replace(with: a, where: a .> best0)
-                j += w
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: rows) { newMax in
+            for i in 0..<rows {
+                let row = s + i * ld
+                let first = lo[i], last = hi[i]
+                if first >= last { row.update(repeating: 0, count: width); newMax[i] = -.infinity; continue }
+                // Vectors from the one holding `first`, while inside the row; a
+                // scalar tail only when `width` is not a multiple of the lanes.
+                let start = first / w * w
+                let vectorEnd = min((last + w - 1) / w * w, width / w * w)
+                // The max of the visible scaled scores.
+                var best0 = Lanes(repeating: -.infinity), best1 = best0
+                var j = start
+                let fullEnd = min(last / w * w, vectorEnd)   // vectors wholly visible end here
+                if j < first && j < vectorEnd {
+                    let a = (loadLanes(row + j) * scaleLanes).replacing(with: -.infinity, where: outside(offsets, j, first, last))
+                    best0.replace(with: a, where: a .> best0)
+                    j += w
+                }
+                while j + 2 * w <= fullEnd {
+                    let a = loadLanes(row + j) * scaleLanes, b = loadLanes(row + j + w) * scaleLanes
+                    best0.replace(with: a, where: a .> best0)
+                    best1.replace(with: b, where: b .> best1)
+                    j += 2 * w
+                }
+                while j < vectorEnd {
+                    var a = loadLanes(row + j) * scaleLanes
+                    if j < first || j + w > last { a.replace(with: -.infinity, where: outside(offsets, j, first, last)) }
+                    best0.replace(with: a, where: a .> best0)
+                    j += w
+                }
+                best0.replace(with: best1, where: best1 .> best0)
+                var tileMax = laneMaxOrdered(best0)   // the compares above never keep a NaN
+                let tail = max(j, first)
+                for t in tail..<max(tail, last) where row[t] * scale > tileMax { tileMax = row[t] * scale }
+                if tileMax == -.infinity {
+                    // Nothing above −inf: either every visible score is −inf or
+                    // some are NaN (which the compares above pass over).
+                    for t in first..<last where row[t].isNaN { tileMax = .nan; break }
+                }
+                let mOld = rowMax[i]
+                let mNew = (tileMax > mOld || tileMax != tileMax) ? tileMax : mOld
+                newMax[i] = mNew
+                if mNew == -.infinity { row.update(repeating: 0, count: width) }
             }
-            while j + 2 * w <= fullEnd {
-                let a = loadLanes(row + j) * scaleLanes, b = loadLanes(row + j + w) * scaleLanes
-                best0.replace(with: a, where: a .> best0)
-                best1.replace(with: b, where: b .> best1)
-                j += 2 * w
-            }
-            while j < vectorEnd {
-                var a = loadLanes(row + j) * scaleLanes
-                if j < first || j + w > last { a.replace(with: -.infinity, where: outside(offsets, j, first, last)) }
-                best0.replace(with: a, where: a .> best0)
-                j += w
-            }
-            best0.replace(with: best1, where: best1 .> best0)
-            var tileMax = laneMaxOrdered(best0)   // the compares above never keep a NaN
-            let tail = max(j, first)
-            for t in tail..<max(tail, last) where row[t] * scale > tileMax { tileMax = row[t] * scale }
-            if tileMax == -.infinity {
-                // Nothing above −inf: either every visible score is −inf or
-                // some are NaN (which the compares above pass over).
-                for t in first..<last where row[t].isNaN { tileMax = .nan; break }
-            }
-            let mOld = rowMax[i]
-            let mNew = (tileMax > mOld || tileMax != tileMax) ? tileMax : mOld
-            if mNew == -.infinity { row.update(repeating: 0, count: width); continue }
-            // p = e^(scale·s − m'), stored and summed.
-            if start > 0 { row.update(repeating: 0, count: start) }
-            // In base 2: x = scale·log₂e·s − m'·log₂e (one FMA; the product's
-            // rounding is relative to the logit, as m's own rounding is).
-            let shift = Lanes(repeating: -mNew * log2e)
-            var sum0 = Lanes(), sum1 = Lanes()
-            j = start
-            if j < first && j < vectorEnd {
-                let a = exp2Softmax(fused(loadLanes(row + j), scale2, shift)).replacing(with: 0, where: outside(offsets, j, first, last))
-                storeLanes(a, row + j)
-                sum0 += a
-                j += w
-            }
-            while j + 2 * w <= fullEnd {
-                let a = exp2Softmax(fused(loadLanes(row + j), scale2, shift))
-                let b = exp2Softmax(fused(loadLanes(row + j + w), scale2, shift))
-                storeLanes(a, row + j)
-                storeLanes(b, row + j + w)
-                sum0 += a
-                sum1 += b
-                j += 2 * w
-            }
-            while j < vectorEnd {
-                var a = exp2Softmax(fused(loadLanes(row + j), scale2, shift))
-                if j < first || j + w > last { a.replace(with: 0, where: outside(offsets, j, first, last)) }
-                storeLanes(a, row + j)
-                sum0 += a
-                j += w
-            }
-            // Masked columns between the last vector and a late `first`
-            // (only when the vectors stop short of it) hold raw scores: clear them.
-            if j < first { (row + j).update(repeating: 0, count: first - j) }
-            var tailSum: Float = 0
-            for t in max(j, first)..<max(last, j) {
-                let e = scalarExp(row[t] * scale - mNew)
-                row[t] = e
-                tailSum += e
-            }
-            let cleared = max(j, last)
-            if cleared < width { (row + cleared).update(repeating: 0, count: width - cleared) }
-            let alpha = mOld == -.infinity || mOld == mNew ? (mOld == mNew ? 1 : 0) : scalarExp(mOld - mNew)
-            rowSum[i] = rowSum[i] * alpha + (laneSum(sum0 + sum1) + tailSum)
-            rowMax[i] = mNew
-            if alpha != 1 {
-                let a = acc + i * d
-                let alphaLanes = Lanes(repeating: alpha)
-                var c = 0
-                while c + w <= d { storeLanes(loadLanes(a + c) * alphaLanes, a + c); c += w }
-                while c < d { a[c] *= alpha; c += 1 }
+            for i in 0..<rows {
+                let mNew = newMax[i]
+                if mNew == -.infinity { continue }   // nothing visible so far (row cleared above)
+                let row = s + i * ld
+                let first = lo[i], last = hi[i]
+                let start = first / w * w
+                let vectorEnd = min((last + w - 1) / w * w, width / w * w)
+                let fullEnd = min(last / w * w, vectorEnd)
+                let mOld = rowMax[i]
+                var j = start
+                // p = e^(scale·s − m'), stored and summed.
+                if start > 0 { row.update(repeating: 0, count: start) }
+                // In base 2: x = scale·log₂e·s − m'·log₂e (one FMA; the product's
+                // rounding is relative to the logit, as m's own rounding is).
+                let shift = Lanes(repeating: -mNew * log2e)
+                var sum0 = Lanes(), sum1 = Lanes()
+                if j < first && j < vectorEnd {
+                    let a = exp2Softmax(fused(loadLanes(row + j), scale2, shift)).replacing(with: 0, where: outside(offsets, j, first, last))
+                    storeLanes(a, row + j)
+                    sum0 += a
+                    j += w
+                }
+                while j + 2 * w <= fullEnd {
+                    let a = exp2Softmax(fused(loadLanes(row + j), scale2, shift))
+                    let b = exp2Softmax(fused(loadLanes(row + j + w), scale2, shift))
+                    storeLanes(a, row + j)
+                    storeLanes(b, row + j + w)
+                    sum0 += a
+                    sum1 += b
+                    j += 2 * w
+                }
+                while j < vectorEnd {
+                    var a = exp2Softmax(fused(loadLanes(row + j), scale2, shift))
+                    if j < first || j + w > last { a.replace(with: 0, where: outside(offsets, j, first, last)) }
+                    storeLanes(a, row + j)
+                    sum0 += a
+                    j += w
+                }
+                // Masked columns between the last vector and a late `first`
+                // (only when the vectors stop short of it) hold raw scores: clear them.
+                if j < first { (row + j).update(repeating: 0, count: first - j) }
+                var tailSum: Float = 0
+                for t in max(j, first)..<max(last, j) {
+                    let e = scalarExp(row[t] * scale - mNew)
+                    row[t] = e
+                    tailSum += e
+                }
+                let cleared = max(j, last)
+                if cleared < width { (row + cleared).update(repeating: 0, count: width - cleared) }
+                let alpha = mOld == -.infinity || mOld == mNew ? (mOld == mNew ? 1 : 0) : scalarExp(mOld - mNew)
+                rowSum[i] = rowSum[i] * alpha + (laneSum(sum0 + sum1) + tailSum)
+                rowMax[i] = mNew
+                if alpha != 1 {
+                    let a = acc + i * d
+                    let alphaLanes = Lanes(repeating: alpha)
+                    var c = 0
+                    while c + w <= d { storeLanes(loadLanes(a + c) * alphaLanes, a + c); c += w }
+                    while c < d { a[c] *= alpha; c += 1 }
+                }
             }
         }
     }
