@@ -18,12 +18,21 @@
  *  - This header does not include mpi.h: an MPI communicator crosses the ABI
  *    as its Fortran handle (MPI_Comm_c2f(comm) in C, comm.py2f() in mpi4py).
  *
+ *  - Handles are checked: a pointer that is not a live handle of the right
+ *    kind (destroyed, never created, a plan passed as a context) gives
+ *    BURST_ERROR_INVALID_ARGUMENT, and destroying one twice is ignored. (A
+ *    destroyed handle whose address a newer handle reuses is that newer
+ *    handle.) docs/RELIABILITY.md lists every guarantee with its test.
  * Threads: the library never calls MPI_Init/MPI_Finalize. Only the thread that
  * calls into the library calls MPI, so MPI_THREAD_SINGLE suffices; compute
  * threads never touch MPI. A plan is used by one thread at a time (a second
  * concurrent call on the same plan returns BURST_ERROR_BUSY). Different plans
  * may be driven from different threads for self and loopback contexts, and
- * for MPI contexts when MPI was initialised with MPI_THREAD_MULTIPLE.
+ * for MPI contexts when MPI was initialised with MPI_THREAD_MULTIPLE (without
+ * it a second thread entering an MPI call meanwhile gets BURST_ERROR_BUSY).
+ * A plan or context destroyed while another thread is inside a call on it
+ * stays alive until that call returns (the call completes normally); calls
+ * made after the destroy get BURST_ERROR_INVALID_ARGUMENT.
  */
 #ifndef BURST_ATTENTION_H
 #define BURST_ATTENTION_H
@@ -43,7 +52,7 @@ extern "C" {
 #endif
 
 #define BURST_VERSION_MAJOR 0
-#define BURST_VERSION_MINOR 4
+#define BURST_VERSION_MINOR 5
 #define BURST_VERSION_PATCH 0
 #define BURST_VERSION_NUMBER \
   (BURST_VERSION_MAJOR * 10000 + BURST_VERSION_MINOR * 100 + BURST_VERSION_PATCH)
@@ -54,7 +63,7 @@ BURST_API uint32_t burst_version(void);
 
 /* A static, never-NULL description of the library loaded and the kernel code
  * paths its run-time dispatch picked for this CPU, e.g.
- * "libburst_attention 0.4.0; kernels cpx+avx512; convert avx512; cpus 2" (tile
+ * "libburst_attention 0.5.0; kernels cpx+avx512; convert avx512; cpus 2" (tile
  * products: libxsmm's target "cpx", "skx", "hsw", ... or "portable"; row kernels
  * "avx512", "avx2" or "baseline"; convert: the bf16/fp16 conversions, "avx512",
  * "avx2" (AVX2 + F16C) or "portable" (since 0.4); cpus: the CPUs this process may
@@ -209,7 +218,7 @@ typedef struct burst_attention_config {
   int64_t  num_heads_q;   /* > 0                                             */
   int64_t  num_heads_kv;  /* > 0, divides num_heads_q (GQA; 1 = MQA)        */
   int64_t  head_dim;      /* > 0                                             */
-  float    softmax_scale; /* 0 = 1/sqrt(head_dim); must be finite            */
+  float    softmax_scale; /* 0 = 1/sqrt(head_dim); finite and >= 0          */
   int64_t  window_left, window_right;  /* >= -1; -1 = unbounded             */
   const int64_t *cu_seqlens;           /* NULL: no packing; else num_sequences
                                           + 1 offsets, copied at plan_create */
@@ -222,13 +231,33 @@ typedef struct burst_attention_config {
                              = one ring. 0 = detect: the MPI_COMM_TYPE_SHARED
                              nodes when they are runs of consecutive ranks of
                              one size (mpirun's default), else one ring     */
-  double   timeout_seconds;  /* per call; 0 = default 300 s; must be >= 0   */
+  double   timeout_seconds;  /* per call; 0 = default 300 s; finite, >= 0 and
+                                <= 604800 (a week): every wait is bounded    */
 } burst_attention_config;
 
-/* Sets every field to its default: struct_size = sizeof(*cfg), BSHD, F32,
- * MASK_NONE, CONTIGUOUS, BURST, window_left = window_right = -1, everything
- * else 0. NULL is ignored. */
-BURST_API void burst_attention_config_init(burst_attention_config *cfg);
+/* Sets every field to its default: BSHD, F32, MASK_NONE, CONTIGUOUS, BURST,
+ * window_left = window_right = -1, everything else 0, and struct_size = size,
+ * writing exactly `size` bytes. size is the caller's sizeof(*cfg): this
+ * header's size, or a newer header's larger one (up to 4096; the bytes past
+ * this version's fields are zeroed). A size this library does not know
+ * (smaller than its struct: no released header had a shorter one) gives
+ * BURST_ERROR_VERSION and writes nothing; NULL gives INVALID_ARGUMENT. (0.5)
+ * struct_size rules, for configs and stats alike: a library accepts its own
+ * size, the sizes of older released headers (fields past them take their
+ * defaults), and larger sizes from newer headers as long as every byte past
+ * its own fields is 0 (a newer field left at its default); anything else is
+ * BURST_ERROR_VERSION with both sizes in the message. New fields are only
+ * appended, and their zero value always means "default". */
+BURST_API burst_status burst_attention_config_init_sized(burst_attention_config *cfg, uint64_t size);
+
+/* The unsized form kept for binaries built against 0.4 and older: it writes
+ * this version's sizeof(burst_attention_config). Source code gets the macro
+ * below, which passes the caller's own sizeof, so a client compiled against
+ * an older, shorter header is never overrun by a newer library. NULL is
+ * ignored. */
+BURST_API void (burst_attention_config_init)(burst_attention_config *cfg);
+#define burst_attention_config_init(cfg) \
+  ((void)burst_attention_config_init_sized((cfg), sizeof(*(cfg))))
 
 /* Per-rank counters of the last forward or backward call on a plan.
  * The caller sets struct_size = sizeof(burst_stats) before the call; a
@@ -309,16 +338,21 @@ BURST_API burst_status burst_plan_create(burst_context *ctx,
  * lse: [batch, num_heads_q, seq_len_local] fp32, natural log of the softmax
  * denominator (logsumexp of the scaled, masked scores); -inf for a row that
  * sees no key (its out row is 0). lse may be NULL if not wanted (backward
- * needs it). Buffers may be NULL only when seq_len_local is 0. out must not
- * alias q, k or v. */
+ * needs it). Buffers may be NULL only when seq_len_local is 0. out and lse
+ * must not overlap q, k, v or each other (INVALID_ARGUMENT, checked on the
+ * byte ranges; q, k and v may alias one another). NaN or Inf in the inputs is
+ * computed through as IEEE arithmetic does (a NaN score makes its query row's
+ * out and lse NaN; see docs/RELIABILITY.md): the status stays OK, so check
+ * the outputs if the inputs may hold them. */
 BURST_API burst_status burst_forward(burst_plan *plan, const void *q,
                                      const void *k, const void *v, void *out,
                                      float *lse);
 
 /* Collective. Gradients of the attention output with respect to q, k and v
  * of this rank, given the forward's out and lse and the output gradient dout.
- * Shapes and element types as in burst_forward (lse fp32); dq/dk/dv are overwritten (not accumulated) and
- * must not alias the inputs. Buffers may be NULL only when seq_len_local is 0. */
+ * Shapes and element types as in burst_forward (lse fp32); dq/dk/dv are
+ * overwritten (not accumulated) and must not overlap each other or any input
+ * (INVALID_ARGUMENT). Buffers may be NULL only when seq_len_local is 0. */
 BURST_API burst_status burst_backward(burst_plan *plan, const void *q,
                                       const void *k, const void *v,
                                       const void *out, const float *lse,
@@ -326,7 +360,10 @@ BURST_API burst_status burst_backward(burst_plan *plan, const void *q,
                                       void *dv);
 
 /* Counters of the last forward/backward on this plan (zero before the first).
- * stats->struct_size must be set by the caller. Local. */
+ * stats->struct_size must be set by the caller (rules at
+ * burst_attention_config_init_sized; a newer header's larger struct gets
+ * zeros past this version's fields and struct_size = the bytes written).
+ * Local; BURST_ERROR_BUSY while another thread is inside a call on the plan. */
 BURST_API burst_status burst_plan_stats(const burst_plan *plan,
                                         burst_stats *stats);
 

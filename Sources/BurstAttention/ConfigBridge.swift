@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import CBurstABI
 import GlobalAttention
 
@@ -5,11 +8,22 @@ import GlobalAttention
 /// checking struct_size before touching anything past it.
 func readConfig(_ pointer: UnsafePointer<burst_attention_config>?) -> Result<AttentionConfig, BurstError> {
     guard let pointer else { return .failure(BurstError(.invalidArgument, "config is NULL")) }
-    let declared = UnsafeRawPointer(pointer).load(as: UInt32.self)
+    let declared = Int(UnsafeRawPointer(pointer).load(as: UInt32.self))
     let known = MemoryLayout<burst_attention_config>.size
-    guard declared == known else {
+    // struct_size rules (README "ABI stability"): this version's size; or a
+    // newer header's larger one (up to 4096 bytes) whose fields past this
+    // layout are all zero, i.e. left at their defaults. Every released
+    // header has had this one layout, so nothing smaller is accepted.
+    guard declared >= known, declared <= maxStructSize else {
         return .failure(BurstError(.version,
-            "config struct_size is \(declared) but this library (version \(versionString)) knows only \(known): call burst_attention_config_init, and check that the header matches the library"))
+            "config struct_size is \(declared) but this library (version \(versionString)) knows \(known) (or larger, up to \(maxStructSize), from a newer header): call burst_attention_config_init, and check that the header matches the library"))
+    }
+    if declared > known {
+        let tail = UnsafeRawBufferPointer(start: UnsafeRawPointer(pointer) + known, count: declared - known)
+        if let offset = tail.firstIndex(where: { $0 != 0 }) {
+            return .failure(BurstError(.version,
+                "config struct_size is \(declared): byte \(known + offset) sets a field this library (version \(versionString), \(known)-byte config) does not know; upgrade the library or leave newer fields at their defaults"))
+        }
     }
     let c = pointer.pointee
     var config = AttentionConfig()
@@ -28,17 +42,28 @@ func readConfig(_ pointer: UnsafePointer<burst_attention_config>?) -> Result<Att
     config.windowRight = c.window_right
     config.numSequences = c.num_sequences
     if let offsets = c.cu_seqlens {
-        guard c.num_sequences > 0, c.num_sequences < (1 << 32) else {
+        guard c.num_sequences > 0, c.num_sequences <= maxSequences else {
             return .failure(BurstError(.invalidArgument,
-                "cu_seqlens is set but num_sequences is \(c.num_sequences) (it must be positive; cu_seqlens holds num_sequences + 1 offsets)"))
+                "cu_seqlens is set but num_sequences is \(c.num_sequences) (it must be in 1...\(maxSequences); cu_seqlens holds num_sequences + 1 offsets)"))
         }
-        config.cuSeqlens = Array(UnsafeBufferPointer(start: offsets, count: Int(c.num_sequences) + 1))
+        // Copied through malloc first: an allocation that fails is OUT_OF_MEMORY, not a trap.
+        let count = Int(c.num_sequences) + 1
+        guard let copy = malloc(count * MemoryLayout<Int64>.size)?.assumingMemoryBound(to: Int64.self) else {
+            return .failure(BurstError(.outOfMemory, "cannot allocate a copy of cu_seqlens (\(count) offsets)"))
+        }
+        defer { free(copy) }
+        copy.update(from: offsets, count: count)
+        config.cuSeqlens = Array(UnsafeBufferPointer(start: copy, count: count))
     }
     config.numThreads = c.num_threads
     config.intraGroupSize = c.intra_group_size
     config.timeoutSeconds = c.timeout_seconds
     return .success(config)
 }
+
+/// The most sequences a packed config may hold (2^31 − 1): cu_seqlens is
+/// copied at plan creation, 8 bytes an offset.
+let maxSequences: Int64 = (1 << 31) - 1
 
 // The header's version macros are the single source of truth.
 let versionMajor = UInt32(BURST_VERSION_MAJOR)

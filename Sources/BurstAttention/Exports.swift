@@ -53,7 +53,7 @@ public func _burst_version() -> UInt32 {
     versionMajor * 10000 + versionMinor * 100 + versionPatch
 }
 
-/// "libburst_attention 0.4.0; kernels <tile>+<rows>; convert <path>; cpus <n>", made once:
+/// "libburst_attention 0.5.0; kernels <tile>+<rows>; convert <path>; cpus <n>", made once:
 /// the version and the kernel code paths the run-time dispatch picked on this CPU
 /// (BURST_KERNELS / LIBXSMM_TARGET are read at the first call).
 private let buildInfo: UnsafeMutablePointer<CChar> = {
@@ -87,17 +87,35 @@ public func _burst_last_error() -> UnsafePointer<CChar> {
 
 @c(burst_attention_config_init)
 public func _burst_attention_config_init(_ config: UnsafeMutablePointer<burst_attention_config>?) {
-    guard let config else { return }
-    var c = burst_attention_config()   // all zero
-    c.struct_size = UInt32(MemoryLayout<burst_attention_config>.size)
-    c.layout = Int32(BURST_LAYOUT_BSHD)
-    c.dtype = Int32(BURST_DTYPE_F32)
-    c.mask = Int32(BURST_MASK_NONE)
-    c.distribution = Int32(BURST_DISTRIBUTION_CONTIGUOUS)
-    c.pattern = Int32(BURST_PATTERN_BURST)
-    c.window_left = -1
-    c.window_right = -1
-    config.pointee = c
+    // The unsized entry point (what clients built against 0.4 and older call):
+    // their struct is this version's size.
+    _ = _burst_attention_config_init_sized(config, MemoryLayout<burst_attention_config>.size)
+}
+
+@c(burst_attention_config_init_sized)
+public func _burst_attention_config_init_sized(_ config: UnsafeMutablePointer<burst_attention_config>?, _ size: Int) -> burst_status {
+    guarded {
+        guard let config else { throw invalid("config is NULL") }
+        let known = MemoryLayout<burst_attention_config>.size
+        // Every released header has had this one layout, so a smaller size is
+        // no struct this library knows: write nothing rather than overrun it.
+        guard size >= known, size <= maxStructSize else {
+            throw BurstError(.version, "config size \(size) is not one this library (version \(versionString)) knows: \(known) bytes (larger sizes up to \(maxStructSize) from newer headers); pass sizeof(burst_attention_config)")
+        }
+        var c = burst_attention_config()   // all zero
+        c.struct_size = UInt32(size)
+        c.layout = Int32(BURST_LAYOUT_BSHD)
+        c.dtype = Int32(BURST_DTYPE_F32)
+        c.mask = Int32(BURST_MASK_NONE)
+        c.distribution = Int32(BURST_DISTRIBUTION_CONTIGUOUS)
+        c.pattern = Int32(BURST_PATTERN_BURST)
+        c.window_left = -1
+        c.window_right = -1
+        let target = UnsafeMutableRawPointer(config)
+        withUnsafeBytes(of: &c) { target.copyMemory(from: $0.baseAddress!, byteCount: known) }
+        // Fields of a newer header: zero, which a newer library reads as their default.
+        if size > known { (target + known).initializeMemory(as: UInt8.self, repeating: 0, count: size - known) }
+    }
 }
 
 // MARK: Contexts
@@ -116,7 +134,7 @@ public func _burst_context_create_mpi(_ handle: Int64, _ out: UnsafeMutablePoint
         out.pointee = nil
         let (transport, localRanks) = try MPITransport.create(fortranHandle: handle)
         let context = AttentionContext(transport: transport, defaultThreads: defaultThreads(ranksOnNode: localRanks))
-        out.pointee = ContextHandle(context: context, usesMPI: true).opaque
+        out.pointee = HandleRegistry.publish(ContextHandle(context: context, usesMPI: true), as: .context)
     }
 }
 
@@ -126,7 +144,7 @@ public func _burst_context_create_self(_ out: UnsafeMutablePointer<OpaquePointer
         guard let out else { throw invalid("out is NULL") }
         let transport = LoopbackTransport.makeGroup(size: 1)[0]
         let context = AttentionContext(transport: transport, defaultThreads: defaultThreads(ranksOnNode: 1))
-        out.pointee = ContextHandle(context: context, usesMPI: false).opaque
+        out.pointee = HandleRegistry.publish(ContextHandle(context: context, usesMPI: false), as: .context)
     }
 }
 
@@ -144,7 +162,7 @@ public func _burst_context_create_loopback(_ worldSize: Int32, _ out: UnsafeMuta
         }
         for (rank, transport) in LoopbackTransport.makeGroup(size: Int(worldSize), network: network).enumerated() {
             let context = AttentionContext(transport: transport, defaultThreads: threads)
-            out[rank] = ContextHandle(context: context, usesMPI: false).opaque
+            out[rank] = HandleRegistry.publish(ContextHandle(context: context, usesMPI: false), as: .context)
         }
     }
 }
@@ -153,9 +171,10 @@ public func _burst_context_create_loopback(_ worldSize: Int32, _ out: UnsafeMuta
 public func _burst_context_rank(_ context: OpaquePointer?, _ rank: UnsafeMutablePointer<Int32>?,
                                 _ size: UnsafeMutablePointer<Int32>?) -> burst_status {
     guarded {
-        guard let handle = ContextHandle.from(context) else { throw invalid("context is NULL") }
-        rank?.pointee = Int32(handle.context.rank)
-        size?.pointee = Int32(handle.context.size)
+        try withContext(context) { handle in
+            rank?.pointee = Int32(handle.context.rank)
+            size?.pointee = Int32(handle.context.size)
+        }
     }
 }
 
@@ -163,9 +182,10 @@ public func _burst_context_rank(_ context: OpaquePointer?, _ rank: UnsafeMutable
 public func _burst_context_destroy(_ context: OpaquePointer?) {
     guard let context else { return }
     // The transport frees its communicator when the last reference (this
-    // handle, or a plan still holding it) goes away; after MPI_Finalize it
-    // skips MPI calls.
-    ContextHandle.release(context)
+    // handle, a plan still holding it, or a call in flight on another
+    // thread) goes away; after MPI_Finalize it skips MPI calls. A pointer
+    // that is no live context (destroyed twice, foreign) is ignored.
+    _ = HandleRegistry.destroy(context, as: .context)
 }
 
 // MARK: Plans
@@ -174,14 +194,15 @@ public func _burst_context_destroy(_ context: OpaquePointer?) {
 public func _burst_plan_create(_ context: OpaquePointer?, _ config: UnsafePointer<burst_attention_config>?,
                                _ out: UnsafeMutablePointer<OpaquePointer?>?) -> burst_status {
     guarded {
-        guard let handle = ContextHandle.from(context) else { throw invalid("context is NULL") }
-        // A NULL `out` or config is reported through the agreement, so the
-        // other ranks fail too instead of waiting for this one.
-        var read = readConfig(config)
-        if out == nil { read = .failure(invalid("out is NULL")) }
         out?.pointee = nil
-        let plan = try withMPIAccess(handle) { try handle.context.makePlan(read) }
-        out!.pointee = PlanHandle(plan: plan, context: handle).opaque
+        try withContext(context) { handle in
+            // A NULL `out` or config is reported through the agreement, so the
+            // other ranks fail too instead of waiting for this one.
+            var read = readConfig(config)
+            if out == nil { read = .failure(invalid("out is NULL")) }
+            let plan = try withMPIAccess(handle) { try handle.context.makePlan(read) }
+            out!.pointee = HandleRegistry.publish(PlanHandle(plan: plan, context: handle), as: .plan)
+        }
     }
 }
 
@@ -190,8 +211,9 @@ public func _burst_forward(_ plan: OpaquePointer?, _ q: UnsafeRawPointer?, _ k: 
                            _ v: UnsafeRawPointer?, _ out: UnsafeMutableRawPointer?,
                            _ lse: UnsafeMutablePointer<Float>?) -> burst_status {
     guarded {
-        guard let handle = PlanHandle.from(plan) else { throw invalid("plan is NULL") }
-        try withMPIAccess(handle.context) { try handle.plan.forward(q: q, k: k, v: v, out: out, lse: lse) }
+        try withPlan(plan) { handle in
+            try withMPIAccess(handle.context) { try handle.plan.forward(q: q, k: k, v: v, out: out, lse: lse) }
+        }
     }
 }
 
@@ -201,9 +223,10 @@ public func _burst_backward(_ plan: OpaquePointer?, _ q: UnsafeRawPointer?, _ k:
                             _ dout: UnsafeRawPointer?, _ dq: UnsafeMutableRawPointer?,
                             _ dk: UnsafeMutableRawPointer?, _ dv: UnsafeMutableRawPointer?) -> burst_status {
     guarded {
-        guard let handle = PlanHandle.from(plan) else { throw invalid("plan is NULL") }
-        try withMPIAccess(handle.context) {
-            try handle.plan.backward(q: q, k: k, v: v, out: out, lse: lse, dout: dout, dq: dq, dk: dk, dv: dv)
+        try withPlan(plan) { handle in
+            try withMPIAccess(handle.context) {
+                try handle.plan.backward(q: q, k: k, v: v, out: out, lse: lse, dout: dout, dq: dq, dk: dk, dv: dv)
+            }
         }
     }
 }
@@ -211,16 +234,20 @@ public func _burst_backward(_ plan: OpaquePointer?, _ q: UnsafeRawPointer?, _ k:
 @c(burst_plan_stats)
 public func _burst_plan_stats(_ plan: OpaquePointer?, _ stats: UnsafeMutablePointer<burst_stats>?) -> burst_status {
     guarded {
-        guard let handle = PlanHandle.from(plan) else { throw invalid("plan is NULL") }
         guard let stats else { throw invalid("stats is NULL") }
         let declared = Int(UnsafeRawPointer(stats).load(as: UInt32.self))
         let known = MemoryLayout<burst_stats>.size
-        guard declared == known || declared == statsSizeV02 || declared == statsSizeV01 else {
-            throw BurstError(.version, "stats struct_size is \(declared) but this library knows only \(known) (and \(statsSizeV02) of version 0.2, \(statsSizeV01) of 0.1): set struct_size = sizeof(burst_stats)")
+        // Known sizes: this version's and the two older ones (a client built
+        // against an older header gets the fields it knows). A larger size is a
+        // newer client: it gets this version's fields, zeros past them, and
+        // struct_size = the bytes this library wrote.
+        guard declared == known || declared == statsSizeV02 || declared == statsSizeV01
+              || (declared > known && declared <= maxStructSize) else {
+            throw BurstError(.version, "stats struct_size is \(declared) but this library (version \(versionString)) knows \(known) (and \(statsSizeV02) of version 0.2, \(statsSizeV01) of 0.1; larger sizes up to \(maxStructSize) from newer headers): set struct_size = sizeof(burst_stats)")
         }
-        let s = handle.plan.lastStats
+        let s = try withPlan(plan) { try $0.plan.statsSnapshot() }
         var c = burst_stats()
-        c.struct_size = UInt32(declared)
+        c.struct_size = UInt32(min(declared, known))
         c.bytes_sent = s.bytesSent
         c.bytes_received = s.bytesReceived
         c.messages_sent = s.messagesSent
@@ -236,9 +263,14 @@ public func _burst_plan_stats(_ plan: OpaquePointer?, _ stats: UnsafeMutablePoin
         c.pattern = s.pattern
         c.intra_group_size = s.intraGroupSize
         // An older client's struct is shorter: write only what it has.
-        withUnsafeBytes(of: &c) { UnsafeMutableRawPointer(stats).copyMemory(from: $0.baseAddress!, byteCount: declared) }
+        let target = UnsafeMutableRawPointer(stats)
+        withUnsafeBytes(of: &c) { target.copyMemory(from: $0.baseAddress!, byteCount: min(declared, known)) }
+        if declared > known { (target + known).initializeMemory(as: UInt8.self, repeating: 0, count: declared - known) }
     }
 }
+
+/// The largest struct_size accepted from a newer header (config and stats).
+let maxStructSize = 4096
 
 /// sizeof(burst_stats) in version 0.2: it ended at tiles_skipped.
 private let statsSizeV02 = MemoryLayout<burst_stats>.offset(of: \burst_stats.tiles_skipped)! + MemoryLayout<UInt64>.size
@@ -248,5 +280,7 @@ private let statsSizeV01 = MemoryLayout<burst_stats>.offset(of: \burst_stats.tot
 @c(burst_plan_destroy)
 public func _burst_plan_destroy(_ plan: OpaquePointer?) {
     guard let plan else { return }
-    PlanHandle.release(plan)
+    // A call in flight on another thread keeps the plan alive until it
+    // returns; a pointer that is no live plan is ignored.
+    _ = HandleRegistry.destroy(plan, as: .plan)
 }

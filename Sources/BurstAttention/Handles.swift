@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import GlobalAttention
 
 /// What a `burst_context *` points to.
@@ -21,24 +24,80 @@ final class PlanHandle {
     }
 }
 
-extension ContextHandle {
-    var opaque: OpaquePointer { OpaquePointer(Unmanaged.passRetained(self).toOpaque()) }
-    static func from(_ pointer: OpaquePointer?) -> ContextHandle? {
-        guard let pointer else { return nil }
-        return Unmanaged<ContextHandle>.fromOpaque(UnsafeRawPointer(pointer)).takeUnretainedValue()
+/// The handles the library has given out and not yet seen destroyed. Every
+/// call looks its handle up here before using it, so
+///  - a pointer that is not a live handle (destroyed, never created, a plan
+///    passed as a context) gives INVALID_ARGUMENT instead of a wild access
+///    (a destroyed handle's address reused by a newer handle of the same kind
+///    cannot be told apart: that one is the newer handle);
+///  - a call holds its own reference for its duration, so a handle destroyed
+///    by another thread meanwhile stays alive until that call returns, and
+///    later calls see it as destroyed.
+enum HandleRegistry {
+    enum Kind { case context, plan }
+
+    private static let lock: UnsafeMutablePointer<pthread_mutex_t> = {
+        let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+        return mutex
+    }()
+    nonisolated(unsafe) private static var live: [UInt: Kind] = [:]
+
+    private static func locked<T>(_ body: () -> T) -> T {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return body()
     }
-    static func release(_ pointer: OpaquePointer) {
-        Unmanaged<ContextHandle>.fromOpaque(UnsafeRawPointer(pointer)).release()
+
+    /// Registers a new handle (+1 reference owned by the caller until destroy).
+    static func publish(_ object: AnyObject, as kind: Kind) -> OpaquePointer {
+        let pointer = Unmanaged.passRetained(object).toOpaque()
+        locked { live[UInt(bitPattern: pointer)] = kind }
+        return OpaquePointer(pointer)
     }
+
+    /// The live handle at `pointer`, retained for the caller (balance with
+    /// `Unmanaged.release`), or nil if `pointer` is no live handle of `kind`.
+    static func retain<T: AnyObject>(_ pointer: OpaquePointer, as kind: Kind, _ type: T.Type) -> Unmanaged<T>? {
+        locked {
+            guard live[UInt(bitPattern: UnsafeRawPointer(pointer))] == kind else { return nil }
+            return Unmanaged<T>.fromOpaque(UnsafeRawPointer(pointer)).retain()
+        }
+    }
+
+    /// Forgets a handle and drops its creation reference; false (and nothing
+    /// released) if `pointer` is no live handle of `kind`.
+    static func destroy(_ pointer: OpaquePointer, as kind: Kind) -> Bool {
+        let found: Bool = locked {
+            let key = UInt(bitPattern: UnsafeRawPointer(pointer))
+            guard live[key] == kind else { return false }
+            live[key] = nil
+            return true
+        }
+        if found { Unmanaged<AnyObject>.fromOpaque(UnsafeRawPointer(pointer)).release() }
+        return found
+    }
+
+    /// Handles not yet destroyed, for tests.
+    static var liveCount: Int { locked { live.count } }
 }
 
-extension PlanHandle {
-    var opaque: OpaquePointer { OpaquePointer(Unmanaged.passRetained(self).toOpaque()) }
-    static func from(_ pointer: OpaquePointer?) -> PlanHandle? {
-        guard let pointer else { return nil }
-        return Unmanaged<PlanHandle>.fromOpaque(UnsafeRawPointer(pointer)).takeUnretainedValue()
+/// Runs `body` with the live context at `pointer` (INVALID_ARGUMENT if NULL or not live).
+func withContext<T>(_ pointer: OpaquePointer?, _ body: (ContextHandle) throws -> T) throws -> T {
+    guard let pointer else { throw BurstError(.invalidArgument, "context is NULL") }
+    guard let handle = HandleRegistry.retain(pointer, as: .context, ContextHandle.self) else {
+        throw BurstError(.invalidArgument, "context is not a live context (already destroyed, or not made by burst_context_create_*)")
     }
-    static func release(_ pointer: OpaquePointer) {
-        Unmanaged<PlanHandle>.fromOpaque(UnsafeRawPointer(pointer)).release()
+    defer { handle.release() }
+    return try body(handle.takeUnretainedValue())
+}
+
+/// Runs `body` with the live plan at `pointer` (INVALID_ARGUMENT if NULL or not live).
+func withPlan<T>(_ pointer: OpaquePointer?, _ body: (PlanHandle) throws -> T) throws -> T {
+    guard let pointer else { throw BurstError(.invalidArgument, "plan is NULL") }
+    guard let handle = HandleRegistry.retain(pointer, as: .plan, PlanHandle.self) else {
+        throw BurstError(.invalidArgument, "plan is not a live plan (already destroyed, or not made by burst_plan_create)")
     }
+    defer { handle.release() }
+    return try body(handle.takeUnretainedValue())
 }

@@ -34,6 +34,8 @@ public struct AttentionConfig: Sendable {
 
     /// The timeout every blocking wait of a call uses when the config says 0.
     public static let defaultTimeoutSeconds: Double = 300
+    /// The longest timeout a config may ask for (a week): every wait is bounded.
+    public static let maxTimeoutSeconds: Double = 604_800
 
     /// Largest number of elements of any one tensor (keeps every index
     /// computation far from overflow).
@@ -79,7 +81,9 @@ public struct AttentionConfig: Sendable {
         guard numHeadsQ % numHeadsKV == 0 else {
             throw bad("num_heads_q (\(numHeadsQ)) must be a multiple of num_heads_kv (\(numHeadsKV))")
         }
-        guard softmaxScale.isFinite else { throw bad("softmax_scale must be finite (got \(softmaxScale))") }
+        guard softmaxScale.isFinite, softmaxScale >= 0 else {
+            throw bad("softmax_scale must be finite and >= 0 (0 = 1/sqrt(head_dim); got \(softmaxScale))")
+        }
         guard windowLeft >= -1 else { throw bad("window_left must be >= -1 (got \(windowLeft))") }
         guard windowRight >= -1 else { throw bad("window_right must be >= -1 (got \(windowRight))") }
         guard numSequences >= 0 else { throw bad("num_sequences must be >= 0 (got \(numSequences))") }
@@ -88,8 +92,8 @@ public struct AttentionConfig: Sendable {
         }
         guard numThreads >= 0 else { throw bad("num_threads must be >= 0 (got \(numThreads))") }
         guard intraGroupSize >= 0 else { throw bad("intra_group_size must be >= 0 (got \(intraGroupSize))") }
-        guard timeoutSeconds >= 0, !timeoutSeconds.isNaN else {
-            throw bad("timeout_seconds must be >= 0 (got \(timeoutSeconds))")
+        guard timeoutSeconds >= 0, timeoutSeconds <= Self.maxTimeoutSeconds else {
+            throw bad("timeout_seconds must be finite, >= 0 and <= \(Int(Self.maxTimeoutSeconds)) (0 = the default \(Int(Self.defaultTimeoutSeconds)) s; got \(timeoutSeconds))")
         }
         // Sizes: every tensor must be addressable without overflow.
         for (name, heads) in [("q", numHeadsQ), ("k", numHeadsKV)] {

@@ -75,6 +75,13 @@ extension AttentionPlan {
                 if let e = Self.requireBuffer(pointer, name, elements: count) { return e }
             }
             if let e = Self.requireBuffer(lse, "lse", elements: lseElements) { return e }
+            let e = storage.bytes
+            if let error = Self.requireDisjoint(
+                outputs: [BufferRange(dq, "dq", bytes: elements * e), BufferRange(dk, "dk", bytes: kvElements * e),
+                          BufferRange(dv, "dv", bytes: kvElements * e)],
+                inputs: [BufferRange(q, "q", bytes: elements * e), BufferRange(k, "k", bytes: kvElements * e),
+                         BufferRange(v, "v", bytes: kvElements * e), BufferRange(out, "out", bytes: elements * e),
+                         BufferRange(dout, "dout", bytes: elements * e), BufferRange(lse, "lse", bytes: lseElements * 4)]) { return error }
             switch pattern {
             case .allgather: return prepareAllgather(backward: true)
             case .ulysses: return prepareUlysses(backward: true)

@@ -59,6 +59,11 @@ extension AttentionPlan {
             if let e = Self.requireBuffer(k, "k", elements: kvElements) { return e }
             if let e = Self.requireBuffer(v, "v", elements: kvElements) { return e }
             if let e = Self.requireBuffer(out, "out", elements: elements) { return e }
+            let e = storage.bytes
+            if let error = Self.requireDisjoint(
+                outputs: [BufferRange(out, "out", bytes: elements * e), BufferRange(lse, "lse", bytes: lseElements * 4)],
+                inputs: [BufferRange(q, "q", bytes: elements * e), BufferRange(k, "k", bytes: kvElements * e),
+                         BufferRange(v, "v", bytes: kvElements * e)]) { return error }
             switch pattern {
             case .allgather: return prepareAllgather(backward: false)
             case .ulysses: return prepareUlysses(backward: false)

@@ -96,6 +96,16 @@ public final class AttentionPlan {
     public var kvTensorElements: Int { zKV * localRows * headDim }
     public var lseElements: Int { zHeads * localRows }
 
+    /// The counters of the last call, read under the plan's busy guard (a
+    /// call in progress on another thread gives BUSY rather than a torn read).
+    public func statsSnapshot() throws -> CallStats {
+        guard pthread_mutex_trylock(busy) == 0 else {
+            throw BurstError(.busy, "burst_plan_stats: the plan is in use by another thread")
+        }
+        defer { pthread_mutex_unlock(busy) }
+        return lastStats
+    }
+
     /// Runs one collective call: busy guard, local checks (argument checks and
     /// workspace), agreement, then `body`. Records stats and poisons the plan
     /// on a transport failure.
@@ -164,6 +174,37 @@ public final class AttentionPlan {
     static func requireBuffer(_ pointer: UnsafeRawPointer?, _ name: String, elements: Int) -> BurstError? {
         if pointer == nil && elements > 0 {
             return BurstError(.invalidArgument, "\(name) is NULL but holds \(elements) elements (only a rank with seq_len_local = 0 may pass NULL)")
+        }
+        return nil
+    }
+
+    /// A caller's buffer as a byte range, for the overlap checks.
+    struct BufferRange {
+        let name: String
+        let start: UInt
+        let bytes: Int
+        init(_ pointer: UnsafeRawPointer?, _ name: String, bytes: Int) {
+            self.name = name
+            self.start = UInt(bitPattern: pointer)
+            self.bytes = pointer == nil ? 0 : bytes
+        }
+        func overlaps(_ other: BufferRange) -> Bool {
+            guard bytes > 0, other.bytes > 0 else { return false }
+            return start < other.start &+ UInt(other.bytes) && other.start < start &+ UInt(bytes)
+        }
+    }
+
+    /// Every output must be disjoint from every other buffer of the call
+    /// (inputs may alias one another: q = k = v is self-attention). A buffer
+    /// whose byte range wraps the address space is refused too.
+    static func requireDisjoint(outputs: [BufferRange], inputs: [BufferRange]) -> BurstError? {
+        for buffer in outputs + inputs where buffer.bytes > 0 && buffer.start > UInt.max - UInt(buffer.bytes) {
+            return BurstError(.invalidArgument, "\(buffer.name): \(buffer.bytes) bytes from this address wrap the address space")
+        }
+        for (i, output) in outputs.enumerated() {
+            for other in outputs[(i + 1)...] + inputs where output.overlaps(other) {
+                return BurstError(.invalidArgument, "\(output.name) overlaps \(other.name): outputs must not alias any other buffer of the call")
+            }
         }
         return nil
     }

@@ -30,7 +30,11 @@ public struct VisibilityRule: Equatable, Sendable {
     public func keyBounds(query i: Int) -> (lo: Int, hi: Int) {
         var lo = windowLeft >= 0 ? i &- windowLeft : Int.min
         var hi = causal ? i : Int.max
-        if windowRight >= 0 { hi = min(hi, i &+ windowRight) }
+        if windowRight >= 0 {
+            // Saturating: a window wider than any sequence (up to Int64.max) is unbounded.
+            let (sum, overflow) = i.addingReportingOverflow(windowRight)
+            hi = min(hi, overflow ? Int.max : sum)
+        }
         if let offsets = sequenceOffsets, let s = Self.sequence(containing: i, offsets) {
             lo = max(lo, offsets[s])
             hi = min(hi, offsets[s + 1] - 1)

@@ -66,14 +66,18 @@ final class FailureTests: XCTestCase {
             var p = Problem(); p.counts = [2, 2]
             do {
                 let plan = try self.plan(transport, p.config(rank: rank))
-                var x = [Float](repeating: 0, count: plan.tensorElements)
+                // Inputs share one buffer; every output has its own (outputs
+                // must not overlap anything: that would be INVALID_ARGUMENT first).
+                let n = plan.tensorElements
+                var x = [Float](repeating: 0, count: 4 * n)
                 var lse = [Float](repeating: 0, count: plan.lseElements)
-                try x.withUnsafeMutableBytes { b in
+                try x.withUnsafeMutableBufferPointer { b in
+                    let input = b.baseAddress!, o1 = input + n, o2 = input + 2 * n, o3 = input + 3 * n
                     if rank == 0 {
-                        try plan.forward(q: b.baseAddress, k: b.baseAddress, v: b.baseAddress, out: b.baseAddress, lse: &lse)
+                        try plan.forward(q: input, k: input, v: input, out: o1, lse: &lse)
                     } else {
-                        try plan.backward(q: b.baseAddress, k: b.baseAddress, v: b.baseAddress, out: b.baseAddress,
-                                          lse: &lse, dout: b.baseAddress, dq: b.baseAddress, dk: b.baseAddress, dv: b.baseAddress)
+                        try plan.backward(q: input, k: input, v: input, out: input,
+                                          lse: &lse, dout: input, dq: o1, dk: o2, dv: o3)
                     }
                 }
                 return nil

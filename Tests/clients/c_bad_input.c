@@ -163,8 +163,12 @@ static int apply_case(int i, burst_attention_config *cfg, int64_t total_tokens,
     CASE(8, "seq_len_local = -1", BURST_ERROR_INVALID_ARGUMENT, cfg->seq_len_local = -1)
     CASE(9, "struct_size = 0", BURST_ERROR_VERSION, cfg->struct_size = 0)
     CASE(10, "struct_size = 4 (too small)", BURST_ERROR_VERSION, cfg->struct_size = 4)
-    CASE(11, "struct_size = sizeof + 64 (too large)", BURST_ERROR_VERSION,
-         cfg->struct_size = (uint32_t)sizeof(burst_attention_config) + 64u)
+    /* A newer header's larger struct (0.5): accepted when every byte past the
+     * library's fields is 0 (the padded config here is zeroed), refused when
+     * one is set (a field this library does not know) or beyond 4096 bytes. */
+    CASEM(11, "struct_size = sizeof + 64 with a byte set past the known fields", BURST_ERROR_VERSION,
+          "does not know", (cfg->struct_size = (uint32_t)sizeof(burst_attention_config) + 64u,
+                            ((unsigned char *)cfg)[sizeof(burst_attention_config) + 63] = 1))
     CASE(12, "layout = 7", BURST_ERROR_INVALID_ARGUMENT, cfg->layout = 7)
     CASE(13, "layout = -1", BURST_ERROR_INVALID_ARGUMENT, cfg->layout = -1)
     CASE(14, "mask = -1", BURST_ERROR_INVALID_ARGUMENT, cfg->mask = -1)
@@ -237,6 +241,30 @@ static int apply_case(int i, burst_attention_config *cfg, int64_t total_tokens,
           g_size % 5 == 0 ? BURST_OK : BURST_ERROR_INVALID_ARGUMENT, g_size % 5 == 0 ? NULL : "intra_group_size",
           cfg->intra_group_size = 5)
     CASE(50, "intra_group_size = world size (one ring)", BURST_OK, cfg->intra_group_size = g_size)
+    /* since 0.5 (issue 9) */
+    CASE(51, "struct_size = sizeof + 64, zero past the known fields (newer header)", BURST_OK,
+         cfg->struct_size = (uint32_t)sizeof(burst_attention_config) + 64u)
+    CASE(52, "struct_size = 5000 (above 4096)", BURST_ERROR_VERSION, cfg->struct_size = 5000u)
+    CASE(53, "struct_size = sizeof - 8 (shorter than any released header)", BURST_ERROR_VERSION,
+         cfg->struct_size = (uint32_t)sizeof(burst_attention_config) - 8u)
+    CASEM(54, "softmax_scale = -0.5", BURST_ERROR_INVALID_ARGUMENT, "softmax_scale", cfg->softmax_scale = -0.5f)
+    CASEM(55, "softmax_scale = -inf", BURST_ERROR_INVALID_ARGUMENT, "softmax_scale",
+          cfg->softmax_scale = -(float)INFINITY)
+    CASEM(56, "timeout_seconds = +inf", BURST_ERROR_INVALID_ARGUMENT, "timeout_seconds",
+          cfg->timeout_seconds = INFINITY)
+    CASEM(57, "timeout_seconds = 1e300", BURST_ERROR_INVALID_ARGUMENT, "timeout_seconds",
+          cfg->timeout_seconds = 1e300)
+    CASEM(58, "batch * seq * heads * head_dim overflows int64", BURST_ERROR_INVALID_ARGUMENT, "too large",
+          (cfg->batch = (int64_t)1 << 40, cfg->num_heads_q = cfg->num_heads_kv = (int64_t)1 << 30))
+    CASEM(59, "head_dim = 2^62", BURST_ERROR_INVALID_ARGUMENT, "too large", cfg->head_dim = (int64_t)1 << 62)
+    CASEM(60, "batch = INT64_MAX", BURST_ERROR_INVALID_ARGUMENT, "too large", cfg->batch = INT64_MAX)
+    CASEM(61, "num_sequences = 2^40 with cu_seqlens set", BURST_ERROR_INVALID_ARGUMENT, "num_sequences",
+          (cfg->cu_seqlens = cu, cfg->num_sequences = (int64_t)1 << 40))
+    CASEM(62, "num_sequences = -1 with cu_seqlens set", BURST_ERROR_INVALID_ARGUMENT, "num_sequences",
+          (cfg->cu_seqlens = cu, cfg->num_sequences = -1))
+    CASEM(63, "intra_group_size = -1", BURST_ERROR_INVALID_ARGUMENT, "intra_group_size", cfg->intra_group_size = -1)
+    CASEM(64, "window_right = INT64_MIN", BURST_ERROR_INVALID_ARGUMENT, "window_right", cfg->window_right = INT64_MIN)
+    CASE(65, "window_left = INT64_MAX (unbounded in effect)", BURST_OK, cfg->window_left = INT64_MAX)
 #undef CASEM
 #undef CASE
   default:
@@ -313,8 +341,9 @@ static void check_null_handles(void) {
   memset(&st, 0, sizeof st);
   st.struct_size = (uint32_t)sizeof st;
 
-  /* Functions that return void must accept NULL. */
-  burst_attention_config_init(NULL);
+  /* Functions that return void must accept NULL (the unsized init is a
+   * function behind the macro: call it by its own name). */
+  (burst_attention_config_init)(NULL);
   burst_plan_destroy(NULL);
   burst_context_destroy(NULL);
 
@@ -497,6 +526,95 @@ static void check_plan_churn(burst_context *ctx) {
     }
 }
 
+/* Since 0.5 (issue 9): the sized config init, handles that are not live,
+ * and outputs that overlap another buffer of the call (on one rank only:
+ * every rank fails, the bad one naming the overlap). */
+static void check_handles_and_overlaps(burst_context *ctx) {
+  struct { burst_attention_config cfg; unsigned char pad[64]; } pc;
+  burst_attention_config cfg;
+  burst_plan *plan = NULL, *dead = NULL;
+  float *buf;
+  const int me_bad = (g_rank == 0);
+  size_t n = 3 * 2 * 16; /* 3 tokens, 2 heads, d 16 */
+
+  memset(&pc, 0xab, sizeof pc);
+  expect(burst_attention_config_init_sized(NULL, sizeof cfg), BURST_ERROR_INVALID_ARGUMENT,
+         "burst_attention_config_init_sized(NULL)");
+  expect(burst_attention_config_init_sized(&pc.cfg, sizeof cfg - 8), BURST_ERROR_VERSION,
+         "burst_attention_config_init_sized(sizeof - 8)");
+  ++g_checks;
+  if (pc.pad[0] != 0xab || ((unsigned char *)&pc.cfg)[0] != 0xab)
+    fail("config_init_sized with an unknown size wrote to the struct");
+  if (expect(burst_attention_config_init_sized(&pc.cfg, sizeof cfg + 16), BURST_OK,
+             "burst_attention_config_init_sized(sizeof + 16)")) {
+    int j, bad = 0;
+    for (j = 0; j < 16; ++j) bad += pc.pad[j] != 0;
+    ++g_checks;
+    if (pc.cfg.struct_size != sizeof cfg + 16 || bad || pc.pad[16] != 0xab || pc.cfg.window_left != -1)
+      fail("config_init_sized(sizeof + 16): struct_size %u, %d nonzero tail bytes, byte past the size %s",
+           (unsigned)pc.cfg.struct_size, bad, pc.pad[16] == 0xab ? "untouched" : "WRITTEN");
+  }
+
+  /* A destroyed plan, a plan passed as a context, a context passed as a plan,
+   * a pointer that was never a handle: INVALID_ARGUMENT, locally. */
+  base_config(&cfg, 3);
+  if (!expect(burst_plan_create(ctx, &cfg, &dead), BURST_OK, "burst_plan_create (to destroy)")) return;
+  burst_plan_destroy(dead);
+  buf = alloc_floats(8 * n);
+  expect_msg(burst_forward(dead, buf, buf, buf, buf + n, NULL), BURST_ERROR_INVALID_ARGUMENT, "live plan",
+             "burst_forward(destroyed plan)");
+  {
+    burst_stats st;
+    memset(&st, 0, sizeof st);
+    st.struct_size = sizeof st;
+    expect_msg(burst_plan_stats(dead, &st), BURST_ERROR_INVALID_ARGUMENT, "live plan",
+               "burst_plan_stats(destroyed plan)");
+  }
+  burst_plan_destroy(dead); /* twice: ignored */
+  expect_msg(burst_plan_create((burst_context *)(void *)buf, &cfg, &plan), BURST_ERROR_INVALID_ARGUMENT,
+             "live context", "burst_plan_create(ctx = not a handle)");
+  expect_msg(burst_forward((burst_plan *)(void *)ctx, buf, buf, buf, buf + n, NULL), BURST_ERROR_INVALID_ARGUMENT,
+             "live plan", "burst_forward(plan = a context)");
+
+  if (!expect(burst_plan_create(ctx, &cfg, &plan), BURST_OK, "burst_plan_create (overlap cases)")) {
+    free(buf);
+    return;
+  }
+  {
+    float *q = buf, *k = buf + n, *v = buf + 2 * n, *out = buf + 3 * n, *lse = buf + 4 * n;
+    float *dq = buf + 5 * n, *dk = buf + 6 * n, *dv = buf + 7 * n;
+    size_t i;
+    for (i = 0; i < 8 * n; ++i) buf[i] = (float)((i * 37) % 11) / 11.0f;
+    if (me_bad)
+      expect_msg(burst_forward(plan, q, k, v, q, lse), BURST_ERROR_INVALID_ARGUMENT, "overlaps",
+                 "burst_forward(out = q on rank 0)");
+    else
+      expect_error(burst_forward(plan, q, k, v, out, lse), "burst_forward (another rank's out = q)");
+    if (me_bad)
+      expect_msg(burst_forward(plan, q, k, v, out, (float *)(out + 5)), BURST_ERROR_INVALID_ARGUMENT, "overlaps",
+                 "burst_forward(lse inside out on rank 0)");
+    else
+      expect_error(burst_forward(plan, q, k, v, out, lse), "burst_forward (another rank's lse inside out)");
+    /* q = k = v is allowed (inputs may alias). */
+    expect(burst_forward(plan, q, q, q, out, lse), BURST_OK, "burst_forward(q = k = v)");
+    expect(burst_forward(plan, q, k, v, out, lse), BURST_OK, "burst_forward (good)");
+    if (me_bad)
+      expect_msg(burst_backward(plan, q, k, v, out, lse, out, dq, dq + 1, dv), BURST_ERROR_INVALID_ARGUMENT,
+                 "overlaps", "burst_backward(dk overlaps dq on rank 0)");
+    else
+      expect_error(burst_backward(plan, q, k, v, out, lse, out, dq, dk, dv), "burst_backward (another rank's dk overlaps dq)");
+    if (me_bad)
+      expect_msg(burst_backward(plan, q, k, v, out, lse, out, dq, dk, (float *)lse), BURST_ERROR_INVALID_ARGUMENT,
+                 "overlaps", "burst_backward(dv = lse on rank 0)");
+    else
+      expect_error(burst_backward(plan, q, k, v, out, lse, out, dq, dk, dv), "burst_backward (another rank's dv = lse)");
+    /* dout = out is allowed (both inputs). */
+    expect(burst_backward(plan, q, k, v, out, lse, out, dq, dk, dv), BURST_OK, "burst_backward(dout = out)");
+  }
+  burst_plan_destroy(plan);
+  free(buf);
+}
+
 /* Stats with bad struct_size, then bad buffers on one rank only, then a good
  * forward/backward checked against the reference, all on one plan. */
 static void check_plan_calls(burst_context *ctx) {
@@ -561,9 +679,25 @@ static void check_plan_calls(burst_context *ctx) {
     ps.st.struct_size = 4;
     expect(burst_plan_stats(plan, &ps.st), BURST_ERROR_VERSION,
            "burst_plan_stats(struct_size = 4)");
-    ps.st.struct_size = (uint32_t)sizeof(burst_stats) + 64u;
+    ps.st.struct_size = 5000u;
     expect(burst_plan_stats(plan, &ps.st), BURST_ERROR_VERSION,
-           "burst_plan_stats(struct_size = sizeof + 64)");
+           "burst_plan_stats(struct_size = 5000)");
+    ps.st.struct_size = (uint32_t)sizeof(burst_stats) - 4u;
+    expect(burst_plan_stats(plan, &ps.st), BURST_ERROR_VERSION,
+           "burst_plan_stats(struct_size = sizeof - 4, no released size)");
+    /* A newer header's larger struct (0.5): this version's fields, zeros past
+     * them, and struct_size = the bytes written. */
+    memset(&ps, 0xff, sizeof ps);
+    ps.st.struct_size = (uint32_t)sizeof(burst_stats) + 64u;
+    if (expect(burst_plan_stats(plan, &ps.st), BURST_OK, "burst_plan_stats(struct_size = sizeof + 64)")) {
+      int j, nonzero = 0;
+      for (j = 0; j < 64; ++j) nonzero += ps.pad[j] != 0;
+      ++g_checks;
+      if (ps.st.struct_size != sizeof(burst_stats) || nonzero || ps.pad[64] != 0xff)
+        fail("burst_plan_stats(sizeof + 64): struct_size %u (want %u), %d nonzero bytes past the struct, "
+             "byte past the claimed size %s", (unsigned)ps.st.struct_size, (unsigned)sizeof(burst_stats),
+             nonzero, ps.pad[64] == 0xff ? "untouched" : "WRITTEN");
+    }
     memset(&ps, 0xff, sizeof ps);
     ps.st.struct_size = (uint32_t)sizeof(burst_stats);
     if (expect(burst_plan_stats(plan, &ps.st), BURST_OK,
@@ -661,6 +795,7 @@ int main(int argc, char **argv) {
     if (g_size >= 2) check_mismatch(ctx);
     check_plan_churn(ctx);
     check_plan_calls(ctx);
+    check_handles_and_overlaps(ctx);
     burst_context_destroy(ctx);
   }
 

@@ -181,9 +181,9 @@ def test_library_lookup_failure_lists_what_was_tried(tmp_path):
 
 
 def test_version_matches_header():
-    assert ba.version() == ba.VERSION_NUMBER == 400
-    assert ba.version_info() == (ba.VERSION_MAJOR, ba.VERSION_MINOR, ba.VERSION_PATCH) == (0, 4, 0)
-    assert ba.__version__ == "0.4.0"
+    assert ba.version() == ba.VERSION_NUMBER == 500
+    assert ba.version_info() == (ba.VERSION_MAJOR, ba.VERSION_MINOR, ba.VERSION_PATCH) == (0, 5, 0)
+    assert ba.__version__ == "0.5.0"
 
 
 def test_status_string_every_code():
@@ -230,16 +230,23 @@ def test_config_init_defaults_and_layout():
     # burst_attention_config_init, called directly: struct layout must match the header.
     assert ctypes.sizeof(_lib.AttentionConfig) == 120
     assert ctypes.sizeof(_lib.Stats) == 112 and _lib.STATS_SIZE_V0_2 == 88 and _lib.STATS_SIZE_V0_1 == 72
-    scratch = _lib._ConfigScratch()
-    _lib.lib.burst_attention_config_init(ctypes.byref(scratch.cfg))
-    cfg = scratch.cfg
+    cfg = _lib.AttentionConfig()
+    assert _lib.lib.burst_attention_config_init_sized(ctypes.byref(cfg), ctypes.sizeof(cfg)) == ba.Status.OK
     assert cfg.struct_size == ctypes.sizeof(_lib.AttentionConfig)
     assert (cfg.layout, cfg.dtype, cfg.mask, cfg.distribution, cfg.pattern) == (0, 0, 0, 0, 0)
     assert (cfg.window_left, cfg.window_right) == (-1, -1)
     assert not cfg.cu_seqlens and cfg.num_sequences == 0
     assert (cfg.batch, cfg.seq_len_local, cfg.num_heads_q, cfg.num_heads_kv, cfg.head_dim) == (0,) * 5
     assert (cfg.softmax_scale, cfg.num_threads, cfg.intra_group_size, cfg.timeout_seconds) == (0, 0, 0, 0)
-    _lib.lib.burst_attention_config_init(None)  # NULL is ignored
+    assert _lib.lib.burst_attention_config_init_sized(None, 120) == ba.Status.INVALID_ARGUMENT
+    # Since 0.5: a size this library does not know writes nothing; a newer
+    # header's larger one gets zeros past this version's fields.
+    room = (ctypes.c_ubyte * 256)(*([0xAB] * 256))
+    assert _lib.lib.burst_attention_config_init_sized(ctypes.cast(room, ctypes.POINTER(_lib.AttentionConfig)), 112) == ba.Status.VERSION
+    assert bytes(room) == bytes([0xAB] * 256)
+    assert _lib.lib.burst_attention_config_init_sized(ctypes.cast(room, ctypes.POINTER(_lib.AttentionConfig)), 136) == ba.Status.OK
+    assert int.from_bytes(bytes(room[:4]), "little") == 136
+    assert bytes(room[120:136]) == bytes(16) and room[136] == 0xAB
 
 
 # --------------------------------------------------------------------------- contexts
@@ -869,9 +876,16 @@ def test_stats_via_c_respects_struct_size():
         stats.struct_size = 0
         assert _lib.lib.burst_plan_stats(plan._handle, ctypes.byref(stats)) == ba.Status.VERSION
         assert _lib.lib.burst_plan_stats(plan._handle, None) == ba.Status.INVALID_ARGUMENT
-        for too_big in (ctypes.sizeof(_lib.Stats) + 8, 4096):
-            stats.struct_size = too_big
+        for unknown in (ctypes.sizeof(_lib.Stats) - 8, 4097, 1 << 31):
+            stats.struct_size = unknown
             assert _lib.lib.burst_plan_stats(plan._handle, ctypes.byref(stats)) == ba.Status.VERSION
+        # Since 0.5: a newer header's larger struct (room for it really there) gets
+        # this version's fields, zeros past them and struct_size = what was written.
+        room = (ctypes.c_ubyte * 200)(*([0xAB] * 200))
+        room[0:4] = list((150).to_bytes(4, "little"))
+        assert _lib.lib.burst_plan_stats(plan._handle, ctypes.cast(room, ctypes.POINTER(_lib.Stats))) == ba.Status.OK
+        assert int.from_bytes(bytes(room[:4]), "little") == ctypes.sizeof(_lib.Stats)
+        assert bytes(room[112:150]) == bytes(38) and room[150] == 0xAB
         x = np.ones(plan.q_shape, np.float32)
         plan.forward(x, x, x)
         # The 0.1 struct (72 bytes, up to total_seconds) is still accepted, and the

@@ -48,7 +48,7 @@ def version() -> int:
 def build_info() -> str:
     """burst_build_info(): the loaded library's version and the kernel code paths its
     run-time dispatch picked for this CPU, e.g.
-    "libburst_attention 0.4.0; kernels cpx+avx512; convert avx512; cpus 2"."""
+    "libburst_attention 0.5.0; kernels cpx+avx512; convert avx512; cpus 2"."""
     return _cdll.burst_build_info().decode("utf-8", "replace")
 
 

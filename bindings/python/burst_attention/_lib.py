@@ -1,7 +1,7 @@
 """Loading libburst_attention and declaring its C ABI for ctypes.
 
 This is the only module that knows the C signatures. It mirrors
-include/burst_attention.h (version 0.4.0) one declaration at a time; the structs
+include/burst_attention.h (version 0.5.0) one declaration at a time; the structs
 keep the header's field order, and ctypes gives them the same natural alignment as
 the C compiler on the platforms we support (x86-64 / aarch64 Linux), so
 `sizeof(burst_attention_config) == 120` and `sizeof(burst_stats) == 88` (72 up to
@@ -26,7 +26,7 @@ import sys
 
 # The header version this binding was written against (BURST_VERSION_*).
 VERSION_MAJOR = 0
-VERSION_MINOR = 4
+VERSION_MINOR = 5
 VERSION_PATCH = 0
 VERSION_NUMBER = VERSION_MAJOR * 10000 + VERSION_MINOR * 100 + VERSION_PATCH
 # The package version (the wheel's metadata is read from the three lines above).
@@ -142,7 +142,7 @@ _SIGNATURES = {
     "burst_status_string": (ctypes.c_char_p, [burst_status]),
     "burst_last_error": (ctypes.c_char_p, []),
     "burst_build_info": (ctypes.c_char_p, []),
-    "burst_attention_config_init": (None, [ctypes.POINTER(AttentionConfig)]),
+    "burst_attention_config_init_sized": (burst_status, [ctypes.POINTER(AttentionConfig), ctypes.c_uint64]),
     "burst_context_create_mpi": (burst_status, [ctypes.c_int64, ctypes.POINTER(c_handle)]),
     "burst_context_create_self": (burst_status, [ctypes.POINTER(c_handle)]),
     "burst_context_create_loopback": (burst_status, [ctypes.c_int32, ctypes.POINTER(c_handle)]),
@@ -228,23 +228,16 @@ def void_ptr(array) -> int | None:
     return array.ctypes.data
 
 
-class _ConfigScratch(ctypes.Structure):
-    # Room for a newer library's larger struct (see new_config).
-    _fields_ = [("cfg", AttentionConfig), ("_room", ctypes.c_char * 1024)]
-
-
 def new_config() -> AttentionConfig:
-    """A config with the library's defaults (burst_attention_config_init).
+    """A config with the library's defaults (burst_attention_config_init_sized).
 
-    _init writes sizeof(the library's struct) and may write that many bytes: a newer
-    library could have appended fields this binding does not know. So initialise a
-    generously sized scratch buffer, copy the prefix we know, and claim our own
-    struct_size (the library then uses defaults for fields appended later)."""
-    scratch = _ConfigScratch()
-    lib.burst_attention_config_init(ctypes.byref(scratch.cfg))
+    The sized init writes exactly sizeof(our struct), so a newer library never
+    writes past what this binding allocated; fields it appended later keep their
+    defaults (zero)."""
     cfg = AttentionConfig()
-    ctypes.memmove(ctypes.byref(cfg), ctypes.byref(scratch.cfg), ctypes.sizeof(cfg))
-    cfg.struct_size = ctypes.sizeof(AttentionConfig)
+    status = lib.burst_attention_config_init_sized(ctypes.byref(cfg), ctypes.sizeof(AttentionConfig))
+    if status != 0:
+        raise RuntimeError(f"burst_attention_config_init_sized: {lib.burst_last_error().decode(errors='replace')}")
     return cfg
 
 
