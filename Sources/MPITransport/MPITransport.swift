@@ -16,6 +16,15 @@ public final class MPITransport: Transport {
     /// Every rank's node: the lowest rank of its MPI_COMM_TYPE_SHARED group.
     public let nodes: [Int]
     private var communicator: MPI_Comm?
+    /// Fault injection for the tests: BURST_TEST_MPI_FAULT_RANK=r makes rank r
+    /// address its first data message to a rank that does not exist, so MPI
+    /// itself fails (MPI_ERR_RANK) and the error path runs for real.
+    private var injectFault: Bool = {
+        guard let text = getenv("BURST_TEST_MPI_FAULT_RANK"), let value = Int(String(cString: text)) else { return false }
+        var r: Int32 = -1
+        MPI_Comm_rank(cmpi_comm_world(), &r)
+        return value == Int(r)
+    }()
 
     /// Takes ownership of `communicator` (already a private duplicate).
     init(owning communicator: MPI_Comm, nodes: [Int]? = nil) throws {
@@ -105,7 +114,7 @@ public final class MPITransport: Transport {
                                       receive.baseAddress, Int32(send.count), cmpi_byte(),
                                       communicator, &request), "MPI_Iallgather")
         var requests = [request]
-        try waitAll(&requests, deadline: deadline, what: "the agreement round (did every rank make the same call?)")
+        try waitAll(&requests, deadline: deadline, what: "the agreement round (did every rank make the same call? a rank that died, hangs or runs late looks the same)")
     }
 
     public func start(sends: [OutgoingMessage], receives: [IncomingMessage]) throws -> PendingTransfer {
@@ -130,8 +139,10 @@ public final class MPITransport: Transport {
             while offset < message.buffer.count {
                 let length = min(chunk, message.buffer.count - offset)
                 var request: MPI_Request? = cmpi_request_null()
+                var peer = Int32(message.peer)
+                if injectFault { injectFault = false; peer = Int32(size) }
                 try Self.check(MPI_Isend(message.buffer.baseAddress! + offset, Int32(length), cmpi_byte(),
-                                         Int32(message.peer), message.tag, communicator, &request), "MPI_Isend")
+                                         peer, message.tag, communicator, &request), "MPI_Isend")
                 requests.append(request)
                 offset += length
             }

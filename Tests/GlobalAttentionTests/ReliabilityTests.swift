@@ -125,6 +125,34 @@ final class ReliabilityTests: XCTestCase {
         }
     }
 
+    /// An allocation that fails on one rank (the workspace of its first
+    /// forward, fault-injected on that rank's thread) is OUT_OF_MEMORY on
+    /// every rank, naming the rank; nothing is poisoned, and the next call
+    /// (memory back) succeeds everywhere.
+    func testAllocationFailureOnOneRankFailsEveryRank() {
+        var p = Problem(); p.counts = [5, 6, 4]; p.causal = true
+        let inputs = p.inputs
+        let results: [(BurstError?, BurstError?)] = runRanks(3) { rank, transport in
+            do {
+                let plan = try AttentionContext(transport: transport, defaultThreads: 1).makePlan(.success(p.config(rank: rank)))
+                let q = p.shard(inputs.q, rank: rank, heads: p.heads), k = p.shard(inputs.k, rank: rank, heads: p.hkv)
+                var out = [Float](repeating: 0, count: q.count)
+                if rank == 1 { FloatBuffer.failAllocations(atLeast: 1) }
+                var first: BurstError?
+                do { try plan.forward(q: q, k: k, v: k, out: &out, lse: nil) } catch let e as BurstError { first = e }
+                if rank == 1 { FloatBuffer.failAllocations(atLeast: nil) }
+                var second: BurstError?
+                do { try plan.forward(q: q, k: k, v: k, out: &out, lse: nil) } catch let e as BurstError { second = e }
+                return (first, second)
+            } catch let e as BurstError { return (e, e) } catch { return (BurstError(.internalError, "\(error)"), nil) }
+        }
+        for (rank, (first, second)) in results.enumerated() {
+            XCTAssertEqual(first?.status, .outOfMemory, "rank \(rank): \(String(describing: first))")
+            if rank != 1 { XCTAssertTrue(first?.message.contains("rank 1") ?? false, "rank \(rank) names the failing rank: \(first?.message ?? "-")") }
+            XCTAssertNil(second, "rank \(rank): the plan works once memory is back")
+        }
+    }
+
     // MARK: Handles and threads, through the C ABI
 
     private func config(tokens: Int64, timeout: Double = 0) -> burst_attention_config {
