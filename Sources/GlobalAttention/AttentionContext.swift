@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import LocalAttention
 
 /// A group of ranks (burst_context): a transport plus the defaults its plans
@@ -60,6 +63,19 @@ public final class AttentionContext {
                 throw BurstError(.invalidArgument, "the global sequence length (sum of seq_len_local) is too large")
             }
         }
+        // The plan keeps O(N) token metadata (every token's position and key
+        // bounds, 3 Ints a token): a trial allocation of that size, agreed,
+        // turns a shape too long for this machine into OUT_OF_MEMORY on every
+        // rank instead of a trap inside Swift's array allocation.
+        let metadataBytes = Int(total) * 3 * MemoryLayout<Int>.stride + counts.count * counts.count
+        var metadataError: BurstError?
+        // (mmap, not malloc: the optimiser may elide an unused malloc/free pair.)
+        let trial = mmap(nil, max(metadataBytes, 1), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if trial != MAP_FAILED, let trial { munmap(trial, max(metadataBytes, 1)) } else {
+            metadataError = BurstError(.outOfMemory, "rank \(rank): cannot allocate the plan's token metadata: \(metadataBytes) bytes for \(total) tokens (3 Ints a token)")
+        }
+        _ = try Agreement.agree(transport, operation: .planCreate, sequence: plansCreated,
+                                localError: metadataError, payload: [], deadline: deadline)
         // Every rank has the same counts and config here, so the checks below
         // fail on every rank alike, with the same message.
         let layout = try Self.tokenLayout(cfg, counts: counts, total: Int(total))

@@ -265,6 +265,11 @@ static int apply_case(int i, burst_attention_config *cfg, int64_t total_tokens,
     CASEM(63, "intra_group_size = -1", BURST_ERROR_INVALID_ARGUMENT, "intra_group_size", cfg->intra_group_size = -1)
     CASEM(64, "window_right = INT64_MIN", BURST_ERROR_INVALID_ARGUMENT, "window_right", cfg->window_right = INT64_MIN)
     CASE(65, "window_left = INT64_MAX (unbounded in effect)", BURST_OK, cfg->window_left = INT64_MAX)
+    /* A valid shape too long for any machine's token metadata (24 B a token):
+     * OUT_OF_MEMORY on every rank, not a trap (found by the ABI fuzzer). */
+    CASEM(66, "N = 2^40 tokens, batch = heads = head_dim = 1", BURST_ERROR_OUT_OF_MEMORY, "token metadata",
+          (cfg->seq_len_local = ((int64_t)1 << 40) / g_size, cfg->num_heads_q = cfg->num_heads_kv = 1,
+           cfg->head_dim = 1))
 #undef CASEM
 #undef CASE
   default:
