@@ -11,8 +11,15 @@
  *  - "Collective" means: every rank of the context must make the call, in the
  *    same order relative to the other collective calls on that context. A
  *    collective call agrees on its outcome: if it fails on one rank (a NULL
- *    buffer, a bad config, a timeout, an MPI error) it fails on every rank —
- *    it never leaves another rank waiting forever.
+ *    buffer, a bad config, an allocation failure, a mismatch) it fails on
+ *    every rank, naming the rank and the cause — it never leaves another
+ *    rank waiting forever. A TIMEOUT or COMMUNICATION error is what the rank
+ *    that saw it knows: a peer that had already received everything it
+ *    needed may have completed the same call, and its next collective call
+ *    then fails within its own timeout. After either error the plan (forward,
+ *    backward) or the context (plan_create) is unusable on that rank: later
+ *    calls fail at once; destroy it (a new context needs a communicator whose
+ *    ranks are all alive).
  *  - Counts are 64-bit. Config structs carry their own size (struct_size) and
  *    an _init function, so they can grow by appending fields.
  *  - This header does not include mpi.h: an MPI communicator crosses the ABI

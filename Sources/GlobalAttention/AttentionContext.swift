@@ -11,6 +11,13 @@ public final class AttentionContext {
     /// Compute threads a plan gets when its config says 0.
     public let defaultThreads: Int
     private var plansCreated: UInt64 = 0
+    /// Set by a TIMEOUT or COMMUNICATION error in plan creation. A timed-out
+    /// rank cannot know whether its peers completed the call (they may have
+    /// seen its record in time), and its record may still be in flight, so
+    /// the context's collective sequence can no longer be trusted: every later
+    /// plan creation on it fails at once (its peers then fail within their
+    /// own timeout instead of pairing with a stale record).
+    private var poisoned: BurstError?
 
     public init(transport: Transport, defaultThreads: Int) {
         self.transport = transport
@@ -24,6 +31,18 @@ public final class AttentionContext {
     /// error found while reading it (NULL pointer, wrong struct_size); either
     /// way every rank takes part in the agreement, so all ranks fail together.
     public func makePlan(_ config: Result<AttentionConfig, BurstError>) throws -> AttentionPlan {
+        if let poisoned {
+            throw BurstError(poisoned.status, "the context is unusable after an earlier failure of burst_plan_create (\(poisoned.message)); destroy it and create a new one")
+        }
+        do {
+            return try makePlanOnce(config)
+        } catch let error as BurstError {
+            if error.poisonsPlan { poisoned = error }
+            throw error
+        }
+    }
+
+    private func makePlanOnce(_ config: Result<AttentionConfig, BurstError>) throws -> AttentionPlan {
         plansCreated += 1
         var localError: BurstError?
         var payload: [Int64] = []

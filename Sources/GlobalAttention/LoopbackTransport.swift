@@ -97,7 +97,7 @@ final class LoopbackWorld {
             }
             if deadline.hasPassed {
                 throw BurstError(.timeout,
-                                 "rank \(key.destination) timed out waiting for a message from rank \(key.source) (did every rank make the same call?)")
+                                 "rank \(key.destination) timed out waiting for a message from rank \(key.source) (did every rank make the same call? a rank that died, hangs or runs late looks the same)")
             }
             // Sleep until the deadline, a post, or the head message's arrival.
             var until = deadline.nanoseconds

@@ -153,6 +153,32 @@ final class ReliabilityTests: XCTestCase {
         }
     }
 
+    /// A rank that times out in plan creation (its peer came late) poisons
+    /// its context: the next plan creation, made by both ranks together, must
+    /// not pair the late rank's stale record with a new one (before: MISMATCH
+    /// on one rank, OK on the other — found by the fuzz helper). The outcomes
+    /// of the second call agree, and a poisoned context says so.
+    func testTimeoutInPlanCreatePoisonsTheContext() {
+        var p = Problem(); p.counts = [4, 4]
+        let outcomes: [(Status?, Status?, String)] = runRanks(2) { rank, transport in
+            let context = AttentionContext(transport: transport, defaultThreads: 1)
+            var config = p.config(rank: rank)
+            config.timeoutSeconds = 0.05
+            if rank == 1 { Thread.sleep(forTimeInterval: 0.3) }
+            var first: BurstError?, second: BurstError?
+            do { _ = try context.makePlan(.success(config)) } catch let e as BurstError { first = e } catch {}
+            Thread.sleep(forTimeInterval: rank == 0 ? 0.5 : 0.2)   // both well past the first call
+            do { _ = try context.makePlan(.success(config)) } catch let e as BurstError { second = e } catch {}
+            return (first?.status, second?.status, second?.message ?? "")
+        }
+        XCTAssertEqual(outcomes[0].0, .timeout, "rank 0 waited 0.05 s for a peer 0.3 s late")
+        XCTAssertEqual(outcomes[0].1 == nil, outcomes[1].1 == nil, "the second plan creation agrees: \(outcomes)")
+        for (rank, outcome) in outcomes.enumerated() where outcome.0 == .timeout {
+            XCTAssertEqual(outcome.1, .timeout)
+            XCTAssertTrue(outcome.2.contains("context is unusable"), "rank \(rank): \(outcome.2)")
+        }
+    }
+
     // MARK: Handles and threads, through the C ABI
 
     private func config(tokens: Int64, timeout: Double = 0) -> burst_attention_config {
