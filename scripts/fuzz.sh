@@ -18,14 +18,16 @@
 #                        fuzzer is guided by the harness's own branches, and
 #                        ASan sees only what the library does through libc
 #                        (memcpy, malloc); leak detection works all the same.
-#   --out DIR            where new corpus entries go (default build/fuzz/corpus;
+#   --out DIR            where new corpus entries go (default $FUZZ_WORK/corpus,
+#                        with --runs a fresh $FUZZ_WORK/corpus-runs;
 #                        never into git: the seeds in Tests/fuzz/corpus are read only)
 #   --seed N             libFuzzer's random seed (default 1 with --runs, else random)
 #   --build-only         build, do not run
 #   -- ARGS              more libFuzzer arguments
 # Prints executions, executions per second, corpus size, coverage (libFuzzer's
 # cov / ft) and the crashes found; exits non-zero on any crash, leak, timeout
-# or out-of-memory. Crash inputs land in build/fuzz/artifacts; replay one with
+# or out-of-memory. FUZZ_WORK (default build/fuzz) holds the builds, logs and
+# artifacts; crash inputs land in $FUZZ_WORK/artifacts; replay one with
 #   FUZZ_VERBOSE=1 build/fuzz/fuzz_abi <file>
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,7 +37,9 @@ MODE=time
 RUNS=0
 SECONDS_TOTAL=600
 LIB=instrumented
-OUT=$ROOT/build/fuzz/corpus
+WORK=${FUZZ_WORK:-$ROOT/build/fuzz}
+OUT=$WORK/corpus
+OUT_SET=0
 SEED=
 BUILD_ONLY=0
 EXTRA=()
@@ -44,7 +48,7 @@ while [ $# -gt 0 ]; do
     --runs) MODE=runs; RUNS=$2; shift 2 ;;
     --time) MODE=time; SECONDS_TOTAL=$2; shift 2 ;;
     --lib) LIB=$2; shift 2 ;;
-    --out) OUT=$2; shift 2 ;;
+    --out) OUT=$2; OUT_SET=1; shift 2 ;;
     --seed) SEED=$2; shift 2 ;;
     --build-only) BUILD_ONLY=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
@@ -52,7 +56,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-WORK=$ROOT/build/fuzz
+# The fixed-count mode starts from the seeds alone, every time.
+if [ "$MODE" = runs ] && [ "$OUT_SET" = 0 ]; then OUT=$WORK/corpus-runs; rm -rf "$OUT"; fi
 mkdir -p "$WORK/artifacts" "$OUT"
 
 # The library to fuzz.

@@ -15,6 +15,7 @@
  *   ASAN_OPTIONS=allocator_may_return_null=1 /tmp/leak    # LeakSanitizer: 4112 bytes leaked
  * (or without ASan: valgrind --leak-check=full /tmp/leak: "definitely lost")
  */
+#define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>

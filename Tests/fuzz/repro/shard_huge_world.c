@@ -13,6 +13,7 @@
  *     -lburst_attention -Wl,-rpath,$PWD/build/install/lib -o /tmp/shw && /tmp/shw
  * Exit 0 = fixed; the bug aborts (SIGABRT).
  */
+#define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/resource.h>

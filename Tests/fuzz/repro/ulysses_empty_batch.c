@@ -11,6 +11,7 @@
  *     -lburst_attention -Wl,-rpath,$PWD/build/install/lib -o /tmp/ueb && /tmp/ueb
  * Exit 0 = fixed (both calls under 0.5 s), 1 = the bug.
  */
+#define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
 #include <stdio.h>
 #include <time.h>

@@ -14,6 +14,7 @@
  *   cc -I include Tests/fuzz/repro/window_right_overflow.c -L build/install/lib \
  *     -lburst_attention -Wl,-rpath,$PWD/build/install/lib -lm -o /tmp/wr && /tmp/wr
  */
+#define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
