@@ -294,7 +294,8 @@ static void rule_positions(int32_t dist, int64_t N, const int64_t *cu, int64_t n
   int64_t k = 0;
   if (dist == BURST_DISTRIBUTION_CONTIGUOUS) {
     int64_t start = 0, n;
-    for (int64_t s = 0; s < r; ++s) start += counts ? counts[s] : rule_count(dist, N, cu, nseq, P, s);
+    if (counts) for (int64_t s = 0; s < r; ++s) start += counts[s];
+    else start = r * (N / P) + (r < N % P ? r : N % P); /* balanced split, O(1) in P */
     n = counts ? counts[r] : rule_count(dist, N, cu, nseq, P, r);
     for (int64_t i = 0; i < n; ++i) out[k++] = start + i;
   } else if (dist == BURST_DISTRIBUTION_STRIPED) {
@@ -1690,17 +1691,25 @@ static void check_reference(world_t *w, int op, int backward) {
             rl[r][(b * Hq + h) * S[r] + i] = m + log(l);
             if (!backward) continue;
             /* Backward with the given out and lse (as the library uses them). */
-            double L = (double)((const float *)R[r]->t[T_LSE].p)[(b * Hq + h) * S[r] + i], D = 0;
-            for (int64_t x = 0; x < d; ++x)
-              D += elem_get(R[r]->t[T_DOUT].p, dt, tidx(c, S[r], Hq, b, i, h, x)) * elem_get(R[r]->t[T_OUT].p, dt, tidx(c, S[r], Hq, b, i, h, x));
+            double L = (double)((const float *)R[r]->t[T_LSE].p)[(b * Hq + h) * S[r] + i], D = 0, Da = 0;
+            for (int64_t x = 0; x < d; ++x) {
+              double g = elem_get(R[r]->t[T_DOUT].p, dt, tidx(c, S[r], Hq, b, i, h, x));
+              double o = elem_get(R[r]->t[T_OUT].p, dt, tidx(c, S[r], Hq, b, i, h, x));
+              D += g * o;
+              Da += fabs(g * o);
+            }
             col = 0;
             for (int s = 0; s < P; ++s)
               for (int64_t j = 0; j < S[s]; ++j, ++col) {
                 if (isnan(srow[col])) continue;
-                double p = exp(srow[col] - L), dp = 0;
-                for (int64_t x = 0; x < d; ++x)
-                  dp += elem_get(R[r]->t[T_DOUT].p, dt, tidx(c, S[r], Hq, b, i, h, x)) * elem_get(R[s]->t[T_V].p, dt, tidx(c, S[s], Hkv, b, j, hk, x));
-                double ds = p * (dp - D) * scale, dsa = p * (fabs(dp) + fabs(D)) * fabs(scale);
+                double p = exp(srow[col] - L), dp = 0, dpa = 0;
+                for (int64_t x = 0; x < d; ++x) {
+                  double t = elem_get(R[r]->t[T_DOUT].p, dt, tidx(c, S[r], Hq, b, i, h, x)) * elem_get(R[s]->t[T_V].p, dt, tidx(c, S[s], Hkv, b, j, hk, x));
+                  dp += t;
+                  dpa += fabs(t);
+                }
+                /* the absolute terms of dS: fp32 dot products err by a few ulps of these */
+                double ds = p * (dp - D) * scale, dsa = p * (dpa + Da) * fabs(scale);
                 size_t iq = (size_t)(((b * Hq + h) * S[r] + i) * d), ik = (size_t)(((b * Hkv + hk) * S[s] + j) * d);
                 for (int64_t x = 0; x < d; ++x) {
                   double kx = elem_get(R[s]->t[T_K].p, dt, tidx(c, S[s], Hkv, b, j, hk, x));
