@@ -314,6 +314,9 @@ extension AttentionPlan {
             throw BurstError(.internalError, "ULYSSES forward workspace missing")
         }
         let p = size, r = rank, n = localRows, d = headDim, total = tokens.total, bounds = space.bounds
+        // No token anywhere (every rank knows it alike): nothing to send or
+        // compute, and the per-head loops below would cost O(batch · heads).
+        if total == 0 { return }
         let zqs = zHeads / p, zkvs = zKV / p
         let width = (zqs + 2 * zkvs) * d          // floats per token in a q|k|v slice
         let slice = width * n                     // one slice of this rank's message
@@ -403,6 +406,7 @@ extension AttentionPlan {
             throw BurstError(.internalError, "ULYSSES backward workspace missing")
         }
         let p = size, r = rank, n = localRows, d = headDim, total = tokens.total, bounds = space.bounds
+        if total == 0 { return }   // as in the forward: nothing anywhere
         let zqs = zHeads / p, zkvs = zKV / p, hs = heads / p
         let width = zqs * (2 * d + 2) + 2 * zkvs * d   // floats per token of the bundle
         let slice = width * n

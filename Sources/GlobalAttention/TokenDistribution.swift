@@ -60,9 +60,14 @@ public struct TokenDistribution: Sendable {
     public func positions(rank r: Int, counts: [Int]? = nil) -> [Int] {
         switch kind {
         case .contiguous:
-            let sizes = counts ?? (0..<ranks).map { count(rank: $0) }
-            let start = sizes.prefix(r).reduce(0, +)
-            return Array(start..<(start + sizes[r]))
+            if let counts {
+                let start = counts.prefix(r).reduce(0, +)
+                return Array(start..<(start + counts[r]))
+            }
+            // The balanced split in closed form: O(1), whatever the number of
+            // ranks (the helpers accept any world_size).
+            let start = r * (total / ranks) + min(r, total % ranks)
+            return Array(start..<(start + count(rank: r)))
         case .striped:
             return Array(stride(from: r, to: total, by: ranks))
         case .zigzag:

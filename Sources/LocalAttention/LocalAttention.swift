@@ -125,14 +125,16 @@ public final class LocalAttention {
         self.maxKeyRows = max(maxKeyRows, 0)
         products = TileProducts(useJIT: useJIT)
         (softmaxTile, gradientTile) = Self.rowKernels(level: useJIT ? TileProducts.vectorLevel : 0)
-        ranges = .allocate(capacity: 2 * tileQ * max(pool.threadCount, 1))
-        counters = .allocate(capacity: max(pool.threadCount, 1))
-        counters.initialize(repeating: TileCounts(), count: max(pool.threadCount, 1))
         scratchPerWorker = (2 * tileQ * tileK + 15) / 16 * 16
         panelStride = (self.maxKeyRows + tileK - 1) / tileK * tileK * headDim
         guard let buffer = FloatBuffer(count: scratchPerWorker * pool.threadCount),
               let kp = FloatBuffer(count: self.maxKVHeads * panelStride),
               let vp = FloatBuffer(count: self.maxKVHeads * panelStride) else { return nil }
+        // Raw allocations only after the last way out: a failable init that
+        // returns nil runs no deinit, so anything allocated before would leak.
+        ranges = .allocate(capacity: 2 * tileQ * max(pool.threadCount, 1))
+        counters = .allocate(capacity: max(pool.threadCount, 1))
+        counters.initialize(repeating: TileCounts(), count: max(pool.threadCount, 1))
         scratch = buffer
         keyPanels = kp
         valuePanels = vp

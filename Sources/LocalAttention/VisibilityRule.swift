@@ -28,12 +28,15 @@ public struct VisibilityRule: Equatable, Sendable {
     /// `Int.min` / `Int.max` stand for unbounded).
     @inline(__always)
     public func keyBounds(query i: Int) -> (lo: Int, hi: Int) {
-        var lo = windowLeft >= 0 ? i &- windowLeft : Int.min
+        // Saturating: a window wider than the positions (up to Int.max, which
+        // the ABI accepts) is unbounded; a wrapped bound would hide every key
+        // and break the bounds' order the tile skipping relies on.
+        let (left, belowMin) = i.subtractingReportingOverflow(windowLeft)
+        var lo = windowLeft >= 0 ? (belowMin ? Int.min : left) : Int.min
         var hi = causal ? i : Int.max
         if windowRight >= 0 {
-            // Saturating: a window wider than any sequence (up to Int64.max) is unbounded.
-            let (sum, overflow) = i.addingReportingOverflow(windowRight)
-            hi = min(hi, overflow ? Int.max : sum)
+            let (right, aboveMax) = i.addingReportingOverflow(windowRight)
+            hi = min(hi, aboveMax ? Int.max : right)
         }
         if let offsets = sequenceOffsets, let s = Self.sequence(containing: i, offsets) {
             lo = max(lo, offsets[s])

@@ -180,3 +180,31 @@ final class WorkerPoolLifetimeTests: XCTestCase {
         }
     }
 }
+
+final class VisibilityRuleOverflowTests: XCTestCase {
+    /// Windows up to Int.max are valid (the ABI asks only for >= -1) and
+    /// wider than any sequence: they must act as unbounded, with bounds that
+    /// never decrease (found by the ABI fuzzer: i &+ windowRight wrapped).
+    func testHugeWindowsAreUnbounded() {
+        let positions = Array(0..<40)
+        func unboundedIfHuge(_ w: Int) -> Int { w >= Int.max - 3 ? -1 : w }
+        for (left, right) in [(-1, Int.max), (-1, Int.max - 3), (Int.max, -1), (Int.max, Int.max), (3, Int.max)] {
+            for causal in [false, true] {
+                let rule = VisibilityRule(causal: causal, windowLeft: left, windowRight: right)
+                let same = VisibilityRule(causal: causal, windowLeft: unboundedIfHuge(left), windowRight: unboundedIfHuge(right))
+                let (lo, hi) = rule.rowBounds(positions)
+                for i in positions {
+                    let what = "window (\(left), \(right)) causal \(causal) row \(i)"
+                    XCTAssertTrue(rule.isVisible(query: i, key: i), what)
+                    if i > 0 {
+                        XCTAssertGreaterThanOrEqual(lo[i], lo[i - 1], what)
+                        XCTAssertGreaterThanOrEqual(hi[i], hi[i - 1], what)
+                    }
+                    for j in positions {
+                        XCTAssertEqual(rule.isVisible(query: i, key: j), same.isVisible(query: i, key: j), "\(what) key \(j)")
+                    }
+                }
+            }
+        }
+    }
+}
