@@ -99,16 +99,22 @@ private final class PoolState {
     }
 
     /// One parallel loop: publish the job, take part, wait for every worker.
+    /// Task 0 is kept for the caller, so the calling thread always runs at
+    /// least one task: otherwise woken workers can take every task before the
+    /// caller claims one, and whatever the caller does between its tiles
+    /// (LocalAttention's progress hook: the ring's MPI polling) does not
+    /// happen in that loop.
     func run(_ count: Int, _ body: @escaping (Int, Int) -> Void) {
         pthread_mutex_lock(mutex)
         job = body
         taskCount = count
-        nextTask = 0
+        nextTask = 1
         workersBusy = workerCount
         generation &+= 1
         pthread_cond_broadcast(wake)
         pthread_mutex_unlock(mutex)
 
+        body(0, 0)
         runTasks(worker: 0, job: body)
 
         pthread_mutex_lock(mutex)

@@ -345,10 +345,13 @@ int main(int argc, char **argv) {
   const int nshapes = (int)(sizeof shapes / sizeof shapes[0]);
   burst_context *ctx = NULL;
   errors worst = {0, 0, 0, 0, 0};
-  int layout, mask, s, kind, cases = 0, local_fail, global_fail = 0;
+  int layout, mask, s, kind, cases = 0, local_fail, global_fail = 0, i;
   int64_t dummy[256];
+  long max_seq = -1; /* --max-seq N: only the shapes of at most N tokens (valgrind runs) */
 
   MPI_Init(&argc, &argv);
+  for (i = 1; i + 1 < argc; ++i)
+    if (strcmp(argv[i], "--max-seq") == 0) max_seq = strtol(argv[++i], NULL, 10);
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &g_size);
   if (g_size > 256) {
@@ -376,6 +379,7 @@ int main(int argc, char **argv) {
         for (s = 0; s < nshapes; ++s)
           for (kind = 0; kind < SHARD_KINDS; ++kind) {
             if (!make_shards(kind, shapes[s].seq, g_size, dummy)) continue;
+            if (max_seq >= 0 && shapes[s].seq > max_seq) continue;
             /* The uneven patterns are exercised on the smaller shapes. */
             if (kind != SHARD_EVEN && shapes[s].seq > 100 && layout == BURST_LAYOUT_BHSD)
               continue;
