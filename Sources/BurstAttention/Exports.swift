@@ -234,6 +234,8 @@ public func _burst_backward(_ plan: OpaquePointer?, _ q: UnsafeRawPointer?, _ k:
 @c(burst_plan_stats)
 public func _burst_plan_stats(_ plan: OpaquePointer?, _ stats: UnsafeMutablePointer<burst_stats>?) -> burst_status {
     guarded {
+        // The plan first: a NULL or dead plan is INVALID_ARGUMENT whatever the struct says.
+        _ = try withPlan(plan) { _ in true }
         guard let stats else { throw invalid("stats is NULL") }
         let declared = Int(UnsafeRawPointer(stats).load(as: UInt32.self))
         let known = MemoryLayout<burst_stats>.size

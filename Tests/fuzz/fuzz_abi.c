@@ -517,6 +517,12 @@ static int cfg_fields_differ(const burst_attention_config *a, const burst_attent
 
 /* Local validity by the header's documented rules: 1 valid, 0 invalid
  * (INVALID_ARGUMENT promised), -1 not specified by the header. */
+static int tail_zero(const uint8_t *raw, size_t from, size_t to) {
+  for (size_t i = from; i < to && i < CFG_BUF; ++i)
+    if (raw[i]) return 0;
+  return to <= CFG_BUF;
+}
+
 static int cfg_local_valid(const burst_attention_config *c) {
   int unknown = 0;
   if (c->layout < 0 || c->layout > 1) return 0;
@@ -527,9 +533,9 @@ static int cfg_local_valid(const burst_attention_config *c) {
   if (c->batch <= 0 || c->num_heads_q <= 0 || c->num_heads_kv <= 0 || c->head_dim <= 0) return 0;
   if (c->num_heads_q % c->num_heads_kv != 0) return 0;
   if (c->seq_len_local < 0) return 0;
-  if (!isfinite(c->softmax_scale)) return 0;
+  if (!isfinite(c->softmax_scale) || c->softmax_scale < 0) return 0; /* 0.5: finite and >= 0 */
   if (c->window_left < -1 || c->window_right < -1) return 0;
-  if (!(c->timeout_seconds >= 0)) return 0;
+  if (!(c->timeout_seconds >= 0 && c->timeout_seconds <= 604800.0)) return 0; /* 0.5: finite, <= a week */
   if (!c->cu_seqlens && c->num_sequences != 0) return 0;
   if (c->cu_seqlens) {
     if (c->num_sequences < 0) return 0;
@@ -567,12 +573,13 @@ static void classify_cfg(cfgvar_t *v, int P, const int *null_out) {
     if (out_null) { ++problems; status = BURST_ERROR_INVALID_ARGUMENT; }
     if (v->null_cfg[r]) {
       ++problems; status = BURST_ERROR_INVALID_ARGUMENT;
-    } else if (c->struct_size != sizeof(burst_attention_config)) {
-      /* DESIGN §2: larger than the library's, or smaller than any known
-       * version -> VERSION. Smaller known versions may be accepted (the
-       * sized init is coming), so only the clearly unknown sizes fail. */
-      if (c->struct_size > sizeof(burst_attention_config) || c->struct_size < 16) { ++problems; status = BURST_ERROR_VERSION; }
-      else if (!out_null) any_unknown = 1;
+    } else if (c->struct_size < sizeof(burst_attention_config) || c->struct_size > 4096 ||
+               (c->struct_size > sizeof(burst_attention_config) &&
+                !tail_zero(v->u[r].raw, sizeof(burst_attention_config), c->struct_size))) {
+      /* 0.5 rules (header, burst_attention_config_init_sized): no released
+       * header had a shorter struct; a newer, larger one (<= 4096) is read
+       * when every byte past the known fields is 0; anything else VERSION. */
+      ++problems; status = BURST_ERROR_VERSION;
     } else {
       int lv = cfg_local_valid(c);
       if (lv == 0) { ++problems; status = BURST_ERROR_INVALID_ARGUMENT; }
@@ -1250,7 +1257,15 @@ static void do_stats(world_t *w, int rank, int op) {
   uint32_t v01 = (uint32_t)(offsetof(burst_stats, total_seconds) + 8), v02 = (uint32_t)(offsetof(burst_stats, tiles_skipped) + 8);
   int known = declared == sizeof(burst_stats) || declared == v01 || declared == v02;
   if (known && rs->st != BURST_OK) die("plan_stats (rank %d) with struct_size %u gave %s", rank, declared, burst_status_string(rs->st));
-  if (declared > sizeof(burst_stats) && rs->st == BURST_OK) die("plan_stats accepted struct_size %u > sizeof %zu", declared, sizeof(burst_stats));
+  /* 0.5: a newer header's larger struct (<= 4096) gets this version's fields,
+   * zeros past them and struct_size = the bytes written; above 4096 VERSION. */
+  if (declared > 4096 && rs->st == BURST_OK) die("plan_stats accepted struct_size %u > 4096", declared);
+  if (declared > sizeof(burst_stats) && declared <= 4096) {
+    if (rs->st != BURST_OK) die("plan_stats (rank %d) with a newer struct_size %u gave %s", rank, declared, burst_status_string(rs->st));
+    if (u.s.struct_size != sizeof(burst_stats)) die("plan_stats(newer size %u) set struct_size %u", declared, u.s.struct_size);
+    for (size_t i = sizeof(burst_stats); i < declared && i < sizeof u.raw; ++i)
+      if (u.raw[i] != 0) die("plan_stats(newer size %u) left byte %zu nonzero", declared, i);
+  }
   if (rs->st == BURST_OK && declared == sizeof(burst_stats)) {
     const burst_attention_config *c = &rk->plan_cfg[o->slot];
     int P = w->prog->P;
