@@ -218,16 +218,16 @@ final class ReliabilityTests: XCTestCase {
     private func withStalledGroup(timeout: Double, _ body: (_ plan0: OpaquePointer, _ plan1: OpaquePointer, _ x: [Float]) -> Void) {
         var contexts = [OpaquePointer?](repeating: nil, count: 2)
         XCTAssertEqual(_burst_context_create_loopback(2, &contexts), BURST_OK)
-        var plans = [OpaquePointer?](repeating: nil, count: 2)
         let c = config(tokens: 40, timeout: timeout)
         let pointers = contexts
-        let made: [burst_status] = runRanks(2) { rank, _ in
+        // Each rank thread returns its own plan (no shared array written from two threads).
+        let made: [(status: burst_status, plan: UInt)] = runRanks(2) { rank, _ in
             var mine = c, plan: OpaquePointer?
             let status = _burst_plan_create(pointers[rank], &mine, &plan)
-            plans[rank] = plan
-            return status
+            return (status, UInt(bitPattern: plan))
         }
-        XCTAssertEqual(made, [BURST_OK, BURST_OK])
+        XCTAssertEqual(made.map(\.status), [BURST_OK, BURST_OK])
+        let plans = made.map { OpaquePointer(bitPattern: $0.plan) }
         body(plans[0]!, plans[1]!, inputs(40, seed: 3))
         _burst_plan_destroy(plans[0]); _burst_plan_destroy(plans[1])
         _burst_context_destroy(contexts[0]); _burst_context_destroy(contexts[1])
@@ -257,16 +257,15 @@ final class ReliabilityTests: XCTestCase {
     func testDestroyWhileAnotherThreadIsInside() {
         var contexts = [OpaquePointer?](repeating: nil, count: 2)
         XCTAssertEqual(_burst_context_create_loopback(2, &contexts), BURST_OK)
-        var plans = [OpaquePointer?](repeating: nil, count: 2)
         let c = config(tokens: 40, timeout: 30)
         let pointers = contexts
-        let made: [burst_status] = runRanks(2) { rank, _ in
+        let made: [(status: burst_status, plan: UInt)] = runRanks(2) { rank, _ in
             var mine = c, plan: OpaquePointer?
             let status = _burst_plan_create(pointers[rank], &mine, &plan)
-            plans[rank] = plan
-            return status
+            return (status, UInt(bitPattern: plan))
         }
-        XCTAssertEqual(made, [BURST_OK, BURST_OK])
+        XCTAssertEqual(made.map(\.status), [BURST_OK, BURST_OK])
+        let plans = made.map { OpaquePointer(bitPattern: $0.plan) }
         let x = inputs(40, seed: 5)
         let liveBefore = HandleRegistry.liveCount
         let plan0 = plans[0]!, plan1 = plans[1]!
