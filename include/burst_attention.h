@@ -59,7 +59,7 @@ extern "C" {
 #endif
 
 #define BURST_VERSION_MAJOR 0
-#define BURST_VERSION_MINOR 5
+#define BURST_VERSION_MINOR 6
 #define BURST_VERSION_PATCH 0
 #define BURST_VERSION_NUMBER \
   (BURST_VERSION_MAJOR * 10000 + BURST_VERSION_MINOR * 100 + BURST_VERSION_PATCH)
@@ -70,7 +70,7 @@ BURST_API uint32_t burst_version(void);
 
 /* A static, never-NULL description of the library loaded and the kernel code
  * paths its run-time dispatch picked for this CPU, e.g.
- * "libburst_attention 0.5.0; kernels cpx+avx512; convert avx512; cpus 2" (tile
+ * "libburst_attention 0.6.0; kernels cpx+avx512; convert avx512; cpus 2" (tile
  * products: libxsmm's target "cpx", "skx", "hsw", ... or "portable"; row kernels
  * "avx512", "avx2" or "baseline"; convert: the bf16/fp16 conversions, "avx512",
  * "avx2" (AVX2 + F16C) or "portable" (since 0.4); cpus: the CPUs this process may
@@ -377,6 +377,167 @@ BURST_API burst_status burst_plan_stats(const burst_plan *plan,
 /* Destroys a plan and its workspace. Local. NULL is ignored. A plan whose call
  * failed with TIMEOUT or COMMUNICATION must still be destroyed. */
 BURST_API void burst_plan_destroy(burst_plan *plan);
+
+/* ------------------------------------------------------------------------ */
+/* Inference: a KV cache sharded over the ranks, prefill and decode (0.6).
+ *
+ * A burst_kv_cache holds, on every rank of a context, this rank's shard of
+ * the past keys and values of many sequences (continuous batching), for
+ * num_layers attention layers that share one shape (heads, head_dim, dtype,
+ * softmax_scale, window). A model whose layers differ (gpt-oss alternates
+ * windowed and full layers) makes one cache per kind of layer.
+ *
+ * Life of a sequence: burst_kv_cache_add makes it (empty in every layer);
+ * burst_kv_cache_prefill stores a prompt's K,V exactly where a plan's forward
+ * had them (no token moves between ranks); burst_kv_cache_decode runs T >= 1
+ * new tokens per sequence (T = 1: decode; T > 1: speculative drafts or a
+ * chunk of a long prompt) against everything stored before them plus each
+ * other, causally, and appends their K,V; burst_kv_cache_truncate rolls a
+ * sequence back (rejected drafts); burst_kv_cache_drop frees it.
+ *
+ * Positions: a sequence's tokens have positions 0, 1, 2, ... (per layer: each
+ * layer counts the tokens stored in it). Prefill stores a prompt at positions
+ * 0 .. L-1 (with packing: the position inside its own sequence). Decode's T
+ * new tokens of a sequence take positions p0 .. p0+T-1, where p0 is the
+ * sequence's length in that layer (or the caller's `positions` entry, which
+ * may skip ahead but never go back).
+ * Placement rule: the new token at position p is stored on rank p mod P, so
+ * every rank's shard grows by T/P tokens a step (within one) and the shards
+ * left balanced by a ZIGZAG, STRIPED or balanced CONTIGUOUS prefill stay so.
+ * Visibility in decode: a new token at position i sees every stored key at a
+ * position j with i - window_left <= j <= i (causal; window_left = -1 is
+ * unbounded), including the new tokens before it and itself.
+ *
+ * The math: each rank computes the partial (out_r, lse_r) of every new query
+ * over its own shard (a rank with no visible key — an empty shard, or a
+ * window that ends before its keys — does no work and contributes lse = -inf);
+ * the partials are exchanged (an allgather of [rows x (head_dim + 1)] floats,
+ * rows = num_seqs*T*num_heads_q) and every rank merges them in rank order:
+ * lse = log(sum_r exp(lse_r)), out = sum_r exp(lse_r - lse)*out_r, in double
+ * precision, rounded once. Every rank therefore returns the same out and lse,
+ * bitwise identical run after run for a given world size (and independent of
+ * num_threads: a rank splits its shard into fixed chunks of blocks whose
+ * partials merge in a fixed order). GQA: key/value head h is read once for
+ * the num_heads_q/num_heads_kv query heads of its group.
+ *
+ * Memory: K and V are stored in the cache's dtype in blocks of block_tokens
+ * tokens per (sequence, layer) on each rank, keys transposed ([heads,
+ * head_dim, block_tokens]) and values [heads, block_tokens, head_dim], plus
+ * an 8-byte position per token. Growth policy: a block is allocated when a
+ * token needs one and freed when a truncate or drop empties it, so a rank
+ * holds its tokens plus at most one partly filled block per (sequence,
+ * layer). Every call that stores tokens first allocates every block it needs
+ * on every rank and agrees on it; if any rank cannot (max_bytes_local would be
+ * exceeded, or memory runs out) the call returns BURST_ERROR_OUT_OF_MEMORY on
+ * every rank and the cache is unchanged.
+ *
+ * Errors (every one on every rank, the cache unchanged): a sequence id that
+ * does not exist (or already exists, for add), the same id twice in a call, a
+ * layer out of range, positions that go backwards, T, num_seqs, the ids or
+ * the contents of q, k, v that differ between ranks (MISMATCH; decode compares
+ * a 64-bit digest of its inputs), a plan from another context or of another
+ * shape (prefill), a full cache (OUT_OF_MEMORY). After a TIMEOUT or
+ * COMMUNICATION error the cache is unusable (every later call returns that
+ * error); destroy it. A cache is used by one thread at a time (BUSY).       */
+typedef struct burst_kv_cache burst_kv_cache;
+
+/* Field order is ABI; new fields are only appended. Call
+ * burst_kv_cache_config_init first, then set fields. */
+typedef struct burst_kv_cache_config {
+  uint32_t struct_size;    /* sizeof(burst_kv_cache_config); set by _init     */
+  int32_t  layout;         /* BURST_LAYOUT_* of decode's q, k, v, out:
+                              BSHD [num_seqs, T, heads, head_dim],
+                              BHSD [num_seqs, heads, T, head_dim]            */
+  int32_t  dtype;          /* BURST_DTYPE_*: the cache's storage, and the
+                              elements of decode's q, k, v, out and of the
+                              k, v a prefill stores (the plan's dtype)       */
+  int32_t  num_threads;    /* compute threads; 0 = the context's default    */
+  int64_t  num_layers;     /* > 0: layers this cache holds                   */
+  int64_t  num_heads_q;    /* > 0                                            */
+  int64_t  num_heads_kv;   /* > 0, divides num_heads_q                       */
+  int64_t  head_dim;       /* > 0                                            */
+  float    softmax_scale;  /* 0 = 1/sqrt(head_dim); finite and >= 0          */
+  int64_t  window_left;    /* >= -1; -1 = unbounded (decode sees keys
+                              i - window_left .. i)                          */
+  int64_t  block_tokens;   /* tokens per storage block; 0 = 256; 1..65536   */
+  int64_t  max_bytes_local;/* this rank's limit on the bytes of its blocks
+                              (K, V and positions); 0 = no limit but memory  */
+  double   timeout_seconds;/* per call; 0 = default 300 s; as for plans      */
+} burst_kv_cache_config;
+
+/* Sets the defaults (BSHD, F32, window_left = -1, everything else 0) and
+ * struct_size = size; the struct_size rules of burst_attention_config_init_sized. */
+BURST_API burst_status burst_kv_cache_config_init_sized(burst_kv_cache_config *cfg, uint64_t size);
+#define burst_kv_cache_config_init(cfg) \
+  ((void)burst_kv_cache_config_init_sized((cfg), sizeof(*(cfg))))
+
+/* Collective. Validates cfg and checks that every field agrees across ranks
+ * except num_threads, max_bytes_local and timeout_seconds (MISMATCH naming the
+ * field). The cache owns a duplicate of the context's communicator. */
+BURST_API burst_status burst_kv_cache_create(burst_context *ctx, const burst_kv_cache_config *cfg,
+                                             burst_kv_cache **out);
+
+/* Frees the cache and every block. Local. NULL is ignored. */
+BURST_API void burst_kv_cache_destroy(burst_kv_cache *cache);
+
+/* Collective. Adds `count` new, empty sequences (ids >= 0, distinct, not in
+ * the cache). count may be 0. */
+BURST_API burst_status burst_kv_cache_add(burst_kv_cache *cache, const int64_t *seq_ids, int64_t count);
+
+/* Collective. Removes `count` sequences (each must exist) and frees their blocks. */
+BURST_API burst_status burst_kv_cache_drop(burst_kv_cache *cache, const int64_t *seq_ids, int64_t count);
+
+/* Collective. Keeps only the tokens at positions < lengths[i] of sequence
+ * seq_ids[i], in every layer (0 <= lengths[i]; a layer already shorter is left
+ * as it is). The sequence's length in a layer becomes min(its length, lengths[i]). */
+BURST_API burst_status burst_kv_cache_truncate(burst_kv_cache *cache, const int64_t *seq_ids,
+                                               const int64_t *lengths, int64_t count);
+
+/* Collective. Stores this rank's shard of a prompt's keys and values — the
+ * k and v this rank passes to burst_forward(plan, ...) — into layer `layer`
+ * of the cache, in place: the plan's distribution decides which tokens each
+ * rank holds, and no token moves. The plan must come from the cache's
+ * context and have its num_heads_q, num_heads_kv, head_dim and dtype (its
+ * layout is the one k and v are read in). The prompt holds
+ * batch * max(1, num_sequences) sequences (with cu_seqlens, sequence s of
+ * batch row b is seq_ids[b * num_sequences + s]; without, batch row b is
+ * seq_ids[b]); each must exist and be empty in this layer; positions start at
+ * 0 in each. The mask of the plan does not matter here (decode is causal). */
+BURST_API burst_status burst_kv_cache_prefill(burst_kv_cache *cache, int64_t layer,
+                                              const burst_plan *plan, const int64_t *seq_ids,
+                                              const void *k, const void *v);
+
+/* Collective. `tokens` (T >= 1) new tokens for each of num_seqs >= 1
+ * sequences (distinct, existing) attend to layer `layer`: q and out
+ * [num_seqs, T, num_heads_q, head_dim] (BSHD; BHSD: heads before T), k and v
+ * likewise with num_heads_kv, elements of the cache's dtype; lse
+ * [num_seqs, num_heads_q, T] fp32 (may be NULL). Every rank passes the same
+ * q, k, v (the new tokens are replicated) and gets the same out and lse. The
+ * new tokens' K,V are appended first (placement rule above), so token t sees
+ * tokens 0..t of the same call. positions: NULL (each sequence continues at
+ * its length in this layer) or num_seqs start positions, each >= that length.
+ * out and lse must not overlap the inputs. */
+BURST_API burst_status burst_kv_cache_decode(burst_kv_cache *cache, int64_t layer,
+                                             const int64_t *seq_ids, int64_t num_seqs, int64_t tokens,
+                                             const int64_t *positions, const void *q, const void *k,
+                                             const void *v, void *out, float *lse);
+
+/* A sequence's length in a layer (its next position: the largest stored
+ * position + 1, over all ranks) and the tokens of it this rank stores.
+ * Either pointer may be NULL. Local. */
+BURST_API burst_status burst_kv_cache_sequence_length(const burst_kv_cache *cache, int64_t seq_id,
+                                                      int64_t layer, int64_t *length,
+                                                      int64_t *local_tokens);
+
+/* Bytes of blocks this rank's cache holds now (K, V and positions). Local. */
+BURST_API burst_status burst_kv_cache_bytes(const burst_kv_cache *cache, uint64_t *bytes);
+
+/* Counters of the last prefill or decode on this cache, as burst_plan_stats
+ * (bytes_* count the partials of the merge as their logical allgather
+ * payload: sent = (P-1) x this rank's partials, received = the others';
+ * tiles_computed / tiles_skipped count (sequence, kv head, block) units read
+ * / skipped by the window; steps_* are 0; pattern is -1). Local. */
+BURST_API burst_status burst_kv_cache_stats(const burst_kv_cache *cache, burst_stats *stats);
 
 /* ------------------------------------------------------------------------ */
 /* Token distribution helpers. Local, thread-safe, need no context or MPI.

@@ -13,11 +13,18 @@ enum Agreement {
 
     enum Operation: Int32 {
         case planCreate = 1, forward = 2, backward = 3
+        case cacheCreate = 4, cacheAdd = 5, cacheDrop = 6, cacheTruncate = 7, cachePrefill = 8, cacheDecode = 9
         var cName: String {
             switch self {
             case .planCreate: return "burst_plan_create"
             case .forward: return "burst_forward"
             case .backward: return "burst_backward"
+            case .cacheCreate: return "burst_kv_cache_create"
+            case .cacheAdd: return "burst_kv_cache_add"
+            case .cacheDrop: return "burst_kv_cache_drop"
+            case .cacheTruncate: return "burst_kv_cache_truncate"
+            case .cachePrefill: return "burst_kv_cache_prefill"
+            case .cacheDecode: return "burst_kv_cache_decode"
             }
         }
     }

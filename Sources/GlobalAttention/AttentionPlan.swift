@@ -42,10 +42,9 @@ public final class AttentionPlan {
     lazy var keyPass = RingPass(route: route) { holder, block in self.tokens.needs(queryRank: holder, keyRank: block) }
     lazy var queryPass = RingPass(route: route) { holder, block in self.tokens.needs(queryRank: block, keyRank: holder) }
 
-    public private(set) var lastStats = CallStats()
-    private var poisoned: BurstError?
-    private var callsMade: UInt64 = 0
-    private let busy: UnsafeMutablePointer<pthread_mutex_t>
+    /// Busy guard, agreement, poisoning and the last call's stats.
+    let calls: CollectiveGuard
+    public var lastStats: CallStats { calls.lastStats }
 
     // Workspace, allocated on first use and kept (no allocation per call after that).
     var kernels: LocalAttention?
@@ -73,16 +72,14 @@ public final class AttentionPlan {
         self.zKV = batch * kvHeads
         self.group = config.group
         self.storage = config.storage
-        busy = .allocate(capacity: 1)
-        pthread_mutex_init(busy, nil)
-        lastStats.pattern = pattern.rawValue
-        lastStats.intraGroupSize = Int32(self.groupSize)
+        var base = CallStats()
+        base.pattern = pattern.rawValue
+        base.intraGroupSize = Int32(self.groupSize)
+        calls = CollectiveGuard(owner: "the plan", transport: transport, timeoutSeconds: config.effectiveTimeout, baseStats: base)
     }
 
     deinit {
         transport.close()
-        pthread_mutex_destroy(busy)
-        busy.deallocate()
     }
 
     public var rank: Int { transport.rank }
@@ -99,11 +96,7 @@ public final class AttentionPlan {
     /// The counters of the last call, read under the plan's busy guard (a
     /// call in progress on another thread gives BUSY rather than a torn read).
     public func statsSnapshot() throws -> CallStats {
-        guard pthread_mutex_trylock(busy) == 0 else {
-            throw BurstError(.busy, "burst_plan_stats: the plan is in use by another thread")
-        }
-        defer { pthread_mutex_unlock(busy) }
-        return lastStats
+        try calls.statsSnapshot("burst_plan_stats")
     }
 
     /// Runs one collective call: busy guard, local checks (argument checks and
@@ -111,29 +104,7 @@ public final class AttentionPlan {
     /// on a transport failure.
     func collective(_ operation: Agreement.Operation, localCheck: () -> BurstError?,
                     _ body: (inout CallStats, Deadline) throws -> Void) throws {
-        guard pthread_mutex_trylock(busy) == 0 else {
-            throw BurstError(.busy, "\(operation.cName): the plan is in use by another thread")
-        }
-        defer { pthread_mutex_unlock(busy) }
-        if let poisoned {
-            throw BurstError(poisoned.status, "the plan is unusable after an earlier failure (\(poisoned.message)); destroy it")
-        }
-        let start = Deadline.seconds()
-        let deadline = Deadline.after(seconds: config.effectiveTimeout)
-        callsMade += 1
-        do {
-            _ = try Agreement.agree(transport, operation: operation, sequence: callsMade,
-                                    localError: localCheck(), payload: [], deadline: deadline)
-            var stats = CallStats()
-            stats.pattern = pattern.rawValue
-            stats.intraGroupSize = Int32(groupSize)
-            try body(&stats, deadline)
-            stats.totalSeconds = Deadline.seconds() - start
-            lastStats = stats
-        } catch let error as BurstError {
-            if error.poisonsPlan { poisoned = error }
-            throw error
-        }
+        try calls.run(operation, localCheck: localCheck) { _, stats, deadline in try body(&stats, deadline) }
     }
 
     /// Bytes of workspace this plan holds now (buffers of every pattern's
