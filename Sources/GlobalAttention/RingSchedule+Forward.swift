@@ -20,28 +20,28 @@ final class ForwardWorkspace {
         ring = try RingBuffers(readOnlyFloats: 2 * zkv * maxRows * d, accumulatorFloats: 0, route: route,
                                wireFloats: storage == .f32 ? nil : wire(maxRows))
     }
+
+    var floats: Int { GlobalAttention.floats(q, kv, acc, rowMax, rowSum) + ring.floats }
 }
 
-extension AttentionPlan {
+extension RingSchedule {
     /// The wire form of rank b's K|V block: the storage type (nil for fp32,
     /// which travels as is). Used by the forward and RING's backward.
     var keyValueWire: ((Int) -> WireFormat)? {
-        guard storage != .f32 else { return nil }
-        let type = storage, zkv = zKV, d = headDim, counts = tokens.counts
+        guard env.storage != .f32 else { return nil }
+        let type = env.storage, zkv = env.zKV, d = env.headDim, counts = env.tokens.counts
         return { b in WireFormat([(2 * zkv * counts[b] * d, type)]) }
     }
 
     static let kvTag: Int32 = 1
     static let kvInterTag: Int32 = 2
 
-    /// burst_forward. Collective.
-    ///
-    /// Ring patterns (BURST, RING) — GAO forward (BurstAttention §3): K,V
-    /// blocks travel the ring (or double ring, `RingRoute`) for P − 1 steps;
-    /// at each step this rank folds the block it holds into the running
-    /// softmax state of its queries (LAO) while the next block is in flight.
-    /// Keeping (max, sum, acc) across blocks is the online form of the
-    /// paper's (O, lse) merge and rounds once at the end.
+    /// burst_forward under BURST and RING — GAO forward (BurstAttention §3):
+    /// K,V blocks travel the ring (or double ring, `RingRoute`) for P − 1
+    /// steps; at each step this rank folds the block it holds into the
+    /// running softmax state of its queries (LAO) while the next block is in
+    /// flight. Keeping (max, sum, acc) across blocks is the online form of
+    /// the paper's (O, lse) merge and rounds once at the end.
     ///
     /// Skipping (any mask: causal, window, sequence boundaries, under any
     /// distribution): a block no query of this rank sees is not computed
@@ -51,73 +51,37 @@ extension AttentionPlan {
     /// non-empty and one ring, rank r sends 8·Zkv·d·(N − n_{r+1}) bytes, i.e.
     /// 2·Zkv·N·d elements to leading order; a double ring moves the same
     /// total, (Q − 1) blocks of it over inter-group links.
-    public func forward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
-                        out: UnsafeMutableRawPointer?, lse: UnsafeMutablePointer<Float>?) throws {
-        let elements = tensorElements, kvElements = kvTensorElements
-        try collective(.forward, localCheck: {
-            if let e = Self.requireBuffer(q, "q", elements: elements) { return e }
-            if let e = Self.requireBuffer(k, "k", elements: kvElements) { return e }
-            if let e = Self.requireBuffer(v, "v", elements: kvElements) { return e }
-            if let e = Self.requireBuffer(out, "out", elements: elements) { return e }
-            let e = storage.bytes
-            if let error = Self.requireDisjoint(
-                outputs: [BufferRange(out, "out", bytes: elements * e), BufferRange(lse, "lse", bytes: lseElements * 4)],
-                inputs: [BufferRange(q, "q", bytes: elements * e), BufferRange(k, "k", bytes: kvElements * e),
-                         BufferRange(v, "v", bytes: kvElements * e)]) { return error }
-            switch pattern {
-            case .allgather: return prepareAllgather(backward: false)
-            case .ulysses: return prepareUlysses(backward: false)
-            default: break
-            }
-            if let e = ensureKernels() { return e }
-            if forwardSpace == nil {
-                do {
-                    forwardSpace = try ForwardWorkspace(zq: zHeads, zkv: zKV, rows: localRows, maxRows: tokens.maxCount,
-                                                        headDim: headDim, route: route, storage: storage)
-                } catch let error as BurstError { return error } catch { return BurstError(.internalError, "\(error)") }
-            }
-            return nil
-        }) { stats, deadline in
-            switch pattern {
-            case .allgather: try allgatherForward(q: q, k: k, v: v, out: out, lse: lse, stats: &stats, deadline: deadline)
-            case .ulysses: try ulyssesForward(q: q, k: k, v: v, out: out, lse: lse, stats: &stats, deadline: deadline)
-            default: try runForward(q: q, k: k, v: v, out: out, lse: lse, stats: &stats, deadline: deadline)
-            }
-        }
-    }
-
-    private func runForward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
-                            out: UnsafeMutableRawPointer?, lse: UnsafeMutablePointer<Float>?,
-                            stats: inout CallStats, deadline: Deadline) throws {
+    func forward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
+                 out: UnsafeMutableRawPointer?, lse: UnsafeMutablePointer<Float>?,
+                 stats: inout CallStats, deadline: Deadline) throws {
         guard let space = forwardSpace, let kernels else { throw BurstError(.internalError, "forward workspace missing") }
-        let p = size, r = rank, n = localRows, zq = zHeads, zkv = zKV, d = headDim
+        let env = self.env, tokens = env.tokens
+        let p = env.size, r = env.rank, n = env.localRows, zq = env.zHeads, zkv = env.zKV, d = env.headDim
 
         if n > 0, let q, let k, let v {
-            TensorPacking.pack(q, type: storage, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.q.pointer, pool: pool)
-            TensorPacking.pack(k, type: storage, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
-                               into: space.kv.pointer, pool: pool)
-            TensorPacking.pack(v, type: storage, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
-                               into: space.kv.pointer + zkv * n * d, pool: pool)
+            env.pack(q, heads: env.heads, into: space.q.pointer, pool: env.pool)
+            env.pack(k, heads: env.kvHeads, into: space.kv.pointer, pool: env.pool)
+            env.pack(v, heads: env.kvHeads, into: space.kv.pointer + zkv * n * d, pool: env.pool)
         }
         LocalAttention.resetForwardState(heads: zq, rows: n, headDim: d, acc: space.acc.pointer,
                                          rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer)
 
         let pass = keyPass
         try runRing(pass, tags: RingTags(readOnly: Self.kvTag, readOnlyInter: Self.kvInterTag, accumulator: 0, home: 0),
-                    readOnlyFloats: { 2 * zkv * self.tokens.counts[$0] * d }, readOnlyWire: keyValueWire, accumulatorFloats: nil,
+                    readOnlyFloats: { 2 * zkv * tokens.counts[$0] * d }, readOnlyWire: keyValueWire, accumulatorFloats: nil,
                     ownReadOnly: space.kv.pointer, ownAccumulator: nil, buffers: space.ring,
                     stats: &stats, deadline: deadline) { source, block, _, stats in
             let sourceRows = tokens.counts[source]
-            foldBlock(kernels, queryHeads: zq, q: space.q.pointer, rows: n, lo: tokens.lo[r], hi: tokens.hi[r],
-                      k: block, v: block + zkv * sourceRows * d, keyRows: sourceRows, keyPositions: tokens.positions[source],
-                      acc: space.acc.pointer, rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer, stats: &stats)
+            env.foldBlock(kernels, queryHeads: zq, q: space.q.pointer, rows: n, lo: tokens.lo[r], hi: tokens.hi[r],
+                          k: block, v: block + zkv * sourceRows * d, keyRows: sourceRows, keyPositions: tokens.positions[source],
+                          acc: space.acc.pointer, rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer, stats: &stats)
         }
         // Tiles of the steps skipped, so computed + skipped is the dense count.
         for k in 0..<p where !pass.needs(holder: r, block: pass.route.source(r, step: k)) {
             stats.add(.init(skipped: kernels.denseTiles(queryHeads: zq, queryRows: n, keyRows: tokens.counts[pass.route.source(r, step: k)])))
         }
 
-        finishRows(acc: space.acc.pointer, rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer,
-                   out: out, lse: lse, stats: &stats)
+        env.finishRows(acc: space.acc.pointer, rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer,
+                       out: out, lse: lse, stats: &stats)
     }
 }
