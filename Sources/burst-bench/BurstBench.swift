@@ -49,6 +49,7 @@ struct BurstBench: ParsableCommand {
     @Flag(help: "Benchmark decode over a KV cache (see DecodeBench.swift) at each of --cache-lengths, with --batch sequences, --heads/--heads-kv, --dtype, --threads; --mpi for P > 1.") var decode = false
     @Option(help: "Cache lengths for --decode (tokens per sequence, comma-separated).") var cacheLengths: String = "16384,65536"
     @Option(help: "New tokens per sequence in each --decode step (T).") var decodeTokens: Int = 1
+    @Option(help: "The cache's block_tokens for --decode (0 = the library's default).") var blockTokens: Int = 0
 
     mutating func run() throws {
         var worldRank = 0

@@ -33,6 +33,7 @@ extension BurstBench {
             cc.numHeadsQ = Int64(heads); cc.numHeadsKV = Int64(kvHeads); cc.headDim = Int64(d)
             cc.windowLeft = Int64(windowLeft)
             cc.numThreads = Int32(threads)
+            cc.blockTokens = Int64(blockTokens)
             cc.timeoutSeconds = timeout
             let cache = try context.makeKVCache(.success(cc))
             let ids = (0..<Int64(batch)).map { $0 }
