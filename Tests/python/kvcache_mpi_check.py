@@ -132,7 +132,7 @@ def error_paths(ctx):
              ba.MismatchError)
     block = 4 * (2 * 2 * HEAD_DIM * 4 + 8)
     bad_call(ctx, "max_bytes_local on rank 0", lambda c: c.decode(
-        0, [0], ones(1, 17, 4, HEAD_DIM), ones(1, 17, 2, HEAD_DIM), ones(1, 17, 2, HEAD_DIM)),
+        0, [0], ones(1, 64, 4, HEAD_DIM), ones(1, 64, 2, HEAD_DIM), ones(1, 64, 2, HEAD_DIM)),
         ba.OutOfMemoryError, max_bytes_local=4 * block if RANK == 0 else 0)
 
     # A plan from another context (a second context on the same communicator).

@@ -243,21 +243,22 @@ def test_inputs_or_ids_differing_between_ranks_is_mismatch_everywhere(world):
         cache.decode(0, [0], q, _ones(1, 1, 2, HEAD_DIM), _ones(1, 1, 2, HEAD_DIM))
 
     def ids(cache, ctx):
-        cache.decode(0, [ctx.rank == 1], _ones(1, 1, 4, HEAD_DIM), _ones(1, 1, 2, HEAD_DIM),
+        cache.decode(0, [int(ctx.rank == 1)], _ones(1, 1, 4, HEAD_DIM), _ones(1, 1, 2, HEAD_DIM),
                      _ones(1, 1, 2, HEAD_DIM))
     _bad_call(world, values, ba.MismatchError)
     _bad_call(world, ids, ba.MismatchError)
 
 
-@pytest.mark.parametrize("world", [1, 2, 3], indirect=True)
+@pytest.mark.parametrize("world", [1, 2, 3, 4], indirect=True)
 def test_max_bytes_local_exceeded_is_out_of_memory_everywhere(world):
-    """Rank 0 may hold 3 blocks of 4 tokens (its other ranks have no limit): _fresh
-    fits (2 layers x ceil(5 tokens there / 4) blocks at most), 17 more tokens do not;
-    every rank raises OutOfMemoryError and nothing changes."""
+    """Rank 0 may hold 4 blocks of 4 tokens (the other ranks have no limit): _fresh
+    fits (2 layers x ceil(5 tokens there / 4) blocks at most), 64 more tokens do not
+    (at least 16 of them go to rank 0 for P <= 4); every rank raises
+    OutOfMemoryError and nothing changes."""
     block = 4 * (2 * 2 * HEAD_DIM * 4 + 8)
 
     def call(cache, ctx):
-        cache.decode(0, [0], _ones(1, 17, 4, HEAD_DIM), _ones(1, 17, 2, HEAD_DIM), _ones(1, 17, 2, HEAD_DIM))
+        cache.decode(0, [0], _ones(1, 64, 4, HEAD_DIM), _ones(1, 64, 2, HEAD_DIM), _ones(1, 64, 2, HEAD_DIM))
 
     contexts = world
     limit = {0: 4 * block}
