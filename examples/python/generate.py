@@ -26,8 +26,9 @@ What each part does:
     rounded to bfloat16 exactly where the library rounds them (its inputs are stored
     in bf16 and it computes in fp32), so both sides compute the same function.
   * compare: the same token ids, and logits within --tolerance relative to their max
-    (1e-4 for f32; 1e-2 for bf16, where one attention output rounded to the other side
-    of a bf16 tie moves logits by ~2^-8 relative) at every step; the exit status says
+    (1e-4 for f32; 1e-3 for bf16, where an attention output that the two sides round
+    to neighbouring bf16 values moves the logits by up to ~2^-8 of that output's
+    share; 2e-5 was measured at the default size) at every step; the exit status says
     whether they did.
 
 The model is train_lm.py's TinyLM (learned positions, LayerNorm, GELU MLP), randomly
@@ -207,13 +208,13 @@ def main() -> int:
                     help="compute threads per rank for the library and torch (0: cores / ranks)")
     ap.add_argument("--tolerance", type=float, default=None,
                     help="largest relative logit difference allowed at any step "
-                         "(default 1e-4 for f32, 1e-2 for bf16)")
+                         "(default 1e-4 for f32, 1e-3 for bf16)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     if args.prompt_tokens < 1 or args.new_tokens < 1:
         ap.error("--prompt-tokens and --new-tokens must be at least 1")
     if args.tolerance is None:
-        args.tolerance = 1e-4 if args.dtype == "f32" else 1e-2
+        args.tolerance = 1e-4 if args.dtype == "f32" else 1e-3
 
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
