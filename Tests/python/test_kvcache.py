@@ -141,6 +141,54 @@ def test_bitwise_repeat_and_thread_count(world):
     assert d == play(world, (4, 2), 5, "bf16", "zigzag", seed=21, num_threads=2)
 
 
+@pytest.mark.parametrize("world", [3], indirect=True)
+@pytest.mark.parametrize("distribution", ["striped", "zigzag", "contiguous"])
+def test_prefill_batch_rows_one_layer_then_truncate_to_zero(world, distribution):
+    """A plan with batch 2 and no packing (row b is seq_ids[b]) prefills layer 0 only;
+    layer 1 starts empty; truncate to 0 and decode again; prefill into a non-empty layer
+    and duplicate ids in prefill fail on every rank."""
+    n, heads = 10, (4, 2)
+
+    def fn(ctx):
+        model = kref.Model(ctx.size, 2, *heads, HEAD_DIM, window_left=6, block_tokens=4)
+        with make_cache(ctx, heads, window_left=6, block_tokens=4) as cache:
+            runner = kref.Runner(ctx, cache, model, where=f"batch {distribution}")
+            runner.add([5, 9])
+            pos = ref.all_positions(distribution, n, ctx.size)
+            owner = np.empty(n, np.int64)
+            for r, rows in enumerate(pos):
+                owner[rows] = r
+            rng = np.random.default_rng(8)
+            k, v = (rng.standard_normal((2, n, heads[1], HEAD_DIM)).astype(np.float32) for _ in range(2))
+            kl, vl = (np.ascontiguousarray(x[:, pos[ctx.rank]]) for x in (k, v))
+            with ctx.plan(2, len(pos[ctx.rank]), *heads[:1], HEAD_DIM, num_heads_kv=heads[1],
+                          mask="causal", distribution=distribution, timeout_seconds=CALL_TIMEOUT) as plan:
+                cache.prefill(0, plan, [5, 9], kl, vl)
+                for b, s in enumerate((5, 9)):
+                    model.prefill(0, [s], [0, n], k[b:b + 1].astype(np.float64),
+                                  v[b:b + 1].astype(np.float64), owner)
+                runner.verify("batched prefill")
+                errors = []
+                for ids in ([5, 9], [9, 9]):  # 5, 9 are not empty in layer 0; a duplicate
+                    try:
+                        cache.prefill(0, plan, ids, kl, vl)
+                    except ba.BurstError as exc:
+                        errors.append(exc)
+                runner.check(len(errors) == 2, f"prefill errors {errors}")
+                runner.verify("failed prefills")
+            for layer in (0, 1):
+                runner.decode(layer, [9, 5], 3, seed=layer)
+            runner.truncate([5, 9], [0, 4])
+            runner.decode(0, [5, 9], 2, seed=7)
+            runner.decode(1, [5], 1, seed=8, positions=[20])
+        return runner
+
+    runners = results_or_raise(run_ranks(world, fn))
+    failures = [f for r in runners for f in r.failures]
+    assert not failures, "\n".join(failures[:20])
+    assert all(r.digests == runners[0].digests for r in runners)
+
+
 def test_self_context_prefill_decode():
     with ba.Context.self() as ctx:
         model = kref.Model(1, 2, 4, 2, HEAD_DIM, window_left=-1, block_tokens=3)
