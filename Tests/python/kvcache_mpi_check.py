@@ -46,7 +46,7 @@ HEAD_DIM = 8
 
 failures: "list[str]" = []
 checks = 0
-worst = {"out": 0.0, "lse": 0.0}
+worst: "dict[str, float]" = {}  # max|err|/max|ref| of out by dtype, and lse
 
 
 def check(condition, what: str) -> bool:
@@ -71,8 +71,8 @@ def run_scenario(ctx, heads, window_left, dtype, distribution, seed, layout="bsh
     global checks
     checks += runner.checks
     failures.extend(runner.failures)
-    for key in worst:
-        worst[key] = max(worst[key], runner.worst[key])
+    for key, name in (("out", f"out {dtype}"), ("lse", "lse")):
+        worst[name] = max(worst.get(name, 0.0), runner.worst[key])
     everyone = COMM.allgather(runner.digests)
     check(all(d == everyone[0] for d in everyone),
           f"{where}: the ranks' outputs differ (digests by rank differ)")
@@ -181,8 +181,9 @@ def main() -> int:
     lines = [f"kvcache_mpi_check rank {RANK}/{P}: FAIL {f}" for f in failures[:50]]
     lines.append(
         f"kvcache_mpi_check rank {RANK}/{P}: {checks} checks, {len(failures)} failed here, "
-        f"{total_failures} failed in all; worst error out {worst['out']:.2e} x max|ref|, "
-        f"lse {worst['lse']:.2e}; {elapsed:.2f} s; library {ba.library_path}")
+        f"{total_failures} failed in all; worst error (x max|ref|; bf16 includes its rounding) "
+        + ", ".join(f"{k} {v:.2e}" for k, v in sorted(worst.items()))
+        + f"; {elapsed:.2f} s; library {ba.library_path}")
     for r in range(P):  # one rank at a time, so lines do not interleave
         if r == RANK:
             print("\n".join(lines), flush=True)
