@@ -18,11 +18,12 @@ let package = Package(
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
         .systemLibrary(name: "CBurstABI"),
         .systemLibrary(name: "CXSMM", pkgConfig: "libxsmm", providers: [.apt(["libxsmm-dev"])]),
+        .systemLibrary(name: "CPrefetch"),
         // LAO: tiled kernels (libxsmm JIT tile products), no communication.
-        .target(name: "LocalAttention", dependencies: ["CXSMM", "RowKernelsAVX2", "RowKernelsAVX512"]),
+        .target(name: "LocalAttention", dependencies: ["CXSMM", "CPrefetch", "RowKernelsAVX2", "RowKernelsAVX512"]),
         // The softmax row kernels compiled for AVX2 and AVX-512, picked at run time.
-        .target(name: "RowKernelsAVX2", swiftSettings: [.unsafeFlags(["-target-cpu", "haswell"])]),
-        .target(name: "RowKernelsAVX512", swiftSettings: [.unsafeFlags(["-target-cpu", "skylake-avx512"])]),
+        .target(name: "RowKernelsAVX2", dependencies: ["CPrefetch"], swiftSettings: [.unsafeFlags(["-target-cpu", "haswell"])]),
+        .target(name: "RowKernelsAVX512", dependencies: ["CPrefetch"], swiftSettings: [.unsafeFlags(["-target-cpu", "skylake-avx512"])]),
         // GAO: schedules over the Transport protocol; loopback transport.
         .target(name: "GlobalAttention", dependencies: ["LocalAttention"]),
         // The only module that imports MPI.

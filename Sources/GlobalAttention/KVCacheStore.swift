@@ -10,14 +10,18 @@ import LocalAttention
 /// keys transposed, per head `[tiles][headDim][keyTile]` (slot j in tile
 /// j / keyTile, column j % keyTile; fp32 has one tile of `capacity`, see
 /// `DecodeKernel.keyTile`), values per head `[capacity][headDim]`, then each
-/// slot's position (Int). One allocation, zero-filled (unfilled slots are
-/// read as whole tiles, so they must be defined bytes).
+/// slot's position (Int). bf16 blocks for the fused kernels keep every key
+/// tile row and value row in pair groups (`DecodeKernel.pairPosition`).
+/// One allocation, zero-filled (unfilled slots are read as whole tiles, so
+/// they must be defined bytes).
 final class KVBlock {
     let raw: UnsafeMutableRawPointer
     let bytes: Int
     let capacity: Int
     var count = 0
     let kvHeads: Int, headDim: Int, elementBytes: Int, keyTile: Int
+    /// Elements per pair group of a paired bf16 layout; 0 = plain rows.
+    let pairGroup: Int
     /// Bytes of one head's keys / values.
     let keyHeadBytes: Int, valueHeadBytes: Int
 
@@ -28,7 +32,7 @@ final class KVBlock {
     }
 
     /// nil when the memory cannot be had.
-    init?(kvHeads: Int, headDim: Int, capacity: Int, elementBytes: Int, keyTile: Int) {
+    init?(kvHeads: Int, headDim: Int, capacity: Int, elementBytes: Int, keyTile: Int, pairGroup: Int) {
         let layout = Self.layout(kvHeads: kvHeads, headDim: headDim, capacity: capacity, elementBytes: elementBytes, keyTile: keyTile)
         guard let raw = calloc(1, layout.total) else { return nil }
         self.raw = raw
@@ -38,6 +42,7 @@ final class KVBlock {
         self.headDim = headDim
         self.elementBytes = elementBytes
         self.keyTile = keyTile
+        self.pairGroup = pairGroup
         keyHeadBytes = layout.keys
         valueHeadBytes = layout.values
     }
@@ -58,18 +63,26 @@ final class KVBlock {
     /// (`key(h)` / `value(h)` give head h's `headDim` elements, storage type).
     func append(position: Int, key: (Int) -> UnsafeRawPointer, value: (Int) -> UnsafeRawPointer) {
         let slot = count, e = elementBytes, d = headDim
-        // Element c of the key goes to row c of its tile, column slot % keyTile.
-        let first = (slot / keyTile) * keyTile * d + slot % keyTile
+        let column = slot % keyTile
+        // Element c of the key goes to row c of its tile, at the slot's column.
+        let first = (slot / keyTile) * keyTile * d + (pairGroup > 0 ? DecodeKernel.pairPosition(column, group: pairGroup) : column)
         for h in 0..<kvHeads {
             let kt = keys(head: h), src = key(h)
+            let row = values(head: h) + slot * d * e
             if e == 4 {
                 let s = src.assumingMemoryBound(to: Float.self), t = kt.assumingMemoryBound(to: Float.self) + first
                 for c in 0..<d { t[c * keyTile] = s[c] }
+                row.copyMemory(from: value(h), byteCount: d * e)
             } else {
                 let s = src.assumingMemoryBound(to: UInt16.self), t = kt.assumingMemoryBound(to: UInt16.self) + first
                 for c in 0..<d { t[c * keyTile] = s[c] }
+                if pairGroup > 0 {
+                    let v = value(h).assumingMemoryBound(to: UInt16.self), r = row.assumingMemoryBound(to: UInt16.self)
+                    for c in 0..<d { r[DecodeKernel.pairPosition(c, group: pairGroup)] = v[c] }
+                } else {
+                    row.copyMemory(from: value(h), byteCount: d * e)
+                }
             }
-            (values(head: h) + slot * d * e).copyMemory(from: value(h), byteCount: d * e)
         }
         positions[slot] = position
         count += 1
@@ -111,7 +124,9 @@ final class KVCacheStore {
         self.maxBytes = maxBytes
     }
 
-    var keyTile: Int { DecodeKernel.keyTile(headDim: headDim, blockTokens: blockTokens, storage: storage) }
+    /// Keys per key tile and the pair groups of a block (`DecodeKernel.layout`).
+    var keyTile: Int { DecodeKernel.layout(headDim: headDim, blockTokens: blockTokens, storage: storage).keyTile }
+    var pairGroup: Int { DecodeKernel.layout(headDim: headDim, blockTokens: blockTokens, storage: storage).paired ? DecodeKernel.pairGroup : 0 }
     var blockBytes: Int {
         KVBlock.layout(kvHeads: kvHeads, headDim: headDim, capacity: blockTokens, elementBytes: storage.bytes, keyTile: keyTile).total
     }
@@ -181,7 +196,7 @@ final class KVCacheStore {
             var list: [KVBlock] = []
             for _ in 0..<count {
                 guard let block = KVBlock(kvHeads: kvHeads, headDim: headDim, capacity: blockTokens, elementBytes: storage.bytes,
-                                          keyTile: keyTile) else {
+                                          keyTile: keyTile, pairGroup: pairGroup) else {
                     throw BurstError(.outOfMemory, "cannot allocate \(blockBytes) bytes for a cache block (\(bytes + reservation.bytes) bytes held on this rank)")
                 }
                 list.append(block)

@@ -1,4 +1,6 @@
-import CXSMM
+import CPrefetch
+import RowKernelsAVX2
+import RowKernelsAVX512
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -28,7 +30,7 @@ public final class DecodeKernel {
     public let blockTokens: Int
     public let scale: Float
     public let storage: StorageType
-    /// Keys widened at a time for half storage (d·subTile fp32 ≤ 16 KB).
+    /// Keys per tile of a half block's transposed keys (`layout`).
     public let subTile: Int
     private let products: TileProducts
     private let softmaxTile: LocalAttention.SoftmaxTile
@@ -39,27 +41,64 @@ public final class DecodeKernel {
         self.blockTokens = blockTokens
         self.scale = scale
         self.storage = storage
-        subTile = Self.keyTile(headDim: headDim, blockTokens: blockTokens, storage: storage)
+        let layout = Self.layout(headDim: headDim, blockTokens: blockTokens, storage: storage)
+        subTile = layout.keyTile
+        paired = layout.paired
+        scoreStride = (blockTokens + subTile - 1) / subTile * subTile
         products = TileProducts()
-        softmaxTile = LocalAttention.rowKernels(level: TileProducts.vectorLevel).0
+        let level = TileProducts.vectorLevel
+        softmaxTile = LocalAttention.rowKernels(level: level).0
+        switch level {
+        case 2: (pairedScores, pairedValues) = (RowKernelsAVX512.DecodeRows.scoresBF16, RowKernelsAVX512.DecodeRows.valuesBF16)
+        case 1: (pairedScores, pairedValues) = (RowKernelsAVX2.DecodeRows.scoresBF16, RowKernelsAVX2.DecodeRows.valuesBF16)
+        default: (pairedScores, pairedValues) = (DecodeRows.scoresBF16, DecodeRows.valuesBF16)
+        }
     }
 
-    /// Keys per tile of a block's transposed keys: the whole block for fp32
-    /// (the products read it in place), ≤ 16 KB of fp32 (4096 / headDim keys,
-    /// a multiple of 16) for half storage. A half block stores its keys tile
-    /// after tile (`[tiles][headDim][keyTile]`), so widening one tile is one
-    /// contiguous read: rows of a `[headDim × blockTokens]` layout read a
-    /// cache line each at a stride, as many streams as rows, which the
-    /// prefetchers do not follow (measured: 7 GB/s of bf16 against 18 for
-    /// fp32 read in place).
-    public static func keyTile(headDim: Int, blockTokens: Int, storage: StorageType) -> Int {
-        storage == .f32 ? blockTokens : min(blockTokens, max(16, 4096 / headDim / 16 * 16))
+    /// Elements per pair group of the bf16 kernels on this CPU's code path
+    /// (2 × the vector lanes; DecodeRows.swift).
+    public static var pairGroup: Int { [16, 16, 32][min(max(TileProducts.vectorLevel, 0), 2)] }
+
+    /// How a block stores its keys: `keyTile` keys per tile of the transposed
+    /// keys — the whole block for fp32 (the products read it in place); for
+    /// half storage ≤ 16 KB of fp32 (a multiple of 32 keys) — and whether bf16
+    /// keys and values are kept in pair groups for the fused kernels
+    /// (DecodeRows.swift: head_dim and the tile a multiple of `pairGroup`).
+    /// A half block stores its keys tile after tile (`[tiles][headDim][keyTile]`),
+    /// so a tile is one contiguous read: rows of a `[headDim × blockTokens]`
+    /// layout read a cache line each at a stride, as many streams as rows,
+    /// which the prefetchers do not follow (measured: bf16 at 7 GB/s against
+    /// 18 for fp32 read in place).
+    public static func layout(headDim: Int, blockTokens: Int, storage: StorageType) -> (keyTile: Int, paired: Bool) {
+        if storage == .f32 { return (blockTokens, false) }
+        let tile = min(blockTokens, max(32, 4096 / headDim / 32 * 32))
+        let group = pairGroup
+        return (tile, storage == .bf16 && headDim % group == 0 && tile % group == 0)
     }
+
+    /// Where element `index` of a row of a pair-grouped bf16 layout is
+    /// stored: word w of a group of `group` elements holds elements w (low
+    /// half) and w + group/2 (high half).
+    @inline(__always)
+    public static func pairPosition(_ index: Int, group: Int) -> Int {
+        let half = group / 2, within = index % group
+        return (index - within) + 2 * (within % half) + within / half
+    }
+
+    /// How far ahead the fused kernels ask for memory: key tiles, value rows.
+    static let keyLookahead = 2, valueLookahead = 16
+
+    /// bf16 rows kept in pair groups, for the fused kernels (`layout`).
+    public let paired: Bool
+    /// Columns of the score scratch per row: the block rounded up to whole tiles.
+    public let scoreStride: Int
+    private let pairedScores: (UnsafePointer<Float>, Int, Int, UnsafeRawPointer, Int, UnsafeMutablePointer<Float>, Int, Int) -> Void
+    private let pairedValues: (UnsafePointer<Float>, Int, Int, Int, UnsafeRawPointer, Int, UnsafeMutablePointer<Float>, Int) -> Void
 
     /// Floats of scratch one worker needs for `rows` query rows: the score
-    /// tile, and for half storage the widened keys and values of one block.
+    /// rows, and for widened half storage one tile of fp32.
     public func scratchFloats(rows: Int) -> Int {
-        rows * blockTokens + (storage == .f32 ? 0 : headDim * subTile) + 32
+        rows * scoreStride + (storage == .f32 || paired ? 0 : headDim * subTile) + 32
     }
 
     /// The products of a block of `count` keys for `rows` query rows: the
@@ -77,8 +116,8 @@ public final class DecodeKernel {
         let d = headDim, b = blockTokens
         let ldb = storage == .f32 ? b : subTile   // keys: the block's Kᵀ, or the widened sub-tile
         return Products(
-            scores: products.kernel(m: m, n: n, k: d, lda: d, ldb: ldb, ldc: b, transposedA: false, accumulate: false),
-            values: products.kernel(m: m, n: d, k: n, lda: b, ldb: d, ldc: d, transposedA: false, accumulate: true))
+            scores: products.kernel(m: m, n: n, k: d, lda: d, ldb: ldb, ldc: scoreStride, transposedA: false, accumulate: false),
+            values: products.kernel(m: m, n: d, k: n, lda: scoreStride, ldb: d, ldc: d, transposedA: false, accumulate: true))
     }
 
     /// The size `products` must be called with for a call's full blocks.
@@ -95,27 +134,40 @@ public final class DecodeKernel {
                      lo: UnsafePointer<Int>, hi: UnsafePointer<Int>,
                      rowMax: UnsafeMutablePointer<Float>, rowSum: UnsafeMutablePointer<Float>,
                      acc: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>) {
-        let d = headDim, b = blockTokens
+        let d = headDim, b = scoreStride
         let s = scratch
         if storage == .f32 {
-            let kernels = count == b ? full : products(rows: rows, count: count)
+            let kernels = count == blockTokens ? full : products(rows: rows, count: count)
             products.run(kernels.scores, q, keysT.assumingMemoryBound(to: Float.self), s)
             softmaxTile(s, b, count, rows, lo, hi, scale, rowMax, rowSum, acc, d)
             products.run(kernels.values, s, values.assumingMemoryBound(to: Float.self), acc)
             return
         }
-        // Half storage: scores of every sub-tile, one softmax over the block,
+        if paired {
+            // bf16 in pair groups: widened in registers by the fused kernels,
+            // which ask for the lines ahead of the ones they read.
+            let tile = subTile, tileBytes = d * tile * 2
+            var t = 0
+            while t * tile < count {
+                pairedScores(q, rows, d, keysT + t * tileBytes, tile, s + t * tile, b, Self.keyLookahead * tileBytes)
+                t += 1
+            }
+            softmaxTile(s, b, count, rows, lo, hi, scale, rowMax, rowSum, acc, d)
+            pairedValues(s, b, rows, count, values, d, acc, Self.valueLookahead * d * 2)
+            return
+        }
+        // Other half storage: scores of every sub-tile, one softmax over the block,
         // then the values sub-tile by sub-tile; one L1-sized scratch tile.
         let tile = scratch + rows * b, sub = subTile, e = storage.bytes
         let halfK = keysT.assumingMemoryBound(to: UInt16.self), halfV = values.assumingMemoryBound(to: UInt16.self)
         // Each step asks for the next tile's bytes (the next key tile, then the
         // first value tiles) while this one's products run.
-        cxsmm_prefetch(halfK, d * sub * e)
+        burst_prefetch_range(halfK, d * sub * e)
         var j0 = 0
         while j0 < count {
             let cols = min(sub, count - j0)
             let kernels = cols == sub ? full : products(rows: rows, count: cols)
-            if j0 + sub < count { cxsmm_prefetch(halfK + (j0 + sub) * d, d * sub * e) } else { cxsmm_prefetch(halfV, min(count, sub) * d * e) }
+            if j0 + sub < count { burst_prefetch_range(halfK + (j0 + sub) * d, d * sub * e) } else { burst_prefetch_range(halfV, min(count, sub) * d * e) }
             // The whole tile, unfilled slots too (zero): one contiguous read.
             StorageConversion.widen(storage, halfK + j0 * d, into: tile, count: d * sub)
             products.run(kernels.scores, q, tile, s + j0)
@@ -126,7 +178,7 @@ public final class DecodeKernel {
         while j0 < count {
             let cols = min(sub, count - j0)
             let kernels = cols == sub ? full : products(rows: rows, count: cols)
-            if j0 + sub < count { cxsmm_prefetch(halfV + (j0 + sub) * d, min(sub, count - j0 - sub) * d * e) }
+            if j0 + sub < count { burst_prefetch_range(halfV + (j0 + sub) * d, min(sub, count - j0 - sub) * d * e) }
             StorageConversion.widen(storage, halfV + j0 * d, into: tile, count: cols * d)
             products.run(kernels.values, s + j0, tile, acc)
             j0 += sub

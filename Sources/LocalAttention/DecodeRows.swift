@@ -1,0 +1,1 @@
+../RowKernelsAVX512/DecodeRows.swift
