@@ -341,7 +341,7 @@ static void decode(run *R, int layer, const int *slots, int ns, int64_t T, const
   void *q = xcalloc(nq, e), *k = xcalloc(nk, e), *v = xcalloc(nk, e), *out = xcalloc(nq, e);
   float *lse = xcalloc(nl, 4);
   double *qd = xcalloc(nq, 8), *ref = xcalloc(nq, 8), *ref_lse = xcalloc(nl, 8);
-  int64_t ids[NSLOT], p0[NSLOT], t, h, x, i;
+  int64_t ids[NSLOT] = {0}, p0[NSLOT] = {0}, t, h, x, i;
   int s, use_positions = 0;
   char what[96];
   burst_status st;
@@ -469,7 +469,7 @@ done:
 }
 
 static void truncate_seqs(run *R, const int *slots, const int64_t *lengths, int n) {
-  int64_t ids[NSLOT];
+  int64_t ids[NSLOT] = {0};
   int i;
   for (i = 0; i < n; ++i) ids[i] = k_ids[slots[i]];
   if (ok(burst_kv_cache_truncate(R->cache, ids, lengths, n), "burst_kv_cache_truncate"))
@@ -478,7 +478,7 @@ static void truncate_seqs(run *R, const int *slots, const int64_t *lengths, int 
 }
 
 static void drop_seqs(run *R, const int *slots, int n) {
-  int64_t ids[NSLOT];
+  int64_t ids[NSLOT] = {0};
   int i;
   for (i = 0; i < n; ++i) ids[i] = k_ids[slots[i]];
   if (ok(burst_kv_cache_drop(R->cache, ids, n), "burst_kv_cache_drop"))
@@ -655,7 +655,7 @@ static void bad_inputs(burst_context *ctx) {
   BAD_CFG(c_.struct_size = 0, BURST_ERROR_VERSION, "create with struct_size 0");
   BAD_CFG(c_.struct_size = (uint32_t)sizeof c_ - 8u, BURST_ERROR_VERSION, "create with struct_size sizeof - 8");
   BAD_CFG(c_.num_layers = 0, BURST_ERROR_INVALID_ARGUMENT, "create with num_layers 0");
-  BAD_CFG(c_.num_heads_q = 3, BURST_ERROR_INVALID_ARGUMENT, "create with num_heads_q 3 over num_heads_kv 2");
+  BAD_CFG((c_.num_heads_q = 3, c_.num_heads_kv = 2), BURST_ERROR_INVALID_ARGUMENT, "create with num_heads_q 3 over num_heads_kv 2");
   BAD_CFG(c_.head_dim = 0, BURST_ERROR_INVALID_ARGUMENT, "create with head_dim 0");
   BAD_CFG(c_.block_tokens = 65537, BURST_ERROR_INVALID_ARGUMENT, "create with block_tokens 65537");
   BAD_CFG(c_.window_left = -2, BURST_ERROR_INVALID_ARGUMENT, "create with window_left -2");
