@@ -28,7 +28,7 @@ private func guarded(_ body: () throws -> Void) -> burst_status {
     }
 }
 
-private func invalid(_ message: String) -> BurstError { BurstError(.invalidArgument, message) }
+func invalid(_ message: String) -> BurstError { BurstError(.invalidArgument, message) }
 
 /// Without MPI_THREAD_MULTIPLE only one thread may be inside MPI at a time:
 /// a second thread calling into an MPI plan meanwhile gets BUSY instead of
@@ -39,7 +39,7 @@ private let mpiSerializer: UnsafeMutablePointer<pthread_mutex_t> = {
     return mutex
 }()
 
-private func withMPIAccess<T>(_ context: ContextHandle, _ body: () throws -> T) throws -> T {
+func withMPIAccess<T>(_ context: ContextHandle, _ body: () throws -> T) throws -> T {
     guard context.usesMPI, !MPITransport.threadMultiple else { return try body() }
     guard pthread_mutex_trylock(mpiSerializer) == 0 else {
         throw BurstError(.busy, "another thread is inside an MPI call of this library and MPI was not initialised with MPI_THREAD_MULTIPLE")
@@ -237,38 +237,44 @@ public func _burst_plan_stats(_ plan: OpaquePointer?, _ stats: UnsafeMutablePoin
         // The plan first: a NULL or dead plan is INVALID_ARGUMENT whatever the struct says.
         _ = try withPlan(plan) { _ in true }
         guard let stats else { throw invalid("stats is NULL") }
-        let declared = Int(UnsafeRawPointer(stats).load(as: UInt32.self))
-        let known = MemoryLayout<burst_stats>.size
-        // Known sizes: this version's and the two older ones (a client built
-        // against an older header gets the fields it knows). A larger size is a
-        // newer client: it gets this version's fields, zeros past them, and
-        // struct_size = the bytes this library wrote.
-        guard declared == known || declared == statsSizeV02 || declared == statsSizeV01
-              || (declared > known && declared <= maxStructSize) else {
-            throw BurstError(.version, "stats struct_size is \(declared) but this library (version \(versionString)) knows \(known) (and \(statsSizeV02) of version 0.2, \(statsSizeV01) of 0.1; larger sizes up to \(maxStructSize) from newer headers): set struct_size = sizeof(burst_stats)")
-        }
-        let s = try withPlan(plan) { try $0.plan.statsSnapshot() }
-        var c = burst_stats()
-        c.struct_size = UInt32(min(declared, known))
-        c.bytes_sent = s.bytesSent
-        c.bytes_received = s.bytesReceived
-        c.messages_sent = s.messagesSent
-        c.steps_computed = s.stepsComputed
-        c.steps_skipped = s.stepsSkipped
-        c.compute_seconds = s.computeSeconds
-        c.comm_wait_seconds = s.commWaitSeconds
-        c.total_seconds = s.totalSeconds
-        c.tiles_computed = s.tilesComputed
-        c.tiles_skipped = s.tilesSkipped
-        c.bytes_sent_inter_group = s.bytesSentInterGroup
-        c.bytes_received_inter_group = s.bytesReceivedInterGroup
-        c.pattern = s.pattern
-        c.intra_group_size = s.intraGroupSize
-        // An older client's struct is shorter: write only what it has.
-        let target = UnsafeMutableRawPointer(stats)
-        withUnsafeBytes(of: &c) { target.copyMemory(from: $0.baseAddress!, byteCount: min(declared, known)) }
-        if declared > known { (target + known).initializeMemory(as: UInt8.self, repeating: 0, count: declared - known) }
+        try writeStats(stats) { try withPlan(plan) { try $0.plan.statsSnapshot() } }
     }
+}
+
+/// Checks a caller's burst_stats struct_size, then writes `read()`'s
+/// counters into it (burst_plan_stats, burst_kv_cache_stats).
+func writeStats(_ stats: UnsafeMutablePointer<burst_stats>, _ read: () throws -> CallStats) throws {
+    let declared = Int(UnsafeRawPointer(stats).load(as: UInt32.self))
+    let known = MemoryLayout<burst_stats>.size
+    // Known sizes: this version's and the two older ones (a client built
+    // against an older header gets the fields it knows). A larger size is a
+    // newer client: it gets this version's fields, zeros past them, and
+    // struct_size = the bytes this library wrote.
+    guard declared == known || declared == statsSizeV02 || declared == statsSizeV01
+          || (declared > known && declared <= maxStructSize) else {
+        throw BurstError(.version, "stats struct_size is \(declared) but this library (version \(versionString)) knows \(known) (and \(statsSizeV02) of version 0.2, \(statsSizeV01) of 0.1; larger sizes up to \(maxStructSize) from newer headers): set struct_size = sizeof(burst_stats)")
+    }
+    let s = try read()
+    var c = burst_stats()
+    c.struct_size = UInt32(min(declared, known))
+    c.bytes_sent = s.bytesSent
+    c.bytes_received = s.bytesReceived
+    c.messages_sent = s.messagesSent
+    c.steps_computed = s.stepsComputed
+    c.steps_skipped = s.stepsSkipped
+    c.compute_seconds = s.computeSeconds
+    c.comm_wait_seconds = s.commWaitSeconds
+    c.total_seconds = s.totalSeconds
+    c.tiles_computed = s.tilesComputed
+    c.tiles_skipped = s.tilesSkipped
+    c.bytes_sent_inter_group = s.bytesSentInterGroup
+    c.bytes_received_inter_group = s.bytesReceivedInterGroup
+    c.pattern = s.pattern
+    c.intra_group_size = s.intraGroupSize
+    // An older client's struct is shorter: write only what it has.
+    let target = UnsafeMutableRawPointer(stats)
+    withUnsafeBytes(of: &c) { target.copyMemory(from: $0.baseAddress!, byteCount: min(declared, known)) }
+    if declared > known { (target + known).initializeMemory(as: UInt8.self, repeating: 0, count: declared - known) }
 }
 
 /// The largest struct_size accepted from a newer header (config and stats).

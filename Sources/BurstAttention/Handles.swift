@@ -24,6 +24,16 @@ final class PlanHandle {
     }
 }
 
+/// What a `burst_kv_cache *` points to. Keeps its context alive.
+final class CacheHandle {
+    let cache: KVCache
+    let context: ContextHandle
+    init(cache: KVCache, context: ContextHandle) {
+        self.cache = cache
+        self.context = context
+    }
+}
+
 /// The handles the library has given out and not yet seen destroyed. Every
 /// call looks its handle up here before using it, so
 ///  - a pointer that is not a live handle (destroyed, never created, a plan
@@ -34,7 +44,7 @@ final class PlanHandle {
 ///    by another thread meanwhile stays alive until that call returns, and
 ///    later calls see it as destroyed.
 enum HandleRegistry {
-    enum Kind { case context, plan }
+    enum Kind { case context, plan, cache }
 
     private static let lock: UnsafeMutablePointer<pthread_mutex_t> = {
         let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
@@ -97,6 +107,16 @@ func withPlan<T>(_ pointer: OpaquePointer?, _ body: (PlanHandle) throws -> T) th
     guard let pointer else { throw BurstError(.invalidArgument, "plan is NULL") }
     guard let handle = HandleRegistry.retain(pointer, as: .plan, PlanHandle.self) else {
         throw BurstError(.invalidArgument, "plan is not a live plan (already destroyed, or not made by burst_plan_create)")
+    }
+    defer { handle.release() }
+    return try body(handle.takeUnretainedValue())
+}
+
+/// Runs `body` with the live KV cache at `pointer` (INVALID_ARGUMENT if NULL or not live).
+func withCache<T>(_ pointer: OpaquePointer?, _ body: (CacheHandle) throws -> T) throws -> T {
+    guard let pointer else { throw BurstError(.invalidArgument, "cache is NULL") }
+    guard let handle = HandleRegistry.retain(pointer, as: .cache, CacheHandle.self) else {
+        throw BurstError(.invalidArgument, "cache is not a live KV cache (already destroyed, or not made by burst_kv_cache_create)")
     }
     defer { handle.release() }
     return try body(handle.takeUnretainedValue())

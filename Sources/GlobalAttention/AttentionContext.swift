@@ -10,6 +10,8 @@ public final class AttentionContext {
     public let transport: Transport
     /// Compute threads a plan gets when its config says 0.
     public let defaultThreads: Int
+    /// Collective calls made on the context itself (plan and cache creation),
+    /// which the agreement round pairs across ranks.
     private var plansCreated: UInt64 = 0
     /// Set by a TIMEOUT or COMMUNICATION error in plan creation. A timed-out
     /// rank cannot know whether its peers completed the call (they may have
@@ -106,6 +108,43 @@ public final class AttentionContext {
         let threads = cfg.numThreads > 0 ? Int(cfg.numThreads) : defaultThreads
         return AttentionPlan(config: cfg, transport: planTransport, tokens: layout, threads: threads,
                              pattern: pattern, groupSize: groupSize)
+    }
+
+    /// Collective (burst_kv_cache_create): validates the config, checks that
+    /// every agreed field matches across ranks, and gives the cache its own
+    /// duplicate of the transport. A failure poisons the context as a plan
+    /// creation's would.
+    public func makeKVCache(_ config: Result<KVCacheConfig, BurstError>) throws -> KVCache {
+        if let poisoned {
+            throw BurstError(poisoned.status, "the context is unusable after an earlier failure of a collective call (\(poisoned.message)); destroy it and create a new one")
+        }
+        do {
+            plansCreated += 1
+            var localError: BurstError?
+            var payload: [Int64] = []
+            var timeout = AttentionConfig.defaultTimeoutSeconds
+            switch config {
+            case .failure(let error): localError = error
+            case .success(let cfg):
+                timeout = cfg.effectiveTimeout
+                do { try cfg.validate(); payload = cfg.agreedFields.map(\.value) } catch let error as BurstError { localError = error }
+            }
+            let deadline = Deadline.after(seconds: timeout)
+            let all = try Agreement.agree(transport, operation: .cacheCreate, sequence: plansCreated,
+                                          localError: localError, payload: payload, deadline: deadline)
+            guard case .success(let cfg) = config else { throw BurstError(.internalError, "unreachable") }
+            for (index, field) in cfg.agreedFields.enumerated() {
+                for (peer, theirs) in all.enumerated() where theirs[index] != all[0][index] {
+                    throw BurstError(.mismatch, "cache config field '\(field.name)' differs across ranks: rank 0 has \(describe(field.name, all[0][index])), rank \(peer) has \(describe(field.name, theirs[index]))")
+                }
+            }
+            let cacheTransport = try transport.duplicate(deadline: deadline)
+            let threads = cfg.numThreads > 0 ? Int(cfg.numThreads) : defaultThreads
+            return KVCache(config: cfg, context: self, transport: cacheTransport, threads: threads)
+        } catch let error as BurstError {
+            if error.poisonsPlan { poisoned = error }
+            throw error
+        }
     }
 
     /// Where every rank's tokens are, once the shard sizes are known: checks

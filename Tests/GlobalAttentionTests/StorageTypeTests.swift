@@ -100,7 +100,7 @@ final class StorageTypeTests: XCTestCase {
     func testSweep() {
         var index = 0
         for ranks in 1...4 {
-            for (name, variant) in variants(ranks: ranks) {
+            for (_, variant) in variants(ranks: ranks) {
                 for pattern in [AttentionConfig.Pattern.burst, .ring, .allgather, .ulysses] {
                     index += 1
                     var p = Problem()
