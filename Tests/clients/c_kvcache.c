@@ -9,12 +9,12 @@
  * rank builds the same model without communicating.
  *
  * A scenario (dtype F32/BF16 x layout BSHD/BHSD x prefill distribution
- * CONTIGUOUS/ZIGZAG x heads (4,4)/(4,2)/(4,1) x window off/on) runs:
+ * CONTIGUOUS/ZIGZAG/STRIPED x heads (4,4)/(4,2)/(4,1) x window off/on) runs:
  *  - prefill of layer 0 through plans (burst_plan_create, burst_forward,
- *    burst_kv_cache_prefill; causal): a 37-token prompt, a 1-token prompt
+ *    burst_kv_cache_prefill; causal): a 150-token prompt, a 1-token prompt
  *    (some rank holds none of it at P >= 2), and a packed prompt of batch 2
  *    with cu_seqlens {0, 13, 35} (4 sequences: seq_ids[b * 2 + s]) whose plan
- *    uses the other layout; layer 1 gets only the 37-token prompt (other
+ *    uses the other layout; layer 1 gets only the 150-token prompt (other
  *    values); one sequence is never prefilled (its decode starts at 0);
  *  - decode steps in a row with T = 1, 3, 17 (subsets of the sequences, both
  *    layers, one step with `positions` skipping ahead), a truncate (rejected
@@ -33,7 +33,9 @@
  * at position p on rank p mod P; their sum over ranks = the tokens stored)
  * and burst_kv_cache_bytes between the tokens' bytes and their whole blocks'
  * bytes (0 after the last drop). Every scenario is then replayed on a fresh
- * cache with the same config: every decode gives the same bytes.
+ * cache with the same config: every decode gives the same bytes; and once
+ * more with num_threads 2 on even ranks (1 on odd ones; the header: results
+ * do not depend on it) and lse = NULL at odd steps: the same out bytes.
  *
  * Bad inputs (bad_inputs()): each must give an error on every rank with a
  * non-empty message, and leave the cache unchanged (lengths and bytes the
@@ -106,12 +108,12 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
 
 /* ---- the model of the cache ---------------------------------------------------
  * Sequence slots (ids chosen to be sparse, one beyond 32 bits):
- *   0: a 37-token prompt (layer 0 and layer 1)     1: a 1-token prompt
+ *   0: a 150-token prompt (layer 0 and layer 1)    1: a 1-token prompt
  *   2..5: the packed prompt of batch 2 (row 0: 13 and 22 tokens; row 1 alike)
  *   6: no prompt                                                            */
 #define NSLOT 7
 #define NLAYER 2
-#define MAXP 128 /* positions per (layer, sequence) */
+#define MAXP 256 /* positions per (layer, sequence) */
 #define HQ 4
 #define HEAD_DIM 16
 static const int64_t k_ids[NSLOT] = {10, 11, 20, 21, 22, 23, (int64_t)1 << 40};
@@ -135,9 +137,11 @@ typedef struct run {
   scenario sc;
   model m;
   uint64_t seed;
-  int replay;           /* 1: compare each decode's digest with digests[] instead of recording it */
+  int replay;           /* 0: record each decode's digests; 1: compare them; 2: compare them
+                           with num_threads 2 on even ranks and 1 on odd ones and lse = NULL
+                           at odd steps (out must not change) */
   int step;             /* decode calls so far */
-  uint64_t digests[64];
+  uint64_t digests[64][2]; /* of out and of lse */
 } run;
 
 static double scale_of(const scenario *sc) {
@@ -339,7 +343,7 @@ static void decode(run *R, int layer, const int *slots, int ns, int64_t T, const
   const uint64_t seed = R->seed * 1000u + (uint64_t)R->step;
   const double scale = scale_of(sc);
   void *q = xcalloc(nq, e), *k = xcalloc(nk, e), *v = xcalloc(nk, e), *out = xcalloc(nq, e);
-  float *lse = xcalloc(nl, 4);
+  float *lse_buf = xcalloc(nl, 4), *lse = R->replay == 2 && R->step % 2 ? NULL : lse_buf;
   double *qd = xcalloc(nq, 8), *ref = xcalloc(nq, 8), *ref_lse = xcalloc(nl, 8);
   int64_t ids[NSLOT] = {0}, p0[NSLOT] = {0}, t, h, x, i;
   int s, use_positions = 0;
@@ -382,15 +386,24 @@ static void decode(run *R, int layer, const int *slots, int ns, int64_t T, const
     }
   /* Bitwise the same on every rank, and on a fresh cache (replay). */
   {
-    uint64_t digest = fnv1a(fnv1a(0xCBF29CE484222325ull, out, nq * e), lse, nl * 4), all[64];
-    int r;
-    MPI_Allgather(&digest, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, MPI_COMM_WORLD);
+    uint64_t digest[2], all[64][2];
+    int r, j;
+    digest[0] = fnv1a(0xCBF29CE484222325ull, out, nq * e);
+    digest[1] = lse ? fnv1a(0xCBF29CE484222325ull, lse, nl * 4) : 0;
+    MPI_Allgather(digest, 2, MPI_UINT64_T, all, 2, MPI_UINT64_T, MPI_COMM_WORLD);
     ++g_checks;
     for (r = 0; r < P; ++r)
-      if (all[r] != all[0]) { fail("%s: rank %d's out/lse bytes differ from rank 0's", what, r); break; }
+      if (all[r][0] != all[0][0] || all[r][1] != all[0][1]) {
+        fail("%s: rank %d's out/lse bytes differ from rank 0's", what, r);
+        break;
+      }
     if (R->step >= 64) fail("test bug: more than 64 decode steps");
-    else if (!R->replay) R->digests[R->step] = digest;
-    else if (R->digests[R->step] != digest) fail("%s: not the same bytes as on the first cache", what);
+    else if (!R->replay) memcpy(R->digests[R->step], digest, sizeof digest);
+    else
+      for (j = 0; j < (lse ? 2 : 1); ++j)
+        if (R->digests[R->step][j] != digest[j])
+          fail("%s: %s not the same bytes as on the first cache%s", what, j ? "lse" : "out",
+               R->replay == 2 ? " (num_threads differs, lse may be NULL)" : "");
   }
   /* The float64 reference over the stored history. */
   {
@@ -430,7 +443,7 @@ static void decode(run *R, int layer, const int *slots, int ns, int64_t T, const
       double ratio = fabs(get(dt, out, (size_t)i) - ref[i]) / allowed;
       if (!(ratio <= worst)) worst = ratio == ratio ? ratio : INFINITY;
     }
-    for (i = 0; i < (int64_t)nl; ++i) {
+    for (i = 0; lse && i < (int64_t)nl; ++i) {
       double err = fabs((double)lse[i] - ref_lse[i]);
       if (!(err <= lse_worst)) lse_worst = err == err ? err : INFINITY;
     }
@@ -465,7 +478,7 @@ static void decode(run *R, int layer, const int *slots, int ns, int64_t T, const
   check_lengths(R, what);
 done:
   R->step++;
-  free(q); free(k); free(v); free(out); free(lse); free(qd); free(ref); free(ref_lse);
+  free(q); free(k); free(v); free(out); free(lse_buf); free(qd); free(ref); free(ref_lse);
 }
 
 static void truncate_seqs(run *R, const int *slots, const int64_t *lengths, int n) {
@@ -486,10 +499,11 @@ static void drop_seqs(run *R, const int *slots, int n) {
   check_lengths(R, "after drop");
 }
 
-static burst_status create_cache(burst_context *ctx, const scenario *sc, int64_t max_bytes, burst_kv_cache **out) {
+static burst_status create_cache(burst_context *ctx, const scenario *sc, int64_t max_bytes, int threads,
+                                 burst_kv_cache **out) {
   burst_kv_cache_config cfg;
   burst_kv_cache_config_init(&cfg);
-  cfg.layout = sc->layout; cfg.dtype = sc->dtype; cfg.num_threads = 1; cfg.num_layers = NLAYER;
+  cfg.layout = sc->layout; cfg.dtype = sc->dtype; cfg.num_threads = threads; cfg.num_layers = NLAYER;
   cfg.num_heads_q = HQ; cfg.num_heads_kv = sc->hkv; cfg.head_dim = HEAD_DIM;
   cfg.softmax_scale = sc->softmax_scale; cfg.window_left = sc->window_left;
   cfg.block_tokens = sc->block_tokens; cfg.max_bytes_local = max_bytes; cfg.timeout_seconds = 120;
@@ -509,14 +523,14 @@ static void run_scenario(run *R) {
 
   model_init(&R->m, sc);
   R->step = 0;
-  if (!ok(create_cache(R->ctx, sc, 0, &R->cache), "burst_kv_cache_create")) { model_free(&R->m); return; }
+  if (!ok(create_cache(R->ctx, sc, 0, R->replay == 2 && g_rank % 2 == 0 ? 2 : 1, &R->cache), "burst_kv_cache_create")) { model_free(&R->m); return; }
   for (s = 0; s < NSLOT; ++s) { ids[s] = k_ids[s]; R->m.alive[s] = 1; }
   if (!ok(burst_kv_cache_add(R->cache, ids, NSLOT), "burst_kv_cache_add")) goto done;
   check_lengths(R, "after add");
-  prefill(R, 0, sc->layout, 1, 37, NULL, 0, one, R->seed + 1);
+  prefill(R, 0, sc->layout, 1, 150, NULL, 0, one, R->seed + 1);
   prefill(R, 0, sc->layout, 1, 1, NULL, 0, short_, R->seed + 2);
   prefill(R, 0, 1 - sc->layout, 2, 35, cu, 2, packed, R->seed + 3);
-  prefill(R, 1, sc->layout, 1, 37, NULL, 0, one, R->seed + 4);
+  prefill(R, 1, sc->layout, 1, 150, NULL, 0, one, R->seed + 4);
   {
     int64_t total = 0;
     if (ok(burst_kv_cache_bytes(R->cache, &bytes), "burst_kv_cache_bytes")) {
@@ -670,7 +684,7 @@ static void bad_inputs(burst_context *ctx) {
 #undef BAD_CFG
 
   /* The cache of the rest: max_bytes_local differs by rank (allowed: rank 0's is small). */
-  if (!ok(create_cache(ctx, &sc, r0 ? limit : 0, &R->cache), "burst_kv_cache_create")) goto out;
+  if (!ok(create_cache(ctx, &sc, r0 ? limit : 0, 1, &R->cache), "burst_kv_cache_create")) goto out;
   ids[0] = sid[0]; ids[1] = sid[1]; ids[2] = sid[2];
   if (!ok(burst_kv_cache_add(R->cache, ids, 3), "burst_kv_cache_add")) goto out;
   R->m.alive[0] = R->m.alive[1] = R->m.alive[2] = 1;
@@ -878,11 +892,11 @@ int main(int argc, char **argv) {
 
   for (dtype = BURST_DTYPE_F32; dtype <= BURST_DTYPE_BF16; ++dtype)
     for (layout = BURST_LAYOUT_BSHD; layout <= BURST_LAYOUT_BHSD; ++layout)
-      for (dist = BURST_DISTRIBUTION_CONTIGUOUS; dist <= BURST_DISTRIBUTION_ZIGZAG; ++dist)
+      for (dist = BURST_DISTRIBUTION_CONTIGUOUS; dist <= BURST_DISTRIBUTION_STRIPED; ++dist)
         for (hi = 0; hi < 3; ++hi)
           for (win = 0; win <= 1; ++win) {
             run R;
-            static const int64_t blocks[] = {4, 7, 0}; /* 0: the default, 256 */
+            static const int64_t blocks[] = {4, 1, 0}; /* 1: 150+ blocks, several chunks of the decode; 0: 256 */
             memset(&R, 0, sizeof R);
             R.ctx = ctx;
             R.sc.dtype = dtype; R.sc.layout = layout; R.sc.dist = dist; R.sc.hkv = hkvs[hi];
@@ -892,17 +906,19 @@ int main(int argc, char **argv) {
             R.seed = 1000u + (uint64_t)n_scen;
             snprintf(g_case, sizeof g_case, "%s %s %s heads %d/%lld window %lld blocks %lld P=%d",
                      dtype == BURST_DTYPE_F32 ? "F32" : "BF16", layout == BURST_LAYOUT_BSHD ? "BSHD" : "BHSD",
-                     dist == BURST_DISTRIBUTION_ZIGZAG ? "ZIGZAG" : "CONTIGUOUS", HQ, (long long)R.sc.hkv,
+                     dist == BURST_DISTRIBUTION_ZIGZAG ? "ZIGZAG" : dist ? "STRIPED" : "CONTIGUOUS", HQ, (long long)R.sc.hkv,
                      (long long)R.sc.window_left, (long long)R.sc.block_tokens, g_size);
             run_scenario(&R);
             R.replay = 1; /* the same again on a fresh cache: the same bytes */
+            run_scenario(&R);
+            R.replay = 2; /* and with other num_threads, lse NULL at odd steps */
             run_scenario(&R);
             ++n_scen;
           }
   bad_inputs(ctx);
   burst_context_destroy(ctx);
   MPI_Allreduce(&g_failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-  printf("c_kvcache rank %d/%d: %s - %d scenarios (each twice) and the bad inputs, %d checks, %d local failures\n",
+  printf("c_kvcache rank %d/%d: %s - %d scenarios (each 3 times) and the bad inputs, %d checks, %d local failures\n",
          g_rank, g_size, total ? "FAILED" : "ok", n_scen, g_checks, g_failures);
   MPI_Finalize();
   return total ? 1 : 0;
