@@ -8,20 +8,21 @@
  * token on. Inputs come from the seeded generator of reference.h, so every
  * rank builds the same model without communicating.
  *
- * A scenario (dtype F32/BF16 x layout BSHD/BHSD x prefill distribution
+ * A scenario (dtype F32/BF16/F16 x layout BSHD/BHSD x prefill distribution
  * CONTIGUOUS/ZIGZAG/STRIPED x heads (4,4)/(4,2)/(4,1) x window off/on) runs:
  *  - prefill of layer 0 through plans (burst_plan_create, burst_forward,
  *    burst_kv_cache_prefill; causal): a 150-token prompt, a 1-token prompt
  *    (some rank holds none of it at P >= 2), and a packed prompt of batch 2
- *    with cu_seqlens {0, 13, 35} (4 sequences: seq_ids[b * 2 + s]) whose plan
- *    uses the other layout; layer 1 gets only the 150-token prompt (other
+ *    with cu_seqlens {0, 13, 13, 35} (6 sequences, one empty in each row:
+ *    seq_ids[b * 3 + s]) whose plan uses the other layout; layer 1 gets only the 150-token prompt (other
  *    values); one sequence is never prefilled (its decode starts at 0);
  *  - decode steps in a row with T = 1, 3, 17 (subsets of the sequences, both
  *    layers, one step with `positions` skipping ahead), a truncate (rejected
  *    drafts, a sequence emptied, a length past the end), decode again, a
- *    drop, decode again, a drop of everything.
+ *    drop, an id dropped and added again (empty), decode again, a drop of
+ *    everything.
  * After every decode: out within 1e-5 max|ref| (1 + u) + u |ref| (u = 2^-8
- * for bf16, 0 for F32; c_half.c's rule) and lse within 1e-4 of a float64
+ * for bf16, 2^-11 (+ 2^-24) for f16, 0 for F32; c_half.c's rule) and lse within 1e-4 of a float64
  * attention over the whole stored history (visible: i - window_left <= j <= i);
  * a checksum of out and lse allgathered: the same bits on every rank; the
  * stats: bytes sent = received = (P - 1) * rows * (head_dim + 1) * 4 with
@@ -84,18 +85,18 @@ static void *xcalloc(size_t n, size_t size) {
 /* ---- storage elements ------------------------------------------------------ */
 static size_t elem_size(int dtype) { return dtype == BURST_DTYPE_F32 ? 4 : 2; }
 
-/* Rounds x to the storage type, writes it to buf[i] and returns the value stored. */
-static double put(int dtype, void *buf, size_t i, double x) {
-  if (dtype == BURST_DTYPE_F32) {
-    ((float *)buf)[i] = (float)x;
-    return (double)(float)x;
-  }
-  ((uint16_t *)buf)[i] = to_bf16((float)x);
-  return (double)from_bf16(((uint16_t *)buf)[i]);
+static double get(int dtype, const void *buf, size_t i) {
+  if (dtype == BURST_DTYPE_F32) return (double)((const float *)buf)[i];
+  if (dtype == BURST_DTYPE_BF16) return (double)from_bf16(((const uint16_t *)buf)[i]);
+  return (double)from_f16(((const uint16_t *)buf)[i]);
 }
 
-static double get(int dtype, const void *buf, size_t i) {
-  return dtype == BURST_DTYPE_F32 ? (double)((const float *)buf)[i] : (double)from_bf16(((const uint16_t *)buf)[i]);
+/* Rounds x to the storage type, writes it to buf[i] and returns the value stored. */
+static double put(int dtype, void *buf, size_t i, double x) {
+  if (dtype == BURST_DTYPE_F32) ((float *)buf)[i] = (float)x;
+  else if (dtype == BURST_DTYPE_BF16) ((uint16_t *)buf)[i] = to_bf16((float)x);
+  else ((uint16_t *)buf)[i] = to_f16((float)x);
+  return get(dtype, buf, i);
 }
 
 /* FNV-1a over bytes, continued from h. */
@@ -109,14 +110,14 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
 /* ---- the model of the cache ---------------------------------------------------
  * Sequence slots (ids chosen to be sparse, one beyond 32 bits):
  *   0: a 150-token prompt (layer 0 and layer 1)    1: a 1-token prompt
- *   2..5: the packed prompt of batch 2 (row 0: 13 and 22 tokens; row 1 alike)
- *   6: no prompt                                                            */
-#define NSLOT 7
+ *   2..7: the packed prompt of batch 2 (row 0: 13, 0 and 22 tokens; row 1 alike)
+ *   8: no prompt                                                            */
+#define NSLOT 9
 #define NLAYER 2
 #define MAXP 256 /* positions per (layer, sequence) */
 #define HQ 4
 #define HEAD_DIM 16
-static const int64_t k_ids[NSLOT] = {10, 11, 20, 21, 22, 23, (int64_t)1 << 40};
+static const int64_t k_ids[NSLOT] = {10, 11, 20, 21, 22, 23, 24, 25, (int64_t)1 << 40};
 
 typedef struct scenario {
   int dtype, layout, dist;
@@ -408,7 +409,8 @@ static void decode(run *R, int layer, const int *slots, int ns, int64_t T, const
   /* The float64 reference over the stored history. */
   {
     const int64_t g = HQ / sc->hkv;
-    const double u = dt == BURST_DTYPE_BF16 ? 0x1p-8 : 0.0;
+    const double u = dt == BURST_DTYPE_BF16 ? 0x1p-8 : dt == BURST_DTYPE_F16 ? 0x1p-11 : 0.0;
+    const double sub = dt == BURST_DTYPE_F16 ? 0x1p-24 : 0.0;
     double worst = 0, lse_worst = 0, maxref;
     for (s = 0; s < ns; ++s) {
       const model *m = &R->m;
@@ -439,7 +441,7 @@ static void decode(run *R, int layer, const int *slots, int ns, int64_t T, const
     }
     maxref = ref_max_abs(ref, nq);
     for (i = 0; i < (int64_t)nq; ++i) {
-      double allowed = 1e-5 * maxref * (1 + u) + u * fabs(ref[i]);
+      double allowed = 1e-5 * maxref * (1 + u) + u * fabs(ref[i]) + sub;
       double ratio = fabs(get(dt, out, (size_t)i) - ref[i]) / allowed;
       if (!(ratio <= worst)) worst = ratio == ratio ? ratio : INFINITY;
     }
@@ -512,12 +514,12 @@ static burst_status create_cache(burst_context *ctx, const scenario *sc, int64_t
 
 /* One scenario on a fresh cache: the life of every sequence. */
 static void run_scenario(run *R) {
-  static const int64_t cu[] = {0, 13, 35};
-  static const int one[] = {0}, short_[] = {1}, packed[] = {2, 3, 4, 5};
-  static const int all[] = {0, 1, 2, 3, 4, 5, 6}, some[] = {0, 1, 6, 4}, layer1[] = {0, 6};
-  static const int trunc_slots[] = {0, 1, 3, 2}, dropped[] = {1, 3}, rest[] = {0, 2, 4, 5, 6};
+  static const int64_t cu[] = {0, 13, 13, 35};
+  static const int one[] = {0}, short_[] = {1}, packed[] = {2, 3, 4, 5, 6, 7};
+  static const int all[] = {0, 1, 2, 3, 4, 5, 6, 7, 8}, some[] = {0, 1, 8, 3, 6}, layer1[] = {0, 8};
+  static const int trunc_slots[] = {0, 1, 4, 2}, dropped[] = {1, 4}, rest[] = {0, 1, 2, 3, 5, 6, 7, 8};
   const scenario *sc = &R->sc;
-  int64_t ids[NSLOT], trunc_len[4], skip[NSLOT] = {0, 0, 0, 0, 0, 4, 0};
+  int64_t ids[NSLOT], trunc_len[4], skip[NSLOT] = {0, 0, 0, 0, 0, 0, 0, 4, 0};
   uint64_t bytes = 1;
   int s;
 
@@ -529,7 +531,7 @@ static void run_scenario(run *R) {
   check_lengths(R, "after add");
   prefill(R, 0, sc->layout, 1, 150, NULL, 0, one, R->seed + 1);
   prefill(R, 0, sc->layout, 1, 1, NULL, 0, short_, R->seed + 2);
-  prefill(R, 0, 1 - sc->layout, 2, 35, cu, 2, packed, R->seed + 3);
+  prefill(R, 0, 1 - sc->layout, 2, 35, cu, 3, packed, R->seed + 3);
   prefill(R, 1, sc->layout, 1, 150, NULL, 0, one, R->seed + 4);
   {
     int64_t total = 0;
@@ -542,11 +544,11 @@ static void run_scenario(run *R) {
   }
   decode(R, 0, all, NSLOT, 1, NULL);
   decode(R, 0, all, NSLOT, 3, NULL);
-  decode(R, 0, some, 4, 17, NULL);
+  decode(R, 0, some, 5, 17, NULL);
   decode(R, 1, layer1, 2, 3, NULL);
-  decode(R, 0, all, NSLOT, 1, skip); /* sequence 23 skips 4 positions ahead */
+  decode(R, 0, all, NSLOT, 1, skip); /* sequence 25 skips 4 positions ahead */
   decode(R, 0, all, NSLOT, 1, NULL);
-  /* Rejected drafts: 10 loses 5 tokens (in both layers), 11 is emptied, 21 keeps 3, 20: a
+  /* Rejected drafts: 10 loses 5 tokens (in both layers), 11 is emptied, 22 keeps 3, 20: a
    * length past its end leaves it as it is. */
   trunc_len[0] = model_length(&R->m, 0, 0) - 5; trunc_len[1] = 0; trunc_len[2] = 3;
   trunc_len[3] = model_length(&R->m, 0, 2) + 100;
@@ -555,9 +557,12 @@ static void run_scenario(run *R) {
   decode(R, 1, one, 1, 17, NULL);
   decode(R, 0, all, NSLOT, 1, NULL);
   drop_seqs(R, dropped, 2);
-  decode(R, 0, rest, 5, 1, NULL);
-  decode(R, 0, rest, 5, 3, NULL);
-  drop_seqs(R, rest, 5);
+  ids[0] = k_ids[1]; /* 11 again: a new, empty sequence */
+  if (ok(burst_kv_cache_add(R->cache, ids, 1), "burst_kv_cache_add of a dropped id")) R->m.alive[1] = 1;
+  check_lengths(R, "after adding a dropped id again");
+  decode(R, 0, rest, 8, 1, NULL);
+  decode(R, 0, rest, 8, 3, NULL);
+  drop_seqs(R, rest, 8);
   if (ok(burst_kv_cache_bytes(R->cache, &bytes), "burst_kv_cache_bytes")) {
     ++g_checks;
     if (bytes != 0) fail("burst_kv_cache_bytes %llu after every sequence was dropped", (unsigned long long)bytes);
@@ -890,7 +895,7 @@ int main(int argc, char **argv) {
   if (!ok(burst_context_create_mpi((int64_t)MPI_Comm_c2f(MPI_COMM_WORLD), &ctx), "burst_context_create_mpi"))
     MPI_Abort(MPI_COMM_WORLD, 1);
 
-  for (dtype = BURST_DTYPE_F32; dtype <= BURST_DTYPE_BF16; ++dtype)
+  for (dtype = BURST_DTYPE_F32; dtype <= BURST_DTYPE_F16; ++dtype)
     for (layout = BURST_LAYOUT_BSHD; layout <= BURST_LAYOUT_BHSD; ++layout)
       for (dist = BURST_DISTRIBUTION_CONTIGUOUS; dist <= BURST_DISTRIBUTION_STRIPED; ++dist)
         for (hi = 0; hi < 3; ++hi)
@@ -905,7 +910,7 @@ int main(int argc, char **argv) {
             R.sc.block_tokens = blocks[n_scen % 3];
             R.seed = 1000u + (uint64_t)n_scen;
             snprintf(g_case, sizeof g_case, "%s %s %s heads %d/%lld window %lld blocks %lld P=%d",
-                     dtype == BURST_DTYPE_F32 ? "F32" : "BF16", layout == BURST_LAYOUT_BSHD ? "BSHD" : "BHSD",
+                     dtype == BURST_DTYPE_F32 ? "F32" : dtype == BURST_DTYPE_BF16 ? "BF16" : "F16", layout == BURST_LAYOUT_BSHD ? "BSHD" : "BHSD",
                      dist == BURST_DISTRIBUTION_ZIGZAG ? "ZIGZAG" : dist ? "STRIPED" : "CONTIGUOUS", HQ, (long long)R.sc.hkv,
                      (long long)R.sc.window_left, (long long)R.sc.block_tokens, g_size);
             run_scenario(&R);
