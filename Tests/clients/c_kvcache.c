@@ -14,8 +14,10 @@
  *    burst_kv_cache_prefill; causal): a 150-token prompt, a 1-token prompt
  *    (some rank holds none of it at P >= 2), and a packed prompt of batch 2
  *    with cu_seqlens {0, 13, 13, 35} (6 sequences, one empty in each row:
- *    seq_ids[b * 3 + s]) whose plan uses the other layout; layer 1 gets only the 150-token prompt (other
- *    values); one sequence is never prefilled (its decode starts at 0);
+ *    seq_ids[b * 3 + s]) whose plan uses the other layout; layer 1 gets
+ *    only the 150-token prompt (other values; under CONTIGUOUS a skewed
+ *    split: rank 0 holds none of it, the last rank most); one sequence is
+ *    never prefilled (its decode starts at 0);
  *  - decode steps in a row with T = 1, 3, 17 (subsets of the sequences, both
  *    layers, one step with `positions` skipping ahead), a truncate (rejected
  *    drafts, a sequence emptied, a length past the end), decode again, a
@@ -245,9 +247,11 @@ static int get_stats(const burst_kv_cache *cache, burst_stats *st) {
 
 /* ---- prefill through a plan ----------------------------------------------------
  * A causal prompt of `batch` rows of N tokens (packed by cu/nseq when cu is not
- * NULL) in `plan_layout`, stored into `layer` for slots[b * max(1, nseq) + s]. */
+ * NULL) in `plan_layout`, stored into `layer` for slots[b * max(1, nseq) + s].
+ * skewed (CONTIGUOUS only): not the balanced split but rank 0 holds none, the
+ * ranks between 5 tokens each and the last rank the rest. */
 static void prefill(run *R, int layer, int plan_layout, int64_t batch, int64_t N, const int64_t *cu, int64_t nseq,
-                    const int *slots, uint64_t seed) {
+                    const int *slots, uint64_t seed, int skewed) {
   const scenario *sc = &R->sc;
   const int P = g_size, dt = sc->dtype;
   const size_t e = elem_size(dt);
@@ -262,7 +266,15 @@ static void prefill(run *R, int layer, int plan_layout, int64_t batch, int64_t N
   burst_stats st;
   char what[64];
 
-  for (r = 0; r < P; ++r) {
+  skewed = skewed && sc->dist == BURST_DISTRIBUTION_CONTIGUOUS && P > 1 && N >= 5 * (P - 2);
+  for (r = 0, n = 0; r < P; ++r) {
+    if (skewed) {
+      cnt[r] = r == 0 ? 0 : r < P - 1 ? 5 : N - 5 * (P - 2);
+      pos[r] = xcalloc((size_t)cnt[r], 8);
+      for (t = 0; t < cnt[r]; ++t) pos[r][t] = n + t;
+      n += cnt[r];
+      continue;
+    }
     if (!ok(burst_shard_positions(sc->dist, N, cu, nseq, P, (int32_t)r, NULL, 0, &cnt[r]), "burst_shard_positions"))
       MPI_Abort(MPI_COMM_WORLD, 2);
     pos[r] = xcalloc((size_t)cnt[r], 8);
@@ -299,7 +311,20 @@ static void prefill(run *R, int layer, int plan_layout, int64_t batch, int64_t N
   lk = xcalloc((size_t)(batch * n * sc->hkv * HEAD_DIM), e);
   lv = xcalloc((size_t)(batch * n * sc->hkv * HEAD_DIM), e);
   llse = xcalloc((size_t)(batch * HQ * n), 4);
-  {
+  if (skewed) { /* this rank's run of tokens, copied by hand */
+    for (b = 0; b < batch; ++b)
+      for (t = 0; t < n; ++t) {
+        for (h = 0; h < HQ; ++h)
+          memcpy((char *)lq + ref_index(plan_layout, n, HQ, HEAD_DIM, b, t, h, 0) * e,
+                 (char *)fq + ref_index(plan_layout, N, HQ, HEAD_DIM, b, pos[g_rank][t], h, 0) * e, HEAD_DIM * e);
+        for (h = 0; h < sc->hkv; ++h) {
+          memcpy((char *)lk + ref_index(plan_layout, n, sc->hkv, HEAD_DIM, b, t, h, 0) * e,
+                 (char *)fk + ref_index(plan_layout, N, sc->hkv, HEAD_DIM, b, pos[g_rank][t], h, 0) * e, HEAD_DIM * e);
+          memcpy((char *)lv + ref_index(plan_layout, n, sc->hkv, HEAD_DIM, b, t, h, 0) * e,
+                 (char *)fv + ref_index(plan_layout, N, sc->hkv, HEAD_DIM, b, pos[g_rank][t], h, 0) * e, HEAD_DIM * e);
+        }
+      }
+  } else {
     int64_t oq = plan_layout == BURST_LAYOUT_BHSD ? batch * HQ : batch;
     int64_t ok_ = plan_layout == BURST_LAYOUT_BHSD ? batch * sc->hkv : batch;
     int64_t rq = (int64_t)e * HEAD_DIM * (plan_layout == BURST_LAYOUT_BHSD ? 1 : HQ);
@@ -529,10 +554,10 @@ static void run_scenario(run *R) {
   for (s = 0; s < NSLOT; ++s) { ids[s] = k_ids[s]; R->m.alive[s] = 1; }
   if (!ok(burst_kv_cache_add(R->cache, ids, NSLOT), "burst_kv_cache_add")) goto done;
   check_lengths(R, "after add");
-  prefill(R, 0, sc->layout, 1, 150, NULL, 0, one, R->seed + 1);
-  prefill(R, 0, sc->layout, 1, 1, NULL, 0, short_, R->seed + 2);
-  prefill(R, 0, 1 - sc->layout, 2, 35, cu, 3, packed, R->seed + 3);
-  prefill(R, 1, sc->layout, 1, 150, NULL, 0, one, R->seed + 4);
+  prefill(R, 0, sc->layout, 1, 150, NULL, 0, one, R->seed + 1, 0);
+  prefill(R, 0, sc->layout, 1, 1, NULL, 0, short_, R->seed + 2, 0);
+  prefill(R, 0, 1 - sc->layout, 2, 35, cu, 3, packed, R->seed + 3, 0);
+  prefill(R, 1, sc->layout, 1, 150, NULL, 0, one, R->seed + 4, 1); /* CONTIGUOUS: skewed */
   {
     int64_t total = 0;
     if (ok(burst_kv_cache_bytes(R->cache, &bytes), "burst_kv_cache_bytes")) {
@@ -693,7 +718,7 @@ static void bad_inputs(burst_context *ctx) {
   ids[0] = sid[0]; ids[1] = sid[1]; ids[2] = sid[2];
   if (!ok(burst_kv_cache_add(R->cache, ids, 3), "burst_kv_cache_add")) goto out;
   R->m.alive[0] = R->m.alive[1] = R->m.alive[2] = 1;
-  prefill(R, 0, BURST_LAYOUT_BSHD, 1, 4, NULL, 0, s0, 901);
+  prefill(R, 0, BURST_LAYOUT_BSHD, 1, 4, NULL, 0, s0, 901, 0);
   decode(R, 0, s0, 1, 1, NULL);
 
   /* -- NULL cache, and NULL / out-of-range arguments -- */
@@ -808,7 +833,7 @@ static void bad_inputs(burst_context *ctx) {
     burst_plan_destroy(plan);
     plan = NULL;
   }
-  prefill(R, 0, BURST_LAYOUT_BSHD, 1, 2, NULL, 0, s2, 902);
+  prefill(R, 0, BURST_LAYOUT_BSHD, 1, 2, NULL, 0, s2, 902, 0);
   decode(R, 0, s2, 1, 3, NULL);
 
   /* -- prefill: plans that do not fit, a non-empty layer -- */
