@@ -14,10 +14,11 @@
  *    burst_kv_cache_prefill; causal): a 150-token prompt, a 1-token prompt
  *    (some rank holds none of it at P >= 2), and a packed prompt of batch 2
  *    with cu_seqlens {0, 13, 13, 35} (6 sequences, one empty in each row:
- *    seq_ids[b * 3 + s]) whose plan uses the other layout; layer 1 gets
- *    only the 150-token prompt (other values; under CONTIGUOUS a skewed
- *    split: rank 0 holds none of it, the last rank most); one sequence is
- *    never prefilled (its decode starts at 0);
+ *    seq_ids[b * 3 + s]) whose plan uses the other layout; layer 1 gets a
+ *    150-token prompt of batch 2 without packing (rows: the first sequence
+ *    and the one never prefilled in layer 0, whose decode there starts at 0;
+ *    under CONTIGUOUS a skewed split: rank 0 holds none of it, the last rank
+ *    most);
  *  - decode steps in a row with T = 1, 3, 17 (subsets of the sequences, both
  *    layers, one step with `positions` skipping ahead), a truncate (rejected
  *    drafts, a sequence emptied, a length past the end), decode again, a
@@ -111,9 +112,10 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
 
 /* ---- the model of the cache ---------------------------------------------------
  * Sequence slots (ids chosen to be sparse, one beyond 32 bits):
- *   0: a 150-token prompt (layer 0 and layer 1)    1: a 1-token prompt
+ *   0: a 150-token prompt (layer 0; in layer 1 batch row 0 of another one)
+ *   1: a 1-token prompt
  *   2..7: the packed prompt of batch 2 (row 0: 13, 0 and 22 tokens; row 1 alike)
- *   8: no prompt                                                            */
+ *   8: no prompt in layer 0 (in layer 1: batch row 1 with slot 0)           */
 #define NSLOT 9
 #define NLAYER 2
 #define MAXP 256 /* positions per (layer, sequence) */
@@ -557,7 +559,7 @@ static void run_scenario(run *R) {
   prefill(R, 0, sc->layout, 1, 150, NULL, 0, one, R->seed + 1, 0);
   prefill(R, 0, sc->layout, 1, 1, NULL, 0, short_, R->seed + 2, 0);
   prefill(R, 0, 1 - sc->layout, 2, 35, cu, 3, packed, R->seed + 3, 0);
-  prefill(R, 1, sc->layout, 1, 150, NULL, 0, one, R->seed + 4, 1); /* CONTIGUOUS: skewed */
+  prefill(R, 1, sc->layout, 2, 150, NULL, 0, layer1, R->seed + 4, 1); /* batch 2; CONTIGUOUS: skewed */
   {
     int64_t total = 0;
     if (ok(burst_kv_cache_bytes(R->cache, &bytes), "burst_kv_cache_bytes")) {
