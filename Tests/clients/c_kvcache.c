@@ -659,7 +659,7 @@ static void bad_inputs(burst_context *ctx) {
   run run_, *R = &run_;
   const int64_t sid[3] = {10, 11, 20}; /* slots 0, 1, 2 */
   int64_t ids[4], pos[2], len;
-  const size_t big = (size_t)(40 * P + 4) * HQ * HEAD_DIM;
+  const size_t big = (size_t)(48 * P + 4) * HQ * HEAD_DIM;
   float *q = xcalloc(big, 4), *k = xcalloc(big, 4), *v = xcalloc(big, 4), *out = xcalloc(big, 4);
   float *lse = xcalloc(big, 4);
   burst_kv_cache_config cfg;
@@ -823,6 +823,9 @@ static void bad_inputs(burst_context *ctx) {
   ids[0] = sid[1];
   BAD(burst_kv_cache_decode(R->cache, 0, ids, 1, 40 * P + 1, NULL, q, k, v, out, lse), BURST_ERROR_OUT_OF_MEMORY,
       "decode past rank 0's max_bytes_local");
+  ids[0] = sid[0]; ids[1] = sid[1]; ids[2] = sid[2]; /* 16 tokens each on rank 0: the third does not fit */
+  BAD(burst_kv_cache_decode(R->cache, 0, ids, 3, 16 * P, NULL, q, k, v, out, lse), BURST_ERROR_OUT_OF_MEMORY,
+      "decode of 3 sequences whose third does not fit on rank 0");
   decode(R, 0, s1, 1, 1, NULL);
   /* A prefill of 44 tokens on rank 0 (11 blocks) into sequence 20 fails the same way; 2 tokens work. */
   {
