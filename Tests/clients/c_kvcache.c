@@ -552,7 +552,10 @@ static void run_scenario(run *R) {
 
   model_init(&R->m, sc);
   R->step = 0;
-  if (!ok(create_cache(R->ctx, sc, 0, R->replay == 2 && g_rank % 2 == 0 ? 2 : 1, &R->cache), "burst_kv_cache_create")) { model_free(&R->m); return; }
+  if (!ok(create_cache(R->ctx, sc, 0, R->replay == 2 && g_rank % 2 == 0 ? 2 : 1, &R->cache), "burst_kv_cache_create")) {
+    model_free(&R->m);
+    return;
+  }
   for (s = 0; s < NSLOT; ++s) { ids[s] = k_ids[s]; R->m.alive[s] = 1; }
   if (!ok(burst_kv_cache_add(R->cache, ids, NSLOT), "burst_kv_cache_add")) goto done;
   check_lengths(R, "after add");
@@ -674,7 +677,11 @@ static void bad_inputs(burst_context *ctx) {
   memset(R, 0, sizeof *R);
   R->ctx = ctx; R->sc = sc; R->seed = 777;
   model_init(&R->m, &sc);
-  for (i = 0; i < big; ++i) { q[i] = (float)ref_value(5, 1, i); k[i] = (float)ref_value(5, 2, i); v[i] = (float)ref_value(5, 3, i); }
+  for (i = 0; i < big; ++i) {
+    q[i] = (float)ref_value(5, REF_TENSOR_Q, i);
+    k[i] = (float)ref_value(5, REF_TENSOR_K, i);
+    v[i] = (float)ref_value(5, REF_TENSOR_V, i);
+  }
 
   /* -- create: NULL pointers, struct sizes, bad fields, fields differing by rank -- */
   burst_kv_cache_config_init(&cfg);
@@ -682,7 +689,8 @@ static void bad_inputs(burst_context *ctx) {
   expect_error(burst_kv_cache_create(ctx, NULL, &other), BURST_ERROR_INVALID_ARGUMENT, "create with a NULL config");
   expect_error(burst_kv_cache_create(NULL, &cfg, &other), BURST_ERROR_INVALID_ARGUMENT, "create with a NULL context");
   expect_error(burst_kv_cache_create(ctx, &cfg, NULL), BURST_ERROR_INVALID_ARGUMENT, "create with out = NULL");
-  expect_error(burst_kv_cache_config_init_sized(NULL, sizeof cfg), BURST_ERROR_INVALID_ARGUMENT, "config_init_sized(NULL)");
+  expect_error(burst_kv_cache_config_init_sized(NULL, sizeof cfg), BURST_ERROR_INVALID_ARGUMENT,
+               "config_init_sized(NULL)");
   {
     burst_kv_cache_config c2;
     memset(&c2, 0x5A, sizeof c2);
@@ -701,7 +709,8 @@ static void bad_inputs(burst_context *ctx) {
   BAD_CFG(c_.struct_size = 0, BURST_ERROR_VERSION, "create with struct_size 0");
   BAD_CFG(c_.struct_size = (uint32_t)sizeof c_ - 8u, BURST_ERROR_VERSION, "create with struct_size sizeof - 8");
   BAD_CFG(c_.num_layers = 0, BURST_ERROR_INVALID_ARGUMENT, "create with num_layers 0");
-  BAD_CFG((c_.num_heads_q = 3, c_.num_heads_kv = 2), BURST_ERROR_INVALID_ARGUMENT, "create with num_heads_q 3 over num_heads_kv 2");
+  BAD_CFG((c_.num_heads_q = 3, c_.num_heads_kv = 2), BURST_ERROR_INVALID_ARGUMENT,
+          "create with num_heads_q 3 over num_heads_kv 2");
   BAD_CFG(c_.head_dim = 0, BURST_ERROR_INVALID_ARGUMENT, "create with head_dim 0");
   BAD_CFG(c_.block_tokens = 65537, BURST_ERROR_INVALID_ARGUMENT, "create with block_tokens 65537");
   BAD_CFG(c_.window_left = -2, BURST_ERROR_INVALID_ARGUMENT, "create with window_left -2");
@@ -940,8 +949,10 @@ int main(int argc, char **argv) {
             R.sc.block_tokens = blocks[n_scen % 3];
             R.seed = 1000u + (uint64_t)n_scen;
             snprintf(g_case, sizeof g_case, "%s %s %s heads %d/%lld window %lld blocks %lld P=%d",
-                     dtype == BURST_DTYPE_F32 ? "F32" : dtype == BURST_DTYPE_BF16 ? "BF16" : "F16", layout == BURST_LAYOUT_BSHD ? "BSHD" : "BHSD",
-                     dist == BURST_DISTRIBUTION_ZIGZAG ? "ZIGZAG" : dist ? "STRIPED" : "CONTIGUOUS", HQ, (long long)R.sc.hkv,
+                     dtype == BURST_DTYPE_F32 ? "F32" : dtype == BURST_DTYPE_BF16 ? "BF16" : "F16",
+                     layout == BURST_LAYOUT_BSHD ? "BSHD" : "BHSD",
+                     dist == BURST_DISTRIBUTION_ZIGZAG ? "ZIGZAG" : dist ? "STRIPED" : "CONTIGUOUS", HQ,
+                     (long long)R.sc.hkv,
                      (long long)R.sc.window_left, (long long)R.sc.block_tokens, g_size);
             run_scenario(&R);
             R.replay = 1; /* the same again on a fresh cache: the same bytes */
