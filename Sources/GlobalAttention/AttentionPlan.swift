@@ -7,11 +7,12 @@ import LocalAttention
 
 /// One attention shape on one group of ranks (burst_plan): the validated
 /// config, where every rank's tokens are (`TokenLayout`), a private transport (so plans never mix
-/// messages), the compute threads and the workspace.
+/// messages), the compute threads, and the schedule of its pattern
+/// (`TrainingSchedule`: ring, allgather or ulysses), which owns the workspace.
 ///
-/// Calls are collective and follow the same pattern: local checks, one
-/// agreement round (all ranks learn whether every rank can go on), the
-/// schedule, and stats. A plan is driven by one thread at a time; a second
+/// Calls are collective and follow the same pattern: local checks (the
+/// arguments, then the schedule's preparation), one agreement round (all
+/// ranks learn whether every rank can go on), the schedule, and stats. A plan is driven by one thread at a time; a second
 /// concurrent caller gets BUSY. After a TIMEOUT or COMMUNICATION error the
 /// plan is poisoned and returns that error from then on.
 public final class AttentionPlan {
@@ -19,14 +20,6 @@ public final class AttentionPlan {
     public let tokens: TokenLayout
     let transport: Transport
     let pool: WorkerPool
-    let layout: AttentionConfig.Layout
-    let batch: Int, heads: Int, kvHeads: Int, headDim: Int
-    /// Z = batch · heads: the kernels see heads of all batches as one axis.
-    let zHeads: Int
-    /// Z of the keys and values: batch · num_heads_kv (GQA: zHeads / group).
-    let zKV: Int
-    /// Query heads per key/value head.
-    let group: Int
     /// The element type of the caller's tensors (lse is always fp32).
     public let storage: StorageType
     /// The communication pattern the calls run (AUTO already resolved).
@@ -34,26 +27,16 @@ public final class AttentionPlan {
     /// Ranks per group of the double ring (= size: one ring).
     public let groupSize: Int
 
-    /// The ring (or double ring) of the ring patterns, and who needs whose
-    /// blocks on it: keys and values go to the ranks whose queries see them
-    /// (forward, RING backward); query bundles go to the ranks whose keys
-    /// they see (BURST backward).
+    /// The ring (or double ring) of the ring patterns (`RingSchedule`).
     public var route: RingRoute { RingRoute(ranks: size, groupSize: groupSize) }
-    lazy var keyPass = RingPass(route: route) { holder, block in self.tokens.needs(queryRank: holder, keyRank: block) }
-    lazy var queryPass = RingPass(route: route) { holder, block in self.tokens.needs(queryRank: block, keyRank: holder) }
 
     /// Busy guard, agreement, poisoning and the last call's stats.
     let calls: CollectiveGuard
     public var lastStats: CallStats { calls.lastStats }
 
-    // Workspace, allocated on first use and kept (no allocation per call after that).
-    var kernels: LocalAttention?
-    var forwardSpace: ForwardWorkspace?
-    var backwardSpace: BackwardWorkspace?
-    /// ALLGATHER / ULYSSES workspace and kernels (their own shapes).
-    var collectiveForwardSpace: AnyObject?
-    var collectiveBackwardSpace: AnyObject?
-    var collectiveKernels: LocalAttention?
+    /// How the calls run, chosen once from the pattern; owns the workspace
+    /// and the kernels.
+    let schedule: TrainingSchedule
 
     init(config: AttentionConfig, transport: Transport, tokens: TokenLayout, threads: Int,
          pattern: AttentionConfig.Pattern = .burst, groupSize: Int = 0) {
@@ -63,15 +46,13 @@ public final class AttentionPlan {
         self.transport = transport
         self.tokens = tokens
         self.pool = WorkerPool(threadCount: threads)
-        self.layout = AttentionConfig.Layout(rawValue: config.layout)!
-        self.batch = Int(config.batch)
-        self.heads = Int(config.numHeadsQ)
-        self.kvHeads = Int(config.numHeadsKV)
-        self.headDim = Int(config.headDim)
-        self.zHeads = batch * heads
-        self.zKV = batch * kvHeads
-        self.group = config.group
         self.storage = config.storage
+        let environment = ScheduleEnvironment(config: config, tokens: tokens, transport: transport, pool: pool)
+        switch pattern {
+        case .allgather: schedule = AllgatherSchedule(environment)
+        case .ulysses: schedule = UlyssesSchedule(environment)
+        default: schedule = RingSchedule(environment, pattern: pattern, groupSize: self.groupSize)
+        }
         var base = CallStats()
         base.pattern = pattern.rawValue
         base.intraGroupSize = Int32(self.groupSize)
@@ -89,9 +70,9 @@ public final class AttentionPlan {
 
     /// Elements of this rank's q/out tensors, of its k/v tensors (GQA: fewer
     /// heads), and of lse.
-    public var tensorElements: Int { zHeads * localRows * headDim }
-    public var kvTensorElements: Int { zKV * localRows * headDim }
-    public var lseElements: Int { zHeads * localRows }
+    public var tensorElements: Int { Int(config.batch) * Int(config.numHeadsQ) * localRows * Int(config.headDim) }
+    public var kvTensorElements: Int { Int(config.batch) * Int(config.numHeadsKV) * localRows * Int(config.headDim) }
+    public var lseElements: Int { Int(config.batch) * Int(config.numHeadsQ) * localRows }
 
     /// The counters of the last call, read under the plan's busy guard (a
     /// call in progress on another thread gives BUSY rather than a torn read).
@@ -107,38 +88,86 @@ public final class AttentionPlan {
         try calls.run(operation, localCheck: localCheck) { _, stats, deadline in try body(&stats, deadline) }
     }
 
-    /// Bytes of workspace this plan holds now (buffers of every pattern's
-    /// workspace and the kernels' panels and scratch): what a rank pays in
-    /// memory beyond the caller's tensors. Grows on the first forward and
-    /// the first backward, then stays.
-    public var workspaceBytes: Int {
-        func floats(_ object: Any?) -> Int {
-            guard let object else { return 0 }
-            if let buffer = object as? FloatBuffer { return buffer.count }
-            if let buffers = object as? [FloatBuffer] { return buffers.reduce(0) { $0 + $1.count } }
-            return Mirror(reflecting: object).children.reduce(0) { $0 + floats($1.value) }
+    /// burst_forward. Collective: the argument checks and the schedule's
+    /// preparation (its workspace) are the local check of the agreement
+    /// round, then the schedule runs (`RingSchedule`, `AllgatherSchedule`,
+    /// `UlyssesSchedule`: each says how, and what it moves).
+    public func forward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
+                        out: UnsafeMutableRawPointer?, lse: UnsafeMutablePointer<Float>?) throws {
+        let elements = tensorElements, kvElements = kvTensorElements
+        try collective(.forward, localCheck: {
+            if let e = Self.requireBuffer(q, "q", elements: elements) { return e }
+            if let e = Self.requireBuffer(k, "k", elements: kvElements) { return e }
+            if let e = Self.requireBuffer(v, "v", elements: kvElements) { return e }
+            if let e = Self.requireBuffer(out, "out", elements: elements) { return e }
+            let e = storage.bytes
+            if let error = Self.requireDisjoint(
+                outputs: [BufferRange(out, "out", bytes: elements * e), BufferRange(lse, "lse", bytes: lseElements * 4)],
+                inputs: [BufferRange(q, "q", bytes: elements * e), BufferRange(k, "k", bytes: kvElements * e),
+                         BufferRange(v, "v", bytes: kvElements * e)]) { return error }
+            return schedule.prepareForward()
+        }) { stats, deadline in
+            try schedule.forward(q: q, k: k, v: v, out: out, lse: lse, stats: &stats, deadline: deadline)
         }
-        let spaces: [AnyObject?] = [forwardSpace, backwardSpace, collectiveForwardSpace, collectiveBackwardSpace]
-        return spaces.reduce(0) { $0 + floats($1) } * MemoryLayout<Float>.size
-            + (kernels?.workspaceBytes ?? 0) + (collectiveKernels?.workspaceBytes ?? 0)
     }
 
-    /// Allocates the kernels' scratch space if needed.
-    func ensureKernels() -> BurstError? {
-        if kernels != nil { return nil }
-        guard let made = LocalAttention(headDim: headDim, scale: config.effectiveScale, pool: pool,
-                                        maxKVHeads: zKV, maxKeyRows: tokens.maxCount,
-                                        tileQ: Self.tuning("BURST_TILE_Q", 256), tileK: Self.tuning("BURST_TILE_K", 128)) else {
-            return BurstError(.outOfMemory, "cannot allocate the kernels' scratch space")
+    /// burst_backward. Collective, as `forward`.
+    public func backward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
+                         out: UnsafeRawPointer?, lse: UnsafePointer<Float>?, dout: UnsafeRawPointer?,
+                         dq: UnsafeMutableRawPointer?, dk: UnsafeMutableRawPointer?, dv: UnsafeMutableRawPointer?) throws {
+        let elements = tensorElements, kvElements = kvTensorElements
+        try collective(.backward, localCheck: {
+            for (pointer, name, count) in [(q, "q", elements), (k, "k", kvElements), (v, "v", kvElements),
+                                           (out, "out", elements), (dout, "dout", elements),
+                                           (UnsafeRawPointer(dq), "dq", elements), (UnsafeRawPointer(dk), "dk", kvElements),
+                                           (UnsafeRawPointer(dv), "dv", kvElements)] {
+                if let e = Self.requireBuffer(pointer, name, elements: count) { return e }
+            }
+            if let e = Self.requireBuffer(lse, "lse", elements: lseElements) { return e }
+            let e = storage.bytes
+            if let error = Self.requireDisjoint(
+                outputs: [BufferRange(dq, "dq", bytes: elements * e), BufferRange(dk, "dk", bytes: kvElements * e),
+                          BufferRange(dv, "dv", bytes: kvElements * e)],
+                inputs: [BufferRange(q, "q", bytes: elements * e), BufferRange(k, "k", bytes: kvElements * e),
+                         BufferRange(v, "v", bytes: kvElements * e), BufferRange(out, "out", bytes: elements * e),
+                         BufferRange(dout, "dout", bytes: elements * e), BufferRange(lse, "lse", bytes: lseElements * 4)]) { return error }
+            return schedule.prepareBackward()
+        }) { stats, deadline in
+            try schedule.backward(q: q, k: k, v: v, out: out, lse: lse, dout: dout, dq: dq, dk: dk, dv: dv,
+                                  stats: &stats, deadline: deadline)
         }
-        kernels = made
-        return nil
     }
+
+    /// Bytes of workspace this plan holds now (the schedule's buffers and
+    /// its kernels' panels and scratch): what a rank pays in memory beyond
+    /// the caller's tensors. Grows on the first forward and the first
+    /// backward, then stays.
+    public var workspaceBytes: Int { schedule.workspaceBytes }
 
     /// A tuning knob from the environment (tile sizes), clamped to 8...512.
     public static func tuning(_ name: String, _ fallback: Int) -> Int {
         guard let raw = getenv(name), let value = Int(String(cString: raw)) else { return fallback }
         return min(max(value, 8), 512)
+    }
+
+    /// Bytes one ALLGATHER call sends and receives on `rank` (burst_stats):
+    /// `AllgatherSchedule.bytes`, where the formula is.
+    public static func allgatherBytes(tokens: TokenLayout, rank: Int, zq: Int, zkv: Int, headDim: Int,
+                                      backward: Bool, storage: StorageType = .f32) -> (sent: UInt64, received: UInt64) {
+        AllgatherSchedule.bytes(tokens: tokens, rank: rank, zq: zq, zkv: zkv, headDim: headDim, backward: backward, storage: storage)
+    }
+
+    /// Bytes one ULYSSES call sends and receives on `rank` (burst_stats):
+    /// `UlyssesSchedule.bytes`, where the formula is.
+    public static func ulyssesBytes(tokens: TokenLayout, rank: Int, zq: Int, zkv: Int, headDim: Int,
+                                    backward: Bool, storage: StorageType = .f32) -> (sent: UInt64, received: UInt64) {
+        UlyssesSchedule.bytes(tokens: tokens, rank: rank, zq: zq, zkv: zkv, headDim: headDim, backward: backward, storage: storage)
+    }
+
+    /// Why ULYSSES cannot run this shape on `ranks` ranks (UNSUPPORTED), or
+    /// nil: `UlyssesSchedule.unsupported`. Checked at plan creation.
+    static func ulyssesUnsupported(_ config: AttentionConfig, ranks: Int) -> BurstError? {
+        UlyssesSchedule.unsupported(config, ranks: ranks)
     }
 
     /// Checks that a caller's buffer is present when its tensor is not empty.
@@ -179,37 +208,4 @@ public final class AttentionPlan {
         }
         return nil
     }
-
-    /// Starts transfers and counts them into `stats`: payload bytes each
-    /// way, messages sent, and the part whose peer is in another group.
-    func startTransfer(sends: [OutgoingMessage], receives: [IncomingMessage], stats: inout CallStats) throws -> PendingTransfer {
-        if sends.isEmpty && receives.isEmpty { return CompletedTransfer() }
-        let nodes = transport.nodes, home = nodes[rank]
-        for m in sends {
-            stats.bytesSent += UInt64(m.buffer.count)
-            stats.messagesSent += 1
-            if nodes[m.peer] != home { stats.bytesSentInterGroup += UInt64(m.buffer.count) }
-        }
-        for m in receives {
-            stats.bytesReceived += UInt64(m.buffer.count)
-            if nodes[m.peer] != home { stats.bytesReceivedInterGroup += UInt64(m.buffer.count) }
-        }
-        return try transport.start(sends: sends, receives: receives)
-    }
-
-    /// Times a compute phase into `stats.computeSeconds`.
-    @inline(__always)
-    func timed<T>(_ seconds: inout Double, _ work: () throws -> T) rethrows -> T {
-        let t0 = Deadline.seconds()
-        defer { seconds += Deadline.seconds() - t0 }
-        return try work()
-    }
-}
-
-/// Allocates `count` floats or reports OUT_OF_MEMORY naming the buffer.
-func allocate(_ count: Int, _ what: String) throws -> FloatBuffer {
-    guard let buffer = FloatBuffer(count: count) else {
-        throw BurstError(.outOfMemory, "cannot allocate \(count * 4) bytes for \(what)")
-    }
-    return buffer
 }

@@ -118,7 +118,7 @@ final class DecodeSchedule: Schedule {
         let counters = UnsafeMutablePointer<Int>.allocate(capacity: 2 * pool.threadCount)
         counters.initialize(repeating: 0, count: 2 * pool.threadCount)
         defer { counters.deallocate() }
-        let fullBlock = kernel.products(rows: m, count: kernel.blockTokens)
+        let full = kernel.products(rows: m, count: kernel.fullCount)
         let ranges = UnsafeMutablePointer<Int>.allocate(capacity: 2 * m * pool.threadCount)
         defer { ranges.deallocate() }
         let window = windowLeft
@@ -154,8 +154,7 @@ final class DecodeSchedule: Schedule {
                         for gi in 0..<group { lo[gi * t + tt] = a; hi[gi * t + tt] = z }
                     }
                     if !anyVisible { counters[2 * worker + 1] += 1; continue }
-                    let kernels = block.count == kernel.blockTokens ? fullBlock : kernel.products(rows: m, count: block.count)
-                    kernel.fold(kernels, q: qRows, rows: m, keysT: block.keys(head: h), values: block.values(head: h),
+                    kernel.fold(full, q: qRows, rows: m, keysT: block.keys(head: h), values: block.values(head: h),
                                 count: block.count, lo: lo, hi: hi, rowMax: rowMax, rowSum: rowSum, acc: acc, scratch: work)
                     counters[2 * worker] += 1
                 }

@@ -7,42 +7,49 @@ import LocalAttention
 
 /// One block of a rank's KV cache: `capacity` token slots of every key/value
 /// head of one (sequence, layer), in the storage type:
-/// keys transposed `[kvHeads][headDim][capacity]`, values
-/// `[kvHeads][capacity][headDim]`, then each slot's position (Int).
-/// One allocation, zero-filled (unfilled slots are never read, but are
-/// defined bytes for valgrind).
+/// keys transposed, per head `[tiles][headDim][keyTile]` (slot j in tile
+/// j / keyTile, column j % keyTile; fp32 has one tile of `capacity`, see
+/// `DecodeKernel.keyTile`), values per head `[capacity][headDim]`, then each
+/// slot's position (Int). One allocation, zero-filled (unfilled slots are
+/// read as whole tiles, so they must be defined bytes).
 final class KVBlock {
     let raw: UnsafeMutableRawPointer
     let bytes: Int
     let capacity: Int
     var count = 0
-    let kvHeads: Int, headDim: Int, elementBytes: Int
+    let kvHeads: Int, headDim: Int, elementBytes: Int, keyTile: Int
+    /// Bytes of one head's keys / values.
+    let keyHeadBytes: Int, valueHeadBytes: Int
 
-    static func bytes(kvHeads: Int, headDim: Int, capacity: Int, elementBytes: Int) -> Int {
-        2 * kvHeads * headDim * capacity * elementBytes + capacity * MemoryLayout<Int>.stride
+    static func layout(kvHeads: Int, headDim: Int, capacity: Int, elementBytes: Int, keyTile: Int) -> (keys: Int, values: Int, total: Int) {
+        let tiles = (capacity + keyTile - 1) / keyTile
+        let keys = tiles * keyTile * headDim * elementBytes, values = capacity * headDim * elementBytes
+        return (keys, values, kvHeads * (keys + values) + capacity * MemoryLayout<Int>.stride)
     }
 
     /// nil when the memory cannot be had.
-    init?(kvHeads: Int, headDim: Int, capacity: Int, elementBytes: Int) {
-        let bytes = Self.bytes(kvHeads: kvHeads, headDim: headDim, capacity: capacity, elementBytes: elementBytes)
-        guard let raw = calloc(1, bytes) else { return nil }
+    init?(kvHeads: Int, headDim: Int, capacity: Int, elementBytes: Int, keyTile: Int) {
+        let layout = Self.layout(kvHeads: kvHeads, headDim: headDim, capacity: capacity, elementBytes: elementBytes, keyTile: keyTile)
+        guard let raw = calloc(1, layout.total) else { return nil }
         self.raw = raw
-        self.bytes = bytes
+        bytes = layout.total
         self.capacity = capacity
         self.kvHeads = kvHeads
         self.headDim = headDim
         self.elementBytes = elementBytes
+        self.keyTile = keyTile
+        keyHeadBytes = layout.keys
+        valueHeadBytes = layout.values
     }
 
     deinit { free(raw) }
 
-    var headStride: Int { headDim * capacity * elementBytes }
-    /// Kᵀ of head h: `[headDim][capacity]`.
-    func keys(head h: Int) -> UnsafeMutableRawPointer { raw + h * headStride }
+    /// Kᵀ of head h: `[tiles][headDim][keyTile]`.
+    func keys(head h: Int) -> UnsafeMutableRawPointer { raw + h * keyHeadBytes }
     /// V of head h: `[capacity][headDim]`.
-    func values(head h: Int) -> UnsafeMutableRawPointer { raw + (kvHeads + h) * headStride }
+    func values(head h: Int) -> UnsafeMutableRawPointer { raw + kvHeads * keyHeadBytes + h * valueHeadBytes }
     var positions: UnsafeMutablePointer<Int> {
-        (raw + 2 * kvHeads * headStride).assumingMemoryBound(to: Int.self)
+        (raw + kvHeads * (keyHeadBytes + valueHeadBytes)).assumingMemoryBound(to: Int.self)
     }
     var firstPosition: Int { positions[0] }
     var lastPosition: Int { positions[count - 1] }
@@ -51,15 +58,16 @@ final class KVBlock {
     /// (`key(h)` / `value(h)` give head h's `headDim` elements, storage type).
     func append(position: Int, key: (Int) -> UnsafeRawPointer, value: (Int) -> UnsafeRawPointer) {
         let slot = count, e = elementBytes, d = headDim
+        // Element c of the key goes to row c of its tile, column slot % keyTile.
+        let first = (slot / keyTile) * keyTile * d + slot % keyTile
         for h in 0..<kvHeads {
             let kt = keys(head: h), src = key(h)
-            // Transposed: element c of the key goes to row c, column `slot`.
             if e == 4 {
-                let s = src.assumingMemoryBound(to: Float.self), t = kt.assumingMemoryBound(to: Float.self)
-                for c in 0..<d { t[c * capacity + slot] = s[c] }
+                let s = src.assumingMemoryBound(to: Float.self), t = kt.assumingMemoryBound(to: Float.self) + first
+                for c in 0..<d { t[c * keyTile] = s[c] }
             } else {
-                let s = src.assumingMemoryBound(to: UInt16.self), t = kt.assumingMemoryBound(to: UInt16.self)
-                for c in 0..<d { t[c * capacity + slot] = s[c] }
+                let s = src.assumingMemoryBound(to: UInt16.self), t = kt.assumingMemoryBound(to: UInt16.self) + first
+                for c in 0..<d { t[c * keyTile] = s[c] }
             }
             (values(head: h) + slot * d * e).copyMemory(from: value(h), byteCount: d * e)
         }
@@ -103,7 +111,10 @@ final class KVCacheStore {
         self.maxBytes = maxBytes
     }
 
-    var blockBytes: Int { KVBlock.bytes(kvHeads: kvHeads, headDim: headDim, capacity: blockTokens, elementBytes: storage.bytes) }
+    var keyTile: Int { DecodeKernel.keyTile(headDim: headDim, blockTokens: blockTokens, storage: storage) }
+    var blockBytes: Int {
+        KVBlock.layout(kvHeads: kvHeads, headDim: headDim, capacity: blockTokens, elementBytes: storage.bytes, keyTile: keyTile).total
+    }
 
     func contains(_ id: Int64) -> Bool { sequences[id] != nil }
     func shard(_ id: Int64, layer: Int) -> LayerShard? { sequences[id]?[layer] }
@@ -169,7 +180,8 @@ final class KVCacheStore {
         for (id, count) in needed {
             var list: [KVBlock] = []
             for _ in 0..<count {
-                guard let block = KVBlock(kvHeads: kvHeads, headDim: headDim, capacity: blockTokens, elementBytes: storage.bytes) else {
+                guard let block = KVBlock(kvHeads: kvHeads, headDim: headDim, capacity: blockTokens, elementBytes: storage.bytes,
+                                          keyTile: keyTile) else {
                     throw BurstError(.outOfMemory, "cannot allocate \(blockBytes) bytes for a cache block (\(bytes + reservation.bytes) bytes held on this rank)")
                 }
                 list.append(block)

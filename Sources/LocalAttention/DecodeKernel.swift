@@ -1,3 +1,4 @@
+import CXSMM
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -18,13 +19,17 @@ import Darwin
 /// the keys), the online-softmax row pass of the training kernels (same
 /// `softmaxTile`, same exponential, same two phases), and acc[m × d] += P·V
 /// (vectorised along d). Half storage is widened into per-worker scratch
-/// first. The summation order depends only on the block sizes, so a given
-/// code path gives the same bits run after run.
+/// `subTile` keys at a time, a tile of ≤ 16 KB that stays in L1: a widening
+/// whose output spills to L2 ran at half the memory's read rate (measured:
+/// 13 vs 28 GB/s of bf16 read). The summation order depends only on the
+/// block sizes, so a given code path gives the same bits run after run.
 public final class DecodeKernel {
     public let headDim: Int
     public let blockTokens: Int
     public let scale: Float
     public let storage: StorageType
+    /// Keys widened at a time for half storage (d·subTile fp32 ≤ 16 KB).
+    public let subTile: Int
     private let products: TileProducts
     private let softmaxTile: LocalAttention.SoftmaxTile
 
@@ -34,60 +39,98 @@ public final class DecodeKernel {
         self.blockTokens = blockTokens
         self.scale = scale
         self.storage = storage
+        subTile = Self.keyTile(headDim: headDim, blockTokens: blockTokens, storage: storage)
         products = TileProducts()
         softmaxTile = LocalAttention.rowKernels(level: TileProducts.vectorLevel).0
+    }
+
+    /// Keys per tile of a block's transposed keys: the whole block for fp32
+    /// (the products read it in place), ≤ 16 KB of fp32 (4096 / headDim keys,
+    /// a multiple of 16) for half storage. A half block stores its keys tile
+    /// after tile (`[tiles][headDim][keyTile]`), so widening one tile is one
+    /// contiguous read: rows of a `[headDim × blockTokens]` layout read a
+    /// cache line each at a stride, as many streams as rows, which the
+    /// prefetchers do not follow (measured: 7 GB/s of bf16 against 18 for
+    /// fp32 read in place).
+    public static func keyTile(headDim: Int, blockTokens: Int, storage: StorageType) -> Int {
+        storage == .f32 ? blockTokens : min(blockTokens, max(16, 4096 / headDim / 16 * 16))
     }
 
     /// Floats of scratch one worker needs for `rows` query rows: the score
     /// tile, and for half storage the widened keys and values of one block.
     public func scratchFloats(rows: Int) -> Int {
-        rows * blockTokens + (storage == .f32 ? 0 : 2 * headDim * blockTokens) + 32
+        rows * blockTokens + (storage == .f32 ? 0 : headDim * subTile) + 32
     }
 
-    /// The two products of a block of `count` keys for `rows` query rows.
+    /// The products of a block of `count` keys for `rows` query rows: the
+    /// whole block (fp32 storage, read in place), or one sub-tile of `count`
+    /// widened keys (half storage).
     public struct Products {
         let scores: TileProducts.Kernel
         let values: TileProducts.Kernel
     }
 
-    /// Kernels for `rows` query rows and `count` keys (dispatch once per call
-    /// for full blocks; a partly filled block gets its own).
+    /// Kernels for `rows` query rows and `count` keys: a block (fp32) or a
+    /// sub-tile (half). Dispatch once per call for the full size; a partly
+    /// filled block gets its own.
     public func products(rows m: Int, count n: Int) -> Products {
         let d = headDim, b = blockTokens
+        let ldb = storage == .f32 ? b : subTile   // keys: the block's Kᵀ, or the widened sub-tile
         return Products(
-            scores: products.kernel(m: m, n: n, k: d, lda: d, ldb: b, ldc: b, transposedA: false, accumulate: false),
+            scores: products.kernel(m: m, n: n, k: d, lda: d, ldb: ldb, ldc: b, transposedA: false, accumulate: false),
             values: products.kernel(m: m, n: d, k: n, lda: b, ldb: d, ldc: d, transposedA: false, accumulate: true))
     }
+
+    /// The size `products` must be called with for a call's full blocks.
+    public var fullCount: Int { storage == .f32 ? blockTokens : subTile }
 
     /// Folds one block into the running state (rowMax, rowSum, acc) of `rows`
     /// query rows (`q`: `[rows × headDim]` fp32, unscaled). Query row i sees the
     /// block's columns `lo[i] ..< hi[i]` (of `count` filled slots).
-    /// `keysT`, `values`: the block's slices of one key/value head, storage type.
-    public func fold(_ kernels: Products, q: UnsafePointer<Float>, rows: Int,
+    /// `keysT`, `values`: the block's slices of one key/value head, storage
+    /// type; keys `[tiles][headDim][keyTile]` (one tile for fp32).
+    /// `full`: `products(rows: rows, count: fullCount)`.
+    public func fold(_ full: Products, q: UnsafePointer<Float>, rows: Int,
                      keysT: UnsafeRawPointer, values: UnsafeRawPointer, count: Int,
                      lo: UnsafePointer<Int>, hi: UnsafePointer<Int>,
                      rowMax: UnsafeMutablePointer<Float>, rowSum: UnsafeMutablePointer<Float>,
                      acc: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>) {
         let d = headDim, b = blockTokens
         let s = scratch
-        var k = keysT.assumingMemoryBound(to: Float.self)
-        var v = values.assumingMemoryBound(to: Float.self)
-        if storage != .f32 {
-            // Only the filled slots: keys row by row (each row is b slots wide).
-            let wideK = scratch + rows * b, wideV = wideK + d * b
-            let halfK = keysT.assumingMemoryBound(to: UInt16.self)
-            if count == b {
-                StorageConversion.widen(storage, halfK, into: wideK, count: d * b)
-            } else {
-                for c in 0..<d { StorageConversion.widen(storage, halfK + c * b, into: wideK + c * b, count: count) }
-            }
-            StorageConversion.widen(storage, values.assumingMemoryBound(to: UInt16.self), into: wideV, count: count * d)
-            k = UnsafePointer(wideK)
-            v = UnsafePointer(wideV)
+        if storage == .f32 {
+            let kernels = count == b ? full : products(rows: rows, count: count)
+            products.run(kernels.scores, q, keysT.assumingMemoryBound(to: Float.self), s)
+            softmaxTile(s, b, count, rows, lo, hi, scale, rowMax, rowSum, acc, d)
+            products.run(kernels.values, s, values.assumingMemoryBound(to: Float.self), acc)
+            return
         }
-        products.run(kernels.scores, q, k, s)
+        // Half storage: scores of every sub-tile, one softmax over the block,
+        // then the values sub-tile by sub-tile; one L1-sized scratch tile.
+        let tile = scratch + rows * b, sub = subTile, e = storage.bytes
+        let halfK = keysT.assumingMemoryBound(to: UInt16.self), halfV = values.assumingMemoryBound(to: UInt16.self)
+        // Each step asks for the next tile's bytes (the next key tile, then the
+        // first value tiles) while this one's products run.
+        cxsmm_prefetch(halfK, d * sub * e)
+        var j0 = 0
+        while j0 < count {
+            let cols = min(sub, count - j0)
+            let kernels = cols == sub ? full : products(rows: rows, count: cols)
+            if j0 + sub < count { cxsmm_prefetch(halfK + (j0 + sub) * d, d * sub * e) } else { cxsmm_prefetch(halfV, min(count, sub) * d * e) }
+            // The whole tile, unfilled slots too (zero): one contiguous read.
+            StorageConversion.widen(storage, halfK + j0 * d, into: tile, count: d * sub)
+            products.run(kernels.scores, q, tile, s + j0)
+            j0 += sub
+        }
         softmaxTile(s, b, count, rows, lo, hi, scale, rowMax, rowSum, acc, d)
-        products.run(kernels.values, s, v, acc)
+        j0 = 0
+        while j0 < count {
+            let cols = min(sub, count - j0)
+            let kernels = cols == sub ? full : products(rows: rows, count: cols)
+            if j0 + sub < count { cxsmm_prefetch(halfV + (j0 + sub) * d, min(sub, count - j0 - sub) * d * e) }
+            StorageConversion.widen(storage, halfV + j0 * d, into: tile, count: cols * d)
+            products.run(kernels.values, s + j0, tile, acc)
+            j0 += sub
+        }
     }
 
     /// Merges the running state `b` into `a` (rows × (max, sum, acc)), the

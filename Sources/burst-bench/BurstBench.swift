@@ -46,6 +46,11 @@ struct BurstBench: ParsableCommand {
     @Option(help: "Simulated network of the loopback ranks, e.g. \"latency=5e-6,bandwidth=2e9,inter_bandwidth=2.5e8,group=4\" (seconds, bytes/s; 0 = infinite). Not with --mpi.") var network: String?
     @Option(help: "Set --network's intra-group bandwidth so one forward step's K,V block takes RATIO × one forward step's compute (measured first in an untimed run without network); keeps --network's latency, groups and inter/intra bandwidth ratio.") var calibrateTransfer: Double?
 
+    @Flag(help: "Benchmark decode over a KV cache (see DecodeBench.swift) at each of --cache-lengths, with --batch sequences, --heads/--heads-kv, --dtype, --threads; --mpi for P > 1.") var decode = false
+    @Option(help: "Cache lengths for --decode (tokens per sequence, comma-separated).") var cacheLengths: String = "16384,65536"
+    @Option(help: "New tokens per sequence in each --decode step (T).") var decodeTokens: Int = 1
+    @Option(help: "The cache's block_tokens for --decode (0 = the library's default).") var blockTokens: Int = 0
+
     mutating func run() throws {
         var worldRank = 0
         if mpi {
@@ -57,6 +62,7 @@ struct BurstBench: ParsableCommand {
             worldRank = Int(rank)
         }
         defer { if mpi { MPI_Finalize() } }
+        if decode { try runDecode(worldRank: worldRank); return }
         guard ranks >= 1, seqLen >= ranks, repeats >= 1, warmup >= 0 else {
             throw ValidationError("need ranks >= 1, seq-len >= ranks, repeats >= 1, warmup >= 0")
         }

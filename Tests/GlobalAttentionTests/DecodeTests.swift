@@ -260,3 +260,131 @@ final class DecodeTests: XCTestCase {
         check(s)
     }
 }
+
+/// Bad inputs to the cache: an error with a message on every rank, and the
+/// cache left as it was.
+final class DecodeFailureTests: XCTestCase {
+    func config(maxBytes: Int64 = 0, headDim: Int64 = 8, timeout: Double = 30) -> KVCacheConfig {
+        var c = KVCacheConfig()
+        c.numLayers = 1; c.numHeadsQ = 2; c.numHeadsKV = 1; c.headDim = headDim
+        c.blockTokens = 4; c.maxBytesLocal = maxBytes; c.timeoutSeconds = timeout; c.numThreads = 1
+        return c
+    }
+
+    /// Runs `body` on every rank of a fresh 2-rank cache holding sequence 7
+    /// with 3 decoded tokens; returns each rank's thrown status (nil = OK),
+    /// message, and the length of sequence 7 after.
+    func withCache(ranks: Int = 2, _ cfg: KVCacheConfig? = nil,
+                   _ body: @escaping (_ rank: Int, _ cache: KVCache, _ context: AttentionContext) throws -> Void)
+        -> [(status: Status?, message: String, length: Int)] {
+        let c = cfg ?? config()
+        return runRanks(ranks) { rank, transport in
+            let context = AttentionContext(transport: transport, defaultThreads: 1)
+            do {
+                let cache = try context.makeKVCache(.success(c))
+                var id: Int64 = 7
+                try cache.add(&id, count: 1)
+                try Self.step(cache, tokens: 3)
+                var status: Status?, message = ""
+                do { try body(rank, cache, context) } catch let e as BurstError { status = e.status; message = e.message }
+                let length = (try? cache.sequenceLength(7, layer: 0).length) ?? -1
+                return (status, message, length)
+            } catch {
+                return (.internalError, "setup: \(error)", -1)
+            }
+        }
+    }
+
+    static func step(_ cache: KVCache, ids: [Int64] = [7], tokens: Int, positions: [Int64]? = nil, seed: Float = 0.5) throws {
+        let d = Int(cache.config.headDim)
+        let q = [Float](repeating: seed, count: ids.count * tokens * 2 * d), kv = [Float](repeating: 0.25, count: ids.count * tokens * d)
+        var out = [Float](repeating: 0, count: q.count)
+        try ids.withUnsafeBufferPointer { idp in
+            if let positions {
+                try positions.withUnsafeBufferPointer { pp in
+                    try cache.decode(layer: 0, ids: idp.baseAddress, count: Int64(ids.count), tokens: Int64(tokens), positions: pp.baseAddress,
+                                     q: q, k: kv, v: kv, out: &out, lse: nil)
+                }
+            } else {
+                try cache.decode(layer: 0, ids: idp.baseAddress, count: Int64(ids.count), tokens: Int64(tokens), positions: nil,
+                                 q: q, k: kv, v: kv, out: &out, lse: nil)
+            }
+        }
+    }
+
+    func expect(_ results: [(status: Status?, message: String, length: Int)], _ status: Status, _ fragment: String,
+                length: Int = 3, file: StaticString = #filePath, line: UInt = #line) {
+        for (rank, r) in results.enumerated() {
+            XCTAssertEqual(r.status, status, "rank \(rank): \(r.message)", file: file, line: line)
+            XCTAssertTrue(r.message.contains(fragment), "rank \(rank): '\(r.message)' lacks '\(fragment)'", file: file, line: line)
+            XCTAssertEqual(r.length, length, "rank \(rank): the cache changed", file: file, line: line)
+        }
+    }
+
+    func testUnknownDuplicateAndBackwardPositions() {
+        expect(withCache { _, cache, _ in try Self.step(cache, ids: [8], tokens: 1) }, .invalidArgument, "not in the cache")
+        expect(withCache { _, cache, _ in try Self.step(cache, ids: [7, 7], tokens: 1) }, .invalidArgument, "appears twice")
+        expect(withCache { _, cache, _ in try Self.step(cache, tokens: 1, positions: [2]) }, .invalidArgument, "goes back")
+        // Only rank 1 names an unknown id: every rank fails.
+        expect(withCache { rank, cache, _ in try Self.step(cache, ids: [rank == 1 ? 9 : 7], tokens: 1) }, .invalidArgument, "not in the cache")
+        expect(withCache { _, cache, _ in var id: Int64 = 7; try cache.add(&id, count: 1) }, .invalidArgument, "already in the cache")
+        expect(withCache { _, cache, _ in var id: Int64 = 5; try cache.drop(&id, count: 1) }, .invalidArgument, "not in the cache")
+        // Skipping ahead is allowed: the next step continues past the gap.
+        expect(withCache { _, cache, _ in try Self.step(cache, tokens: 2, positions: [10]); throw BurstError(.unsupported, "done") },
+               .unsupported, "done", length: 12)
+    }
+
+    func testRanksThatDisagree() {
+        expect(withCache { rank, cache, _ in try Self.step(cache, tokens: rank == 0 ? 1 : 2) }, .mismatch, "tokens (T)")
+        expect(withCache { rank, cache, _ in try Self.step(cache, tokens: 1, seed: rank == 0 ? 0.5 : 0.75) }, .mismatch, "q")
+        // Cache configs that differ: MISMATCH naming the field, on every rank.
+        let made: [Status?] = runRanks(2) { rank, transport in
+            let context = AttentionContext(transport: transport, defaultThreads: 1)
+            do { _ = try context.makeKVCache(.success(self.config(headDim: rank == 0 ? 8 : 16))); return nil } catch let e as BurstError {
+                XCTAssertTrue(e.message.contains("head_dim"), e.message); return e.status
+            } catch { return .internalError }
+        }
+        XCTAssertEqual(made, [.mismatch, .mismatch])
+    }
+
+    /// A store past max_bytes_local: OUT_OF_MEMORY on every rank (even the
+    /// rank with room), nothing written; a call that fits works after.
+    func testCapacityCheckedBeforeWriting() {
+        // One block (4 tokens) of 1 head × 8 dims, K and V fp32 + positions = 288 bytes.
+        let results = withCache(config(maxBytes: 288)) { _, cache, _ in
+            let before = try cache.bytes()
+            // 6 tokens: rank 0 would need a second block, rank 1 has room.
+            do { try Self.step(cache, tokens: 6) } catch let e as BurstError {
+                XCTAssertEqual(try cache.bytes(), before)
+                XCTAssertEqual(try cache.sequenceLength(7, layer: 0).length, 3)
+                try Self.step(cache, tokens: 1)   // position 3 fits in rank 1's block
+                throw e
+            }
+        }
+        expect(results, .outOfMemory, "max_bytes_local", length: 4)
+    }
+
+    func testPrefillFromAnotherContextAndAfterTimeout() {
+        expect(withCache { _, cache, _ in
+            // A plan of a context of its own (world size 1): not the cache's context.
+            let other = AttentionContext(transport: LoopbackTransport.makeGroup(size: 1)[0], defaultThreads: 1)
+            var pc = AttentionConfig()
+            pc.batch = 1; pc.seqLenLocal = 4; pc.numHeadsQ = 2; pc.numHeadsKV = 1; pc.headDim = 8; pc.numThreads = 1
+            let plan = try other.makePlan(.success(pc))
+            var id: Int64 = 7
+            let k = [Float](repeating: 0, count: 32)
+            try cache.prefill(layer: 0, plan: plan, planContext: other, ids: &id, k: k, v: k)
+        }, .invalidArgument, "another context")
+        // Rank 1 never makes the call: rank 0 times out, and the cache stays unusable.
+        let results = withCache(config(timeout: 0.5)) { rank, cache, _ in
+            guard rank == 0 else { Thread.sleep(forTimeInterval: 1.5); return }
+            do { try Self.step(cache, tokens: 1) } catch let e as BurstError {
+                XCTAssertEqual(e.status, .timeout)
+                XCTAssertThrowsError(try Self.step(cache, tokens: 1)) { XCTAssertTrue("\($0)".contains("unusable"), "\($0)") }
+                throw e
+            }
+        }
+        XCTAssertEqual(results[0].status, .timeout)
+        XCTAssertEqual(results[0].length, 3, "the failed step left no token behind")
+    }
+}

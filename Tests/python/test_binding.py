@@ -201,6 +201,24 @@ def test_status_values_are_abi():
     assert [int(p) for p in ba.Pattern] == [0, 1, 2, 3, 4]
 
 
+def test_burst_error_subclass_for_every_status():
+    """BurstError(status) builds the subclass of each status — OUT_OF_MEMORY too, whose
+    class is also a MemoryError (MemoryError.__new__ refuses such subclasses)."""
+    builtin = {ba.Status.INVALID_ARGUMENT: ValueError, ba.Status.UNSUPPORTED: NotImplementedError,
+               ba.Status.OUT_OF_MEMORY: MemoryError}
+    for status in ba.Status:
+        error = ba.BurstError(status, "message", "function")
+        assert error.status == status and error.message == "message"
+        if status != ba.Status.OK:
+            assert type(error).status_code == status
+        assert isinstance(error, builtin.get(status, ba.BurstError))
+        assert isinstance(error, ba.BurstError)
+    assert isinstance(ba.OutOfMemoryError(3, "x"), MemoryError)
+    import pickle
+    again = pickle.loads(pickle.dumps(ba.BurstError(ba.Status.OUT_OF_MEMORY, "full", "f")))
+    assert isinstance(again, ba.OutOfMemoryError) and again.message == "full"
+
+
 def test_last_error_after_failure():
     with ba.Context.self() as ctx:
         with pytest.raises(ba.BurstError) as info:

@@ -9,6 +9,11 @@ BurstAttention, arXiv 2403.09347) over its C ABI, with ctypes and numpy.
             out, lse = plan.forward(q, k, v)
             dq, dk, dv = plan.backward(q, k, v, out, lse, dout)
 
+Inference: `ctx.kv_cache(num_layers, heads, head_dim, ...)` gives a `KVCache` sharded
+over the ranks: `cache.prefill(layer, plan, seq_ids, k, v)` stores a prompt's K,V where
+the plan's forward had them, `cache.decode(layer, seq_ids, q, k, v)` attends new tokens
+to everything stored before them.
+
 `shard_positions`, `shard_counts`, `shard` and `unshard` deal a full-sequence array to
 the ranks by a distribution ("contiguous", "zigzag", "striped") and gather it back.
 
@@ -33,6 +38,7 @@ from ._enums import (
 )
 from ._context import Context
 from ._plan import Plan, STATS_KEYS
+from ._kvcache import KVCache
 from ._sharding import shard, shard_counts, shard_positions, unshard
 
 __version__ = f"{VERSION_MAJOR}.{VERSION_MINOR}.{VERSION_PATCH}"
@@ -62,7 +68,7 @@ __all__ = [
     "BurstTimeoutError", "BusyError", "CommunicationError", "InternalError",
     "InvalidArgumentError", "MismatchError", "OutOfMemoryError", "UnsupportedError",
     "VersionError",
-    "BurstError", "Context", "build_info", "DType", "Distribution", "Layout", "Mask", "Pattern", "Plan",
+    "BurstError", "Context", "KVCache", "build_info", "DType", "Distribution", "Layout", "Mask", "Pattern", "Plan",
     "STATS_KEYS", "Status", "VERSION_MAJOR", "VERSION_MINOR", "VERSION_NUMBER",
     "VERSION_PATCH", "last_error", "library_path", "status_string", "version", "version_info",
     "shard", "shard_counts", "shard_positions", "unshard",

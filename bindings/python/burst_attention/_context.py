@@ -1,8 +1,9 @@
 """`Context`: a group of ranks (an MPI communicator, one process, or in-process threads).
 
-Ownership: a Context owns its C handle; every `Plan` keeps a reference to its Context,
-so a context is never destroyed under a live plan, and `Context.close()` closes its
-plans first (the C ABI requires plans to be destroyed before their context).
+Ownership: a Context owns its C handle; every `Plan` and `KVCache` keeps a reference to
+its Context, so a context is never destroyed under a live plan or cache, and
+`Context.close()` closes its plans and caches first (the C ABI requires plans to be
+destroyed before their context).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ._enums import DType, Distribution, Layout, Mask, Pattern, parse
 from ._errors import BurstError, Status, _check, last_error, status_string
 
 if typing.TYPE_CHECKING:
+    from ._kvcache import KVCache
     from ._plan import Plan
 
 _INT32 = (-(2**31), 2**31 - 1)
@@ -64,6 +66,7 @@ class Context:
         self._kind = kind
         self._lock = threading.Lock()
         self._plans: "weakref.WeakSet" = weakref.WeakSet()
+        self._caches: "weakref.WeakSet" = weakref.WeakSet()
         rank, size = ctypes.c_int32(-1), ctypes.c_int32(-1)
         try:
             _check(_lib.lib.burst_context_rank(handle, ctypes.byref(rank), ctypes.byref(size)),
@@ -287,12 +290,51 @@ class Context:
         self._plans.add(plan)
         return plan
 
+    # ------------------------------------------------------------------ KV caches
+    def kv_cache(self, num_layers, num_heads_q, head_dim, num_heads_kv=None, dtype="f32",
+                 layout="bshd", softmax_scale=0.0, window_left=-1, block_tokens=0,
+                 max_bytes_local=0, num_threads=0, timeout_seconds=0.0,
+                 timeout=None) -> "KVCache":
+        """Collective: create a KV cache sharded over the ranks of this context, for
+        prefill and decode (inference; see `KVCache`).
+
+        num_layers attention layers that share one shape: num_heads_q, head_dim,
+        num_heads_kv (default num_heads_q; a divisor of it), dtype (the storage type
+        of the cache and of decode's q, k, v, out: "f32", "bf16", "f16", a `DType`, an
+        int, or a numpy dtype such as numpy.float32 / numpy.float16 /
+        ml_dtypes.bfloat16), layout of decode's tensors ("bshd": [seqs, T, heads, d];
+        "bhsd": [seqs, heads, T, d]), softmax_scale (0 = 1/sqrt(head_dim)) and
+        window_left (-1 = unbounded: a new token at position i sees keys i - window_left
+        .. i). block_tokens: tokens per storage block (0 = 256). max_bytes_local: this
+        rank's limit on the bytes of its blocks (0 = no limit); a call that would pass
+        it raises OutOfMemoryError on every rank and leaves the cache unchanged.
+        num_threads (0 = the library default) and timeout_seconds (0 = 300 s per
+        call; `timeout` is an alias) may differ between ranks, and so may
+        max_bytes_local; every other argument must be equal on all ranks (else
+        MismatchError on every rank naming the field).
+
+        An argument that cannot be put in the C struct raises TypeError/ValueError; on
+        a context of several ranks the library is still called (with an invalid
+        config) so that every rank fails together.
+        """
+        from ._kvcache import create  # circular: KVCache refers to Context
+
+        if timeout is not None:
+            timeout_seconds = timeout
+        return create(self, num_layers=num_layers, num_heads_q=num_heads_q,
+                      head_dim=head_dim, num_heads_kv=num_heads_kv, dtype=dtype,
+                      layout=layout, softmax_scale=softmax_scale, window_left=window_left,
+                      block_tokens=block_tokens, max_bytes_local=max_bytes_local,
+                      num_threads=num_threads, timeout_seconds=timeout_seconds)
+
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
-        """Destroy the plans of this context, then the context. Collective for MPI
-        contexts (every rank must close it). Idempotent."""
+        """Destroy the plans and KV caches of this context, then the context.
+        Collective for MPI contexts (every rank must close it). Idempotent."""
         for plan in list(self._plans):
             plan.close()
+        for cache in list(self._caches):
+            cache.close()
         with self._lock:
             handle, self._handle = self._handle, None
         if handle is not None:

@@ -58,7 +58,10 @@ class BurstError(Exception):
     def __new__(cls, status: int = 0, message: str = "", function: str = ""):
         if cls is BurstError:
             cls = _BY_STATUS.get(int(status), BurstError)
-        return super().__new__(cls, status, message, function)
+        # Exception.__new__, not super(): for OutOfMemoryError the next class in the MRO
+        # is MemoryError, whose __new__ refuses subclasses that also derive from another
+        # exception class ("not safe, use Exception.__new__()").
+        return Exception.__new__(cls, status, message, function)
 
     def __init__(self, status: int, message: str = "", function: str = ""):
         try:

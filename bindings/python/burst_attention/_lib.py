@@ -4,8 +4,9 @@ This is the only module that knows the C signatures. It mirrors
 include/burst_attention.h (version 0.6.0) one declaration at a time; the structs
 keep the header's field order, and ctypes gives them the same natural alignment as
 the C compiler on the platforms we support (x86-64 / aarch64 Linux), so
-`sizeof(burst_attention_config) == 120` and `sizeof(burst_stats) == 88` (72 up to
-total_seconds, the 0.1 struct the library still accepts).
+`sizeof(burst_attention_config) == 120`, `sizeof(burst_stats) == 88` (72 up to
+total_seconds, the 0.1 struct the library still accepts) and
+`sizeof(burst_kv_cache_config) == 88`.
 
 Lookup order for the shared library (first hit wins):
   1. the path in the environment variable BURST_ATTENTION_LIBRARY;
@@ -133,6 +134,26 @@ STATS_SIZE_V0_1 = Stats.tiles_computed.offset
 STATS_SIZE_V0_2 = Stats.bytes_sent_inter_group.offset
 
 
+class KVCacheConfig(ctypes.Structure):
+    """`burst_kv_cache_config` (0.6) — field order is ABI; new fields are only appended."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("layout", ctypes.c_int32),
+        ("dtype", ctypes.c_int32),
+        ("num_threads", ctypes.c_int32),
+        ("num_layers", ctypes.c_int64),
+        ("num_heads_q", ctypes.c_int64),
+        ("num_heads_kv", ctypes.c_int64),
+        ("head_dim", ctypes.c_int64),
+        ("softmax_scale", ctypes.c_float),
+        ("window_left", ctypes.c_int64),
+        ("block_tokens", ctypes.c_int64),
+        ("max_bytes_local", ctypes.c_int64),
+        ("timeout_seconds", ctypes.c_double),
+    ]
+
+
 _c_float_p = ctypes.POINTER(ctypes.c_float)
 _c_int64_p = ctypes.POINTER(ctypes.c_int64)
 
@@ -159,6 +180,26 @@ _SIGNATURES = {
                                       ctypes.c_void_p]),
     "burst_plan_stats": (burst_status, [c_handle, ctypes.POINTER(Stats)]),
     "burst_plan_destroy": (None, [c_handle]),
+    # The KV cache (0.6): cache handles are c_handle too.
+    "burst_kv_cache_config_init_sized": (burst_status, [ctypes.POINTER(KVCacheConfig), ctypes.c_uint64]),
+    "burst_kv_cache_create": (burst_status, [c_handle, ctypes.POINTER(KVCacheConfig),
+                                             ctypes.POINTER(c_handle)]),
+    "burst_kv_cache_destroy": (None, [c_handle]),
+    "burst_kv_cache_add": (burst_status, [c_handle, _c_int64_p, ctypes.c_int64]),
+    "burst_kv_cache_drop": (burst_status, [c_handle, _c_int64_p, ctypes.c_int64]),
+    "burst_kv_cache_truncate": (burst_status, [c_handle, _c_int64_p, _c_int64_p, ctypes.c_int64]),
+    # cache, layer, plan, seq_ids, k, v
+    "burst_kv_cache_prefill": (burst_status, [c_handle, ctypes.c_int64, c_handle, _c_int64_p,
+                                              ctypes.c_void_p, ctypes.c_void_p]),
+    # cache, layer, seq_ids, num_seqs, tokens, positions, q, k, v, out, lse
+    "burst_kv_cache_decode": (burst_status, [c_handle, ctypes.c_int64, _c_int64_p, ctypes.c_int64,
+                                             ctypes.c_int64, _c_int64_p, ctypes.c_void_p,
+                                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                             _c_float_p]),
+    "burst_kv_cache_sequence_length": (burst_status, [c_handle, ctypes.c_int64, ctypes.c_int64,
+                                                      _c_int64_p, _c_int64_p]),
+    "burst_kv_cache_bytes": (burst_status, [c_handle, ctypes.POINTER(ctypes.c_uint64)]),
+    "burst_kv_cache_stats": (burst_status, [c_handle, ctypes.POINTER(Stats)]),
     # distribution, total_tokens, cu_seqlens, num_sequences, world_size, rank, ...
     "burst_shard_positions": (burst_status, [ctypes.c_int32, ctypes.c_int64, _c_int64_p,
                                              ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
@@ -238,6 +279,16 @@ def new_config() -> AttentionConfig:
     status = lib.burst_attention_config_init_sized(ctypes.byref(cfg), ctypes.sizeof(AttentionConfig))
     if status != 0:
         raise RuntimeError(f"burst_attention_config_init_sized: {lib.burst_last_error().decode(errors='replace')}")
+    return cfg
+
+
+def new_kv_cache_config() -> KVCacheConfig:
+    """A KV cache config with the library's defaults (burst_kv_cache_config_init_sized:
+    BSHD, F32, window_left = -1, everything else 0), as `new_config`."""
+    cfg = KVCacheConfig()
+    status = lib.burst_kv_cache_config_init_sized(ctypes.byref(cfg), ctypes.sizeof(KVCacheConfig))
+    if status != 0:
+        raise RuntimeError(f"burst_kv_cache_config_init_sized: {lib.burst_last_error().decode(errors='replace')}")
     return cfg
 
 

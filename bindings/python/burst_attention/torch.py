@@ -36,6 +36,10 @@ Communicators (`comm=`):
     else MPI.COMM_WORLD when mpi4py has initialised MPI and COMM_WORLD has more than one
     rank; else a one-rank context (whole-sequence attention in this process).
 
+Inference over a `burst_attention.KVCache` (`ctx.kv_cache(...)`): `prefill(cache, layer,
+plan, seq_ids, k, v)` stores a prompt shard's K,V, `decode(cache, layer, seq_ids, q, k,
+v)` returns (out, lse) as tensors (no autograd: inference).
+
 Plans (the library's per-shape workspace) are cached per context and shape, least
 recently used first out (`set_plan_cache_size`, `clear_plan_cache`). On contexts of
 several ranks each call first agrees on every rank's shard length (one small allgather
@@ -65,7 +69,7 @@ from ._sharding import shard_positions as _shard_positions_np
 __all__ = [
     "burst_attn", "burst_attn_varlen", "BurstAttnFunction", "context_for",
     "shard_positions", "shard", "unshard_positions", "set_plan_cache_size",
-    "clear_plan_cache", "last_stats",
+    "clear_plan_cache", "last_stats", "decode", "prefill",
 ]
 
 CommLike = typing.Any  # mpi4py Comm | torch.distributed.ProcessGroup | Context | None
@@ -649,3 +653,58 @@ def shard_counts(distribution: str, total_tokens: int, world_size: int,
     seqlens = None if cu_seqlens is None else list(_cu_seqlens_tuple(cu_seqlens))
     return [int(c) for c in _shard_counts_np(distribution, total_tokens, world_size,
                                              cu_seqlens=seqlens)]
+
+
+# --------------------------------------------------------------------------- KV cache (inference)
+
+# The cache's storage type -> the torch dtype of its tensors.
+_CACHE_TORCH_DTYPE = {0: torch.float32, 1: torch.bfloat16, 2: torch.float16}
+
+
+def _cache_arrays(cache, tensors, problems: list) -> list:
+    """Zero-copy numpy views of CPU tensors of the cache's dtype (contiguous copies of
+    non-contiguous ones), or None for a tensor that fails the checks (its problem is
+    appended; the caller then makes every rank fail through `KVCache._reject`)."""
+    want = _CACHE_TORCH_DTYPE.get(int(cache.dtype))
+    arrays = []
+    for name, t in tensors:
+        try:
+            _check_tensor(name, t, 4)
+            if t.dtype != want:
+                raise TypeError(f"{name}: the cache holds {want}, got {t.dtype}")
+            arrays.append(_np(_contiguous(t)))
+        except (TypeError, ValueError) as exc:
+            problems.append((type(exc), str(exc)))
+            arrays.append(None)
+    return arrays
+
+
+def prefill(cache, layer: int, plan, seq_ids, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Collective. `KVCache.prefill` with tensors: store this rank's shard of a prompt's
+    keys and values (the k, v it gave `plan.forward`, of `plan.kv_shape`, CPU, the
+    cache's dtype) into `layer` of `cache`, where they are."""
+    problems: list = []
+    kn, vn = _cache_arrays(cache, (("k", k), ("v", v)), problems)
+    if problems:
+        cache._reject(problems, "burst_kv_cache_prefill")
+    cache.prefill(layer, plan, seq_ids, kn, vn)
+
+
+def decode(cache, layer: int, seq_ids, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+           positions=None) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Collective. `KVCache.decode` with tensors: T new tokens per sequence attend to
+    `layer` of `cache` (their K,V appended first). q: [num_seqs, T, heads_q, d]
+    ("bshd" caches; [num_seqs, heads_q, T, d] for "bhsd"), k, v likewise with heads_kv;
+    CPU tensors of the cache's dtype (torch.float32 / bfloat16 / float16), the same on
+    every rank. Returns (out like q in that dtype, lse [num_seqs, heads_q, T] float32),
+    the same on every rank. No autograd (inference)."""
+    problems: list = []
+    qn, kn, vn = _cache_arrays(cache, (("q", q), ("k", k), ("v", v)), problems)
+    if problems:
+        cache._reject(problems, "burst_kv_cache_decode")
+    s = q.shape[0]
+    t = q.shape[2 if int(cache.layout) == int(Layout.BHSD) else 1]
+    out = torch.empty(tuple(q.shape), dtype=q.dtype)
+    lse = torch.empty((s, cache.num_heads_q, t), dtype=torch.float32)
+    cache.decode(layer, seq_ids, qn, kn, vn, positions=positions, out=_np(out), lse=_np(lse))
+    return out, lse

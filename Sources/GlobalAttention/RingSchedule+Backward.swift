@@ -32,18 +32,19 @@ final class BackwardWorkspace {
                                    wireFloats: coded ? wire(maxRows) : nil)
         }
     }
+
+    var floats: Int { GlobalAttention.floats(bundle, dq, kv, dkv) + ring.floats }
 }
 
-extension AttentionPlan {
+extension RingSchedule {
     static let bundleTag: Int32 = 10
     static let partialDQTag: Int32 = 11
     static let homeDQTag: Int32 = 12
     static let bundleInterTag: Int32 = 13
 
-    /// burst_backward. Collective.
-    ///
-    /// BURST (BurstAttention Algorithm 2): K, V, dK, dV stay on their owner;
-    /// the query side travels. At step k rank r holds the bundle of rank
+    /// burst_backward under BURST and RING. BURST (BurstAttention
+    /// Algorithm 2): K, V, dK, dV stay on their owner; the query side
+    /// travels. At step k rank r holds the bundle of rank
     /// b = `route.source(r, k)`, adds its K,V contribution to dQ_b and
     /// accumulates dK_r, dV_r; the bundle goes on before the compute, the
     /// partial dQ after it. RING: the mirror — K|V and the partial dK|dV of
@@ -63,77 +64,27 @@ extension AttentionPlan {
     /// bytes, RING (P − 1)·2·2nd·Zkv + 4·2Pnd·Zkv.
     /// GQA does not shrink BURST's traffic (the query side travels) but does
     /// shrink RING's.
-    public func backward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
-                         out: UnsafeRawPointer?, lse: UnsafePointer<Float>?, dout: UnsafeRawPointer?,
-                         dq: UnsafeMutableRawPointer?, dk: UnsafeMutableRawPointer?, dv: UnsafeMutableRawPointer?) throws {
-        let elements = tensorElements, kvElements = kvTensorElements
-        try collective(.backward, localCheck: {
-            for (pointer, name, count) in [(q, "q", elements), (k, "k", kvElements), (v, "v", kvElements),
-                                           (out, "out", elements), (dout, "dout", elements),
-                                           (UnsafeRawPointer(dq), "dq", elements), (UnsafeRawPointer(dk), "dk", kvElements),
-                                           (UnsafeRawPointer(dv), "dv", kvElements)] {
-                if let e = Self.requireBuffer(pointer, name, elements: count) { return e }
-            }
-            if let e = Self.requireBuffer(lse, "lse", elements: lseElements) { return e }
-            let e = storage.bytes
-            if let error = Self.requireDisjoint(
-                outputs: [BufferRange(dq, "dq", bytes: elements * e), BufferRange(dk, "dk", bytes: kvElements * e),
-                          BufferRange(dv, "dv", bytes: kvElements * e)],
-                inputs: [BufferRange(q, "q", bytes: elements * e), BufferRange(k, "k", bytes: kvElements * e),
-                         BufferRange(v, "v", bytes: kvElements * e), BufferRange(out, "out", bytes: elements * e),
-                         BufferRange(dout, "dout", bytes: elements * e), BufferRange(lse, "lse", bytes: lseElements * 4)]) { return error }
-            switch pattern {
-            case .allgather: return prepareAllgather(backward: true)
-            case .ulysses: return prepareUlysses(backward: true)
-            default: break
-            }
-            if let e = ensureKernels() { return e }
-            if backwardSpace == nil {
-                do {
-                    backwardSpace = try BackwardWorkspace(zq: zHeads, zkv: zKV, rows: localRows, maxRows: tokens.maxCount,
-                                                          headDim: headDim, route: route, keysTravel: pattern == .ring,
-                                                          storage: storage)
-                } catch let error as BurstError { return error } catch { return BurstError(.internalError, "\(error)") }
-            }
-            return nil
-        }) { stats, deadline in
-            switch pattern {
-            case .allgather:
-                try allgatherBackward(q: q, k: k, v: v, out: out, lse: lse, dout: dout,
-                                      dq: dq, dk: dk, dv: dv, stats: &stats, deadline: deadline)
-            case .ulysses:
-                try ulyssesBackward(q: q, k: k, v: v, out: out, lse: lse, dout: dout,
-                                    dq: dq, dk: dk, dv: dv, stats: &stats, deadline: deadline)
-            default:
-                try runBackward(q: q, k: k, v: v, out: out, lse: lse, dout: dout, dq: dq, dk: dk, dv: dv,
-                                stats: &stats, deadline: deadline)
-            }
-        }
-    }
-
-    private func runBackward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
-                             out: UnsafeRawPointer?, lse: UnsafePointer<Float>?, dout: UnsafeRawPointer?,
-                             dq: UnsafeMutableRawPointer?, dk: UnsafeMutableRawPointer?, dv: UnsafeMutableRawPointer?,
-                             stats: inout CallStats, deadline: Deadline) throws {
+    func backward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
+                  out: UnsafeRawPointer?, lse: UnsafePointer<Float>?, dout: UnsafeRawPointer?,
+                  dq: UnsafeMutableRawPointer?, dk: UnsafeMutableRawPointer?, dv: UnsafeMutableRawPointer?,
+                  stats: inout CallStats, deadline: Deadline) throws {
         guard let space = backwardSpace, let kernels else { throw BurstError(.internalError, "backward workspace missing") }
-        let p = size, r = rank, n = localRows, zq = zHeads, zkv = zKV, d = headDim, type = storage
+        let env = self.env, tokens = env.tokens, pool = env.pool
+        let p = env.size, r = env.rank, n = env.localRows, zq = env.zHeads, zkv = env.zKV, d = env.headDim, type = env.storage
 
         // This rank's bundle: [Q | dO | D | lse], D = rowsum(dO ∘ O); dQ = 0.
         if n > 0, let q, let k, let v, let o = out, let dO = dout, let lse {
             let bundle = space.bundle.pointer
-            TensorPacking.pack(q, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: bundle, pool: pool)
-            TensorPacking.pack(dO, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d,
-                               into: bundle + zq * n * d, pool: pool)
-            TensorPacking.pack(o, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.dq.pointer, pool: pool)
-            timed(&stats.computeSeconds) {
+            env.pack(q, heads: env.heads, into: bundle, pool: pool)
+            env.pack(dO, heads: env.heads, into: bundle + zq * n * d, pool: pool)
+            env.pack(o, heads: env.heads, into: space.dq.pointer, pool: pool)
+            env.timed(&stats.computeSeconds) {
                 LocalAttention.rowDot(count: zq * n, headDim: d, bundle + zq * n * d, space.dq.pointer,
                                       into: bundle + 2 * zq * n * d)
             }
             (bundle + 2 * zq * n * d + zq * n).update(from: lse, count: zq * n)
-            TensorPacking.pack(k, type: type, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
-                               into: space.kv.pointer, pool: pool)
-            TensorPacking.pack(v, type: type, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
-                               into: space.kv.pointer + zkv * n * d, pool: pool)
+            env.pack(k, heads: env.kvHeads, into: space.kv.pointer, pool: pool)
+            env.pack(v, heads: env.kvHeads, into: space.kv.pointer + zkv * n * d, pool: pool)
         }
         space.dq.fill(0, count: zq * n * d)
         space.dkv.fill(0, count: 2 * zkv * n * d)
@@ -146,17 +97,17 @@ extension AttentionPlan {
                         keys keyRank: Int, kv: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
                         dv: UnsafeMutablePointer<Float>, keyPanelsReady: Bool, stats: inout CallStats) {
             let nk = tokens.counts[keyRank]
-            gradientBlock(kernels, queryHeads: zq, bundle: bundle, dq: dq, rows: tokens.counts[owner],
-                          lo: tokens.lo[owner], hi: tokens.hi[owner], k: kv, v: kv + zkv * nk * d, dk: dk, dv: dv,
-                          keyRows: nk, keyPositions: tokens.positions[keyRank], keyPanelsReady: keyPanelsReady, stats: &stats)
+            env.gradientBlock(kernels, queryHeads: zq, bundle: bundle, dq: dq, rows: tokens.counts[owner],
+                              lo: tokens.lo[owner], hi: tokens.hi[owner], k: kv, v: kv + zkv * nk * d, dk: dk, dv: dv,
+                              keyRows: nk, keyPositions: tokens.positions[keyRank], keyPanelsReady: keyPanelsReady, stats: &stats)
         }
 
         let pass: RingPass
-        if pattern == .ring {
+        if keysTravel {
             // K|V and the partial dK|dV travel; Q, dO, D, lse, dQ stay.
             pass = keyPass
-            try runRing(pass, tags: tags, readOnlyFloats: { 2 * zkv * self.tokens.counts[$0] * d }, readOnlyWire: keyValueWire,
-                        accumulatorFloats: { 2 * zkv * self.tokens.counts[$0] * d },
+            try runRing(pass, tags: tags, readOnlyFloats: { 2 * zkv * tokens.counts[$0] * d }, readOnlyWire: keyValueWire,
+                        accumulatorFloats: { 2 * zkv * tokens.counts[$0] * d },
                         ownReadOnly: space.kv.pointer, ownAccumulator: space.dkv.pointer, buffers: space.ring,
                         stats: &stats, deadline: deadline) { source, block, partial, stats in
                 let m = tokens.counts[source]
@@ -172,8 +123,8 @@ extension AttentionPlan {
             let bundleWire: ((Int) -> WireFormat)? = type == .f32 ? nil : { b in
                 WireFormat([(2 * zq * counts[b] * d, type), (2 * zq * counts[b], .f32)])
             }
-            try runRing(pass, tags: tags, readOnlyFloats: { zq * self.tokens.counts[$0] * (2 * d + 2) }, readOnlyWire: bundleWire,
-                        accumulatorFloats: { zq * self.tokens.counts[$0] * d },
+            try runRing(pass, tags: tags, readOnlyFloats: { zq * tokens.counts[$0] * (2 * d + 2) }, readOnlyWire: bundleWire,
+                        accumulatorFloats: { zq * tokens.counts[$0] * d },
                         ownReadOnly: space.bundle.pointer, ownAccumulator: space.dq.pointer, buffers: space.ring,
                         stats: &stats, deadline: deadline) { owner, bundle, partial, stats in
                 accumulate(queries: owner, bundle: bundle, dq: partial!, keys: r, kv: space.kv.pointer,
@@ -184,17 +135,14 @@ extension AttentionPlan {
         for k in 0..<p {
             let b = pass.route.source(r, step: k)
             if pass.needs(holder: r, block: b) { continue }
-            let (queryRows, keyRows) = pattern == .ring ? (n, tokens.counts[b]) : (tokens.counts[b], n)
+            let (queryRows, keyRows) = keysTravel ? (n, tokens.counts[b]) : (tokens.counts[b], n)
             stats.add(.init(skipped: kernels.denseTiles(queryHeads: zq, queryRows: queryRows, keyRows: keyRows)))
         }
 
         if n > 0, let dq, let dk, let dv {
-            TensorPacking.unpack(space.dq.pointer, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d,
-                                 into: dq, pool: pool)
-            TensorPacking.unpack(space.dkv.pointer, type: type, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
-                                 into: dk, pool: pool)
-            TensorPacking.unpack(space.dkv.pointer + zkv * n * d, type: type, layout: layout, batch: batch, heads: kvHeads,
-                                 rows: n, headDim: d, into: dv, pool: pool)
+            env.unpack(space.dq.pointer, heads: env.heads, into: dq, pool: pool)
+            env.unpack(space.dkv.pointer, heads: env.kvHeads, into: dk, pool: pool)
+            env.unpack(space.dkv.pointer + zkv * n * d, heads: env.kvHeads, into: dv, pool: pool)
         }
     }
 }

@@ -19,6 +19,8 @@ final class AllgatherForwardSpace {
         kv = try allocate(WireFormat.floatsHolding(bytes: 2 * zkv * total * d * storage.bytes), "the gathered keys and values")
         gathered = try GatheredBlocks(zkv: zkv, rows: rows, maxRows: maxRows, headDim: d, storage: storage)
     }
+
+    var floats: Int { GlobalAttention.floats(q, acc, rowMax, rowSum, kv) + gathered.floats }
 }
 
 /// ALLGATHER's fp32 views of gathered K|V blocks held in a half storage
@@ -31,6 +33,8 @@ final class GatheredBlocks {
         own = storage == .f32 ? nil : try allocate(2 * zkv * rows * d, "the own keys and values (fp32)")
         decoded = storage == .f32 ? nil : try allocate(2 * zkv * maxRows * d, "a decoded gathered block")
     }
+
+    var floats: Int { GlobalAttention.floats(own, decoded) }
 }
 
 /// Backward workspace of ALLGATHER on one rank (floats): packed q, dO (Zq·n·d
@@ -57,6 +61,10 @@ final class AllgatherBackwardSpace {
         sum = try allocate(2 * zkv * rows * d, "dk, dv")
         outgoing = ranks > 1 ? try (0..<2).map { _ in try allocate(2 * zkv * maxRows * d, "a partial dk, dv send buffer") } : []
     }
+
+    var floats: Int {
+        GlobalAttention.floats(q, dOut, delta, dq, kv, ownPartials, sum) + GlobalAttention.floats(outgoing) + gathered.floats
+    }
 }
 
 /// BURST_PATTERN_ALLGATHER (Megatron / Llama-3 context parallelism): every
@@ -69,10 +77,21 @@ final class AllgatherBackwardSpace {
 /// Blocks are folded in the fixed order of their source rank 0 … P−1, and
 /// the owner of a block sums its P partial gradients in rank order 0 … P−1,
 /// so results are bitwise reproducible for a given world size.
-extension AttentionPlan {
-    static let allgatherForwardTag: Int32 = 20
-    static let allgatherBackwardTag: Int32 = 21
-    static let allgatherPartialTag: Int32 = 22
+final class AllgatherSchedule: TrainingSchedule {
+    let env: ScheduleEnvironment
+
+    // Workspace, allocated on first use and kept (no allocation per call after that).
+    var kernels: LocalAttention?
+    var forwardSpace: AllgatherForwardSpace?
+    var backwardSpace: AllgatherBackwardSpace?
+
+    init(_ env: ScheduleEnvironment) {
+        self.env = env
+    }
+
+    static let forwardTag: Int32 = 20
+    static let backwardTag: Int32 = 21
+    static let partialTag: Int32 = 22
 
     /// Bytes one ALLGATHER call sends and receives on `rank` (burst_stats),
     /// for any shard sizes and masks. With needs(a, b) = "some query of rank a
@@ -90,8 +109,8 @@ extension AttentionPlan {
     /// moves nothing. `zq` does not enter: only the key/value side travels.
     /// With a half storage type the gathered K|V take 2 bytes an element
     /// (the 8 above becomes 4) and the partials stay fp32.
-    public static func allgatherBytes(tokens: TokenLayout, rank r: Int, zq: Int, zkv: Int, headDim d: Int,
-                                      backward: Bool, storage: StorageType = .f32) -> (sent: UInt64, received: UInt64) {
+    static func bytes(tokens: TokenLayout, rank r: Int, zq: Int, zkv: Int, headDim d: Int,
+                      backward: Bool, storage: StorageType = .f32) -> (sent: UInt64, received: UInt64) {
         let block = { (j: Int) in UInt64(2 * storage.bytes * zkv * d * tokens.counts[j]) }
         let partial = { (j: Int) in UInt64(8 * zkv * d * tokens.counts[j]) }
         var gatherSent: UInt64 = 0, gatherReceived: UInt64 = 0, partialsSent: UInt64 = 0, partialsReceived: UInt64 = 0
@@ -103,58 +122,57 @@ extension AttentionPlan {
         return backward ? (gatherSent + partialsSent, gatherReceived + partialsReceived) : (gatherSent, gatherReceived)
     }
 
-    /// Allocates the pattern's workspace for a forward or backward call, or
-    /// says why it cannot.
-    func prepareAllgather(backward: Bool) -> BurstError? {
-        if let e = ensureCollectiveKernels(maxKVHeads: zKV, maxKeyRows: tokens.maxCount) { return e }
-        do {
-            if backward {
-                if collectiveBackwardSpace == nil {
-                    collectiveBackwardSpace = try AllgatherBackwardSpace(zq: zHeads, zkv: zKV, rows: localRows, maxRows: tokens.maxCount,
-                                                                         total: tokens.total, ranks: size, headDim: headDim,
-                                                                         storage: storage)
-                }
-            } else if collectiveForwardSpace == nil {
-                collectiveForwardSpace = try AllgatherForwardSpace(zq: zHeads, zkv: zKV, rows: localRows, maxRows: tokens.maxCount,
-                                                                   total: tokens.total, headDim: headDim, storage: storage)
-            }
-        } catch let error as BurstError { return error } catch { return BurstError(.internalError, "\(error)") }
-        return nil
+    /// Both directions' buffers and the kernels' panels and scratch.
+    var workspaceBytes: Int {
+        ((forwardSpace?.floats ?? 0) + (backwardSpace?.floats ?? 0)) * MemoryLayout<Float>.size
+            + (kernels?.workspaceBytes ?? 0)
     }
 
-    /// The kernels of the collective patterns (allocated once; their key
-    /// block is as large as the pattern needs: one rank's block for
-    /// ALLGATHER, the whole sequence for ULYSSES).
-    func ensureCollectiveKernels(maxKVHeads: Int, maxKeyRows: Int) -> BurstError? {
-        if collectiveKernels != nil { return nil }
-        guard let made = LocalAttention(headDim: headDim, scale: config.effectiveScale, pool: pool,
-                                        maxKVHeads: maxKVHeads, maxKeyRows: maxKeyRows,
-                                        tileQ: Self.tuning("BURST_TILE_Q", 256), tileK: Self.tuning("BURST_TILE_K", 128)) else {
-            return BurstError(.outOfMemory, "cannot allocate the kernels' scratch space")
+    /// The kernels see one rank's block at a time: Zkv heads × n_max keys.
+    private func prepareKernels() throws {
+        if kernels == nil { kernels = try env.makeKernels(maxKVHeads: env.zKV, maxKeyRows: env.tokens.maxCount) }
+    }
+
+    func prepareForward() -> BurstError? {
+        preparing {
+            try prepareKernels()
+            if forwardSpace == nil {
+                forwardSpace = try AllgatherForwardSpace(zq: env.zHeads, zkv: env.zKV, rows: env.localRows,
+                                                         maxRows: env.tokens.maxCount, total: env.tokens.total,
+                                                         headDim: env.headDim, storage: env.storage)
+            }
         }
-        collectiveKernels = made
-        return nil
+    }
+
+    func prepareBackward() -> BurstError? {
+        preparing {
+            try prepareKernels()
+            if backwardSpace == nil {
+                backwardSpace = try AllgatherBackwardSpace(zq: env.zHeads, zkv: env.zKV, rows: env.localRows,
+                                                           maxRows: env.tokens.maxCount, total: env.tokens.total,
+                                                           ranks: env.size, headDim: env.headDim, storage: env.storage)
+            }
+        }
     }
 
     /// Elements before block j in the gathered K|V buffer.
-    private func gatheredOffset(_ j: Int) -> Int { 2 * zKV * headDim * tokens.counts.prefix(j).reduce(0, +) }
+    private func gatheredOffset(_ j: Int) -> Int { 2 * env.zKV * env.headDim * env.tokens.counts.prefix(j).reduce(0, +) }
 
     /// Block j of the gathered K|V (in the storage type).
     private func gatheredBlock(_ kv: FloatBuffer, _ j: Int) -> UnsafeMutableRawPointer {
-        UnsafeMutableRawPointer(kv.pointer) + gatheredOffset(j) * storage.bytes
+        UnsafeMutableRawPointer(kv.pointer) + gatheredOffset(j) * env.storage.bytes
     }
 
     /// Packs this rank's K|V: straight into its slot of the gathered buffer
     /// for fp32; for a half type into `gathered.own` (fp32, for the compute)
     /// and, rounded back (exact), into its slot (for the wire).
     private func packOwnBlock(k: UnsafeRawPointer, v: UnsafeRawPointer, kv: FloatBuffer, gathered: GatheredBlocks) {
-        let n = localRows, zkv = zKV, d = headDim
-        let target = gathered.own?.pointer ?? kv.pointer + gatheredOffset(rank)
-        TensorPacking.pack(k, type: storage, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, into: target)
-        TensorPacking.pack(v, type: storage, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
-                           into: target + zkv * n * d)
+        let n = env.localRows, zkv = env.zKV, d = env.headDim
+        let target = gathered.own?.pointer ?? kv.pointer + gatheredOffset(env.rank)
+        env.pack(k, heads: env.kvHeads, into: target, pool: nil)
+        env.pack(v, heads: env.kvHeads, into: target + zkv * n * d, pool: nil)
         if gathered.own != nil {
-            StorageConversion.store(storage, target, into: gatheredBlock(kv, rank), count: 2 * zkv * n * d)
+            StorageConversion.store(env.storage, target, into: gatheredBlock(kv, env.rank), count: 2 * zkv * n * d)
         }
     }
 
@@ -163,10 +181,10 @@ extension AttentionPlan {
     private func computableBlock(_ source: Int, kv: FloatBuffer, gathered: GatheredBlocks,
                                  stats: inout CallStats) -> UnsafeMutablePointer<Float> {
         guard let decoded = gathered.decoded, let own = gathered.own else { return kv.pointer + gatheredOffset(source) }
-        if source == rank { return own.pointer }
-        let count = 2 * zKV * tokens.counts[source] * headDim
-        timed(&stats.computeSeconds) {
-            StorageConversion.load(storage, gatheredBlock(kv, source), into: decoded.pointer, count: count)
+        if source == env.rank { return own.pointer }
+        let count = 2 * env.zKV * env.tokens.counts[source] * env.headDim
+        env.timed(&stats.computeSeconds) {
+            StorageConversion.load(env.storage, gatheredBlock(kv, source), into: decoded.pointer, count: count)
         }
         return decoded.pointer
     }
@@ -178,84 +196,98 @@ extension AttentionPlan {
     /// storage type.
     private func startGather(kv: FloatBuffer, tag: Int32,
                              stats: inout CallStats) throws -> (sends: PendingTransfer, receives: [PendingTransfer?]) {
-        let p = size, r = rank, zkv = zKV, d = headDim, size = storage.bytes
+        let p = env.size, r = env.rank, zkv = env.zKV, d = env.headDim, size = env.storage.bytes
         var receives = [PendingTransfer?](repeating: nil, count: p)
-        for j in 0..<p where j != r && tokens.needs(queryRank: r, keyRank: j) {
-            let bytes = 2 * zkv * tokens.counts[j] * d * size
-            receives[j] = try startTransfer(sends: [], receives: [
+        for j in 0..<p where j != r && env.tokens.needs(queryRank: r, keyRank: j) {
+            let bytes = 2 * zkv * env.tokens.counts[j] * d * size
+            receives[j] = try env.startTransfer(sends: [], receives: [
                 IncomingMessage(UnsafeMutableRawBufferPointer(start: gatheredBlock(kv, j), count: bytes), from: j, tag: tag)],
-                                            stats: &stats)
+                                                stats: &stats)
         }
         var sends: [OutgoingMessage] = []
-        let own = UnsafeRawBufferPointer(start: gatheredBlock(kv, r), count: 2 * zkv * localRows * d * size)
-        for j in 0..<p where j != r && tokens.needs(queryRank: j, keyRank: r) {
+        let own = UnsafeRawBufferPointer(start: gatheredBlock(kv, r), count: 2 * zkv * env.localRows * d * size)
+        for j in 0..<p where j != r && env.tokens.needs(queryRank: j, keyRank: r) {
             sends.append(OutgoingMessage(own, to: j, tag: tag))
         }
-        let pending = try startTransfer(sends: sends, receives: [], stats: &stats)
+        let pending = try env.startTransfer(sends: sends, receives: [], stats: &stats)
         return (pending, receives)
     }
 
-    /// burst_forward under ALLGATHER. Bytes: `allgatherBytes(backward: false)`.
-    func allgatherForward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
-                          out: UnsafeMutableRawPointer?, lse: UnsafeMutablePointer<Float>?,
-                          stats: inout CallStats, deadline: Deadline) throws {
-        guard let space = collectiveForwardSpace as? AllgatherForwardSpace, let kernels = collectiveKernels else {
+    /// The per-block prologue: false (and the block counted as skipped)
+    /// when this rank's queries see nothing of `source`; otherwise waits
+    /// until the block is in.
+    private func gatheredBlockReady(_ kernels: LocalAttention, source: Int, receive: PendingTransfer?,
+                                    stats: inout CallStats, deadline: Deadline) throws -> Bool {
+        guard env.tokens.needs(queryRank: env.rank, keyRank: source) else {
+            stats.add(.init(skipped: kernels.denseTiles(queryHeads: env.zHeads, queryRows: env.localRows,
+                                                        keyRows: env.tokens.counts[source])))
+            stats.stepsSkipped += 1
+            return false
+        }
+        if let receive { try env.timed(&stats.commWaitSeconds) { try receive.wait(until: deadline) } }
+        return true
+    }
+
+    /// burst_forward under ALLGATHER. Bytes: `bytes(backward: false)`.
+    func forward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
+                 out: UnsafeMutableRawPointer?, lse: UnsafeMutablePointer<Float>?,
+                 stats: inout CallStats, deadline: Deadline) throws {
+        guard let space = forwardSpace, let kernels else {
             throw BurstError(.internalError, "ALLGATHER forward workspace missing")
         }
-        let p = size, r = rank, n = localRows, zq = zHeads, zkv = zKV, d = headDim
+        let p = env.size, r = env.rank, n = env.localRows, zq = env.zHeads, zkv = env.zKV, d = env.headDim
         if n > 0, let q, let k, let v {
-            TensorPacking.pack(q, type: storage, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.q.pointer)
+            env.pack(q, heads: env.heads, into: space.q.pointer, pool: nil)
             packOwnBlock(k: k, v: v, kv: space.kv, gathered: space.gathered)
         }
-        let gather = try startGather(kv: space.kv, tag: Self.allgatherForwardTag, stats: &stats)
+        let gather = try startGather(kv: space.kv, tag: Self.forwardTag, stats: &stats)
         LocalAttention.resetForwardState(heads: zq, rows: n, headDim: d, acc: space.acc.pointer,
                                          rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer)
 
         // Transfers progress between tiles (MPI moves large messages only in MPI calls).
-        if Self.progressPolling {
+        if ScheduleEnvironment.progressPolling {
             kernels.progress = { try? gather.sends.poll(); for pending in gather.receives { try? pending?.poll() } }
         }
         defer { kernels.progress = nil }
         // Source order 0 … P−1 whatever the arrival order: reproducible sums.
         for source in 0..<p {
-            let rows = tokens.counts[source]
+            let rows = env.tokens.counts[source]
             guard try gatheredBlockReady(kernels, source: source, receive: gather.receives[source], stats: &stats,
                                          deadline: deadline) else { continue }
             let block = computableBlock(source, kv: space.kv, gathered: space.gathered, stats: &stats)
-            foldBlock(kernels, queryHeads: zq, q: space.q.pointer, rows: n, lo: tokens.lo[r], hi: tokens.hi[r],
-                      k: block, v: block + zkv * rows * d, keyRows: rows, keyPositions: tokens.positions[source],
-                      acc: space.acc.pointer, rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer, stats: &stats)
+            env.foldBlock(kernels, queryHeads: zq, q: space.q.pointer, rows: n, lo: env.tokens.lo[r], hi: env.tokens.hi[r],
+                          k: block, v: block + zkv * rows * d, keyRows: rows, keyPositions: env.tokens.positions[source],
+                          acc: space.acc.pointer, rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer, stats: &stats)
             stats.stepsComputed += 1
         }
-        try timed(&stats.commWaitSeconds) { try gather.sends.wait(until: deadline) }
+        try env.timed(&stats.commWaitSeconds) { try gather.sends.wait(until: deadline) }
 
-        finishRows(acc: space.acc.pointer, rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer,
-                   out: out, lse: lse, stats: &stats)
+        env.finishRows(acc: space.acc.pointer, rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer,
+                       out: out, lse: lse, stats: &stats)
     }
 
-    /// burst_backward under ALLGATHER. Bytes: `allgatherBytes(backward: true)`.
+    /// burst_backward under ALLGATHER. Bytes: `bytes(backward: true)`.
     ///
     /// Gathers K|V as the forward does; for every block j this rank's queries
     /// see (source order 0 … P−1) it adds to dQ and computes the partial
     /// dK_j|dV_j of its queries, which leaves for rank j as soon as it is
     /// ready (the next block is computed meanwhile). The owner sums the
     /// partials of its block in rank order, its own at its own position.
-    func allgatherBackward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
-                           out: UnsafeRawPointer?, lse: UnsafePointer<Float>?, dout: UnsafeRawPointer?,
-                           dq: UnsafeMutableRawPointer?, dk: UnsafeMutableRawPointer?, dv: UnsafeMutableRawPointer?,
-                           stats: inout CallStats, deadline: Deadline) throws {
-        guard let space = collectiveBackwardSpace as? AllgatherBackwardSpace, let kernels = collectiveKernels else {
+    func backward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
+                  out: UnsafeRawPointer?, lse: UnsafePointer<Float>?, dout: UnsafeRawPointer?,
+                  dq: UnsafeMutableRawPointer?, dk: UnsafeMutableRawPointer?, dv: UnsafeMutableRawPointer?,
+                  stats: inout CallStats, deadline: Deadline) throws {
+        guard let space = backwardSpace, let kernels else {
             throw BurstError(.internalError, "ALLGATHER backward workspace missing")
         }
-        let p = size, r = rank, n = localRows, zq = zHeads, zkv = zKV, d = headDim, type = storage
+        let p = env.size, r = env.rank, n = env.localRows, zq = env.zHeads, zkv = env.zKV, d = env.headDim
         let partialFloats = 2 * zkv * n * d   // one partial of this rank's block
         var lsePointer: UnsafePointer<Float> = UnsafePointer(space.delta.pointer)   // any valid pointer when n = 0
         if n > 0, let q, let k, let v, let o = out, let dO = dout, let lse {
-            TensorPacking.pack(q, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.q.pointer)
-            TensorPacking.pack(dO, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d,
-                               into: space.dOut.pointer)
-            TensorPacking.pack(o, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, into: space.dq.pointer)
-            timed(&stats.computeSeconds) {
+            env.pack(q, heads: env.heads, into: space.q.pointer, pool: nil)
+            env.pack(dO, heads: env.heads, into: space.dOut.pointer, pool: nil)
+            env.pack(o, heads: env.heads, into: space.dq.pointer, pool: nil)
+            env.timed(&stats.computeSeconds) {
                 LocalAttention.rowDot(count: zq * n, headDim: d, space.dOut.pointer, space.dq.pointer, into: space.delta.pointer)
             }
             packOwnBlock(k: k, v: v, kv: space.kv, gathered: space.gathered)
@@ -266,22 +298,22 @@ extension AttentionPlan {
         // The partials of this rank's block from every rank that sees it,
         // posted before anything is computed so no sender waits on us.
         var partialReceives: [PendingTransfer] = []
-        for i in 0..<p where i != r && tokens.needs(queryRank: i, keyRank: r) {
+        for i in 0..<p where i != r && env.tokens.needs(queryRank: i, keyRank: r) {
             let bytes = partialFloats * 4
-            partialReceives.append(try startTransfer(sends: [], receives: [
+            partialReceives.append(try env.startTransfer(sends: [], receives: [
                 IncomingMessage(UnsafeMutableRawBufferPointer(start: space.ownPartials.pointer + i * partialFloats, count: bytes),
-                                from: i, tag: Self.allgatherPartialTag)], stats: &stats))
+                                from: i, tag: Self.partialTag)], stats: &stats))
         }
-        let gather = try startGather(kv: space.kv, tag: Self.allgatherBackwardTag, stats: &stats)
+        let gather = try startGather(kv: space.kv, tag: Self.backwardTag, stats: &stats)
 
         var outgoing: [PendingTransfer] = [CompletedTransfer(), CompletedTransfer()]
         var slot = 0
         // Transfers progress between tiles (failures surface at the waits).
         let inFlight = partialReceives + [gather.sends] + gather.receives.compactMap { $0 }
-        if Self.progressPolling { kernels.progress = { for pending in inFlight { try? pending.poll() } } }
+        if ScheduleEnvironment.progressPolling { kernels.progress = { for pending in inFlight { try? pending.poll() } } }
         defer { kernels.progress = nil }
         for source in 0..<p {
-            let rows = tokens.counts[source]
+            let rows = env.tokens.counts[source]
             guard try gatheredBlockReady(kernels, source: source, receive: gather.receives[source], stats: &stats,
                                          deadline: deadline) else { continue }
             let partial: UnsafeMutablePointer<Float>
@@ -289,47 +321,44 @@ extension AttentionPlan {
                 partial = space.ownPartials.pointer + r * partialFloats
             } else {
                 // The slot's previous partial must have left before it is overwritten.
-                try timed(&stats.commWaitSeconds) { try outgoing[slot].wait(until: deadline) }
+                try env.timed(&stats.commWaitSeconds) { try outgoing[slot].wait(until: deadline) }
                 partial = space.outgoing[slot].pointer
             }
             partial.update(repeating: 0, count: 2 * zkv * rows * d)
             let block = computableBlock(source, kv: space.kv, gathered: space.gathered, stats: &stats)
             let lseRows = lsePointer
-            gradientBlock(kernels, queryHeads: zq, q: space.q.pointer, dOut: space.dOut.pointer, delta: space.delta.pointer,
-                          lse: lseRows, dq: space.dq.pointer, rows: n, lo: tokens.lo[r], hi: tokens.hi[r],
-                          k: block, v: block + zkv * rows * d, dk: partial, dv: partial + zkv * rows * d,
-                          keyRows: rows, keyPositions: tokens.positions[source], stats: &stats)
+            env.gradientBlock(kernels, queryHeads: zq, q: space.q.pointer, dOut: space.dOut.pointer, delta: space.delta.pointer,
+                              lse: lseRows, dq: space.dq.pointer, rows: n, lo: env.tokens.lo[r], hi: env.tokens.hi[r],
+                              k: block, v: block + zkv * rows * d, dk: partial, dv: partial + zkv * rows * d,
+                              keyRows: rows, keyPositions: env.tokens.positions[source], stats: &stats)
             stats.stepsComputed += 1
             if source != r {
                 let bytes = 2 * zkv * rows * d * 4
-                outgoing[slot] = try startTransfer(sends: [OutgoingMessage(UnsafeRawBufferPointer(start: partial, count: bytes),
-                                                                           to: source, tag: Self.allgatherPartialTag)],
-                                                   receives: [], stats: &stats)
+                outgoing[slot] = try env.startTransfer(sends: [OutgoingMessage(UnsafeRawBufferPointer(start: partial, count: bytes),
+                                                                               to: source, tag: Self.partialTag)],
+                                                       receives: [], stats: &stats)
                 slot ^= 1
             }
         }
-        try timed(&stats.commWaitSeconds) {
+        try env.timed(&stats.commWaitSeconds) {
             for pending in partialReceives { try pending.wait(until: deadline) }
             for pending in outgoing { try pending.wait(until: deadline) }
             try gather.sends.wait(until: deadline)
         }
 
         // dK|dV of this rank's block: Σ_i partial_i in rank order i = 0 … P−1.
-        timed(&stats.computeSeconds) {
+        env.timed(&stats.computeSeconds) {
             let sum = space.sum.pointer
             sum.update(repeating: 0, count: partialFloats)
-            for i in 0..<p where tokens.needs(queryRank: i, keyRank: r) {
+            for i in 0..<p where env.tokens.needs(queryRank: i, keyRank: r) {
                 let partial = space.ownPartials.pointer + i * partialFloats
                 for e in 0..<partialFloats { sum[e] += partial[e] }
             }
         }
         if n > 0, let dq, let dk, let dv {
-            TensorPacking.unpack(space.dq.pointer, type: type, layout: layout, batch: batch, heads: heads, rows: n, headDim: d,
-                                 into: dq)
-            TensorPacking.unpack(space.sum.pointer, type: type, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d,
-                                 into: dk)
-            TensorPacking.unpack(space.sum.pointer + zkv * n * d, type: type, layout: layout, batch: batch, heads: kvHeads, rows: n,
-                                 headDim: d, into: dv)
+            env.unpack(space.dq.pointer, heads: env.heads, into: dq, pool: nil)
+            env.unpack(space.sum.pointer, heads: env.kvHeads, into: dk, pool: nil)
+            env.unpack(space.sum.pointer + zkv * n * d, heads: env.kvHeads, into: dv, pool: nil)
         }
     }
 }

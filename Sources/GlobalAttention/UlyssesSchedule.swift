@@ -1,69 +1,5 @@
 import LocalAttention
 
-/// ULYSSES moves tensors in "head slices": slice j of a rank's tensor holds
-/// heads [j·h/P, (j+1)·h/P) of every batch of that rank's rows, canonical
-/// inside the slice: `[batch, h/P, rows, d]`. The slices of one rank's
-/// message lie at `base + j·sliceStride`.
-enum HeadSlices {
-    /// slice_j[b, h mod hs, i, :] = user[b, i, h, :] (BSHD) or user[b, h, i, :] (BHSD), j = h / hs,
-    /// widened from the storage type to fp32.
-    static func pack(_ user: UnsafeRawPointer, type: StorageType = .f32, layout: AttentionConfig.Layout, batch: Int, heads: Int,
-                     rows: Int, headDim d: Int, slices: Int, into base: UnsafeMutablePointer<Float>, sliceStride: Int) {
-        let size = type.bytes
-        eachRow(layout: layout, batch: batch, heads: heads, rows: rows, headDim: d, slices: slices,
-                sliceStride: sliceStride) { sliced, unsliced in
-            StorageConversion.load(type, user + unsliced * size, into: base + sliced, count: d)
-        }
-    }
-
-    /// The inverse of `pack` (rounding to the storage type).
-    static func unpack(_ base: UnsafePointer<Float>, sliceStride: Int, type: StorageType = .f32, layout: AttentionConfig.Layout,
-                       batch: Int, heads: Int, rows: Int, headDim d: Int, slices: Int, into user: UnsafeMutableRawPointer) {
-        let size = type.bytes
-        eachRow(layout: layout, batch: batch, heads: heads, rows: rows, headDim: d, slices: slices,
-                sliceStride: sliceStride) { sliced, unsliced in
-            StorageConversion.store(type, base + sliced, into: user + unsliced * size, count: d)
-        }
-    }
-
-    /// Calls `body(slice offset, user offset)` for every row of d floats.
-    @inline(__always)
-    private static func eachRow(layout: AttentionConfig.Layout, batch: Int, heads: Int, rows: Int, headDim d: Int,
-                                slices: Int, sliceStride: Int, _ body: (Int, Int) -> Void) {
-        let hs = heads / slices
-        for b in 0..<batch {
-            for h in 0..<heads {
-                let slice = (h / hs) * sliceStride + (b * hs + h % hs) * rows * d
-                for i in 0..<rows {
-                    body(slice + i * d, layout == .bhsd ? ((b * heads + h) * rows + i) * d : ((b * rows + i) * heads + h) * d)
-                }
-            }
-        }
-    }
-
-    /// full[z, positions[i], :] = part[z, i, :] for z < heads: one source
-    /// rank's rows placed at their global positions of the whole sequence.
-    static func scatter(_ part: UnsafePointer<Float>, heads: Int, rows: Int, width: Int, positions: [Int],
-                        total: Int, into full: UnsafeMutablePointer<Float>) {
-        for z in 0..<heads {
-            for (i, position) in positions.enumerated() {
-                (full + (z * total + position) * width).update(from: part + (z * rows + i) * width, count: width)
-            }
-        }
-    }
-
-    /// part[z, i, :] = full[z, positions[i], :]: the inverse of `scatter`.
-    static func gather(_ full: UnsafePointer<Float>, heads: Int, total: Int, width: Int, positions: [Int],
-                       into part: UnsafeMutablePointer<Float>) {
-        let rows = positions.count
-        for z in 0..<heads {
-            for (i, position) in positions.enumerated() {
-                (part + (z * rows + i) * width).update(from: full + (z * total + position) * width, count: width)
-            }
-        }
-    }
-}
-
 /// Forward workspace of ULYSSES (floats; zq' = Zq/P, zkv' = Zkv/P heads per
 /// rank after the exchange, N the global length):
 /// - `send`: this rank's q|k|v in P head slices of (zq' + 2zkv')·n·d each;
@@ -99,6 +35,10 @@ final class UlyssesForwardSpace {
         rowSum = try allocate(zqs * total, "the row sums")
         back = try allocate(zqs * total * (d + 1), "the output rows to send home")
         home = try allocate(p * zqs * n * (d + 1), "the output rows that come home")
+    }
+
+    var floats: Int {
+        GlobalAttention.floats(send, receive, q, k, v, acc, rowMax, rowSum, back, home) + (wire?.floats ?? 0)
     }
 }
 
@@ -138,6 +78,10 @@ final class UlyssesBackwardSpace {
         back = try allocate((zqs + 2 * zkvs) * total * d, "the gradient rows to send home")
         home = try allocate(p * (zqs + 2 * zkvs) * n * d, "the gradient rows that come home")
     }
+
+    var floats: Int {
+        GlobalAttention.floats(send, packedOut, receive, q, k, v, dOut, delta, lse, dq, dk, dv, back, home) + (wire?.floats ?? 0)
+    }
 }
 
 /// ULYSSES' wire staging for a half storage type: the messages of the
@@ -150,6 +94,8 @@ final class UlyssesWireBuffers {
         back = try allocate(WireFormat.floatsHolding(bytes: backBytes), "the wire form of the results to send home")
         home = try allocate(WireFormat.floatsHolding(bytes: homeBytes), "the wire form of the results coming home")
     }
+
+    var floats: Int { GlobalAttention.floats(send, receive, back, home) }
 }
 
 /// BURST_PATTERN_ULYSSES (DeepSpeed-Ulysses): an all-to-all trades the
@@ -174,16 +120,27 @@ final class UlyssesWireBuffers {
 /// results coming home (O, dq, dk, dv): each is final on the rank that
 /// computed it (nothing is added to it after), so rounding it there gives
 /// the bits rounding at home would. D and lse travel as fp32.
-extension AttentionPlan {
-    static let ulyssesForwardTag: Int32 = 24
-    static let ulyssesOutputTag: Int32 = 25
-    static let ulyssesBackwardTag: Int32 = 26
-    static let ulyssesGradientTag: Int32 = 27
+final class UlyssesSchedule: TrainingSchedule {
+    let env: ScheduleEnvironment
+
+    // Workspace, allocated on first use and kept (no allocation per call after that).
+    var kernels: LocalAttention?
+    var forwardSpace: UlyssesForwardSpace?
+    var backwardSpace: UlyssesBackwardSpace?
+
+    init(_ env: ScheduleEnvironment) {
+        self.env = env
+    }
+
+    static let forwardTag: Int32 = 24
+    static let outputTag: Int32 = 25
+    static let backwardTag: Int32 = 26
+    static let gradientTag: Int32 = 27
 
     /// Why ULYSSES cannot run this shape on `ranks` ranks (UNSUPPORTED naming
     /// the condition), or nil. Checked at plan creation, identically on every rank.
     /// num_heads_kv divisible by P implies num_heads_q is (it is a multiple of num_heads_kv).
-    static func ulyssesUnsupported(_ config: AttentionConfig, ranks: Int) -> BurstError? {
+    static func unsupported(_ config: AttentionConfig, ranks: Int) -> BurstError? {
         guard ranks > 0, config.numHeadsKV % Int64(ranks) == 0 else {
             return BurstError(.unsupported,
                               "BURST_PATTERN_ULYSSES needs num_heads_kv (\(config.numHeadsKV)) divisible by the number of ranks (\(ranks)); use BURST_PATTERN_BURST or ALLGATHER for this shape")
@@ -208,15 +165,15 @@ extension AttentionPlan {
     /// Equal shards n = N/P: the forward moves (P−1)/P·n·(zq(2d+1) + 2zkv·d)
     /// floats each way (MHA: ≈ 4·Z·N·d/P), the backward
     /// (P−1)/P·n·(zq(3d+2) + 4zkv·d) (MHA: ≈ 7·Z·N·d/P). P = 1 moves nothing.
-    /// Meaningful when `ulyssesUnsupported` is nil (zkv and zq divisible by P).
+    /// Meaningful when `unsupported` is nil (zkv and zq divisible by P).
     ///
     /// With a half storage type (2 bytes, e = 2) the storage-typed parts (q,
     /// k, v, dO out; O, dq, dk, dv back) take e bytes an element and D, lse
     /// 4: bytes per token there (zq' + 2zkv')·d·e forward and
     /// (2zq' + 2zkv')·d·e + 8zq' backward, back zq'(d·e + 4) forward and
     /// (zq' + 2zkv')·d·e backward.
-    public static func ulyssesBytes(tokens: TokenLayout, rank r: Int, zq: Int, zkv: Int, headDim d: Int,
-                                    backward: Bool, storage: StorageType = .f32) -> (sent: UInt64, received: UInt64) {
+    static func bytes(tokens: TokenLayout, rank r: Int, zq: Int, zkv: Int, headDim d: Int,
+                      backward: Bool, storage: StorageType = .f32) -> (sent: UInt64, received: UInt64) {
         let p = tokens.ranks
         guard p > 0 else { return (0, 0) }
         let zqs = zq / p, zkvs = zkv / p, e = storage.bytes
@@ -228,29 +185,46 @@ extension AttentionPlan {
         return (UInt64(sent), UInt64(received))
     }
 
-    func prepareUlysses(backward: Bool) -> BurstError? {
-        let p = size
-        if let e = ensureCollectiveKernels(maxKVHeads: zKV / p, maxKeyRows: tokens.total) { return e }
-        // The whole sequence's query bounds, shared by the forward and backward workspaces.
-        let bounds = (collectiveForwardSpace as? UlyssesForwardSpace)?.bounds
-            ?? (collectiveBackwardSpace as? UlyssesBackwardSpace)?.bounds
-            ?? UlyssesBounds(total: tokens.total, rule: config.visibilityRule)
-        do {
-            if backward {
-                if collectiveBackwardSpace == nil {
-                    collectiveBackwardSpace = try UlyssesBackwardSpace(zq: zHeads, zkv: zKV, rows: localRows, total: tokens.total,
-                                                                       ranks: p, headDim: headDim, bounds: bounds, storage: storage)
-                }
-            } else if collectiveForwardSpace == nil {
-                collectiveForwardSpace = try UlyssesForwardSpace(zq: zHeads, zkv: zKV, rows: localRows, total: tokens.total,
-                                                                 ranks: p, headDim: headDim, bounds: bounds, storage: storage)
+    /// Both directions' buffers and the kernels' panels and scratch.
+    var workspaceBytes: Int {
+        ((forwardSpace?.floats ?? 0) + (backwardSpace?.floats ?? 0)) * MemoryLayout<Float>.size
+            + (kernels?.workspaceBytes ?? 0)
+    }
+
+    /// The kernels see the whole sequence at once: Zkv/P heads × N keys.
+    private func prepareKernels() throws {
+        if kernels == nil { kernels = try env.makeKernels(maxKVHeads: env.zKV / env.size, maxKeyRows: env.tokens.total) }
+    }
+
+    /// The whole sequence's query bounds, shared by the forward and backward workspaces.
+    private var bounds: UlyssesBounds {
+        forwardSpace?.bounds ?? backwardSpace?.bounds ?? UlyssesBounds(total: env.tokens.total, rule: env.config.visibilityRule)
+    }
+
+    func prepareForward() -> BurstError? {
+        preparing {
+            try prepareKernels()
+            let bounds = self.bounds
+            if forwardSpace == nil {
+                forwardSpace = try UlyssesForwardSpace(zq: env.zHeads, zkv: env.zKV, rows: env.localRows, total: env.tokens.total,
+                                                       ranks: env.size, headDim: env.headDim, bounds: bounds, storage: env.storage)
             }
-        } catch let error as BurstError { return error } catch { return BurstError(.internalError, "\(error)") }
-        return nil
+        }
+    }
+
+    func prepareBackward() -> BurstError? {
+        preparing {
+            try prepareKernels()
+            let bounds = self.bounds
+            if backwardSpace == nil {
+                backwardSpace = try UlyssesBackwardSpace(zq: env.zHeads, zkv: env.zKV, rows: env.localRows, total: env.tokens.total,
+                                                         ranks: env.size, headDim: env.headDim, bounds: bounds, storage: env.storage)
+            }
+        }
     }
 
     /// Floats before rank s's rows in a buffer that holds `width` floats per token of every rank.
-    private func tokenOffset(_ s: Int, width: Int) -> Int { width * tokens.counts.prefix(s).reduce(0, +) }
+    private func tokenOffset(_ s: Int, width: Int) -> Int { width * env.tokens.counts.prefix(s).reduce(0, +) }
 
     /// One all-to-all: this rank's message for rank j is the fp32 floats at
     /// `outgoing(j)` of `format(outRows(j))`; the one from rank s comes into
@@ -262,7 +236,7 @@ extension AttentionPlan {
                           incoming: (Int) -> UnsafeMutablePointer<Float>, inRows: (Int) -> Int,
                           format: (Int) -> WireFormat, wire: (out: FloatBuffer, in: FloatBuffer)?,
                           stats: inout CallStats, deadline: Deadline) throws {
-        let p = size, r = rank
+        let p = env.size, r = env.rank
         let coded = wire != nil
         var sends: [OutgoingMessage] = [], receives: [IncomingMessage] = []
         var decodes: [(wire: UnsafeRawPointer, format: WireFormat, target: UnsafeMutablePointer<Float>)] = []
@@ -284,40 +258,42 @@ extension AttentionPlan {
                 buffer = UnsafeMutableRawPointer(wire.out.pointer) + outOffset
                 outOffset += f.bytes
                 let source = outgoing(j)
-                timed(&stats.computeSeconds) { f.encode(source, into: buffer) }
+                env.timed(&stats.computeSeconds) { f.encode(source, into: buffer) }
             }
             sends.append(OutgoingMessage(UnsafeRawBufferPointer(start: buffer, count: f.bytes), to: j, tag: tag))
         }
         if sends.isEmpty && receives.isEmpty { return }
-        let pending = try startTransfer(sends: sends, receives: receives, stats: &stats)
-        try timed(&stats.commWaitSeconds) { try pending.wait(until: deadline) }
+        let pending = try env.startTransfer(sends: sends, receives: receives, stats: &stats)
+        try env.timed(&stats.commWaitSeconds) { try pending.wait(until: deadline) }
         if coded {
-            timed(&stats.computeSeconds) { for m in decodes { m.format.decode(m.wire, into: m.target) } }
+            env.timed(&stats.computeSeconds) { for m in decodes { m.format.decode(m.wire, into: m.target) } }
         }
     }
 
     /// The wire forms of ULYSSES' four messages, by rows.
-    private var ulyssesFormats: (out: (Int) -> WireFormat, back: (Int) -> WireFormat,
+    private var wireFormats: (out: (Int) -> WireFormat, back: (Int) -> WireFormat,
                                  gradientsOut: (Int) -> WireFormat, gradientsBack: (Int) -> WireFormat) {
-        let p = size, zqs = zHeads / p, zkvs = zKV / p, d = headDim, type = storage
+        let p = env.size, zqs = env.zHeads / p, zkvs = env.zKV / p, d = env.headDim, type = env.storage
         return ({ m in WireFormat([((zqs + 2 * zkvs) * m * d, type)]) },
                 { m in WireFormat([(zqs * m * d, type), (zqs * m, .f32)]) },
                 { m in WireFormat([((2 * zqs + 2 * zkvs) * m * d, type), (2 * zqs * m, .f32)]) },
                 { m in WireFormat([((zqs + 2 * zkvs) * m * d, type)]) })
     }
 
-    /// burst_forward under ULYSSES. Bytes: `ulyssesBytes(backward: false)`.
-    func ulyssesForward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
-                        out: UnsafeMutableRawPointer?, lse: UnsafeMutablePointer<Float>?,
-                        stats: inout CallStats, deadline: Deadline) throws {
-        guard let space = collectiveForwardSpace as? UlyssesForwardSpace, let kernels = collectiveKernels else {
+    /// burst_forward under ULYSSES. Bytes: `bytes(backward: false)`.
+    func forward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
+                 out: UnsafeMutableRawPointer?, lse: UnsafeMutablePointer<Float>?,
+                 stats: inout CallStats, deadline: Deadline) throws {
+        guard let space = forwardSpace, let kernels else {
             throw BurstError(.internalError, "ULYSSES forward workspace missing")
         }
-        let p = size, r = rank, n = localRows, d = headDim, total = tokens.total, bounds = space.bounds
+        let tokens = env.tokens, storage = env.storage, layout = env.layout
+        let batch = env.batch, heads = env.heads, kvHeads = env.kvHeads
+        let p = env.size, r = env.rank, n = env.localRows, d = env.headDim, total = tokens.total, bounds = space.bounds
         // No token anywhere (every rank knows it alike): nothing to send or
         // compute, and the per-head loops below would cost O(batch · heads).
         if total == 0 { return }
-        let zqs = zHeads / p, zkvs = zKV / p
+        let zqs = env.zHeads / p, zkvs = env.zKV / p
         let width = (zqs + 2 * zkvs) * d          // floats per token in a q|k|v slice
         let slice = width * n                     // one slice of this rank's message
 
@@ -330,10 +306,10 @@ extension AttentionPlan {
             HeadSlices.pack(v, type: storage, layout: layout, batch: batch, heads: kvHeads, rows: n, headDim: d, slices: p,
                             into: space.send.pointer + (zqs + zkvs) * n * d, sliceStride: slice)
         }
-        let formats = ulyssesFormats
-        try exchange(tag: Self.ulyssesForwardTag, outgoing: { space.send.pointer + $0 * slice }, outRows: { _ in n },
+        let formats = wireFormats
+        try exchange(tag: Self.forwardTag, outgoing: { space.send.pointer + $0 * slice }, outRows: { _ in n },
                      incoming: { space.receive.pointer + self.tokenOffset($0, width: width) },
-                     inRows: { self.tokens.counts[$0] }, format: formats.out, wire: space.wire.map { ($0.send, $0.receive) },
+                     inRows: { tokens.counts[$0] }, format: formats.out, wire: space.wire.map { ($0.send, $0.receive) },
                      stats: &stats, deadline: deadline)
         for s in 0..<p {
             let m = tokens.counts[s]
@@ -349,13 +325,13 @@ extension AttentionPlan {
         LocalAttention.resetForwardState(heads: zqs, rows: total, headDim: d, acc: space.acc.pointer,
                                          rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer)
         if total > 0 {
-            foldBlock(kernels, queryHeads: zqs, q: space.q.pointer, rows: total, lo: bounds.lo, hi: bounds.hi,
-                      k: space.k.pointer, v: space.v.pointer, keyRows: total, keyPositions: bounds.positions,
-                      acc: space.acc.pointer, rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer, stats: &stats)
+            env.foldBlock(kernels, queryHeads: zqs, q: space.q.pointer, rows: total, lo: bounds.lo, hi: bounds.hi,
+                          k: space.k.pointer, v: space.v.pointer, keyRows: total, keyPositions: bounds.positions,
+                          acc: space.acc.pointer, rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer, stats: &stats)
             stats.stepsComputed += 1
         }
         // O in place of acc; lse of all N rows into rowMax.
-        timed(&stats.computeSeconds) {
+        env.timed(&stats.computeSeconds) {
             LocalAttention.finishForward(heads: zqs, rows: total, headDim: d, acc: space.acc.pointer,
                                          rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer,
                                          out: space.acc.pointer, lse: space.rowMax.pointer)
@@ -371,8 +347,8 @@ extension AttentionPlan {
             HeadSlices.gather(space.rowMax.pointer, heads: zqs, total: total, width: 1, positions: tokens.positions[j],
                               into: part + zqs * m * d)
         }
-        try exchange(tag: Self.ulyssesOutputTag, outgoing: { space.back.pointer + self.tokenOffset($0, width: zqs * (d + 1)) },
-                     outRows: { self.tokens.counts[$0] },
+        try exchange(tag: Self.outputTag, outgoing: { space.back.pointer + self.tokenOffset($0, width: zqs * (d + 1)) },
+                     outRows: { tokens.counts[$0] },
                      incoming: { space.home.pointer + $0 * homeSlice }, inRows: { _ in n },
                      format: formats.back, wire: space.wire.map { ($0.back, $0.home) }, stats: &stats, deadline: deadline)
 
@@ -392,22 +368,24 @@ extension AttentionPlan {
         }
     }
 
-    /// burst_backward under ULYSSES. Bytes: `ulyssesBytes(backward: true)`.
+    /// burst_backward under ULYSSES. Bytes: `bytes(backward: true)`.
     ///
     /// D = rowsum(dO ∘ O) is computed before the exchange (n floats per head
     /// travel instead of n·d of O); then [q | k | v | dO | D | lse] go to the
     /// owner of their heads, every rank runs the whole-sequence backward of
     /// its heads, and dq | dk | dv come home.
-    func ulyssesBackward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
-                         out: UnsafeRawPointer?, lse: UnsafePointer<Float>?, dout: UnsafeRawPointer?,
-                         dq: UnsafeMutableRawPointer?, dk: UnsafeMutableRawPointer?, dv: UnsafeMutableRawPointer?,
-                         stats: inout CallStats, deadline: Deadline) throws {
-        guard let space = collectiveBackwardSpace as? UlyssesBackwardSpace, let kernels = collectiveKernels else {
+    func backward(q: UnsafeRawPointer?, k: UnsafeRawPointer?, v: UnsafeRawPointer?,
+                  out: UnsafeRawPointer?, lse: UnsafePointer<Float>?, dout: UnsafeRawPointer?,
+                  dq: UnsafeMutableRawPointer?, dk: UnsafeMutableRawPointer?, dv: UnsafeMutableRawPointer?,
+                  stats: inout CallStats, deadline: Deadline) throws {
+        guard let space = backwardSpace, let kernels else {
             throw BurstError(.internalError, "ULYSSES backward workspace missing")
         }
-        let p = size, r = rank, n = localRows, d = headDim, total = tokens.total, bounds = space.bounds
+        let tokens = env.tokens, storage = env.storage, layout = env.layout
+        let batch = env.batch, heads = env.heads, kvHeads = env.kvHeads
+        let p = env.size, r = env.rank, n = env.localRows, d = env.headDim, total = tokens.total, bounds = space.bounds
         if total == 0 { return }   // as in the forward: nothing anywhere
-        let zqs = zHeads / p, zkvs = zKV / p, hs = heads / p
+        let zqs = env.zHeads / p, zkvs = env.zKV / p, hs = heads / p
         let width = zqs * (2 * d + 2) + 2 * zkvs * d   // floats per token of the bundle
         let slice = width * n
         // Offsets of the parts inside a slice of m rows: q, k, v, dO, D, lse.
@@ -429,7 +407,7 @@ extension AttentionPlan {
                             into: base + mine.dO, sliceStride: slice)
             HeadSlices.pack(o, type: storage, layout: layout, batch: batch, heads: heads, rows: n, headDim: d, slices: p,
                             into: space.packedOut.pointer, sliceStride: zqs * n * d)
-            timed(&stats.computeSeconds) {
+            env.timed(&stats.computeSeconds) {
                 for j in 0..<p {
                     LocalAttention.rowDot(count: zqs * n, headDim: d, base + j * slice + mine.dO,
                                           space.packedOut.pointer + j * zqs * n * d, into: base + j * slice + mine.delta)
@@ -441,10 +419,10 @@ extension AttentionPlan {
                 }
             }
         }
-        let formats = ulyssesFormats
-        try exchange(tag: Self.ulyssesBackwardTag, outgoing: { space.send.pointer + $0 * slice }, outRows: { _ in n },
+        let formats = wireFormats
+        try exchange(tag: Self.backwardTag, outgoing: { space.send.pointer + $0 * slice }, outRows: { _ in n },
                      incoming: { space.receive.pointer + self.tokenOffset($0, width: width) },
-                     inRows: { self.tokens.counts[$0] }, format: formats.gradientsOut,
+                     inRows: { tokens.counts[$0] }, format: formats.gradientsOut,
                      wire: space.wire.map { ($0.send, $0.receive) }, stats: &stats, deadline: deadline)
         for s in 0..<p {
             let m = tokens.counts[s], at = parts(m), positions = tokens.positions[s]
@@ -461,10 +439,10 @@ extension AttentionPlan {
         space.dk.fill(0, count: zkvs * total * d)
         space.dv.fill(0, count: zkvs * total * d)
         if total > 0 {
-            gradientBlock(kernels, queryHeads: zqs, q: space.q.pointer, dOut: space.dOut.pointer, delta: space.delta.pointer,
-                          lse: space.lse.pointer, dq: space.dq.pointer, rows: total, lo: bounds.lo, hi: bounds.hi,
-                          k: space.k.pointer, v: space.v.pointer, dk: space.dk.pointer, dv: space.dv.pointer,
-                          keyRows: total, keyPositions: bounds.positions, stats: &stats)
+            env.gradientBlock(kernels, queryHeads: zqs, q: space.q.pointer, dOut: space.dOut.pointer, delta: space.delta.pointer,
+                              lse: space.lse.pointer, dq: space.dq.pointer, rows: total, lo: bounds.lo, hi: bounds.hi,
+                              k: space.k.pointer, v: space.v.pointer, dk: space.dk.pointer, dv: space.dv.pointer,
+                              keyRows: total, keyPositions: bounds.positions, stats: &stats)
             stats.stepsComputed += 1
         }
 
@@ -479,8 +457,8 @@ extension AttentionPlan {
             HeadSlices.gather(space.dv.pointer, heads: zkvs, total: total, width: d, positions: positions,
                               into: part + (zqs + zkvs) * m * d)
         }
-        try exchange(tag: Self.ulyssesGradientTag, outgoing: { space.back.pointer + self.tokenOffset($0, width: backWidth) },
-                     outRows: { self.tokens.counts[$0] },
+        try exchange(tag: Self.gradientTag, outgoing: { space.back.pointer + self.tokenOffset($0, width: backWidth) },
+                     outRows: { tokens.counts[$0] },
                      incoming: { space.home.pointer + $0 * homeSlice }, inRows: { _ in n },
                      format: formats.gradientsBack, wire: space.wire.map { ($0.back, $0.home) }, stats: &stats, deadline: deadline)
 

@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import LocalAttention
 
 /// Receive buffers of a ring pass: two for blocks arriving over intra-group
@@ -48,6 +43,8 @@ final class RingBuffers {
         contribution = try some(1, accumulatorFloats, "a partial-gradient scratch buffer", carries).first
         home = try some(2, accumulatorFloats, "a partial-gradient home buffer", carries && route.groups > 1)
     }
+
+    var floats: Int { GlobalAttention.floats(intra + inter + accumulator + home) + GlobalAttention.floats(contribution, decoded) }
 }
 
 /// The four message kinds of a pass; distinct tags keep them apart.
@@ -70,12 +67,7 @@ private final class InFlight {
     }
 }
 
-extension AttentionPlan {
-    /// Whether transfers in flight are polled between tiles (read once from
-    /// `BURST_PROGRESS`; "0" turns it off, so transfers progress only when a
-    /// step waits for them — the benchmark's progress on/off comparison).
-    static let progressPolling: Bool = getenv("BURST_PROGRESS").map { String(cString: $0) != "0" } ?? true
-
+extension RingSchedule {
     /// Runs one ring pass on this rank (BurstAttention's GAO with the
     /// paper's double buffering: the block of step k + 1 is in flight while
     /// step k computes, and an inter-group block has a whole outer step).
@@ -103,7 +95,8 @@ extension AttentionPlan {
                  buffers: RingBuffers, stats: inout CallStats, deadline: Deadline,
                  compute: (_ block: Int, _ data: UnsafeMutablePointer<Float>, _ accumulator: UnsafeMutablePointer<Float>?,
                            _ stats: inout CallStats) throws -> Void) throws {
-        let route = pass.route, p = route.ranks, g = route.groupSize, q = route.groups, r = rank
+        let env = self.env
+        let route = pass.route, p = route.ranks, g = route.groupSize, q = route.groups, r = env.rank
         let carries = accumulatorFloats != nil
         let inFlight = InFlight()
         let coded = readOnlyWire != nil
@@ -116,14 +109,14 @@ extension AttentionPlan {
             guard let readOnlyWire else { return ownReadOnly }
             guard let wire = buffers.ownWireSlot else { throw BurstError(.internalError, "ring: no wire buffer for the own block") }
             if !ownEncoded {
-                timed(&stats.computeSeconds) { readOnlyWire(r).encode(ownReadOnly, into: wire.pointer) }
+                env.timed(&stats.computeSeconds) { readOnlyWire(r).encode(ownReadOnly, into: wire.pointer) }
                 ownEncoded = true
             }
             return wire.pointer
         }
 
         func start(sends: [OutgoingMessage], receives: [IncomingMessage], waitBy: Int, homeChain: Int? = nil) throws {
-            let transfer = try startTransfer(sends: sends, receives: receives, stats: &stats)
+            let transfer = try env.startTransfer(sends: sends, receives: receives, stats: &stats)
             inFlight.entries.append(.init(transfer: transfer, waitBy: waitBy, homeChain: homeChain))
         }
         func bytes(_ floats: Int) -> Int { floats * MemoryLayout<Float>.size }
@@ -152,7 +145,7 @@ extension AttentionPlan {
             var arrived: [Int] = []
             for entry in inFlight.entries {
                 if entry.waitBy <= k {
-                    try timed(&stats.commWaitSeconds) { try entry.transfer.wait(until: deadline) }
+                    try env.timed(&stats.commWaitSeconds) { try entry.transfer.wait(until: deadline) }
                     if let c = entry.homeChain, c > 0 { arrived.append(c) }
                 } else {
                     kept.append(entry)
@@ -163,7 +156,7 @@ extension AttentionPlan {
             let count = accumulatorFloats(r)
             for c in arrived.sorted() {
                 let partial = buffers.home[c % 2].pointer
-                timed(&stats.computeSeconds) { add(partial, into: ownAccumulator, count: count) }
+                env.timed(&stats.computeSeconds) { add(partial, into: ownAccumulator, count: count) }
             }
         }
 
@@ -283,10 +276,10 @@ extension AttentionPlan {
                 if coded && k > 0, let readOnlyWire {
                     // The block arrived in wire form: fp32 for the compute (exact).
                     guard let decoded = buffers.decoded else { throw BurstError(.internalError, "ring: no decode buffer") }
-                    timed(&stats.computeSeconds) { readOnlyWire(b).decode(current, into: decoded.pointer) }
+                    env.timed(&stats.computeSeconds) { readOnlyWire(b).decode(current, into: decoded.pointer) }
                     data = decoded.pointer
                 }
-                if Self.progressPolling { kernels?.progress = { inFlight.poll() } }
+                if ScheduleEnvironment.progressPolling { kernels?.progress = { inFlight.poll() } }
                 defer { kernels?.progress = nil }
                 try compute(b, data, target, &stats)
                 if let error = inFlight.pollError { throw error }
@@ -295,9 +288,9 @@ extension AttentionPlan {
                 stats.stepsSkipped += 1
             }
             if arriving, let accumulatorFloats, let accumulator {
-                if let partialIn { try timed(&stats.commWaitSeconds) { try partialIn.wait(until: deadline) } }
+                if let partialIn { try env.timed(&stats.commWaitSeconds) { try partialIn.wait(until: deadline) } }
                 if computes, let target {
-                    timed(&stats.computeSeconds) { add(target, into: accumulator, count: accumulatorFloats(b)) }
+                    env.timed(&stats.computeSeconds) { add(target, into: accumulator, count: accumulatorFloats(b)) }
                 }
             }
 

@@ -3,7 +3,7 @@ import LocalAttention
 /// The LAO calls every pattern makes: one block of queries (with their key
 /// bounds) against one block of keys (with their positions), timed into
 /// `stats.computeSeconds` and counted into the tile stats.
-extension AttentionPlan {
+extension ScheduleEnvironment {
     /// Folds a K,V block into the running softmax state of the queries.
     func foldBlock(_ kernels: LocalAttention, queryHeads zq: Int, q: UnsafePointer<Float>, rows: Int,
                    lo: [Int], hi: [Int], k: UnsafePointer<Float>, v: UnsafePointer<Float>,
@@ -63,21 +63,7 @@ extension AttentionPlan {
                                          out: acc, lse: lse)
         }
         if n > 0, let out {
-            TensorPacking.unpack(acc, type: storage, layout: layout, batch: batch, heads: heads, rows: n, headDim: headDim, into: out, pool: pool)
+            unpack(acc, heads: heads, into: out, pool: pool)
         }
-    }
-
-    /// ALLGATHER's per-block prologue: false (and the block counted as
-    /// skipped) when this rank's queries see nothing of `source`; otherwise
-    /// waits until the block is in.
-    func gatheredBlockReady(_ kernels: LocalAttention, source: Int, receive: PendingTransfer?,
-                            stats: inout CallStats, deadline: Deadline) throws -> Bool {
-        guard tokens.needs(queryRank: rank, keyRank: source) else {
-            stats.add(.init(skipped: kernels.denseTiles(queryHeads: zHeads, queryRows: localRows, keyRows: tokens.counts[source])))
-            stats.stepsSkipped += 1
-            return false
-        }
-        if let receive { try timed(&stats.commWaitSeconds) { try receive.wait(until: deadline) } }
-        return true
     }
 }
