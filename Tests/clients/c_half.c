@@ -3,7 +3,7 @@
  * from C under mpirun (2, 3 and 4 ranks; 1 works too).
  *
  * Every rank builds the same global inputs, rounds them to the storage type
- * (with its own bit-level conversions, written here independently of the
+ * (with its own bit-level conversions, storage_reference.h, written independently of the
  * library's), takes its contiguous shard of uint16_t elements and runs
  * forward and backward under every pattern, causal and not. Checks:
  *  - every element of out, dq, dk, dv within the half contract of the header
@@ -29,6 +29,7 @@
 
 #include "burst_attention.h"
 #include "reference.h"
+#include "storage_reference.h"
 
 static int g_rank = 0, g_size = 1, g_failures = 0;
 static char g_case[160] = "";
@@ -53,41 +54,6 @@ static void *xcalloc(size_t n, size_t size) {
   void *p = calloc(n ? n : 1, size);
   if (!p) { fprintf(stderr, "out of memory\n"); MPI_Abort(MPI_COMM_WORLD, 2); }
   return p;
-}
-
-/* ---- storage conversions (independent of the library) -------------------- */
-static uint32_t bits_of(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
-static float float_of(uint32_t u) { float x; memcpy(&x, &u, 4); return x; }
-
-static uint16_t to_bf16(float x) {
-  uint32_t u = bits_of(x);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40u);
-  return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-static float from_bf16(uint16_t h) { return float_of((uint32_t)h << 16); }
-
-/* fp16 by arithmetic: the nearest of the representable neighbours (finite
- * inputs of moderate size only, which is all this test makes). */
-static uint16_t to_f16(float x) {
-  double a = fabs((double)x), scaled;
-  uint16_t sign = x < 0 ? 0x8000u : 0u;
-  int e;
-  if (a == 0) return sign;
-  if (a >= 65520.0) return sign | 0x7C00u;
-  frexp(a, &e);                  /* a = f * 2^e, f in [0.5, 1) */
-  if (e - 1 < -14) {             /* subnormal: steps of 2^-24 */
-    scaled = a * 16777216.0;
-    return sign | (uint16_t)nearbyint(scaled);   /* default rounding: to nearest even */
-  }
-  scaled = nearbyint(a / ldexp(1.0, e - 11)) ;   /* 11 significant bits */
-  if (scaled >= 2048.0) { scaled /= 2; e += 1; }
-  return sign | (uint16_t)(((e - 1 + 15) << 10) | ((int)scaled - 1024));
-}
-static float from_f16(uint16_t h) {
-  int e = (h >> 10) & 0x1F, f = h & 0x3FF;
-  double v = e == 0 ? ldexp((double)f, -24) : ldexp((double)(f | 0x400), e - 25);
-  if (e == 0x1F) v = f ? NAN : INFINITY;
-  return (float)((h & 0x8000u) ? -v : v);
 }
 
 static int g_dtype = BURST_DTYPE_BF16;
