@@ -522,9 +522,11 @@ BURST_API burst_status burst_kv_cache_decode(burst_kv_cache *cache, int64_t laye
                                              const int64_t *positions, const void *q, const void *k,
                                              const void *v, void *out, float *lse);
 
-/* A sequence's length in a layer (its next position: the largest stored
- * position + 1, over all ranks) and the tokens of it this rank stores.
- * Either pointer may be NULL. Local. */
+/* A sequence's length in a layer — the position its next decode continues
+ * at: 0 after add, L after a prefill of L tokens, p0 + T after a decode,
+ * min(length, lengths[i]) after a truncate (a truncate inside a gap that
+ * `positions` skipped keeps that length, so the gap shrinks) — and the
+ * tokens of it this rank stores. Either pointer may be NULL. Local. */
 BURST_API burst_status burst_kv_cache_sequence_length(const burst_kv_cache *cache, int64_t seq_id,
                                                       int64_t layer, int64_t *length,
                                                       int64_t *local_tokens);
