@@ -411,8 +411,9 @@ BURST_API void burst_plan_destroy(burst_plan *plan);
  * The math: each rank computes the partial (out_r, lse_r) of every new query
  * over its own shard (a rank with no visible key — an empty shard, or a
  * window that ends before its keys — does no work and contributes lse = -inf);
- * the partials are exchanged (an allgather of [rows x (head_dim + 1)] floats,
- * rows = num_seqs*T*num_heads_q) and every rank merges them in rank order:
+ * the partials are exchanged (each rank sends its [rows x (head_dim + 1)]
+ * floats, rows = num_seqs*T*num_heads_q, to every other rank) and every rank
+ * merges them in rank order:
  * lse = log(sum_r exp(lse_r)), out = sum_r exp(lse_r - lse)*out_r, in double
  * precision, rounded once. Every rank therefore returns the same out and lse,
  * bitwise identical run after run for a given world size (and independent of
@@ -535,8 +536,8 @@ BURST_API burst_status burst_kv_cache_sequence_length(const burst_kv_cache *cach
 BURST_API burst_status burst_kv_cache_bytes(const burst_kv_cache *cache, uint64_t *bytes);
 
 /* Counters of the last prefill or decode on this cache, as burst_plan_stats
- * (bytes_* count the partials of the merge as their logical allgather
- * payload: sent = (P-1) x this rank's partials, received = the others';
+ * (bytes_* count the partials of the merge: sent = received = (P-1) x
+ * rows x (head_dim + 1) x 4, messages_sent = P-1;
  * tiles_computed / tiles_skipped count (sequence, kv head, block) units read
  * / skipped by the window; steps_* are 0; pattern is -1). Local. */
 BURST_API burst_status burst_kv_cache_stats(const burst_kv_cache *cache, burst_stats *stats);

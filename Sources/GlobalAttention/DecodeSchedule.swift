@@ -8,7 +8,7 @@ import LocalAttention
 /// Decode over a KV cache sharded on the ranks (burst_kv_cache_decode's
 /// compute and communication; the cache object does the checks and the
 /// appends): every rank computes the partial (out_r, lse_r) of all the new
-/// query rows over its own shard, the partials are allgathered, and every
+/// query rows over its own shard, sends it to every other rank, and every
 /// rank merges them in rank order:
 ///   lse = log Σ_r e^(lse_r),  out = Σ_r e^(lse_r − lse) · out_r,
 /// in double precision, rounded once — the same (out, lse) algebra as the
@@ -32,6 +32,8 @@ final class DecodeSchedule: Schedule {
     let windowLeft: Int
     let storage: StorageType
     let layout: AttentionConfig.Layout
+    /// The tag of the partials' messages (the cache's transport carries nothing else).
+    static let partialTag: Int32 = 1
     /// Blocks per unit of work (16K tokens at the default block size).
     static let chunkBlocks = 64
     /// Grown on demand, kept: packed queries, partials, the allgather's
@@ -180,11 +182,23 @@ final class DecodeSchedule: Schedule {
         stats.tilesComputed += UInt64(blocksComputed)
         stats.tilesSkipped += UInt64(blocksSkipped)
 
-        // Everyone's partials, in rank order.
+        // Everyone's partials, in rank order: this rank's to every peer and
+        // every peer's into its slot, point to point (so a simulated network
+        // times them like any tensor payload; MPI: Isend/Irecv).
         let bytes = rows * (d + 1) * MemoryLayout<Float>.size
         let t1 = Deadline.seconds()
-        try transport.allgather(UnsafeRawBufferPointer(start: partial, count: bytes),
-                                into: UnsafeMutableRawBufferPointer(start: gathered, count: p * bytes), deadline: deadline)
+        let mine = UnsafeRawBufferPointer(start: partial, count: bytes)
+        UnsafeMutableRawBufferPointer(start: gathered + transport.rank * rows * (d + 1), count: bytes).copyMemory(from: mine)
+        let peers = (0..<p).filter { $0 != transport.rank }
+        let nodes = transport.nodes, home = nodes[transport.rank]
+        for peer in peers where nodes[peer] != home {
+            stats.bytesSentInterGroup += UInt64(bytes)
+            stats.bytesReceivedInterGroup += UInt64(bytes)
+        }
+        try transport.start(sends: peers.map { OutgoingMessage(mine, to: $0, tag: Self.partialTag) },
+                            receives: peers.map { IncomingMessage(UnsafeMutableRawBufferPointer(start: gathered + $0 * rows * (d + 1), count: bytes),
+                                                                  from: $0, tag: Self.partialTag) })
+            .wait(until: deadline)
         stats.commWaitSeconds += Deadline.seconds() - t1
         stats.bytesSent += UInt64((p - 1) * bytes)
         stats.bytesReceived += UInt64((p - 1) * bytes)

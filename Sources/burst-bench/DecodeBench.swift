@@ -2,6 +2,8 @@
 import Glibc
 #endif
 import ArgumentParser
+import Dispatch
+import Foundation
 import CMPI
 import GlobalAttention
 import LocalAttention
@@ -21,10 +23,39 @@ extension BurstBench {
         }
         let lengths = cacheLengths.split(separator: ",").compactMap { Int($0) }
         guard !lengths.isEmpty, lengths.allSatisfy({ $0 >= ranks }) else { throw ValidationError("--cache-lengths: comma-separated lengths >= the ranks") }
-        let transport: Transport = mpi
-            ? try MPITransport.create(fortranHandle: cmpi_comm_c2f(cmpi_comm_world())).0
-            : LoopbackTransport.makeGroup(size: 1)[0]
-        let context = AttentionContext(transport: transport, defaultThreads: threads)
+        if mpi || ranks == 1 {
+            let transport: Transport = mpi
+                ? try MPITransport.create(fortranHandle: cmpi_comm_c2f(cmpi_comm_world())).0
+                : LoopbackTransport.makeGroup(size: 1)[0]
+            try decodeOnRank(AttentionContext(transport: transport, defaultThreads: threads), worldRank: worldRank, type: type, lengths: lengths)
+            return
+        }
+        // In-process ranks (one thread each), with --network between them.
+        let net = try network.map { try SimulatedNetwork(parsing: $0) }
+        let transports = LoopbackTransport.makeGroup(size: ranks, network: net)
+        let me = self
+        // One slot per rank thread (no array shared between threads).
+        let failures = UnsafeMutablePointer<String?>.allocate(capacity: ranks)
+        failures.initialize(repeating: nil, count: ranks)
+        defer { failures.deinitialize(count: ranks); failures.deallocate() }
+        let address = UInt(bitPattern: failures)
+        let group = DispatchGroup()
+        for rank in 0..<ranks {
+            group.enter()
+            let thread = Thread {
+                let slot = UnsafeMutablePointer<String?>(bitPattern: address)! + rank
+                do { try me.decodeOnRank(AttentionContext(transport: transports[rank], defaultThreads: me.threads), worldRank: rank, type: type, lengths: lengths) }
+                catch { slot.pointee = "\(error)" }
+                group.leave()
+            }
+            thread.start()
+        }
+        group.wait()
+        if let failure = (0..<ranks).compactMap({ failures[$0] }).first { throw ValidationError(failure) }
+    }
+
+    /// One rank's part of `runDecode`.
+    func decodeOnRank(_ context: AttentionContext, worldRank: Int, type: StorageType, lengths: [Int]) throws {
         let kvHeads = headsKv ?? heads, d = headDim
         for length in lengths {
             var cc = KVCacheConfig()
