@@ -8,22 +8,9 @@ import GlobalAttention
 /// checking struct_size before touching anything past it.
 func readConfig(_ pointer: UnsafePointer<burst_attention_config>?) -> Result<AttentionConfig, BurstError> {
     guard let pointer else { return .failure(BurstError(.invalidArgument, "config is NULL")) }
-    let declared = Int(UnsafeRawPointer(pointer).load(as: UInt32.self))
-    let known = MemoryLayout<burst_attention_config>.size
-    // struct_size rules (README "ABI stability"): this version's size; or a
-    // newer header's larger one (up to 4096 bytes) whose fields past this
-    // layout are all zero, i.e. left at their defaults. Every released
-    // header has had this one layout, so nothing smaller is accepted.
-    guard declared >= known, declared <= maxStructSize else {
-        return .failure(BurstError(.version,
-            "config struct_size is \(declared) but this library (version \(versionString)) knows \(known) (or larger, up to \(maxStructSize), from a newer header): call burst_attention_config_init, and check that the header matches the library"))
-    }
-    if declared > known {
-        let tail = UnsafeRawBufferPointer(start: UnsafeRawPointer(pointer) + known, count: declared - known)
-        if let offset = tail.firstIndex(where: { $0 != 0 }) {
-            return .failure(BurstError(.version,
-                "config struct_size is \(declared): byte \(known + offset) sets a field this library (version \(versionString), \(known)-byte config) does not know; upgrade the library or leave newer fields at their defaults"))
-        }
+    if let error = checkStructSize(pointer, known: MemoryLayout<burst_attention_config>.size, what: "config",
+                                   hint: "call burst_attention_config_init, and check that the header matches the library") {
+        return .failure(error)
     }
     let c = pointer.pointee
     var config = AttentionConfig()
@@ -59,6 +46,27 @@ func readConfig(_ pointer: UnsafePointer<burst_attention_config>?) -> Result<Att
     config.intraGroupSize = c.intra_group_size
     config.timeoutSeconds = c.timeout_seconds
     return .success(config)
+}
+
+/// The struct_size rules of every config struct (README "ABI stability"):
+/// this version's size; or a newer header's larger one (up to 4096 bytes)
+/// whose bytes past this layout are all zero, i.e. fields left at their
+/// defaults. Every released header has had one layout per struct, so
+/// nothing smaller is accepted. nil when `pointer`'s struct_size passes.
+func checkStructSize(_ pointer: UnsafeRawPointer, known: Int, what: String, hint: String) -> BurstError? {
+    let declared = Int(pointer.load(as: UInt32.self))
+    guard declared >= known, declared <= maxStructSize else {
+        return BurstError(.version,
+            "\(what) struct_size is \(declared) but this library (version \(versionString)) knows \(known) (or larger, up to \(maxStructSize), from a newer header): \(hint)")
+    }
+    if declared > known {
+        let tail = UnsafeRawBufferPointer(start: pointer + known, count: declared - known)
+        if let offset = tail.firstIndex(where: { $0 != 0 }) {
+            return BurstError(.version,
+                "\(what) struct_size is \(declared): byte \(known + offset) sets a field this library (version \(versionString), \(known)-byte \(what)) does not know; upgrade the library or leave newer fields at their defaults")
+        }
+    }
+    return nil
 }
 
 /// The most sequences a packed config may hold (2^31 − 1): cu_seqlens is

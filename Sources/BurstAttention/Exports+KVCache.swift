@@ -7,23 +7,13 @@ import GlobalAttention
 // The KV cache part of the C ABI (include/burst_attention.h, "Inference").
 // Every export catches every error, as in Exports.swift.
 
-/// Reads a caller's burst_kv_cache_config, checking struct_size first (the
-/// rules of burst_attention_config: this size, or a newer larger one whose
-/// tail is zero).
+/// Reads a caller's burst_kv_cache_config, checking struct_size first
+/// (`checkStructSize`).
 func readCacheConfig(_ pointer: UnsafePointer<burst_kv_cache_config>?) -> Result<KVCacheConfig, BurstError> {
     guard let pointer else { return .failure(invalid("config is NULL")) }
-    let declared = Int(UnsafeRawPointer(pointer).load(as: UInt32.self))
-    let known = MemoryLayout<burst_kv_cache_config>.size
-    guard declared >= known, declared <= maxStructSize else {
-        return .failure(BurstError(.version,
-            "cache config struct_size is \(declared) but this library (version \(versionString)) knows \(known) (or larger, up to \(maxStructSize), from a newer header): call burst_kv_cache_config_init"))
-    }
-    if declared > known {
-        let tail = UnsafeRawBufferPointer(start: UnsafeRawPointer(pointer) + known, count: declared - known)
-        if let offset = tail.firstIndex(where: { $0 != 0 }) {
-            return .failure(BurstError(.version,
-                "cache config struct_size is \(declared): byte \(known + offset) sets a field this library (version \(versionString)) does not know"))
-        }
+    if let error = checkStructSize(pointer, known: MemoryLayout<burst_kv_cache_config>.size, what: "cache config",
+                                   hint: "call burst_kv_cache_config_init") {
+        return .failure(error)
     }
     let c = pointer.pointee
     var config = KVCacheConfig()

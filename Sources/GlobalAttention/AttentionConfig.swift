@@ -75,15 +75,7 @@ public struct AttentionConfig: Sendable {
         guard Pattern(rawValue: pattern) != nil else { throw bad("pattern: unknown value \(pattern) (0..4)") }
         guard batch > 0 else { throw bad("batch must be positive (got \(batch))") }
         guard seqLenLocal >= 0 else { throw bad("seq_len_local must be >= 0 (got \(seqLenLocal))") }
-        guard numHeadsQ > 0 else { throw bad("num_heads_q must be positive (got \(numHeadsQ))") }
-        guard numHeadsKV > 0 else { throw bad("num_heads_kv must be positive (got \(numHeadsKV))") }
-        guard headDim > 0 else { throw bad("head_dim must be positive (got \(headDim))") }
-        guard numHeadsQ % numHeadsKV == 0 else {
-            throw bad("num_heads_q (\(numHeadsQ)) must be a multiple of num_heads_kv (\(numHeadsKV))")
-        }
-        guard softmaxScale.isFinite, softmaxScale >= 0 else {
-            throw bad("softmax_scale must be finite and >= 0 (0 = 1/sqrt(head_dim); got \(softmaxScale))")
-        }
+        try Self.checkHeads(numHeadsQ, numHeadsKV, headDim: headDim, scale: softmaxScale)
         guard windowLeft >= -1 else { throw bad("window_left must be >= -1 (got \(windowLeft))") }
         guard windowRight >= -1 else { throw bad("window_right must be >= -1 (got \(windowRight))") }
         guard numSequences >= 0 else { throw bad("num_sequences must be >= 0 (got \(numSequences))") }
@@ -92,9 +84,7 @@ public struct AttentionConfig: Sendable {
         }
         guard numThreads >= 0 else { throw bad("num_threads must be >= 0 (got \(numThreads))") }
         guard intraGroupSize >= 0 else { throw bad("intra_group_size must be >= 0 (got \(intraGroupSize))") }
-        guard timeoutSeconds >= 0, timeoutSeconds <= Self.maxTimeoutSeconds else {
-            throw bad("timeout_seconds must be finite, >= 0 and <= \(Int(Self.maxTimeoutSeconds)) (0 = the default \(Int(Self.defaultTimeoutSeconds)) s; got \(timeoutSeconds))")
-        }
+        try Self.checkTimeout(timeoutSeconds)
         // Sizes: every tensor must be addressable without overflow.
         for (name, heads) in [("q", numHeadsQ), ("k", numHeadsKV)] {
             var total = batch
@@ -124,6 +114,28 @@ public struct AttentionConfig: Sendable {
         func unsupported(_ message: String) -> BurstError { BurstError(.unsupported, message) }
         // Tile kernels take 32-bit leading dimensions; no attention model comes near this.
         guard headDim <= 65_536 else { throw unsupported("head_dim above 65536 is not supported (got \(headDim))") }
+    }
+
+    /// The checks of the head counts, head_dim and softmax_scale a plan and a
+    /// KV cache share (INVALID_ARGUMENT naming the field).
+    static func checkHeads(_ heads: Int64, _ kvHeads: Int64, headDim: Int64, scale: Float) throws {
+        func bad(_ message: String) -> BurstError { BurstError(.invalidArgument, message) }
+        guard heads > 0 else { throw bad("num_heads_q must be positive (got \(heads))") }
+        guard kvHeads > 0 else { throw bad("num_heads_kv must be positive (got \(kvHeads))") }
+        guard headDim > 0 else { throw bad("head_dim must be positive (got \(headDim))") }
+        guard heads % kvHeads == 0 else {
+            throw bad("num_heads_q (\(heads)) must be a multiple of num_heads_kv (\(kvHeads))")
+        }
+        guard scale.isFinite, scale >= 0 else {
+            throw bad("softmax_scale must be finite and >= 0 (0 = 1/sqrt(head_dim); got \(scale))")
+        }
+    }
+
+    /// timeout_seconds: finite, >= 0 and at most a week (0 = the default).
+    static func checkTimeout(_ seconds: Double) throws {
+        guard seconds >= 0, seconds <= maxTimeoutSeconds else {
+            throw BurstError(.invalidArgument, "timeout_seconds must be finite, >= 0 and <= \(Int(maxTimeoutSeconds)) (0 = the default \(Int(defaultTimeoutSeconds)) s; got \(seconds))")
+        }
     }
 
     /// The fields that must agree across ranks, in ABI order, with their C

@@ -41,23 +41,13 @@ public struct KVCacheConfig: Sendable {
         }
         guard numThreads >= 0 else { throw bad("num_threads must be >= 0 (got \(numThreads))") }
         guard numLayers > 0, numLayers <= Self.maxLayers else { throw bad("num_layers must be in 1...\(Self.maxLayers) (got \(numLayers))") }
-        guard numHeadsQ > 0 else { throw bad("num_heads_q must be positive (got \(numHeadsQ))") }
-        guard numHeadsKV > 0 else { throw bad("num_heads_kv must be positive (got \(numHeadsKV))") }
-        guard headDim > 0 else { throw bad("head_dim must be positive (got \(headDim))") }
-        guard numHeadsQ % numHeadsKV == 0 else {
-            throw bad("num_heads_q (\(numHeadsQ)) must be a multiple of num_heads_kv (\(numHeadsKV))")
-        }
-        guard softmaxScale.isFinite, softmaxScale >= 0 else {
-            throw bad("softmax_scale must be finite and >= 0 (0 = 1/sqrt(head_dim); got \(softmaxScale))")
-        }
+        try AttentionConfig.checkHeads(numHeadsQ, numHeadsKV, headDim: headDim, scale: softmaxScale)
         guard windowLeft >= -1 else { throw bad("window_left must be >= -1 (got \(windowLeft))") }
         guard blockTokens >= 0, blockTokens <= Self.maxBlockTokens else {
             throw bad("block_tokens must be in 0...\(Self.maxBlockTokens) (0 = \(Self.defaultBlockTokens); got \(blockTokens))")
         }
         guard maxBytesLocal >= 0 else { throw bad("max_bytes_local must be >= 0 (0 = no limit; got \(maxBytesLocal))") }
-        guard timeoutSeconds >= 0, timeoutSeconds <= AttentionConfig.maxTimeoutSeconds else {
-            throw bad("timeout_seconds must be finite, >= 0 and <= \(Int(AttentionConfig.maxTimeoutSeconds)) (0 = the default \(Int(AttentionConfig.defaultTimeoutSeconds)) s; got \(timeoutSeconds))")
-        }
+        try AttentionConfig.checkTimeout(timeoutSeconds)
         // A block of every head must be addressable; heads·head_dim bounds every row.
         let (rowElements, o1) = numHeadsQ.multipliedReportingOverflow(by: headDim)
         let (blockElements, o2) = (2 * numHeadsKV).multipliedReportingOverflow(by: headDim * Int64(effectiveBlockTokens))
