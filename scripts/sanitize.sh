@@ -8,7 +8,7 @@
 #     (thread); the sanitizer must report each, else this script fails.
 #  3. Builds libburst_attention.so with the sanitizer (CMake, -sanitize=<kind>, into
 #     build/<kind>-install) and the C clients of Tests/clients with clang -fsanitize=<kind>
-#     against it, and runs c_client, c_bad_input, c_variants and c_half under
+#     against it, and runs c_client, c_bad_input, c_variants, c_half and c_kvcache under
 #     mpirun -n 1 (two compute threads) and -n 2 (MPI traffic). address also runs
 #     Tests/valgrind/mpi_bare.c (must be clean with the OpenMPI suppressions) and
 #     Tests/valgrind/mpi_leak.c (its planted leaks must be reported).
@@ -148,7 +148,7 @@ if [[ " $PARTS " == *" clients "* ]]; then
     -DCMAKE_EXE_LINKER_FLAGS="$ldflags" -DCMAKE_PREFIX_PATH="$prefix" \
     -DPYTHON_EXECUTABLE=/nonexistent >/dev/null
   # (gold warns once per ASan symbol it cannot export; nothing to act on)
-  cmake --build "$ROOT/build/$KIND-clients" --target c_client c_bad_input c_variants c_half 2>&1 \
+  cmake --build "$ROOT/build/$KIND-clients" --target c_client c_bad_input c_variants c_half c_kvcache 2>&1 \
     | grep -v "Cannot export local symbol\|^\[" || true
   clients=$ROOT/build/$KIND-clients
 
@@ -179,7 +179,7 @@ if [[ " $PARTS " == *" clients "* ]]; then
   fi
 
   for ranks in 1 2; do
-    for client in c_client c_bad_input c_variants c_half; do
+    for client in c_client c_bad_input c_variants c_half c_kvcache; do
       name=$client-np$ranks
       t0=$(date +%s)
       set +e
