@@ -45,12 +45,13 @@ import threading
 import numpy as np
 
 from . import _lib
+from ._args import INT32, INT64, create_collectively, enum_field, integer, raise_problems, real
 from ._enums import DType, Layout, parse
-from ._errors import BurstError, Status, _check, last_error, status_string
+from ._errors import BurstError, Status, _check, last_error
 from ._plan import STATS_KEYS, Plan, _check_aliasing, _check_array, _output_array, storage_dtypes
 
-_INT32 = (-(2**31), 2**31 - 1)
-_INT64 = (-(2**63), 2**63 - 1)
+# What a failed check's message adds when the call made to fail every rank completed.
+_COMPLETED = "the library accepted the call made to fail every rank: it completed on the others"
 
 # The config fields a KVCache remembers (and exposes as attributes).
 _FIELDS = ("layout", "dtype", "num_threads", "num_layers", "num_heads_q", "num_heads_kv",
@@ -89,24 +90,6 @@ def parse_dtype(value, argument: str = "dtype") -> int:
                      "float32, float16 or bfloat16")
 
 
-def _integer(problems: list, name: str, value, bounds=_INT64):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        problems.append((TypeError, f"{name}: expected an int, got {type(value).__name__}"))
-        return None
-    value = int(value)
-    if not bounds[0] <= value <= bounds[1]:
-        problems.append((ValueError, f"{name}: {value} is out of range"))
-        return None
-    return value
-
-
-def _real(problems: list, name: str, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        problems.append((TypeError, f"{name}: expected a float, got {type(value).__name__}"))
-        return None
-    return float(value)
-
-
 def _int64_vector(problems: list, name: str, value):
     """An int, or a 1-D sequence/array of ints -> a C-contiguous int64 array (a copy),
     or None after appending the problem. Values are not judged here (the library does,
@@ -128,91 +111,51 @@ def _int64_vector(problems: list, name: str, value):
         return np.zeros(0, np.int64)
     if arr.dtype == object and all(isinstance(x, numbers.Integral) and not isinstance(x, bool)
                                    for x in arr):
-        if not all(_INT64[0] <= int(x) <= _INT64[1] for x in arr):
+        if not all(INT64[0] <= int(x) <= INT64[1] for x in arr):
             problems.append((ValueError, f"{name}: a value does not fit in int64"))
             return None
         return np.array([int(x) for x in arr], np.int64)
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
         problems.append((TypeError, f"{name}: expected ints, got dtype {arr.dtype}"))
         return None
-    if arr.dtype == np.uint64 and int(arr.max()) > _INT64[1]:
+    if arr.dtype == np.uint64 and int(arr.max()) > INT64[1]:
         problems.append((ValueError, f"{name}: a value does not fit in int64"))
         return None
     return np.array(arr, np.int64)  # a copy: the caller's array may change meanwhile
-
-
-def _raise(problems: list, status, message: str, function: str, how: str):
-    """Raise the first problem's type with every problem's message; when the library
-    was called to make every rank fail, say so and chain its error."""
-    exc_type = problems[0][0]
-    text = "; ".join(msg for _, msg in problems)
-    if status is None:
-        raise exc_type(text)
-    if status != Status.OK:
-        text += (f" [the library was called with {how} so that every rank fails together: "
-                 f"{status_string(status)}: {message}]")
-        raise exc_type(text) from BurstError(status, message, function)
-    text += " [the library accepted the call made to fail every rank: it completed on the others]"
-    raise exc_type(text)
 
 
 def create(context, *, num_layers, num_heads_q, head_dim, num_heads_kv, dtype, layout,
            softmax_scale, window_left, block_tokens, max_bytes_local, num_threads,
            timeout_seconds) -> "KVCache":
     """burst_kv_cache_create for `Context.kv_cache` (which documents the arguments)."""
-    from ._context import _raise_problems
-
     handle = context._require_handle()
     cfg = _lib.new_kv_cache_config()
     problems: list = []
 
-    def enum_field(name, value, parser):
-        try:
-            v = parser(value)
-        except (TypeError, ValueError) as exc:
-            problems.append((type(exc), str(exc)))
-            return None
-        if not _INT32[0] <= v <= _INT32[1]:
-            problems.append((ValueError, f"{name}: {v} is out of range"))
-            return None
-        return v
-
     if num_heads_kv is None:
         num_heads_kv = num_heads_q
     fields = {
-        "layout": enum_field("layout", layout, lambda x: parse(Layout, x, "layout")),
-        "dtype": enum_field("dtype", dtype, parse_dtype),
-        "num_threads": _integer(problems, "num_threads", num_threads, _INT32),
-        "num_layers": _integer(problems, "num_layers", num_layers),
-        "num_heads_q": _integer(problems, "num_heads_q", num_heads_q),
-        "num_heads_kv": _integer(problems, "num_heads_kv", num_heads_kv),
-        "head_dim": _integer(problems, "head_dim", head_dim),
-        "softmax_scale": _real(problems, "softmax_scale", softmax_scale),
-        "window_left": _integer(problems, "window_left", window_left),
-        "block_tokens": _integer(problems, "block_tokens", block_tokens),
-        "max_bytes_local": _integer(problems, "max_bytes_local", max_bytes_local),
-        "timeout_seconds": _real(problems, "timeout_seconds", timeout_seconds),
+        "layout": enum_field(problems, "layout", layout, Layout),
+        "dtype": enum_field(problems, "dtype", dtype, parse_dtype),
+        "num_threads": integer(problems, "num_threads", num_threads, INT32),
+        "num_layers": integer(problems, "num_layers", num_layers),
+        "num_heads_q": integer(problems, "num_heads_q", num_heads_q),
+        "num_heads_kv": integer(problems, "num_heads_kv", num_heads_kv),
+        "head_dim": integer(problems, "head_dim", head_dim),
+        "softmax_scale": real(problems, "softmax_scale", softmax_scale),
+        "window_left": integer(problems, "window_left", window_left),
+        "block_tokens": integer(problems, "block_tokens", block_tokens),
+        "max_bytes_local": integer(problems, "max_bytes_local", max_bytes_local),
+        "timeout_seconds": real(problems, "timeout_seconds", timeout_seconds),
     }
     for name, value in fields.items():
         if value is not None:
             setattr(cfg, name, value)
 
-    out = _lib.c_handle()
-    if problems:
-        # Keep a collective call collective: a config the library must reject (an
-        # out-of-range dtype), so that every rank returns an error.
-        if context.size > 1:
-            cfg.dtype = -1
-            status = _lib.lib.burst_kv_cache_create(handle, ctypes.byref(cfg), ctypes.byref(out))
-            message = last_error()
-            if status == Status.OK:  # cannot happen with a sane library; do not leak
-                _lib.lib.burst_kv_cache_destroy(out.value)
-            _raise_problems(problems, status, message, "burst_kv_cache_create")
-        _raise_problems(problems, None, "", "burst_kv_cache_create")
-
-    _check(_lib.lib.burst_kv_cache_create(handle, ctypes.byref(cfg), ctypes.byref(out)),
-           "burst_kv_cache_create")
-    cache = KVCache(context, out.value, {name: getattr(cfg, name) for name in _FIELDS})
+    cache_handle = create_collectively(handle, context.size, problems, cfg,
+                                       _lib.lib.burst_kv_cache_create,
+                                       _lib.lib.burst_kv_cache_destroy, "burst_kv_cache_create")
+    cache = KVCache(context, cache_handle, {name: getattr(cfg, name) for name in _FIELDS})
     context._caches.add(cache)
     return cache
 
@@ -326,7 +269,7 @@ class KVCache:
         prompt sequence (batch row b: seq_ids[b]; with cu_seqlens, sequence s of row b:
         seq_ids[b * num_sequences + s]), each existing and empty in this layer."""
         problems: list = []
-        layer = _integer(problems, "layer", layer)
+        layer = integer(problems, "layer", layer)
         ids = _int64_vector(problems, "seq_ids", seq_ids)
         plan_ok = isinstance(plan, Plan)
         if not plan_ok:
@@ -367,7 +310,7 @@ class KVCache:
         num_heads_q, T] float32; allocated when not given, else filled in place (they
         must not overlap q, k, v)."""
         problems: list = []
-        layer = _integer(problems, "layer", layer)
+        layer = integer(problems, "layer", layer)
         ids = _int64_vector(problems, "seq_ids", seq_ids)
         pos = None if positions is None else _int64_vector(problems, "positions", positions)
         bhsd = self._config["layout"] == Layout.BHSD
@@ -408,10 +351,10 @@ class KVCache:
         largest stored position + 1, over all ranks) and the tokens of it this rank
         stores."""
         problems: list = []
-        seq_id = _integer(problems, "seq_id", seq_id)
-        layer = _integer(problems, "layer", layer)
+        seq_id = integer(problems, "seq_id", seq_id)
+        layer = integer(problems, "layer", layer)
         if problems:
-            _raise(problems, None, "", "", "")
+            raise_problems(problems, "")
         length, local = ctypes.c_int64(-1), ctypes.c_int64(-1)
         with self._in_call() as handle:
             _check(_lib.lib.burst_kv_cache_sequence_length(handle, seq_id, layer,
@@ -462,8 +405,8 @@ class KVCache:
             with self._in_call() as handle:
                 status = call(handle)
                 message = last_error()
-            _raise(problems, status, message, function, how)
-        _raise(problems, None, "", function, how)
+            raise_problems(problems, function, status, message, how, _COMPLETED)
+        raise_problems(problems, function)
 
     # ------------------------------------------------------------------ lifetime
     class _Call:
