@@ -40,18 +40,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import numbers
-import threading
 
 import numpy as np
 
 from . import _lib
 from ._args import INT32, INT64, create_collectively, enum_field, integer, raise_problems, real
 from ._enums import DType, Layout, parse
-from ._errors import BurstError, Status, _check, last_error
+from ._errors import _check
+from ._handle import Handle
 from ._plan import STATS_KEYS, Plan, _check_aliasing, _check_array, _output_array, storage_dtypes
-
-# What a failed check's message adds when the call made to fail every rank completed.
-_COMPLETED = "the library accepted the call made to fail every rank: it completed on the others"
 
 # The config fields a KVCache remembers (and exposes as attributes).
 _FIELDS = ("layout", "dtype", "num_threads", "num_layers", "num_heads_q", "num_heads_kv",
@@ -162,45 +159,24 @@ def create(context, *, num_layers, num_heads_q, head_dim, num_heads_kv, dtype, l
 
 # --------------------------------------------------------------------------- the cache
 
-class KVCache:
+class KVCache(Handle):
     """Created by `Context.kv_cache(...)`; use as a context manager or call `close()`.
-    See the module docstring for positions, placement and shapes."""
+    See the module docstring for positions, placement and shapes. Its config fields
+    read as attributes (num_layers, num_heads_q, head_dim, layout, dtype, ...)."""
+
+    _KIND, _NOUN = "KVCache", "cache"
+    _ENUMS = {"layout": Layout, "dtype": DType}
+    _COMPLETED = "the library accepted the call made to fail every rank: it completed on the others"
 
     def __init__(self, context, handle: int, config: dict):
-        self._context = context  # keeps the context alive while the cache lives
-        self._handle = handle
-        self._config = dict(config)
-        self._lock = threading.Lock()
-        self._active = 0
+        super().__init__(context, handle, config)
         self._dtypes = storage_dtypes(config["dtype"])
 
     # ------------------------------------------------------------------ properties
     @property
-    def context(self):
-        return self._context
-
-    @property
-    def config(self) -> dict:
-        """The config fields this cache was created with (a copy)."""
-        return dict(self._config)
-
-    def __getattr__(self, name):
-        # num_layers, num_heads_q, num_heads_kv, head_dim, layout, dtype, window_left, ...
-        config = self.__dict__.get("_config")
-        if config is not None and name in config:
-            value = config[name]
-            enum_type = {"layout": Layout, "dtype": DType}.get(name)
-            return enum_type(value) if enum_type is not None else value
-        raise AttributeError(f"'KVCache' object has no attribute {name!r}")
-
-    @property
     def storage_dtype(self) -> np.dtype:
         """The numpy dtype of decode's q, k, v, out (outputs are allocated with it)."""
         return self._dtypes[0]
-
-    @property
-    def closed(self) -> bool:
-        return self._handle is None
 
     def q_shape(self, num_seqs: int, tokens: int) -> tuple:
         """Shape of decode's q and out for num_seqs sequences of `tokens` new tokens."""
@@ -398,58 +374,22 @@ class KVCache:
     def _reject(self, problems: list, function: str):
         """Raise for a validation failure of a collective call ((exception type,
         message) pairs); first, when this rank is not alone, make the call with
-        arguments the library rejects so that every rank fails together (as
-        `Plan._fail_collectively`). For bindings built on this one (burst_attention.torch)."""
+        arguments the library rejects (_REJECTED) so that every rank fails together
+        (`Handle._fail_collectively`). For bindings built on this one
+        (burst_attention.torch)."""
         how, call = KVCache._REJECTED[function]
-        if self._context.size > 1:
+
+        def call_rejected():
             with self._in_call() as handle:
-                status = call(handle)
-                message = last_error()
-            raise_problems(problems, function, status, message, how, _COMPLETED)
-        raise_problems(problems, function)
+                return call(handle)
+
+        self._fail_collectively(problems, function, how, call_rejected)
 
     # ------------------------------------------------------------------ lifetime
-    class _Call:
-        __slots__ = ("cache", "handle")
-
-        def __init__(self, cache):
-            self.cache = cache
-
-        def __enter__(self):
-            cache = self.cache
-            with cache._lock:
-                if cache._handle is None:
-                    raise ValueError("operation on a closed KVCache")
-                cache._active += 1
-                self.handle = cache._handle
-            return self.handle
-
-        def __exit__(self, *exc):
-            with self.cache._lock:
-                self.cache._active -= 1
-
-    def _in_call(self):
-        return KVCache._Call(self)
-
     def close(self) -> None:
         """Free the cache and every block. Local. Idempotent."""
-        with self._lock:
-            if self._active:
-                raise BurstError(Status.BUSY, "the cache is in use by another thread", "KVCache.close")
-            handle, self._handle = self._handle, None
-        if handle is not None:
-            _lib.lib.burst_kv_cache_destroy(handle)
-            self._context._caches.discard(self)
+        super().close()
 
-    def __enter__(self) -> "KVCache":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            if self.__dict__.get("_handle") is not None:
-                self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finaliser
-            pass
+    def _release(self, handle: int) -> None:
+        _lib.lib.burst_kv_cache_destroy(handle)
+        self._context._caches.discard(self)
