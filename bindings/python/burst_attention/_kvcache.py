@@ -121,6 +121,14 @@ def _int64_vector(problems: list, name: str, value):
     return np.array(arr, np.int64)  # a copy: the caller's array may change meanwhile
 
 
+def _one_per_id(problems: list, name: str, values, ids) -> None:
+    """Append the problem if `values` (lengths, positions) and `ids`, both checked
+    (None: already failed), do not have one value per sequence id."""
+    if values is not None and ids is not None and len(values) != len(ids):
+        problems.append((ValueError, f"{name}: expected {len(ids)} values (one per "
+                                     f"sequence id), got {len(values)}"))
+
+
 def create(context, *, num_layers, num_heads_q, head_dim, num_heads_kv, dtype, layout,
            softmax_scale, window_left, block_tokens, max_bytes_local, num_threads,
            timeout_seconds) -> "KVCache":
@@ -226,9 +234,7 @@ class KVCache(Handle):
         problems: list = []
         ids = _int64_vector(problems, "seq_ids", seq_ids)
         lens = _int64_vector(problems, "lengths", lengths)
-        if ids is not None and lens is not None and len(ids) != len(lens):
-            problems.append((ValueError, f"lengths: expected {len(ids)} values (one per "
-                                         f"sequence id), got {len(lens)}"))
+        _one_per_id(problems, "lengths", lens, ids)
         if problems:
             self._reject(problems, "burst_kv_cache_truncate")
         with self._in_call() as handle:
@@ -308,9 +314,7 @@ class KVCache(Handle):
         _check_aliasing(problems, {"out": out, "lse": lse}, {"q": q, "k": k, "v": v})
         if ids is not None and q is not None and len(ids) != s:
             problems.append((ValueError, f"seq_ids: q holds {s} sequences, got {len(ids)} ids"))
-        if pos is not None and ids is not None and len(pos) != len(ids):
-            problems.append((ValueError, f"positions: expected {len(ids)} values (one per "
-                                         f"sequence id), got {len(pos)}"))
+        _one_per_id(problems, "positions", pos, ids)
 
         if problems:
             self._reject(problems, "burst_kv_cache_decode")
