@@ -7,7 +7,8 @@ BURST_ATTENTION_LIBRARY is not set and the CMake install tree exists
 (build/install/lib), points the binding at that library.
 
 It also holds the loopback-rank runner of test_binding.py and test_kvcache.py
-(`run_ranks`, `results_or_raise`) and their timeouts.
+(`run_ranks`, `results_or_raise`) and their timeouts, and the report printer of the
+MPI check scripts (`print_in_rank_order`).
 """
 
 from __future__ import annotations
@@ -57,3 +58,12 @@ def results_or_raise(results):
         if exc is not None:
             raise exc
     return [r for r, _ in results]
+
+
+def print_in_rank_order(comm, lines) -> None:
+    """Collective over the mpi4py communicator `comm`: print each rank's `lines`, one
+    rank at a time in rank order, so that the ranks' reports do not interleave."""
+    for r in range(comm.size):
+        if r == comm.rank:
+            print("\n".join(lines), flush=True)
+        comm.Barrier()
