@@ -31,7 +31,7 @@ import sys
 import time
 import traceback
 
-import _testenv  # noqa: E402,F401  (sys.path, BURST_ATTENTION_LIBRARY for a checkout)
+import _testenv  # noqa: E402  (sys.path, BURST_ATTENTION_LIBRARY for a checkout)
 
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
@@ -184,10 +184,7 @@ def main() -> int:
         f"{total_failures} failed in all; worst error (x max|ref|; bf16 includes its rounding) "
         + ", ".join(f"{k} {v:.2e}" for k, v in sorted(worst.items()))
         + f"; {elapsed:.2f} s; library {ba.library_path}")
-    for r in range(P):  # one rank at a time, so lines do not interleave
-        if r == RANK:
-            print("\n".join(lines), flush=True)
-        COMM.Barrier()
+    _testenv.print_in_rank_order(COMM, lines)
     return 1 if total_failures else 0
 
 

@@ -36,7 +36,7 @@ import sys
 import time
 import traceback
 
-import _testenv  # noqa: E402,F401  (sys.path, BURST_ATTENTION_LIBRARY for a checkout)
+import _testenv  # noqa: E402  (sys.path, BURST_ATTENTION_LIBRARY for a checkout)
 
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
@@ -437,10 +437,7 @@ def main() -> int:
         f"grad {worst['grad']:.2e} lse {worst['lse']:.2e}; {bytes_checked} byte counts "
         f"checked ({len(notes)} differ from the no-skip closed form, as documented; "
         f"MPI_CHECK_VERBOSE=1 lists them); {elapsed:.2f} s; library {ba.library_path}")
-    for r in range(P):  # one rank at a time, so lines do not interleave
-        if r == RANK:
-            print("\n".join(lines), flush=True)
-        COMM.Barrier()
+    _testenv.print_in_rank_order(COMM, lines)
     return 1 if total_failures else 0
 
 

@@ -20,44 +20,15 @@ import time
 import numpy as np
 import pytest
 
-from _testenv import BINDING  # noqa: E402  (also: sys.path, BURST_ATTENTION_LIBRARY)
+# importing _testenv also sets up sys.path and BURST_ATTENTION_LIBRARY
+from _testenv import BINDING, CALL_TIMEOUT, JOIN_TIMEOUT, results_or_raise, run_ranks  # noqa: E402
 
 import burst_attention as ba  # noqa: E402
 from burst_attention import _lib  # noqa: E402
 import reference as ref  # noqa: E402
 
-# A generous per-call timeout so that a library bug fails a test instead of hanging it.
-CALL_TIMEOUT = 60.0
-JOIN_TIMEOUT = CALL_TIMEOUT + 30.0
-
 
 # --------------------------------------------------------------------------- helpers
-
-def run_ranks(contexts, fn):
-    """Run fn(ctx) on one thread per context; returns [(result, exception)] by rank."""
-    results = [(None, None)] * len(contexts)
-
-    def body(i, ctx):
-        try:
-            results[i] = (fn(ctx), None)
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            results[i] = (None, exc)
-
-    threads = [threading.Thread(target=body, args=(i, c), daemon=True) for i, c in enumerate(contexts)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(JOIN_TIMEOUT)
-    assert not any(t.is_alive() for t in threads), "a rank hung"
-    return results
-
-
-def results_or_raise(results):
-    for _, exc in results:
-        if exc is not None:
-            raise exc
-    return [r for r, _ in results]
-
 
 def distributed_run(world, counts, layout, mask, batch=2, heads=2, head_dim=8, seed=7,
                     softmax_scale=0.0):

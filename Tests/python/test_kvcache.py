@@ -10,49 +10,21 @@ rank and from run to run. MPI runs: kvcache_mpi_check.py.
 from __future__ import annotations
 
 import itertools
-import threading
 
 import numpy as np
 import pytest
 
-from _testenv import BINDING  # noqa: E402,F401  (sys.path, BURST_ATTENTION_LIBRARY)
+# importing _testenv also sets up sys.path and BURST_ATTENTION_LIBRARY
+from _testenv import CALL_TIMEOUT, results_or_raise, run_ranks  # noqa: E402
 
 import burst_attention as ba  # noqa: E402
 import kvcache_reference as kref  # noqa: E402
 import reference as ref  # noqa: E402
 
-CALL_TIMEOUT = 60.0
-JOIN_TIMEOUT = CALL_TIMEOUT + 30.0
 HEAD_DIM = 8
 
 
 # --------------------------------------------------------------------------- helpers
-
-def run_ranks(contexts, fn):
-    """Run fn(ctx) on one thread per context; returns [(result, exception)] by rank."""
-    results = [(None, None)] * len(contexts)
-
-    def body(i, ctx):
-        try:
-            results[i] = (fn(ctx), None)
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            results[i] = (None, exc)
-
-    threads = [threading.Thread(target=body, args=(i, c), daemon=True) for i, c in enumerate(contexts)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(JOIN_TIMEOUT)
-    assert not any(t.is_alive() for t in threads), "a rank hung"
-    return results
-
-
-def results_or_raise(results):
-    for _, exc in results:
-        if exc is not None:
-            raise exc
-    return [r for r, _ in results]
-
 
 @pytest.fixture
 def world(request):

@@ -19,15 +19,13 @@ import typing
 import numpy as np
 
 from . import _lib
-from ._enums import DType, Distribution, Layout, Mask, Pattern, parse
-from ._errors import BurstError, Status, _check, last_error, status_string
+from ._args import INT32, INT64, create_collectively, enum_field, integer, real
+from ._enums import DType, Distribution, Layout, Mask, Pattern
+from ._errors import _check
 
 if typing.TYPE_CHECKING:
     from ._kvcache import KVCache
     from ._plan import Plan
-
-_INT32 = (-(2**31), 2**31 - 1)
-_INT64 = (-(2**63), 2**63 - 1)
 
 # Every open context, so that interpreter exit closes them in reverse creation order
 # *before* mpi4py finalizes MPI (mpi4py finalizes from Py_AtExit, which runs after the
@@ -97,7 +95,7 @@ class Context:
         else:
             raise TypeError(f"comm: expected an mpi4py communicator or an int Fortran "
                             f"handle, got {type(comm).__name__}")
-        if not _INT64[0] <= fhandle <= _INT64[1]:
+        if not INT64[0] <= fhandle <= INT64[1]:
             raise ValueError(f"comm: Fortran handle {fhandle} does not fit in int64")
         out = _lib.c_handle()
         _check(_lib.lib.burst_context_create_mpi(fhandle, ctypes.byref(out)),
@@ -122,7 +120,7 @@ class Context:
         if isinstance(world_size, bool) or not isinstance(world_size, numbers.Integral):
             raise TypeError(f"world_size: expected an int, got {type(world_size).__name__}")
         n = int(world_size)
-        if not _INT32[0] <= n <= _INT32[1]:
+        if not INT32[0] <= n <= INT32[1]:
             raise ValueError(f"world_size: {n} does not fit in int32")
         handles = (_lib.c_handle * max(n, 1))()
         _check(_lib.lib.burst_context_create_loopback(n, handles), "burst_context_create_loopback")
@@ -207,52 +205,25 @@ class Context:
         cfg = _lib.new_config()
         problems: list[tuple[type, str]] = []
 
-        def integer(name, value, bounds):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                problems.append((TypeError, f"{name}: expected an int, got {type(value).__name__}"))
-                return None
-            value = int(value)
-            if not bounds[0] <= value <= bounds[1]:
-                problems.append((ValueError, f"{name}: {value} is out of range"))
-                return None
-            return value
-
-        def real(name, value):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                problems.append((TypeError, f"{name}: expected a float, got {type(value).__name__}"))
-                return None
-            return float(value)
-
-        def enum_field(enum_type, name, value):
-            try:
-                v = parse(enum_type, value, name)
-            except (TypeError, ValueError) as exc:
-                problems.append((type(exc), str(exc)))
-                return None
-            if not _INT32[0] <= v <= _INT32[1]:
-                problems.append((ValueError, f"{name}: {v} is out of range"))
-                return None
-            return v
-
         if num_heads_kv is None:
             num_heads_kv = num_heads_q
         fields = {
-            "layout": enum_field(Layout, "layout", layout),
-            "dtype": enum_field(DType, "dtype", dtype),
-            "mask": enum_field(Mask, "mask", mask),
-            "distribution": enum_field(Distribution, "distribution", distribution),
-            "pattern": enum_field(Pattern, "pattern", pattern),
-            "batch": integer("batch", batch, _INT64),
-            "seq_len_local": integer("seq_len_local", seq_len_local, _INT64),
-            "num_heads_q": integer("num_heads_q", num_heads_q, _INT64),
-            "num_heads_kv": integer("num_heads_kv", num_heads_kv, _INT64),
-            "head_dim": integer("head_dim", head_dim, _INT64),
-            "softmax_scale": real("softmax_scale", softmax_scale),
-            "window_left": integer("window_left", window_left, _INT64),
-            "window_right": integer("window_right", window_right, _INT64),
-            "num_threads": integer("num_threads", num_threads, _INT32),
-            "intra_group_size": integer("intra_group_size", intra_group_size, _INT32),
-            "timeout_seconds": real("timeout_seconds", timeout_seconds),
+            "layout": enum_field(problems, "layout", layout, Layout),
+            "dtype": enum_field(problems, "dtype", dtype, DType),
+            "mask": enum_field(problems, "mask", mask, Mask),
+            "distribution": enum_field(problems, "distribution", distribution, Distribution),
+            "pattern": enum_field(problems, "pattern", pattern, Pattern),
+            "batch": integer(problems, "batch", batch),
+            "seq_len_local": integer(problems, "seq_len_local", seq_len_local),
+            "num_heads_q": integer(problems, "num_heads_q", num_heads_q),
+            "num_heads_kv": integer(problems, "num_heads_kv", num_heads_kv),
+            "head_dim": integer(problems, "head_dim", head_dim),
+            "softmax_scale": real(problems, "softmax_scale", softmax_scale),
+            "window_left": integer(problems, "window_left", window_left),
+            "window_right": integer(problems, "window_right", window_right),
+            "num_threads": integer(problems, "num_threads", num_threads, INT32),
+            "intra_group_size": integer(problems, "intra_group_size", intra_group_size, INT32),
+            "timeout_seconds": real(problems, "timeout_seconds", timeout_seconds),
         }
         for name, value in fields.items():
             if value is not None:
@@ -269,23 +240,10 @@ class Context:
                 cfg.cu_seqlens = seqlens.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
                 cfg.num_sequences = max(len(seqlens) - 1, 0)
 
-        if problems:
-            # Keep a collective call collective: give the library a config it must
-            # reject (an out-of-range dtype), so every rank returns an error.
-            if self._size > 1:
-                cfg.dtype = -1
-                out = _lib.c_handle()
-                status = _lib.lib.burst_plan_create(handle, ctypes.byref(cfg), ctypes.byref(out))
-                message = last_error()
-                if status == Status.OK:  # cannot happen with a sane library; do not leak
-                    _lib.lib.burst_plan_destroy(out.value)
-                _raise_problems(problems, status, message, "burst_plan_create")
-            _raise_problems(problems, None, "", "burst_plan_create")
-
-        out = _lib.c_handle()
-        _check(_lib.lib.burst_plan_create(handle, ctypes.byref(cfg), ctypes.byref(out)),
-               "burst_plan_create")
-        plan = Plan(self, out.value, {name: getattr(cfg, name) for name in fields},
+        plan_handle = create_collectively(handle, self._size, problems, cfg,
+                                          _lib.lib.burst_plan_create, _lib.lib.burst_plan_destroy,
+                                          "burst_plan_create")
+        plan = Plan(self, plan_handle, {name: getattr(cfg, name) for name in fields},
                     None if seqlens is None else seqlens.copy())
         self._plans.add(plan)
         return plan
@@ -362,12 +320,3 @@ _PRIVATE = object()
 class _LoopbackGroupToken:
     """Shared by the contexts of one Context.loopback() group (weak-referenceable)."""
 
-
-def _raise_problems(problems, status, message, function):
-    exc_type = problems[0][0]
-    text = "; ".join(msg for _, msg in problems)
-    if status is not None:
-        text += (f" [the library was called with an invalid config so that every rank "
-                 f"fails together: {status_string(status)}: {message}]")
-        raise exc_type(text) from BurstError(status, message, function)
-    raise exc_type(text)

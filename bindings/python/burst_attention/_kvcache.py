@@ -40,17 +40,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import numbers
-import threading
 
 import numpy as np
 
 from . import _lib
+from ._args import INT32, INT64, create_collectively, enum_field, integer, raise_problems, real
 from ._enums import DType, Layout, parse
-from ._errors import BurstError, Status, _check, last_error, status_string
+from ._errors import _check
+from ._handle import Handle
 from ._plan import STATS_KEYS, Plan, _check_aliasing, _check_array, _output_array, storage_dtypes
-
-_INT32 = (-(2**31), 2**31 - 1)
-_INT64 = (-(2**63), 2**63 - 1)
 
 # The config fields a KVCache remembers (and exposes as attributes).
 _FIELDS = ("layout", "dtype", "num_threads", "num_layers", "num_heads_q", "num_heads_kv",
@@ -89,24 +87,6 @@ def parse_dtype(value, argument: str = "dtype") -> int:
                      "float32, float16 or bfloat16")
 
 
-def _integer(problems: list, name: str, value, bounds=_INT64):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        problems.append((TypeError, f"{name}: expected an int, got {type(value).__name__}"))
-        return None
-    value = int(value)
-    if not bounds[0] <= value <= bounds[1]:
-        problems.append((ValueError, f"{name}: {value} is out of range"))
-        return None
-    return value
-
-
-def _real(problems: list, name: str, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        problems.append((TypeError, f"{name}: expected a float, got {type(value).__name__}"))
-        return None
-    return float(value)
-
-
 def _int64_vector(problems: list, name: str, value):
     """An int, or a 1-D sequence/array of ints -> a C-contiguous int64 array (a copy),
     or None after appending the problem. Values are not judged here (the library does,
@@ -128,136 +108,83 @@ def _int64_vector(problems: list, name: str, value):
         return np.zeros(0, np.int64)
     if arr.dtype == object and all(isinstance(x, numbers.Integral) and not isinstance(x, bool)
                                    for x in arr):
-        if not all(_INT64[0] <= int(x) <= _INT64[1] for x in arr):
+        if not all(INT64[0] <= int(x) <= INT64[1] for x in arr):
             problems.append((ValueError, f"{name}: a value does not fit in int64"))
             return None
         return np.array([int(x) for x in arr], np.int64)
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
         problems.append((TypeError, f"{name}: expected ints, got dtype {arr.dtype}"))
         return None
-    if arr.dtype == np.uint64 and int(arr.max()) > _INT64[1]:
+    if arr.dtype == np.uint64 and int(arr.max()) > INT64[1]:
         problems.append((ValueError, f"{name}: a value does not fit in int64"))
         return None
     return np.array(arr, np.int64)  # a copy: the caller's array may change meanwhile
 
 
-def _raise(problems: list, status, message: str, function: str, how: str):
-    """Raise the first problem's type with every problem's message; when the library
-    was called to make every rank fail, say so and chain its error."""
-    exc_type = problems[0][0]
-    text = "; ".join(msg for _, msg in problems)
-    if status is None:
-        raise exc_type(text)
-    if status != Status.OK:
-        text += (f" [the library was called with {how} so that every rank fails together: "
-                 f"{status_string(status)}: {message}]")
-        raise exc_type(text) from BurstError(status, message, function)
-    text += " [the library accepted the call made to fail every rank: it completed on the others]"
-    raise exc_type(text)
+def _one_per_id(problems: list, name: str, values, ids) -> None:
+    """Append the problem if `values` (lengths, positions) and `ids`, both checked
+    (None: already failed), do not have one value per sequence id."""
+    if values is not None and ids is not None and len(values) != len(ids):
+        problems.append((ValueError, f"{name}: expected {len(ids)} values (one per "
+                                     f"sequence id), got {len(values)}"))
 
 
 def create(context, *, num_layers, num_heads_q, head_dim, num_heads_kv, dtype, layout,
            softmax_scale, window_left, block_tokens, max_bytes_local, num_threads,
            timeout_seconds) -> "KVCache":
     """burst_kv_cache_create for `Context.kv_cache` (which documents the arguments)."""
-    from ._context import _raise_problems
-
     handle = context._require_handle()
     cfg = _lib.new_kv_cache_config()
     problems: list = []
 
-    def enum_field(name, value, parser):
-        try:
-            v = parser(value)
-        except (TypeError, ValueError) as exc:
-            problems.append((type(exc), str(exc)))
-            return None
-        if not _INT32[0] <= v <= _INT32[1]:
-            problems.append((ValueError, f"{name}: {v} is out of range"))
-            return None
-        return v
-
     if num_heads_kv is None:
         num_heads_kv = num_heads_q
     fields = {
-        "layout": enum_field("layout", layout, lambda x: parse(Layout, x, "layout")),
-        "dtype": enum_field("dtype", dtype, parse_dtype),
-        "num_threads": _integer(problems, "num_threads", num_threads, _INT32),
-        "num_layers": _integer(problems, "num_layers", num_layers),
-        "num_heads_q": _integer(problems, "num_heads_q", num_heads_q),
-        "num_heads_kv": _integer(problems, "num_heads_kv", num_heads_kv),
-        "head_dim": _integer(problems, "head_dim", head_dim),
-        "softmax_scale": _real(problems, "softmax_scale", softmax_scale),
-        "window_left": _integer(problems, "window_left", window_left),
-        "block_tokens": _integer(problems, "block_tokens", block_tokens),
-        "max_bytes_local": _integer(problems, "max_bytes_local", max_bytes_local),
-        "timeout_seconds": _real(problems, "timeout_seconds", timeout_seconds),
+        "layout": enum_field(problems, "layout", layout, Layout),
+        "dtype": enum_field(problems, "dtype", dtype, parse_dtype),
+        "num_threads": integer(problems, "num_threads", num_threads, INT32),
+        "num_layers": integer(problems, "num_layers", num_layers),
+        "num_heads_q": integer(problems, "num_heads_q", num_heads_q),
+        "num_heads_kv": integer(problems, "num_heads_kv", num_heads_kv),
+        "head_dim": integer(problems, "head_dim", head_dim),
+        "softmax_scale": real(problems, "softmax_scale", softmax_scale),
+        "window_left": integer(problems, "window_left", window_left),
+        "block_tokens": integer(problems, "block_tokens", block_tokens),
+        "max_bytes_local": integer(problems, "max_bytes_local", max_bytes_local),
+        "timeout_seconds": real(problems, "timeout_seconds", timeout_seconds),
     }
     for name, value in fields.items():
         if value is not None:
             setattr(cfg, name, value)
 
-    out = _lib.c_handle()
-    if problems:
-        # Keep a collective call collective: a config the library must reject (an
-        # out-of-range dtype), so that every rank returns an error.
-        if context.size > 1:
-            cfg.dtype = -1
-            status = _lib.lib.burst_kv_cache_create(handle, ctypes.byref(cfg), ctypes.byref(out))
-            message = last_error()
-            if status == Status.OK:  # cannot happen with a sane library; do not leak
-                _lib.lib.burst_kv_cache_destroy(out.value)
-            _raise_problems(problems, status, message, "burst_kv_cache_create")
-        _raise_problems(problems, None, "", "burst_kv_cache_create")
-
-    _check(_lib.lib.burst_kv_cache_create(handle, ctypes.byref(cfg), ctypes.byref(out)),
-           "burst_kv_cache_create")
-    cache = KVCache(context, out.value, {name: getattr(cfg, name) for name in _FIELDS})
+    cache_handle = create_collectively(handle, context.size, problems, cfg,
+                                       _lib.lib.burst_kv_cache_create,
+                                       _lib.lib.burst_kv_cache_destroy, "burst_kv_cache_create")
+    cache = KVCache(context, cache_handle, {name: getattr(cfg, name) for name in _FIELDS})
     context._caches.add(cache)
     return cache
 
 
 # --------------------------------------------------------------------------- the cache
 
-class KVCache:
+class KVCache(Handle):
     """Created by `Context.kv_cache(...)`; use as a context manager or call `close()`.
-    See the module docstring for positions, placement and shapes."""
+    See the module docstring for positions, placement and shapes. Its config fields
+    read as attributes (num_layers, num_heads_q, head_dim, layout, dtype, ...)."""
+
+    _KIND, _NOUN = "KVCache", "cache"
+    _ENUMS = {"layout": Layout, "dtype": DType}
+    _COMPLETED = "the library accepted the call made to fail every rank: it completed on the others"
 
     def __init__(self, context, handle: int, config: dict):
-        self._context = context  # keeps the context alive while the cache lives
-        self._handle = handle
-        self._config = dict(config)
-        self._lock = threading.Lock()
-        self._active = 0
+        super().__init__(context, handle, config)
         self._dtypes = storage_dtypes(config["dtype"])
 
     # ------------------------------------------------------------------ properties
     @property
-    def context(self):
-        return self._context
-
-    @property
-    def config(self) -> dict:
-        """The config fields this cache was created with (a copy)."""
-        return dict(self._config)
-
-    def __getattr__(self, name):
-        # num_layers, num_heads_q, num_heads_kv, head_dim, layout, dtype, window_left, ...
-        config = self.__dict__.get("_config")
-        if config is not None and name in config:
-            value = config[name]
-            enum_type = {"layout": Layout, "dtype": DType}.get(name)
-            return enum_type(value) if enum_type is not None else value
-        raise AttributeError(f"'KVCache' object has no attribute {name!r}")
-
-    @property
     def storage_dtype(self) -> np.dtype:
         """The numpy dtype of decode's q, k, v, out (outputs are allocated with it)."""
         return self._dtypes[0]
-
-    @property
-    def closed(self) -> bool:
-        return self._handle is None
 
     def q_shape(self, num_seqs: int, tokens: int) -> tuple:
         """Shape of decode's q and out for num_seqs sequences of `tokens` new tokens."""
@@ -307,9 +234,7 @@ class KVCache:
         problems: list = []
         ids = _int64_vector(problems, "seq_ids", seq_ids)
         lens = _int64_vector(problems, "lengths", lengths)
-        if ids is not None and lens is not None and len(ids) != len(lens):
-            problems.append((ValueError, f"lengths: expected {len(ids)} values (one per "
-                                         f"sequence id), got {len(lens)}"))
+        _one_per_id(problems, "lengths", lens, ids)
         if problems:
             self._reject(problems, "burst_kv_cache_truncate")
         with self._in_call() as handle:
@@ -326,7 +251,7 @@ class KVCache:
         prompt sequence (batch row b: seq_ids[b]; with cu_seqlens, sequence s of row b:
         seq_ids[b * num_sequences + s]), each existing and empty in this layer."""
         problems: list = []
-        layer = _integer(problems, "layer", layer)
+        layer = integer(problems, "layer", layer)
         ids = _int64_vector(problems, "seq_ids", seq_ids)
         plan_ok = isinstance(plan, Plan)
         if not plan_ok:
@@ -367,7 +292,7 @@ class KVCache:
         num_heads_q, T] float32; allocated when not given, else filled in place (they
         must not overlap q, k, v)."""
         problems: list = []
-        layer = _integer(problems, "layer", layer)
+        layer = integer(problems, "layer", layer)
         ids = _int64_vector(problems, "seq_ids", seq_ids)
         pos = None if positions is None else _int64_vector(problems, "positions", positions)
         bhsd = self._config["layout"] == Layout.BHSD
@@ -389,9 +314,7 @@ class KVCache:
         _check_aliasing(problems, {"out": out, "lse": lse}, {"q": q, "k": k, "v": v})
         if ids is not None and q is not None and len(ids) != s:
             problems.append((ValueError, f"seq_ids: q holds {s} sequences, got {len(ids)} ids"))
-        if pos is not None and ids is not None and len(pos) != len(ids):
-            problems.append((ValueError, f"positions: expected {len(ids)} values (one per "
-                                         f"sequence id), got {len(pos)}"))
+        _one_per_id(problems, "positions", pos, ids)
 
         if problems:
             self._reject(problems, "burst_kv_cache_decode")
@@ -408,10 +331,10 @@ class KVCache:
         largest stored position + 1, over all ranks) and the tokens of it this rank
         stores."""
         problems: list = []
-        seq_id = _integer(problems, "seq_id", seq_id)
-        layer = _integer(problems, "layer", layer)
+        seq_id = integer(problems, "seq_id", seq_id)
+        layer = integer(problems, "layer", layer)
         if problems:
-            _raise(problems, None, "", "", "")
+            raise_problems(problems, "")
         length, local = ctypes.c_int64(-1), ctypes.c_int64(-1)
         with self._in_call() as handle:
             _check(_lib.lib.burst_kv_cache_sequence_length(handle, seq_id, layer,
@@ -455,58 +378,22 @@ class KVCache:
     def _reject(self, problems: list, function: str):
         """Raise for a validation failure of a collective call ((exception type,
         message) pairs); first, when this rank is not alone, make the call with
-        arguments the library rejects so that every rank fails together (as
-        `Plan._fail_collectively`). For bindings built on this one (burst_attention.torch)."""
+        arguments the library rejects (_REJECTED) so that every rank fails together
+        (`Handle._fail_collectively`). For bindings built on this one
+        (burst_attention.torch)."""
         how, call = KVCache._REJECTED[function]
-        if self._context.size > 1:
+
+        def call_rejected():
             with self._in_call() as handle:
-                status = call(handle)
-                message = last_error()
-            _raise(problems, status, message, function, how)
-        _raise(problems, None, "", function, how)
+                return call(handle)
+
+        self._fail_collectively(problems, function, how, call_rejected)
 
     # ------------------------------------------------------------------ lifetime
-    class _Call:
-        __slots__ = ("cache", "handle")
-
-        def __init__(self, cache):
-            self.cache = cache
-
-        def __enter__(self):
-            cache = self.cache
-            with cache._lock:
-                if cache._handle is None:
-                    raise ValueError("operation on a closed KVCache")
-                cache._active += 1
-                self.handle = cache._handle
-            return self.handle
-
-        def __exit__(self, *exc):
-            with self.cache._lock:
-                self.cache._active -= 1
-
-    def _in_call(self):
-        return KVCache._Call(self)
-
     def close(self) -> None:
         """Free the cache and every block. Local. Idempotent."""
-        with self._lock:
-            if self._active:
-                raise BurstError(Status.BUSY, "the cache is in use by another thread", "KVCache.close")
-            handle, self._handle = self._handle, None
-        if handle is not None:
-            _lib.lib.burst_kv_cache_destroy(handle)
-            self._context._caches.discard(self)
+        super().close()
 
-    def __enter__(self) -> "KVCache":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            if self.__dict__.get("_handle") is not None:
-                self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finaliser
-            pass
+    def _release(self, handle: int) -> None:
+        _lib.lib.burst_kv_cache_destroy(handle)
+        self._context._caches.discard(self)

@@ -21,13 +21,13 @@ rank and only this rank raises.)
 from __future__ import annotations
 
 import ctypes
-import threading
 
 import numpy as np
 
 from . import _lib
 from ._enums import Distribution, DType, Layout, Mask, Pattern
-from ._errors import BurstError, Status, _check, last_error, status_string
+from ._errors import _check
+from ._handle import Handle
 
 try:  # optional: a numpy dtype for bfloat16
     import ml_dtypes as _ml_dtypes
@@ -51,16 +51,18 @@ STATS_KEYS = ("bytes_sent", "bytes_received", "messages_sent", "steps_computed",
               "bytes_received_inter_group", "pattern", "intra_group_size")
 
 
-class Plan:
-    """Created by `Context.plan(...)`; use as a context manager or call `close()`."""
+class Plan(Handle):
+    """Created by `Context.plan(...)`; use as a context manager or call `close()`.
+    Its config fields read as attributes (batch, seq_len_local, num_heads_q, ...)."""
+
+    _KIND, _NOUN = "Plan", "plan"
+    _ENUMS = {"layout": Layout, "mask": Mask, "distribution": Distribution,
+              "pattern": Pattern, "dtype": DType}
+    _COMPLETED = "this rank holds no tokens, so the collective call completed on the other ranks"
 
     def __init__(self, context, handle: int, config: dict, cu_seqlens):
-        self._context = context  # keeps the context alive while the plan lives
-        self._handle = handle
-        self._config = dict(config)
+        super().__init__(context, handle, config)
         self._cu_seqlens = cu_seqlens
-        self._lock = threading.Lock()
-        self._active = 0
         b, n, hq, hkv, d = (config[k] for k in
                             ("batch", "seq_len_local", "num_heads_q", "num_heads_kv", "head_dim"))
         if config["layout"] == Layout.BHSD:
@@ -71,25 +73,6 @@ class Plan:
         self._dtypes = storage_dtypes(config.get("dtype", 0))
 
     # ------------------------------------------------------------------ properties
-    @property
-    def context(self):
-        return self._context
-
-    @property
-    def config(self) -> dict:
-        """The config fields this plan was created with (a copy)."""
-        return dict(self._config)
-
-    def __getattr__(self, name):
-        # batch, seq_len_local, num_heads_q, num_heads_kv, head_dim, layout, mask, ...
-        config = self.__dict__.get("_config")
-        if config is not None and name in config:
-            value = config[name]
-            enum_type = {"layout": Layout, "mask": Mask, "distribution": Distribution,
-                         "pattern": Pattern, "dtype": DType}.get(name)
-            return enum_type(value) if enum_type is not None else value
-        raise AttributeError(f"'Plan' object has no attribute {name!r}")
-
     @property
     def cu_seqlens(self) -> "np.ndarray | None":
         """A copy of the packing offsets (int64) the plan was created with, or None."""
@@ -114,10 +97,6 @@ class Plan:
         """The numpy dtype of q, k, v, out, dout and the gradients (outputs are
         allocated with it): float32, float16, or bfloat16 (ml_dtypes) / uint16."""
         return self._dtypes[0]
-
-    @property
-    def closed(self) -> bool:
-        return self._handle is None
 
     def __repr__(self) -> str:
         if self.closed:
@@ -148,8 +127,9 @@ class Plan:
 
         with self._in_call() as handle:
             if problems:
-                self._fail_collectively(problems, "burst_forward", lambda: _lib.lib.burst_forward(
-                    handle, None, None, None, None, None))
+                self._fail_collectively(problems, "burst_forward", "NULL buffers",
+                                        lambda: _lib.lib.burst_forward(handle, None, None, None,
+                                                                       None, None))
             status = _lib.lib.burst_forward(handle, _lib.void_ptr(q), _lib.void_ptr(k),
                                             _lib.void_ptr(v), _lib.void_ptr(out),
                                             _lib.float_ptr(lse))
@@ -176,8 +156,10 @@ class Plan:
 
         with self._in_call() as handle:
             if problems:
-                self._fail_collectively(problems, "burst_backward", lambda: _lib.lib.burst_backward(
-                    handle, None, None, None, None, None, None, None, None, None))
+                self._fail_collectively(problems, "burst_backward", "NULL buffers",
+                                        lambda: _lib.lib.burst_backward(handle, None, None, None,
+                                                                        None, None, None, None,
+                                                                        None, None))
             status = _lib.lib.burst_backward(
                 handle, _lib.void_ptr(q), _lib.void_ptr(k), _lib.void_ptr(v),
                 _lib.void_ptr(out), _lib.float_ptr(lse), _lib.void_ptr(dout),
@@ -203,67 +185,15 @@ class Plan:
         result["pattern"] = Pattern(result["pattern"])
         return result
 
-    def _fail_collectively(self, problems, function, call_with_nulls):
-        """Raise for a validation failure; first let the other ranks know (see module
-        docstring) when this rank is not alone."""
-        exc_type = problems[0][0]
-        text = "; ".join(msg for _, msg in problems)
-        if self._context.size > 1:
-            status = call_with_nulls()
-            message = last_error()
-            if status != Status.OK:
-                text += (f" [the library was called with NULL buffers so that every rank "
-                         f"fails together: {status_string(status)}: {message}]")
-                raise exc_type(text) from BurstError(status, message, function)
-            text += " [this rank holds no tokens, so the collective call completed on the other ranks]"
-        raise exc_type(text)
-
     # ------------------------------------------------------------------ lifetime
-    class _Call:
-        __slots__ = ("plan", "handle")
-
-        def __init__(self, plan):
-            self.plan = plan
-
-        def __enter__(self):
-            plan = self.plan
-            with plan._lock:
-                if plan._handle is None:
-                    raise ValueError("operation on a closed Plan")
-                plan._active += 1
-                self.handle = plan._handle
-            return self.handle
-
-        def __exit__(self, *exc):
-            with self.plan._lock:
-                self.plan._active -= 1
-
-    def _in_call(self):
-        return Plan._Call(self)
-
     def close(self) -> None:
         """Destroy the plan and its workspace. Local. Idempotent. A plan whose call
         failed with TIMEOUT or COMMUNICATION must still be closed."""
-        with self._lock:
-            if self._active:
-                raise BurstError(Status.BUSY, "the plan is in use by another thread", "Plan.close")
-            handle, self._handle = self._handle, None
-        if handle is not None:
-            _lib.lib.burst_plan_destroy(handle)
-            self._context._plans.discard(self)
+        super().close()
 
-    def __enter__(self) -> "Plan":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            if self.__dict__.get("_handle") is not None:
-                self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finaliser
-            pass
+    def _release(self, handle: int) -> None:
+        _lib.lib.burst_plan_destroy(handle)
+        self._context._plans.discard(self)
 
 
 _FLOAT32 = (np.dtype(np.float32),)
