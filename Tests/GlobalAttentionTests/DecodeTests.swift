@@ -248,20 +248,21 @@ final class DecodeTests: XCTestCase {
         }
     }
 
-    /// bf16 blocks in pair groups (the fused kernels of DecodeRows.swift:
-    /// head_dim and the key tile multiples of the pair group), with partial
+    /// The fused kernels of DecodeRows.swift (bf16 blocks in pair groups:
+    /// head_dim and the key tile multiples of the group; fp32 beside them on
+    /// the JIT products at the same shapes), with partial
     /// tiles, partial blocks, 1–17 tokens (1–68 rows: row blocks of 4 and
     /// their remainders), GQA and windows, both layouts.
-    func testPairedBF16Kernels() {
-        for (d, block) in [(32, 64), (64, 100), (128, 0), (128, 33)] {
+    func testFusedKernels() {
+        for dtype in [StorageType.bf16, .f32] { for (d, block) in [(32, 64), (64, 100), (128, 0), (128, 33)] {
             for (ranks, tokens, kv, window) in [(1, 1, 1, 40), (2, 3, 2, -1), (3, 17, 4, 200), (2, 2, 1, -1)] {
                 var s = Scenario(ranks: ranks)
-                s.dtype = .bf16; s.headDim = d; s.blockTokens = Int64(block); s.tokens = tokens; s.kvHeads = kv
+                s.dtype = dtype; s.headDim = d; s.blockTokens = Int64(block); s.tokens = tokens; s.kvHeads = kv
                 s.window = window; s.prompt = [290, 3, 65]; s.steps = 2
                 s.layout = tokens == 2 ? .bhsd : .bshd
                 check(s)
             }
-        }
+        } }
         XCTAssertTrue(DecodeKernel.layout(headDim: 128, blockTokens: 256, storage: .bf16).paired)
     }
 
