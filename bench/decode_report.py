@@ -70,9 +70,11 @@ def main() -> None:
             tp = sorted((k[3], v["gbs"]) for k, v in torch.items() if k[0] == dtype and k[1] == 1 and k[2] == threads)
             if tp:
                 ax.plot(*zip(*tp), marker="x", linestyle="--", label=f"torch {dtype}, {threads} thread(s)")
-    reads = [r["read_gbs"] for r in ours if r["batch"] == 1 and r["ranks"] == 1]
-    if reads:
-        ax.axhline(sorted(reads)[len(reads) // 2], color="gray", linestyle=":", label="read of the shard (median)")
+    for threads, style in ((1, ":"), (2, "-.")):
+        reads = sorted(r["read_gbs"] for r in ours if r["batch"] == 1 and r["ranks"] == 1 and r["threads"] == threads)
+        if reads:
+            ax.axhline(reads[len(reads) // 2], color="gray", linestyle=style,
+                       label=f"read of the shard, {threads} thread(s) (median)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("cache length L (tokens)")
