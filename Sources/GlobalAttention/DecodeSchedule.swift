@@ -36,8 +36,8 @@ final class DecodeSchedule: Schedule {
     static let partialTag: Int32 = 1
     /// Blocks per unit of work (16K tokens at the default block size).
     static let chunkBlocks = 64
-    /// Grown on demand, kept: packed queries, partials, the allgather's
-    /// receive buffer, the units' states and the workers' scratch.
+    /// Grown on demand, kept: packed queries, this rank's partials and
+    /// everyone's, the units' states and the workers' scratch.
     private var workspace: FloatBuffer?
 
     init(config: KVCacheConfig, pool: WorkerPool) {
@@ -60,10 +60,11 @@ final class DecodeSchedule: Schedule {
         let sequences: [[KVBlock]]   // this rank's blocks of each sequence, in the layer
         let starts: [Int]            // first new position of each sequence
         let tokens: Int              // T
-        var rows: Int { sequences.count * heads * tokens }
-        let heads: Int
-        var chunks: [Int] { sequences.map { max(1, ($0.count + DecodeSchedule.chunkBlocks - 1) / DecodeSchedule.chunkBlocks) } }
+        var chunks: [Int] { sequences.map { DecodeSchedule.chunkCount(blocks: $0.count) } }
     }
+
+    /// Units of work one sequence's `blocks` blocks make per key/value head.
+    static func chunkCount(blocks: Int) -> Int { max(1, (blocks + chunkBlocks - 1) / chunkBlocks) }
 
     /// Floats of workspace a call of `sequences` × `tokens` new tokens over
     /// `units` units on `ranks` ranks needs.
@@ -90,7 +91,7 @@ final class DecodeSchedule: Schedule {
 
     /// Units of a call: (sequence, key/value head, chunk).
     static func unitCount(blocks: [Int], kvHeads: Int) -> Int {
-        blocks.reduce(0) { $0 + kvHeads * max(1, ($1 + chunkBlocks - 1) / chunkBlocks) }
+        blocks.reduce(0) { $0 + kvHeads * chunkCount(blocks: $1) }
     }
 
     /// Runs the decode of `call` (after `prepare`): partials, allgather, merge,
@@ -98,7 +99,8 @@ final class DecodeSchedule: Schedule {
     func run(_ call: Call, q: UnsafeRawPointer, out: UnsafeMutableRawPointer, lse: UnsafeMutablePointer<Float>?,
              transport: Transport, stats: inout CallStats, deadline: Deadline) throws {
         guard let workspace else { throw BurstError(.internalError, "decode workspace missing") }
-        let d = headDim, rows = call.rows, p = transport.size, t = call.tokens, m = group * t
+        let d = headDim, p = transport.size, t = call.tokens, m = group * t
+        let rows = call.sequences.count * heads * t
         let chunks = call.chunks
         let units = chunks.reduce(0) { $0 + kvHeads * $1 }
         let packedQ = workspace.pointer

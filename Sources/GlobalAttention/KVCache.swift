@@ -286,7 +286,7 @@ public final class KVCache {
             }
             do {
                 let call = DecodeSchedule.Call(sequences: ids.map { store.shard($0, layer: Int(layer))!.blocks },
-                                               starts: starts, tokens: t, heads: hq)
+                                               starts: starts, tokens: t)
                 try decoder.run(call, q: q!, out: out!, lse: lse, transport: transport, stats: &stats, deadline: deadline)
             } catch {
                 // The exchange failed (the cache is poisoned anyway): leave no
