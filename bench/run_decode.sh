@@ -5,17 +5,22 @@
 # in one run; then P = 2 under mpirun, the merge's cost alone (a 64-token cache: P = 2
 # under mpirun, P = 8 loopback ranks on a simulated network), and the prefill
 # (first-token) latency of one layer next to torch SDPA.
-#   bench/run_decode.sh [--quick] [--out DIR]     (default DIR: docs/perf/decode)
+#   bench/run_decode.sh [--quick] [--out DIR] [--dtypes "f32 bf16"] [--decode-only]
+#   (default DIR: docs/perf/decode; --decode-only skips the merge and prefill parts)
 # Then: python3 bench/decode_report.py DIR  (table + plot).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/docs/perf/decode
 QUICK=0
+DTYPES="f32 bf16"
+DECODE_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --out) OUT=$2; shift ;;
-    *) echo "usage: $0 [--quick] [--out DIR]" >&2; exit 2 ;;
+    --dtypes) DTYPES=$2; shift ;;
+    --decode-only) DECODE_ONLY=1 ;;
+    *) echo "usage: $0 [--quick] [--out DIR] [--dtypes \"f32 bf16\"] [--decode-only]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -29,7 +34,7 @@ SHAPE=(--heads 32 --heads-kv 8 --head-dim 128)
 echo "{\"bench\":\"machine\",\"cpu\":\"$(lscpu | sed -n 's/^Model name: *//p')\",\"flags_avx512\":$(grep -c avx512f /proc/cpuinfo | head -1),\"date\":\"$(date -u +%FT%TZ)\"}" >> "$LOG"
 
 if [ "$QUICK" = 1 ]; then B1=16384,65536; B8=16384; else B1=16384,65536,262144,1048576; B8=16384,65536; fi
-for dtype in f32 bf16; do
+for dtype in $DTYPES; do
   for batch in 1 8; do
     lengths=$B1; [ "$batch" = 8 ] && lengths=$B8
     for threads in 1 2; do
@@ -45,6 +50,7 @@ for dtype in f32 bf16; do
   done
 done
 
+if [ "$DECODE_ONLY" = 1 ]; then echo "results: $LOG" >&2; exit 0; fi
 echo "== merge alone: a 64-token cache" >&2
 "${MPIRUN[@]}" -n 2 "$BENCH" --decode --mpi "${SHAPE[@]}" --cache-lengths 64 --repeats 51 | sed 's/"bench":"decode"/"bench":"merge","transport":"mpi"/' | tee -a "$LOG"
 "$BENCH" --decode "${SHAPE[@]}" --ranks 8 --cache-lengths 64 --repeats 51 \

@@ -85,15 +85,15 @@ public final class DecodeKernel {
         return (index - within) + 2 * (within % half) + within / half
     }
 
-    /// How far ahead the fused kernels ask for memory: key tiles, value rows.
-    static let keyLookahead = 2, valueLookahead = 16
+    /// How many key tiles ahead the fused scores ask for memory.
+    static let keyLookahead = 2
 
     /// bf16 rows kept in pair groups, for the fused kernels (`layout`).
     public let paired: Bool
     /// Columns of the score scratch per row: the block rounded up to whole tiles.
     public let scoreStride: Int
-    private let pairedScores: (UnsafePointer<Float>, Int, Int, UnsafeRawPointer, Int, UnsafeMutablePointer<Float>, Int, Int) -> Void
-    private let pairedValues: (UnsafePointer<Float>, Int, Int, Int, UnsafeRawPointer, Int, UnsafeMutablePointer<Float>, Int) -> Void
+    private let pairedScores: (UnsafePointer<Float>, Int, Int, UnsafeRawPointer, Int, UnsafeMutablePointer<Float>, Int, Int, UnsafeRawPointer, Int) -> Void
+    private let pairedValues: (UnsafePointer<Float>, Int, Int, Int, UnsafeRawPointer, Int, UnsafeMutablePointer<Float>) -> Void
 
     /// Floats of scratch one worker needs for `rows` query rows: the score
     /// rows, and for widened half storage one tile of fp32.
@@ -149,11 +149,13 @@ public final class DecodeKernel {
             let tile = subTile, tileBytes = d * tile * 2
             var t = 0
             while t * tile < count {
-                pairedScores(q, rows, d, keysT + t * tileBytes, tile, s + t * tile, b, Self.keyLookahead * tileBytes)
+                // The value rows of this tile ride along, a line per key row.
+                pairedScores(q, rows, d, keysT + t * tileBytes, tile, s + t * tile, b, Self.keyLookahead * tileBytes,
+                             values + t * tileBytes, min(tile, count - t * tile) * d * 2)
                 t += 1
             }
             softmaxTile(s, b, count, rows, lo, hi, scale, rowMax, rowSum, acc, d)
-            pairedValues(s, b, rows, count, values, d, acc, Self.valueLookahead * d * 2)
+            pairedValues(s, b, rows, count, values, d, acc)
             return
         }
         // Other half storage: scores of every sub-tile, one softmax over the block,
