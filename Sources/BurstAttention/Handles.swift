@@ -92,32 +92,29 @@ enum HandleRegistry {
     static var liveCount: Int { locked { live.count } }
 }
 
-/// Runs `body` with the live context at `pointer` (INVALID_ARGUMENT if NULL or not live).
-func withContext<T>(_ pointer: OpaquePointer?, _ body: (ContextHandle) throws -> T) throws -> T {
-    guard let pointer else { throw BurstError(.invalidArgument, "context is NULL") }
-    guard let handle = HandleRegistry.retain(pointer, as: .context, ContextHandle.self) else {
-        throw BurstError(.invalidArgument, "context is not a live context (already destroyed, or not made by burst_context_create_*)")
+/// Runs `body` with the live handle of `kind` at `pointer`, retained for the
+/// call (INVALID_ARGUMENT naming `what` if NULL or not live).
+private func withHandle<H: AnyObject, T>(_ pointer: OpaquePointer?, _ kind: HandleRegistry.Kind, _ type: H.Type,
+                                         what: String, madeBy: String, _ body: (H) throws -> T) throws -> T {
+    guard let pointer else { throw BurstError(.invalidArgument, "\(what) is NULL") }
+    guard let handle = HandleRegistry.retain(pointer, as: kind, type) else {
+        throw BurstError(.invalidArgument, "\(what) is not a live \(what) (already destroyed, or not made by \(madeBy))")
     }
     defer { handle.release() }
     return try body(handle.takeUnretainedValue())
+}
+
+/// Runs `body` with the live context at `pointer` (INVALID_ARGUMENT if NULL or not live).
+func withContext<T>(_ pointer: OpaquePointer?, _ body: (ContextHandle) throws -> T) throws -> T {
+    try withHandle(pointer, .context, ContextHandle.self, what: "context", madeBy: "burst_context_create_*", body)
 }
 
 /// Runs `body` with the live plan at `pointer` (INVALID_ARGUMENT if NULL or not live).
 func withPlan<T>(_ pointer: OpaquePointer?, _ body: (PlanHandle) throws -> T) throws -> T {
-    guard let pointer else { throw BurstError(.invalidArgument, "plan is NULL") }
-    guard let handle = HandleRegistry.retain(pointer, as: .plan, PlanHandle.self) else {
-        throw BurstError(.invalidArgument, "plan is not a live plan (already destroyed, or not made by burst_plan_create)")
-    }
-    defer { handle.release() }
-    return try body(handle.takeUnretainedValue())
+    try withHandle(pointer, .plan, PlanHandle.self, what: "plan", madeBy: "burst_plan_create", body)
 }
 
 /// Runs `body` with the live KV cache at `pointer` (INVALID_ARGUMENT if NULL or not live).
 func withCache<T>(_ pointer: OpaquePointer?, _ body: (CacheHandle) throws -> T) throws -> T {
-    guard let pointer else { throw BurstError(.invalidArgument, "cache is NULL") }
-    guard let handle = HandleRegistry.retain(pointer, as: .cache, CacheHandle.self) else {
-        throw BurstError(.invalidArgument, "cache is not a live KV cache (already destroyed, or not made by burst_kv_cache_create)")
-    }
-    defer { handle.release() }
-    return try body(handle.takeUnretainedValue())
+    try withHandle(pointer, .cache, CacheHandle.self, what: "cache", madeBy: "burst_kv_cache_create", body)
 }
