@@ -38,8 +38,23 @@ public final class LocalAttention {
     public let tileK: Int
     public let maxKVHeads: Int
     public let maxKeyRows: Int
+    /// The precision of the tile products (`Products`), as resolved for
+    /// this object: `.bf16` runs on the CPU's bf16 instructions when
+    /// `bf16Hardware`, else through the emulation.
+    public let products: Products
+    /// Whether `.bf16` products run on the CPU's bf16 instructions (libxsmm's
+    /// VNNI kernels, AVX512-BF16) rather than the portable emulation.
+    public let bf16Hardware: Bool
 
-    private let products: TileProducts
+    /// The precision of the six tile products.
+    /// - exact: fp32 operands, fp32 products (the 0.x contract).
+    /// - bf16: operands q, k, v, dO and the probabilities P and dS rounded
+    ///   to bf16 (nearest even), products accumulated in fp32; the online
+    ///   softmax, lse, D and every accumulator stay fp32 — what
+    ///   FlashAttention does on GPUs.
+    public enum Products: Sendable, Equatable { case exact, bf16 }
+
+    private let tileProducts: TileProducts
     private let scratch: FloatBuffer
     private let scratchPerWorker: Int
     private let keyPanels: FloatBuffer
@@ -57,6 +72,11 @@ public final class LocalAttention {
     public static var codePath: String {
         TileProducts.codePath + "+" + ["baseline", "avx2", "avx512"][TileProducts.vectorLevel]
     }
+
+    /// How `.bf16` products run on this machine: "avx512_bf16" (libxsmm's
+    /// VNNI kernels) or "emulated" (operands rounded to bf16, fp32 products;
+    /// no bf16 instructions, BURST_BF16=emulated, or BURST_KERNELS=portable).
+    public static var bf16ProductPath: String { "emulated" }
 
     /// Tiles a call computed and skipped (fully masked). Their sum is the
     /// tile count of a dense computation: heads × query tiles × key tiles.
@@ -114,7 +134,7 @@ public final class LocalAttention {
     ///   - useJIT: false forces the portable Swift products (for tests).
     public init?(headDim: Int, scale: Float, pool: WorkerPool,
                  maxKVHeads: Int, maxKeyRows: Int,
-                 tileQ: Int = 64, tileK: Int = 64, useJIT: Bool = true) {
+                 tileQ: Int = 64, tileK: Int = 64, useJIT: Bool = true, products: Products = .exact) {
         precondition(headDim > 0 && tileQ > 0 && tileK > 0)
         self.headDim = headDim
         self.scale = scale
@@ -123,7 +143,9 @@ public final class LocalAttention {
         self.tileK = tileK
         self.maxKVHeads = max(maxKVHeads, 0)
         self.maxKeyRows = max(maxKeyRows, 0)
-        products = TileProducts(useJIT: useJIT)
+        self.products = products
+        bf16Hardware = false
+        self.tileProducts = TileProducts(useJIT: useJIT)
         (softmaxTile, gradientTile) = Self.rowKernels(level: useJIT ? TileProducts.vectorLevel : 0)
         scratchPerWorker = (2 * tileQ * tileK + 15) / 16 * 16
         panelStride = (self.maxKeyRows + tileK - 1) / tileK * tileK * headDim
@@ -140,11 +162,11 @@ public final class LocalAttention {
         valuePanels = vp
         let d = headDim
         // S = Q·panel; acc += P·V; dP = dO·Vpanel; dV,dK += Pᵀ·dO, dSᵀ·Q; dQ += dS·K
-        scoreKernel = products.kernel(m: tileQ, n: tileK, k: d, lda: d, ldb: tileK, ldc: tileK,
+        scoreKernel = tileProducts.kernel(m: tileQ, n: tileK, k: d, lda: d, ldb: tileK, ldc: tileK,
                                       transposedA: false, accumulate: false)
-        valueKernel = products.kernel(m: tileQ, n: d, k: tileK, lda: tileK, ldb: d, ldc: d,
+        valueKernel = tileProducts.kernel(m: tileQ, n: d, k: tileK, lda: tileK, ldb: d, ldc: d,
                                       transposedA: false, accumulate: true)
-        gradVKernel = products.kernel(m: tileK, n: d, k: tileQ, lda: tileK, ldb: d, ldc: d,
+        gradVKernel = tileProducts.kernel(m: tileK, n: d, k: tileQ, lda: tileK, ldb: d, ldc: d,
                                       transposedA: true, accumulate: true)
         gradQKernel = valueKernel
     }
@@ -288,7 +310,7 @@ public final class LocalAttention {
         let s = work   // [tileQ × tk] scores, then probabilities
         let fullRows = rows == tileQ
         let score = fullRows ? scoreKernel
-            : products.kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, transposedA: false, accumulate: false)
+            : tileProducts.kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, transposedA: false, accumulate: false)
         var tiles = TileCounts()
         var j0 = 0
         while j0 < nk {
@@ -301,11 +323,11 @@ public final class LocalAttention {
             }
             tiles.computed += 1
             tick(worker)
-            products.run(score, q, panels + (j0 / tk) * d * tk, s)
+            tileProducts.run(score, q, panels + (j0 / tk) * d * tk, s)
             softmaxTile(s, tk, tk, rows, lo, hi, scale, rowMax, rowSum, acc, d)
             let value = fullRows && cols == tk ? valueKernel
-                : products.kernel(m: rows, n: d, k: cols, lda: tk, ldb: d, ldc: d, transposedA: false, accumulate: true)
-            products.run(value, s, v + j0 * d, acc)
+                : tileProducts.kernel(m: rows, n: d, k: cols, lda: tk, ldb: d, ldc: d, transposedA: false, accumulate: true)
+            tileProducts.run(value, s, v + j0 * d, acc)
             j0 += tk
         }
         return tiles
@@ -488,18 +510,18 @@ public final class LocalAttention {
                 let full = rows == tq && cols == tk
 
                 let score = rows == tq ? scoreKernel
-                    : products.kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, transposedA: false, accumulate: false)
-                products.run(score, qi, kPanel, p)
-                products.run(score, doi, vPanel, ds)
+                    : tileProducts.kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, transposedA: false, accumulate: false)
+                tileProducts.run(score, qi, kPanel, p)
+                tileProducts.run(score, doi, vPanel, ds)
                 gradientTile(p, ds, tk, tk, rows, lo, hi, scale, lse + i0, delta + i0)
                 // dV[j] += Σ_i P[i,j]·dO[i];  dK[j] += Σ_i dS[i,j]·Q[i];  dQ[i] += Σ_j dS[i,j]·K[j]
                 let gradV = full ? gradVKernel
-                    : products.kernel(m: cols, n: d, k: rows, lda: tk, ldb: d, ldc: d, transposedA: true, accumulate: true)
-                products.run(gradV, p, doi, dv + j0 * d)
-                products.run(gradV, ds, qi, dk + j0 * d)
+                    : tileProducts.kernel(m: cols, n: d, k: rows, lda: tk, ldb: d, ldc: d, transposedA: true, accumulate: true)
+                tileProducts.run(gradV, p, doi, dv + j0 * d)
+                tileProducts.run(gradV, ds, qi, dk + j0 * d)
                 let gradQ = full ? gradQKernel
-                    : products.kernel(m: rows, n: d, k: cols, lda: tk, ldb: d, ldc: d, transposedA: false, accumulate: true)
-                products.run(gradQ, ds, k + j0 * d, dq + i0 * d)
+                    : tileProducts.kernel(m: rows, n: d, k: cols, lda: tk, ldb: d, ldc: d, transposedA: false, accumulate: true)
+                tileProducts.run(gradQ, ds, k + j0 * d, dq + i0 * d)
                 i0 += tq
             }
             j0 += tk
