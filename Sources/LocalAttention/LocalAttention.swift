@@ -54,12 +54,19 @@ public final class LocalAttention {
     ///   FlashAttention does on GPUs.
     public enum Products: Sendable, Equatable { case exact, bf16 }
 
-    private let tileProducts: TileProducts
+    let tileProducts: TileProducts
     private let scratch: FloatBuffer
     private let scratchPerWorker: Int
-    private let keyPanels: FloatBuffer
-    private let valuePanels: FloatBuffer
+    let keyPanels: FloatBuffer
+    let valuePanels: FloatBuffer
+    /// What the backward's panels hold after its last call (`keyPanelsReady`
+    /// reuses them only if the next call would build the same).
+    var backwardPanels: BackwardPanels = .none
+    enum BackwardPanels { case none, exact, emulated, hardware }
     private let panelStride: Int   // floats per head of panels = tiles · d · tileK
+    var panelElements: Int { panelStride }
+    /// The bf16 products' panels and operands (nil for `.exact`).
+    let bf16: BF16Workspace?
 
     // Kernels of the full tiles; edge tiles get theirs on demand.
     private let scoreKernel: TileProducts.Kernel
@@ -95,8 +102,11 @@ public final class LocalAttention {
                              UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, Int) -> Void
     typealias GradientTile = (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, Int, Int, Int,
                               UnsafePointer<Int>, UnsafePointer<Int>, Float, UnsafePointer<Float>, UnsafePointer<Float>) -> Void
-    private let softmaxTile: SoftmaxTile
-    private let gradientTile: GradientTile
+    let softmaxTile: SoftmaxTile
+    let gradientTile: GradientTile
+    typealias RoundTile = (UnsafeMutablePointer<Float>, Int, Int, Int) -> Void
+    /// Rounds a tile to bf16 values in place (the emulated bf16 products).
+    let roundTile: RoundTile
 
     /// Called between tiles by the calling thread (worker 0 of the pool, the
     /// only thread that may call MPI), at most every `progressInterval`
@@ -108,6 +118,7 @@ public final class LocalAttention {
     /// Bytes of the scratch space and panels this object allocated.
     public var workspaceBytes: Int {
         (scratch.count + keyPanels.count + valuePanels.count + (dqPartials?.count ?? 0)) * MemoryLayout<Float>.size
+            + (bf16?.bytes ?? 0)
     }
     private var nextProgress: UInt64 = 0
     /// The backward's private dQ partials when key tiles are split over
@@ -115,7 +126,7 @@ public final class LocalAttention {
     private var dqPartials: FloatBuffer?
 
     @inline(__always)
-    private func tick(_ worker: Int) {
+    func tick(_ worker: Int) {
         guard worker == 0, let progress else { return }
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -132,9 +143,13 @@ public final class LocalAttention {
     /// - Parameters:
     ///   - maxKVHeads, maxKeyRows: the largest key block a call will pass.
     ///   - useJIT: false forces the portable Swift products (for tests).
+    ///   - products: `.bf16` rounds the products' operands (`Products`).
+    ///   - bf16Instructions: false runs `.bf16` through the emulation even
+    ///     where the CPU has bf16 instructions (the tests compare the two).
     public init?(headDim: Int, scale: Float, pool: WorkerPool,
                  maxKVHeads: Int, maxKeyRows: Int,
-                 tileQ: Int = 64, tileK: Int = 64, useJIT: Bool = true, products: Products = .exact) {
+                 tileQ: Int = 64, tileK: Int = 64, useJIT: Bool = true, products: Products = .exact,
+                 bf16Instructions: Bool = true) {
         precondition(headDim > 0 && tileQ > 0 && tileK > 0)
         self.headDim = headDim
         self.scale = scale
@@ -144,14 +159,26 @@ public final class LocalAttention {
         self.maxKVHeads = max(maxKVHeads, 0)
         self.maxKeyRows = max(maxKeyRows, 0)
         self.products = products
-        bf16Hardware = false
+        let hardware = products == .bf16 && useJIT && bf16Instructions && TileProducts.bf16Hardware
+            && headDim % 2 == 0 && tileK % RowKernelsAVX512.BF16Operands.group == 0
+        bf16Hardware = hardware
         self.tileProducts = TileProducts(useJIT: useJIT)
-        (softmaxTile, gradientTile) = Self.rowKernels(level: useJIT ? TileProducts.vectorLevel : 0)
-        scratchPerWorker = (2 * tileQ * tileK + 15) / 16 * 16
+        let level = useJIT ? TileProducts.vectorLevel : 0
+        (softmaxTile, gradientTile) = Self.rowKernels(level: level)
+        roundTile = [RowKernels.roundToBF16, RowKernelsAVX2.RowKernels.roundToBF16, RowKernelsAVX512.RowKernels.roundToBF16][level]
+        scratchPerWorker = hardware ? Self.bf16ScratchFloats(tileQ: tileQ, tileK: tileK, headDim: headDim)
+            : (2 * tileQ * tileK + 15) / 16 * 16
         panelStride = (self.maxKeyRows + tileK - 1) / tileK * tileK * headDim
         guard let buffer = FloatBuffer(count: scratchPerWorker * pool.threadCount),
               let kp = FloatBuffer(count: self.maxKVHeads * panelStride),
               let vp = FloatBuffer(count: self.maxKVHeads * panelStride) else { return nil }
+        if products == .bf16 {
+            guard let workspace = BF16Workspace(hardware: hardware, panelElements: self.maxKVHeads * panelStride,
+                                                rowElements: self.maxKVHeads * self.maxKeyRows * headDim) else { return nil }
+            bf16 = workspace
+        } else {
+            bf16 = nil
+        }
         // Raw allocations only after the last way out: a failable init that
         // returns nil runs no deinit, so anything allocated before would leak.
         ranges = .allocate(capacity: 2 * tileQ * max(pool.threadCount, 1))
@@ -189,7 +216,7 @@ public final class LocalAttention {
 
     /// Transposes a key (or value) block into panels: for head z and key tile
     /// t, panel[c][j] = x[t·tileK + j][c], zero beyond the last key.
-    private func makePanels(_ x: UnsafePointer<Float>, heads: Int, rows: Int, into panels: UnsafeMutablePointer<Float>) {
+    func makePanels(_ x: UnsafePointer<Float>, heads: Int, rows: Int, into panels: UnsafeMutablePointer<Float>) {
         let d = headDim, tk = tileK
         let tiles = (rows + tk - 1) / tk
         pool.parallelFor(heads * tiles) { task, _ in
@@ -250,8 +277,8 @@ public final class LocalAttention {
         if TileVisibility.cornersHidden(rows: nq, lo: queryLo, hi: queryHi, cols: nk, keys: keyPositions) {
             return TileCounts(skipped: dense)
         }
-        makePanels(k, heads: zq / g, rows: nk, into: keyPanels.pointer)
         let d = headDim
+        let operands = forwardOperands(q: q, heads: zq, rows: nq, k: k, v: v, kvHeads: zq / g, keyRows: nk)
         // Few rows (a short shard, one head): smaller query tiles, so every
         // thread gets work — at least two tasks per thread, tiles ≥ 32 rows.
         var tq = tileQ
@@ -265,13 +292,24 @@ public final class LocalAttention {
             let i0 = (qTiles - 1 - task / zq) * tq
             let rows = min(tq, nq - i0)
             let work = scratch.pointer + worker * scratchPerWorker
-            tiles += forwardTile(q: q + (z * nq + i0) * d, rows: rows,
-                                 queryLo: queryLo + i0, queryHi: queryHi + i0,
-                                 panels: keyPanels.pointer + kv * panelStride,
-                                 v: v + kv * nk * d, nk: nk, keyPositions: keyPositions,
-                                 acc: acc + (z * nq + i0) * d,
-                                 rowMax: rowMax + z * nq + i0, rowSum: rowSum + z * nq + i0,
-                                 work: work, lo: ranges + worker * 2 * tileQ, worker: worker)
+            switch operands {
+            case .fp32(let q, let v, let rounded):
+                tiles += forwardTile(q: q + (z * nq + i0) * d, rows: rows,
+                                     queryLo: queryLo + i0, queryHi: queryHi + i0,
+                                     panels: keyPanels.pointer + kv * panelStride,
+                                     v: v + kv * nk * d, nk: nk, keyPositions: keyPositions,
+                                     acc: acc + (z * nq + i0) * d,
+                                     rowMax: rowMax + z * nq + i0, rowSum: rowSum + z * nq + i0,
+                                     work: work, lo: ranges + worker * 2 * tileQ, worker: worker, roundP: rounded)
+            case .bf16(let q, let keyPanels, let valuePairs):
+                tiles += forwardTileBF16(q: q + (z * nq + i0) * d, rows: rows,
+                                         queryLo: queryLo + i0, queryHi: queryHi + i0,
+                                         keyPanels: keyPanels + kv * panelStride, valuePairs: valuePairs + kv * panelStride,
+                                         nk: nk, keyPositions: keyPositions,
+                                         acc: acc + (z * nq + i0) * d,
+                                         rowMax: rowMax + z * nq + i0, rowSum: rowSum + z * nq + i0,
+                                         work: work, lo: ranges + worker * 2 * tileQ, worker: worker)
+            }
         }
         // Tile counts are in tileQ × tileK tiles whatever rows ran together.
         return tq == tileQ ? counts : nominalTiles(heads: zq, queryRows: nq, queryLo: queryLo, queryHi: queryHi,
@@ -304,7 +342,8 @@ public final class LocalAttention {
                              keyPositions: UnsafePointer<Int>,
                              acc: UnsafeMutablePointer<Float>,
                              rowMax: UnsafeMutablePointer<Float>, rowSum: UnsafeMutablePointer<Float>,
-                             work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>, worker: Int) -> TileCounts {
+                             work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>, worker: Int,
+                             roundP: Bool) -> TileCounts {
         let d = headDim, tk = tileK
         let hi = lo + tileQ
         let s = work   // [tileQ × tk] scores, then probabilities
@@ -325,6 +364,7 @@ public final class LocalAttention {
             tick(worker)
             tileProducts.run(score, q, panels + (j0 / tk) * d * tk, s)
             softmaxTile(s, tk, tk, rows, lo, hi, scale, rowMax, rowSum, acc, d)
+            if roundP { roundTile(s, tk, tk, rows) }
             let value = fullRows && cols == tk ? valueKernel
                 : tileProducts.kernel(m: rows, n: d, k: cols, lda: tk, ldb: d, ldc: d, transposedA: false, accumulate: true)
             tileProducts.run(value, s, v + j0 * d, acc)
@@ -406,10 +446,8 @@ public final class LocalAttention {
             return TileCounts(skipped: dense)
         }
         let zkv = zq / g
-        if !keyPanelsReady {
-            makePanels(k, heads: zkv, rows: nk, into: keyPanels.pointer)
-            makePanels(v, heads: zkv, rows: nk, into: valuePanels.pointer)
-        }
+        let operands = backwardOperands(keyPanelsReady: keyPanelsReady, q: q, dOut: dOut, heads: zq, rows: nq,
+                                        k: k, v: v, kvHeads: zkv, keyRows: nk)
         let d = headDim
         let chunks = keyChunks(kvHeads: zkv, queryElements: zq * nq * d)
         let partials = chunks > 1 ? dqPartials!.pointer : dq
@@ -419,15 +457,29 @@ public final class LocalAttention {
             let work = scratch.pointer + worker * scratchPerWorker
             for z in (kv * g)..<((kv + 1) * g) {
                 let dqTarget = chunk == 0 ? dq + z * nq * d : partials + ((chunk - 1) * zq + z) * nq * d
-                tiles += backwardHead(q: q + z * nq * d, dOut: dOut + z * nq * d,
-                                      delta: delta + z * nq, lse: lse + z * nq, dq: dqTarget,
-                                      nq: nq, queryLo: queryLo, queryHi: queryHi,
-                                      k: k + kv * nk * d,
-                                      keyPanels: keyPanels.pointer + kv * panelStride,
-                                      valuePanels: valuePanels.pointer + kv * panelStride,
-                                      dk: dk + kv * nk * d, dv: dv + kv * nk * d, nk: nk, keyPositions: keyPositions,
-                                      chunk: chunk, chunks: chunks,
-                                      work: work, lo: ranges + worker * 2 * tileQ, worker: worker)
+                switch operands {
+                case .fp32(let q, let dOut, let k, let rounded):
+                    tiles += backwardHead(q: q + z * nq * d, dOut: dOut + z * nq * d,
+                                          delta: delta + z * nq, lse: lse + z * nq, dq: dqTarget,
+                                          nq: nq, queryLo: queryLo, queryHi: queryHi,
+                                          k: k + kv * nk * d,
+                                          keyPanels: keyPanels.pointer + kv * panelStride,
+                                          valuePanels: valuePanels.pointer + kv * panelStride,
+                                          dk: dk + kv * nk * d, dv: dv + kv * nk * d, nk: nk, keyPositions: keyPositions,
+                                          chunk: chunk, chunks: chunks,
+                                          work: work, lo: ranges + worker * 2 * tileQ, worker: worker, roundPD: rounded)
+                case .bf16(let q, let dOut, let qT, let dOutT, let keyPanels, let valuePanels, let keyPairs):
+                    let ldT = (nq + 1) & ~1
+                    tiles += backwardHeadBF16(q: q + z * nq * d, dOut: dOut + z * nq * d,
+                                              qT: qT + z * d * ldT, dOutT: dOutT + z * d * ldT,
+                                              delta: delta + z * nq, lse: lse + z * nq, dq: dqTarget,
+                                              nq: nq, queryLo: queryLo, queryHi: queryHi,
+                                              keyPanels: keyPanels + kv * panelStride, valuePanels: valuePanels + kv * panelStride,
+                                              keyPairs: keyPairs + kv * panelStride,
+                                              dk: dk + kv * nk * d, dv: dv + kv * nk * d, nk: nk, keyPositions: keyPositions,
+                                              chunk: chunk, chunks: chunks,
+                                              work: work, lo: ranges + worker * 2 * tileQ, worker: worker)
+                }
             }
         }
         if chunks > 1 {
@@ -478,7 +530,8 @@ public final class LocalAttention {
                               k: UnsafePointer<Float>, keyPanels: UnsafePointer<Float>, valuePanels: UnsafePointer<Float>,
                               dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
                               nk: Int, keyPositions: UnsafePointer<Int>, chunk: Int, chunks: Int,
-                              work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>, worker: Int) -> TileCounts {
+                              work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>, worker: Int,
+                              roundPD: Bool) -> TileCounts {
         let d = headDim, tq = tileQ, tk = tileK
         let hi = lo + tq
         let p = work                   // [tq × tk] scores, then probabilities
@@ -514,6 +567,7 @@ public final class LocalAttention {
                 tileProducts.run(score, qi, kPanel, p)
                 tileProducts.run(score, doi, vPanel, ds)
                 gradientTile(p, ds, tk, tk, rows, lo, hi, scale, lse + i0, delta + i0)
+                if roundPD { roundTile(p, tk, tk, rows); roundTile(ds, tk, tk, rows) }
                 // dV[j] += Σ_i P[i,j]·dO[i];  dK[j] += Σ_i dS[i,j]·Q[i];  dQ[i] += Σ_j dS[i,j]·K[j]
                 let gradV = full ? gradVKernel
                     : tileProducts.kernel(m: cols, n: d, k: rows, lda: tk, ldb: d, ldc: d, transposedA: true, accumulate: true)

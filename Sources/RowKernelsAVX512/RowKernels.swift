@@ -306,3 +306,35 @@ public enum RowKernels {
         }
     }
 }
+
+extension RowKernels {
+    /// Rounds `rows` rows of `width` floats (leading dimension `ld`) to the
+    /// nearest bf16 value, ties to even, in place (a NaN stays NaN, quieted):
+    /// the emulation of bf16 operands (LocalAttention's `.bf16` products
+    /// without bf16 instructions), the same rounding as the bf16 storage
+    /// type's narrowing.
+    @inline(never)
+    public static func roundToBF16(_ x: UnsafeMutablePointer<Float>, ld: Int, width: Int, rows: Int) {
+        let w = Lanes.scalarCount
+        let magnitude = LaneBits(repeating: 0x7FFF_FFFF), infinity = LaneBits(repeating: 0x7F80_0000)
+        let quietBit = LaneBits(repeating: 0x0040_0000), half = LaneBits(repeating: 0x7FFF)
+        let one = LaneBits(repeating: 1), top = LaneBits(repeating: 0xFFFF_0000)
+        for r in 0..<rows {
+            let row = x + r * ld
+            var j = 0
+            while j + w <= width {
+                var bits = unsafeBitCast(loadLanes(row + j), to: LaneBits.self)
+                bits.replace(with: bits | quietBit, where: (bits & magnitude) .> infinity)
+                bits = (bits &+ half &+ ((bits &>> 16) & one)) & top
+                storeLanes(unsafeBitCast(bits, to: Lanes.self), row + j)
+                j += w
+            }
+            while j < width {
+                var bits = row[j].bitPattern
+                if bits & 0x7FFF_FFFF > 0x7F80_0000 { bits |= 0x0040_0000 }
+                row[j] = Float(bitPattern: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) & 0xFFFF_0000)
+                j += 1
+            }
+        }
+    }
+}
