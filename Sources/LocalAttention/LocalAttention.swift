@@ -83,7 +83,11 @@ public final class LocalAttention {
     /// How `.bf16` products run on this machine: "avx512_bf16" (libxsmm's
     /// VNNI kernels) or "emulated" (operands rounded to bf16, fp32 products;
     /// no bf16 instructions, BURST_BF16=emulated, or BURST_KERNELS=portable).
-    public static var bf16ProductPath: String { "emulated" }
+    public static var bf16ProductPath: String { TileProducts.bf16Hardware ? "avx512_bf16" : "emulated" }
+
+    /// Whether `.bf16` products run on bf16 instructions here (for shapes
+    /// with an even head dim and key tiles of a multiple of 32).
+    public static var bf16InHardware: Bool { TileProducts.bf16Hardware }
 
     /// Tiles a call computed and skipped (fully masked). Their sum is the
     /// tile count of a dense computation: heads × query tiles × key tiles.
