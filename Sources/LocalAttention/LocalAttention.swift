@@ -393,7 +393,15 @@ public final class LocalAttention {
                 lse?[r] = -.infinity
             } else {
                 let inv = 1 / l
-                for c in 0..<d { o[c] = a[c] * inv }
+                // Eight at a time, explicitly: `out` may be `acc`, so the
+                // compiler would not vectorise the plain loop.
+                var c = 0
+                while c + 8 <= d {
+                    let x = UnsafeRawPointer(a + c).loadUnaligned(as: SIMD8<Float>.self) * inv
+                    UnsafeMutableRawPointer(o + c).storeBytes(of: x, as: SIMD8<Float>.self)
+                    c += 8
+                }
+                while c < d { o[c] = a[c] * inv; c += 1 }
                 lse?[r] = rowMax[r] + logf(l)
             }
         }
