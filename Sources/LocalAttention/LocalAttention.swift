@@ -402,6 +402,17 @@ public final class LocalAttention {
         return tiles
     }
 
+    /// The first row of a tile that sees one of its keys and the count from
+    /// there to the last such row (lo, hi: the rows' visible columns; at
+    /// least one row sees something).
+    @inline(__always)
+    static func visibleRows(_ rows: Int, _ lo: UnsafePointer<Int>, _ hi: UnsafePointer<Int>) -> (top: Int, count: Int) {
+        var top = 0, bottom = rows
+        while top < rows - 1 && lo[top] >= hi[top] { top += 1 }
+        while bottom > top + 1 && lo[bottom - 1] >= hi[bottom - 1] { bottom -= 1 }
+        return (top, bottom - top)
+    }
+
     /// Turns the running state into the output: O = acc / l and
     /// lse = m + ln(l); a row that saw no key gets O = 0 and lse = −inf.
     /// `out` may be `acc` itself. `lse` may be nil.
@@ -596,23 +607,29 @@ public final class LocalAttention {
                 }
                 tiles.computed += 1
                 tick(worker)
-                let qi = q + i0 * d, doi = dOut + i0 * d
-                let full = rows == tq && cols == tk
+                // Only the rows that see a key of the tile (a causal diagonal
+                // hides the first ones): the others add nothing.
+                do {
+                    let (top, rows) = Self.visibleRows(rows, lo, hi)
+                    let i0 = i0 + top, lo = lo + top, hi = hi + top
+                    let qi = q + i0 * d, doi = dOut + i0 * d
+                    let full = rows == tq && cols == tk
 
-                let score = rows == tq ? scoreKernel
-                    : tileProducts.kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, transposedA: false, accumulate: false)
-                tileProducts.run(score, qi, kPanel, p)
-                tileProducts.run(score, doi, vPanel, ds)
-                gradientTile(p, ds, tk, tk, rows, lo, hi, scale, lse + i0, delta + i0)
-                if roundPD { roundTile(p, tk, tk, rows); roundTile(ds, tk, tk, rows) }
-                // dV[j] += Σ_i P[i,j]·dO[i];  dK[j] += Σ_i dS[i,j]·Q[i];  dQ[i] += Σ_j dS[i,j]·K[j]
-                let gradV = full ? gradVKernel
-                    : tileProducts.kernel(m: cols, n: d, k: rows, lda: tk, ldb: d, ldc: d, transposedA: true, accumulate: true)
-                tileProducts.run(gradV, p, doi, dv + j0 * d)
-                tileProducts.run(gradV, ds, qi, dk + j0 * d)
-                let gradQ = full ? gradQKernel
-                    : tileProducts.kernel(m: rows, n: d, k: cols, lda: tk, ldb: d, ldc: d, transposedA: false, accumulate: true)
-                tileProducts.run(gradQ, ds, k + j0 * d, dq + i0 * d)
+                    let score = rows == tq ? scoreKernel
+                        : tileProducts.kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, transposedA: false, accumulate: false)
+                    tileProducts.run(score, qi, kPanel, p)
+                    tileProducts.run(score, doi, vPanel, ds)
+                    gradientTile(p, ds, tk, tk, rows, lo, hi, scale, lse + i0, delta + i0)
+                    if roundPD { roundTile(p, tk, tk, rows); roundTile(ds, tk, tk, rows) }
+                    // dV[j] += Σ_i P[i,j]·dO[i];  dK[j] += Σ_i dS[i,j]·Q[i];  dQ[i] += Σ_j dS[i,j]·K[j]
+                    let gradV = full ? gradVKernel
+                        : tileProducts.kernel(m: cols, n: d, k: rows, lda: tk, ldb: d, ldc: d, transposedA: true, accumulate: true)
+                    tileProducts.run(gradV, p, doi, dv + j0 * d)
+                    tileProducts.run(gradV, ds, qi, dk + j0 * d)
+                    let gradQ = full ? gradQKernel
+                        : tileProducts.kernel(m: rows, n: d, k: cols, lda: tk, ldb: d, ldc: d, transposedA: false, accumulate: true)
+                    tileProducts.run(gradQ, ds, k + j0 * d, dq + i0 * d)
+                }
                 i0 += tq
             }
             j0 += tk
