@@ -177,10 +177,15 @@ extension LocalAttention {
             }
             tiles.computed += 1
             tick(worker)
-            cxsmm_brun(score, q, keyPanels + (j0 / tk) * d * tk, s)
-            softmaxTile(s, tk, tk, rows, lo, hi, scale, rowMax, rowSum, acc, d)
-            RowKernelsAVX512.BF16Operands.narrowPermuted(s, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(p))
-            cxsmm_brun(value, p, valuePairs + (j0 / tk) * d * tk, acc)
+            let (top, live) = Self.visibleRows(rows, lo, hi)   // as forwardTile
+            let scoreRows = live == rows ? score
+                : tileProducts.bf16Kernel(m: live, n: tk, k: d, lda: d, ldb: tk, ldc: tk, accumulate: false)
+            let valueRows = live == rows ? value
+                : tileProducts.bf16Kernel(m: live, n: d, k: tk, lda: tk, ldb: d, ldc: d, accumulate: true)
+            cxsmm_brun(scoreRows, q + top * d, keyPanels + (j0 / tk) * d * tk, s)
+            softmaxTile(s, tk, tk, live, lo + top, hi + top, scale, rowMax + top, rowSum + top, acc + top * d, d)
+            RowKernelsAVX512.BF16Operands.narrowPermuted(s, ld: tk, rows: live, width: tk, into: UnsafeMutableRawPointer(p))
+            cxsmm_brun(valueRows, p, valuePairs + (j0 / tk) * d * tk, acc + top * d)
             j0 += tk
         }
         return tiles
@@ -232,23 +237,27 @@ extension LocalAttention {
                 }
                 tiles.computed += 1
                 tick(worker)
-                let full = rows == tq
-                let even = (rows + 1) & ~1
-                let scoreKernel = full ? score
-                    : tileProducts.bf16Kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, accumulate: false)
-                cxsmm_brun(scoreKernel, q + i0 * d, keyPanels + offset, p)
-                cxsmm_brun(scoreKernel, dOut + i0 * d, valuePanels + offset, ds)
-                gradientTile(p, ds, tk, tk, rows, lo, hi, scale, lse + i0, delta + i0)
-                RowKernelsAVX512.BF16Operands.interleaveRowPairs(p, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(pPairs))
-                RowKernelsAVX512.BF16Operands.interleaveRowPairs(ds, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(dsPairs))
-                RowKernelsAVX512.BF16Operands.narrowPermuted(ds, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(dsPlain))
-                let transposedKernel = full ? gradT
-                    : tileProducts.bf16Kernel(m: d, n: tk, k: even, lda: ldT, ldb: tk, ldc: tk, accumulate: true)
-                cxsmm_brun(transposedKernel, dOutT + i0, pPairs, dvT)
-                cxsmm_brun(transposedKernel, qT + i0, dsPairs, dkT)
-                let gradQKernel = full ? gradQ
-                    : tileProducts.bf16Kernel(m: rows, n: d, k: tk, lda: tk, ldb: d, ldc: d, accumulate: true)
-                cxsmm_brun(gradQKernel, dsPlain, keyPairs + offset, dq + i0 * d)
+                do {
+                    let (top, rows) = Self.visibleRows(rows, lo, hi)   // as backwardHead
+                    let i0 = i0 + top, lo = lo + top, hi = hi + top
+                    let full = rows == tq
+                    let even = (rows + 1) & ~1
+                    let scoreKernel = full ? score
+                        : tileProducts.bf16Kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, accumulate: false)
+                    cxsmm_brun(scoreKernel, q + i0 * d, keyPanels + offset, p)
+                    cxsmm_brun(scoreKernel, dOut + i0 * d, valuePanels + offset, ds)
+                    gradientTile(p, ds, tk, tk, rows, lo, hi, scale, lse + i0, delta + i0)
+                    RowKernelsAVX512.BF16Operands.interleaveRowPairs(p, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(pPairs))
+                    RowKernelsAVX512.BF16Operands.interleaveRowPairs(ds, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(dsPairs))
+                    RowKernelsAVX512.BF16Operands.narrowPermuted(ds, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(dsPlain))
+                    let transposedKernel = full ? gradT
+                        : tileProducts.bf16Kernel(m: d, n: tk, k: even, lda: ldT, ldb: tk, ldc: tk, accumulate: true)
+                    cxsmm_brun(transposedKernel, dOutT + i0, pPairs, dvT)
+                    cxsmm_brun(transposedKernel, qT + i0, dsPairs, dkT)
+                    let gradQKernel = full ? gradQ
+                        : tileProducts.bf16Kernel(m: rows, n: d, k: tk, lda: tk, ldb: d, ldc: d, accumulate: true)
+                    cxsmm_brun(gradQKernel, dsPlain, keyPairs + offset, dq + i0 * d)
+                }
                 i0 += tq
             }
             // dv[j0 + j][c] += dVᵀ[c][j], dk likewise.

@@ -73,10 +73,6 @@ public final class LocalAttention {
     private let valueKernel: TileProducts.Kernel
     private let gradVKernel: TileProducts.Kernel
     private let gradQKernel: TileProducts.Kernel
-    /// Rows per block of a partly hidden forward tile.
-    let rowBlock: Int
-    private let blockScore: TileProducts.Kernel
-    private let blockValue: TileProducts.Kernel
 
     /// The code paths in use: tile products ("cpx", "hsw", ... from libxsmm,
     /// or "portable") and row kernels ("avx512", "avx2", "baseline").
@@ -204,9 +200,6 @@ public final class LocalAttention {
         gradVKernel = tileProducts.kernel(m: tileK, n: d, k: tileQ, lda: tileK, ldb: d, ldc: d,
                                       transposedA: true, accumulate: true)
         gradQKernel = valueKernel
-        rowBlock = min(64, tileQ)
-        blockScore = tileProducts.kernel(m: rowBlock, n: tileK, k: d, lda: d, ldb: tileK, ldc: tileK, transposedA: false, accumulate: false)
-        blockValue = tileProducts.kernel(m: rowBlock, n: d, k: tileK, lda: tileK, ldb: d, ldc: d, transposedA: false, accumulate: true)
     }
 
     /// The row kernels of a vector level (2: AVX-512, 1: AVX2, 0: baseline):
@@ -371,32 +364,19 @@ public final class LocalAttention {
             }
             tiles.computed += 1
             tick(worker)
-            // A tile some of whose rows see none of its keys (a causal
-            // diagonal, a window's edge) runs in blocks of `rowBlock` rows,
-            // and blocks with no visible key are not computed (+4–6% on a
-            // causal 1K-token forward). Otherwise one block: splitting a
-            // full tile gains nothing — the scores stay in L2 either way and
-            // the softmax's cost is its arithmetic, not the round trip.
-            var hidden = false
-            for i in 0..<rows where lo[i] >= hi[i] { hidden = true; break }
-            let block = hidden ? min(rowBlock, rows) : rows
-            var b0 = 0
-            while b0 < rows {
-                let br = min(block, rows - b0)
-                var visible = !hidden
-                if hidden { for i in b0..<(b0 + br) where lo[i] < hi[i] { visible = true; break } }
-                if visible {
-                    let scoreBlock = br == tileQ ? score : br == rowBlock ? blockScore
-                        : tileProducts.kernel(m: br, n: tk, k: d, lda: d, ldb: tk, ldc: tk, transposedA: false, accumulate: false)
-                    tileProducts.run(scoreBlock, q + b0 * d, panels + (j0 / tk) * d * tk, s)
-                    softmaxTile(s, tk, tk, br, lo + b0, hi + b0, scale, rowMax + b0, rowSum + b0, acc + b0 * d, d)
-                    if roundP { roundTile(s, tk, tk, br) }
-                    let value = cols == tk && br == tileQ ? valueKernel : cols == tk && br == rowBlock ? blockValue
-                        : tileProducts.kernel(m: br, n: d, k: cols, lda: tk, ldb: d, ldc: d, transposedA: false, accumulate: true)
-                    tileProducts.run(value, s, v + j0 * d, acc + b0 * d)
-                }
-                b0 += br
-            }
+            // Only the rows that see a key of the tile (a causal diagonal
+            // hides the first ones). Splitting a full tile into blocks of
+            // rows measured no gain: the scores stay in L2 either way and the
+            // softmax costs its arithmetic, not their round trip.
+            let (top, live) = Self.visibleRows(rows, lo, hi)
+            let scoreRows = live == tileQ ? score
+                : tileProducts.kernel(m: live, n: tk, k: d, lda: d, ldb: tk, ldc: tk, transposedA: false, accumulate: false)
+            tileProducts.run(scoreRows, q + top * d, panels + (j0 / tk) * d * tk, s)
+            softmaxTile(s, tk, tk, live, lo + top, hi + top, scale, rowMax + top, rowSum + top, acc + top * d, d)
+            if roundP { roundTile(s, tk, tk, live) }
+            let value = cols == tk && live == tileQ ? valueKernel
+                : tileProducts.kernel(m: live, n: d, k: cols, lda: tk, ldb: d, ldc: d, transposedA: false, accumulate: true)
+            tileProducts.run(value, s, v + j0 * d, acc + top * d)
             j0 += tk
         }
         return tiles
