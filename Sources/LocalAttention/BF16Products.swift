@@ -84,10 +84,6 @@ func halves(_ p: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<UInt16> {
     UnsafeMutableRawPointer(p).assumingMemoryBound(to: UInt16.self)
 }
 
-/// bf16 bits of x, rounded to nearest even (the storage type's narrowing).
-@inline(__always)
-func bf16Bits(_ x: Float) -> UInt16 { StorageConversion.floatToBF16(x) }
-
 extension LocalAttention {
     /// Rounds `count` contiguous floats to bf16 values in place (the
     /// emulation's operands), in parallel over the pool.
@@ -110,12 +106,8 @@ extension LocalAttention {
             StorageConversion.narrow(.bf16, source, into: plain + z * rows * d, count: rows * d)
             guard let transposed else { return }
             let t = transposed + z * d * ld
-            let narrowed = plain + z * rows * d
-            for c in 0..<d {
-                let column = t + c * ld
-                for i in 0..<rows { column[i] = narrowed[i * d + c] }
-                if ld > rows { column[rows] = 0 }
-            }
+            transpose(rows, d, UnsafePointer(plain + z * rows * d), d, t, ld)
+            if ld > rows { for c in 0..<d { t[c * ld + rows] = 0 } }
         }
     }
 
@@ -129,16 +121,22 @@ extension LocalAttention {
         let d = headDim, tk = tileK
         let tiles = (rows + tk - 1) / tk
         let stride = panelElements
-        pool.parallelFor(heads * tiles) { task, _ in
+        pool.parallelFor(heads * tiles) { task, worker in
             let z = task / tiles, t = task % tiles
             let j0 = t * tk, cols = min(tk, rows - j0)
             let source = x + (z * rows + j0) * d
             if let overD {
+                // The tile's rows narrowed (in the worker's scratch, free
+                // while panels are made), then its pairs of columns, 32-bit
+                // words, transposed: word (c/2, j) = (x[j][c], x[j][c + 1]).
                 let panel = overD + z * stride + t * d * tk
                 if cols < tk { panel.update(repeating: 0, count: d * tk) }
-                for j in 0..<cols {
-                    let row = source + j * d
-                    for c in 0..<d { panel[((c >> 1) * tk + j) * 2 + (c & 1)] = bf16Bits(row[c]) }
+                let narrowed = halves(self.scratch.pointer + worker * self.scratchPerWorker)
+                StorageConversion.narrow(.bf16, source, into: narrowed, count: cols * d)
+                UnsafeRawPointer(narrowed).withMemoryRebound(to: UInt32.self, capacity: cols * d / 2) { words in
+                    UnsafeMutableRawPointer(panel).withMemoryRebound(to: UInt32.self, capacity: d * tk / 2) { target in
+                        transpose(cols, d / 2, words, d / 2, target, tk)
+                    }
                 }
             }
             if let overKeys {
@@ -261,13 +259,8 @@ extension LocalAttention {
                 i0 += tq
             }
             // dv[j0 + j][c] += dVᵀ[c][j], dk likewise.
-            for j in 0..<cols {
-                let dvRow = dv + (j0 + j) * d, dkRow = dk + (j0 + j) * d
-                for c in 0..<d {
-                    dvRow[c] += dvT[c * tk + j]
-                    dkRow[c] += dkT[c * tk + j]
-                }
-            }
+            transposeAdd(d, cols, dvT, tk, dv + j0 * d, d)
+            transposeAdd(d, cols, dkT, tk, dk + j0 * d, d)
             j0 += tk
         }
         return tiles

@@ -55,8 +55,8 @@ public final class LocalAttention {
     public enum Products: Sendable, Equatable { case exact, bf16 }
 
     let tileProducts: TileProducts
-    private let scratch: FloatBuffer
-    private let scratchPerWorker: Int
+    let scratch: FloatBuffer
+    let scratchPerWorker: Int
     let keyPanels: FloatBuffer
     let valuePanels: FloatBuffer
     /// What the backward's panels hold after its last call (`keyPanelsReady`
@@ -426,6 +426,9 @@ public final class LocalAttention {
     // MARK: Backward
 
     /// D_i = Σ_c dO[i,c]·O[i,c] for every row (the backward's "delta").
+    /// Summed in order c = 0, 1, …: the order of the JIT kernels' dot
+    /// products, so where dP_ij = D_i exactly (a row that sees one key) dS is
+    /// exactly 0 (a lane-parallel sum measured 1.7e-7 off there).
     public static func rowDot(count rowsTotal: Int, headDim d: Int,
                               _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
                               into delta: UnsafeMutablePointer<Float>) {
