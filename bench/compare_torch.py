@@ -464,7 +464,7 @@ def tile_gemm_rates(bench: Path, d: int, threads: int) -> dict[int, float]:
     return {r["threads"]: r["gflops"] for r in lines}
 
 
-_fast_unavailable: list[str] = []  # the reason, once known (logged once)
+_logged: set[str] = set()  # what open_plan has said once already
 
 
 def open_plan(rec: Recorder, ctx, s: Shape, causal: bool, threads: int, compute: str):
@@ -479,12 +479,17 @@ def open_plan(rec: Recorder, ctx, s: Shape, causal: bool, threads: int, compute:
     except TypeError as e:
         if "compute" not in str(e):
             raise
-        if not _fast_unavailable:
-            _fast_unavailable.append(f"ctx.plan(compute=...) raised TypeError: {e}")
-            log(f"  FAST is unavailable ({_fast_unavailable[0]}): exact plans without the "
-                "keyword, no fast rows")
-            rec.emit({"record": "unavailable", "compute": "fast", "reason": _fast_unavailable[0]})
-    return ctx.plan(*shape, **options) if compute == "exact" else None
+        reason = f"ctx.plan(compute=...) raised TypeError: {e}"
+    if compute == "exact":
+        if "exact" not in _logged:
+            _logged.add("exact")
+            log(f"  {reason}: exact plans without the keyword (what every plan was before it)")
+        return ctx.plan(*shape, **options)
+    if compute not in _logged:
+        _logged.add(compute)
+        log(f"  {compute.upper()} is unavailable ({reason}): no {compute} rows")
+        rec.emit({"record": "unavailable", "compute": compute, "reason": reason})
+    return None
 
 
 def bench_shape(rec: Recorder, ctx, s: Shape, causal: bool, threads: int, args) -> None:
