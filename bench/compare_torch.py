@@ -29,6 +29,17 @@ lines: the rate of our kernels' 128×128×d JIT product from `burst-bench --gemm
 thread, and the given threads running tiles at once), so report.py can print ours as a
 share of the machine's own GEMM rate.
 
+Issue 19 added: tile-product modes (--compute exact fast): ours is measured once per mode
+listed, each an "ours" row with its "compute" ("exact": fp32 products; "fast": q, k, v,
+dout, P and dS rounded to bf16, fp32 accumulation). A binding whose ctx.plan has no
+compute keyword yet gets exact plans (what every plan was before) and no fast rows (an
+"unavailable" record says so). The float64 reference of the bf16 rows is computed block by
+block (memory O(block * N)), up to --err64-max-n; each check record says when it was
+skipped. The header records burst_build_info() (kernel code path, "bf16 products: ..."),
+the CPU's vector flags and the environment variables that pick code paths (LIBXSMM_TARGET,
+ATEN_CPU_CAPABILITY, ...); --tag KEY=VALUE adds fields to every record (bench/run_kernels19.sh
+tags its parts), and --one-call-from N times a single call without warm-up from N tokens on.
+
 The "sgemm" lines are not attention: they are the rate of plain single-precision GEMMs
 C[128,128] = A[128,d] @ B[d,128] over a stack of independent tiles (the shape of one
 S = Q K^T tile product) at the same thread count, by torch.bmm (torch's BLAS, MKL) and
@@ -47,6 +58,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -74,6 +86,17 @@ ALL_D = (64, 128)
 ALL_THREADS = (1, 2)
 ALL_HEADS = (1, 8)
 ALL_CAUSAL = (False, True)
+ALL_COMPUTE = ("exact", "fast")
+# The float64 reference (blocked, numpy) costs ~14·B·H·N²·d float64 FLOPs plus a few passes
+# over B·H·N² scores, ~35 GFLOP/s on one Zen core: ~2 min at N = 16384, H = 8, d = 128.
+ERR64_MAX_N = 16384
+ERR64_BLOCK = 512  # query rows per block of the float64 reference: 512 x N scores at a time
+# What picks code paths, recorded in the header: ours (libxsmm, our dispatch) and torch's
+# (ATen's kernels, MKL, oneDNN; read when torch is imported).
+PATH_ENV = ("LIBXSMM_TARGET", "BURST_KERNELS", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+            "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE")
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
+             "amx_bf16")
 SGEMM_TILES = 16  # tiles per stack: 3 MiB of A, B and C at d = 128, cache-resident
 SGEMM_SAMPLE_FLOPS = 10e9  # per thread and timed call: ~0.1 s at 100 GFLOP/s
 # Before each measurement: lets the worker threads of whatever ran before (OpenMP,
@@ -96,6 +119,21 @@ def bool_list(text: str) -> list[bool]:
         return [words[x.lower()] for x in text.split(",") if x]
     except KeyError as e:
         raise argparse.ArgumentTypeError(f"causal: expected 0/1/off/on, got {e.args[0]!r}")
+
+
+def compute_list(text: str) -> list[str]:
+    modes = [x.lower() for x in text.split(",") if x]
+    bad = [m for m in modes if m not in ALL_COMPUTE]
+    if bad:
+        raise argparse.ArgumentTypeError(f"compute: expected exact/fast, got {bad[0]!r}")
+    return modes
+
+
+def tag(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"tag: expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def flatten(lists):
@@ -122,6 +160,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", nargs="+", metavar="T", default=None,
                    help="storage types: f32 and/or bf16 (default f32; bf16 compares ours against "
                         "torch's bfloat16 SDPA, errors against float64 from the same rounded inputs)")
+    p.add_argument("--compute", type=compute_list, nargs="+", metavar="C",
+                   help="tile products of ours: exact (fp32) and/or fast (bf16 products, fp32 "
+                        "accumulation), one ours row each (default exact)")
+    p.add_argument("--err64-max-n", type=int, default=ERR64_MAX_N, metavar="N",
+                   help=f"bf16 rows: float64 reference errors up to this N (default {ERR64_MAX_N})")
+    p.add_argument("--one-call-from", type=int, default=0, metavar="N",
+                   help="from this N on: one timed call, no warm-up (default 0: never)")
+    p.add_argument("--tag", type=tag, action="append", default=[], metavar="KEY=VALUE",
+                   help="add this field to every record, e.g. part=a (a key of the record itself wins)")
     p.add_argument("--burst-bench", type=Path, default=REPO / ".build/release/burst-bench",
                    help="burst-bench binary for the tile GEMM rate lines (skipped if missing)")
     p.add_argument("--skip", nargs="*", default=[], metavar="N:H",
@@ -137,6 +184,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.threads = flatten(a.threads) or list(ALL_THREADS)
     a.causal = flatten(a.causal) or list(ALL_CAUSAL)
     a.heads = flatten(a.heads) or list(ALL_HEADS)
+    # Keep the order given (exact first by default): the rows of one shape follow it.
+    a.compute = list(dict.fromkeys(m for sub in (a.compute or [["exact"]]) for m in sub))
+    a.tag = dict(a.tag)
     a.dtype = [t for v in (a.dtype or ["f32"]) for t in v.split(",") if t]
     if any(t not in ("f32", "bf16") for t in a.dtype):
         p.error("--dtype takes f32 and/or bf16")
@@ -152,13 +202,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 class Recorder:
     """Prints each record as a JSON line and appends it to the JSONL file."""
 
-    def __init__(self, path: Path, run_id: str):
+    def __init__(self, path: Path, run_id: str, tags: dict | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(path, "a", encoding="utf-8")
         self.run_id = run_id
+        self.tags = tags or {}
 
     def emit(self, record: dict) -> None:
-        line = json.dumps({"run_id": self.run_id, **record})
+        line = json.dumps({"run_id": self.run_id, **self.tags, **record})
         print(line, flush=True)
         self.file.write(line + "\n")
         self.file.flush()
@@ -194,6 +245,14 @@ def machine_info() -> dict:
     if commit and command_output("git", "status", "--porcelain", "--untracked-files=no"):
         commit += "-dirty"
     lib = Path(ba.library_path)
+    build_info = ba.build_info()
+    bf16 = re.search(r"bf16 products:\s*([\w-]+)", build_info)
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        pass
     blas = []
     if threadpoolctl is not None:
         blas = [{k: i.get(k) for k in ("internal_api", "prefix", "version", "architecture")}
@@ -214,6 +273,11 @@ def machine_info() -> dict:
         "library": str(lib.resolve()),
         "library_version": ba.version(),
         "library_sha256": hashlib.sha256(lib.read_bytes()).hexdigest()[:16],
+        # "libburst_attention X; kernels <libxsmm target>+<rows>; ...; bf16 products: <path>"
+        "build_info": build_info,
+        "bf16_products": bf16.group(1) if bf16 else None,  # None: this library does not say
+        "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+        "env": {k: os.environ[k] for k in PATH_ENV if k in os.environ},
         "git_commit": commit,
     }
 
@@ -226,13 +290,14 @@ def busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def time_calls(fn, repeats: int) -> dict:
-    """One warm-up call, then `repeats` timed calls. Returns median_s, min_s and
+def time_calls(fn, repeats: int, warmup: int = 1) -> dict:
+    """`warmup` untimed calls, then `repeats` timed calls. Returns median_s, min_s and
     others_cpu_s / others_cpu_share: the CPU time other processes (and the hypervisor)
     took during the timed calls, in seconds and as a share of all cores' time; the
     machine was quiet if it is ~0. /proc/stat counts in ticks of 10 ms."""
     time.sleep(IDLE_PAUSE_S)
-    fn()
+    for _ in range(warmup):
+        fn()
     times = []
     busy0, own0, wall0 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
     for _ in range(repeats):
@@ -337,6 +402,7 @@ class Shape:
         self.qg, self.kg, self.vg = (t.detach().requires_grad_() for t in (self.q, self.k, self.v))
         self.qn, self.kn, self.vn, self.doutn = (to_numpy(t) for t in
                                                  (self.q, self.k, self.v, self.dout))
+        self.ref64 = {}  # causal -> (out, dq, dk, dv) in float64, made once for all threads
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -351,13 +417,39 @@ def to_float64(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float64)
 
 
-def float64_reference(s: "Shape", causal: bool) -> tuple:
-    """out, dq, dk, dv in float64 from the (rounded) inputs, via torch's math SDPA."""
-    q, k, v, dout = (torch.from_numpy(to_float64(x)) for x in (s.qn, s.kn, s.vn, s.doutn))
-    q, k, v = (t.requires_grad_() for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    out.backward(dout)
-    return out.detach().numpy(), q.grad.numpy(), k.grad.numpy(), v.grad.numpy()
+def float64_reference(s: "Shape", causal: bool, block: int = ERR64_BLOCK) -> tuple:
+    """out, dq, dk, dv in float64 from the (rounded) inputs, `block` query rows at a time
+    so that memory is O(block·N), not O(N²) (torch's math SDPA in float64 needs several
+    B·H·N² buffers: ~10 GiB at N = 4096, H = 8). Per head, with c = 1/sqrt(d) and rows i
+    of one block (causal: keys j <= i, so keys past the block's last row are left out):
+
+      P = softmax(c·Q_i Kᵀ)       out_i = P V          D_i = rowsum(dout_i ∘ out_i)
+      dS = P ∘ (dout_i Vᵀ − D_i)   dq_i = c·dS K        dk += c·dSᵀ Q_i     dv += Pᵀ dout_i
+    """
+    q, k, v, dout = (to_float64(x) for x in (s.qn, s.kn, s.vn, s.doutn))
+    scale = 1.0 / np.sqrt(s.d)
+    out, dq = np.empty_like(q), np.empty_like(q)
+    dk, dv = np.zeros_like(k), np.zeros_like(v)
+    for b in range(s.b):
+        for h in range(s.h):
+            qh, kh, vh, doh = q[b, h], k[b, h], v[b, h], dout[b, h]
+            for i0 in range(0, s.n, block):
+                i1 = min(s.n, i0 + block)
+                keys = i1 if causal else s.n
+                scores = (qh[i0:i1] @ kh[:keys].T) * scale
+                if causal:
+                    rows = np.arange(i0, i1)[:, None]
+                    scores[np.arange(keys)[None, :] > rows] = -np.inf
+                p = np.exp(scores - scores.max(axis=1, keepdims=True))
+                p /= p.sum(axis=1, keepdims=True)
+                o = p @ vh[:keys]
+                ds = p * (doh[i0:i1] @ vh[:keys].T
+                          - np.sum(doh[i0:i1] * o, axis=1, keepdims=True))
+                out[b, h, i0:i1] = o
+                dq[b, h, i0:i1] = (ds @ kh[:keys]) * scale
+                dk[b, h, :keys] += (ds.T @ qh[i0:i1]) * scale
+                dv[b, h, :keys] += p.T @ doh[i0:i1]
+    return out, dq, dk, dv
 
 
 def tile_gemm_rates(bench: Path, d: int, threads: int) -> dict[int, float]:
@@ -372,16 +464,49 @@ def tile_gemm_rates(bench: Path, d: int, threads: int) -> dict[int, float]:
     return {r["threads"]: r["gflops"] for r in lines}
 
 
-def bench_shape(rec: Recorder, ctx, s: Shape, causal: bool, threads: int, repeats: int) -> None:
+_logged: set[str] = set()  # what open_plan has said once already
+
+
+def open_plan(rec: Recorder, ctx, s: Shape, causal: bool, threads: int, compute: str):
+    """ctx.plan for this shape with tile products `compute`, or None for "fast" when this
+    binding's ctx.plan has no compute keyword (then every plan computes exactly, with fp32
+    products: "exact" still gets its plan, without the keyword)."""
+    shape = (s.b, s.n, s.h, s.d)
+    options = {"mask": "causal" if causal else "none", "num_threads": threads,
+               "layout": "bhsd", "dtype": s.dtype}
+    try:
+        return ctx.plan(*shape, compute=compute, **options)
+    except TypeError as e:
+        if "compute" not in str(e):
+            raise
+        reason = f"ctx.plan(compute=...) raised TypeError: {e}"
+    if compute == "exact":
+        if "exact" not in _logged:
+            _logged.add("exact")
+            log(f"  {reason}: exact plans without the keyword (what every plan was before it)")
+        return ctx.plan(*shape, **options)
+    if compute not in _logged:
+        _logged.add(compute)
+        log(f"  {compute.upper()} is unavailable ({reason}): no {compute} rows")
+        rec.emit({"record": "unavailable", "compute": compute, "reason": reason})
+    return None
+
+
+def bench_shape(rec: Recorder, ctx, s: Shape, causal: bool, threads: int, args) -> None:
     base = {"B": s.b, "H": s.h, "N": s.n, "d": s.d, "causal": causal, "threads": threads,
             "dtype": s.dtype}
     label = f"{s.dtype} H={s.h} N={s.n} d={s.d} causal={int(causal)} threads={threads}"
+    one_call = 0 < args.one_call_from <= s.n
+    repeats, warmup = (1, 0) if one_call else (args.repeats, 1)
 
-    def measure(impl: str, mode: str, fn) -> None:
-        result = rates(time_calls(fn, repeats), attention_flops(mode, s.b, s.h, s.n, s.d, causal))
-        rec.emit({"record": "measurement", "impl": impl, "mode": mode, **base, **result,
-                  "repeats": repeats})
-        log(f"  {label} {impl:5} {mode:16} {describe(result)}")
+    def measure(impl: str, mode: str, fn, compute: str | None = None) -> None:
+        result = rates(time_calls(fn, repeats, warmup),
+                       attention_flops(mode, s.b, s.h, s.n, s.d, causal))
+        extra = {} if compute is None else {"compute": compute}
+        rec.emit({"record": "measurement", "impl": impl, "mode": mode, **base, **extra, **result,
+                  "repeats": repeats, "warmup": warmup})
+        name = impl if compute is None else f"{impl}/{compute}"
+        log(f"  {label} {name:10} {mode:16} {describe(result)}")
 
     results = {}  # the last timed call's outputs, for the error check
 
@@ -399,51 +524,70 @@ def bench_shape(rec: Recorder, ctx, s: Shape, causal: bool, threads: int, repeat
 
     measure("torch", "forward", torch_forward)
     measure("torch", "forward_backward", torch_forward_backward)
-    torch_grads = [to_numpy(t.grad) for t in (s.qg, s.kg, s.vg)]
+    torch_outs = [to_numpy(results["torch_out"])] + [to_numpy(t.grad) for t in (s.qg, s.kg, s.vg)]
 
-    # ours
-    with ctx.plan(s.b, s.n, s.h, s.d, mask="causal" if causal else "none",
-                  num_threads=threads, layout="bhsd", dtype=s.dtype) as plan:
-        def ours_forward():
-            results["ours_out"], _ = plan.forward(s.qn, s.kn, s.vn)
+    # ours, once per tile-product mode
+    ours = {}  # compute -> [out, dq, dk, dv] of the last timed calls
+    for compute in args.compute:
+        plan = open_plan(rec, ctx, s, causal, threads, compute)
+        if plan is None:
+            continue
+        with plan:
+            def ours_forward():
+                results["ours_out"], _ = plan.forward(s.qn, s.kn, s.vn)
 
-        def ours_forward_backward():
-            out, lse = plan.forward(s.qn, s.kn, s.vn)
-            results["ours_grads"] = plan.backward(s.qn, s.kn, s.vn, out, lse, s.doutn)
+            def ours_forward_backward():
+                out, lse = plan.forward(s.qn, s.kn, s.vn)
+                results["ours_grads"] = plan.backward(s.qn, s.kn, s.vn, out, lse, s.doutn)
 
-        measure("ours", "forward", ours_forward)
-        measure("ours", "forward_backward", ours_forward_backward)
+            measure("ours", "forward", ours_forward, compute)
+            measure("ours", "forward_backward", ours_forward_backward, compute)
+        ours[compute] = [results.pop("ours_out"), *results.pop("ours_grads")]
 
-    errors = {"err_out": rel_err(to_float64(results["ours_out"]), to_float64(to_numpy(results["torch_out"])))}
-    for name, ours, ref in zip(("dq", "dk", "dv"), results["ours_grads"], torch_grads):
-        errors[f"err_{name}"] = rel_err(to_float64(ours), to_float64(ref))
-    definition = "max|ours - torch| / max|torch|"
-    if s.dtype != "f32" and s.n <= 4096:
-        # Both against float64 from the same rounded inputs (ours vs torch's bf16 SDPA).
-        ref = float64_reference(s, causal)
-        torch_outs = [to_numpy(results["torch_out"])] + torch_grads
-        ours_outs = [results["ours_out"], *results["ours_grads"]]
-        for name, o, t, r in zip(("out", "dq", "dk", "dv"), ours_outs, torch_outs, ref):
-            errors[f"err64_ours_{name}"] = rel_err(to_float64(o), r)
-            errors[f"err64_torch_{name}"] = rel_err(to_float64(t), r)
-        definition += "; err64_*: max|x - float64 ref| / max|ref|, ref from the same rounded inputs"
-    rec.emit({"record": "check", **base, **errors, "definition": definition})
-    log(f"  {label} max|ours-torch|/max|torch|: " +
-        "  ".join(f"{k[4:]} {v:.2e}" for k, v in errors.items()))
+    # Errors: against torch, and (bf16) of ours and torch against float64 attention of the
+    # same rounded inputs, made once per shape and mask (all thread counts share it).
+    names = ("out", "dq", "dk", "dv")
+    ref, skipped = None, None
+    if s.dtype != "f32" and ours:
+        if s.n > args.err64_max_n:
+            skipped = f"N = {s.n} > --err64-max-n {args.err64_max_n}"
+        else:
+            if causal not in s.ref64:
+                t0 = time.perf_counter()
+                s.ref64[causal] = float64_reference(s, causal)
+                log(f"  {label} float64 reference: {time.perf_counter() - t0:.1f} s")
+            ref = s.ref64[causal]
+    for compute, outs in ours.items():
+        errors = {f"err_{g}": rel_err(to_float64(o), to_float64(t))
+                  for g, o, t in zip(names, outs, torch_outs)}
+        definition = "max|ours - torch| / max|torch|"
+        if ref is not None:
+            for g, o, t, r in zip(names, outs, torch_outs, ref):
+                errors[f"err64_ours_{g}"] = rel_err(to_float64(o), r)
+                errors[f"err64_torch_{g}"] = rel_err(to_float64(t), r)
+            definition += "; err64_*: max|x - float64 ref| / max|ref|, ref from the same rounded inputs"
+        elif skipped:
+            errors["err64_skipped"] = skipped
+        rec.emit({"record": "check", **base, "compute": compute, **errors, "definition": definition})
+        log(f"  {label} ours/{compute} errors: " +
+            "  ".join(f"{k.replace('err64_', 'f64 ').replace('err_', '')} {v:.2e}"
+                      for k, v in errors.items() if isinstance(v, float)) +
+            (f"  (err64 skipped: {skipped})" if skipped else ""))
 
 
 # ---------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     args = parse_args(argv)
     run_id = datetime.datetime.now().strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
-    rec = Recorder(args.out, run_id)
+    rec = Recorder(args.out, run_id, args.tag)
     rec.emit({"record": "header", "time": datetime.datetime.now().astimezone().isoformat(
                   timespec="seconds"),
               "command": shlex.join(["python3", *sys.argv]), "cwd": os.getcwd(),
               "sweep": {"B": args.batch, "H": args.heads, "N": args.n, "d": args.d,
                         "dtype": args.dtype, "skip": sorted(args.skip),
                         "causal": args.causal, "threads": args.threads,
-                        "repeats": args.repeats},
+                        "repeats": args.repeats, "compute": args.compute,
+                        "one_call_from": args.one_call_from, "err64_max_n": args.err64_max_n},
               "machine": machine_info()})
     try:
         if not args.no_sgemm:
@@ -485,7 +629,7 @@ def main(argv=None) -> int:
                             shape = Shape(args.batch, h, n, d, args.seed, dtype)
                             for causal in args.causal:
                                 for threads in args.threads:
-                                    bench_shape(rec, ctx, shape, causal, threads, args.repeats)
+                                    bench_shape(rec, ctx, shape, causal, threads, args)
                             del shape
     finally:
         rec.close()

@@ -67,8 +67,16 @@ def load(path: Path) -> list[dict]:
     return records
 
 
+def ours_impl(compute: str | None) -> str:
+    """The measurement key's impl of ours with tile products `compute`: "ours" for exact
+    (records older than issue 19 have no compute: exact), else "ours/<compute>"."""
+    return "ours" if (compute or "exact") == "exact" else f"ours/{compute}"
+
+
 def select(records: list[dict], run: str | None, merge: bool):
-    """(headers, measurements, checks) of the chosen run(s); later records win."""
+    """(headers, measurements, checks) of the chosen run(s); later records win.
+    Measurements are keyed (impl, mode, *shape) with impl "ours/fast" for ours with fast
+    tile products; checks (impl, *shape) the same way."""
     if not merge:
         run = run or next((r["run_id"] for r in reversed(records) if "run_id" in r), None)
         records = [r for r in records if r.get("run_id") == run]
@@ -80,9 +88,10 @@ def select(records: list[dict], run: str | None, merge: bool):
         shape = (r.get("B"), r.get("H"), r.get("N"), r.get("d"), r.get("causal"), r.get("threads"),
                  r.get("dtype") or "f32")
         if r.get("record") == "measurement":
-            measurements[(r["impl"], r["mode"], *shape)] = r
+            impl = ours_impl(r.get("compute")) if r["impl"] == "ours" else r["impl"]
+            measurements[(impl, r["mode"], *shape)] = r
         elif r.get("record") == "check":
-            checks[shape] = r
+            checks[(ours_impl(r.get("compute")), *shape)] = r
     return headers, measurements, checks
 
 
@@ -126,40 +135,45 @@ def machine_lines(headers: list[dict]) -> list[str]:
             f"- OPENBLAS_CORETYPE={m.get('OPENBLAS_CORETYPE') or '(unset)'}",
             f"- libburst_attention {m.get('library_version')} from `{m.get('library')}`"
             f" (sha256 {m.get('library_sha256')}), repository at {m.get('git_commit') or '?'}",
+            *([f"- build info: `{m['build_info']}`"] if m.get("build_info") else []),
             f"- sweep: {json.dumps(h.get('sweep'))}",
             f"- command (in `{h.get('cwd')}`): `{h.get('command')}`", ""]
     return lines
 
 
 def write_table(path: Path, headers, measurements, checks, report_command: str) -> None:
-    shapes = sorted({k[2:] for k in measurements if k[0] in ("torch", "ours")},
+    shapes = sorted({k[2:] for k in measurements if k[0] == "torch" or k[0].startswith("ours")},
                     key=lambda s: (s[6], s[0], s[2], s[1], s[3], s[4], s[5]))
+    ours_impls = sorted({k[0] for k in measurements if k[0].startswith("ours")},
+                        key=lambda i: (i != "ours", i))  # exact first
     tile = {(m["d"], m["threads"]): m["gflops"] for k, m in measurements.items() if k[0] == "tile_gemm"}
     rows, ratios = [], defaultdict(list)
     half_rows = []
     for shape in shapes:
         b, h, n, d, causal, threads, dtype = shape
-        check = checks.get(shape, {})
-        for mode in MODES:
+        for mode, impl in ((mode, impl) for mode in MODES for impl in ours_impls):
+            check = checks.get((impl, *shape), {})
             torch_m = measurements.get(("torch", mode, *shape))
-            ours_m = measurements.get(("ours", mode, *shape))
-            if torch_m is None and ours_m is None:
+            ours_m = measurements.get((impl, mode, *shape))
+            if ours_m is None and (impl != "ours" or torch_m is None):
                 continue
+            compute = impl.partition("/")[2]  # "" for exact
+            label = MODE_LABEL[mode] + (f" ({compute})" if compute else "")
             ratio = "–"
             if torch_m and ours_m:
                 r = ours_m["gflops"] / torch_m["gflops"]
-                ratios[(mode, threads, dtype)].append(r)
+                ratios[(mode, threads, dtype + (f" {compute}" if compute else ""))].append(r)
                 ratio = f"**{r:.2f}**"
             rate = tile.get((d, threads))
             # % of the tile GEMM: meaningful for dense (non-causal) fp32 work.
             share = (f"{100 * ours_m['gflops'] / rate:.0f} %" if ours_m and rate and not causal
-                     and dtype == "f32" else "–")
+                     and dtype == "f32" and not compute else "–")
             errs = ([check.get("err_out")] if mode == "forward" else
                     [check.get(f"err_{g}") for g in ("dq", "dk", "dv")])
             errs = [e for e in errs if e is not None]
             err = f"{max(errs):.1e}" if errs else "–"
             rows.append(f"| {dtype} | {b}×{h}×{n}×{d} | {'causal' if causal else 'none'} | {threads} "
-                        f"| {MODE_LABEL[mode]} | {fmt_seconds(torch_m)} | {fmt_seconds(ours_m)} "
+                        f"| {label} | {fmt_seconds(torch_m)} | {fmt_seconds(ours_m)} "
                         f"| {fmt_rate(torch_m)} | {fmt_rate(ours_m)} | {share} | {ratio} | {err} |")
             if dtype != "f32" and "err64_ours_out" in check:
                 names = ("out",) if mode == "forward" else ("dq", "dk", "dv")
@@ -167,8 +181,9 @@ def write_table(path: Path, headers, measurements, checks, report_command: str) 
                 e_torch = max(check[f"err64_torch_{g}"] for g in names)
                 f32 = measurements.get(("ours", mode, b, h, n, d, causal, threads, "f32"))
                 half_rows.append(f"| {b}×{h}×{n}×{d} | {'causal' if causal else 'none'} | {threads} "
-                                 f"| {MODE_LABEL[mode]} | {fmt_seconds(f32)} | {fmt_seconds(ours_m)} "
-                                 f"| {fmt_seconds(torch_m)} | {e_ours:.1e} | {e_torch:.1e} |")
+                                 f"| {MODE_LABEL[mode]} | {compute or 'exact'} | {fmt_seconds(f32)} "
+                                 f"| {fmt_seconds(ours_m)} | {fmt_seconds(torch_m)} "
+                                 f"| {e_ours:.1e} | {e_torch:.1e} |")
 
     sgemm = defaultdict(dict)
     for key, m in measurements.items():
@@ -179,10 +194,12 @@ def write_table(path: Path, headers, measurements, checks, report_command: str) 
 
     out = ["# libburst_attention vs PyTorch CPU scaled_dot_product_attention", "",
            f"Generated by `{report_command}` from the JSONL of `bench/compare_torch.py`. "
-           "fp32; median of the timed calls after one warm-up. "
+           "fp32 unless the dtype column says bf16; median of the timed calls after one warm-up "
+           "(one call, no warm-up, where the record says so). "
            "FLOPs: forward 4·B·H·N²·d, forward+backward 14·B·H·N²·d, halved for causal. "
            "Ratio > 1: ours is faster. The error is max|ours − torch| / max|torch| of out "
-           "(forward) or the worst of dq, dk, dv (forward+backward). "
+           "(forward) or the worst of dq, dk, dv (forward+backward). Ours uses exact (fp32) "
+           "tile products unless the mode says \"(fast)\": bf16 products, fp32 accumulation. "
            "* = other processes used more than 5% of the CPUs during the measurement "
            "(noisy). Absolute times on a small shared VM can move by 10–30% between runs: "
            "compare ratios from the same run.", "",
@@ -206,14 +223,15 @@ def write_table(path: Path, headers, measurements, checks, report_command: str) 
             for (mode, t, dtype), w in sorted(worst.items())), ""]
     if half_rows:
         out += ["## bf16 storage", "",
-                "Ours with bf16 storage (fp32 compute and accumulation) beside ours in fp32 and "
+                "Ours with bf16 storage (exact: fp32 products; fast: bf16 products; fp32 "
+                "accumulation in both) beside ours in fp32 and "
                 "torch's bfloat16 SDPA, same shapes and threads. Errors: max|x − ref| / max|ref| "
                 "with ref the float64 attention of the same bf16-rounded inputs (the worst of "
                 "dq, dk, dv for forward+backward). Bytes: a bf16 plan moves half the fp32 "
                 "bytes of the storage-typed tensors (see README, Storage types).", "",
-                "| shape B×H×N×d | mask | threads | mode | ours f32 s | ours bf16 s | torch bf16 s "
-                "| ours bf16 err | torch bf16 err |",
-                "|---|---|--:|---|--:|--:|--:|--:|--:|", *half_rows, ""]
+                "| shape B×H×N×d | mask | threads | mode | compute | ours f32 s | ours bf16 s "
+                "| torch bf16 s | ours bf16 err | torch bf16 err |",
+                "|---|---|--:|---|---|--:|--:|--:|--:|--:|", *half_rows, ""]
     if sgemm:
         out += ["## sgemm reference (not attention)", "",
                 "GFLOP/s of plain fp32 GEMMs C[128×128] = A[128×d] · B[d×128] over a stack "
