@@ -152,9 +152,9 @@ def test_library_lookup_failure_lists_what_was_tried(tmp_path):
 
 
 def test_version_matches_header():
-    assert ba.version() == ba.VERSION_NUMBER == 600
-    assert ba.version_info() == (ba.VERSION_MAJOR, ba.VERSION_MINOR, ba.VERSION_PATCH) == (0, 6, 0)
-    assert ba.__version__ == "0.6.0"
+    assert ba.version() == ba.VERSION_NUMBER == 700
+    assert ba.version_info() == (ba.VERSION_MAJOR, ba.VERSION_MINOR, ba.VERSION_PATCH) == (0, 7, 0)
+    assert ba.__version__ == "0.7.0"
 
 
 def test_status_string_every_code():
@@ -217,7 +217,7 @@ def test_last_error_is_thread_local():
 
 def test_config_init_defaults_and_layout():
     # burst_attention_config_init, called directly: struct layout must match the header.
-    assert ctypes.sizeof(_lib.AttentionConfig) == 120
+    assert ctypes.sizeof(_lib.AttentionConfig) == 128 and _lib.CONFIG_SIZE_V0_6 == 120
     assert ctypes.sizeof(_lib.Stats) == 112 and _lib.STATS_SIZE_V0_2 == 88 and _lib.STATS_SIZE_V0_1 == 72
     cfg = _lib.AttentionConfig()
     assert _lib.lib.burst_attention_config_init_sized(ctypes.byref(cfg), ctypes.sizeof(cfg)) == ba.Status.OK
@@ -227,13 +227,19 @@ def test_config_init_defaults_and_layout():
     assert not cfg.cu_seqlens and cfg.num_sequences == 0
     assert (cfg.batch, cfg.seq_len_local, cfg.num_heads_q, cfg.num_heads_kv, cfg.head_dim) == (0,) * 5
     assert (cfg.softmax_scale, cfg.num_threads, cfg.intra_group_size, cfg.timeout_seconds) == (0, 0, 0, 0)
-    assert _lib.lib.burst_attention_config_init_sized(None, 120) == ba.Status.INVALID_ARGUMENT
+    assert (cfg.compute, cfg.reserved0) == (0, 0)  # BURST_COMPUTE_DEFAULT
+    assert _lib.lib.burst_attention_config_init_sized(None, 128) == ba.Status.INVALID_ARGUMENT
     # Since 0.5: a size this library does not know writes nothing; a newer
-    # header's larger one gets zeros past this version's fields.
+    # header's larger one gets zeros past this version's fields; since 0.7 the
+    # 0.4-0.6 size (120) is an older released size: exactly its bytes are written.
     room = (ctypes.c_ubyte * 256)(*([0xAB] * 256))
-    assert _lib.lib.burst_attention_config_init_sized(ctypes.cast(room, ctypes.POINTER(_lib.AttentionConfig)), 112) == ba.Status.VERSION
+    room_cfg = ctypes.cast(room, ctypes.POINTER(_lib.AttentionConfig))
+    assert _lib.lib.burst_attention_config_init_sized(room_cfg, 112) == ba.Status.VERSION
+    assert _lib.lib.burst_attention_config_init_sized(room_cfg, 124) == ba.Status.VERSION
     assert bytes(room) == bytes([0xAB] * 256)
-    assert _lib.lib.burst_attention_config_init_sized(ctypes.cast(room, ctypes.POINTER(_lib.AttentionConfig)), 136) == ba.Status.OK
+    assert _lib.lib.burst_attention_config_init_sized(room_cfg, 120) == ba.Status.OK
+    assert int.from_bytes(bytes(room[:4]), "little") == 120 and room[120] == 0xAB
+    assert _lib.lib.burst_attention_config_init_sized(room_cfg, 136) == ba.Status.OK
     assert int.from_bytes(bytes(room[:4]), "little") == 136
     assert bytes(room[120:136]) == bytes(16) and room[136] == 0xAB
 
