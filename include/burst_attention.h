@@ -59,7 +59,7 @@ extern "C" {
 #endif
 
 #define BURST_VERSION_MAJOR 0
-#define BURST_VERSION_MINOR 6
+#define BURST_VERSION_MINOR 7
 #define BURST_VERSION_PATCH 0
 #define BURST_VERSION_NUMBER \
   (BURST_VERSION_MAJOR * 10000 + BURST_VERSION_MINOR * 100 + BURST_VERSION_PATCH)
@@ -70,11 +70,15 @@ BURST_API uint32_t burst_version(void);
 
 /* A static, never-NULL description of the library loaded and the kernel code
  * paths its run-time dispatch picked for this CPU, e.g.
- * "libburst_attention 0.6.0; kernels cpx+avx512; convert avx512; cpus 2" (tile
- * products: libxsmm's target "cpx", "skx", "hsw", ... or "portable"; row kernels
- * "avx512", "avx2" or "baseline"; convert: the bf16/fp16 conversions, "avx512",
- * "avx2" (AVX2 + F16C) or "portable" (since 0.4); cpus: the CPUs this process may
- * run on, which divided by the ranks on the node is the default num_threads).
+ * "libburst_attention 0.7.0; kernels cpx+avx512; convert avx512;
+ * bf16_products avx512_bf16; cpus 2" (tile products: libxsmm's target "cpx",
+ * "skx", "hsw", ... or "portable"; row kernels "avx512", "avx2" or "baseline";
+ * convert: the bf16/fp16 conversions, "avx512", "avx2" (AVX2 + F16C) or
+ * "portable" (since 0.4); bf16_products: how BURST_COMPUTE_FAST runs its tile
+ * products, "avx512_bf16" (libxsmm's bf16 kernels on a CPU with AVX512-BF16) or
+ * "emulated" (the portable emulation with the same rounding) (since 0.7);
+ * cpus: the CPUs this process may run on, which divided by the ranks on the
+ * node is the default num_threads).
  * BURST_KERNELS=portable selects the portable code everywhere. For logs and bug reports:
  * "key value" pairs separated by "; ". Thread-safe. (0.2) */
 BURST_API const char *burst_build_info(void);
@@ -115,13 +119,16 @@ enum { BURST_LAYOUT_BSHD = 0,  /* q/k/v/out: [batch, seq_len_local, heads, head_
  *                    fp32 (sign, 8 exponent bits, 7 fraction bits).
  *  BURST_DTYPE_F16   IEEE binary16 in uint16_t elements (_Float16 / __fp16 /
  *                    numpy float16 bits).
- * With bf16 or f16 the library computes in fp32 as for F32: every input is
- * widened to fp32 (exactly) when it is packed, all accumulation (online
- * softmax, dQ, dK, dV, lse, D = rowsum(dO * O)) is fp32, and each output
- * element is rounded once, to nearest with ties to even, when it is written
- * to the caller's buffer (NaN stays a quiet NaN, fp16 overflow gives +-inf,
- * subnormals are rounded correctly).
- * Numerics contract (README "Storage types"): against a float64 reference
+ * With bf16 or f16 storage every input is widened to fp32 (exactly) when it
+ * is packed, all accumulation (online softmax, dQ, dK, dV, lse,
+ * D = rowsum(dO * O)) is fp32, and each output element is rounded once, to
+ * nearest with ties to even, when it is written to the caller's buffer (NaN
+ * stays a quiet NaN, fp16 overflow gives +-inf, subnormals are rounded
+ * correctly). The tile products are fp32 with BURST_COMPUTE_EXACT (the
+ * default for F32 and F16) and bf16 with BURST_COMPUTE_FAST (the default for
+ * BF16 since 0.7; see burst_attention_config.compute).
+ * Numerics contract with BURST_COMPUTE_EXACT (README "Storage types"; FAST
+ * has its own, at BURST_COMPUTE_*): against a float64 reference
  * computed from the same rounded inputs (for the backward: the same rounded
  * q, k, v, out and dout), every element of out, dq, dk, dv is within the
  * fp32 tolerance (out 1e-5, gradients 1e-4 of max|ref|) plus the output
@@ -191,6 +198,37 @@ enum { BURST_PATTERN_BURST = 0,
        BURST_PATTERN_ULYSSES = 3,
        BURST_PATTERN_AUTO = 4 };
 
+/* The precision of the tile products (burst_attention_config.compute;
+ * since 0.7, values are ABI):
+ *  BURST_COMPUTE_DEFAULT  FAST when dtype is BF16 (the caller already chose
+ *                         bf16 numerics; torch's bf16 SDPA multiplies in bf16
+ *                         too), EXACT for F32 and F16 (fp16 inputs would lose
+ *                         mantissa bits if rounded to bf16).
+ *  BURST_COMPUTE_EXACT    fp32 products: the numerics contract of the storage
+ *                         types above (DESIGN §3 for F32).
+ *  BURST_COMPUTE_FAST     q, k, v, dO and the probabilities P and dS are
+ *                         rounded to bf16 (round to nearest even), products
+ *                         are accumulated in fp32; the online softmax, lse, D
+ *                         and every accumulator stay fp32 (FlashAttention's
+ *                         GPU recipe). On a CPU with AVX512-BF16 it runs
+ *                         libxsmm's bf16 kernels, elsewhere a portable
+ *                         emulation with the same rounding (results differ from
+ *                         the hardware path only in summation order);
+ *                         burst_build_info() says which ("bf16_products").
+ *                         Allowed with F32 or F16 storage too (the inputs are
+ *                         then rounded to bf16).
+ * FAST contract, for inputs of unit scale (as DESIGN §3): against a float64
+ * reference computed from the same bf16-rounded inputs (for the backward: D
+ * from the out passed to burst_backward), out within 1e-2 * max|ref|, dq,
+ * dk, dv within
+ * 3e-2 * max|ref|, lse within 1e-2 absolute (provisional bounds; they may
+ * tighten). Same inputs, world size, config and bf16_products path give
+ * the same bits, as with EXACT. Decode and the KV cache are not affected:
+ * they are memory bound and always use fp32 products.                   */
+enum { BURST_COMPUTE_DEFAULT = 0,
+       BURST_COMPUTE_EXACT = 1,
+       BURST_COMPUTE_FAST = 2 };
+
 /* Which keys a query sees (all positions global, every rule combinable):
  * key j is visible to query i when
  *   - i - window_left <= j <= i + window_right   (a window of -1 is unbounded;
@@ -240,14 +278,22 @@ typedef struct burst_attention_config {
                              one size (mpirun's default), else one ring     */
   double   timeout_seconds;  /* per call; 0 = default 300 s; finite, >= 0 and
                                 <= 604800 (a week): every wait is bounded    */
+  /* since 0.7 */
+  int32_t  compute;       /* BURST_COMPUTE_*: precision of the tile products;
+                             0 = default (FAST for BF16, else EXACT)        */
+  int32_t  reserved0;     /* 0. Pads the struct to a multiple of 8 bytes; a
+                             newer header may use it, so a library that knows
+                             no field there rejects a non-zero value with
+                             BURST_ERROR_VERSION (the tail rule below)       */
 } burst_attention_config;
 
 /* Sets every field to its default: BSHD, F32, MASK_NONE, CONTIGUOUS, BURST,
- * window_left = window_right = -1, everything else 0, and struct_size = size,
- * writing exactly `size` bytes. size is the caller's sizeof(*cfg): this
- * header's size, or a newer header's larger one (up to 4096; the bytes past
- * this version's fields are zeroed). A size this library does not know
- * (smaller than its struct: no released header had a shorter one) gives
+ * window_left = window_right = -1, COMPUTE_DEFAULT, everything else 0, and
+ * struct_size = size, writing exactly `size` bytes. size is the caller's
+ * sizeof(*cfg): this header's size, the size of the 0.4-0.6 headers (their
+ * struct ended at timeout_seconds: offsetof(burst_attention_config, compute),
+ * 120 bytes on LP64), or a newer header's larger one (up to 4096; the bytes
+ * past this version's fields are zeroed). Any other size gives
  * BURST_ERROR_VERSION and writes nothing; NULL gives INVALID_ARGUMENT. (0.5)
  * struct_size rules, for configs and stats alike: a library accepts its own
  * size, the sizes of older released headers (fields past them take their
@@ -258,10 +304,11 @@ typedef struct burst_attention_config {
 BURST_API burst_status burst_attention_config_init_sized(burst_attention_config *cfg, uint64_t size);
 
 /* The unsized form kept for binaries built against 0.4 and older: it writes
- * this version's sizeof(burst_attention_config). Source code gets the macro
- * below, which passes the caller's own sizeof, so a client compiled against
- * an older, shorter header is never overrun by a newer library. NULL is
- * ignored. */
+ * their struct, the 0.4-0.6 size (up to timeout_seconds; struct_size = that
+ * size, so the fields appended since, compute included, keep their defaults
+ * whatever is stored in them later). Source code gets the macro below, which
+ * passes the caller's own sizeof, so a client compiled against an older,
+ * shorter header is never overrun by a newer library. NULL is ignored. */
 BURST_API void (burst_attention_config_init)(burst_attention_config *cfg);
 #define burst_attention_config_init(cfg) \
   ((void)burst_attention_config_init_sized((cfg), sizeof(*(cfg))))

@@ -5,14 +5,25 @@ import CBurstABI
 import GlobalAttention
 
 /// Reads a caller's burst_attention_config into an `AttentionConfig`,
-/// checking struct_size before touching anything past it.
+/// checking struct_size before touching anything past it: a struct of an
+/// older released size (`configSizeV06`) is copied as far as it goes and the
+/// fields it lacks keep their defaults (zero).
 func readConfig(_ pointer: UnsafePointer<burst_attention_config>?) -> Result<AttentionConfig, BurstError> {
     guard let pointer else { return .failure(BurstError(.invalidArgument, "config is NULL")) }
-    if let error = checkStructSize(pointer, known: MemoryLayout<burst_attention_config>.size, what: "config",
+    let known = MemoryLayout<burst_attention_config>.size
+    if let error = checkStructSize(pointer, known: known, older: [configSizeV06], what: "config",
                                    hint: "call burst_attention_config_init, and check that the header matches the library") {
         return .failure(error)
     }
-    let c = pointer.pointee
+    var c = burst_attention_config()   // all zero: the defaults of fields an older struct lacks
+    let declared = Int(UnsafeRawPointer(pointer).load(as: UInt32.self))
+    withUnsafeMutableBytes(of: &c) { $0.baseAddress!.copyMemory(from: pointer, byteCount: min(declared, known)) }
+    // reserved0 pads the struct to a multiple of 8; a newer header may give it
+    // a meaning, which this library would not know: the tail rule applies.
+    guard c.reserved0 == 0 else {
+        return .failure(BurstError(.version,
+            "config reserved0 is \(c.reserved0): this library (version \(versionString)) knows no field there; upgrade the library or leave newer fields at their defaults (0)"))
+    }
     var config = AttentionConfig()
     config.layout = c.layout
     config.dtype = c.dtype
@@ -45,19 +56,23 @@ func readConfig(_ pointer: UnsafePointer<burst_attention_config>?) -> Result<Att
     config.numThreads = c.num_threads
     config.intraGroupSize = c.intra_group_size
     config.timeoutSeconds = c.timeout_seconds
+    config.compute = c.compute
     return .success(config)
 }
 
 /// The struct_size rules of every config struct (README "ABI stability"):
-/// this version's size; or a newer header's larger one (up to 4096 bytes)
-/// whose bytes past this layout are all zero, i.e. fields left at their
-/// defaults. Every released header has had one layout per struct, so
-/// nothing smaller is accepted. nil when `pointer`'s struct_size passes.
-func checkStructSize(_ pointer: UnsafeRawPointer, known: Int, what: String, hint: String) -> BurstError? {
+/// this version's size; an older released header's (`older`: its fields
+/// are read, the ones appended since keep their defaults); or a newer
+/// header's larger one (up to 4096 bytes) whose bytes past this layout are
+/// all zero, i.e. fields left at their defaults. nil when `pointer`'s
+/// struct_size passes.
+func checkStructSize(_ pointer: UnsafeRawPointer, known: Int, older: [Int] = [], what: String, hint: String) -> BurstError? {
     let declared = Int(pointer.load(as: UInt32.self))
+    if older.contains(declared) { return nil }
     guard declared >= known, declared <= maxStructSize else {
+        let olderText = older.isEmpty ? "" : ", \(older.map(String.init).joined(separator: ", ")) of older headers"
         return BurstError(.version,
-            "\(what) struct_size is \(declared) but this library (version \(versionString)) knows \(known) (or larger, up to \(maxStructSize), from a newer header): \(hint)")
+            "\(what) struct_size is \(declared) but this library (version \(versionString)) knows \(known)\(olderText) (or larger, up to \(maxStructSize), from a newer header): \(hint)")
     }
     if declared > known {
         let tail = UnsafeRawBufferPointer(start: pointer + known, count: declared - known)
@@ -68,6 +83,11 @@ func checkStructSize(_ pointer: UnsafeRawPointer, known: Int, what: String, hint
     }
     return nil
 }
+
+/// sizeof(burst_attention_config) of the headers 0.4 to 0.6 (every one had
+/// this layout): it ended at timeout_seconds. Their clients' configs read
+/// compute as 0 (BURST_COMPUTE_DEFAULT).
+let configSizeV06 = MemoryLayout<burst_attention_config>.offset(of: \burst_attention_config.timeout_seconds)! + MemoryLayout<Double>.size
 
 /// The most sequences a packed config may hold (2^31 − 1): cu_seqlens is
 /// copied at plan creation, 8 bytes an offset.

@@ -53,11 +53,12 @@ public func _burst_version() -> UInt32 {
     versionMajor * 10000 + versionMinor * 100 + versionPatch
 }
 
-/// "libburst_attention 0.5.0; kernels <tile>+<rows>; convert <path>; cpus <n>", made once:
-/// the version and the kernel code paths the run-time dispatch picked on this CPU
-/// (BURST_KERNELS / LIBXSMM_TARGET are read at the first call).
+/// "libburst_attention 0.7.0; kernels <tile>+<rows>; convert <path>; bf16_products <path>; cpus <n>",
+/// made once: the version and the kernel code paths the run-time dispatch picked on this
+/// CPU (BURST_KERNELS / LIBXSMM_TARGET are read at the first call); bf16_products: how
+/// BURST_COMPUTE_FAST runs, "avx512_bf16" or "emulated".
 private let buildInfo: UnsafeMutablePointer<CChar> = {
-    let text = "libburst_attention \(versionMajor).\(versionMinor).\(versionPatch); kernels \(LocalAttention.codePath); convert \(StorageConversion.path.rawValue); cpus \(availableCPUCount())"
+    let text = "libburst_attention \(versionMajor).\(versionMinor).\(versionPatch); kernels \(LocalAttention.codePath); convert \(StorageConversion.path.rawValue); bf16_products \(LocalAttention.bf16ProductPath); cpus \(availableCPUCount())"
     return strdup(text)!
 }()
 
@@ -88,8 +89,9 @@ public func _burst_last_error() -> UnsafePointer<CChar> {
 @c(burst_attention_config_init)
 public func _burst_attention_config_init(_ config: UnsafeMutablePointer<burst_attention_config>?) {
     // The unsized entry point (what clients built against 0.4 and older call):
-    // their struct is this version's size.
-    _ = _burst_attention_config_init_sized(config, MemoryLayout<burst_attention_config>.size)
+    // their struct is the 0.4-0.6 one, which ends at timeout_seconds. Writing
+    // this version's larger struct would overrun it.
+    _ = _burst_attention_config_init_sized(config, configSizeV06)
 }
 
 @c(burst_attention_config_init_sized)
@@ -97,10 +99,11 @@ public func _burst_attention_config_init_sized(_ config: UnsafeMutablePointer<bu
     guarded {
         guard let config else { throw invalid("config is NULL") }
         let known = MemoryLayout<burst_attention_config>.size
-        // Every released header has had this one layout, so a smaller size is
-        // no struct this library knows: write nothing rather than overrun it.
-        guard size >= known, size <= maxStructSize else {
-            throw BurstError(.version, "config size \(size) is not one this library (version \(versionString)) knows: \(known) bytes (larger sizes up to \(maxStructSize) from newer headers); pass sizeof(burst_attention_config)")
+        // This version's size, the 0.4-0.6 one (it ends at timeout_seconds),
+        // or a newer header's larger one. Anything else is no struct this
+        // library knows: write nothing rather than overrun it.
+        guard size == configSizeV06 || (size >= known && size <= maxStructSize) else {
+            throw BurstError(.version, "config size \(size) is not one this library (version \(versionString)) knows: \(known) bytes, \(configSizeV06) of the 0.4-0.6 headers (larger sizes up to \(maxStructSize) from newer headers); pass sizeof(burst_attention_config)")
         }
         var c = burst_attention_config()   // all zero
         c.struct_size = UInt32(size)
@@ -111,8 +114,9 @@ public func _burst_attention_config_init_sized(_ config: UnsafeMutablePointer<bu
         c.pattern = Int32(BURST_PATTERN_BURST)
         c.window_left = -1
         c.window_right = -1
+        c.compute = Int32(BURST_COMPUTE_DEFAULT)
         let target = UnsafeMutableRawPointer(config)
-        withUnsafeBytes(of: &c) { target.copyMemory(from: $0.baseAddress!, byteCount: known) }
+        withUnsafeBytes(of: &c) { target.copyMemory(from: $0.baseAddress!, byteCount: min(size, known)) }
         // Fields of a newer header: zero, which a newer library reads as their default.
         if size > known { (target + known).initializeMemory(as: UInt8.self, repeating: 0, count: size - known) }
     }

@@ -10,6 +10,11 @@ public struct AttentionConfig: Sendable {
         public var cName: String { ["BURST_DISTRIBUTION_CONTIGUOUS", "BURST_DISTRIBUTION_ZIGZAG", "BURST_DISTRIBUTION_STRIPED"][Int(rawValue)] }
     }
     public enum Pattern: Int32, Sendable { case burst = 0, ring = 1, allgather = 2, ulysses = 3, auto = 4 }
+    /// The precision of the tile products (BURST_COMPUTE_*; the header states
+    /// the contract): `exact` fp32 products (DESIGN §3), `fast` operands
+    /// rounded to bf16 with fp32 accumulation, `default` fast for bf16
+    /// storage and exact for f32 and f16.
+    public enum Compute: Int32, Sendable { case `default` = 0, exact = 1, fast = 2 }
 
     public var layout: Int32 = Layout.bshd.rawValue
     public var dtype: Int32 = 0
@@ -29,6 +34,8 @@ public struct AttentionConfig: Sendable {
     public var numThreads: Int32 = 0
     public var intraGroupSize: Int32 = 0
     public var timeoutSeconds: Double = 0
+    /// BURST_COMPUTE_* (0 = default; see `products`).
+    public var compute: Int32 = Compute.default.rawValue
 
     public init() {}
 
@@ -47,6 +54,18 @@ public struct AttentionConfig: Sendable {
 
     /// The element type of q, k, v, out, dout, dq, dk, dv (valid after `validate`).
     public var storage: StorageType { StorageType(rawValue: dtype) ?? .f32 }
+
+    /// The tile products the kernels run (valid after `validate`): FAST →
+    /// bf16; DEFAULT → bf16 iff the storage is bf16 (the caller already chose
+    /// bf16 numerics; fp16 inputs would lose mantissa bits if rounded to
+    /// bf16); EXACT → fp32.
+    public var products: LocalAttention.Products {
+        switch Compute(rawValue: compute) ?? .default {
+        case .fast: return .bf16
+        case .exact: return .exact
+        case .default: return storage == .bf16 ? .bf16 : .exact
+        }
+    }
 
     /// Query heads per key/value head (GQA; 1 for MHA).
     public var group: Int { Int(numHeadsQ / max(numHeadsKV, 1)) }
@@ -85,6 +104,9 @@ public struct AttentionConfig: Sendable {
         guard numThreads >= 0 else { throw bad("num_threads must be >= 0 (got \(numThreads))") }
         guard intraGroupSize >= 0 else { throw bad("intra_group_size must be >= 0 (got \(intraGroupSize))") }
         try Self.checkTimeout(timeoutSeconds)
+        guard Compute(rawValue: compute) != nil else {
+            throw bad("compute: unknown value \(compute) (BURST_COMPUTE_DEFAULT = 0, BURST_COMPUTE_EXACT = 1, BURST_COMPUTE_FAST = 2)")
+        }
         // Sizes: every tensor must be addressable without overflow.
         for (name, heads) in [("q", numHeadsQ), ("k", numHeadsKV)] {
             var total = batch
@@ -148,7 +170,7 @@ public struct AttentionConfig: Sendable {
          ("head_dim", headDim), ("softmax_scale", Int64(softmaxScale.bitPattern)),
          ("window_left", windowLeft), ("window_right", windowRight),
          ("cu_seqlens", cuSeqlensDigest), ("num_sequences", numSequences),
-         ("intra_group_size", Int64(intraGroupSize))]
+         ("intra_group_size", Int64(intraGroupSize)), ("compute", Int64(compute))]
     }
 
     /// FNV-1a over the offsets (0 when absent).

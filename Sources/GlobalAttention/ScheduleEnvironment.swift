@@ -55,12 +55,14 @@ final class ScheduleEnvironment {
 
     /// Kernels for key blocks of up to `maxKVHeads` heads × `maxKeyRows`
     /// rows (their panels and scratch), with the tile sizes of the
-    /// environment (`AttentionPlan.tuning`).
+    /// environment (`AttentionPlan.tuning`) and the plan's tile products
+    /// (`AttentionConfig.products`: BURST_COMPUTE_*).
     func makeKernels(maxKVHeads: Int, maxKeyRows: Int) throws -> LocalAttention {
         guard let made = LocalAttention(headDim: headDim, scale: config.effectiveScale, pool: pool,
                                         maxKVHeads: maxKVHeads, maxKeyRows: maxKeyRows,
                                         tileQ: AttentionPlan.tuning("BURST_TILE_Q", 256),
-                                        tileK: AttentionPlan.tuning("BURST_TILE_K", 128)) else {
+                                        tileK: AttentionPlan.tuning("BURST_TILE_K", 128),
+                                        products: config.products) else {
             throw BurstError(.outOfMemory, "cannot allocate the kernels' scratch space")
         }
         return made

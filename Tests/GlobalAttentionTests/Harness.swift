@@ -28,6 +28,11 @@ struct Problem {
     /// inputs are rounded to it, so the reference sees exactly what the
     /// library does.
     var dtype: StorageType = .f32
+    /// BURST_COMPUTE_*. EXACT unless a test asks otherwise: the tests of the
+    /// exact contract (DESIGN §3, the half storage contract) must not pick
+    /// up DEFAULT's bf16 products for bf16 storage; ComputeTests runs FAST
+    /// and DEFAULT against `FastTolerance`.
+    var compute: AttentionConfig.Compute = .exact
 
     var ranks: Int { counts.count }
     var total: Int { counts.reduce(0, +) }
@@ -45,7 +50,7 @@ struct Problem {
     func positions(rank: Int) -> [Int] { tokenDistribution.positions(rank: rank, counts: rankCounts) }
 
     var label: String {
-        "\(dtype) P=\(ranks) counts=\(rankCounts) dist=\(distribution) B=\(batch) H=\(heads)/\(hkv) d=\(headDim) causal=\(causal) window=\(window) cu=\(cuSeqlens.map { "\($0)" } ?? "-") layout=\(layout) pattern=\(pattern) G=\(intraGroupSize)"
+        "\(dtype) compute=\(compute) P=\(ranks) counts=\(rankCounts) dist=\(distribution) B=\(batch) H=\(heads)/\(hkv) d=\(headDim) causal=\(causal) window=\(window) cu=\(cuSeqlens.map { "\($0)" } ?? "-") layout=\(layout) pattern=\(pattern) G=\(intraGroupSize)"
     }
 
     func config(rank: Int) -> AttentionConfig {
@@ -70,6 +75,7 @@ struct Problem {
         c.intraGroupSize = intraGroupSize
         c.timeoutSeconds = 60
         c.dtype = dtype.rawValue
+        c.compute = compute.rawValue
         return c
     }
 
@@ -83,6 +89,32 @@ struct Problem {
             out[index] = Float(value)
         } } } }
         return out
+    }
+
+    /// `shard` without the fp32 rounding.
+    func shardDouble(_ global: [Double], rank: Int, heads h: Int) -> [Double] {
+        let pos = positions(rank: rank), n = pos.count, d = headDim, N = total
+        var out = [Double](repeating: 0, count: batch * h * n * d)
+        for b in 0..<batch { for hh in 0..<h { for (i, g) in pos.enumerated() { for c in 0..<d {
+            let index = layout == .bhsd ? (((b * h + hh) * n + i) * d + c) : (((b * n + i) * h + hh) * d + c)
+            out[index] = global[((b * h + hh) * N + g) * d + c]
+        } } } }
+        return out
+    }
+
+    /// The canonical global tensor [Z', N, d] from every rank's shard (the
+    /// inverse of `shard`).
+    func unshard(_ shards: [[Float]], heads h: Int) -> [Double] {
+        let N = total, d = headDim
+        var global = [Double](repeating: 0, count: batch * h * N * d)
+        for rank in 0..<ranks {
+            let pos = positions(rank: rank), n = pos.count
+            for b in 0..<batch { for hh in 0..<h { for (i, g) in pos.enumerated() { for c in 0..<d {
+                let index = layout == .bhsd ? (((b * h + hh) * n + i) * d + c) : (((b * n + i) * h + hh) * d + c)
+                global[((b * h + hh) * N + g) * d + c] = Double(shards[rank][index])
+            } } } }
+        }
+        return global
     }
 
     /// Canonical global row statistics [Z, N] → this rank's [Z, n].
@@ -118,6 +150,21 @@ struct RankResult {
     var out: [Float] = [], lse: [Float] = [], dq: [Float] = [], dk: [Float] = [], dv: [Float] = []
     var forwardStats = CallStats(), backwardStats = CallStats()
     var error: BurstError?
+    /// The tile products of the kernels the plan's schedule made (nil: it made none).
+    var products: LocalAttention.Products?
+}
+
+extension AttentionPlan {
+    /// The products of the kernels this plan's schedule made (nil before its
+    /// first call, or when it needed none).
+    var kernelProducts: LocalAttention.Products? {
+        switch schedule {
+        case let s as RingSchedule: return s.kernels?.products
+        case let s as AllgatherSchedule: return s.kernels?.products
+        case let s as UlyssesSchedule: return s.kernels?.products
+        default: return nil
+        }
+    }
 }
 
 /// Runs `body(rank, transport)` on one thread per rank and returns the results in rank order.
@@ -162,6 +209,7 @@ func runProblem(_ p: Problem, backward: Bool = true) -> [RankResult] {
                 try plan.forward(q: q.raw, k: k.raw, v: v.raw, out: out.mutableRaw, lse: lb.baseAddress)
             }
             result.out = out.floats; result.lse = lse; result.forwardStats = plan.lastStats
+            result.products = plan.kernelProducts
             if backward {
                 let dq = StorageArray(count: qs.count, type), dk = StorageArray(count: ks.count, type)
                 let dv = StorageArray(count: ks.count, type)

@@ -6,21 +6,6 @@ import LocalAttention
 /// float64 reference of the same rounded inputs, and the bytes each pattern
 /// moves (storage-typed parts at 2 bytes an element, fp32 parts at 4).
 final class StorageTypeTests: XCTestCase {
-    /// The rank's canonical global tensor [Z', N, d] from every rank's shard
-    /// (the inverse of `Problem.shard`).
-    func unshard(_ p: Problem, _ shards: [[Float]], heads h: Int) -> [Double] {
-        let N = p.total, d = p.headDim
-        var global = [Double](repeating: 0, count: p.batch * h * N * d)
-        for rank in 0..<p.ranks {
-            let pos = p.positions(rank: rank), n = pos.count
-            for b in 0..<p.batch { for hh in 0..<h { for (i, g) in pos.enumerated() { for c in 0..<d {
-                let index = p.layout == .bhsd ? (((b * h + hh) * n + i) * d + c) : (((b * n + i) * h + hh) * d + c)
-                global[((b * h + hh) * N + g) * d + c] = Double(shards[rank][index])
-            } } } }
-        }
-        return global
-    }
-
     /// The numerics contract for a half storage type (README "Storage
     /// types"): every element within the fp32 tolerance of DESIGN §3 (1e-5
     /// of max|ref| for out, 1e-4 for gradients, lse 1e-4 absolute) plus the
@@ -36,14 +21,14 @@ final class StorageTypeTests: XCTestCase {
         let ref = p.reference
         let (out, lse) = ref.forward(q: q, k: k, v: v)
         let backward = results.contains { !$0.dq.isEmpty }
-        let given = unshard(p, results.map(\.out), heads: p.heads)   // the rounded out the backward was given
+        let given = p.unshard(results.map(\.out), heads: p.heads)   // the rounded out the backward was given
         let grads: (dq: [Double], dk: [Double], dv: [Double]) = backward ? ref.backward(q: q, k: k, v: v, out: given, lse: lse, dout: dout) : ([], [], [])
         let u = p.dtype.unitRoundoff, subnormal = p.dtype == .f16 ? 0x1p-24 : 0
         func check(_ name: String, _ got: [[Float]], _ want: [Double], heads h: Int, relative: Double, floor: Double = 0) {
             let scale = max(maxAbs(want), floor), fp32 = relative * scale
             var worst = 0.0, worstAt = ""
             for rank in 0..<p.ranks {
-                let exact = shardDouble(p, want, rank: rank, heads: h)
+                let exact = p.shardDouble(want, rank: rank, heads: h)
                 for (i, (a, b)) in zip(got[rank], exact).enumerated() {
                     let allowed = fp32 * (1 + u) + u * abs(b) + subnormal
                     let excess = abs(Double(a) - b) / allowed
@@ -67,17 +52,6 @@ final class StorageTypeTests: XCTestCase {
         check("dq", results.map(\.dq), grads.dq, heads: p.heads, relative: 1e-4, floor: 1e-3)
         check("dk", results.map(\.dk), grads.dk, heads: p.hkv, relative: 1e-4, floor: 1e-3)
         check("dv", results.map(\.dv), grads.dv, heads: p.hkv, relative: 1e-4, floor: 1e-3)
-    }
-
-    /// `Problem.shard` without the fp32 rounding.
-    func shardDouble(_ p: Problem, _ global: [Double], rank: Int, heads h: Int) -> [Double] {
-        let pos = p.positions(rank: rank), n = pos.count, d = p.headDim, N = p.total
-        var out = [Double](repeating: 0, count: p.batch * h * n * d)
-        for b in 0..<p.batch { for hh in 0..<h { for (i, g) in pos.enumerated() { for c in 0..<d {
-            let index = p.layout == .bhsd ? (((b * h + hh) * n + i) * d + c) : (((b * n + i) * h + hh) * d + c)
-            out[index] = global[((b * h + hh) * N + g) * d + c]
-        } } } }
-        return out
     }
 
     /// The variants of the sweep: plain, causal zigzag, GQA, a window, packed sequences.

@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -245,8 +246,8 @@ static int apply_case(int i, burst_attention_config *cfg, int64_t total_tokens,
     CASE(51, "struct_size = sizeof + 64, zero past the known fields (newer header)", BURST_OK,
          cfg->struct_size = (uint32_t)sizeof(burst_attention_config) + 64u)
     CASE(52, "struct_size = 5000 (above 4096)", BURST_ERROR_VERSION, cfg->struct_size = 5000u)
-    CASE(53, "struct_size = sizeof - 8 (shorter than any released header)", BURST_ERROR_VERSION,
-         cfg->struct_size = (uint32_t)sizeof(burst_attention_config) - 8u)
+    CASE(53, "struct_size = sizeof - 4 (no released header had it)", BURST_ERROR_VERSION,
+         cfg->struct_size = (uint32_t)sizeof(burst_attention_config) - 4u)
     CASEM(54, "softmax_scale = -0.5", BURST_ERROR_INVALID_ARGUMENT, "softmax_scale", cfg->softmax_scale = -0.5f)
     CASEM(55, "softmax_scale = -inf", BURST_ERROR_INVALID_ARGUMENT, "softmax_scale",
           cfg->softmax_scale = -(float)INFINITY)
@@ -270,6 +271,22 @@ static int apply_case(int i, burst_attention_config *cfg, int64_t total_tokens,
     CASEM(66, "N = 2^40 tokens, batch = heads = head_dim = 1", BURST_ERROR_OUT_OF_MEMORY, "token metadata",
           (cfg->seq_len_local = ((int64_t)1 << 40) / g_size, cfg->num_heads_q = cfg->num_heads_kv = 1,
            cfg->head_dim = 1))
+    /* since 0.7 (issue 19): compute, reserved0, and the 0.4-0.6 size (it
+     * ended at timeout_seconds) as an older released size */
+    CASEM(67, "compute = 3", BURST_ERROR_INVALID_ARGUMENT, "BURST_COMPUTE_FAST = 2", cfg->compute = 3)
+    CASEM(68, "compute = -1", BURST_ERROR_INVALID_ARGUMENT, "compute", cfg->compute = -1)
+    CASE(69, "compute = EXACT", BURST_OK, cfg->compute = BURST_COMPUTE_EXACT)
+    CASE(70, "compute = FAST", BURST_OK, cfg->compute = BURST_COMPUTE_FAST)
+    CASE(71, "compute = FAST, dtype = F16", BURST_OK, (cfg->compute = BURST_COMPUTE_FAST, cfg->dtype = BURST_DTYPE_F16))
+    CASE(72, "dtype = BF16 (compute DEFAULT = FAST)", BURST_OK, cfg->dtype = BURST_DTYPE_BF16)
+    CASE(73, "struct_size = the 0.6 size, compute = 3 past it (not read)", BURST_OK,
+         (cfg->struct_size = (uint32_t)offsetof(burst_attention_config, compute), cfg->compute = 3))
+    CASE(74, "struct_size = the 0.6 size - 8", BURST_ERROR_VERSION,
+         cfg->struct_size = (uint32_t)offsetof(burst_attention_config, compute) - 8u)
+    CASEM(75, "reserved0 = 1", BURST_ERROR_VERSION, "reserved0", cfg->reserved0 = 1)
+    CASEM(76, "struct_size = sizeof + 8 with compute's successor set", BURST_ERROR_VERSION, "does not know",
+          (cfg->struct_size = (uint32_t)sizeof(burst_attention_config) + 8u,
+           ((unsigned char *)cfg)[sizeof(burst_attention_config)] = 1))
 #undef CASEM
 #undef CASE
   default:
@@ -438,7 +455,7 @@ static void check_config_cases(burst_context *ctx, int64_t total_tokens) {
 static void check_mismatch(burst_context *ctx) {
   const int odd = (g_rank == g_size - 1);
   int i;
-  for (i = 0; i < 7; ++i) {
+  for (i = 0; i < 9; ++i) {
     burst_attention_config cfg;
     burst_plan *plan = NULL;
     burst_status st;
@@ -454,6 +471,9 @@ static void check_mismatch(burst_context *ctx) {
     case 4: field = "num_heads"; if (odd) { cfg.num_heads_q = 4; cfg.num_heads_kv = 4; } break;
     case 5: field = "softmax_scale"; if (odd) cfg.softmax_scale = 0.5f; break;
     case 6: field = "cu_seqlens"; cfg.cu_seqlens = cu; cfg.num_sequences = 2; break;
+    case 7: field = "compute"; if (odd) cfg.compute = BURST_COMPUTE_FAST; break;
+    /* DEFAULT and FAST resolve alike for BF16, but the field is compared as set. */
+    case 8: field = "compute"; cfg.dtype = BURST_DTYPE_BF16; cfg.compute = odd ? BURST_COMPUTE_DEFAULT : BURST_COMPUTE_FAST; break;
     default: break;
     }
     {
@@ -476,6 +496,17 @@ static void check_mismatch(burst_context *ctx) {
     st = burst_plan_create(ctx, &cfg, &plan);
     expect(st, BURST_OK,
            "burst_plan_create(seq_len_local, num_threads, timeout_seconds differ)");
+    if (st == BURST_OK) burst_plan_destroy(plan);
+  }
+  /* compute = 3 on the last rank only: INVALID_ARGUMENT on every rank, naming it. */
+  {
+    burst_attention_config cfg;
+    burst_plan *plan = NULL;
+    burst_status st;
+    base_config(&cfg, 2);
+    if (odd) cfg.compute = 3;
+    st = burst_plan_create(ctx, &cfg, &plan);
+    expect_msg(st, BURST_ERROR_INVALID_ARGUMENT, "compute", "burst_plan_create(compute = 3 on the last rank only)");
     if (st == BURST_OK) burst_plan_destroy(plan);
   }
   /* A config that is invalid on one rank only: every rank gets an error. */
@@ -545,17 +576,42 @@ static void check_handles_and_overlaps(burst_context *ctx) {
   memset(&pc, 0xab, sizeof pc);
   expect(burst_attention_config_init_sized(NULL, sizeof cfg), BURST_ERROR_INVALID_ARGUMENT,
          "burst_attention_config_init_sized(NULL)");
-  expect(burst_attention_config_init_sized(&pc.cfg, sizeof cfg - 8), BURST_ERROR_VERSION,
-         "burst_attention_config_init_sized(sizeof - 8)");
+  expect(burst_attention_config_init_sized(&pc.cfg, sizeof cfg - 4), BURST_ERROR_VERSION,
+         "burst_attention_config_init_sized(sizeof - 4)");
+  expect(burst_attention_config_init_sized(&pc.cfg, offsetof(burst_attention_config, compute) - 8), BURST_ERROR_VERSION,
+         "burst_attention_config_init_sized(0.6 size - 8)");
   ++g_checks;
   if (pc.pad[0] != 0xab || ((unsigned char *)&pc.cfg)[0] != 0xab)
     fail("config_init_sized with an unknown size wrote to the struct");
+  /* Since 0.7 the 0.4-0.6 size (up to timeout_seconds) is an older released
+   * size: exactly its bytes are written; so does the unsized init (what 0.4
+   * binaries call). */
+  {
+    const size_t v06 = offsetof(burst_attention_config, compute);
+    int pass;
+    for (pass = 0; pass < 2; ++pass) {
+      memset(&pc, 0xab, sizeof pc);
+      if (pass == 0) {
+        if (!expect(burst_attention_config_init_sized(&pc.cfg, v06), BURST_OK,
+                    "burst_attention_config_init_sized(0.6 size)"))
+          continue;
+      } else {
+        (burst_attention_config_init)(&pc.cfg);
+      }
+      ++g_checks;
+      if (pc.cfg.struct_size != v06 || ((unsigned char *)&pc.cfg)[v06] != 0xab || pc.cfg.window_left != -1 ||
+          pc.cfg.timeout_seconds != 0)
+        fail("%s: struct_size %u, byte past the 0.6 struct %s", pass ? "the unsized init" : "config_init_sized(0.6 size)",
+             (unsigned)pc.cfg.struct_size, ((unsigned char *)&pc.cfg)[v06] == 0xab ? "untouched" : "WRITTEN");
+    }
+  }
   if (expect(burst_attention_config_init_sized(&pc.cfg, sizeof cfg + 16), BURST_OK,
              "burst_attention_config_init_sized(sizeof + 16)")) {
     int j, bad = 0;
     for (j = 0; j < 16; ++j) bad += pc.pad[j] != 0;
     ++g_checks;
-    if (pc.cfg.struct_size != sizeof cfg + 16 || bad || pc.pad[16] != 0xab || pc.cfg.window_left != -1)
+    if (pc.cfg.struct_size != sizeof cfg + 16 || bad || pc.pad[16] != 0xab || pc.cfg.window_left != -1 ||
+        pc.cfg.compute != BURST_COMPUTE_DEFAULT || pc.cfg.reserved0 != 0)
       fail("config_init_sized(sizeof + 16): struct_size %u, %d nonzero tail bytes, byte past the size %s",
            (unsigned)pc.cfg.struct_size, bad, pc.pad[16] == 0xab ? "untouched" : "WRITTEN");
   }

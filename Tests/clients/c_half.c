@@ -6,7 +6,8 @@
  * (with its own bit-level conversions, storage_reference.h, written independently of the
  * library's), takes its contiguous shard of uint16_t elements and runs
  * forward and backward under every pattern, causal and not. Checks:
- *  - every element of out, dq, dk, dv within the half contract of the header
+ *  - with compute = BURST_COMPUTE_EXACT (DEFAULT is FAST for BF16; c_variants
+ *    tests FAST): every element of out, dq, dk, dv within the half contract of the header
  *    against a float64 reference of the same rounded inputs (the backward's
  *    reference gets the rounded out the library was given, gathered from
  *    every rank): |x - ref| <= tol*max|ref|*(1+u) + u*|ref| + sub, with tol
@@ -97,6 +98,7 @@ static burst_status make_plan(burst_context *ctx, int dtype, int pattern, int ma
   cfg.head_dim = sh->head_dim;
   cfg.num_threads = 1;
   cfg.timeout_seconds = 120;
+  cfg.compute = BURST_COMPUTE_EXACT;   /* the contract checked here (DEFAULT is FAST for BF16) */
   return burst_plan_create(ctx, &cfg, plan);
 }
 

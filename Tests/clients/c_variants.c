@@ -11,6 +11,14 @@
  * burst_stats: bytes sent/received exactly against the schedule's rules with
  * a brute-force needs matrix, tiles computed + skipped against the dense
  * count, and a 0.1-sized (72-byte) struct accepted.
+ *
+ * BURST_COMPUTE_FAST (0.7): causal zigzag, GQA / MQA with windows, packing,
+ * BURST / RING / ALLGATHER, F32 storage (compute = FAST: the library rounds
+ * the inputs) and BF16 storage (FAST, or DEFAULT which is FAST for BF16 —
+ * once through a 0.6-sized config, as a client built against 0.6 passes it)
+ * against the float64 reference of the bf16-rounded inputs, within the FAST
+ * bounds of variant_reference.h (the backward's reference takes D from the
+ * out the library returned, assembled from every rank).
  */
 #include <burst_attention.h>
 #include <mpi.h>
@@ -23,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "storage_reference.h"
 #include "variant_reference.h"
 
 static int g_rank, g_size, g_failures;
@@ -212,6 +221,140 @@ done:
   free(wout); free(wlse); free(wdq); free(wdk); free(wdv);
 }
 
+/* ---- BURST_COMPUTE_FAST ---------------------------------------------------- */
+typedef struct fcase {
+  vcase c;
+  int dtype, compute, pattern;
+  int old_size; /* pass struct_size = the 0.6 size (the config ends at timeout_seconds) */
+} fcase;
+
+static double bf16_round(double x) { return (double)from_bf16(to_bf16((float)x)); }
+
+/* Element i of a storage-typed buffer as a double. */
+static double value_at(int dtype, const void *buf, size_t i) {
+  return dtype == BURST_DTYPE_BF16 ? (double)from_bf16(((const uint16_t *)buf)[i]) : (double)((const float *)buf)[i];
+}
+
+/* max |got - want| over a local shard (want: doubles in the same layout). */
+static double fast_err(int dtype, const void *got, const double *want, size_t n) {
+  double worst = 0;
+  size_t i;
+  for (i = 0; i < n; ++i) {
+    double g = value_at(dtype, got, i), e = g == want[i] ? 0 : fabs(g - want[i]);
+    if (e != e) e = INFINITY;
+    if (e > worst) worst = e;
+  }
+  return worst;
+}
+
+static void run_fast_case(burst_context *ctx, const fcase *f) {
+  const vcase *c = &f->c;
+  const int64_t N = c->N, D = c->d;
+  const size_t e = f->dtype == BURST_DTYPE_BF16 ? 2 : 4;
+  const size_t nq = (size_t)(c->batch * c->hq * N * D), nk = (size_t)(c->batch * c->hkv * N * D);
+  const size_t nl = (size_t)(c->batch * c->hq * N);
+  double *cq = xcalloc(nq, 8), *ck = xcalloc(nk, 8), *cv = xcalloc(nk, 8), *cdo = xcalloc(nq, 8);
+  double *cout = xcalloc(nq, 8), *clse = xcalloc(nl, 8), *cdq = xcalloc(nq, 8), *cdk = xcalloc(nk, 8), *cdv = xcalloc(nk, 8);
+  double *given = xcalloc(nq, 8), *rout = xcalloc(nq, 8), *rdq = xcalloc(nq, 8), *rdk = xcalloc(nk, 8), *rdv = xcalloc(nk, 8);
+  float *fq = xcalloc(nq, 4), *fk = xcalloc(nk, 4), *fv = xcalloc(nk, 4), *fdo = xcalloc(nq, 4);
+  void *uq = xcalloc(nq, e), *uk = xcalloc(nk, e), *uv = xcalloc(nk, e), *udo = xcalloc(nq, e);
+  void *q = NULL, *k = NULL, *v = NULL, *dout = NULL, *out = NULL, *dq = NULL, *dk = NULL, *dv = NULL;
+  double *wout = NULL, *wdq = NULL, *wdk = NULL, *wdv = NULL, *wlse = NULL, *local_out = NULL, *full_out = NULL, *sum_out = NULL;
+  float *lse = NULL;
+  int64_t n = 0;
+  size_t lq, lk, ll, i;
+  burst_attention_config cfg;
+  burst_plan *plan = NULL;
+  burst_status st;
+
+  g_case = c->name;
+  if (burst_shard_positions(c->dist, N, c->cu, c->nseq, g_size, g_rank, NULL, 0, &n) != BURST_OK) {
+    fail("burst_shard_positions: %s", burst_last_error());
+    goto done;
+  }
+  /* The caller's values (the library rounds F32 ones to bf16 itself; BF16
+   * ones are rounded here) and the reference's inputs: all rounded to bf16. */
+  for (i = 0; i < nq; ++i) { cq[i] = vref_value(1, i); cdo[i] = vref_value(4, i); }
+  for (i = 0; i < nk; ++i) { ck[i] = vref_value(2, i); cv[i] = vref_value(3, i); }
+  to_user(c, c->hq, cq, fq, NULL); to_user(c, c->hkv, ck, fk, NULL);
+  to_user(c, c->hkv, cv, fv, NULL); to_user(c, c->hq, cdo, fdo, NULL);
+  for (i = 0; i < nq; ++i) { cq[i] = bf16_round(cq[i]); cdo[i] = bf16_round(cdo[i]); }
+  for (i = 0; i < nk; ++i) { ck[i] = bf16_round(ck[i]); cv[i] = bf16_round(cv[i]); }
+  if (f->dtype == BURST_DTYPE_BF16) {
+    for (i = 0; i < nq; ++i) { ((uint16_t *)uq)[i] = to_bf16(fq[i]); ((uint16_t *)udo)[i] = to_bf16(fdo[i]); }
+    for (i = 0; i < nk; ++i) { ((uint16_t *)uk)[i] = to_bf16(fk[i]); ((uint16_t *)uv)[i] = to_bf16(fv[i]); }
+  } else {
+    memcpy(uq, fq, nq * 4); memcpy(udo, fdo, nq * 4); memcpy(uk, fk, nk * 4); memcpy(uv, fv, nk * 4);
+  }
+
+  lq = (size_t)(c->batch * c->hq * n * D); lk = (size_t)(c->batch * c->hkv * n * D); ll = (size_t)(c->batch * c->hq * n);
+  q = xcalloc(lq, e); dout = xcalloc(lq, e); out = xcalloc(lq, e); dq = xcalloc(lq, e);
+  k = xcalloc(lk, e); v = xcalloc(lk, e); dk = xcalloc(lk, e); dv = xcalloc(lk, e); lse = xcalloc(ll, 4);
+  wout = xcalloc(lq, 8); wdq = xcalloc(lq, 8); wdk = xcalloc(lk, 8); wdv = xcalloc(lk, 8); wlse = xcalloc(ll, 8);
+  local_out = xcalloc(lq, 8); full_out = xcalloc(nq, 8); sum_out = xcalloc(nq, 8);
+  shard(c, c->hq, e, uq, q, g_rank, 0); shard(c, c->hkv, e, uk, k, g_rank, 0);
+  shard(c, c->hkv, e, uv, v, g_rank, 0); shard(c, c->hq, e, udo, dout, g_rank, 0);
+
+  burst_attention_config_init(&cfg);
+  cfg.layout = c->layout; cfg.mask = c->causal ? BURST_MASK_CAUSAL : BURST_MASK_NONE;
+  cfg.distribution = c->dist; cfg.batch = c->batch; cfg.seq_len_local = n;
+  cfg.num_heads_q = c->hq; cfg.num_heads_kv = c->hkv; cfg.head_dim = D;
+  cfg.window_left = c->wl; cfg.window_right = c->wr; cfg.cu_seqlens = c->cu; cfg.num_sequences = c->nseq;
+  cfg.num_threads = 1; cfg.timeout_seconds = 120;
+  cfg.dtype = f->dtype; cfg.compute = f->compute; cfg.pattern = f->pattern;
+  if (f->old_size) {
+    cfg.struct_size = (uint32_t)offsetof(burst_attention_config, compute);
+    cfg.compute = 3;   /* past a 0.6 struct: never read */
+  }
+  st = burst_plan_create(ctx, &cfg, &plan);
+  if (st != BURST_OK) { fail("plan_create: %s: %s", burst_status_string(st), burst_last_error()); goto done; }
+  st = burst_forward(plan, q, k, v, out, lse);
+  if (st != BURST_OK) { fail("forward: %s", burst_last_error()); goto done; }
+  st = burst_backward(plan, q, k, v, out, lse, dout, dq, dk, dv);
+  if (st != BURST_OK) { fail("backward: %s", burst_last_error()); goto done; }
+
+  /* The out the backward was given, whole (every rank's shard through
+   * burst_unshard, summed over the ranks: each element comes from one). */
+  for (i = 0; i < lq; ++i) local_out[i] = value_at(f->dtype, out, i);
+  shard(c, c->hq, 8, full_out, local_out, g_rank, 1);
+  MPI_Allreduce(full_out, sum_out, (int)nq, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  {
+    /* sum_out is in the user layout: back to canonical for the reference. */
+    int64_t b, h, t, x;
+    for (b = 0; b < c->batch; ++b)
+      for (h = 0; h < c->hq; ++h)
+        for (t = 0; t < N; ++t)
+          for (x = 0; x < D; ++x)
+            given[CI(c, h, b, t, x, c->hq)] = sum_out[c->layout == BURST_LAYOUT_BHSD
+                                                          ? (((size_t)b * c->hq + h) * N + t) * D + x
+                                                          : (((size_t)b * N + t) * c->hq + h) * D + x];
+  }
+  vref_reference_given_out(c, cq, ck, cv, cdo, given, cout, clse, cdq, cdk, cdv);
+  to_user(c, c->hq, cout, NULL, rout); to_user(c, c->hq, cdq, NULL, rdq);
+  to_user(c, c->hkv, cdk, NULL, rdk); to_user(c, c->hkv, cdv, NULL, rdv);
+  shard(c, c->hq, 8, rout, wout, g_rank, 0); shard(c, c->hq, 8, rdq, wdq, g_rank, 0);
+  shard(c, c->hkv, 8, rdk, wdk, g_rank, 0); shard(c, c->hkv, 8, rdv, wdv, g_rank, 0);
+  if (burst_shard(c->dist, N, c->cu, c->nseq, g_size, g_rank, c->batch * c->hq, 8, clse, wlse) != BURST_OK)
+    fail("burst_shard lse: %s", burst_last_error());
+  {
+    double mo = max_abs(cout, nq), mq = fmax(max_abs(cdq, nq), 1e-3), mk = fmax(max_abs(cdk, nk), 1e-3);
+    double mv = fmax(max_abs(cdv, nk), 1e-3);
+    double eo = fast_err(f->dtype, out, wout, lq), el = max_err(lse, wlse, ll);
+    double eq = fast_err(f->dtype, dq, wdq, lq), ek = fast_err(f->dtype, dk, wdk, lk), ev = fast_err(f->dtype, dv, wdv, lk);
+    if (!(eo <= VREF_FAST_OUT_TOL * mo)) fail("FAST out error %.3e > %g * %.3e", eo, VREF_FAST_OUT_TOL, mo);
+    if (!(el <= VREF_FAST_LSE_TOL)) fail("FAST lse error %.3e > %g", el, VREF_FAST_LSE_TOL);
+    if (!(eq <= VREF_FAST_GRAD_TOL * mq)) fail("FAST dq error %.3e > %g * %.3e", eq, VREF_FAST_GRAD_TOL, mq);
+    if (!(ek <= VREF_FAST_GRAD_TOL * mk)) fail("FAST dk error %.3e > %g * %.3e", ek, VREF_FAST_GRAD_TOL, mk);
+    if (!(ev <= VREF_FAST_GRAD_TOL * mv)) fail("FAST dv error %.3e > %g * %.3e", ev, VREF_FAST_GRAD_TOL, mv);
+  }
+done:
+  burst_plan_destroy(plan);
+  free(cq); free(ck); free(cv); free(cdo); free(cout); free(clse); free(cdq); free(cdk); free(cdv);
+  free(given); free(rout); free(rdq); free(rdk); free(rdv); free(fq); free(fk); free(fv); free(fdo);
+  free(uq); free(uk); free(uv); free(udo); free(q); free(k); free(v); free(dout); free(out); free(dq); free(dk); free(dv);
+  free(wout); free(wdq); free(wdk); free(wdv); free(wlse); free(local_out); free(full_out); free(sum_out); free(lse);
+}
+
 int main(int argc, char **argv) {
   static const int64_t cu_a[] = {0, 5, 5, 23, 37};
   static const int64_t cu_b[] = {0, 10, 11, 30, 53};
@@ -226,6 +369,22 @@ int main(int argc, char **argv) {
       {"contiguous varlen {0,10,11,30,53} causal B=2 4/4 BSHD", BURST_DISTRIBUTION_CONTIGUOUS, BURST_LAYOUT_BSHD, 1, -1, -1, 4, 4, 2, 8, 53, cu_b, 4},
       {"zigzag window(2,2) B=2 4/2 BHSD N=53", BURST_DISTRIBUTION_ZIGZAG, BURST_LAYOUT_BHSD, 0, 2, 2, 4, 2, 2, 8, 53, NULL, 0},
   };
+  static const fcase fast_cases[] = {
+      {{"FAST f32 zigzag causal BSHD 4/4 N=37", BURST_DISTRIBUTION_ZIGZAG, BURST_LAYOUT_BSHD, 1, -1, -1, 4, 4, 1, 16, 37, NULL, 0},
+       BURST_DTYPE_F32, BURST_COMPUTE_FAST, BURST_PATTERN_BURST, 0},
+      {{"FAST bf16 zigzag causal GQA 4/2 BHSD N=53 B=2", BURST_DISTRIBUTION_ZIGZAG, BURST_LAYOUT_BHSD, 1, -1, -1, 4, 2, 2, 16, 53, NULL, 0},
+       BURST_DTYPE_BF16, BURST_COMPUTE_FAST, BURST_PATTERN_BURST, 0},
+      {{"FAST f32 striped causal window(8,0) GQA 4/2 BHSD N=53 RING", BURST_DISTRIBUTION_STRIPED, BURST_LAYOUT_BHSD, 1, 8, 0, 4, 2, 1, 16, 53, NULL, 0},
+       BURST_DTYPE_F32, BURST_COMPUTE_FAST, BURST_PATTERN_RING, 0},
+      {{"DEFAULT bf16 contiguous window(3,5) GQA 4/2 BHSD N=53 ALLGATHER", BURST_DISTRIBUTION_CONTIGUOUS, BURST_LAYOUT_BHSD, 0, 3, 5, 4, 2, 1, 16, 53, NULL, 0},
+       BURST_DTYPE_BF16, BURST_COMPUTE_DEFAULT, BURST_PATTERN_ALLGATHER, 0},
+      {{"FAST f32 contiguous window(8,0) MQA 4/1 BSHD N=41 ALLGATHER", BURST_DISTRIBUTION_CONTIGUOUS, BURST_LAYOUT_BSHD, 0, 8, 0, 4, 1, 1, 16, 41, NULL, 0},
+       BURST_DTYPE_F32, BURST_COMPUTE_FAST, BURST_PATTERN_ALLGATHER, 0},
+      {{"DEFAULT bf16 as a 0.6 client: zigzag varlen {0,5,5,23,37} causal window(4,0) 4/2 BSHD", BURST_DISTRIBUTION_ZIGZAG, BURST_LAYOUT_BSHD, 1, 4, 0, 4, 2, 1, 16, 37, cu_a, 4},
+       BURST_DTYPE_BF16, BURST_COMPUTE_DEFAULT, BURST_PATTERN_BURST, 1},
+      {{"FAST f32 contiguous varlen {0,10,11,30,53} causal B=2 4/4 BSHD RING", BURST_DISTRIBUTION_CONTIGUOUS, BURST_LAYOUT_BSHD, 1, -1, -1, 4, 4, 2, 8, 53, cu_b, 4},
+       BURST_DTYPE_F32, BURST_COMPUTE_FAST, BURST_PATTERN_RING, 0},
+  };
   burst_context *ctx = NULL;
   size_t c;
   int total = 0;
@@ -239,10 +398,11 @@ int main(int argc, char **argv) {
     MPI_Abort(MPI_COMM_WORLD, 2);
   }
   for (c = 0; c < sizeof cases / sizeof cases[0]; ++c) run_case(ctx, &cases[c]);
+  for (c = 0; c < sizeof fast_cases / sizeof fast_cases[0]; ++c) run_fast_case(ctx, &fast_cases[c]);
   burst_context_destroy(ctx);
   MPI_Allreduce(&g_failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
   printf("c_variants rank %d/%d: %s - %d cases, %d local failures\n", g_rank, g_size, total ? "FAILED" : "ok",
-         (int)(sizeof cases / sizeof cases[0]), g_failures);
+         (int)(sizeof cases / sizeof cases[0] + sizeof fast_cases / sizeof fast_cases[0]), g_failures);
   MPI_Finalize();
   return total ? 1 : 0;
 }

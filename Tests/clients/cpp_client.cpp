@@ -279,7 +279,9 @@ void run_gqa_zigzag(burst_context *ctx, int pattern = BURST_PATTERN_BURST, int g
 // element against the float64 reference of the rounded inputs within the
 // header's contract: tol*max|ref|*(1+u) + u*|ref| (+ 2^-24 for fp16). The
 // backward gets the reference's own out rounded to the type, and so does the
-// reference's D = rowsum(dO * O).
+// reference's D = rowsum(dO * O). compute is EXACT (that contract), or FAST
+// (bf16 only: bf16 products; checked as max error against the FAST bounds of
+// variant_reference.h, the inputs being bf16 already).
 uint16_t to_storage(int dtype, float x) {
   uint32_t u;
   std::memcpy(&u, &x, 4);
@@ -313,9 +315,10 @@ double from_storage(int dtype, uint16_t h) {
   return (h & 0x8000u) ? -v : v;
 }
 
-void run_half(burst_context *ctx, int dtype, int pattern) {
+void run_half(burst_context *ctx, int dtype, int pattern, int compute = BURST_COMPUTE_EXACT) {
   static const char *const patterns[] = {"BURST", "RING", "ALLGATHER", "ULYSSES", "AUTO"};
-  const std::string label = std::string(dtype == BURST_DTYPE_BF16 ? "bf16" : "fp16") +
+  const bool fast = compute == BURST_COMPUTE_FAST;
+  const std::string label = std::string(dtype == BURST_DTYPE_BF16 ? "bf16" : "fp16") + (fast ? " FAST" : "") +
                             " zigzag causal window(6,0) GQA 4/2 BHSD N=45 " + patterns[pattern];
   const char *name = label.c_str();
   vcase c{name, BURST_DISTRIBUTION_ZIGZAG, BURST_LAYOUT_BHSD, 1, 6, 0, 4, 2, 1, 16, 45, nullptr, 0};
@@ -356,6 +359,7 @@ void run_half(burst_context *ctx, int dtype, int pattern) {
   cfg.layout = c.layout; cfg.mask = BURST_MASK_CAUSAL; cfg.distribution = c.dist; cfg.dtype = dtype;
   cfg.batch = c.batch; cfg.seq_len_local = n; cfg.num_heads_q = c.hq; cfg.num_heads_kv = c.hkv;
   cfg.head_dim = c.d; cfg.window_left = c.wl; cfg.window_right = c.wr; cfg.num_threads = 1; cfg.pattern = pattern;
+  cfg.compute = compute;
   burst_plan *raw = nullptr;
   check(burst_plan_create(ctx, &cfg, &raw), "burst_plan_create");
   plan_ptr plan(raw);
@@ -371,16 +375,39 @@ void run_half(burst_context *ctx, int dtype, int pattern) {
                     const std::vector<double> &want, double tol, double floor_scale) {
     double scale = floor_scale, worst = 0;
     for (double y : full) scale = std::fmax(scale, std::fabs(y));
+    if (fast) {  // the FAST bounds: max error against tol * max|ref|
+      for (size_t i = 0; i < got.size(); ++i) {
+        const double e = std::fabs(from_storage(dtype, got[i]) - want[i]);
+        worst = e == e ? std::fmax(worst, e) : INFINITY;
+      }
+      if (!(worst <= tol * scale)) fail(name, std::string(what) + ": FAST error " + std::to_string(worst) + " > " +
+                                                  std::to_string(tol) + " * " + std::to_string(scale));
+      return;
+    }
     for (size_t i = 0; i < got.size(); ++i) {
       const double ratio = std::fabs(from_storage(dtype, got[i]) - want[i]) / (tol * scale * (1 + u) + u * std::fabs(want[i]) + sub);
       if (!(ratio <= worst)) worst = ratio == ratio ? ratio : INFINITY;
     }
     if (!(worst <= 1.0)) fail(name, std::string(what) + ": error / allowed = " + std::to_string(worst));
   };
-  within("out", o, out, local_ref(out, c.hq), 1e-5, 0);
-  within("dq", gq, dq, local_ref(dq, c.hq), 1e-4, 1e-3);
-  within("dk", gk, dk, local_ref(dk, c.hkv), 1e-4, 1e-3);
-  within("dv", gv, dv, local_ref(dv, c.hkv), 1e-4, 1e-3);
+  const double out_tol = fast ? VREF_FAST_OUT_TOL : 1e-5, grad_tol = fast ? VREF_FAST_GRAD_TOL : 1e-4;
+  within("out", o, out, local_ref(out, c.hq), out_tol, 0);
+  within("dq", gq, dq, local_ref(dq, c.hq), grad_tol, 1e-3);
+  within("dk", gk, dk, local_ref(dk, c.hkv), grad_tol, 1e-3);
+  within("dv", gv, dv, local_ref(dv, c.hkv), grad_tol, 1e-3);
+  {
+    std::vector<double> want_lse(l.size());
+    check(burst_shard(c.dist, c.N, nullptr, 0, g_size, g_rank, c.batch * c.hq, 8, lse.data(), want_lse.data()),
+          "burst_shard lse");
+    double worst = 0;
+    for (size_t i = 0; i < l.size(); ++i)
+      if (!(double(l[i]) == want_lse[i])) {
+        const double e = std::fabs(double(l[i]) - want_lse[i]);
+        worst = e == e ? std::fmax(worst, e) : INFINITY;
+      }
+    const double lse_tol = fast ? VREF_FAST_LSE_TOL : 1e-4;
+    if (!(worst <= lse_tol)) fail(name, "lse error " + std::to_string(worst) + " > " + std::to_string(lse_tol));
+  }
   // The wire carries the storage type: the forward moves half the bytes of F32 (ring patterns, ALLGATHER).
   if (pattern != BURST_PATTERN_ULYSSES) {
     burst_stats half_stats{};
@@ -460,6 +487,9 @@ int main(int argc, char **argv) {
         run_half(world.get(), dtype, pattern);
         ++cases;
       }
+    // BURST_COMPUTE_FAST (0.7): bf16 products.
+    run_half(world.get(), BURST_DTYPE_BF16, BURST_PATTERN_BURST, BURST_COMPUTE_FAST);
+    ++cases;
   } catch (const burst_error &e) {
     fail("setup", e.what());
   }

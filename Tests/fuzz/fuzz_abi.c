@@ -13,7 +13,8 @@
  *     overflowing sizes, NaN / Inf scales and timeouts, struct_size off by a
  *     few or random, cu_seqlens valid / invalid / NULL with num_sequences
  *     mismatches, windows, GQA, dtypes, patterns incl. AUTO, distributions,
- *     num_threads, intra_group_size);
+ *     num_threads, intra_group_size, compute and reserved0; the 0.4-0.6
+ *     struct_size, whose config ends before compute);
  *   - up to 16 operations run in the same order on every rank (plan_create,
  *     forward, backward with lse/out from a forward or garbage, plan_stats
  *     with random struct_size, plan_destroy, context_rank, the shard helpers,
@@ -43,7 +44,10 @@
  *   O4 numerics: a successful forward with unit-scale inputs matches a
  *      float64 reference (out 1e-5·max|ref| plus the storage rounding, lse
  *      1e-4); a successful backward on a forward's out/lse matches the
- *      float64 gradients (1e-4·max|ref| plus rounding); with tame (finite,
+ *      float64 gradients (1e-4·max|ref| plus rounding); with bf16 products
+ *      (compute FAST, or DEFAULT with BF16) the reference takes q, k, v, dout
+ *      rounded to bf16 and the FAST bounds of Tests/clients/variant_reference.h
+ *      apply instead; with tame (finite,
  *      moderate) inputs out, lse and (fp32/bf16) gradients are finite; two
  *      identical calls give bitwise identical results.
  *   O5 memory: no byte past any caller buffer is written (guard bytes), no
@@ -74,6 +78,7 @@
 #include <time.h>
 
 #include "burst_attention.h"
+#include "../clients/variant_reference.h" /* VREF_FAST_*: the FAST bounds */
 
 /* ------------------------------------------------------------------------ */
 /* Limits                                                                    */
@@ -195,6 +200,20 @@ static double elem_get(const void *buf, int32_t dtype, size_t i) {
     return (double)f;
   }
   return f16_to_double(h);
+}
+/* An input of the reference: as stored, or rounded to bf16 (nearest even)
+ * where the plan runs bf16 products (FAST rounds q, k, v and dout). */
+static double elem_in(const void *buf, int32_t dtype, size_t i, int bf16_products) {
+  double x = elem_get(buf, dtype, i);
+  if (bf16_products && dtype != BURST_DTYPE_BF16) {
+    float f = (float)x;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7FFFFFFFu) <= 0x7F800000u) u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    memcpy(&f, &u, 4);
+    x = (double)f;
+  }
+  return x;
 }
 static int elem_finite(const void *buf, int32_t dtype, size_t i) {
   if (dtype == BURST_DTYPE_F32) return isfinite(((const float *)buf)[i]);
@@ -484,12 +503,22 @@ static int64_t window_pick(rd_t *r) {
 static int tmo_short(double t) { return t > 0 && t <= 0.3; }
 static double tmo_effective(double t) { return t > 0 && isfinite(t) ? t : 300.0; }
 
+/* The 0.4-0.6 struct_size: the config ended at timeout_seconds (since 0.7 an
+ * older released size; compute and reserved0 are then not read: defaults). */
+#define CFG_SIZE_V06 offsetof(burst_attention_config, compute)
+static int32_t cfg_compute(const burst_attention_config *c) { return c->struct_size == CFG_SIZE_V06 ? 0 : c->compute; }
+static int32_t cfg_reserved0(const burst_attention_config *c) { return c->struct_size == CFG_SIZE_V06 ? 0 : c->reserved0; }
+/* Whether a (valid) config runs bf16 products: FAST, or DEFAULT with BF16 storage. */
+static int cfg_bf16_products(const burst_attention_config *c) {
+  return cfg_compute(c) == BURST_COMPUTE_FAST || (cfg_compute(c) == BURST_COMPUTE_DEFAULT && c->dtype == BURST_DTYPE_BF16);
+}
+
 /* The agreed fields in ABI order (header: all but seq_len_local, num_threads, timeout). */
-#define NAGREED 15
+#define NAGREED 16
 static const char *k_agreed[NAGREED] = {"layout", "dtype", "mask", "distribution", "pattern", "batch",
                                         "num_heads_q", "num_heads_kv", "head_dim", "softmax_scale",
                                         "window_left", "window_right", "cu_seqlens", "num_sequences",
-                                        "intra_group_size"};
+                                        "intra_group_size", "compute"};
 
 static int cfg_fields_differ(const burst_attention_config *a, const burst_attention_config *b, int f) {
   switch (f) {
@@ -511,7 +540,8 @@ static int cfg_fields_differ(const burst_attention_config *a, const burst_attent
       if (a->num_sequences != b->num_sequences) return 1;
       return memcmp(a->cu_seqlens, b->cu_seqlens, (size_t)(a->num_sequences + 1) * 8) != 0;
     case 13: return a->num_sequences != b->num_sequences;
-    default: return a->intra_group_size != b->intra_group_size;
+    case 14: return a->intra_group_size != b->intra_group_size;
+    default: return cfg_compute(a) != cfg_compute(b);
   }
 }
 
@@ -530,6 +560,7 @@ static int cfg_local_valid(const burst_attention_config *c) {
   if (c->mask < 0 || c->mask > 1) return 0;
   if (c->distribution < 0 || c->distribution > 2) return 0;
   if (c->pattern < 0 || c->pattern > 4) return 0;
+  if (cfg_compute(c) < 0 || cfg_compute(c) > 2) return 0; /* 0.7 */
   if (c->batch <= 0 || c->num_heads_q <= 0 || c->num_heads_kv <= 0 || c->head_dim <= 0) return 0;
   if (c->num_heads_q % c->num_heads_kv != 0) return 0;
   if (c->seq_len_local < 0) return 0;
@@ -573,12 +604,15 @@ static void classify_cfg(cfgvar_t *v, int P, const int *null_out) {
     if (out_null) { ++problems; status = BURST_ERROR_INVALID_ARGUMENT; }
     if (v->null_cfg[r]) {
       ++problems; status = BURST_ERROR_INVALID_ARGUMENT;
-    } else if (c->struct_size < sizeof(burst_attention_config) || c->struct_size > 4096 ||
+    } else if ((c->struct_size < sizeof(burst_attention_config) && c->struct_size != CFG_SIZE_V06) ||
+               c->struct_size > 4096 ||
                (c->struct_size > sizeof(burst_attention_config) &&
-                !tail_zero(v->u[r].raw, sizeof(burst_attention_config), c->struct_size))) {
-      /* 0.5 rules (header, burst_attention_config_init_sized): no released
-       * header had a shorter struct; a newer, larger one (<= 4096) is read
-       * when every byte past the known fields is 0; anything else VERSION. */
+                !tail_zero(v->u[r].raw, sizeof(burst_attention_config), c->struct_size)) ||
+               cfg_reserved0(c) != 0) {
+      /* 0.5 rules (header, burst_attention_config_init_sized): this size or an
+       * older released one (0.7: the 0.4-0.6 size); a newer, larger one
+       * (<= 4096) is read when every byte past the known fields is 0, and
+       * reserved0 must be 0 for the same reason; anything else VERSION. */
       ++problems; status = BURST_ERROR_VERSION;
     } else {
       int lv = cfg_local_valid(c);
@@ -652,6 +686,8 @@ static void gen_cfgvar(rd_t *r, cfgvar_t *v, int P, uint64_t *seed) {
     unsigned s = rd_u8(r);
     base.intra_group_size = s < 200 ? 0 : s < 240 ? (int32_t)(s % 4) : k_weird_enum[s % 16];
   }
+  base.compute = gen_enum(r, 3); /* 0.7 */
+  if (rd_rare(r, 3)) base.reserved0 = 1;
   /* Global sequence and its split. */
   int64_t N;
   {
@@ -739,13 +775,14 @@ static void gen_cfgvar(rd_t *r, cfgvar_t *v, int P, uint64_t *seed) {
     static const int32_t deltas[8] = {-1, 1, -4, 4, -8, 8, -16, 16};
     unsigned s = rd_u8(r);
     uint32_t sz;
-    switch (s % 6) {
-      case 0: sz = (uint32_t)((int32_t)sizeof(burst_attention_config) + deltas[(s / 6) % 8]); break;
+    switch (s % 7) {
+      case 0: sz = (uint32_t)((int32_t)sizeof(burst_attention_config) + deltas[(s / 7) % 8]); break;
       case 1: sz = 0; break;
       case 2: sz = (uint32_t)(rd_u8(r) | (rd_u8(r) & 1) << 8); break; /* 0..511: inside the buffer */
       case 3: sz = UINT32_MAX; break;
       case 4: sz = 1u << 20; break;
-      default: sz = (uint32_t)offsetof(burst_attention_config, timeout_seconds); break;
+      case 5: sz = (uint32_t)offsetof(burst_attention_config, timeout_seconds); break;
+      default: sz = (uint32_t)CFG_SIZE_V06; break; /* a 0.6 client: compute and reserved0 not read */
     }
     int only = rd_u8(r) % (P + 1);
     for (int i = 0; i < P; ++i)
@@ -756,7 +793,7 @@ static void gen_cfgvar(rd_t *r, cfgvar_t *v, int P, uint64_t *seed) {
     int who = (int)(rd_u8(r) % (unsigned)P);
     burst_attention_config *c = &v->u[who].c;
     unsigned f = rd_u8(r);
-    switch (f % 18) {
+    switch (f % 19) {
       case 0: c->layout ^= 1; break;
       case 1: c->dtype = (c->dtype + 1) % 3; break;
       case 2: c->mask ^= 1; break;
@@ -775,8 +812,9 @@ static void gen_cfgvar(rd_t *r, cfgvar_t *v, int P, uint64_t *seed) {
         break;
       case 13: c->intra_group_size = c->intra_group_size == 1 ? 0 : 1; break;
       case 14: c->seq_len_local += 1; break;           /* not agreed: only counts change */
-      case 15: c->struct_size = (uint32_t)sizeof(burst_attention_config) - 8; break;
+      case 15: c->struct_size = (uint32_t)sizeof(burst_attention_config) - 4; break;
       case 16: v->null_cfg[who] = 1; break;
+      case 17: c->compute = (c->compute + 1 + (int32_t)(f / 19) % 2) % 3; break;
       default: c->num_heads_q = c->num_heads_kv * 2 + 1; break; /* not a multiple (invalid) */
     }
   }
@@ -799,12 +837,12 @@ static void gen_cfgvar(rd_t *r, cfgvar_t *v, int P, uint64_t *seed) {
 static void describe_cfg(const burst_attention_config *c, const int64_t *cu, int null_cfg) {
   if (null_cfg) { note("      (NULL config)\n"); return; }
   note("      size=%u layout=%d dtype=%d mask=%d dist=%d pattern=%d B=%lld S=%lld Hq=%lld Hkv=%lld d=%lld scale=%g "
-       "wl=%lld wr=%lld nseq=%lld cu=%s threads=%d igs=%d timeout=%g",
+       "wl=%lld wr=%lld nseq=%lld cu=%s threads=%d igs=%d timeout=%g compute=%d reserved0=%d",
        c->struct_size, c->layout, c->dtype, c->mask, c->distribution, c->pattern, (long long)c->batch,
        (long long)c->seq_len_local, (long long)c->num_heads_q, (long long)c->num_heads_kv, (long long)c->head_dim,
        (double)c->softmax_scale, (long long)c->window_left, (long long)c->window_right,
        (long long)c->num_sequences, c->cu_seqlens ? "[" : "NULL", c->num_threads, c->intra_group_size,
-       c->timeout_seconds);
+       c->timeout_seconds, c->compute, c->reserved0);
   if (c->cu_seqlens) {
     int64_t n = c->num_sequences;
     if (n < 0) n = 0;
@@ -1090,7 +1128,7 @@ static void do_plan_create(world_t *w, int rank, int op) {
   uint8_t before[CFG_BUF];
   memcpy(before, v->u[rank].raw, CFG_BUF);
   rs->called = rs->collective = 1;
-  rs->tmo = c && c->struct_size == sizeof(burst_attention_config) ? tmo_effective(c->timeout_seconds) : 300.0;
+  rs->tmo = c && (c->struct_size == sizeof(burst_attention_config) || c->struct_size == CFG_SIZE_V06) ? tmo_effective(c->timeout_seconds) : 300.0;
   double t0 = now_s();
   rs->st = burst_plan_create(rk->ctx, c, o->null_out[rank] ? NULL : &p);
   rs->secs = now_s() - t0;
@@ -1614,6 +1652,7 @@ static void check_reference(world_t *w, int op, int backward) {
   /* nothing to check, and loops over batch x heads alone could be endless */
   if (N == 0 || (double)B * (double)Hq * (double)d * (double)N > 4.0 * ELEM_CAP * MAXR) return;
   int32_t dt = c->dtype;
+  const int fast = cfg_bf16_products(c);
   for (int r = 0; r < P; ++r)
     for (int t = 0; t <= (backward ? T_DV : T_OUT); ++t)
       if (t != T_LSE && S[r] > 0 && !R[r]->has_t[t]) return;
@@ -1666,12 +1705,12 @@ static void check_reference(world_t *w, int op, int backward) {
      * errs by a small multiple of them, which matters where the terms cancel
      * (dS = P (dP - D) for a query that sees one key: the exact gradient is
      * ~0 and 1e-4 max|ref| is itself at rounding level). */
-    double *ro[MAXR], *rl[MAXR], *rdq[MAXR], *rdk[MAXR], *rdv[MAXR], *mdq[MAXR], *mdk[MAXR], *mdv[MAXR];
+    double *ro[MAXR], *rl[MAXR], *rdq[MAXR], *rdk[MAXR], *rdv[MAXR], *mdq[MAXR], *mdk[MAXR], *mdv[MAXR], *mo[MAXR];
     for (int r = 0; r < P; ++r) {
       size_t nq = (size_t)(B * Hq * (S[r] ? S[r] : 1) * d), nk = (size_t)(B * Hkv * (S[r] ? S[r] : 1) * d);
       ro[r] = calloc(nq, 8); rl[r] = calloc((size_t)(B * Hq * (S[r] ? S[r] : 1)), 8);
       rdq[r] = calloc(nq, 8); rdk[r] = calloc(nk, 8); rdv[r] = calloc(nk, 8);
-      mdq[r] = calloc(nq, 8); mdk[r] = calloc(nk, 8); mdv[r] = calloc(nk, 8);
+      mdq[r] = calloc(nq, 8); mdk[r] = calloc(nk, 8); mdv[r] = calloc(nk, 8); mo[r] = calloc(nq, 8);
     }
     double *srow = malloc((size_t)(N ? N : 1) * 8);
     double max_out = 0, max_dq = 0, max_dk = 0, max_dv = 0;
@@ -1689,7 +1728,7 @@ static void check_reference(world_t *w, int op, int backward) {
                 if (!visible(c->mask == BURST_MASK_CAUSAL, c->window_left, c->window_right, cu, c->num_sequences, pi, pos[s][j])) continue;
                 double acc = 0;
                 for (int64_t x = 0; x < d; ++x)
-                  acc += elem_get(R[r]->t[T_Q].p, dt, tidx(c, S[r], Hq, b, i, h, x)) * elem_get(R[s]->t[T_K].p, dt, tidx(c, S[s], Hkv, b, j, hk, x));
+                  acc += elem_in(R[r]->t[T_Q].p, dt, tidx(c, S[r], Hq, b, i, h, x), fast) * elem_in(R[s]->t[T_K].p, dt, tidx(c, S[s], Hkv, b, j, hk, x), fast);
                 srow[col] = acc * scale;
                 if (srow[col] > m) m = srow[col];
               }
@@ -1699,16 +1738,25 @@ static void check_reference(world_t *w, int op, int backward) {
               for (int64_t j = 0; j < S[s]; ++j, ++col) {
                 if (isnan(srow[col])) continue;
                 double p = exp(srow[col] - m);
+                double *oa = mo[r] + (size_t)(((b * Hq + h) * S[r] + i) * d);
                 l += p;
-                for (int64_t x = 0; x < d; ++x) o[x] += p * elem_get(R[s]->t[T_V].p, dt, tidx(c, S[s], Hkv, b, j, hk, x));
+                for (int64_t x = 0; x < d; ++x) {
+                  double vx = elem_in(R[s]->t[T_V].p, dt, tidx(c, S[s], Hkv, b, j, hk, x), fast);
+                  o[x] += p * vx;
+                  oa[x] += p * fabs(vx);
+                }
               }
-            for (int64_t x = 0; x < d; ++x) { o[x] /= l; if (fabs(o[x]) > max_out) max_out = fabs(o[x]); }
+            for (int64_t x = 0; x < d; ++x) {
+              o[x] /= l;
+              mo[r][(size_t)(((b * Hq + h) * S[r] + i) * d) + (size_t)x] /= l;
+              if (fabs(o[x]) > max_out) max_out = fabs(o[x]);
+            }
             rl[r][(b * Hq + h) * S[r] + i] = m + log(l);
             if (!backward) continue;
             /* Backward with the given out and lse (as the library uses them). */
             double L = (double)((const float *)R[r]->t[T_LSE].p)[(b * Hq + h) * S[r] + i], D = 0, Da = 0;
             for (int64_t x = 0; x < d; ++x) {
-              double g = elem_get(R[r]->t[T_DOUT].p, dt, tidx(c, S[r], Hq, b, i, h, x));
+              double g = elem_in(R[r]->t[T_DOUT].p, dt, tidx(c, S[r], Hq, b, i, h, x), fast);
               double o = elem_get(R[r]->t[T_OUT].p, dt, tidx(c, S[r], Hq, b, i, h, x));
               D += g * o;
               Da += fabs(g * o);
@@ -1719,7 +1767,7 @@ static void check_reference(world_t *w, int op, int backward) {
                 if (isnan(srow[col])) continue;
                 double p = exp(srow[col] - L), dp = 0, dpa = 0;
                 for (int64_t x = 0; x < d; ++x) {
-                  double t = elem_get(R[r]->t[T_DOUT].p, dt, tidx(c, S[r], Hq, b, i, h, x)) * elem_get(R[s]->t[T_V].p, dt, tidx(c, S[s], Hkv, b, j, hk, x));
+                  double t = elem_in(R[r]->t[T_DOUT].p, dt, tidx(c, S[r], Hq, b, i, h, x), fast) * elem_in(R[s]->t[T_V].p, dt, tidx(c, S[s], Hkv, b, j, hk, x), fast);
                   dp += t;
                   dpa += fabs(t);
                 }
@@ -1727,9 +1775,9 @@ static void check_reference(world_t *w, int op, int backward) {
                 double ds = p * (dp - D) * scale, dsa = p * (dpa + Da) * fabs(scale);
                 size_t iq = (size_t)(((b * Hq + h) * S[r] + i) * d), ik = (size_t)(((b * Hkv + hk) * S[s] + j) * d);
                 for (int64_t x = 0; x < d; ++x) {
-                  double kx = elem_get(R[s]->t[T_K].p, dt, tidx(c, S[s], Hkv, b, j, hk, x));
-                  double qx = elem_get(R[r]->t[T_Q].p, dt, tidx(c, S[r], Hq, b, i, h, x));
-                  double ox = elem_get(R[r]->t[T_DOUT].p, dt, tidx(c, S[r], Hq, b, i, h, x));
+                  double kx = elem_in(R[s]->t[T_K].p, dt, tidx(c, S[s], Hkv, b, j, hk, x), fast);
+                  double qx = elem_in(R[r]->t[T_Q].p, dt, tidx(c, S[r], Hq, b, i, h, x), fast);
+                  double ox = elem_in(R[r]->t[T_DOUT].p, dt, tidx(c, S[r], Hq, b, i, h, x), fast);
                   rdq[r][iq + x] += ds * kx; mdq[r][iq + x] += dsa * fabs(kx);
                   rdk[s][ik + x] += ds * qx; mdk[s][ik + x] += dsa * fabs(qx);
                   rdv[s][ik + x] += p * ox;  mdv[s][ik + x] += p * fabs(ox);
@@ -1738,6 +1786,15 @@ static void check_reference(world_t *w, int op, int backward) {
           }
         }
     double u = stor_u(dt), tiny = dt == BURST_DTYPE_F16 ? ldexp(1.0, -24) : 1e-37;
+    /* Relative bounds: fp32 products (DESIGN §3), or the FAST ones; the
+     * absolute-term parts (m*, mo) cover cancellation, at bf16's precision
+     * for FAST: random shapes (d = 1, a few keys) give outputs far smaller
+     * than the values they average (|out| << |v|), and bf16 rounding errs
+     * by a fraction of |v|, not of |out| — a bound relative to max|out|
+     * alone fails there even for exact products of the rounded inputs. */
+    const double out_rel = fast ? VREF_FAST_OUT_TOL : 1e-5, grad_rel = fast ? VREF_FAST_GRAD_TOL : 1e-4;
+    const double lse_abs = fast ? VREF_FAST_LSE_TOL : 1e-4, cancel_rel = fast ? 1e-2 : 1e-5;
+    const double out_cancel = fast ? 1e-2 : 0;
     if (!backward) {
       for (int r = 0; r < P; ++r)
         for (int64_t b = 0; b < B; ++b)
@@ -1746,14 +1803,14 @@ static void check_reference(world_t *w, int op, int backward) {
               for (int64_t x = 0; x < d; ++x) {
                 double ref = ro[r][((b * Hq + h) * S[r] + i) * d + x];
                 double got = elem_get(R[r]->t[T_OUT].p, dt, tidx(c, S[r], Hq, b, i, h, x));
-                double tol = 1e-5 * max_out + u * fabs(ref) + tiny;
+                double tol = out_rel * max_out + out_cancel * mo[r][((b * Hq + h) * S[r] + i) * d + x] + u * fabs(ref) + tiny;
                 if (!(fabs(got - ref) <= tol))
                   die("op %d forward (rank %d): out[b=%lld h=%lld t=%lld x=%lld] = %.9g, float64 reference %.9g (tolerance %.3g)",
                       op, r, (long long)b, (long long)h, (long long)i, (long long)x, got, ref, tol);
               }
               if (R[r]->has_t[T_LSE]) {
                 double ref = rl[r][(b * Hq + h) * S[r] + i], got = ((float *)R[r]->t[T_LSE].p)[(b * Hq + h) * S[r] + i];
-                if (!(fabs(got - ref) <= 1e-4))
+                if (!(fabs(got - ref) <= lse_abs))
                   die("op %d forward (rank %d): lse[b=%lld h=%lld t=%lld] = %.9g, float64 reference %.9g", op, r,
                       (long long)b, (long long)h, (long long)i, got, ref);
               }
@@ -1774,7 +1831,7 @@ static void check_reference(world_t *w, int op, int backward) {
               for (int64_t h = 0; h < Hq; ++h) {
                 double ref = rdq[r][((b * Hq + h) * S[r] + i) * d + x];
                 double got = elem_get(R[r]->t[T_DQ].p, dt, tidx(c, S[r], Hq, b, i, h, x));
-                double tol = 1e-4 * max_dq + 1e-5 * mdq[r][((b * Hq + h) * S[r] + i) * d + x] + u * fabs(ref) + tiny;
+                double tol = grad_rel * max_dq + cancel_rel * mdq[r][((b * Hq + h) * S[r] + i) * d + x] + u * fabs(ref) + tiny;
                 if (!(fabs(got - ref) <= tol))
                   die("op %d backward (rank %d): dq[b=%lld h=%lld t=%lld x=%lld] = %.9g, float64 reference %.9g (tolerance %.3g)",
                       op, r, (long long)b, (long long)h, (long long)i, (long long)x, got, ref, tol);
@@ -1784,8 +1841,8 @@ static void check_reference(world_t *w, int op, int backward) {
                 double gotk = elem_get(R[r]->t[T_DK].p, dt, tidx(c, S[r], Hkv, b, i, h, x));
                 double gotv = elem_get(R[r]->t[T_DV].p, dt, tidx(c, S[r], Hkv, b, i, h, x));
                 size_t ik = (size_t)(((b * Hkv + h) * S[r] + i) * d + x);
-                double tk = 1e-4 * max_dk + 1e-5 * mdk[r][ik] + u * fabs(refk) + tiny;
-                double tv = 1e-4 * max_dv + 1e-5 * mdv[r][ik] + u * fabs(refv) + tiny;
+                double tk = grad_rel * max_dk + cancel_rel * mdk[r][ik] + u * fabs(refk) + tiny;
+                double tv = grad_rel * max_dv + cancel_rel * mdv[r][ik] + u * fabs(refv) + tiny;
                 if (!(fabs(gotk - refk) <= tk))
                   die("op %d backward (rank %d): dk[b=%lld h=%lld t=%lld x=%lld] = %.9g, float64 reference %.9g (tolerance %.3g)",
                       op, r, (long long)b, (long long)h, (long long)i, (long long)x, gotk, refk, tk);
@@ -1797,7 +1854,7 @@ static void check_reference(world_t *w, int op, int backward) {
     }
     free(srow);
     for (int r = 0; r < P; ++r) {
-      free(ro[r]); free(rl[r]); free(rdq[r]); free(rdk[r]); free(rdv[r]); free(mdq[r]); free(mdk[r]); free(mdv[r]);
+      free(ro[r]); free(rl[r]); free(rdq[r]); free(rdk[r]); free(rdv[r]); free(mdq[r]); free(mdk[r]); free(mdv[r]); free(mo[r]);
     }
   }
 done:
@@ -1948,7 +2005,7 @@ static void check_config_init(uint64_t seed) {
       c->mask != BURST_MASK_NONE || c->distribution != BURST_DISTRIBUTION_CONTIGUOUS || c->pattern != BURST_PATTERN_BURST ||
       c->window_left != -1 || c->window_right != -1 || c->batch || c->seq_len_local || c->num_heads_q || c->num_heads_kv ||
       c->head_dim || c->softmax_scale != 0 || c->cu_seqlens || c->num_sequences || c->num_threads ||
-      c->intra_group_size || c->timeout_seconds != 0)
+      c->intra_group_size || c->timeout_seconds != 0 || c->compute != BURST_COMPUTE_DEFAULT || c->reserved0)
     die("burst_attention_config_init does not set the documented defaults");
 }
 

@@ -20,6 +20,10 @@ ba.shard, checked row by row against the reference at the independent positions
 (reference.positions), assembled with ba.unshard + an allreduce and checked whole, and
 with exact bytes, messages, steps and tiles (reference.step_tile_stats).
 
+Storage types bf16 / fp16 (compute="exact") under every pattern, and compute="fast"
+(0.7: bf16 products) on f32 and bf16 storage against the float64 reference of the
+bf16-rounded inputs within the FAST bounds of reference.py.
+
 It also checks the failure paths that must not hang: a config mismatch, a bad array on
 one rank, an unparseable plan argument on one rank, ranks disagreeing on cu_seqlens, a
 zigzag seq_len_local that is not the one the distribution deals, and MPI_COMM_NULL.
@@ -355,10 +359,11 @@ def other_contexts() -> None:
 
 
 def run_half(ctx, dtype, pattern, seed) -> None:
-    """bf16 / fp16 storage (numpy API) on MPI: every element within the storage contract
-    against float64 of the same rounded inputs (the backward's reference with the
-    rounded out, gathered), outputs in the storage dtype, forward bytes exactly half of
-    the same plan in f32 (ring patterns, ALLGATHER)."""
+    """bf16 / fp16 storage (numpy API) on MPI, compute="exact" (the default for bf16 is
+    "fast"): every element within the storage contract against float64 of the same
+    rounded inputs (the backward's reference with the rounded out, gathered), outputs in
+    the storage dtype, forward bytes exactly half of the same plan in f32 (ring
+    patterns, ALLGATHER)."""
     global bytes_checked
     tag = f"[{dtype} {pattern}]"
     counts = [7 + 3 * r for r in range(P)]
@@ -369,7 +374,7 @@ def run_half(ctx, dtype, pattern, seed) -> None:
     mine = [np.ascontiguousarray(local(x, counts, "bshd")) for x in (q, k, v, dout)]
     half = [ref.to_storage(x, dtype) for x in mine]
     with ctx.plan(1, counts[RANK], hq, HEAD_DIM, num_heads_kv=hkv, mask="causal", pattern=pattern,
-                  dtype=dtype, timeout_seconds=TIMEOUT) as plan:
+                  dtype=dtype, compute="exact", timeout_seconds=TIMEOUT) as plan:
         out, lse = plan.forward(*half[:3])
         fbytes = plan.stats()["bytes_sent"]
         dq, dk, dv = plan.backward(*half[:3], out, lse, half[3])
@@ -390,6 +395,44 @@ def run_half(ctx, dtype, pattern, seed) -> None:
     if pattern != "ulysses":
         check(2 * fbytes == f32bytes, f"{tag} forward bytes {fbytes} vs f32 {f32bytes}")
         bytes_checked += 1
+
+
+def run_fast(ctx, dtype, compute, pattern, distribution, window, seed) -> None:
+    """compute="fast" (or the default, with bf16) on MPI: f32 or bf16 storage, forward and
+    backward against float64 of the bf16-rounded inputs (unit scale: uniform in [-1, 1)),
+    the backward's with the out the ranks returned (gathered), within the FAST bounds."""
+    tag = f"[{dtype} compute={compute} {pattern} {distribution} window={window}]"
+    n_total, hq, hkv = 9 * P + 4, 2 * P, P
+    rng = np.random.default_rng(seed)
+    q, k, v, dout = (rng.uniform(-1, 1, x.shape).astype(np.float32)
+                     for x in ref.make_inputs(seed, 1, n_total, hq, hkv, HEAD_DIM))
+    rounded = [ref.round_bf16(x) for x in (q, k, v, dout)]
+    pos = ref.all_positions(distribution, n_total, P)
+    masks = dict(window_left=window[0], window_right=window[1])
+    mine = [ref.shard_at(x, pos[RANK], "bshd") for x in (q, k, v, dout)]
+    arrays = mine if dtype == "f32" else [ref.to_storage(x, "bf16") for x in mine]
+
+    def as64(x):
+        return np.asarray(x, np.float64) if dtype == "f32" else ref.from_storage(x, "bf16")
+
+    with ctx.plan(1, len(pos[RANK]), hq, HEAD_DIM, num_heads_kv=hkv, mask="causal",
+                  distribution=distribution, pattern=pattern, dtype=dtype, compute=compute,
+                  timeout_seconds=TIMEOUT, **masks) as plan:
+        check(plan.compute == ba.Compute[(compute or "default").upper()], f"{tag} plan.compute {plan.compute!r}")
+        out, lse = plan.forward(*arrays[:3])
+        grads = plan.backward(*arrays[:3], out, lse, arrays[3])
+    out_ref, lse_ref = ref.forward(*rounded[:3], True, **masks)
+    given = np.zeros(out_ref.shape)
+    for p_, o in COMM.allgather((pos[RANK], as64(out))):
+        given[:, p_] = o
+    grads_ref = ref.backward(*rounded, True, given_out=given, **masks)
+    err = float(np.max(np.abs(as64(out) - ref.shard_at(out_ref, pos[RANK], "bshd")), initial=0.0))
+    check(err <= ref.FAST_OUT_TOL * float(np.max(np.abs(out_ref))), f"{tag} out error {err:.3g}")
+    check(ref.lse_error(lse, ref.shard_lse_at(lse_ref, pos[RANK])) <= ref.FAST_LSE_TOL, f"{tag} lse")
+    for name, got, want in zip(("dq", "dk", "dv"), grads, grads_ref):
+        err = float(np.max(np.abs(as64(got) - ref.shard_at(want, pos[RANK], "bshd")), initial=0.0))
+        scale = max(float(np.max(np.abs(want))), 1e-3)
+        check(err <= ref.FAST_GRAD_TOL * scale, f"{tag} {name} error {err:.3g} vs {scale:.3g}")
 
 
 def main() -> int:
@@ -420,6 +463,11 @@ def main() -> int:
             for i, (dtype, pattern) in enumerate(itertools.product(("bf16", "f16"),
                                                                    ("burst", "ring", "allgather", "ulysses"))):
                 run_half(ctx, dtype, pattern, seed=5000 + i)
+            fast_cases = [("f32", "fast", "burst", "zigzag", (-1, -1)), ("bf16", None, "burst", "zigzag", (-1, -1)),
+                          ("bf16", "fast", "ring", "striped", (6, 0)), ("f32", "fast", "allgather", "contiguous", (5, 5)),
+                          ("bf16", "fast", "ulysses", "contiguous", (-1, -1))]
+            for i, case in enumerate(fast_cases):
+                run_fast(ctx, *case, seed=6000 + i)
             error_paths(ctx)
             variant_error_paths(ctx)
         other_contexts()

@@ -152,9 +152,9 @@ def test_library_lookup_failure_lists_what_was_tried(tmp_path):
 
 
 def test_version_matches_header():
-    assert ba.version() == ba.VERSION_NUMBER == 600
-    assert ba.version_info() == (ba.VERSION_MAJOR, ba.VERSION_MINOR, ba.VERSION_PATCH) == (0, 6, 0)
-    assert ba.__version__ == "0.6.0"
+    assert ba.version() == ba.VERSION_NUMBER == 700
+    assert ba.version_info() == (ba.VERSION_MAJOR, ba.VERSION_MINOR, ba.VERSION_PATCH) == (0, 7, 0)
+    assert ba.__version__ == "0.7.0"
 
 
 def test_status_string_every_code():
@@ -217,7 +217,7 @@ def test_last_error_is_thread_local():
 
 def test_config_init_defaults_and_layout():
     # burst_attention_config_init, called directly: struct layout must match the header.
-    assert ctypes.sizeof(_lib.AttentionConfig) == 120
+    assert ctypes.sizeof(_lib.AttentionConfig) == 128 and _lib.CONFIG_SIZE_V0_6 == 120
     assert ctypes.sizeof(_lib.Stats) == 112 and _lib.STATS_SIZE_V0_2 == 88 and _lib.STATS_SIZE_V0_1 == 72
     cfg = _lib.AttentionConfig()
     assert _lib.lib.burst_attention_config_init_sized(ctypes.byref(cfg), ctypes.sizeof(cfg)) == ba.Status.OK
@@ -227,13 +227,19 @@ def test_config_init_defaults_and_layout():
     assert not cfg.cu_seqlens and cfg.num_sequences == 0
     assert (cfg.batch, cfg.seq_len_local, cfg.num_heads_q, cfg.num_heads_kv, cfg.head_dim) == (0,) * 5
     assert (cfg.softmax_scale, cfg.num_threads, cfg.intra_group_size, cfg.timeout_seconds) == (0, 0, 0, 0)
-    assert _lib.lib.burst_attention_config_init_sized(None, 120) == ba.Status.INVALID_ARGUMENT
+    assert (cfg.compute, cfg.reserved0) == (0, 0)  # BURST_COMPUTE_DEFAULT
+    assert _lib.lib.burst_attention_config_init_sized(None, 128) == ba.Status.INVALID_ARGUMENT
     # Since 0.5: a size this library does not know writes nothing; a newer
-    # header's larger one gets zeros past this version's fields.
+    # header's larger one gets zeros past this version's fields; since 0.7 the
+    # 0.4-0.6 size (120) is an older released size: exactly its bytes are written.
     room = (ctypes.c_ubyte * 256)(*([0xAB] * 256))
-    assert _lib.lib.burst_attention_config_init_sized(ctypes.cast(room, ctypes.POINTER(_lib.AttentionConfig)), 112) == ba.Status.VERSION
+    room_cfg = ctypes.cast(room, ctypes.POINTER(_lib.AttentionConfig))
+    assert _lib.lib.burst_attention_config_init_sized(room_cfg, 112) == ba.Status.VERSION
+    assert _lib.lib.burst_attention_config_init_sized(room_cfg, 124) == ba.Status.VERSION
     assert bytes(room) == bytes([0xAB] * 256)
-    assert _lib.lib.burst_attention_config_init_sized(ctypes.cast(room, ctypes.POINTER(_lib.AttentionConfig)), 136) == ba.Status.OK
+    assert _lib.lib.burst_attention_config_init_sized(room_cfg, 120) == ba.Status.OK
+    assert int.from_bytes(bytes(room[:4]), "little") == 120 and room[120] == 0xAB
+    assert _lib.lib.burst_attention_config_init_sized(room_cfg, 136) == ba.Status.OK
     assert int.from_bytes(bytes(room[:4]), "little") == 136
     assert bytes(room[120:136]) == bytes(16) and room[136] == 0xAB
 
@@ -1471,7 +1477,8 @@ def test_reference_traffic_rules():
                                                         (2, "ring", False, (2, 1)), (3, "allgather", True, (3, 3)),
                                                         (2, "ulysses", False, (4, 2))])
 def test_half_storage_loopback(dtype, world, pattern, causal, heads):
-    """numpy API with dtype="bf16" (uint16 bfloat16 bits) / "f16" (float16): every element
+    """numpy API with dtype="bf16" (uint16 bfloat16 bits) / "f16" (float16), compute="exact"
+    (the default for bf16 is "fast"): every element
     within the storage contract of the float64 reference from the same rounded inputs,
     outputs in the storage dtype, and exact byte halving of the forward (plan.stats())
     against the same plan in f32 (ring patterns and ALLGATHER)."""
@@ -1491,7 +1498,7 @@ def test_half_storage_loopback(dtype, world, pattern, causal, heads):
         for t in ("f32", dtype):
             arrays = [np.ascontiguousarray(x, np.float32) if t == "f32" else ref.to_storage(x, t) for x in local]
             with ctx.plan(1, counts[r], hq, 8, num_heads_kv=hkv, mask="causal" if causal else "none",
-                          pattern=pattern, dtype=t, timeout_seconds=CALL_TIMEOUT) as plan:
+                          pattern=pattern, dtype=t, compute="exact", timeout_seconds=CALL_TIMEOUT) as plan:
                 out, lse = plan.forward(*arrays[:3])
                 assert out.dtype == plan.storage_dtype and lse.dtype == np.float32
                 fwd = plan.stats()
@@ -1509,7 +1516,7 @@ def test_half_storage_loopback(dtype, world, pattern, causal, heads):
         r = ctx.rank
         local = [ref.to_storage(ref.shard(x, counts, r), dtype) for x in (q, k, v, dout)]
         with ctx.plan(1, counts[r], hq, 8, num_heads_kv=hkv, mask="causal" if causal else "none",
-                      pattern=pattern, dtype=dtype, timeout_seconds=CALL_TIMEOUT) as plan:
+                      pattern=pattern, dtype=dtype, compute="exact", timeout_seconds=CALL_TIMEOUT) as plan:
             out, lse = plan.forward(*local[:3])
             grads = plan.backward(local[0], local[1], local[2], out, lse, local[3])
             assert all(g.dtype == plan.storage_dtype for g in grads)
@@ -1559,3 +1566,129 @@ def test_half_storage_ml_dtypes_bfloat16():
         out, _ = plan.forward(q, k, v)
         bits, _ = plan.forward(q.view(np.uint16), k.view(np.uint16), v.view(np.uint16))
         assert out.dtype == ml_dtypes.bfloat16 and np.array_equal(out.view(np.uint16), bits.view(np.uint16))
+
+
+# --------------------------------------------------------------------------- compute (0.7)
+
+def test_compute_spellings():
+    """compute=None / "default" / "exact" / "fast" (any case), the Compute members and ints
+    become burst_attention_config.compute (BURST_COMPUTE_*), readable as plan.compute."""
+    assert (ba.COMPUTE_DEFAULT, ba.COMPUTE_EXACT, ba.COMPUTE_FAST) == (0, 1, 2)
+    with ba.Context.self() as ctx:
+        with ctx.plan(1, 4, 1, 8) as plan:
+            assert plan.compute is ba.Compute.DEFAULT
+        for spelling, want in ((None, ba.Compute.DEFAULT), ("default", ba.Compute.DEFAULT),
+                               ("exact", ba.Compute.EXACT), ("EXACT", ba.Compute.EXACT),
+                               ("fast", ba.Compute.FAST), (" Fast ", ba.Compute.FAST),
+                               (ba.Compute.FAST, ba.Compute.FAST), (ba.COMPUTE_EXACT, ba.Compute.EXACT),
+                               (1, ba.Compute.EXACT), (np.int32(2), ba.Compute.FAST)):
+            for dtype in ("f32", "bf16", "f16"):
+                with ctx.plan(1, 4, 1, 8, dtype=dtype, compute=spelling) as plan:
+                    assert plan.compute is want, (spelling, dtype)
+                    assert plan.config["compute"] == want
+
+
+def test_compute_bad_values():
+    """An unknown name is ValueError, a wrong type TypeError (both naming the argument,
+    before the library is called); an int out of range reaches the library, which
+    rejects it with INVALID_ARGUMENT naming the field and its values."""
+    with ba.Context.self() as ctx:
+        with pytest.raises(ValueError, match="compute: unknown value 'fastest'; expected one of 'default', 'exact', 'fast'"):
+            ctx.plan(1, 4, 1, 8, compute="fastest")
+        with pytest.raises(ValueError, match="compute"):
+            ctx.plan(1, 4, 1, 8, compute="")
+        with pytest.raises(TypeError, match="compute"):
+            ctx.plan(1, 4, 1, 8, compute=2.0)
+        with pytest.raises(TypeError, match="compute: expected a Compute"):
+            ctx.plan(1, 4, 1, 8, compute=ba.Pattern.RING)
+        for bad in (3, -1):
+            with pytest.raises(ba.InvalidArgumentError, match="compute: unknown value .*BURST_COMPUTE_FAST = 2"):
+                ctx.plan(1, 4, 1, 8, compute=bad)
+
+
+def test_compute_on_one_rank_fails_everywhere():
+    # An unparseable name on rank 1: it raises ValueError, the others fail with the library's error.
+    errors = _plan_everywhere(3, lambda r: dict(BASE, seq_len_local=3, compute="quick" if r == 1 else "fast"))
+    assert isinstance(errors[1], ValueError) and "compute" in str(errors[1]), errors
+    assert all(isinstance(e, ba.BurstError) for r, e in enumerate(errors) if r != 1), errors
+    # compute = 3 on rank 2 only: INVALID_ARGUMENT on every rank, naming the field.
+    _assert_all_fail(_plan_everywhere(3, lambda r: dict(BASE, seq_len_local=3, compute=3 if r == 2 else 0)),
+                     ba.Status.INVALID_ARGUMENT, "compute")
+    # Ranks that disagree (also "default" vs "fast" with bf16, which resolve alike): MISMATCH.
+    for values, dtype in ((("exact", "fast", "exact"), "f32"), (("default", "default", "fast"), "bf16")):
+        errors = _plan_everywhere(3, lambda r: dict(BASE, seq_len_local=3, dtype=dtype, compute=values[r]))
+        _assert_all_fail(errors, ba.Status.MISMATCH, "compute")
+
+
+FAST_CASES = [
+    # world, pattern, distribution, causal, window, (hq, hkv), layout
+    (1, "burst", "contiguous", True, (-1, -1), (2, 2), "bshd"),
+    (3, "burst", "zigzag", True, (-1, -1), (4, 2), "bshd"),
+    (2, "ring", "striped", False, (5, 2), (2, 1), "bhsd"),
+    (3, "allgather", "contiguous", True, (6, 0), (3, 3), "bshd"),
+    (2, "ulysses", "zigzag", True, (-1, -1), (4, 2), "bhsd"),
+]
+
+
+@pytest.mark.parametrize("dtype,compute", [("f32", "fast"), ("bf16", "fast"), ("bf16", None)])
+@pytest.mark.parametrize("world,pattern,distribution,causal,window,heads,layout", FAST_CASES)
+def test_fast_compute_loopback(dtype, compute, world, pattern, distribution, causal, window, heads, layout):
+    """compute="fast" (and the default with bf16 storage) on f32 and bf16 storage,
+    forward and backward, against the float64 reference of the bf16-rounded inputs
+    (the backward's with D from the out the library returned), within the FAST bounds
+    of reference.py. (While the library's bf16 products are a stub that computes in
+    fp32 this passes too: the bounds are what the real kernels must meet.)"""
+    hq, hkv = heads
+    n_total = 37
+    # Uniform in [-1, 1), as the Swift and C tests: the bounds are for inputs of unit
+    # scale. (Standard normal ones reach |x| ~ 4; then fp32 products of the unrounded
+    # f32 inputs, what the stub computes, differ from the rounded reference's lse by
+    # ~1e-2, while bf16 products of rounded inputs would not.)
+    rng = np.random.default_rng(5)
+    q, k, v, dout = (rng.uniform(-1, 1, x.shape).astype(np.float32)
+                     for x in ref.make_inputs(5, 2, n_total, hq, hkv, 8, layout))
+    rq, rk, rv, rdo = (ref.round_bf16(x) for x in (q, k, v, dout))
+    pos = ref.all_positions(distribution, n_total, world)
+    masks = dict(window_left=window[0], window_right=window[1])
+    out_ref, lse_ref = ref.forward(rq, rk, rv, causal, layout=layout, **masks)
+
+    def stored(x):
+        return np.ascontiguousarray(x, np.float32) if dtype == "f32" else ref.to_storage(x, "bf16")
+
+    def as64(x):
+        return np.asarray(x, np.float64) if dtype == "f32" else ref.from_storage(x, "bf16")
+
+    def fn(ctx):
+        mine = [stored(ref.shard_at(x, pos[ctx.rank], layout)) for x in (q, k, v, dout)]
+        with ctx.plan(2, len(pos[ctx.rank]), hq, 8, num_heads_kv=hkv, layout=layout,
+                      mask="causal" if causal else "none", distribution=distribution,
+                      pattern=pattern, dtype=dtype, compute=compute, timeout_seconds=CALL_TIMEOUT,
+                      **masks) as plan:
+            assert plan.compute == (ba.Compute.DEFAULT if compute is None else ba.Compute.FAST)
+            out, lse = plan.forward(*mine[:3])
+            grads = plan.backward(*mine[:3], out, lse, mine[3])
+        return out, lse, grads
+
+    contexts = ba.Context.loopback(world)
+    try:
+        per_rank = results_or_raise(run_ranks(contexts, fn))
+    finally:
+        for c in contexts:
+            c.close()
+    axis = ref.seq_axis(layout)
+    given = np.zeros(out_ref.shape)
+    for r, (out, _, _) in enumerate(per_rank):
+        index = [slice(None)] * 4
+        index[axis] = pos[r]
+        given[tuple(index)] = as64(out)
+    grads_ref = ref.backward(rq, rk, rv, rdo, causal, layout=layout, given_out=given, **masks)
+    out_scale = float(np.max(np.abs(out_ref)))
+    grad_scales = [max(float(np.max(np.abs(g))), 1e-3) for g in grads_ref]
+    for r, (out, lse, grads) in enumerate(per_rank):
+        where = f"{dtype} compute={compute} P={world} {pattern} {distribution} rank {r}"
+        err = float(np.max(np.abs(as64(out) - ref.shard_at(out_ref, pos[r], layout)), initial=0.0))
+        assert err <= ref.FAST_OUT_TOL * out_scale, f"{where}: out error {err:.3g}"
+        assert ref.lse_error(lse, ref.shard_lse_at(lse_ref, pos[r])) <= ref.FAST_LSE_TOL, where
+        for name, got, want, scale in zip(("dq", "dk", "dv"), grads, grads_ref, grad_scales):
+            err = float(np.max(np.abs(as64(got) - ref.shard_at(want, pos[r], layout)), initial=0.0))
+            assert err <= ref.FAST_GRAD_TOL * scale, f"{where}: {name} error {err:.3g} > {ref.FAST_GRAD_TOL} * {scale:.3g}"

@@ -18,8 +18,8 @@ import _testenv  # noqa: E402,F401  (sys.path, BURST_ATTENTION_LIBRARY for a che
 
 import burst_attention as ba  # noqa: E402
 import burst_attention.torch as bt  # noqa: E402
-from torch_reference import (GRAD_TOL, OUT_TOL, half_excess, reference,  # noqa: E402
-                             reference_given_out, rel_err)
+from torch_reference import (FAST_GRAD_TOL, FAST_LSE_TOL, FAST_OUT_TOL, GRAD_TOL,  # noqa: E402
+                             OUT_TOL, half_excess, reference, reference_given_out, rel_err)
 
 torch.set_num_threads(1)
 
@@ -506,13 +506,14 @@ HALF_CASES = [
 @pytest.mark.parametrize("world,pattern,distribution,causal,window,heads,layout", HALF_CASES)
 def test_half_storage_matches_float64_sdpa(dtype, world, pattern, distribution, causal, window,
                                             heads, layout):
-    """bf16/fp16 tensors in, the same dtype out and in the gradients; every element
-    within the storage contract of float64 SDPA from the same rounded inputs (the
-    backward's reference uses the rounded out autograd hands the backward)."""
+    """bf16/fp16 tensors in, the same dtype out and in the gradients; with
+    compute="exact" (the default for bf16 is "fast") every element within the storage
+    contract of float64 SDPA from the same rounded inputs (the backward's reference uses
+    the rounded out autograd hands the backward)."""
     hq, hkv = heads
     q, k, v, dout = make(1, 53, hq, hkv, 16, layout, seed=7, dtype=dtype)
     got = run_sharded(world, q, k, v, dout, distribution, layout=layout, causal=causal,
-                      window=window, pattern=pattern)
+                      window=window, pattern=pattern, compute="exact")
     assert all(t.dtype == dtype for t in got)
     ref = reference_given_out(q, k, v, dout, got[0], causal=causal, window=window, layout=layout)
     excess = {name: half_excess(g, r, dtype, tol) for name, g, r, tol in
@@ -547,3 +548,102 @@ def test_half_zero_copy_and_bytes():
             # BURST backward, P = 2: Q|dO at 2 bytes, D|lse and the partial dQ (there and home) at 4.
             n, z, d = 32, 2, 8
             assert stats[dtype][1]["bytes_sent"] == z * n * (2 * 2 * d + 2 * 4) + 2 * 4 * z * n * d
+
+
+# ----------------------------------------------------------------------------- compute (0.7)
+
+def _plan_compute(ctx):
+    """The compute of the plan the layer made last on a context."""
+    return list(bt._context_group(ctx).plans.values())[-1].compute
+
+
+def test_compute_argument_reaches_the_plan():
+    """burst_attn(compute=...) becomes the plan's compute (strings in any case, the
+    Compute members, None = DEFAULT); forward and backward run on that plan; a
+    different compute is a different plan."""
+    q, k, v, dout = make(1, 9, 2, 2, 8)
+    with ba.Context.self() as ctx:
+        for compute, want in ((None, ba.Compute.DEFAULT), ("default", ba.Compute.DEFAULT),
+                              ("exact", ba.Compute.EXACT), ("FAST", ba.Compute.FAST),
+                              (ba.Compute.FAST, ba.Compute.FAST), (1, ba.Compute.EXACT)):
+            qq = q.clone().requires_grad_()
+            out = bt.burst_attn(qq, k, v, comm=ctx, compute=compute)
+            out.backward(dout)
+            assert _plan_compute(ctx) is want, compute
+            assert qq.grad is not None
+        assert len(bt._context_group(ctx).plans) == 3
+        qv, kv, vv = (t.squeeze(0) for t in (q, k, v))
+        bt.burst_attn_varlen(qv, kv, vv, [0, 4, 9], comm=ctx, compute="fast")
+        assert _plan_compute(ctx) is ba.Compute.FAST
+
+
+def test_compute_bad_values():
+    q, k, v, _ = make(1, 5, 2, 2, 8)
+    with ba.Context.self() as ctx:
+        with pytest.raises(ValueError, match="compute: unknown value 'bf16'"):
+            bt.burst_attn(q, k, v, comm=ctx, compute="bf16")
+        with pytest.raises(ValueError, match="Compute"):
+            bt.burst_attn(q, k, v, comm=ctx, compute=3)
+        with pytest.raises(TypeError, match="compute"):
+            bt.burst_attn(q, k, v, comm=ctx, compute=2.5)
+
+
+def test_compute_disagreeing_ranks_fail_everywhere():
+    """The layer agrees on compute before the library is called: MismatchError on every rank."""
+    q, k, v, _ = make(1, 6, 2, 2, 8)
+
+    def fn(rank, ctx):
+        try:
+            bt.burst_attn(q, k, v, comm=ctx, compute="fast" if rank == 1 else "exact")
+        except ba.MismatchError as exc:
+            return str(exc)
+        return None
+
+    for message in run_ranks(2, fn):
+        assert message is not None and "compute differs" in message, message
+
+
+FAST_CASES = [
+    # world, pattern, distribution, causal, window, (hq, hkv), layout
+    (1, "burst", "contiguous", True, (-1, -1), (4, 2), "bshd"),
+    (2, "burst", "zigzag", True, (-1, -1), (4, 2), "bshd"),
+    (3, "ring", "contiguous", False, (6, 2), (3, 3), "bhsd"),
+    (2, "allgather", "striped", True, (8, 0), (4, 1), "bshd"),
+    (2, "ulysses", "zigzag", True, (-1, -1), (4, 2), "bhsd"),
+]
+
+
+@pytest.mark.parametrize("dtype,compute", [(torch.float32, "fast"), (torch.bfloat16, "fast"),
+                                           (torch.bfloat16, None)])
+@pytest.mark.parametrize("world,pattern,distribution,causal,window,heads,layout", FAST_CASES)
+def test_fast_matches_float64_of_rounded_inputs(dtype, compute, world, pattern, distribution,
+                                                causal, window, heads, layout):
+    """compute="fast" (and the default with bfloat16 tensors) on float32 and bfloat16
+    tensors, forward and backward through autograd, against float64 attention of the
+    bf16-rounded inputs (the backward's with D from the out autograd hands it) within
+    the FAST bounds (reference.py). Passes on the library's stub bf16 products too."""
+    hq, hkv = heads
+    # Uniform in [-1, 1): the bounds are for inputs of unit scale (see test_binding's twin).
+    g = torch.Generator().manual_seed(5)
+    shape = (lambda h: (1, 41, h, 16)) if layout == "bshd" else (lambda h: (1, h, 41, 16))
+    q, k, v, dout = (torch.empty(shape(h)).uniform_(-1, 1, generator=g).to(dtype) for h in (hq, hkv, hkv, hq))
+    got = run_sharded(world, q, k, v, dout, distribution, layout=layout, causal=causal,
+                      window=window, pattern=pattern, compute=compute)
+    assert all(t.dtype == dtype for t in got)
+    rounded = [t.to(torch.bfloat16).double() for t in (q, k, v, dout)]
+    ref = reference_given_out(*rounded, got[0], causal=causal, window=window, layout=layout)
+    errs = {name: rel_err(g, r) for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref)}
+    assert errs["out"] <= FAST_OUT_TOL, errs
+    assert all(errs[name] <= FAST_GRAD_TOL for name in ("dq", "dk", "dv")), errs
+
+
+def test_fast_lse_within_bound():
+    """return_lse with compute="fast": lse within FAST_LSE_TOL of float64 of the rounded inputs."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.empty(1, 33, 2, 16).uniform_(-1, 1, generator=g) for _ in range(3))
+    with ba.Context.self() as ctx:
+        _, lse = bt.burst_attn(q, k, v, causal=True, comm=ctx, compute="fast", return_lse=True)
+    qr, kr = (t.to(torch.bfloat16).double().transpose(1, 2) for t in (q, k))
+    s = (qr @ kr.transpose(-1, -2)) / 4.0
+    s = s.masked_fill(torch.ones(33, 33, dtype=torch.bool).triu(1), float("-inf"))
+    assert float((lse.double() - torch.logsumexp(s, -1)).abs().max()) <= FAST_LSE_TOL

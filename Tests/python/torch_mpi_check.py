@@ -41,8 +41,8 @@ import torch.distributed as dist  # noqa: E402
 
 import burst_attention as ba  # noqa: E402
 import burst_attention.torch as bt  # noqa: E402
-from torch_reference import (GRAD_TOL, OUT_TOL, half_excess, reference,  # noqa: E402
-                             reference_given_out, rel_err)
+from torch_reference import (FAST_GRAD_TOL, FAST_OUT_TOL, GRAD_TOL, OUT_TOL,  # noqa: E402
+                             half_excess, reference, reference_given_out, rel_err)
 
 world = MPI.COMM_WORLD
 P, RANK = world.Get_size(), world.Get_rank()
@@ -165,16 +165,18 @@ def expect_collective_failure(name, comm, bad_rank, make_call, bad_exc, others_e
 @collective
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_storage_on_comm_world(dtype):
-    """bf16/fp16 tensors under mpirun: the same dtype out and in the gradients, every
-    element within the storage contract of float64 SDPA from the same rounded inputs
-    (the backward's reference uses the rounded out), forward bytes half of float32's."""
+    """bf16/fp16 tensors under mpirun, compute="exact" (the default for bf16 is "fast"):
+    the same dtype out and in the gradients, every element within the storage contract
+    of float64 SDPA from the same rounded inputs (the backward's reference uses the
+    rounded out), forward bytes half of float32's."""
     global checks
     g = torch.Generator().manual_seed(11)
     n, hq, hkv, d = 67, 4, 2, 16
     q, k, v, dout = (torch.randn((1, n, h, d), generator=g).to(dtype) for h in (hq, hkv, hkv, hq))
     pos = bt.shard_positions("zigzag", n, P, RANK)
     ql, kl, vl = (t.index_select(1, pos).clone().requires_grad_() for t in (q, k, v))
-    out = bt.burst_attn(ql, kl, vl, causal=True, comm=world, distribution="zigzag", timeout_seconds=60)
+    out = bt.burst_attn(ql, kl, vl, causal=True, comm=world, distribution="zigzag", timeout_seconds=60,
+                        compute="exact")
     out.backward(dout.index_select(1, pos))
     half_bytes = bt.last_stats(world, "forward")["bytes_sent"]
     got = [gather_full(t, pos, 1, like) for t, like in
@@ -192,6 +194,33 @@ def test_half_storage_on_comm_world(dtype):
     checks += 1
     if 2 * half_bytes != bt.last_stats(world, "forward")["bytes_sent"]:
         fail(f"{dtype}: forward bytes {half_bytes}, float32 {bt.last_stats(world, 'forward')['bytes_sent']}")
+
+
+@collective
+@pytest.mark.parametrize("dtype,compute", [(torch.float32, "fast"), (torch.bfloat16, None)])
+def test_fast_on_comm_world(dtype, compute):
+    """compute="fast" (or the default, with bfloat16 tensors) under mpirun: out and the
+    gradients within the FAST bounds of float64 attention of the bf16-rounded inputs
+    (unit scale: uniform in [-1, 1); the backward's reference takes D from the out)."""
+    global checks
+    g = torch.Generator().manual_seed(13)
+    n, hq, hkv, d = 61, 4, 2, 16
+    q, k, v, dout = (torch.empty((1, n, h, d)).uniform_(-1, 1, generator=g).to(dtype) for h in (hq, hkv, hkv, hq))
+    pos = bt.shard_positions("zigzag", n, P, RANK)
+    ql, kl, vl = (t.index_select(1, pos).clone().requires_grad_() for t in (q, k, v))
+    out = bt.burst_attn(ql, kl, vl, causal=True, window=(9, 0), comm=world, distribution="zigzag",
+                        timeout_seconds=60, compute=compute)
+    out.backward(dout.index_select(1, pos))
+    got = [gather_full(t, pos, 1, like) for t, like in
+           ((out.detach(), q), (ql.grad, q), (kl.grad, k), (vl.grad, v))]
+    rounded = [t.to(torch.bfloat16).double() for t in (q, k, v, dout)]
+    ref = reference_given_out(*rounded, got[0], causal=True, window=(9, 0))
+    for label, a, r, tol in zip(("out", "dq", "dk", "dv"), got, ref,
+                                (FAST_OUT_TOL, FAST_GRAD_TOL, FAST_GRAD_TOL, FAST_GRAD_TOL)):
+        checks += 1
+        e = rel_err(a, r)
+        if not e <= tol:
+            fail(f"{dtype} compute={compute} {label}: error {e:.3g} > {tol}")
 
 
 @collective

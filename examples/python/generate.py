@@ -24,7 +24,8 @@ What each part does:
     decode with an ordinary KV cache (torch.cat of K and V per layer) and SDPA of the
     new token against it. With --dtype bf16 the attention inputs and output are
     rounded to bfloat16 exactly where the library rounds them (its inputs are stored
-    in bf16 and it computes in fp32), so both sides compute the same function.
+    in bf16 and, with compute="exact", it multiplies in fp32; the default for bf16
+    would be bf16 products), so both sides compute the same function.
   * compare: the same token ids, and logits within --tolerance relative to their max
     (1e-4 for f32; 1e-3 for bf16, where an attention output that the two sides round
     to neighbouring bf16 values moves the logits by up to ~2^-8 of that output's
@@ -101,7 +102,7 @@ def generate_burst(args, model, prompt, ctx, comm) -> tuple:
     with ctx.kv_cache(args.layers, args.heads, d, dtype=args.dtype,
                       num_threads=args.threads) as cache, \
             ctx.plan(1, len(pos), args.heads, d, mask="causal", distribution="zigzag",
-                     dtype=args.dtype, num_threads=args.threads) as plan:
+                     dtype=args.dtype, compute="exact", num_threads=args.threads) as plan:
         cache.add([SEQ])
         start = time.perf_counter()
 

@@ -31,7 +31,8 @@ from ._errors import (
     VersionError, last_error, status_string,
 )
 from ._enums import (
-    DType, Distribution, Layout, Mask, Pattern,
+    Compute, DType, Distribution, Layout, Mask, Pattern,
+    COMPUTE_DEFAULT, COMPUTE_EXACT, COMPUTE_FAST,
     DTYPE_BF16, DTYPE_F16, DTYPE_F32, LAYOUT_BHSD, LAYOUT_BSHD, MASK_CAUSAL, MASK_NONE,
     DISTRIBUTION_CONTIGUOUS, DISTRIBUTION_STRIPED, DISTRIBUTION_ZIGZAG,
     PATTERN_ALLGATHER, PATTERN_AUTO, PATTERN_BURST, PATTERN_RING, PATTERN_ULYSSES,
@@ -53,8 +54,9 @@ def version() -> int:
 
 def build_info() -> str:
     """burst_build_info(): the loaded library's version and the kernel code paths its
-    run-time dispatch picked for this CPU, e.g.
-    "libburst_attention 0.5.0; kernels cpx+avx512; convert avx512; cpus 2"."""
+    run-time dispatch picked for this CPU, e.g. "libburst_attention 0.7.0; kernels
+    cpx+avx512; convert avx512; bf16_products avx512_bf16; cpus 2" (bf16_products: how
+    compute="fast" runs, "avx512_bf16" or "emulated")."""
     return _cdll.burst_build_info().decode("utf-8", "replace")
 
 
@@ -68,11 +70,13 @@ __all__ = [
     "BurstTimeoutError", "BusyError", "CommunicationError", "InternalError",
     "InvalidArgumentError", "MismatchError", "OutOfMemoryError", "UnsupportedError",
     "VersionError",
-    "BurstError", "Context", "KVCache", "build_info", "DType", "Distribution", "Layout", "Mask", "Pattern", "Plan",
+    "BurstError", "Compute", "Context", "KVCache", "build_info", "DType", "Distribution", "Layout", "Mask",
+    "Pattern", "Plan",
     "STATS_KEYS", "Status", "VERSION_MAJOR", "VERSION_MINOR", "VERSION_NUMBER",
     "VERSION_PATCH", "last_error", "library_path", "status_string", "version", "version_info",
     "shard", "shard_counts", "shard_positions", "unshard",
     "DTYPE_BF16", "DTYPE_F16", "DTYPE_F32", "LAYOUT_BHSD", "LAYOUT_BSHD", "MASK_CAUSAL", "MASK_NONE",
     "DISTRIBUTION_CONTIGUOUS", "DISTRIBUTION_STRIPED", "DISTRIBUTION_ZIGZAG",
     "PATTERN_ALLGATHER", "PATTERN_AUTO", "PATTERN_BURST", "PATTERN_RING", "PATTERN_ULYSSES",
+    "COMPUTE_DEFAULT", "COMPUTE_EXACT", "COMPUTE_FAST",
 ]

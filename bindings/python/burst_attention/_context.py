@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _lib
 from ._args import INT32, INT64, create_collectively, enum_field, integer, real
-from ._enums import DType, Distribution, Layout, Mask, Pattern
+from ._enums import Compute, DType, Distribution, Layout, Mask, Pattern
 from ._errors import _check
 
 if typing.TYPE_CHECKING:
@@ -171,7 +171,7 @@ class Context:
              layout="bshd", mask="none", softmax_scale=0.0, num_threads=0,
              timeout_seconds=0.0, distribution="contiguous", pattern="burst",
              window_left=-1, window_right=-1, cu_seqlens=None, intra_group_size=0,
-             dtype="f32") -> "Plan":
+             dtype="f32", compute=None) -> "Plan":
         """Collective: create a plan for one attention shape on this context.
 
         Every argument except seq_len_local, num_threads and timeout_seconds must be
@@ -195,6 +195,14 @@ class Context:
         `Plan.storage_dtype`). lse stays float32 and all accumulation is fp32; outputs
         are rounded once (to nearest even).
 
+        compute is the precision of the tile products (a `Compute`, its name or int;
+        must agree on all ranks): None or "default" (the library's choice: "fast" for
+        dtype "bf16", "exact" for "f32" and "f16"), "exact" (fp32 products, the
+        numerics of DESIGN §3) or "fast" (q, k, v, dout and the probabilities rounded
+        to bf16, products accumulated in fp32, softmax and accumulators fp32 —
+        FlashAttention's recipe; allowed with any dtype). The header states both
+        contracts; `build_info()` says whether "fast" runs on AVX512-BF16 or emulated.
+
         An argument that cannot even be put in the C struct (a wrong type, an unknown
         name) raises TypeError/ValueError; on a context of several ranks the library is
         still called (with an invalid config) so that every rank fails together.
@@ -207,6 +215,8 @@ class Context:
 
         if num_heads_kv is None:
             num_heads_kv = num_heads_q
+        if compute is None:
+            compute = Compute.DEFAULT
         fields = {
             "layout": enum_field(problems, "layout", layout, Layout),
             "dtype": enum_field(problems, "dtype", dtype, DType),
@@ -224,6 +234,7 @@ class Context:
             "num_threads": integer(problems, "num_threads", num_threads, INT32),
             "intra_group_size": integer(problems, "intra_group_size", intra_group_size, INT32),
             "timeout_seconds": real(problems, "timeout_seconds", timeout_seconds),
+            "compute": enum_field(problems, "compute", compute, Compute),
         }
         for name, value in fields.items():
             if value is not None:

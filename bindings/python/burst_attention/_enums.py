@@ -32,6 +32,14 @@ class Distribution(enum.IntEnum):
     STRIPED = 2     # token t on rank t mod P
 
 
+class Compute(enum.IntEnum):
+    """The precision of the tile products (BURST_COMPUTE_*; include/burst_attention.h
+    states the contract). `Context.plan(compute=None)` means DEFAULT."""
+    DEFAULT = 0  # FAST for bf16 storage, EXACT for f32 and f16
+    EXACT = 1    # fp32 products (DESIGN §3)
+    FAST = 2     # q, k, v, dO, P, dS rounded to bf16; fp32 accumulation and softmax
+
+
 class Pattern(enum.IntEnum):
     BURST = 0      # default: the BurstAttention ring
     RING = 1       # not yet supported by the library
@@ -48,6 +56,7 @@ DISTRIBUTION_CONTIGUOUS, DISTRIBUTION_ZIGZAG, DISTRIBUTION_STRIPED = (
     Distribution.CONTIGUOUS, Distribution.ZIGZAG, Distribution.STRIPED)
 PATTERN_BURST, PATTERN_RING, PATTERN_ALLGATHER, PATTERN_ULYSSES, PATTERN_AUTO = (
     Pattern.BURST, Pattern.RING, Pattern.ALLGATHER, Pattern.ULYSSES, Pattern.AUTO)
+COMPUTE_DEFAULT, COMPUTE_EXACT, COMPUTE_FAST = Compute.DEFAULT, Compute.EXACT, Compute.FAST
 
 
 def parse(enum_type: type[enum.IntEnum], value, argument: str) -> int:

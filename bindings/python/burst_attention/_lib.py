@@ -1,11 +1,12 @@
 """Loading libburst_attention and declaring its C ABI for ctypes.
 
 This is the only module that knows the C signatures. It mirrors
-include/burst_attention.h (version 0.6.0) one declaration at a time; the structs
+include/burst_attention.h (version 0.7.0) one declaration at a time; the structs
 keep the header's field order, and ctypes gives them the same natural alignment as
 the C compiler on the platforms we support (x86-64 / aarch64 Linux), so
-`sizeof(burst_attention_config) == 120`, `sizeof(burst_stats) == 88` (72 up to
-total_seconds, the 0.1 struct the library still accepts) and
+`sizeof(burst_attention_config) == 128` (120 up to timeout_seconds, the 0.4-0.6
+struct the library still accepts), `sizeof(burst_stats) == 112` (88 up to
+tiles_skipped, 0.2; 72 up to total_seconds, 0.1) and
 `sizeof(burst_kv_cache_config) == 88`.
 
 Lookup order for the shared library (first hit wins):
@@ -27,7 +28,7 @@ import sys
 
 # The header version this binding was written against (BURST_VERSION_*).
 VERSION_MAJOR = 0
-VERSION_MINOR = 6
+VERSION_MINOR = 7
 VERSION_PATCH = 0
 VERSION_NUMBER = VERSION_MAJOR * 10000 + VERSION_MINOR * 100 + VERSION_PATCH
 # The package version (the wheel's metadata is read from the three lines above).
@@ -103,7 +104,12 @@ class AttentionConfig(ctypes.Structure):
         ("num_threads", ctypes.c_int32),
         ("intra_group_size", ctypes.c_int32),
         ("timeout_seconds", ctypes.c_double),
+        ("compute", ctypes.c_int32),    # since 0.7: BURST_COMPUTE_*
+        ("reserved0", ctypes.c_int32),  # 0 (padding; a newer header may use it)
     ]
+
+# sizeof(burst_attention_config) of versions 0.4-0.6, which ended at timeout_seconds.
+CONFIG_SIZE_V0_6 = AttentionConfig.compute.offset
 
 
 class Stats(ctypes.Structure):

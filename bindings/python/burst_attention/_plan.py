@@ -25,7 +25,7 @@ import ctypes
 import numpy as np
 
 from . import _lib
-from ._enums import Distribution, DType, Layout, Mask, Pattern
+from ._enums import Compute, Distribution, DType, Layout, Mask, Pattern
 from ._errors import _check
 from ._handle import Handle
 
@@ -57,7 +57,7 @@ class Plan(Handle):
 
     _KIND, _NOUN = "Plan", "plan"
     _ENUMS = {"layout": Layout, "mask": Mask, "distribution": Distribution,
-              "pattern": Pattern, "dtype": DType}
+              "pattern": Pattern, "dtype": DType, "compute": Compute}
     _COMPLETED = "this rank holds no tokens, so the collective call completed on the other ranks"
 
     def __init__(self, context, handle: int, config: dict, cu_seqlens):

@@ -18,9 +18,11 @@ rank of the communicator must make them, in the same order, with the same argume
 
 Tensors are used zero-copy when they are CPU float32, bfloat16 or float16 and
 contiguous (q, k, v of one dtype); a non-contiguous input is copied to a contiguous one
-first (as torch kernels do). With bfloat16/float16 the library computes in fp32 (lse
-is float32, all accumulation fp32) and rounds out and the gradients once, to nearest
-even; they come back in the input dtype. Gradients flow to every input that requires
+first (as torch kernels do). With bfloat16/float16 all accumulation is fp32 (lse is
+float32) and out and the gradients are rounded once, to nearest even; they come back in
+the input dtype. The tile products follow `compute=`: None/"default" multiplies in bf16
+for bfloat16 tensors (as torch's bf16 SDPA does) and in fp32 for float32/float16,
+"exact" always in fp32, "fast" always in bf16 (include/burst_attention.h, BURST_COMPUTE_*). Gradients flow to every input that requires
 them; double backward is not supported.
 
 Communicators (`comm=`):
@@ -62,7 +64,7 @@ import torch
 
 from ._context import Context
 from ._errors import BurstError, MismatchError, Status
-from ._enums import Distribution, Layout, Pattern, parse
+from ._enums import Compute, Distribution, Layout, Pattern, parse
 from ._sharding import shard_counts as _shard_counts_np
 from ._sharding import shard_positions as _shard_positions_np
 
@@ -393,7 +395,7 @@ def _plan_for(group: _Group, key: tuple, lengths: tuple, kwargs: dict):
 # again; num_threads and timeout_seconds may differ between ranks).
 _AGREED = ("batch", "num_heads_q", "num_heads_kv", "head_dim", "layout", "causal",
            "window", "softmax_scale", "distribution", "cu_seqlens", "pattern",
-           "intra_group_size", "dtype")
+           "intra_group_size", "dtype", "compute")
 
 
 def _agree(group: _Group, n_local: int, agreed: "dict | None", problem: "Exception | None"):
@@ -474,7 +476,8 @@ class BurstAttnFunction(torch.autograd.Function):
 
 
 def _validate(q, k, v, *, causal, window, softmax_scale, layout, distribution,
-              cu_seqlens, num_threads, timeout_seconds, pattern="burst", intra_group_size=0):
+              cu_seqlens, num_threads, timeout_seconds, pattern="burst", intra_group_size=0,
+              compute=None):
     """(n_local, agreed arguments, plan kwargs, local key) or a raised TypeError /
     ValueError naming the argument."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -499,6 +502,7 @@ def _validate(q, k, v, *, causal, window, softmax_scale, layout, distribution,
     dist_v = Distribution(parse(Distribution, distribution, "distribution"))
     scale = _scale(softmax_scale, d)
     pattern_v = Pattern(parse(Pattern, pattern, "pattern"))
+    compute_v = Compute(parse(Compute, "default" if compute is None else compute, "compute"))
     if isinstance(intra_group_size, bool) or not isinstance(intra_group_size, int):
         raise TypeError(f"intra_group_size: expected an int, got {type(intra_group_size).__name__}")
     if intra_group_size < 0:
@@ -507,13 +511,14 @@ def _validate(q, k, v, *, causal, window, softmax_scale, layout, distribution,
                   layout=layout_v.name.lower(), causal=causal, window=(left, right),
                   softmax_scale=scale, distribution=dist_v.name.lower(), cu_seqlens=cu_seqlens,
                   pattern=pattern_v.name.lower(), intra_group_size=intra_group_size,
-                  dtype=_STORAGE[q.dtype])
+                  dtype=_STORAGE[q.dtype], compute=compute_v.name.lower())
     kwargs = dict(batch=b, num_heads_q=hq, head_dim=d, num_heads_kv=hkv, layout=layout_v,
                   mask="causal" if causal else "none", softmax_scale=scale,
                   distribution=dist_v, window_left=left, window_right=right,
                   cu_seqlens=None if cu_seqlens is None else np.asarray(cu_seqlens, np.int64),
                   num_threads=num_threads, timeout_seconds=timeout_seconds,
-                  pattern=pattern_v, intra_group_size=intra_group_size, dtype=_STORAGE[q.dtype])
+                  pattern=pattern_v, intra_group_size=intra_group_size, dtype=_STORAGE[q.dtype],
+                  compute=compute_v)
     key = tuple(agreed.values()) + (num_threads, timeout_seconds)
     return n, agreed, kwargs, key
 
@@ -540,7 +545,8 @@ def burst_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool =
                window: "tuple[int, int]" = (-1, -1), softmax_scale: "float | None" = None,
                layout: str = "bshd", comm: CommLike = None, distribution: str = "contiguous",
                num_threads: int = 0, timeout_seconds: float = 0.0,
-               return_lse: bool = False, pattern: str = "burst", intra_group_size: int = 0):
+               return_lse: bool = False, pattern: str = "burst", intra_group_size: int = 0,
+               compute: "str | None" = None):
     """Exact attention over the whole sequence sharded across the ranks of `comm`.
 
     Args:
@@ -567,6 +573,10 @@ def burst_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool =
             `last_stats(comm)["pattern"]` says which). The same results either way.
         intra_group_size: ranks per group of the double ring for "burst"/"ring" (must
             divide the world size; 0 = the MPI shared-memory nodes, else one ring).
+        compute: the precision of the tile products, forward and backward alike: None
+            or "default" (bf16 products for bfloat16 tensors, fp32 for float32/float16),
+            "exact" (fp32) or "fast" (q, k, v, dout and the probabilities rounded to
+            bf16, fp32 accumulation and softmax; any dtype). The same on every rank.
 
     Returns:
         out, shaped like q (and lse when return_lse). Differentiable w.r.t. q, k, v.
@@ -579,7 +589,8 @@ def burst_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool =
     return _run(q, k, v, causal=causal, window=window, softmax_scale=softmax_scale,
                 layout=layout, comm=comm, distribution=distribution, cu_seqlens=None,
                 num_threads=num_threads, timeout_seconds=timeout_seconds,
-                return_lse=return_lse, pattern=pattern, intra_group_size=intra_group_size)
+                return_lse=return_lse, pattern=pattern, intra_group_size=intra_group_size,
+                compute=compute)
 
 
 def burst_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens,
@@ -587,7 +598,8 @@ def burst_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
                       softmax_scale: "float | None" = None, comm: CommLike = None,
                       distribution: str = "contiguous", num_threads: int = 0,
                       timeout_seconds: float = 0.0, return_lse: bool = False,
-                      pattern: str = "burst", intra_group_size: int = 0):
+                      pattern: str = "burst", intra_group_size: int = 0,
+                      compute: "str | None" = None):
     """Packed sequences (flash-attn varlen): several sequences laid end to end in one
     global token stream, with no attention across sequences.
 
@@ -598,8 +610,8 @@ def burst_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
         cu_seqlens: the global offsets, num_sequences + 1 ints starting at 0,
             non-decreasing, ending at the total token count (a list, numpy array or
             int32/int64 tensor), the same on every rank.
-        causal, window, softmax_scale, comm, distribution, num_threads,
-        timeout_seconds, return_lse, pattern, intra_group_size: as in `burst_attn` (positions are within each
+        causal, window, softmax_scale, comm, distribution, num_threads, timeout_seconds,
+        return_lse, pattern, intra_group_size, compute: as in `burst_attn` (positions are within each
             sequence's stream, which is the same thing since sequences never see
             each other).
 
@@ -610,7 +622,7 @@ def burst_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
                   softmax_scale=softmax_scale, layout="bshd", comm=comm,
                   distribution=distribution, cu_seqlens=cu_seqlens, num_threads=num_threads,
                   timeout_seconds=timeout_seconds, return_lse=return_lse, pattern=pattern,
-                  intra_group_size=intra_group_size)
+                  intra_group_size=intra_group_size, compute=compute)
     if return_lse:
         out, lse = result
         return out.squeeze(0), lse.squeeze(0)
