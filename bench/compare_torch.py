@@ -246,7 +246,7 @@ def machine_info() -> dict:
         commit += "-dirty"
     lib = Path(ba.library_path)
     build_info = ba.build_info()
-    bf16 = re.search(r"bf16 products:\s*([\w-]+)", build_info)
+    bf16 = re.search(r"bf16[_ ]products:?\s*([\w-]+)", build_info)
     flags = set()
     try:
         with open("/proc/cpuinfo") as f:

@@ -13,7 +13,7 @@ public struct AttentionConfig: Sendable {
     /// The precision of the tile products (BURST_COMPUTE_*; the header states
     /// the contract): `exact` fp32 products (DESIGN §3), `fast` operands
     /// rounded to bf16 with fp32 accumulation, `default` fast for bf16
-    /// storage and exact for f32 and f16.
+    /// storage on a CPU with bf16 products, else exact.
     public enum Compute: Int32, Sendable { case `default` = 0, exact = 1, fast = 2 }
 
     public var layout: Int32 = Layout.bshd.rawValue
@@ -58,12 +58,17 @@ public struct AttentionConfig: Sendable {
     /// The tile products the kernels run (valid after `validate`): FAST →
     /// bf16; DEFAULT → bf16 iff the storage is bf16 (the caller already chose
     /// bf16 numerics; fp16 inputs would lose mantissa bits if rounded to
-    /// bf16); EXACT → fp32.
+    /// bf16) and the CPU has bf16 products (emulated ones are slower than
+    /// exact ones, and exact ones meet the FAST bounds); EXACT → fp32.
     public var products: LocalAttention.Products {
+        products(bf16InHardware: LocalAttention.bf16InHardware)
+    }
+
+    func products(bf16InHardware: Bool) -> LocalAttention.Products {
         switch Compute(rawValue: compute) ?? .default {
         case .fast: return .bf16
         case .exact: return .exact
-        case .default: return storage == .bf16 ? .bf16 : .exact
+        case .default: return storage == .bf16 && bf16InHardware ? .bf16 : .exact
         }
     }
 

@@ -69,13 +69,34 @@ extension TileProducts {
     }()
 
     /// A bf16 kernel: row-major C[m×n] fp32 (ldc) (+)= A[m×k] bf16 (lda) ·
-    /// B bf16 VNNI pairs [k/2][ldb][2]. Traps if libxsmm has none (only
-    /// asked for when `bf16Hardware`; libxsmm makes every shape there).
-    func bf16Kernel(m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int, accumulate: Bool) -> UnsafeMutableRawPointer {
-        guard let kernel = cxsmm_bdispatch(Int32(m), Int32(n), Int32(k), Int32(lda), Int32(ldb), Int32(ldc), accumulate ? 1 : 0) else {
-            fatalError("libxsmm has no bf16 kernel for \(m)×\(n)×\(k)")
+    /// B bf16 VNNI pairs [k/2][ldb][2] (k even): libxsmm's JIT kernel, or,
+    /// should libxsmm have none for a shape, a portable loop with the same
+    /// operands (slow, never wrong: nothing here may trap).
+    func bf16Kernel(m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int, accumulate: Bool) -> BF16Kernel {
+        let jit = cxsmm_bdispatch(Int32(m), Int32(n), Int32(k), Int32(lda), Int32(ldb), Int32(ldc), accumulate ? 1 : 0)
+        return BF16Kernel(jit: jit, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc, accumulate: accumulate)
+    }
+}
+
+struct BF16Kernel {
+    let jit: UnsafeMutableRawPointer?
+    let m, n, k, lda, ldb, ldc: Int
+    let accumulate: Bool
+}
+
+/// Runs a bf16 kernel on a plain bf16 A, a VNNI bf16 B and an fp32 C.
+@inline(__always)
+func cxsmm_brun(_ kernel: BF16Kernel, _ a: UnsafePointer<UInt16>, _ b: UnsafePointer<UInt16>, _ c: UnsafeMutablePointer<Float>) {
+    if let jit = kernel.jit { cxsmm_brun(jit, a, b, c); return }
+    @inline(__always) func widen(_ h: UInt16) -> Float { Float(bitPattern: UInt32(h) << 16) }
+    for i in 0..<kernel.m {
+        let row = c + i * kernel.ldc
+        if !kernel.accumulate { row.update(repeating: 0, count: kernel.n) }
+        for p in 0..<kernel.k {
+            let x = widen(a[i * kernel.lda + p])
+            let pairs = b + (p / 2) * kernel.ldb * 2 + p % 2
+            for j in 0..<kernel.n { row[j] += x * widen(pairs[j * 2]) }
         }
-        return kernel
     }
 }
 
@@ -95,19 +116,24 @@ extension LocalAttention {
         }
     }
 
+    /// The row stride of the transposed q and dO: the rows rounded up to
+    /// even plus two zero columns, so a row pair a product reads past a
+    /// block's last row (an odd count) always finds a zero there.
+    static func transposedStride(_ rows: Int) -> Int { (rows + 2) & ~1 }
+
     /// For the hardware path: q (or dO) of `heads` heads × `rows` rows as
     /// plain bf16 rows into `plain`, and, when `transposed` is given, as
-    /// [heads][d][ld] with ld = rows rounded up to even (the pad column 0).
+    /// [heads][d][transposedStride(rows)] (the pad columns 0).
     func narrowQueries(_ x: UnsafePointer<Float>, heads: Int, rows: Int,
                        plain: UnsafeMutablePointer<UInt16>, transposed: UnsafeMutablePointer<UInt16>?) {
-        let d = headDim, ld = (rows + 1) & ~1
+        let d = headDim, ld = Self.transposedStride(rows)
         pool.parallelFor(heads) { z, _ in
             let source = x + z * rows * d
             StorageConversion.narrow(.bf16, source, into: plain + z * rows * d, count: rows * d)
             guard let transposed else { return }
             let t = transposed + z * d * ld
             transpose(rows, d, UnsafePointer(plain + z * rows * d), d, t, ld)
-            if ld > rows { for c in 0..<d { t[c * ld + rows] = 0 } }
+            for c in 0..<d { (t + c * ld + rows).update(repeating: 0, count: ld - rows) }
         }
     }
 
@@ -206,12 +232,15 @@ extension LocalAttention {
                           work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>, worker: Int) -> TileCounts {
         let d = headDim, tq = tileQ, tk = tileK
         let hi = lo + tq
-        let ldT = (nq + 1) & ~1
+        let ldT = Self.transposedStride(nq)
         let (p, ds, pPairs, dsPairs, dsPlain, dvT, dkT) = bf16Scratch(work)
         let qTiles = (nq + tq - 1) / tq
-        let gradQ = tileProducts.bf16Kernel(m: tq, n: d, k: tk, lda: tk, ldb: d, ldc: d, accumulate: true)
-        let gradT = tileProducts.bf16Kernel(m: d, n: tk, k: tq, lda: ldT, ldb: tk, ldc: tk, accumulate: true)
-        let score = tileProducts.bf16Kernel(m: tq, n: tk, k: d, lda: d, ldb: tk, ldc: tk, accumulate: false)
+        // Kernels of full tiles (only when the block has one: gradT's A is
+        // the transposed block, lda = ldT ≥ k = tq).
+        let fullTiles = nq >= tq
+        let gradQ = fullTiles ? tileProducts.bf16Kernel(m: tq, n: d, k: tk, lda: tk, ldb: d, ldc: d, accumulate: true) : nil
+        let gradT = fullTiles ? tileProducts.bf16Kernel(m: d, n: tk, k: tq, lda: ldT, ldb: tk, ldc: tk, accumulate: true) : nil
+        let score = fullTiles ? tileProducts.bf16Kernel(m: tq, n: tk, k: d, lda: d, ldb: tk, ldc: tk, accumulate: false) : nil
         var tiles = TileCounts()
         var j0 = 0
         while j0 < nk {
@@ -240,7 +269,7 @@ extension LocalAttention {
                     let i0 = i0 + top, lo = lo + top, hi = hi + top
                     let full = rows == tq
                     let even = (rows + 1) & ~1
-                    let scoreKernel = full ? score
+                    let scoreKernel = full ? score!
                         : tileProducts.bf16Kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, accumulate: false)
                     cxsmm_brun(scoreKernel, q + i0 * d, keyPanels + offset, p)
                     cxsmm_brun(scoreKernel, dOut + i0 * d, valuePanels + offset, ds)
@@ -248,11 +277,11 @@ extension LocalAttention {
                     RowKernelsAVX512.BF16Operands.interleaveRowPairs(p, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(pPairs))
                     RowKernelsAVX512.BF16Operands.interleaveRowPairs(ds, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(dsPairs))
                     RowKernelsAVX512.BF16Operands.narrowPermuted(ds, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(dsPlain))
-                    let transposedKernel = full ? gradT
+                    let transposedKernel = full ? gradT!
                         : tileProducts.bf16Kernel(m: d, n: tk, k: even, lda: ldT, ldb: tk, ldc: tk, accumulate: true)
                     cxsmm_brun(transposedKernel, dOutT + i0, pPairs, dvT)
                     cxsmm_brun(transposedKernel, qT + i0, dsPairs, dkT)
-                    let gradQKernel = full ? gradQ
+                    let gradQKernel = full ? gradQ!
                         : tileProducts.bf16Kernel(m: rows, n: d, k: tk, lda: tk, ldb: d, ldc: d, accumulate: true)
                     cxsmm_brun(gradQKernel, dsPlain, keyPairs + offset, dq + i0 * d)
                 }
@@ -342,7 +371,7 @@ extension LocalAttention {
         }
         if let bf16 {
             let queryElements = heads * rows * d, keyElements = kvHeads * keyRows * d
-            let transposedElements = heads * d * ((rows + 1) & ~1)
+            let transposedElements = heads * d * Self.transposedStride(rows)
             if bf16.hardware, let buffer = bf16.queryOperands(floats: queryElements + transposedElements) {
                 let qb = halves(buffer), dob = qb + queryElements
                 let qT = dob + queryElements, doT = qT + transposedElements

@@ -500,7 +500,7 @@ public final class LocalAttention {
                                           chunk: chunk, chunks: chunks,
                                           work: work, lo: ranges + worker * 2 * tileQ, worker: worker, roundPD: rounded)
                 case .bf16(let q, let dOut, let qT, let dOutT, let keyPanels, let valuePanels, let keyPairs):
-                    let ldT = (nq + 1) & ~1
+                    let ldT = Self.transposedStride(nq)
                     tiles += backwardHeadBF16(q: q + z * nq * d, dOut: dOut + z * nq * d,
                                               qT: qT + z * d * ldT, dOutT: dOutT + z * d * ldT,
                                               delta: delta + z * nq, lse: lse + z * nq, dq: dqTarget,

@@ -3,16 +3,17 @@ import XCTest
 import LocalAttention
 
 /// The tolerances of BURST_COMPUTE_FAST (include/burst_attention.h) against a
-/// float64 reference computed from the same bf16-rounded inputs. Placeholders
-/// until the bf16 kernels land (the kernel engineer may tighten them): this
-/// is the one place the Swift tests keep them.
+/// float64 reference computed from the same bf16-rounded inputs, for any
+/// storage type (a bf16 output's own rounding, ≤ 2⁻⁹·max|ref|, included):
+/// the one place the Swift tests keep them. Measured with fp32 storage:
+/// out ~1.1e-3, gradients 1.1–3e-3 (BF16ProductsTests).
 enum FastTolerance {
     /// out: × max|ref|.
-    static let out = 1e-2
+    static let out = 6e-3
     /// dq, dk, dv: × max|ref| (floored at 1e-3, as the exact tests do).
-    static let gradients = 3e-2
+    static let gradients = 1.2e-2
     /// lse: absolute.
-    static let lse = 1e-2
+    static let lse = 1e-4
 }
 
 /// Asserts the FAST contract: every rank's out, lse, dq, dk, dv against the
@@ -60,23 +61,28 @@ func assertWithinFastTolerance(_ p: Problem, _ results: [RankResult], file: Stat
 
 /// burst_attention_config.compute (BURST_COMPUTE_*): which tile products a
 /// plan's kernels run, validation and agreement of the field, and the FAST
-/// contract over every pattern and variant. (While LocalAttention's `.bf16`
-/// is a stub that computes exactly, the FAST sweep passes on the exact
-/// products too; the products the kernels were made with are checked apart.)
+/// contract over every pattern and variant, on the bf16 path this machine
+/// has (hardware or emulation; test.sh reruns it on the AVX2 and portable
+/// paths, where the emulation runs).
 final class ComputeTests: XCTestCase {
-    /// DEFAULT is FAST for bf16 storage only; EXACT and FAST are what they say.
+    /// DEFAULT is FAST for bf16 storage on a CPU with bf16 products only;
+    /// EXACT and FAST are what they say.
     func testProductsResolution() {
         var c = AttentionConfig()
-        let cases: [(AttentionConfig.Compute, StorageType, LocalAttention.Products)] = [
-            (.default, .f32, .exact), (.default, .bf16, .bf16), (.default, .f16, .exact),
-            (.exact, .f32, .exact), (.exact, .bf16, .exact), (.exact, .f16, .exact),
-            (.fast, .f32, .bf16), (.fast, .bf16, .bf16), (.fast, .f16, .bf16),
+        let cases: [(AttentionConfig.Compute, StorageType, Bool, LocalAttention.Products)] = [
+            (.default, .f32, true, .exact), (.default, .bf16, true, .bf16), (.default, .f16, true, .exact),
+            (.default, .f32, false, .exact), (.default, .bf16, false, .exact), (.default, .f16, false, .exact),
+            (.exact, .f32, true, .exact), (.exact, .bf16, true, .exact), (.exact, .f16, false, .exact),
+            (.fast, .f32, true, .bf16), (.fast, .bf16, false, .bf16), (.fast, .f16, true, .bf16),
         ]
-        for (compute, storage, products) in cases {
+        for (compute, storage, hardware, products) in cases {
             c.compute = compute.rawValue
             c.dtype = storage.rawValue
-            XCTAssertEqual(c.products, products, "compute \(compute) storage \(storage)")
+            XCTAssertEqual(c.products(bf16InHardware: hardware), products, "compute \(compute) storage \(storage) hardware \(hardware)")
         }
+        c.compute = AttentionConfig.Compute.default.rawValue
+        c.dtype = StorageType.bf16.rawValue
+        XCTAssertEqual(c.products, LocalAttention.bf16InHardware ? .bf16 : .exact, "this machine")
         XCTAssertEqual(AttentionConfig().compute, 0, "the default config says DEFAULT")
     }
 
@@ -130,7 +136,8 @@ final class ComputeTests: XCTestCase {
     func testSchedulesMakeKernelsWithThePlansProducts() {
         for pattern in [AttentionConfig.Pattern.burst, .ring, .allgather, .ulysses] {
             for (compute, storage, want) in [(AttentionConfig.Compute.fast, StorageType.f32, LocalAttention.Products.bf16),
-                                             (.default, .bf16, .bf16), (.default, .f32, .exact), (.exact, .bf16, .exact)] {
+                                             (.default, .bf16, LocalAttention.bf16InHardware ? .bf16 : .exact),
+                                             (.default, .f32, .exact), (.exact, .bf16, .exact)] {
                 var p = Problem()
                 p.counts = [9, 7]
                 p.pattern = pattern
@@ -162,7 +169,7 @@ final class ComputeTests: XCTestCase {
 
     /// FAST × 1–5 loopback ranks × every pattern × the variants, with fp32
     /// storage (compute = FAST) and bf16 storage (compute = DEFAULT, which is
-    /// FAST for bf16): forward and backward within `FastTolerance` of the
+    /// FAST for bf16 on a CPU with bf16 products; FAST elsewhere): forward and backward within `FastTolerance` of the
     /// float64 reference of the bf16-rounded inputs, and the kernels made
     /// with bf16 products.
     func testFastSweep() {
@@ -171,7 +178,10 @@ final class ComputeTests: XCTestCase {
             let kv = ranks <= 2 ? 2 * ranks : ranks
             for (_, variant) in Self.variants(kv: kv) {
                 for pattern in [AttentionConfig.Pattern.burst, .ring, .allgather, .ulysses] {
-                    for (storage, compute) in [(StorageType.f32, AttentionConfig.Compute.fast), (.bf16, .default)] {
+                    // bf16 storage: DEFAULT where that is FAST (a CPU with bf16
+                    // products), else FAST asked for (the emulation).
+                    let bf16Compute: AttentionConfig.Compute = LocalAttention.bf16InHardware ? .default : .fast
+                    for (storage, compute) in [(StorageType.f32, AttentionConfig.Compute.fast), (.bf16, bf16Compute)] {
                         index += 1
                         var p = Problem()
                         p.counts = ranks == 1 ? [33] : unevenCounts(total: 31 + 2 * ranks, ranks: ranks)

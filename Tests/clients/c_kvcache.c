@@ -340,6 +340,7 @@ static void prefill(run *R, int layer, int plan_layout, int64_t batch, int64_t N
   cfg.batch = batch; cfg.seq_len_local = n; cfg.num_heads_q = HQ; cfg.num_heads_kv = sc->hkv;
   cfg.head_dim = HEAD_DIM; cfg.cu_seqlens = cu; cfg.num_sequences = nseq; cfg.num_threads = 1;
   cfg.timeout_seconds = 120;
+  cfg.compute = BURST_COMPUTE_EXACT; /* the exact bounds below; DEFAULT may be FAST for BF16 */
   if (ok(burst_plan_create(R->ctx, &cfg, &plan), "burst_plan_create") &&
       ok(burst_forward(plan, lq, lk, lv, lout, llse), "burst_forward")) {
     int64_t ids[8];
@@ -651,6 +652,7 @@ static burst_status make_plan(burst_context *ctx, int dt, int64_t hkv, int64_t d
   burst_attention_config_init(&cfg);
   cfg.dtype = dt; cfg.mask = BURST_MASK_CAUSAL; cfg.batch = 1; cfg.seq_len_local = n_local;
   cfg.num_heads_q = HQ; cfg.num_heads_kv = hkv; cfg.head_dim = d; cfg.num_threads = 1; cfg.timeout_seconds = 120;
+  cfg.compute = BURST_COMPUTE_EXACT;
   return burst_plan_create(ctx, &cfg, plan);
 }
 

@@ -48,9 +48,9 @@ static inline double vref_value(uint64_t seed, uint64_t index) {
 /* BURST_COMPUTE_FAST against the float64 reference of the bf16-rounded
  * inputs: the header's provisional bounds, the one place the C and C++
  * clients keep them (the kernels' engineer may tighten them here). */
-#define VREF_FAST_OUT_TOL 1e-2  /* out: x max|ref| */
-#define VREF_FAST_GRAD_TOL 3e-2 /* dq, dk, dv: x max|ref| (floored at 1e-3) */
-#define VREF_FAST_LSE_TOL 1e-2  /* lse: absolute */
+#define VREF_FAST_OUT_TOL 6e-3  /* out: x max|ref| */
+#define VREF_FAST_GRAD_TOL 1.2e-2 /* dq, dk, dv: x max|ref| (floored at 1e-3) */
+#define VREF_FAST_LSE_TOL 1e-4  /* lse: absolute */
 
 #define CI(c, h, b, t, x, H) ((((size_t)(b) * (size_t)(H) + (size_t)(h)) * (size_t)(c)->N + (size_t)(t)) * (size_t)(c)->d + (size_t)(x))
 

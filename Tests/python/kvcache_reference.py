@@ -222,7 +222,8 @@ class Runner:
         with ctx.plan(1, len(mine), m.hq, m.d, num_heads_kv=m.hkv, layout=plan_layout,
                       mask="causal", distribution=distribution, cu_seqlens=cu,
                       window_left=m.window_left, softmax_scale=m.softmax_scale,
-                      dtype=self.dtype, timeout_seconds=self.timeout) as plan:
+                      dtype=self.dtype, timeout_seconds=self.timeout,
+                      compute="exact") as plan:  # the exact contract's bounds (DEFAULT may be FAST for bf16)
             for layer in (range(m.num_layers) if layers is None else layers):
                 (q, qf), (k, kf), (v, vf) = (self._tensor(rng, (1, n_total, h, m.d))
                                              for h in (m.hq, m.hkv, m.hkv))

@@ -317,9 +317,9 @@ LSE_TOL = 1e-4    # absolute
 # compute="fast" (BURST_COMPUTE_FAST: bf16 products) against the float64 reference of
 # the bf16-rounded inputs: the header's provisional bounds, the one place the Python
 # tests keep them (torch_reference.py imports them); the kernels' engineer may tighten them.
-FAST_OUT_TOL = 1e-2    # · max|ref|
-FAST_GRAD_TOL = 3e-2   # · max|ref|
-FAST_LSE_TOL = 1e-2    # absolute
+FAST_OUT_TOL = 6e-3    # · max|ref|
+FAST_GRAD_TOL = 1.2e-2  # · max|ref|
+FAST_LSE_TOL = 1e-4    # absolute
 
 
 def round_bf16(x) -> np.ndarray:
