@@ -40,6 +40,7 @@ struct BurstBench: ParsableCommand {
     @Flag(help: "Print every rank's counters (always on with --mpi).") var rankLines = false
     @Flag(help: "Also print the tile GEMM rate (128×128×d, the kernels' JIT product) on one thread and, with --threads > 1, summed over that many threads running at once: the roofline.") var gemm = false
     @Option(help: "Storage type of q, k, v, out and the gradients: f32, bf16 or f16 (lse and accumulation stay fp32).") var dtype: String = "f32"
+    @Option(help: "Tile products: default, exact (fp32) or fast (bf16 operands, fp32 accumulation; BURST_COMPUTE_*).") var compute: String = "default"
     @Flag(help: "Print the time per tile of each kernel phase (score and value products, softmax, the backward's products; tiles of BURST_TILE_Q × BURST_TILE_K, one thread) and exit.") var phases = false
     @Option(help: "Communication pattern: burst, ring, allgather, ulysses or auto.") var pattern: String = "burst"
     @Option(help: "Ranks per group of the double ring (0 = detect from the transport's nodes; must divide the ranks).") var intraGroupSize: Int = 0
@@ -93,6 +94,7 @@ struct BurstBench: ParsableCommand {
             throw ValidationError("--pattern must be burst, ring, allgather, ulysses or auto")
         }
         guard ["f32", "bf16", "f16"].contains(dtype) else { throw ValidationError("--dtype must be f32, bf16 or f16") }
+        guard ["default", "exact", "fast"].contains(compute) else { throw ValidationError("--compute must be default, exact or fast") }
         guard ["fwd", "fwdbwd", "both"].contains(mode) else { throw ValidationError("--mode must be fwd, fwdbwd or both") }
         guard intraGroupSize >= 0 else { throw ValidationError("--intra-group-size must be >= 0") }
         if mpi && (network != nil || calibrateTransfer != nil) {
@@ -121,7 +123,7 @@ struct BurstBench: ParsableCommand {
             let flops = (m == "fwd" ? 4 : 14) * Double(batch * heads) * pairs * Double(headDim)
             var usage = rusage()
             getrusage(RUSAGE_SELF.rawValue, &usage)
-            print("{\"bench\":\"burst\",\"mode\":\"\(m)\",\"dtype\":\"\(dtype)\",\"batch\":\(batch),\"heads\":\(heads),\"heads_kv\":\(headsKv ?? heads),\"seq_len\":\(seqLen),\"head_dim\":\(headDim),\"causal\":\(causal),\"distribution\":\"\(distribution)\",\"window\":[\(windowLeft),\(windowRight)],\"visible_pairs\":\(Int(pairs)),\"threads\":\(threads),\"ranks\":\(ranks),\"runs\":\(times.count),\"median_s\":\(median),\"min_s\":\(times[0]),\"gflops\":\(flops / median / 1e9),\"bytes_sent_rank0\":\(lastBytes(records)),\"peak_rss_mib\":\(usage.ru_maxrss / 1024),\"code_path\":\"\(LocalAttention.codePath)\"}")
+            print("{\"bench\":\"burst\",\"mode\":\"\(m)\",\"dtype\":\"\(dtype)\",\"compute\":\"\(compute)\",\"products\":\"\(config([1], rank: 0, pattern: 0).products == .bf16 ? "bf16-" + LocalAttention.bf16ProductPath : "fp32")\",\"batch\":\(batch),\"heads\":\(heads),\"heads_kv\":\(headsKv ?? heads),\"seq_len\":\(seqLen),\"head_dim\":\(headDim),\"causal\":\(causal),\"distribution\":\"\(distribution)\",\"window\":[\(windowLeft),\(windowRight)],\"visible_pairs\":\(Int(pairs)),\"threads\":\(threads),\"ranks\":\(ranks),\"runs\":\(times.count),\"median_s\":\(median),\"min_s\":\(times[0]),\"gflops\":\(flops / median / 1e9),\"bytes_sent_rank0\":\(lastBytes(records)),\"peak_rss_mib\":\(usage.ru_maxrss / 1024),\"code_path\":\"\(LocalAttention.codePath)\"}")
             print(commLine(mode: m, times: times, records: records, network: net, calibration: calibration))
             fflush(stdout)
         }
@@ -242,6 +244,7 @@ struct BurstBench: ParsableCommand {
         c.pattern = pattern
         c.intraGroupSize = Int32(intraGroupSize)
         c.dtype = storage.rawValue
+        c.compute = ["default": AttentionConfig.Compute.default, "exact": .exact, "fast": .fast][compute]!.rawValue
         return c
     }
 
