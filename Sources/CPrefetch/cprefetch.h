@@ -15,4 +15,14 @@ static inline void burst_prefetch_range(const void *p, long bytes) {
   for (long i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 2);
 }
 
+/* The worker pool's spin-wait (WorkerPool.swift): an acquire load of the
+ * job generation, a release store of it, and the spin-loop hint. */
+static inline long burst_load_acquire(const long *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void burst_store_release(long *p, long v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void burst_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 #endif
