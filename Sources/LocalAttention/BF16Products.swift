@@ -189,19 +189,8 @@ extension LocalAttention {
         let p = halves(work + tileQ * tk)
         let score = tileProducts.bf16Kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, accumulate: false)
         let value = tileProducts.bf16Kernel(m: rows, n: d, k: tk, lda: tk, ldb: d, ldc: d, accumulate: true)
-        var tiles = TileCounts()
-        var j0 = 0
-        while j0 < nk {
-            let cols = min(tk, nk - j0)
-            guard TileVisibility.columns(rows: rows, lo: queryLo, hi: queryHi, cols: cols, keys: keyPositions + j0,
-                                         first: lo, last: hi) else {
-                tiles.skipped += 1
-                j0 += tk
-                continue
-            }
-            tiles.computed += 1
-            tick(worker)
-            let (top, live) = Self.visibleRows(rows, lo, hi)   // as forwardTile
+        return forEachVisibleKeyTile(rows: rows, queryLo: queryLo, queryHi: queryHi, nk: nk, keyPositions: keyPositions,
+                                     lo: lo, worker: worker) { j0, _, top, live in
             let scoreRows = live == rows ? score
                 : tileProducts.bf16Kernel(m: live, n: tk, k: d, lda: d, ldb: tk, ldc: tk, accumulate: false)
             let valueRows = live == rows ? value
@@ -210,9 +199,7 @@ extension LocalAttention {
             softmaxTile(s, tk, tk, live, lo + top, hi + top, scale, rowMax + top, rowSum + top, acc + top * d, d)
             RowKernelsAVX512.BF16Operands.narrowPermuted(s, ld: tk, rows: live, width: tk, into: UnsafeMutableRawPointer(p))
             cxsmm_brun(valueRows, p, valuePairs + (j0 / tk) * d * tk, acc + top * d)
-            j0 += tk
         }
-        return tiles
     }
 
     /// backwardHead on bf16 operands. Per tile: S = Q·Kᵀ and dP = dO·Vᵀ

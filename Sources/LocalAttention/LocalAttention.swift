@@ -352,23 +352,8 @@ public final class LocalAttention {
         let hi = lo + tileQ
         let s = work   // [tileQ × tk] scores, then probabilities
         let score = scoreKernel
-        var tiles = TileCounts()
-        var j0 = 0
-        while j0 < nk {
-            let cols = min(tk, nk - j0)
-            guard TileVisibility.columns(rows: rows, lo: queryLo, hi: queryHi, cols: cols, keys: keyPositions + j0,
-                                         first: lo, last: hi) else {
-                tiles.skipped += 1
-                j0 += tk
-                continue
-            }
-            tiles.computed += 1
-            tick(worker)
-            // Only the rows that see a key of the tile (a causal diagonal
-            // hides the first ones). Splitting a full tile into blocks of
-            // rows measured no gain: the scores stay in L2 either way and the
-            // softmax costs its arithmetic, not their round trip.
-            let (top, live) = Self.visibleRows(rows, lo, hi)
+        return forEachVisibleKeyTile(rows: rows, queryLo: queryLo, queryHi: queryHi, nk: nk, keyPositions: keyPositions,
+                                     lo: lo, worker: worker) { j0, cols, top, live in
             let scoreRows = live == tileQ ? score
                 : tileProducts.kernel(m: live, n: tk, k: d, lda: d, ldb: tk, ldc: tk, transposedA: false, accumulate: false)
             tileProducts.run(scoreRows, q + top * d, panels + (j0 / tk) * d * tk, s)
@@ -377,6 +362,35 @@ public final class LocalAttention {
             let value = cols == tk && live == tileQ ? valueKernel
                 : tileProducts.kernel(m: live, n: d, k: cols, lda: tk, ldb: d, ldc: d, transposedA: false, accumulate: true)
             tileProducts.run(value, s, v + j0 * d, acc + top * d)
+        }
+    }
+
+    /// The key tiles of `nk` keys that some of a forward task's `rows` query
+    /// rows see, in order: for each, after the progress tick, `body(j0,
+    /// cols, top, live)` with lo/hi (tileQ apart) holding the rows' visible
+    /// columns and [top, top + live) the rows that see a key of it — the
+    /// only rows the products run over (a causal diagonal hides the first
+    /// ones). Splitting a full tile into blocks of rows measured no gain:
+    /// the scores stay in L2 either way and the softmax costs its
+    /// arithmetic, not their round trip. Returns the tile counts.
+    @inline(__always)
+    func forEachVisibleKeyTile(rows: Int, queryLo: UnsafePointer<Int>, queryHi: UnsafePointer<Int>, nk: Int,
+                               keyPositions: UnsafePointer<Int>, lo: UnsafeMutablePointer<Int>, worker: Int,
+                               _ body: (_ j0: Int, _ cols: Int, _ top: Int, _ live: Int) -> Void) -> TileCounts {
+        let tk = tileK
+        var tiles = TileCounts()
+        var j0 = 0
+        while j0 < nk {
+            let cols = min(tk, nk - j0)
+            if TileVisibility.columns(rows: rows, lo: queryLo, hi: queryHi, cols: cols, keys: keyPositions + j0,
+                                      first: lo, last: lo + tileQ) {
+                tiles.computed += 1
+                tick(worker)
+                let (top, live) = Self.visibleRows(rows, lo, lo + tileQ)
+                body(j0, cols, top, live)
+            } else {
+                tiles.skipped += 1
+            }
             j0 += tk
         }
         return tiles

@@ -26,6 +26,10 @@ public final class WorkerPool {
     public init(threadCount: Int) {
         self.threadCount = max(1, min(threadCount, 256))
         shared = PoolState()
+        // More threads than CPUs: a spinning worker would take a CPU another
+        // thread needs (the fuzzer's 3 ranks × 256 threads took 6 s a call).
+        // Set before any worker starts (they read it without the mutex).
+        shared.spins = self.threadCount <= Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         for worker in 1..<self.threadCount {
             // Each thread owns a reference to the shared state (never to the
             // pool), so the pool can go away whatever the threads are doing.
@@ -39,9 +43,6 @@ public final class WorkerPool {
             }
         }
         shared.workerCount = threads.count
-        // More threads than CPUs: a spinning worker would take a CPU another
-        // thread needs (the fuzzer's 3 ranks × 256 threads took 6 s a call).
-        shared.spins = self.threadCount <= Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
     }
 
     deinit {
@@ -79,7 +80,8 @@ private final class PoolState {
     private var workersBusy = 0
     private var shuttingDown = false
     var workerCount = 0
-    /// Whether idle workers spin before blocking (set once, before any job).
+    /// Whether idle workers spin before blocking (set once, before the
+    /// workers start).
     var spins = true
 
     init() {
