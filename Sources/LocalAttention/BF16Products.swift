@@ -218,68 +218,44 @@ extension LocalAttention {
                           nk: Int, keyPositions: UnsafePointer<Int>, chunk: Int, chunks: Int,
                           work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>, worker: Int) -> TileCounts {
         let d = headDim, tq = tileQ, tk = tileK
-        let hi = lo + tq
         let ldT = Self.transposedStride(nq)
         let (p, ds, pPairs, dsPairs, dsPlain, dvT, dkT) = bf16Scratch(work)
-        let qTiles = (nq + tq - 1) / tq
         // Kernels of full tiles (only when the block has one: gradT's A is
         // the transposed block, lda = ldT ≥ k = tq).
         let fullTiles = nq >= tq
         let gradQ = fullTiles ? tileProducts.bf16Kernel(m: tq, n: d, k: tk, lda: tk, ldb: d, ldc: d, accumulate: true) : nil
         let gradT = fullTiles ? tileProducts.bf16Kernel(m: d, n: tk, k: tq, lda: ldT, ldb: tk, ldc: tk, accumulate: true) : nil
         let score = fullTiles ? tileProducts.bf16Kernel(m: tq, n: tk, k: d, lda: d, ldb: tk, ldc: tk, accumulate: false) : nil
-        var tiles = TileCounts()
-        var j0 = 0
-        while j0 < nk {
-            if !Self.keyTile(j0 / tk, inChunk: chunk, of: chunks) { j0 += tk; continue }
-            let cols = min(tk, nk - j0)
-            let keys = keyPositions + j0
-            if TileVisibility.cornersHidden(rows: nq, lo: queryLo, hi: queryHi, cols: cols, keys: keys) {
-                tiles.skipped += qTiles
-                j0 += tk; continue
-            }
+        return forEachVisibleTilePair(nq: nq, queryLo: queryLo, queryHi: queryHi, nk: nk, keyPositions: keyPositions,
+                                      chunk: chunk, chunks: chunks, lo: lo, worker: worker,
+                                      keyTileStart: { _ in
+                                          dvT.update(repeating: 0, count: d * tk)
+                                          dkT.update(repeating: 0, count: d * tk)
+                                      },
+                                      keyTileDone: { j0, cols in
+                                          // dv[j0 + j][c] += dVᵀ[c][j], dk likewise.
+                                          transposeAdd(d, cols, dvT, tk, dv + j0 * d, d)
+                                          transposeAdd(d, cols, dkT, tk, dk + j0 * d, d)
+                                      }) { j0, _, i0, rows, lo, hi in
             let offset = (j0 / tk) * d * tk
-            dvT.update(repeating: 0, count: d * tk)
-            dkT.update(repeating: 0, count: d * tk)
-            var i0 = 0
-            while i0 < nq {
-                let rows = min(tq, nq - i0)
-                guard TileVisibility.columns(rows: rows, lo: queryLo + i0, hi: queryHi + i0, cols: cols, keys: keys,
-                                             first: lo, last: hi) else {
-                    tiles.skipped += 1
-                    i0 += tq; continue
-                }
-                tiles.computed += 1
-                tick(worker)
-                do {
-                    let (top, rows) = Self.visibleRows(rows, lo, hi)   // as backwardHead
-                    let i0 = i0 + top, lo = lo + top, hi = hi + top
-                    let full = rows == tq
-                    let even = (rows + 1) & ~1
-                    let scoreKernel = full ? score!
-                        : tileProducts.bf16Kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, accumulate: false)
-                    cxsmm_brun(scoreKernel, q + i0 * d, keyPanels + offset, p)
-                    cxsmm_brun(scoreKernel, dOut + i0 * d, valuePanels + offset, ds)
-                    gradientTile(p, ds, tk, tk, rows, lo, hi, scale, lse + i0, delta + i0)
-                    RowKernelsAVX512.BF16Operands.interleaveRowPairs(p, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(pPairs))
-                    RowKernelsAVX512.BF16Operands.interleaveRowPairs(ds, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(dsPairs))
-                    RowKernelsAVX512.BF16Operands.narrowPermuted(ds, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(dsPlain))
-                    let transposedKernel = full ? gradT!
-                        : tileProducts.bf16Kernel(m: d, n: tk, k: even, lda: ldT, ldb: tk, ldc: tk, accumulate: true)
-                    cxsmm_brun(transposedKernel, dOutT + i0, pPairs, dvT)
-                    cxsmm_brun(transposedKernel, qT + i0, dsPairs, dkT)
-                    let gradQKernel = full ? gradQ!
-                        : tileProducts.bf16Kernel(m: rows, n: d, k: tk, lda: tk, ldb: d, ldc: d, accumulate: true)
-                    cxsmm_brun(gradQKernel, dsPlain, keyPairs + offset, dq + i0 * d)
-                }
-                i0 += tq
-            }
-            // dv[j0 + j][c] += dVᵀ[c][j], dk likewise.
-            transposeAdd(d, cols, dvT, tk, dv + j0 * d, d)
-            transposeAdd(d, cols, dkT, tk, dk + j0 * d, d)
-            j0 += tk
+            let full = rows == tq
+            let even = (rows + 1) & ~1
+            let scoreKernel = full ? score!
+                : tileProducts.bf16Kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, accumulate: false)
+            cxsmm_brun(scoreKernel, q + i0 * d, keyPanels + offset, p)
+            cxsmm_brun(scoreKernel, dOut + i0 * d, valuePanels + offset, ds)
+            gradientTile(p, ds, tk, tk, rows, lo, hi, scale, lse + i0, delta + i0)
+            RowKernelsAVX512.BF16Operands.interleaveRowPairs(p, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(pPairs))
+            RowKernelsAVX512.BF16Operands.interleaveRowPairs(ds, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(dsPairs))
+            RowKernelsAVX512.BF16Operands.narrowPermuted(ds, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(dsPlain))
+            let transposedKernel = full ? gradT!
+                : tileProducts.bf16Kernel(m: d, n: tk, k: even, lda: ldT, ldb: tk, ldc: tk, accumulate: true)
+            cxsmm_brun(transposedKernel, dOutT + i0, pPairs, dvT)
+            cxsmm_brun(transposedKernel, qT + i0, dsPairs, dkT)
+            let gradQKernel = full ? gradQ!
+                : tileProducts.bf16Kernel(m: rows, n: d, k: tk, lda: tk, ldb: d, ldc: d, accumulate: true)
+            cxsmm_brun(gradQKernel, dsPlain, keyPairs + offset, dq + i0 * d)
         }
-        return tiles
     }
 
     /// The hardware backward's per-worker scratch, carved from `work`.

@@ -578,58 +578,77 @@ public final class LocalAttention {
                               work: UnsafeMutablePointer<Float>, lo: UnsafeMutablePointer<Int>, worker: Int,
                               roundPD: Bool) -> TileCounts {
         let d = headDim, tq = tileQ, tk = tileK
-        let hi = lo + tq
         let p = work                   // [tq × tk] scores, then probabilities
         let ds = work + tq * tk        // [tq × tk] dP, then scale·dS
+        return forEachVisibleTilePair(nq: nq, queryLo: queryLo, queryHi: queryHi, nk: nk, keyPositions: keyPositions,
+                                      chunk: chunk, chunks: chunks, lo: lo, worker: worker) { j0, cols, i0, rows, lo, hi in
+            let kPanel = keyPanels + (j0 / tk) * d * tk, vPanel = valuePanels + (j0 / tk) * d * tk
+            let qi = q + i0 * d, doi = dOut + i0 * d
+            let full = rows == tq && cols == tk
+            let score = rows == tq ? scoreKernel
+                : tileProducts.kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, transposedA: false, accumulate: false)
+            tileProducts.run(score, qi, kPanel, p)
+            tileProducts.run(score, doi, vPanel, ds)
+            gradientTile(p, ds, tk, tk, rows, lo, hi, scale, lse + i0, delta + i0)
+            if roundPD { roundTile(p, tk, tk, rows); roundTile(ds, tk, tk, rows) }
+            // dV[j] += Σ_i P[i,j]·dO[i];  dK[j] += Σ_i dS[i,j]·Q[i];  dQ[i] += Σ_j dS[i,j]·K[j]
+            let gradV = full ? gradVKernel
+                : tileProducts.kernel(m: cols, n: d, k: rows, lda: tk, ldb: d, ldc: d, transposedA: true, accumulate: true)
+            tileProducts.run(gradV, p, doi, dv + j0 * d)
+            tileProducts.run(gradV, ds, qi, dk + j0 * d)
+            let gradQ = full ? gradQKernel
+                : tileProducts.kernel(m: rows, n: d, k: cols, lda: tk, ldb: d, ldc: d, transposedA: false, accumulate: true)
+            tileProducts.run(gradQ, ds, k + j0 * d, dq + i0 * d)
+        }
+    }
+
+    /// The (key tile, query tile) pairs of a backward task: the key tiles
+    /// of `chunk` (boustrophedon, `keyTile`) that some query of the block
+    /// sees, and for each the query tiles that see it, in order. `tile(j0,
+    /// cols, i0, rows, lo, hi)` runs after the progress tick with the query
+    /// tile trimmed to the rows that see a key of the key tile (from the
+    /// first to the last; a causal diagonal hides the first ones — the
+    /// others add nothing) and lo/hi their visible columns; `keyTileDone(j0,
+    /// cols)` after a key tile's last query tile. Returns the tile counts.
+    @inline(__always)
+    func forEachVisibleTilePair(nq: Int, queryLo: UnsafePointer<Int>, queryHi: UnsafePointer<Int>,
+                                nk: Int, keyPositions: UnsafePointer<Int>, chunk: Int, chunks: Int,
+                                lo: UnsafeMutablePointer<Int>, worker: Int,
+                                keyTileStart: (_ j0: Int) -> Void = { _ in },
+                                keyTileDone: (_ j0: Int, _ cols: Int) -> Void = { _, _ in },
+                                _ tile: (_ j0: Int, _ cols: Int, _ i0: Int, _ rows: Int,
+                                         _ lo: UnsafePointer<Int>, _ hi: UnsafePointer<Int>) -> Void) -> TileCounts {
+        let tq = tileQ, tk = tileK
+        let hi = lo + tq
         let qTiles = (nq + tq - 1) / tq
         var tiles = TileCounts()
         var j0 = 0
         while j0 < nk {
-            if !Self.keyTile(j0 / tk, inChunk: chunk, of: chunks) { j0 += tk; continue }
+            defer { j0 += tk }
+            if !Self.keyTile(j0 / tk, inChunk: chunk, of: chunks) { continue }
             let cols = min(tk, nk - j0)
             let keys = keyPositions + j0
             // Skip the whole key tile if no query of the block sees it.
             if TileVisibility.cornersHidden(rows: nq, lo: queryLo, hi: queryHi, cols: cols, keys: keys) {
                 tiles.skipped += qTiles
-                j0 += tk; continue
+                continue
             }
-            let kPanel = keyPanels + (j0 / tk) * d * tk, vPanel = valuePanels + (j0 / tk) * d * tk
+            keyTileStart(j0)
             var i0 = 0
             while i0 < nq {
                 let rows = min(tq, nq - i0)
-                guard TileVisibility.columns(rows: rows, lo: queryLo + i0, hi: queryHi + i0, cols: cols, keys: keys,
-                                             first: lo, last: hi) else {
+                if TileVisibility.columns(rows: rows, lo: queryLo + i0, hi: queryHi + i0, cols: cols, keys: keys,
+                                          first: lo, last: hi) {
+                    tiles.computed += 1
+                    tick(worker)
+                    let (top, live) = Self.visibleRows(rows, lo, hi)
+                    tile(j0, cols, i0 + top, live, lo + top, hi + top)
+                } else {
                     tiles.skipped += 1
-                    i0 += tq; continue
-                }
-                tiles.computed += 1
-                tick(worker)
-                // Only the rows that see a key of the tile (a causal diagonal
-                // hides the first ones): the others add nothing.
-                do {
-                    let (top, rows) = Self.visibleRows(rows, lo, hi)
-                    let i0 = i0 + top, lo = lo + top, hi = hi + top
-                    let qi = q + i0 * d, doi = dOut + i0 * d
-                    let full = rows == tq && cols == tk
-
-                    let score = rows == tq ? scoreKernel
-                        : tileProducts.kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, transposedA: false, accumulate: false)
-                    tileProducts.run(score, qi, kPanel, p)
-                    tileProducts.run(score, doi, vPanel, ds)
-                    gradientTile(p, ds, tk, tk, rows, lo, hi, scale, lse + i0, delta + i0)
-                    if roundPD { roundTile(p, tk, tk, rows); roundTile(ds, tk, tk, rows) }
-                    // dV[j] += Σ_i P[i,j]·dO[i];  dK[j] += Σ_i dS[i,j]·Q[i];  dQ[i] += Σ_j dS[i,j]·K[j]
-                    let gradV = full ? gradVKernel
-                        : tileProducts.kernel(m: cols, n: d, k: rows, lda: tk, ldb: d, ldc: d, transposedA: true, accumulate: true)
-                    tileProducts.run(gradV, p, doi, dv + j0 * d)
-                    tileProducts.run(gradV, ds, qi, dk + j0 * d)
-                    let gradQ = full ? gradQKernel
-                        : tileProducts.kernel(m: rows, n: d, k: cols, lda: tk, ldb: d, ldc: d, transposedA: false, accumulate: true)
-                    tileProducts.run(gradQ, ds, k + j0 * d, dq + i0 * d)
                 }
                 i0 += tq
             }
-            j0 += tk
+            keyTileDone(j0, cols)
         }
         return tiles
     }
