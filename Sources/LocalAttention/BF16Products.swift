@@ -146,7 +146,7 @@ extension LocalAttention {
                         overD: UnsafeMutablePointer<UInt16>?, overKeys: UnsafeMutableRawPointer?) {
         let d = headDim, tk = tileK
         let tiles = (rows + tk - 1) / tk
-        let stride = panelElements
+        let stride = panelStride
         pool.parallelFor(heads * tiles) { task, worker in
             let z = task / tiles, t = task % tiles
             let j0 = t * tk, cols = min(tk, rows - j0)
@@ -305,7 +305,7 @@ extension LocalAttention {
                 qr.update(from: q, count: queryElements)
                 roundOperand(qr, count: queryElements)
                 makePanels(k, heads: kvHeads, rows: keyRows, into: keyPanels.pointer)
-                roundOperand(keyPanels.pointer, count: kvHeads * panelElements)
+                roundOperand(keyPanels.pointer, count: kvHeads * panelStride)
                 bf16.rows.pointer.update(from: v, count: keyElements)
                 roundOperand(bf16.rows.pointer, count: keyElements)
                 return .fp32(q: qr, v: bf16.rows.pointer, rounded: true)
@@ -355,8 +355,8 @@ extension LocalAttention {
                 panels(.emulated) {
                     makePanels(k, heads: kvHeads, rows: keyRows, into: keyPanels.pointer)
                     makePanels(v, heads: kvHeads, rows: keyRows, into: valuePanels.pointer)
-                    roundOperand(keyPanels.pointer, count: kvHeads * panelElements)
-                    roundOperand(valuePanels.pointer, count: kvHeads * panelElements)
+                    roundOperand(keyPanels.pointer, count: kvHeads * panelStride)
+                    roundOperand(valuePanels.pointer, count: kvHeads * panelStride)
                     bf16.rows.pointer.update(from: k, count: keyElements)
                     roundOperand(bf16.rows.pointer, count: keyElements)
                 }

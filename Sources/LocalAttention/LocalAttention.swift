@@ -44,7 +44,7 @@ public final class LocalAttention {
     public let products: Products
     /// Whether `.bf16` products run on the CPU's bf16 instructions (libxsmm's
     /// VNNI kernels, AVX512-BF16) rather than the portable emulation.
-    public let bf16Hardware: Bool
+    public var bf16Hardware: Bool { bf16?.hardware ?? false }
 
     /// The precision of the six tile products.
     /// - exact: fp32 operands, fp32 products (the 0.x contract).
@@ -63,8 +63,7 @@ public final class LocalAttention {
     /// reuses them only if the next call would build the same).
     var backwardPanels: BackwardPanels = .none
     enum BackwardPanels { case none, exact, emulated, hardware }
-    private let panelStride: Int   // floats per head of panels = tiles · d · tileK
-    var panelElements: Int { panelStride }
+    let panelStride: Int   // floats per head of panels = tiles · d · tileK
     /// The bf16 products' panels and operands (nil for `.exact`).
     let bf16: BF16Workspace?
 
@@ -165,7 +164,6 @@ public final class LocalAttention {
         self.products = products
         let hardware = products == .bf16 && useJIT && bf16Instructions && TileProducts.bf16Hardware
             && headDim % 2 == 0 && tileK % RowKernelsAVX512.BF16Operands.group == 0
-        bf16Hardware = hardware
         self.tileProducts = TileProducts(useJIT: useJIT)
         let level = useJIT ? TileProducts.vectorLevel : 0
         (softmaxTile, gradientTile) = Self.rowKernels(level: level)
