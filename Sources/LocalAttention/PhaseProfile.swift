@@ -9,6 +9,7 @@ import Glibc
 ///   forward:  "score" S = Q·Kᵀ, "softmax" (online softmax of the tile),
 ///             "value" acc += P·V
 ///   backward: "score" S = Q·Kᵀ and "dp" dP = dO·Vᵀ, "gradient" (P and dS),
+///   the soft-capped row passes ("softmax_capped", "gradient_capped": cap 50),
 ///             "dv" dV += Pᵀ·dO, "dk" dK += dSᵀ·Q, "dq" dQ += dS·K
 /// plus "panels": transposing one key tile into its panel.
 extension LocalAttention {
@@ -67,6 +68,20 @@ extension LocalAttention {
         result.append(("copy2", time {
             s.pointer.update(from: scores.pointer, count: tq * tk)
             ds.pointer.update(from: scores.pointer, count: tq * tk)
+        }))
+        // Soft-capping (cap 50): the forward's capTile before the softmax, and
+        // the backward's capped gradient pass in place of the plain one.
+        let (capTile, cappedGradientTile) = capKernels(level: TileProducts.vectorLevel)
+        for i in 0..<tq { rowMax[i] = -.infinity; rowSum[i] = 0 }
+        result.append(("fwd.softmax_capped", time {
+            s.pointer.update(from: scores.pointer, count: tq * tk)
+            capTile(s.pointer, tk, tk, tq, lo, lo + tq, scale, 50)
+            softmaxTile(s.pointer, tk, tk, tq, lo, lo + tq, 1, rowMax, rowSum, acc.pointer, d)
+        }))
+        result.append(("bwd.gradient_capped", time {
+            s.pointer.update(from: scores.pointer, count: tq * tk)
+            ds.pointer.update(from: scores.pointer, count: tq * tk)
+            cappedGradientTile(s.pointer, ds.pointer, tk, tk, tq, lo, lo + tq, scale, lse, delta, 50)
         }))
         result.append(("bwd.dv", time { products.run(gradV, s.pointer, q.pointer, dkv.pointer) }))
         result.append(("bwd.dq", time { products.run(value, ds.pointer, k.pointer, acc.pointer) }))

@@ -378,8 +378,8 @@ extension RowKernels {
                                           lse: UnsafePointer<Float>, delta: UnsafePointer<Float>, cap: Float) {
         let w = Lanes.scalarCount
         let offsets = laneOffsets()
-        let scaleLanes = Lanes(repeating: scale), inner = Lanes(repeating: scale / cap), outer = Lanes(repeating: cap)
-        let one = Lanes(repeating: 1)
+        let scaleLanes = Lanes(repeating: scale), inner = Lanes(repeating: scale / cap)
+        let outer2 = Lanes(repeating: cap * log2e)   // e^(c·t − lse) = 2^(t·c·log₂e − lse·log₂e)
         for i in 0..<rows {
             let pi = p + i * ld, dsi = ds + i * ld
             let first = lo[i], last = hi[i]
@@ -392,14 +392,17 @@ extension RowKernels {
             let start = first / w * w
             let vectorEnd = min((last + w - 1) / w * w, width / w * w)
             if start > 0 { pi.update(repeating: 0, count: start); dsi.update(repeating: 0, count: start) }
-            let shift = Lanes(repeating: -rowLse), deltaLanes = Lanes(repeating: rowDelta)
+            let shift2 = Lanes(repeating: -rowLse * log2e), deltaLanes = Lanes(repeating: rowDelta)
             var j = start
             while j < vectorEnd {
                 let t = tanhLanes(loadLanes(pi + j) * inner)
-                var e = expLanes(fused(t, outer, shift))
+                // c·t − lse ≤ 0 up to rounding (lse covers every visible logit).
+                var e = exp2Softmax(fused(t, outer2, shift2))
                 if j < first || j + w > last { e.replace(with: 0, where: outside(offsets, j, first, last)) }
                 storeLanes(e, pi + j)
-                storeLanes(e * (scaleLanes * (one - t * t)) * (loadLanes(dsi + j) - deltaLanes), dsi + j)
+                // scale·(1 − t²) = scale − scale·t·t.
+                let slope = fused(-scaleLanes * t, t, scaleLanes)
+                storeLanes(e * slope * (loadLanes(dsi + j) - deltaLanes), dsi + j)
                 j += w
             }
             if j < first {
