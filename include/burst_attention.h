@@ -587,7 +587,7 @@ typedef struct burst_kv_cache_config {
 /* Sets the defaults (BSHD, F32, window_left = -1, everything else 0) and
  * struct_size = size; the struct_size rules of burst_attention_config_init_sized
  * (the 0.6-0.7 size ended at timeout_seconds: offsetof(burst_kv_cache_config,
- * softcap), 96 bytes; its clients get no softcap and no sinks). */
+ * softcap), 88 bytes; its clients get no softcap and no sinks). */
 BURST_API burst_status burst_kv_cache_config_init_sized(burst_kv_cache_config *cfg, uint64_t size);
 #define burst_kv_cache_config_init(cfg) \
   ((void)burst_kv_cache_config_init_sized((cfg), sizeof(*(cfg))))
