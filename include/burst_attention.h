@@ -59,7 +59,7 @@ extern "C" {
 #endif
 
 #define BURST_VERSION_MAJOR 0
-#define BURST_VERSION_MINOR 7
+#define BURST_VERSION_MINOR 8
 #define BURST_VERSION_PATCH 0
 #define BURST_VERSION_NUMBER \
   (BURST_VERSION_MAJOR * 10000 + BURST_VERSION_MINOR * 100 + BURST_VERSION_PATCH)
@@ -284,18 +284,49 @@ typedef struct burst_attention_config {
   /* since 0.7 */
   int32_t  compute;       /* BURST_COMPUTE_*: precision of the tile products;
                              0 = default (FAST for BF16, else EXACT)        */
-  int32_t  reserved0;     /* 0. Pads the struct to a multiple of 8 bytes; a
-                             newer header may use it, so a library that knows
-                             no field there rejects a non-zero value with
-                             BURST_ERROR_VERSION (the tail rule below)       */
+  /* since 0.8 (0.7 named these 4 bytes reserved0 and required 0) */
+  float    softcap;       /* logit soft-capping (Gemma 2, Grok): 0 = off;
+                             else finite and > 0, and every scaled score s
+                             becomes softcap * tanh(s / softcap) before the
+                             softmax (see "Score modifiers" below)           */
+  const float *sinks;     /* attention sinks (gpt-oss): NULL = none; else
+                             num_heads_q fp32 logits, one per query head,
+                             finite, the same on every rank; copied at
+                             plan_create (burst_plan_set_sinks replaces
+                             them between calls)                             */
 } burst_attention_config;
 
+/* Score modifiers (since 0.8), in every pattern, distribution, mask, window,
+ * packing, storage type and compute mode, and in decode (the KV cache's
+ * config has the same two fields):
+ *  - softcap c > 0: x_ij = c * tanh(scale * q_i.k_j / c) replaces the scaled
+ *    score; the backward applies its derivative scale * (1 - (x_ij / c)^2).
+ *  - sinks s_h: every softmax denominator of query head h gains exp(s_h), a
+ *    logit with no value: lse_i = log(sum_j exp(x_ij) + exp(s_h)) and
+ *    out_i = sum_j exp(x_ij - lse_i) * v_j. A row that sees no key still has
+ *    the sink: out = 0, lse = s_h (not -inf). The sink is added once per row,
+ *    on the rank that owns the row (it is not a key: nothing travels for it).
+ *    The gradient dL/ds_h = -sum_i exp(s_h - lse_i) * D_i, D_i =
+ *    rowsum(dout_i * out_i), summed over this rank's query rows and batch, is
+ *    returned by burst_plan_sinks_gradient after burst_backward: this rank's
+ *    partial, which the training loop sums over the ranks like the gradient
+ *    of any other replicated parameter (the library does not sum it: a
+ *    data-parallel + sequence-parallel job reduces all its gradients in one
+ *    collective of its own, and summing here would count it twice).
+ * softcap and sinks are agreed across ranks like the other fields (plan
+ * creation: MISMATCH naming "softcap" or "sinks"; every forward and backward
+ * compares a digest of the current sink values: MISMATCH on every rank).
+ * AUTO's choice does not depend on them. */
+
 /* Sets every field to its default: BSHD, F32, MASK_NONE, CONTIGUOUS, BURST,
- * window_left = window_right = -1, COMPUTE_DEFAULT, everything else 0, and
- * struct_size = size, writing exactly `size` bytes. size is the caller's
- * sizeof(*cfg): this header's size, the size of the 0.4-0.6 headers (their
- * struct ended at timeout_seconds: offsetof(burst_attention_config, compute),
- * 120 bytes on LP64), or a newer header's larger one (up to 4096; the bytes
+ * window_left = window_right = -1, COMPUTE_DEFAULT, everything else 0 (no
+ * softcap, no sinks), and struct_size = size, writing exactly `size` bytes.
+ * size is the caller's sizeof(*cfg): this header's size, the size of the
+ * 0.4-0.6 headers (their struct ended at timeout_seconds:
+ * offsetof(burst_attention_config, compute), 120 bytes on LP64), of the 0.7
+ * header (it ended at softcap, then named reserved0: offsetof(
+ * burst_attention_config, sinks), 128 bytes; its clients get no softcap and
+ * no sinks), or a newer header's larger one (up to 4096; the bytes
  * past this version's fields are zeroed). Any other size gives
  * BURST_ERROR_VERSION and writes nothing; NULL gives INVALID_ARGUMENT. (0.5)
  * struct_size rules, for configs and stats alike: a library accepts its own
@@ -416,6 +447,27 @@ BURST_API burst_status burst_backward(burst_plan *plan, const void *q,
                                       const void *dout, void *dq, void *dk,
                                       void *dv);
 
+/* Replaces the plan's sink logits (since 0.8): num_heads_q fp32 values,
+ * copied, used by the calls that follow (a training loop calls it after each
+ * optimizer step); NULL removes the sinks. Local, but the values must agree:
+ * the next forward or backward compares a digest of them across ranks
+ * (MISMATCH on every rank). A NaN or infinite value gives INVALID_ARGUMENT
+ * here, and the plan keeps it, so that its next collective call fails with
+ * INVALID_ARGUMENT on every rank too until valid values are set (never a
+ * hang, never a silent old value). BUSY while another thread is inside a
+ * call on the plan. */
+BURST_API burst_status burst_plan_set_sinks(burst_plan *plan, const float *sinks);
+
+/* dL/d sinks of the last successful burst_backward on this plan (since 0.8):
+ * num_heads_q fp32 values written to dsinks, this rank's partial
+ * -sum_{b, i} exp(s_h - lse_{b,h,i}) * D_{b,h,i} over its query rows (summed
+ * in double; see "Score modifiers": the caller sums the partials over the
+ * ranks). D is computed from the out and dout passed to that backward; every
+ * pattern gives the same bits. INVALID_ARGUMENT if the plan had no sinks at
+ * that backward, or no backward has succeeded since the plan was created or
+ * since its sinks were last set (a failed backward clears it). Local. */
+BURST_API burst_status burst_plan_sinks_gradient(const burst_plan *plan, float *dsinks);
+
 /* Counters of the last forward/backward on this plan (zero before the first).
  * stats->struct_size must be set by the caller (rules at
  * burst_attention_config_init_sized; a newer header's larger struct gets
@@ -482,6 +534,10 @@ BURST_API void burst_plan_destroy(burst_plan *plan);
  * exceeded, or memory runs out) the call returns BURST_ERROR_OUT_OF_MEMORY on
  * every rank and the cache is unchanged.
  *
+ * Score modifiers: the cache config's softcap and sinks (since 0.8) apply to
+ * decode exactly as to a plan's forward ("Score modifiers" above); a model
+ * that has them prefills with plans that have the same values.
+ *
  * Errors (every one on every rank, the cache unchanged): a sequence id that
  * does not exist (or already exists, for add), the same id twice in a call, a
  * layer out of range, positions that go backwards, T, num_seqs, the ids or
@@ -514,10 +570,23 @@ typedef struct burst_kv_cache_config {
   int64_t  max_bytes_local;/* this rank's limit on the bytes of its blocks
                               (K, V and positions); 0 = no limit but memory  */
   double   timeout_seconds;/* per call; 0 = default 300 s; as for plans      */
+  /* since 0.8 */
+  float    softcap;        /* 0 = off; else finite and > 0, as
+                              burst_attention_config.softcap                 */
+  int32_t  reserved0;      /* 0 (padding; the tail rule applies)             */
+  const float *sinks;      /* NULL = none; else num_layers x num_heads_q fp32
+                              sink logits (layer-major: layer l's are
+                              sinks[l * num_heads_q ...]), finite, the same
+                              on every rank, copied at create. Decode adds
+                              exp(s_h) once to every new row's denominator
+                              when it merges the ranks' partials, so a row
+                              that sees nothing gets out = 0, lse = s_h.    */
 } burst_kv_cache_config;
 
 /* Sets the defaults (BSHD, F32, window_left = -1, everything else 0) and
- * struct_size = size; the struct_size rules of burst_attention_config_init_sized. */
+ * struct_size = size; the struct_size rules of burst_attention_config_init_sized
+ * (the 0.6-0.7 size ended at timeout_seconds: offsetof(burst_kv_cache_config,
+ * softcap), 96 bytes; its clients get no softcap and no sinks). */
 BURST_API burst_status burst_kv_cache_config_init_sized(burst_kv_cache_config *cfg, uint64_t size);
 #define burst_kv_cache_config_init(cfg) \
   ((void)burst_kv_cache_config_init_sized((cfg), sizeof(*(cfg))))
