@@ -130,7 +130,10 @@ class Block(nn.Module):
         q = q.reshape(b, n, self.heads, d)        # q, k, v: [b, n, heads, d]
         k = k.reshape(b, n, self.kv_heads, d)
         v = v.reshape(b, n, self.kv_heads, d)
-        x = x + self.proj(attend(q, k, v, self.window, self.sinks).reshape(b, n, w))
+        # A plain block calls attend(q, k, v), as generate.py's attentions expect.
+        options = ({} if self.window == (-1, -1) and self.sinks is None
+                   else {"window": self.window, "sinks": self.sinks})
+        x = x + self.proj(attend(q, k, v, **options).reshape(b, n, w))
         return x + self.mlp(self.ln2(x))
 
 
@@ -232,7 +235,7 @@ def train_burst(args, text_ids, vocab, comm, progress) -> tuple:
     positions = bt.shard_positions(args.distribution, args.seq_len, world, rank)
     softcap = args.softcap or None
 
-    def attend(q, k, v, window, sinks):
+    def attend(q, k, v, window=(-1, -1), sinks=None):
         # sinks.grad is this rank's partial; the allreduce below sums it over the ranks
         return bt.burst_attn(q, k, v, causal=True, window=window, sinks=sinks, softcap=softcap,
                              comm=comm, distribution=args.distribution, num_threads=args.threads)
@@ -264,7 +267,7 @@ def train_sdpa(args, text_ids, vocab, progress) -> tuple:
     model, opt = make_model(args, vocab)
     positions = torch.arange(args.seq_len).expand(args.batch, -1)
     if args.gpt_oss:
-        def attend(q, k, v, window, sinks):
+        def attend(q, k, v, window=(-1, -1), sinks=None):
             return eager_attend(q, k, v, window, sinks, args.softcap)
     else:
         attend = sdpa_attend
