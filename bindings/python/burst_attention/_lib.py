@@ -4,7 +4,7 @@ This is the only module that knows the C signatures. It mirrors
 include/burst_attention.h (version 0.8.0) one declaration at a time; the structs
 keep the header's field order, and ctypes gives them the same natural alignment as
 the C compiler on the platforms we support (x86-64 / aarch64 Linux), so
-`sizeof(burst_attention_config) == 136` (128 up to softcap, the 0.7 struct; 120 up to
+`sizeof(burst_attention_config) == 136` (128 through softcap, the 0.7 struct; 120 up to
 timeout_seconds, the 0.4-0.6 struct; the library still accepts both),
 `sizeof(burst_stats) == 112` (88 up to tiles_skipped, 0.2; 72 up to total_seconds,
 0.1) and `sizeof(burst_kv_cache_config) == 104` (88 up to timeout_seconds, 0.6-0.7).
