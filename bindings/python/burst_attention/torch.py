@@ -404,6 +404,13 @@ _AGREED = ("batch", "num_heads_q", "num_heads_kv", "head_dim", "layout", "causal
            "intra_group_size", "dtype", "compute", "softcap", "sinks")
 
 
+def _differs(a, b) -> bool:
+    """a != b, except that NaN equals NaN: a NaN softcap on every rank is the library's
+    InvalidArgumentError to raise, not a disagreement."""
+    nan = lambda x: isinstance(x, float) and math.isnan(x)  # noqa: E731
+    return not (nan(a) and nan(b)) and a != b
+
+
 def _agree(group: _Group, n_local: int, agreed: "dict | None", problem: "Exception | None"):
     """One allgather over the ranks: every rank's shard length, its agreed arguments
     and whether it failed validation. Raises on every rank if any rank failed or the
@@ -428,7 +435,7 @@ def _agree(group: _Group, n_local: int, agreed: "dict | None", problem: "Excepti
     diffs = []
     for name in _AGREED:
         values = [item[1][name] for item in items]
-        if any(v != values[0] for v in values):
+        if any(_differs(v, values[0]) for v in values):
             diffs.append(f"{name} differs between ranks: " +
                          ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values)))
     if diffs:
