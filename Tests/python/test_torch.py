@@ -940,7 +940,3 @@ def test_modifiers_disagreeing_between_ranks_fail_everywhere():
             bt.burst_attn(q, k, v, comm=ctx, timeout_seconds=30, softcap=float("nan"))
 
     run_ranks(2, nan_everywhere)
-    for messages in run_ranks(2, fn):
-        assert "softcap differs between ranks" in messages[0], messages
-        assert "sinks differs between ranks" in messages[1], messages
-        assert "sinks" in messages[2], messages
