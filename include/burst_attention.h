@@ -70,7 +70,7 @@ BURST_API uint32_t burst_version(void);
 
 /* A static, never-NULL description of the library loaded and the kernel code
  * paths its run-time dispatch picked for this CPU, e.g.
- * "libburst_attention 0.7.0; kernels cpx+avx512; convert avx512;
+ * "libburst_attention 0.8.0; kernels cpx+avx512; convert avx512;
  * bf16_products avx512_bf16; cpus 2" (tile products: libxsmm's target "cpx",
  * "skx", "hsw", ... or "portable"; row kernels "avx512", "avx2" or "baseline";
  * convert: the bf16/fp16 conversions, "avx512", "avx2" (AVX2 + F16C) or
