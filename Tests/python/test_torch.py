@@ -792,7 +792,7 @@ def test_sinks_dtype_and_requires_grad():
     base = make_sinks(2, 5)
     want = reference_modified(q, k, v, dout, sinks=base, causal=True)
     for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
-        sinks = base.to(dtype).requires_grad_()
+        sinks = base.to(dtype, copy=True).requires_grad_()
         ql = q.clone().requires_grad_()
         out = bt.burst_attn(ql, k, v, causal=True, sinks=sinks)
         out.backward(dout)
