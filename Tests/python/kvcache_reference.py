@@ -13,7 +13,9 @@ holds it:
     rank p mod P. Then the new token at position i attends to every stored key at a
     position j with i - window_left <= j <= i (window_left = -1: unbounded), itself and
     the new tokens before it included; GQA query head h reads kv head h // (Hq/Hkv);
-    scale 1/sqrt(d) unless given.
+    scale 1/sqrt(d) unless given. Score modifiers (0.8): softcap c caps every scaled
+    score to c·tanh(x/c); sinks [num_layers, Hq] add exp(s) once to each new row's
+    softmax denominator (reference.py states both).
   * truncate keeps the positions < length; a sequence's length is its largest stored
     position + 1 (0 when empty).
   * memory: blocks of block_tokens tokens per (sequence, layer) on each rank, a token
@@ -37,7 +39,7 @@ class Model:
     """The float64 model of one cache over `world` ranks."""
 
     def __init__(self, world, num_layers, hq, hkv, d, window_left=-1, softmax_scale=0.0,
-                 block_tokens=0, dtype="f32"):
+                 block_tokens=0, dtype="f32", softcap=0.0, sinks=None):
         self.world, self.num_layers = world, num_layers
         self.hq, self.hkv, self.d = hq, hkv, d
         self.window_left = window_left
@@ -45,6 +47,9 @@ class Model:
         self.scale = float(softmax_scale) if softmax_scale else 1.0 / math.sqrt(d)
         self.block_tokens = block_tokens or 256
         self.dtype = dtype
+        self.softcap = softcap
+        # [num_layers, hq] float32 sink logits (the values the library gets), or None
+        self.sinks = None if sinks is None else np.asarray(sinks, np.float32).reshape(num_layers, hq)
         # seq id -> [per layer: {position: (k [hkv, d], v [hkv, d], rank)}]
         self.seqs: "dict[int, list[dict]]" = {}
 
@@ -108,10 +113,15 @@ class Model:
                 values = np.stack([stored[j][1] for j in visible])
                 for h in range(self.hq):
                     scores = self.scale * (keys[:, h // group] @ q[i, t, h])
+                    if self.softcap:
+                        scores = self.softcap * np.tanh(scores / self.softcap)
                     m = scores.max()
                     w = np.exp(scores - m)
-                    lse[i, h, t] = m + math.log(w.sum())
-                    out[i, t, h] = (w / w.sum()) @ values[:, h // group]
+                    total = w.sum()
+                    if self.sinks is not None:
+                        total += math.exp(float(self.sinks[layer, h]) - m)
+                    lse[i, h, t] = m + math.log(total)
+                    out[i, t, h] = (w / total) @ values[:, h // group]
         return out, lse
 
 
@@ -219,19 +229,24 @@ class Runner:
         mine = pos[rank]
         rng = np.random.default_rng(seed)
         plan_layout = self.layout
+        layer_sinks = (lambda layer: None) if m.sinks is None else (lambda layer: m.sinks[layer])
         with ctx.plan(1, len(mine), m.hq, m.d, num_heads_kv=m.hkv, layout=plan_layout,
                       mask="causal", distribution=distribution, cu_seqlens=cu,
                       window_left=m.window_left, softmax_scale=m.softmax_scale,
                       dtype=self.dtype, timeout_seconds=self.timeout,
-                      compute="exact") as plan:  # the exact contract's bounds (DEFAULT may be FAST for bf16)
+                      compute="exact",  # the exact contract's bounds (DEFAULT may be FAST for bf16)
+                      softcap=m.softcap, sinks=layer_sinks(0)) as plan:
             for layer in (range(m.num_layers) if layers is None else layers):
+                if m.sinks is not None:
+                    plan.set_sinks(layer_sinks(layer))  # the layer's own sinks
                 (q, qf), (k, kf), (v, vf) = (self._tensor(rng, (1, n_total, h, m.d))
                                              for h in (m.hq, m.hkv, m.hkv))
                 local = [ref.take(to_layout(x, plan_layout), mine, ref.seq_axis(plan_layout))
                          for x in (q, k, v)]
                 out, lse = plan.forward(*local)
                 out_ref, lse_ref = ref.forward(qf, kf, vf, causal=True, scale=m.scale,
-                                               window_left=m.window_left, cu_seqlens=cu)
+                                               window_left=m.window_left, cu_seqlens=cu,
+                                               softcap=m.softcap, sinks=layer_sinks(layer))
                 self._compare(from_layout(from_storage(out, self.dtype), plan_layout),
                               ref.take(out_ref, mine, 1), lse, ref.take(lse_ref, mine, 2),
                               f"prefill forward layer {layer}", scale_of=out_ref)

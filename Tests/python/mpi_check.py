@@ -24,6 +24,12 @@ Storage types bf16 / fp16 (compute="exact") under every pattern, and compute="fa
 (0.7: bf16 products) on f32 and bf16 storage against the float64 reference of the
 bf16-rounded inputs within the FAST bounds of reference.py.
 
+Score modifiers (0.8): attention sinks and softcap, alone and together, on variants under
+several patterns: out, lse and the gradients as above, and every rank's dsinks
+(`Plan.sinks_gradient`, its partial over its own rows) against the reference's sum over
+those rows, then the partials summed over the ranks (an allreduce, as a training loop
+does) against the full gradient.
+
 It also checks the failure paths that must not hang: a config mismatch, a bad array on
 one rank, an unparseable plan argument on one rank, ranks disagreeing on cu_seqlens, a
 zigzag seq_len_local that is not the one the distribution deals, and MPI_COMM_NULL.
@@ -161,14 +167,16 @@ V_BATCH, V_HEAD_DIM = 2, 8
 
 
 def run_variant(ctx, name, distribution, n_total, causal, window, hq, hkv, cu, layout,
-                seed, pattern="burst", intra_group_size=0) -> None:
+                seed, pattern="burst", intra_group_size=0, softcap=0.0, sinks=None) -> None:
     global bytes_checked
-    tag = f"[{name}: {distribution} N={n_total} {layout} {pattern} G={intra_group_size}]"
+    tag = (f"[{name}: {distribution} N={n_total} {layout} {pattern} G={intra_group_size}"
+           f"{' sinks' if sinks is not None else ''}{f' softcap={softcap}' if softcap else ''}]")
     axis = ref.seq_axis(layout)
     q, k, v, dout = ref.make_inputs(seed, V_BATCH, n_total, hq, hkv, V_HEAD_DIM, layout)
-    masks = dict(window_left=window[0], window_right=window[1], cu_seqlens=cu)
+    masks = dict(window_left=window[0], window_right=window[1], cu_seqlens=cu,
+                 softcap=softcap, sinks=sinks)
     out_ref, lse_ref = ref.forward(q, k, v, causal, None, layout, **masks)
-    grads_ref = ref.backward(q, k, v, dout, causal, None, layout, **masks)
+    *grads_ref, dsink_rows = ref.backward_full(q, k, v, dout, causal, None, layout, **masks)
 
     # The package's shard against the independent positions.
     pos = ref.all_positions(distribution, n_total, P, cu)
@@ -181,11 +189,24 @@ def run_variant(ctx, name, distribution, n_total, causal, window, hq, hkv, cu, l
                   mask="causal" if causal else "none", distribution=distribution,
                   window_left=window[0], window_right=window[1], cu_seqlens=cu,
                   pattern=pattern, intra_group_size=intra_group_size,
-                  timeout_seconds=TIMEOUT) as plan:
+                  timeout_seconds=TIMEOUT, softcap=softcap, sinks=sinks) as plan:
         out, lse = plan.forward(*mine[:3])
         fstats = plan.stats()
         dq, dk, dv = plan.backward(*mine[:3], out, lse, mine[3])
         bstats = plan.stats()
+        dsinks = plan.sinks_gradient() if sinks is not None else None
+
+    if sinks is not None:
+        # This rank's partial over its own rows, then the sum over the ranks.
+        mine_ref, full_ref = ref.sinks_partial(dsink_rows, pos[RANK]), ref.sinks_partial(dsink_rows)
+        scale = max(float(np.max(np.abs(ref.sinks_partial(dsink_rows, x)))) for x in pos)
+        scale = max(scale, float(np.max(np.abs(full_ref)))) or 1.0
+        err = float(np.max(np.abs(dsinks - mine_ref))) / scale
+        worst["grad"] = max(worst["grad"], err)
+        check(err <= ref.GRAD_TOL, f"{tag} dsinks (this rank's partial) error {err:.3g} > {ref.GRAD_TOL}")
+        total = COMM.allreduce(dsinks.astype(np.float64), op=MPI.SUM)
+        err = float(np.max(np.abs(total - full_ref))) / scale
+        check(err <= ref.GRAD_TOL, f"{tag} dsinks summed over the ranks error {err:.3g} > {ref.GRAD_TOL}")
 
     # This rank's rows, then the whole tensors assembled from every rank's shard.
     scales = (float(np.max(np.abs(out_ref))),) + ref.grad_scales(*grads_ref)
@@ -460,6 +481,18 @@ def main() -> int:
                 if P % 2 == 0 and P > 2:
                     run_variant(ctx, *variant, seed=4000 + i, intra_group_size=2)
                     run_variant(ctx, *variant, seed=4000 + i, pattern="ring", intra_group_size=2)
+            # Score modifiers (0.8): sinks, softcap and both, on a spread of variants
+            # under every pattern (ULYSSES where the kv heads divide).
+            modifiers = (dict(sinks=True), dict(softcap=2.0), dict(sinks=True, softcap=2.0))
+            for i, variant in enumerate(VARIANTS[1::3] + VARIANTS[-1:]):
+                for j, (mod, pattern) in enumerate(itertools.product(
+                        modifiers, ("burst", "ring", "allgather", "ulysses"))):
+                    if pattern == "ulysses" and variant[6] % P:
+                        continue
+                    seed = 7000 + 100 * i + j
+                    sinks = ref.make_sinks(seed, variant[5]) if mod.get("sinks") else None
+                    run_variant(ctx, *variant, seed=seed, pattern=pattern,
+                                softcap=mod.get("softcap", 0.0), sinks=sinks)
             for i, (dtype, pattern) in enumerate(itertools.product(("bf16", "f16"),
                                                                    ("burst", "ring", "allgather", "ulysses"))):
                 run_half(ctx, dtype, pattern, seed=5000 + i)

@@ -18,6 +18,13 @@ Visibility (header, "Which keys a query sees"): key j is visible to query i when
     j ≤ i                                    if causal,
     i and j lie in the same sequence         if cu_seqlens is given.
 GQA: query head h reads kv head h // (Hq / Hkv); dK/dV sum over the query heads of a group.
+Score modifiers (0.8, header "Score modifiers"):
+    softcap c > 0: X = c · tanh(S / c) replaces S (masked entries stay -inf); the
+        backward multiplies dS by dX/dS = 1 − (X / c)²
+    sinks s_h:  lse_i = log(Σ_j exp(X_ij) + exp(s_h))  (= s_h for a row that sees no key),
+        P = exp(X − lse), O = P V, the rest as above (the sink has no value, so D and
+        dS keep their form), and dL/ds_h = −Σ_{b,i} exp(s_h − lse_i) · D_i
+        (`backward_full` returns the per-row terms: a rank's partial sums its own rows).
 """
 
 from __future__ import annotations
@@ -109,6 +116,22 @@ def _probs(s, lse):
     return np.where(np.isfinite(lse)[..., None], p, 0.0)
 
 
+def _softcap(s, softcap):
+    """c · tanh(s / c) for c > 0 (masked -inf entries stay -inf); s itself for c = 0."""
+    if not softcap:
+        return s
+    c = float(softcap)
+    return np.where(np.isneginf(s), -np.inf, c * np.tanh(s / c))
+
+
+def _with_sinks(lse, sinks):
+    """lse of the keys [B,Hq,N] -> log(exp(lse) + exp(s_h)) with the sinks [Hq]."""
+    if sinks is None:
+        return lse
+    s = np.asarray(sinks, np.float64).reshape(1, -1, 1)
+    return np.logaddexp(lse, s)
+
+
 def _visible(n_total, causal, window_left, window_right, cu_seqlens):
     if window_left == -1 and window_right == -1 and cu_seqlens is None:
         return None  # the plain causal (or no) mask
@@ -116,40 +139,54 @@ def _visible(n_total, causal, window_left, window_right, cu_seqlens):
 
 
 def forward(q, k, v, causal=False, scale=None, layout=BSHD, window_left=-1, window_right=-1,
-            cu_seqlens=None):
+            cu_seqlens=None, softcap=0.0, sinks=None):
     """Float64 attention over the full sequence, with the header's full mask (causal,
-    window, packing) and GQA. Returns (out in `layout`, lse [B,Hq,N])."""
+    window, packing), GQA and the score modifiers (softcap c: 0 = off; sinks: None or
+    Hq logits). Returns (out in `layout`, lse [B,Hq,N])."""
     qb, kb, vb = (to_bhsd(np.asarray(x, np.float64), layout) for x in (q, k, v))
     hq, d = qb.shape[1], qb.shape[3]
     scale = 1.0 / math.sqrt(d) if not scale else float(scale)
     kb, vb = _expand_kv(kb, hq), _expand_kv(vb, hq)
     visible = _visible(qb.shape[2], causal, window_left, window_right, cu_seqlens)
-    s = _scores(qb, kb, causal, scale, visible)
-    lse = _lse(s)
-    p = _probs(s, lse)
+    x = _softcap(_scores(qb, kb, causal, scale, visible), softcap)
+    lse = _with_sinks(_lse(x), sinks)
+    p = _probs(x, lse)
     out = np.einsum("bhij,bhjd->bhid", p, vb)
     return from_bhsd(out, layout), lse
 
 
 def backward(q, k, v, dout, causal=False, scale=None, layout=BSHD, window_left=-1,
-             window_right=-1, cu_seqlens=None, given_out=None):
+             window_right=-1, cu_seqlens=None, given_out=None, softcap=0.0, sinks=None):
     """Float64 gradients (dq, dk, dv) in `layout`, recomputing the forward (same mask
-    arguments as `forward`). With `given_out` (the rounded out a bf16/fp16 backward is
-    handed), D = rowsum(dout * given_out) as the library computes it."""
+    and modifier arguments as `forward`). With `given_out` (the rounded out a bf16/fp16
+    backward is handed), D = rowsum(dout * given_out) as the library computes it."""
+    return backward_full(q, k, v, dout, causal, scale, layout, window_left, window_right,
+                         cu_seqlens, given_out, softcap, sinks)[:3]
+
+
+def backward_full(q, k, v, dout, causal=False, scale=None, layout=BSHD, window_left=-1,
+                  window_right=-1, cu_seqlens=None, given_out=None, softcap=0.0, sinks=None):
+    """`backward`'s (dq, dk, dv) and the sinks' per-row terms dsink_rows [B,Hq,N] =
+    −exp(s_h − lse_i)·D_i (zeros without sinks): dL/ds = dsink_rows.sum((0, 2)), and a
+    rank's partial (burst_plan_sinks_gradient) is `sinks_partial(dsink_rows, its
+    positions)`."""
     qb, kb0, vb0, dob = (to_bhsd(np.asarray(x, np.float64), layout) for x in (q, k, v, dout))
     hq, hkv, d = qb.shape[1], kb0.shape[1], qb.shape[3]
     scale = 1.0 / math.sqrt(d) if not scale else float(scale)
     kb, vb = _expand_kv(kb0, hq), _expand_kv(vb0, hq)
     visible = _visible(qb.shape[2], causal, window_left, window_right, cu_seqlens)
-    s = _scores(qb, kb, causal, scale, visible)
-    lse = _lse(s)
-    p = _probs(s, lse)
+    x = _softcap(_scores(qb, kb, causal, scale, visible), softcap)
+    lse = _with_sinks(_lse(x), sinks)
+    p = _probs(x, lse)
     out = np.einsum("bhij,bhjd->bhid", p, vb)
     if given_out is not None:
         out = to_bhsd(np.asarray(given_out, np.float64), layout)
     dd = np.sum(dob * out, axis=-1, keepdims=True)
     dp = np.einsum("bhid,bhjd->bhij", dob, vb)
     ds = p * (dp - dd)
+    if softcap:  # the chain rule through c·tanh(S/c); masked entries have p = 0
+        finite = np.isfinite(x)
+        ds = np.where(finite, ds * (1.0 - (np.where(finite, x, 0.0) / float(softcap)) ** 2), 0.0)
     dq = scale * np.einsum("bhij,bhjd->bhid", ds, kb)
     dk = scale * np.einsum("bhij,bhid->bhjd", ds, qb)
     dv = np.einsum("bhij,bhid->bhjd", p, dob)
@@ -157,7 +194,26 @@ def backward(q, k, v, dout, causal=False, scale=None, layout=BSHD, window_left=-
         b, _, n, _ = dk.shape
         dk = dk.reshape(b, hkv, hq // hkv, n, d).sum(axis=2)
         dv = dv.reshape(b, hkv, hq // hkv, n, d).sum(axis=2)
-    return from_bhsd(dq, layout), from_bhsd(dk, layout), from_bhsd(dv, layout)
+    if sinks is None:
+        dsink_rows = np.zeros(lse.shape)
+    else:
+        sb = np.asarray(sinks, np.float64).reshape(1, -1, 1)
+        dsink_rows = -np.exp(sb - lse) * dd[..., 0]
+    return from_bhsd(dq, layout), from_bhsd(dk, layout), from_bhsd(dv, layout), dsink_rows
+
+
+def sinks_partial(dsink_rows, pos=None) -> np.ndarray:
+    """dL/ds [Hq] summed over the batch and the rows at global positions `pos` (one
+    rank's partial), or over every row (the full gradient) when pos is None."""
+    rows = dsink_rows if pos is None else np.take(dsink_rows, np.asarray(pos, np.int64), axis=2)
+    return rows.sum(axis=(0, 2))
+
+
+def make_sinks(seed, heads_q) -> np.ndarray:
+    """Sink logits of the size real models learn (gpt-oss: around 0..3), float32 (the
+    library's type), one per query head; the same on every rank for the same seed."""
+    rng = np.random.default_rng(seed + 77)
+    return rng.uniform(-1.0, 2.5, heads_q).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- shards

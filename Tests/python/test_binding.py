@@ -41,7 +41,8 @@ def distributed_run(world, counts, layout, mask, batch=2, heads=2, head_dim=8, s
 
 def variant_run(world, distribution, n_total, counts=None, layout="bshd", causal=False,
                 window=(-1, -1), cu_seqlens=None, batch=2, heads_q=2, heads_kv=None,
-                head_dim=8, seed=7, softmax_scale=0.0, pattern="burst", intra_group_size=0):
+                head_dim=8, seed=7, softmax_scale=0.0, pattern="burst", intra_group_size=0,
+                softcap=0.0, sinks=None):
     """Forward + backward of one global problem over the `world` contexts (one thread a
     rank), every shard compared with the float64 reference (DESIGN §3 tolerances,
     relative to the max of the *global* reference), and every rank's counters checked
@@ -50,8 +51,12 @@ def variant_run(world, distribution, n_total, counts=None, layout="bshd", causal
     (`step_tile_stats`).
 
     Shards come from reference.positions (the header's rules in numpy); `counts` gives
-    a CONTIGUOUS split other than the balanced one. Returns per-rank (forward, backward)
-    stats."""
+    a CONTIGUOUS split other than the balanced one. softcap / sinks (0.8; sinks: Hq
+    floats) go to the plan and the reference; with sinks every rank's
+    `sinks_gradient()` is checked against the reference's sum over its own rows (the
+    gradient tolerance), and the ranks' partials summed against the full gradient. The
+    modifiers move nothing, so the counters are checked against the same schedule.
+    Returns per-rank (forward, backward) stats."""
     p = len(world)
     heads_kv = heads_q if heads_kv is None else heads_kv
     window_left, window_right = window
@@ -59,11 +64,14 @@ def variant_run(world, distribution, n_total, counts=None, layout="bshd", causal
     n_local = [len(x) for x in pos]
     mask = "causal" if causal else "none"
     where = (f"P={p} {distribution} N={n_total} counts={n_local} {layout} {mask} "
-             f"window={window} heads={heads_q}/{heads_kv} cu_seqlens={cu_seqlens}")
+             f"window={window} heads={heads_q}/{heads_kv} cu_seqlens={cu_seqlens} "
+             f"pattern={pattern} softcap={softcap} sinks={sinks}")
     q, k, v, dout = ref.make_inputs(seed, batch, n_total, heads_q, heads_kv, head_dim, layout)
-    masks = dict(window_left=window_left, window_right=window_right, cu_seqlens=cu_seqlens)
+    masks = dict(window_left=window_left, window_right=window_right, cu_seqlens=cu_seqlens,
+                 softcap=softcap, sinks=sinks)
     out_ref, lse_ref = ref.forward(q, k, v, causal, softmax_scale, layout, **masks)
-    grads_ref = ref.backward(q, k, v, dout, causal, softmax_scale, layout, **masks)
+    *grads_ref, dsink_rows = ref.backward_full(q, k, v, dout, causal, softmax_scale, layout,
+                                               **masks)
 
     def rank_fn(ctx):
         mine = [ref.shard_at(x, pos[ctx.rank], layout) for x in (q, k, v, dout)]
@@ -72,14 +80,28 @@ def variant_run(world, distribution, n_total, counts=None, layout="bshd", causal
                       window_left=window_left, window_right=window_right,
                       cu_seqlens=cu_seqlens, softmax_scale=softmax_scale,
                       pattern=pattern, intra_group_size=intra_group_size,
-                      timeout_seconds=CALL_TIMEOUT) as plan:
+                      timeout_seconds=CALL_TIMEOUT, softcap=softcap, sinks=sinks) as plan:
             out, lse = plan.forward(*mine[:3])
             fstats = plan.stats()
             dq, dk, dv = plan.backward(*mine[:3], out, lse, mine[3])
             bstats = plan.stats()
-        return out, lse, dq, dk, dv, fstats, bstats
+            dsinks = plan.sinks_gradient() if sinks is not None else None
+        return out, lse, dq, dk, dv, fstats, bstats, dsinks
 
     per_rank = results_or_raise(run_ranks(world, rank_fn))
+    if sinks is not None:
+        partials = [ref.sinks_partial(dsink_rows, pos[r]) for r in range(p)]
+        full = ref.sinks_partial(dsink_rows)
+        scale = max([float(np.max(np.abs(x))) for x in partials + [full]]) or 1.0
+        for r, result in enumerate(per_rank):
+            got = result[7]
+            assert got.dtype == np.float32 and got.shape == (heads_q,), (where, got)
+            err = float(np.max(np.abs(got - partials[r]))) / scale
+            assert err <= ref.GRAD_TOL, f"{where}: rank {r} dsinks error {err:.3g} > {ref.GRAD_TOL:g}"
+        total = np.sum([result[7].astype(np.float64) for result in per_rank], axis=0)
+        err = float(np.max(np.abs(total - full))) / scale
+        assert err <= ref.GRAD_TOL, f"{where}: dsinks summed over ranks error {err:.3g}"
+    per_rank = [result[:7] for result in per_rank]
 
     scales = (float(np.max(np.abs(out_ref), initial=0.0)) or 1.0,) + ref.grad_scales(*grads_ref)
     tols = (ref.OUT_TOL,) + (ref.GRAD_TOL,) * 3
@@ -217,7 +239,9 @@ def test_last_error_is_thread_local():
 
 def test_config_init_defaults_and_layout():
     # burst_attention_config_init, called directly: struct layout must match the header.
-    assert ctypes.sizeof(_lib.AttentionConfig) == 128 and _lib.CONFIG_SIZE_V0_6 == 120
+    assert ctypes.sizeof(_lib.AttentionConfig) == 136
+    assert _lib.CONFIG_SIZE_V0_6 == 120 and _lib.CONFIG_SIZE_V0_7 == 128
+    assert _lib.AttentionConfig.softcap.offset == 124  # 0.7's reserved0
     assert ctypes.sizeof(_lib.Stats) == 112 and _lib.STATS_SIZE_V0_2 == 88 and _lib.STATS_SIZE_V0_1 == 72
     cfg = _lib.AttentionConfig()
     assert _lib.lib.burst_attention_config_init_sized(ctypes.byref(cfg), ctypes.sizeof(cfg)) == ba.Status.OK
@@ -227,21 +251,39 @@ def test_config_init_defaults_and_layout():
     assert not cfg.cu_seqlens and cfg.num_sequences == 0
     assert (cfg.batch, cfg.seq_len_local, cfg.num_heads_q, cfg.num_heads_kv, cfg.head_dim) == (0,) * 5
     assert (cfg.softmax_scale, cfg.num_threads, cfg.intra_group_size, cfg.timeout_seconds) == (0, 0, 0, 0)
-    assert (cfg.compute, cfg.reserved0) == (0, 0)  # BURST_COMPUTE_DEFAULT
-    assert _lib.lib.burst_attention_config_init_sized(None, 128) == ba.Status.INVALID_ARGUMENT
+    assert cfg.compute == 0  # BURST_COMPUTE_DEFAULT
+    assert cfg.softcap == 0.0 and not cfg.sinks  # 0.8: no softcap, no sinks
+    assert _lib.lib.burst_attention_config_init_sized(None, 136) == ba.Status.INVALID_ARGUMENT
     # Since 0.5: a size this library does not know writes nothing; a newer
-    # header's larger one gets zeros past this version's fields; since 0.7 the
-    # 0.4-0.6 size (120) is an older released size: exactly its bytes are written.
+    # header's larger one gets zeros past this version's fields; the released sizes
+    # of 0.4-0.6 (120) and 0.7 (128, up to softcap, then reserved0) get exactly their bytes.
     room = (ctypes.c_ubyte * 256)(*([0xAB] * 256))
     room_cfg = ctypes.cast(room, ctypes.POINTER(_lib.AttentionConfig))
-    assert _lib.lib.burst_attention_config_init_sized(room_cfg, 112) == ba.Status.VERSION
-    assert _lib.lib.burst_attention_config_init_sized(room_cfg, 124) == ba.Status.VERSION
+    for unknown in (112, 124, 132):
+        assert _lib.lib.burst_attention_config_init_sized(room_cfg, unknown) == ba.Status.VERSION
     assert bytes(room) == bytes([0xAB] * 256)
     assert _lib.lib.burst_attention_config_init_sized(room_cfg, 120) == ba.Status.OK
     assert int.from_bytes(bytes(room[:4]), "little") == 120 and room[120] == 0xAB
-    assert _lib.lib.burst_attention_config_init_sized(room_cfg, 136) == ba.Status.OK
-    assert int.from_bytes(bytes(room[:4]), "little") == 136
-    assert bytes(room[120:136]) == bytes(16) and room[136] == 0xAB
+    assert _lib.lib.burst_attention_config_init_sized(room_cfg, 128) == ba.Status.OK
+    assert int.from_bytes(bytes(room[:4]), "little") == 128
+    assert bytes(room[120:128]) == bytes(8) and room[128] == 0xAB
+    assert _lib.lib.burst_attention_config_init_sized(room_cfg, 152) == ba.Status.OK
+    assert int.from_bytes(bytes(room[:4]), "little") == 152
+    assert bytes(room[120:152]) == bytes(32) and room[152] == 0xAB
+
+
+def test_kv_cache_config_layout():
+    """burst_kv_cache_config (0.8: softcap, reserved0, sinks appended) mirrors the
+    header: 104 bytes, 88 for the 0.6-0.7 struct that ended at timeout_seconds."""
+    assert ctypes.sizeof(_lib.KVCacheConfig) == 104
+    assert _lib.KV_CACHE_CONFIG_SIZE_V0_7 == 88
+    assert (_lib.KVCacheConfig.reserved0.offset, _lib.KVCacheConfig.sinks.offset) == (92, 96)
+    cfg = _lib.new_kv_cache_config()
+    assert cfg.struct_size == 104 and cfg.softcap == 0.0 and cfg.reserved0 == 0 and not cfg.sinks
+    room = (ctypes.c_ubyte * 160)(*([0xAB] * 160))
+    room_cfg = ctypes.cast(room, ctypes.POINTER(_lib.KVCacheConfig))
+    assert _lib.lib.burst_kv_cache_config_init_sized(room_cfg, 88) == ba.Status.OK
+    assert int.from_bytes(bytes(room[:4]), "little") == 88 and room[88] == 0xAB
 
 
 # --------------------------------------------------------------------------- contexts
@@ -927,7 +969,8 @@ def test_reference_matches_finite_differences():
 # forward and backward against the float64 reference, counters checked exactly
 # (variant_run). The remaining shape parameters (total length, batch, head_dim,
 # layout, the contiguous split) are drawn per case from a generator seeded by the
-# case's index, so the run is deterministic.
+# case's index, so the run is deterministic. The score modifiers (0.8) take turns by
+# the case's index: none, sinks, softcap, both, so every variant meets each of them.
 
 SWEEP_WORLDS = (1, 2, 3, 4)
 SWEEP_WINDOWS = ((-1, -1), (5, 0), (3, 7))
@@ -944,6 +987,18 @@ def _contiguous_split_with_empty_rank(rng, n_total, p):
     return sizes[:empty] + [0] + sizes[empty:]
 
 
+# The score modifiers of 0.8, by name: sinks (ref.make_sinks), softcap SOFTCAP. A cap
+# of 2 bends scores of unit-scale inputs (|x| up to ~3) well into tanh's curve.
+MODIFIERS = ("plain", "sinks", "softcap", "sinks+softcap")
+SOFTCAP = 2.0
+
+
+def _modifier_args(name: str, heads_q: int, seed: int) -> dict:
+    """variant_run's softcap= and sinks= for a MODIFIERS name."""
+    return dict(softcap=SOFTCAP if "softcap" in name else 0.0,
+                sinks=ref.make_sinks(seed, heads_q) if "sinks" in name else None)
+
+
 def _sweep_cases():
     cases = []
     product = itertools.product(SWEEP_WORLDS, ref.DISTRIBUTIONS, (False, True), SWEEP_WINDOWS,
@@ -954,13 +1009,15 @@ def _sweep_cases():
         counts = None
         if dist == "contiguous" and p > 1:
             counts = _contiguous_split_with_empty_rank(rng, n_total, p)
+        modifiers = MODIFIERS[i % len(MODIFIERS)]
         case = dict(world_size=p, distribution=dist, n_total=n_total, counts=counts,
                     causal=causal, window=window, heads_q=hq, heads_kv=hkv,
                     cu_seqlens=SWEEP_PACKING[n_total] if varlen else None,
                     batch=int(rng.integers(1, 3)), head_dim=int(rng.choice([8, 16])),
-                    layout=str(rng.choice(["bshd", "bhsd"])), seed=i)
+                    layout=str(rng.choice(["bshd", "bhsd"])), seed=i,
+                    **_modifier_args(modifiers, hq, i))
         name = (f"P{p}-{dist}-{'causal' if causal else 'full'}-w{window[0]}.{window[1]}-"
-                f"h{hq}.{hkv}-{'varlen' if varlen else 'dense'}-N{n_total}")
+                f"h{hq}.{hkv}-{'varlen' if varlen else 'dense'}-N{n_total}-{modifiers}")
         cases.append(pytest.param(case, id=name))
     return cases
 
@@ -1692,3 +1749,336 @@ def test_fast_compute_loopback(dtype, compute, world, pattern, distribution, cau
         for name, got, want, scale in zip(("dq", "dk", "dv"), grads, grads_ref, grad_scales):
             err = float(np.max(np.abs(as64(got) - ref.shard_at(want, pos[r], layout)), initial=0.0))
             assert err <= ref.FAST_GRAD_TOL * scale, f"{where}: {name} error {err:.3g} > {ref.FAST_GRAD_TOL} * {scale:.3g}"
+
+
+# --------------------------------------------------------------------------- score modifiers (0.8)
+# Attention sinks (gpt-oss) and logit soft-capping (Gemma 2): every world size 1-5 and
+# every pattern (ULYSSES where the kv heads divide by the world size) x sinks on/off x
+# softcap on/off, on a mix of causal zigzag, GQA, windows and packing, against the float64
+# reference (forward out and lse, backward dq, dk, dv and each rank's dsinks), then the
+# ABI's error cases from Python.
+
+# world -> (distribution, n_total, window, heads (q, kv), cu_seqlens, layout)
+MODIFIER_MIX = {
+    1: ("contiguous", 23, (5, 0), (2, 1), None, "bshd"),
+    2: ("zigzag", 41, (-1, -1), (4, 2), [0, 13, 13, 41], "bshd"),
+    3: ("zigzag", 44, (7, 0), (6, 3), None, "bhsd"),
+    4: ("striped", 47, (6, 2), (8, 4), [0, 1, 30, 47], "bshd"),
+    5: ("zigzag", 53, (9, 0), (10, 5), [0, 20, 21, 53], "bshd"),
+}
+
+
+@pytest.mark.parametrize("modifiers", MODIFIERS)
+@pytest.mark.parametrize("pattern", ["burst", "ring", "allgather", "ulysses"])
+@pytest.mark.parametrize("world_size", sorted(MODIFIER_MIX))
+def test_modifier_sweep(world_size, pattern, modifiers):
+    distribution, n_total, window, (hq, hkv), cu, layout = MODIFIER_MIX[world_size]
+    if pattern == "ulysses" and hkv % world_size:
+        pytest.skip("ULYSSES needs num_heads_kv divisible by the world size")
+    contexts = ba.Context.loopback(world_size)
+    try:
+        variant_run(contexts, distribution, n_total, causal=True, window=window, cu_seqlens=cu,
+                    heads_q=hq, heads_kv=hkv, layout=layout, pattern=pattern, head_dim=8,
+                    seed=100 * world_size + len(pattern), **_modifier_args(modifiers, hq, world_size))
+    finally:
+        for c in contexts:
+            c.close()
+
+
+def test_modifiers_with_fewer_tokens_than_ranks():
+    """Ranks with no token (N = 2 over 4 ranks, zigzag: ranks 2 and 3 are empty) return
+    a zero sinks gradient; the others' partials still sum to the reference."""
+    world = ba.Context.loopback(4)
+    try:
+        variant_run(world, "zigzag", 2, causal=True, batch=1, heads_q=2, heads_kv=1,
+                    softcap=1.5, sinks=np.array([0.5, -1.0], np.float32))
+    finally:
+        for c in world:
+            c.close()
+
+
+def test_plan_softcap_and_sinks_arguments():
+    """softcap reads back as a plan attribute; sinks are copied at creation (changing
+    the caller's array afterwards changes nothing) and accept any real sequence."""
+    q, k, v, _ = ref.make_inputs(3, 1, 12, 2, 2, 8)
+    sinks = np.array([1.0, -0.5], np.float32)
+    want, _ = ref.forward(q, k, v, True, sinks=sinks, softcap=3.0)
+    with ba.Context.self() as ctx:
+        for spelling in (sinks, [1.0, -0.5], (1, -0.5), np.array([1.0, -0.5], np.float64)):
+            arg = spelling.copy() if isinstance(spelling, np.ndarray) else spelling
+            with ctx.plan(1, 12, 2, 8, mask="causal", softcap=3.0, sinks=arg) as plan:
+                assert plan.softcap == 3.0 and plan.has_sinks
+                if isinstance(arg, np.ndarray):
+                    arg[:] = 100.0  # copied by the library at creation
+                out, _ = plan.forward(q, k, v)
+                assert ref.rel_error(out, want) <= ref.OUT_TOL, spelling
+        with ctx.plan(1, 12, 2, 8) as plan:
+            assert plan.softcap == 0.0 and not plan.has_sinks
+
+
+def test_set_sinks_replaces_and_removes_them():
+    """set_sinks(values) between calls changes the results as the reference says (a
+    training loop after each optimizer step); set_sinks(None) removes them; a plan
+    created without sinks takes them later."""
+    q, k, v, dout = ref.make_inputs(4, 2, 20, 4, 2, 8)
+    first, second = ref.make_sinks(1, 4), ref.make_sinks(2, 4)
+    with ba.Context.self() as ctx:
+        with ctx.plan(2, 20, 4, 8, num_heads_kv=2, mask="causal", sinks=first) as plan:
+            for sinks in (first, second, None, first):
+                plan.set_sinks(sinks)
+                assert plan.has_sinks == (sinks is not None)
+                out, lse = plan.forward(q, k, v)
+                want, want_lse = ref.forward(q, k, v, True, sinks=sinks)
+                assert ref.rel_error(out, want) <= ref.OUT_TOL
+                assert ref.lse_error(lse, want_lse) <= ref.LSE_TOL
+                plan.backward(q, k, v, out, lse, dout)
+                if sinks is None:
+                    with pytest.raises(ba.InvalidArgumentError):
+                        plan.sinks_gradient()
+                else:
+                    rows = ref.backward_full(q, k, v, dout, True, sinks=sinks)[3]
+                    full = ref.sinks_partial(rows)
+                    assert ref.rel_error(plan.sinks_gradient(), full) <= ref.GRAD_TOL
+        with ctx.plan(2, 20, 4, 8, num_heads_kv=2) as plan:
+            plan.set_sinks(second)
+            out, _ = plan.forward(q, k, v)
+            assert ref.rel_error(out, ref.forward(q, k, v, sinks=second)[0]) <= ref.OUT_TOL
+
+
+def test_sinks_gradient_needs_a_backward_with_sinks():
+    """INVALID_ARGUMENT before any backward, on a plan without sinks, after set_sinks
+    (the gradient of the old values is gone) and after a failed backward."""
+    q, k, v, dout = ref.make_inputs(5, 1, 8, 2, 2, 8)
+    with ba.Context.self() as ctx:
+        with ctx.plan(1, 8, 2, 8, sinks=[0.0, 1.0]) as plan:
+            with pytest.raises(ba.InvalidArgumentError) as info:
+                plan.sinks_gradient()
+            assert info.value.function == "burst_plan_sinks_gradient"
+            out, lse = plan.forward(q, k, v)
+            with pytest.raises(ba.InvalidArgumentError):
+                plan.sinks_gradient()  # a forward is not a backward
+            plan.backward(q, k, v, out, lse, dout)
+            g = plan.sinks_gradient()
+            assert g.dtype == np.float32 and g.shape == (2,)
+            assert np.array_equal(g, plan.sinks_gradient())  # reading it changes nothing
+            plan.set_sinks([0.0, 1.0])
+            with pytest.raises(ba.InvalidArgumentError):
+                plan.sinks_gradient()
+            plan.backward(q, k, v, out, lse, dout)
+            assert np.array_equal(plan.sinks_gradient(), g)  # bitwise the same backward
+            with pytest.raises(TypeError):
+                plan.backward(q, k, v, out, lse, dout.astype(np.float64))  # fails here
+            assert np.array_equal(plan.sinks_gradient(), g)  # ... before the library ran
+            assert _lib.lib.burst_backward(plan._handle, *([None] * 9)) == ba.Status.INVALID_ARGUMENT
+            with pytest.raises(ba.InvalidArgumentError):
+                plan.sinks_gradient()  # a failed backward clears it
+        with ctx.plan(1, 8, 2, 8) as plan:
+            out, lse = plan.forward(q, k, v)
+            plan.backward(q, k, v, out, lse, dout)
+            with pytest.raises(ba.InvalidArgumentError):
+                plan.sinks_gradient()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_sink_is_invalid(bad):
+    """A NaN or infinite sink: INVALID_ARGUMENT at plan creation; from set_sinks, which
+    the plan keeps, so its next forward and backward fail with INVALID_ARGUMENT too
+    until valid values are set."""
+    q, k, v, dout = ref.make_inputs(6, 1, 8, 2, 2, 8)
+    with ba.Context.self() as ctx:
+        with pytest.raises(ba.InvalidArgumentError) as info:
+            ctx.plan(1, 8, 2, 8, sinks=[0.0, bad])
+        assert info.value.status == ba.Status.INVALID_ARGUMENT and "sinks" in info.value.message
+        with ctx.plan(1, 8, 2, 8, sinks=[0.0, 1.0]) as plan:
+            out, lse = plan.forward(q, k, v)
+            with pytest.raises(ba.InvalidArgumentError) as info:
+                plan.set_sinks([bad, 0.0])
+            assert info.value.function == "burst_plan_set_sinks"
+            with pytest.raises(ba.InvalidArgumentError):
+                plan.forward(q, k, v)
+            with pytest.raises(ba.InvalidArgumentError):
+                plan.backward(q, k, v, out, lse, dout)
+            plan.set_sinks([0.0, 1.0])
+            again, _ = plan.forward(q, k, v)
+            assert np.array_equal(again, out)
+
+
+def test_non_finite_sink_from_set_sinks_fails_every_rank():
+    """One rank's set_sinks rejects a NaN: its collective calls then fail on every rank
+    (never a hang); with valid values everywhere the group works again."""
+    q, k, v, _ = ref.make_inputs(7, 1, 12, 2, 2, 8)
+
+    def fn(ctx):
+        pos = ref.positions("contiguous", 12, 2, ctx.rank)
+        mine = [ref.shard_at(x, pos) for x in (q, k, v)]
+        with ctx.plan(1, len(pos), 2, 8, sinks=[0.5, 0.5], timeout_seconds=CALL_TIMEOUT) as plan:
+            if ctx.rank == 1:
+                with pytest.raises(ba.InvalidArgumentError):
+                    plan.set_sinks([0.5, float("nan")])
+            with pytest.raises(ba.BurstError) as info:
+                plan.forward(*mine)
+            plan.set_sinks([0.5, 0.5])
+            out, _ = plan.forward(*mine)
+            return info.value.status, out
+
+    contexts = ba.Context.loopback(2)
+    try:
+        results = results_or_raise(run_ranks(contexts, fn))
+    finally:
+        for c in contexts:
+            c.close()
+    assert [status for status, _ in results] == [ba.Status.INVALID_ARGUMENT] * 2, results
+    want = ref.forward(q, k, v, sinks=[0.5, 0.5])[0]
+    assert ref.rel_error(np.concatenate([out for _, out in results], axis=1), want) <= ref.OUT_TOL
+
+
+@pytest.mark.parametrize("softcap", [-1.0, -1e-30, float("nan"), float("inf"), -float("inf")])
+def test_bad_softcap_is_invalid(softcap):
+    with ba.Context.self() as ctx:
+        with pytest.raises(ba.InvalidArgumentError) as info:
+            ctx.plan(1, 8, 2, 8, softcap=softcap)
+        assert "softcap" in info.value.message, info.value.message
+        with pytest.raises(ba.InvalidArgumentError):
+            ctx.kv_cache(1, 2, 8, softcap=softcap)
+    # ... on every rank of a group, naming the field
+    _assert_all_fail(_plan_everywhere(2, lambda r: dict(BASE, seq_len_local=3, softcap=softcap)),
+                     ba.Status.INVALID_ARGUMENT, "softcap")
+
+
+def test_modifier_argument_errors():
+    """What ctypes needs is checked in Python (the number of sinks, their type):
+    ValueError/TypeError naming the argument; the library never sees the call."""
+    with ba.Context.self() as ctx:
+        with pytest.raises(ValueError, match=r"sinks: expected shape \(2,\)"):
+            ctx.plan(1, 8, 2, 8, sinks=[0.0, 1.0, 2.0])
+        with pytest.raises(ValueError, match="sinks"):
+            ctx.plan(1, 8, 2, 8, sinks=np.zeros((1, 2), np.float32))
+        with pytest.raises(TypeError, match="sinks"):
+            ctx.plan(1, 8, 2, 8, sinks="ab")
+        with pytest.raises(TypeError, match="sinks"):
+            ctx.plan(1, 8, 2, 8, sinks=[True, False])
+        with pytest.raises(TypeError, match="softcap: expected a float"):
+            ctx.plan(1, 8, 2, 8, softcap="1")
+        with pytest.raises(TypeError, match="softcap"):
+            ctx.plan(1, 8, 2, 8, softcap=None)
+        with ctx.plan(1, 8, 2, 8, sinks=[0.0, 1.0]) as plan:
+            with pytest.raises(ValueError, match=r"sinks: expected shape \(2,\)"):
+                plan.set_sinks([1.0])
+            with pytest.raises(TypeError, match="sinks"):
+                plan.set_sinks(["a", "b"])
+            assert plan.has_sinks  # unchanged
+        with pytest.raises(ValueError, match=r"sinks: expected shape \(3, 2\) or \(6,\)"):
+            ctx.kv_cache(3, 2, 8, sinks=np.zeros(5))
+
+
+def test_modifiers_disagreeing_or_bad_on_one_rank_fail_everywhere():
+    """softcap or sinks that differ between ranks: MISMATCH on every rank naming the
+    field; sinks of the wrong length on one rank: its ValueError there, the others
+    fail too (the binding calls the library with a config it rejects)."""
+    _assert_all_fail(_plan_everywhere(3, lambda r: dict(BASE, seq_len_local=3,
+                                                        softcap=30.0 if r == 2 else 50.0)),
+                     ba.Status.MISMATCH, "softcap")
+    _assert_all_fail(_plan_everywhere(2, lambda r: dict(BASE, seq_len_local=3,
+                                                        sinks=[0.0, 0.0, 0.0, float(r)])),
+                     ba.Status.MISMATCH, "sinks")
+    _assert_all_fail(_plan_everywhere(2, lambda r: dict(BASE, seq_len_local=3,
+                                                        sinks=None if r else [0.0] * 4)),
+                     ba.Status.MISMATCH, "sinks")
+    errors = _plan_everywhere(3, lambda r: dict(BASE, seq_len_local=3,
+                                                sinks=[0.0] * (3 if r == 1 else 4)))
+    assert isinstance(errors[1], ValueError) and "sinks" in str(errors[1]), errors
+    assert all(isinstance(e, ba.BurstError) for r, e in enumerate(errors) if r != 1), errors
+
+
+def test_set_sinks_differing_between_ranks_is_mismatch_everywhere():
+    """set_sinks is local; the next forward and backward compare a digest of the
+    values: MISMATCH on every rank. Agreeing again, the plan works again."""
+    q, k, v, dout = ref.make_inputs(8, 1, 10, 2, 2, 8)
+
+    def fn(ctx):
+        pos = ref.positions("contiguous", 10, 3, ctx.rank)
+        mine = [ref.shard_at(x, pos) for x in (q, k, v, dout)]
+        with ctx.plan(1, len(pos), 2, 8, sinks=[1.0, 2.0], timeout_seconds=CALL_TIMEOUT) as plan:
+            out, lse = plan.forward(*mine[:3])
+            plan.set_sinks([1.0, 2.0 + (ctx.rank == 2) * 1e-3])
+            errors = []
+            for call in (lambda: plan.forward(*mine[:3]),
+                         lambda: plan.backward(*mine[:3], out, lse, mine[3])):
+                with pytest.raises(ba.MismatchError) as info:
+                    call()
+                errors.append(info.value.status)
+            plan.set_sinks([1.0, 2.0])
+            plan.backward(*mine[:3], out, lse, mine[3])
+            return errors, plan.sinks_gradient()
+
+    contexts = ba.Context.loopback(3)
+    try:
+        results = results_or_raise(run_ranks(contexts, fn))
+    finally:
+        for c in contexts:
+            c.close()
+    assert all(errors == [ba.Status.MISMATCH] * 2 for errors, _ in results)
+    rows = ref.backward_full(q, k, v, dout, sinks=[1.0, 2.0])[3]
+    total = np.sum([g for _, g in results], axis=0)
+    assert ref.rel_error(total, ref.sinks_partial(rows)) <= ref.GRAD_TOL
+
+
+def test_modifier_calls_via_c():
+    """burst_plan_set_sinks / burst_plan_sinks_gradient called directly: NULL plan or
+    NULL output is INVALID_ARGUMENT; a 0.7-sized config (128 bytes: no sinks field) gets
+    no sinks whatever lies past its end."""
+    lib = _lib.lib
+    two = np.array([0.0, 1.0], np.float32)
+    assert lib.burst_plan_set_sinks(None, _lib.float_ptr(two)) == ba.Status.INVALID_ARGUMENT
+    assert lib.burst_plan_sinks_gradient(None, _lib.float_ptr(two)) == ba.Status.INVALID_ARGUMENT
+    q, k, v, dout = ref.make_inputs(9, 1, 6, 2, 2, 8)
+    with ba.Context.self() as ctx, ctx.plan(1, 6, 2, 8, sinks=two) as plan:
+        out, lse = plan.forward(q, k, v)
+        plan.backward(q, k, v, out, lse, dout)
+        assert lib.burst_plan_sinks_gradient(plan._handle, None) == ba.Status.INVALID_ARGUMENT
+        assert lib.burst_plan_set_sinks(plan._handle, None) == ba.Status.OK  # removes them
+        assert not np.array_equal(plan.forward(q, k, v)[0], out)
+    with ba.Context.self() as ctx:
+        cfg = _lib.new_config()
+        cfg.batch, cfg.seq_len_local, cfg.num_heads_q, cfg.num_heads_kv, cfg.head_dim = 1, 6, 2, 2, 8
+        nan = np.array([np.nan, np.nan], np.float32)
+        cfg.sinks = _lib.float_ptr(nan)  # past a 0.7 struct's end: never read
+        cfg.struct_size = _lib.CONFIG_SIZE_V0_7
+        handle = _lib.c_handle()
+        assert lib.burst_plan_create(ctx._handle, ctypes.byref(cfg), ctypes.byref(handle)) == ba.Status.OK
+        got = np.empty((1, 6, 2, 8), np.float32)
+        lse = np.empty((1, 2, 6), np.float32)
+        assert lib.burst_forward(handle, _lib.void_ptr(q), _lib.void_ptr(k), _lib.void_ptr(v),
+                                 _lib.void_ptr(got), _lib.float_ptr(lse)) == ba.Status.OK
+        assert ref.rel_error(got, ref.forward(q, k, v)[0]) <= ref.OUT_TOL
+        lib.burst_plan_destroy(handle)
+
+
+def test_reference_modifiers_match_finite_differences():
+    """The float64 reference with sinks and softcap, every mask at once: its dq, dk, dv
+    and dsinks are the central differences of its forward (so the library is checked
+    against a reference that is itself checked)."""
+    rng = np.random.default_rng(0)
+    b, n, hq, hkv, d = 1, 6, 4, 2, 3
+    q = rng.standard_normal((b, hq, n, d))
+    k, v = (rng.standard_normal((b, hkv, n, d)) for _ in range(2))
+    do = rng.standard_normal((b, hq, n, d))
+    sinks = rng.standard_normal(hq)
+    kw = dict(causal=True, scale=None, layout="bhsd", window_left=2, window_right=0,
+              cu_seqlens=[0, 1, 1, 6], softcap=0.7, sinks=sinks)
+    dq, dk, dv, rows = ref.backward_full(q, k, v, do, **kw)
+    eps = 1e-6
+    for x, g in ((q, dq), (k, dk), (v, dv), (sinks, ref.sinks_partial(rows))):
+        num = np.zeros_like(x)
+        for idx in np.ndindex(x.shape):
+            orig = x[idx]
+            x[idx] = orig + eps
+            fp = np.sum(ref.forward(q, k, v, **kw)[0] * do)
+            x[idx] = orig - eps
+            fm = np.sum(ref.forward(q, k, v, **kw)[0] * do)
+            x[idx] = orig
+            num[idx] = (fp - fm) / (2 * eps)
+        assert np.max(np.abs(num - g)) < 1e-6
+    # a row that sees only itself in its own sequence still has the sink in its lse
+    _, lse = ref.forward(q, k, v, **kw)
+    assert np.all(lse[0, :, 0] > sinks)

@@ -40,18 +40,22 @@ def make_cache(ctx, heads=(4, 2), num_layers=2, **kw):
 
 
 def play(contexts, heads, window_left, dtype, distribution, seed, layout="bshd",
-         block_tokens=4, t_values=(1, 3, 17), num_threads=0, softmax_scale=0.0):
+         block_tokens=4, t_values=(1, 3, 17), num_threads=0, softmax_scale=0.0,
+         softcap=0.0, sinks=None):
     """The scenario of kvcache_reference on every rank; asserts no check failed and
-    that every rank got the same bytes. Returns rank 0's digests."""
+    that every rank got the same bytes. Returns rank 0's digests. sinks: None or
+    [2 layers, heads_q] floats (0.8)."""
     where = (f"P={len(contexts)} heads={heads} window_left={window_left} {dtype} "
-             f"{distribution} {layout} block_tokens={block_tokens}")
+             f"{distribution} {layout} block_tokens={block_tokens} softcap={softcap} "
+             f"sinks={'yes' if sinks is not None else 'no'}")
 
     def fn(ctx):
         model = kref.Model(ctx.size, 2, heads[0], heads[1], HEAD_DIM, window_left=window_left,
-                           softmax_scale=softmax_scale, block_tokens=block_tokens, dtype=dtype)
+                           softmax_scale=softmax_scale, block_tokens=block_tokens, dtype=dtype,
+                           softcap=softcap, sinks=sinks)
         with make_cache(ctx, heads, dtype=dtype, layout=layout, window_left=window_left,
                         block_tokens=block_tokens, num_threads=num_threads,
-                        softmax_scale=softmax_scale) as cache:
+                        softmax_scale=softmax_scale, softcap=softcap, sinks=sinks) as cache:
             runner = kref.Runner(ctx, cache, model, dtype=dtype, layout=layout,
                                  timeout=CALL_TIMEOUT, where=where)
             kref.scenario(runner, distribution, seed, t_values)
@@ -87,6 +91,22 @@ def test_decode_sweep(world, heads, window_left, dtype):
     P = 2 and contiguous at P = 3 (a short sequence then lies on one rank only)."""
     distribution = "zigzag" if len(world) == 2 else "contiguous"
     play(world, heads, window_left, dtype, distribution, seed=11)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3], indirect=True)
+@pytest.mark.parametrize("modifiers", ["sinks", "softcap", "sinks+softcap"])
+def test_decode_sinks_softcap(world, modifiers):
+    """0.8: the cache's softcap and per-layer sinks ([num_layers, heads_q], here given
+    flat once) in decode as in the prompt's plans (the same softcap, each layer's sinks
+    set on the plan before its forward), against the float64 model."""
+    sinks = None
+    if "sinks" in modifiers:
+        sinks = np.concatenate([ref.make_sinks(layer, 4) for layer in range(2)])
+        if len(world) == 2:
+            sinks = sinks.reshape(2, 4)
+    play(world, (4, 2), 6 if len(world) == 3 else -1, "f32",
+         "zigzag" if len(world) > 1 else "contiguous", seed=15,
+         softcap=2.0 if "softcap" in modifiers else 0.0, sinks=sinks)
 
 
 @pytest.mark.parametrize("world", [1, 4], indirect=True)
@@ -423,10 +443,15 @@ def test_config_spellings_and_properties():
                 assert cache.nbytes == 0 and "KVCache" in repr(cache)
         with ctx.kv_cache(1, 2, 8, layout="bhsd", timeout=5.0) as cache:
             assert cache.q_shape(2, 5) == (2, 2, 5, 8) and cache.timeout_seconds == 5.0
+            assert cache.softcap == 0.0
+        with ctx.kv_cache(2, 2, 8, softcap=30.0, sinks=[[0.0, 1.0], [2.0, 3.0]]) as cache:
+            assert cache.softcap == 30.0
         for kwargs, exc in (({"dtype": np.float64}, ValueError), ({"dtype": "f64"}, ValueError),
                             ({"dtype": object()}, TypeError), ({"num_layers": 1.5}, TypeError),
                             ({"window_left": "x"}, TypeError), ({"softmax_scale": "x"}, TypeError),
-                            ({"layout": "bsdh"}, ValueError)):
+                            ({"layout": "bsdh"}, ValueError), ({"softcap": "x"}, TypeError),
+                            ({"sinks": np.zeros(3)}, ValueError), ({"sinks": np.zeros((2, 1))}, ValueError),
+                            ({"sinks": "ab"}, TypeError)):
             args = dict(num_layers=1, num_heads_q=2, head_dim=8)
             args.update(kwargs)
             with pytest.raises(exc):
@@ -434,7 +459,9 @@ def test_config_spellings_and_properties():
         for kwargs in ({"num_layers": 0}, {"num_heads_kv": 3}, {"head_dim": 0}, {"window_left": -2},
                        {"block_tokens": 65537}, {"block_tokens": -1}, {"softmax_scale": -1.0},
                        {"softmax_scale": float("nan")}, {"dtype": 3}, {"layout": 2},
-                       {"max_bytes_local": -1}, {"timeout_seconds": -1.0}):
+                       {"max_bytes_local": -1}, {"timeout_seconds": -1.0}, {"softcap": -1.0},
+                       {"softcap": float("inf")}, {"sinks": [0.0, float("nan")]},
+                       {"sinks": [[float("inf"), 0.0]]}):
             args = dict(num_layers=1, num_heads_q=2, head_dim=8)
             args.update(kwargs)
             with pytest.raises(ba.InvalidArgumentError):

@@ -20,7 +20,8 @@ import _testenv  # noqa: E402,F401  (sys.path, BURST_ATTENTION_LIBRARY for a che
 import burst_attention as ba  # noqa: E402
 import burst_attention.torch as bt  # noqa: E402
 from torch_reference import (FAST_GRAD_TOL, FAST_LSE_TOL, FAST_OUT_TOL, GRAD_TOL,  # noqa: E402
-                             OUT_TOL, half_excess, reference, reference_given_out, rel_err)
+                             OUT_TOL, half_excess, reference, reference_given_out,
+                             reference_modified, rel_err)
 
 torch.set_num_threads(1)
 
@@ -672,3 +673,270 @@ def test_fast_error_no_worse_than_torch_bf16_sdpa(causal):
     print(f"causal={causal} ours fast {errs_ours} torch bf16 SDPA {errs_torch}")
     for n in names:
         assert errs_ours[n] <= 1.1 * errs_torch[n], (n, errs_ours, errs_torch)
+
+
+# ----------------------------------------------------------------------------- sinks and softcap (0.8)
+# burst_attn(sinks=, softcap=) against float64 eager attention with the same modifiers
+# (torch_reference.reference_modified; SDPA has no sinks); the sinks' gradient of each
+# rank is its partial, summed over the ranks here as a training loop does.
+
+def make_sinks(h, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(100 + seed)
+    return (torch.rand(h, generator=g, dtype=torch.float64) * 3.5 - 1.0).to(dtype)
+
+
+def run_sharded_sinks(world, q, k, v, dout, sinks, distribution, layout="bshd", cu_seqlens=None,
+                      varlen=False, **kw):
+    """run_sharded with sinks: every rank gets its own leaf copy of the sinks; returns
+    (out, dq, dk, dv, dsinks summed over the ranks, [each rank's dsinks])."""
+    seq_dim = 0 if varlen else (1 if layout == "bshd" else 2)
+    n = q.shape[seq_dim]
+
+    def fn(rank, ctx):
+        pos = bt.shard_positions(distribution, n, world, rank, cu_seqlens=cu_seqlens)
+        ql, kl, vl = (t.index_select(seq_dim, pos).clone().requires_grad_() for t in (q, k, v))
+        sl = sinks.clone().requires_grad_()
+        if varlen:
+            out = bt.burst_attn_varlen(ql, kl, vl, cu_seqlens, comm=ctx, distribution=distribution,
+                                       sinks=sl, **kw)
+        else:
+            out = bt.burst_attn(ql, kl, vl, comm=ctx, distribution=distribution, layout=layout,
+                                sinks=sl, **kw)
+        out.backward(dout.index_select(seq_dim, pos))
+        return pos, out.detach(), ql.grad, kl.grad, vl.grad, sl.grad
+
+    full = [torch.zeros_like(q), torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(k)]
+    partials = []
+    for pos, *parts, dsinks in run_ranks(world, fn):
+        for dst, part in zip(full, parts):
+            dst.index_copy_(seq_dim, pos, part)
+        partials.append(dsinks)
+    return tuple(full) + (sum(p.double() for p in partials), partials)
+
+
+def check_modified(got, want, what=""):
+    """check() of out, dq, dk, dv, and dsinks (the gradient tolerance, relative to its
+    own max|ref|)."""
+    errs = check(got[:4], want[:4], what)
+    if want[4] is not None:
+        errs["dsinks"] = rel_err(got[4], want[4])
+        assert errs["dsinks"] <= GRAD_TOL, (what, errs)
+    return errs
+
+
+SINK_CASES = [
+    # world, distribution, causal, window, (hq, hkv), layout, pattern
+    (1, "contiguous", True, (-1, -1), (4, 2), "bshd", "burst"),
+    (2, "zigzag", True, (-1, -1), (4, 2), "bshd", "burst"),
+    (3, "zigzag", True, (16, 0), (6, 3), "bhsd", "ring"),
+    (3, "striped", False, (5, 5), (3, 1), "bshd", "allgather"),
+    (4, "zigzag", True, (-1, -1), (8, 4), "bshd", "ulysses"),
+]
+
+
+@pytest.mark.parametrize("sinks_on,softcap", [(True, None), (False, 2.0), (True, 2.0)],
+                         ids=["sinks", "softcap", "sinks+softcap"])
+@pytest.mark.parametrize("world,distribution,causal,window,heads,layout,pattern", SINK_CASES)
+def test_sinks_softcap_match_float64_eager(world, distribution, causal, window, heads, layout,
+                                           pattern, sinks_on, softcap):
+    hq, hkv = heads
+    q, k, v, dout = make(2, 67, hq, hkv, 16, layout, seed=world)
+    sinks = make_sinks(hq, world) if sinks_on else None
+    kw = dict(causal=causal, window=window, softcap=softcap, pattern=pattern)
+    want = reference_modified(q, k, v, dout, sinks=sinks, softcap=softcap, causal=causal,
+                              window=window, layout=layout)
+    if sinks is None:
+        got = run_sharded(world, q, k, v, dout, distribution, layout=layout, **kw) + (None,)
+    else:
+        got = run_sharded_sinks(world, q, k, v, dout, sinks, distribution, layout=layout, **kw)[:5]
+    check_modified(got, want, (world, distribution, pattern, sinks_on, softcap))
+
+
+@pytest.mark.parametrize("world,distribution", [(1, "contiguous"), (2, "zigzag"), (3, "striped")])
+def test_sinks_softcap_varlen(world, distribution):
+    cu = [0, 17, 17, 50, 61, 90]  # an empty sequence included
+    g = torch.Generator().manual_seed(8)
+    q, k, v, dout = (torch.randn(90, h, 16, generator=g) for h in (4, 2, 2, 4))
+    sinks = make_sinks(4, 3)
+    got = run_sharded_sinks(world, q, k, v, dout, sinks, distribution, cu_seqlens=cu,
+                            varlen=True, causal=True, window=(10, 0), softcap=1.5)
+    want = reference_modified(q[None], k[None], v[None], dout[None], sinks=sinks, softcap=1.5,
+                              causal=True, window=(10, 0), cu_seqlens=cu)
+    want = tuple(t[0] for t in want[:4]) + (want[4],)
+    check_modified(got[:5], want, (world, distribution))
+
+
+def test_sinks_grad_is_each_ranks_partial():
+    """Each rank's sinks.grad is the gradient of its own rows' share only: on 2 ranks
+    neither equals the full gradient, their sum does; a rank's partial matches the
+    float64 gradient of the loss restricted to its rows."""
+    q, k, v, dout = make(1, 40, 2, 2, 8, seed=4)
+    sinks = make_sinks(2, 4)
+    *_, total, partials = run_sharded_sinks(2, q, k, v, dout, sinks, "zigzag", causal=True)
+    want = reference_modified(q, k, v, dout, sinks=sinks, causal=True)[4]
+    assert rel_err(total, want) <= GRAD_TOL
+    for r, part in enumerate(partials):
+        assert part.dtype == torch.float32 and part.shape == (2,)
+        mask = torch.zeros_like(dout)
+        mask[:, bt.shard_positions("zigzag", 40, 2, r)] = 1.0
+        mine = reference_modified(q, k, v, dout * mask, sinks=sinks, causal=True)[4]
+        assert rel_err(part, mine) <= GRAD_TOL, (r, part, mine)
+        assert rel_err(part, want) > 1e-2  # a partial, not the total
+
+
+def test_sinks_dtype_and_requires_grad():
+    """sinks of any float dtype are used as float32 and their gradient comes back in
+    their dtype; sinks that do not require grad get none (q's gradient still flows);
+    sinks alone may require grad."""
+    q, k, v, dout = make(1, 30, 2, 1, 8, seed=5)
+    base = make_sinks(2, 5)
+    want = reference_modified(q, k, v, dout, sinks=base, causal=True)
+    for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
+        sinks = base.to(dtype, copy=True).requires_grad_()
+        ql = q.clone().requires_grad_()
+        out = bt.burst_attn(ql, k, v, causal=True, sinks=sinks)
+        out.backward(dout)
+        assert sinks.grad.dtype == dtype and sinks.grad.shape == (2,)
+        if dtype in (torch.float64, torch.float32):
+            assert rel_err(out.detach(), want[0]) <= OUT_TOL
+            assert rel_err(sinks.grad, want[4]) <= GRAD_TOL
+            assert rel_err(ql.grad, want[1]) <= GRAD_TOL
+    ql = q.clone().requires_grad_()
+    sinks = base.clone()
+    bt.burst_attn(ql, k, v, causal=True, sinks=sinks).backward(dout)
+    assert sinks.grad is None and rel_err(ql.grad, want[1]) <= GRAD_TOL
+    sinks = base.clone().requires_grad_()
+    out = bt.burst_attn(q, k, v, causal=True, sinks=sinks)
+    assert out.requires_grad
+    out.backward(dout)
+    assert rel_err(sinks.grad, want[4]) <= GRAD_TOL
+
+
+def test_layers_with_their_own_sinks_share_a_plan():
+    """Two layers of one shape share one cached plan, each with its own sinks (the values
+    are set before every forward and backward, not part of the plan key), and an
+    optimizer step changing the sinks in place between steps is seen by the next
+    forward. softcap is part of the key."""
+    q, k, v, dout = make(1, 33, 2, 2, 8, seed=6)
+    ctx = ba.Context.self()
+    try:
+        s1, s2 = make_sinks(2, 1).requires_grad_(), make_sinks(2, 2).requires_grad_()
+        qs = q.clone().requires_grad_()
+        h = bt.burst_attn(qs, k, v, causal=True, sinks=s1, comm=ctx)
+        out = bt.burst_attn(h, k, v, causal=True, sinks=s2, comm=ctx)
+        out.backward(dout)
+        assert len(bt._group_for(ctx).plans) == 1
+        # float64 eager of the two layers
+        q64, s1r, s2r = (t.detach().double().requires_grad_() for t in (q, s1, s2))
+        k64, v64 = k.double().transpose(1, 2), v.double().transpose(1, 2)
+        mask = torch.ones(33, 33, dtype=torch.bool).tril()
+        from torch_reference import eager_attention
+        h64, _ = eager_attention(q64.transpose(1, 2), k64, v64, mask, 8 ** -0.5, s1r)
+        o64, _ = eager_attention(h64, k64, v64, mask, 8 ** -0.5, s2r)
+        (o64.transpose(1, 2) * dout.double()).sum().backward()
+        assert rel_err(out.detach(), o64.transpose(1, 2)) <= OUT_TOL
+        for got, ref in ((qs.grad, q64.grad), (s1.grad, s1r.grad), (s2.grad, s2r.grad)):
+            assert rel_err(got, ref) <= GRAD_TOL
+        with torch.no_grad():
+            s1.add_(1.0)  # an optimizer step
+        again = bt.burst_attn(q, k, v, causal=True, sinks=s1, comm=ctx)
+        want = reference_modified(q, k, v, dout, sinks=s1, causal=True)[0]
+        assert rel_err(again, want) <= OUT_TOL
+        assert len(bt._group_for(ctx).plans) == 1
+        bt.burst_attn(q, k, v, causal=True, sinks=s1, softcap=5.0, comm=ctx)
+        bt.burst_attn(q, k, v, causal=True, comm=ctx)
+        assert len(bt._group_for(ctx).plans) == 3
+    finally:
+        ctx.close()
+
+
+def test_finite_differences_of_the_library_forward():
+    """The library's backward against its own fp32 forward: loss = sum(out * w), central
+    differences with h = 1e-2 (a) on each sink, (b) on a scalar a multiplying q, which
+    with softcap on goes through the cap's derivative: dL/da at a = 1 is sum(q * dq).
+    Relative tolerance 1e-3 of the largest derivative."""
+    q, k, v, w = make(1, 48, 4, 2, 16, seed=9)
+    q = q * 2.0  # scores of a few units: softcap 3 bends them
+    sinks = make_sinks(4, 9)
+    softcap = 3.0
+    ctx = ba.Context.self()
+    try:
+        def loss(qq, ss):
+            out = bt.burst_attn(qq, k, v, causal=True, window=(20, 0), sinks=ss, softcap=softcap,
+                                comm=ctx)
+            return float((out.double() * w.double()).sum())
+
+        qs, ss = q.clone().requires_grad_(), sinks.clone().requires_grad_()
+        (bt.burst_attn(qs, k, v, causal=True, window=(20, 0), sinks=ss, softcap=softcap, comm=ctx)
+         * w).sum().backward()
+        h = 1e-2
+        fd = torch.zeros(4, dtype=torch.float64)
+        for i in range(4):
+            e = torch.zeros(4)
+            e[i] = h
+            fd[i] = (loss(q, sinks + e) - loss(q, sinks - e)) / (2 * h)
+        an = ss.grad.double()
+        assert float((fd - an).abs().max()) <= 1e-3 * float(an.abs().max()), (fd, an)
+        fd_a = (loss(q * (1 + h), sinks) - loss(q * (1 - h), sinks)) / (2 * h)
+        an_a = float((q.double() * qs.grad.double()).sum())
+        assert abs(fd_a - an_a) <= 1e-3 * abs(an_a), (fd_a, an_a)
+        # the cap is on: the same derivative without it differs (the test can tell)
+        q_plain = q.clone().requires_grad_()
+        (bt.burst_attn(q_plain, k, v, causal=True, window=(20, 0), sinks=sinks, comm=ctx)
+         * w).sum().backward()
+        assert abs(float((q.double() * q_plain.grad.double()).sum()) - an_a) > 1e-2 * abs(an_a)
+    finally:
+        ctx.close()
+
+
+def test_modifier_argument_errors():
+    q, k, v, _ = make(1, 8, 4, 2, 8)
+    cases = [
+        (dict(sinks=torch.zeros(3)), ValueError, "sinks: expected shape (4,)"),
+        (dict(sinks=torch.zeros(1, 4)), ValueError, "sinks: expected shape (4,)"),
+        (dict(sinks=torch.zeros(4, dtype=torch.int32)), TypeError, "sinks: expected a floating-point"),
+        (dict(sinks=[0.0] * 4), TypeError, "sinks: expected a torch.Tensor"),
+        (dict(sinks=torch.zeros(4, device="meta")), ValueError, "sinks: burst_attention runs on CPU"),
+        (dict(softcap="2"), TypeError, "softcap: expected a float"),
+        (dict(softcap=True), TypeError, "softcap"),
+    ]
+    for kwargs, exc_type, text in cases:
+        with pytest.raises(exc_type) as info:
+            bt.burst_attn(q, k, v, **kwargs)
+        assert text in str(info.value), (kwargs, str(info.value))
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ba.InvalidArgumentError, match="softcap"):
+            bt.burst_attn(q, k, v, softcap=bad)
+    with pytest.raises(ba.InvalidArgumentError, match="sinks"):
+        bt.burst_attn(q, k, v, sinks=torch.tensor([0.0, float("nan"), 0.0, 0.0]))
+    out = bt.burst_attn(q, k, v, softcap=0.0)  # 0 = off, as None
+    assert torch.equal(out, bt.burst_attn(q, k, v))
+
+
+def test_modifiers_disagreeing_between_ranks_fail_everywhere():
+    """softcap or the use of sinks differing: MismatchError from the layer's agreement,
+    naming them; sink values differing: the library's MismatchError on every rank."""
+    q, k, v, _ = make(1, 8, 2, 2, 8)
+
+    def fn(rank, ctx):
+        messages = []
+        for kwargs in (dict(softcap=2.0 if rank else 3.0),
+                       dict(sinks=torch.zeros(2) if rank else None),
+                       dict(sinks=torch.full((2,), float(rank)))):
+            with pytest.raises(ba.MismatchError) as info:
+                bt.burst_attn(q, k, v, comm=ctx, timeout_seconds=30, **kwargs)
+            messages.append(str(info.value))
+        bt.burst_attn(q, k, v, comm=ctx, timeout_seconds=30, sinks=torch.ones(2))  # still usable
+        return messages
+
+    for messages in run_ranks(2, fn):
+        assert "softcap differs between ranks" in messages[0], messages
+        assert "sinks differs between ranks" in messages[1], messages
+        assert "sinks" in messages[2], messages
+
+    def nan_everywhere(rank, ctx):
+        # the same NaN on every rank is no disagreement: the library's error, everywhere
+        with pytest.raises(ba.InvalidArgumentError, match="softcap"):
+            bt.burst_attn(q, k, v, comm=ctx, timeout_seconds=30, softcap=float("nan"))
+
+    run_ranks(2, nan_everywhere)

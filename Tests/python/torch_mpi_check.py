@@ -18,6 +18,9 @@ out, dq, dk, dv. Communicators: MPI.COMM_WORLD, a torch.distributed gloo process
 Cases: zigzag + causal + GQA, striped + window, contiguous with an empty rank, varlen
 with zigzag per sequence, a shard length that repeats across global lengths, a bad
 tensor on one rank and a differing argument (both must fail on every rank, quickly).
+Score modifiers (0.8): sinks and softcap alone and together, dense and varlen; each
+rank's sinks.grad is its partial, summed over the ranks with an MPI allreduce (as a
+training loop does) and compared with the float64 eager reference's gradient.
 
 """
 
@@ -42,7 +45,8 @@ import torch.distributed as dist  # noqa: E402
 import burst_attention as ba  # noqa: E402
 import burst_attention.torch as bt  # noqa: E402
 from torch_reference import (FAST_GRAD_TOL, FAST_OUT_TOL, GRAD_TOL, OUT_TOL,  # noqa: E402
-                             half_excess, reference, reference_given_out, rel_err)
+                             half_excess, reference, reference_given_out, reference_modified,
+                             rel_err)
 
 world = MPI.COMM_WORLD
 P, RANK = world.Get_size(), world.Get_rank()
@@ -103,8 +107,10 @@ def gather_full(part: torch.Tensor, pos: torch.Tensor, dim: int, like: torch.Ten
 
 def run_case(name, comm, *, b=1, n=97, hq=4, hkv=4, d=16, causal=False, window=(-1, -1),
              distribution="contiguous", layout="bshd", cu_seqlens=None, positions=None,
-             members=None):
-    """One forward+backward on `comm`, checked against the whole-sequence reference."""
+             members=None, sinks=False, softcap=None):
+    """One forward+backward on `comm`, checked against the whole-sequence reference
+    (with sinks=True: sinks of the heads drawn from the seed, their gradient summed over
+    the members with an allreduce and checked too; softcap: a float or None)."""
     global checks
     members = list(range(P)) if members is None else members
     # the members' communicator for gathering (Split is collective over every rank)
@@ -124,21 +130,40 @@ def run_case(name, comm, *, b=1, n=97, hq=4, hkv=4, d=16, causal=False, window=(
     pos = (positions[me] if positions is not None else
            bt.shard_positions(distribution, n, size, me, cu_seqlens=cu_seqlens))
     ql, kl, vl = (t.index_select(dim, pos).clone().requires_grad_() for t in (q, k, v))
+    sink_values = (torch.rand(hq, generator=g) * 3.5 - 1.0) if sinks else None
+    sl = None if sink_values is None else sink_values.clone().requires_grad_()
+    modifiers = dict(sinks=sl, softcap=softcap)
     if varlen:
         out = bt.burst_attn_varlen(ql, kl, vl, cu_seqlens, causal=causal, window=window,
-                                   comm=comm, distribution=distribution, timeout_seconds=60)
+                                   comm=comm, distribution=distribution, timeout_seconds=60,
+                                   **modifiers)
     else:
         out = bt.burst_attn(ql, kl, vl, causal=causal, window=window, comm=comm,
-                            distribution=distribution, layout=layout, timeout_seconds=60)
+                            distribution=distribution, layout=layout, timeout_seconds=60,
+                            **modifiers)
     out.backward(dout.index_select(dim, pos))
     got = [gather_full(t, pos, dim, like, sub) for t, like in
            ((out.detach(), q), (ql.grad, q), (kl.grad, k), (vl.grad, v))]
+    dsinks_ref = None
     if varlen:
-        ref = reference(q[None], k[None], v[None], dout[None], causal=causal, window=window,
-                        cu_seqlens=cu_seqlens)
-        ref = [t[0] for t in ref]
+        ref = reference_modified(q[None], k[None], v[None], dout[None], sinks=sink_values,
+                                 softcap=softcap, causal=causal, window=window,
+                                 cu_seqlens=cu_seqlens)
+        dsinks_ref = ref[4]
+        ref = [t[0] for t in ref[:4]]
+    elif sinks or softcap:
+        ref = reference_modified(q, k, v, dout, sinks=sink_values, softcap=softcap,
+                                 causal=causal, window=window, layout=layout)
+        dsinks_ref, ref = ref[4], ref[:4]
     else:
         ref = reference(q, k, v, dout, causal=causal, window=window, layout=layout)
+    if sl is not None:
+        # this rank's partial; the training loop's allreduce makes the full gradient
+        total = torch.from_numpy(sub.allreduce(sl.grad.double().numpy(), op=MPI.SUM))
+        checks += 1
+        err = rel_err(total, dsinks_ref)
+        if not err <= GRAD_TOL:
+            fail(f"{name}: dsinks (summed over the ranks) error {err:.3g} > {GRAD_TOL:g}")
     for label, a, r, tol in zip(("out", "dq", "dk", "dv"), got, ref,
                                 (OUT_TOL, GRAD_TOL, GRAD_TOL, GRAD_TOL)):
         checks += 1
@@ -304,3 +329,47 @@ def test_a_differing_argument_fails_on_every_rank_and_the_group_stays_usable():
         ba.MismatchError, ba.MismatchError)
     run_case("still usable after the failures", world, n=33, causal=True,
              distribution="zigzag")
+
+
+@collective
+def test_sinks_softcap_zigzag_causal_gqa_on_comm_world():
+    run_case("sinks + softcap, zigzag causal GQA 8/2 on COMM_WORLD", world, b=2, n=131, hq=8,
+             hkv=2, causal=True, distribution="zigzag", sinks=True, softcap=2.0)
+
+
+@collective
+def test_sinks_striped_window_on_the_torch_group():
+    run_case("sinks, striped window (20,0) causal MQA on the torch group", dist.group.WORLD,
+             n=120, hq=4, hkv=1, causal=True, window=(20, 0), distribution="striped", sinks=True)
+
+
+@collective
+def test_softcap_contiguous_bhsd_comm_none():
+    run_case("softcap, contiguous bhsd window, comm=None", None, b=2, n=77, layout="bhsd",
+             window=(9, 9), softcap=1.5)
+
+
+@collective
+def test_sinks_softcap_varlen_zigzag_causal():
+    run_case("sinks + softcap, varlen zigzag causal window", world, n=150, hq=4, hkv=2,
+             causal=True, window=(30, 0), distribution="zigzag", cu_seqlens=[0, 31, 31, 90, 150],
+             sinks=True, softcap=3.0)
+
+
+@collective
+def test_sinks_on_a_rank_with_no_tokens():
+    """An empty rank still joins the call and contributes a zero partial."""
+    counts = [0] + [40 // (P - 1) + (r < 40 % (P - 1)) for r in range(P - 1)]
+    starts = [sum(counts[:r]) for r in range(P)]
+    run_case("sinks, contiguous with an empty rank 0", world, n=40, causal=True, sinks=True,
+             positions=[torch.arange(s, s + c) for s, c in zip(starts, counts)])
+
+
+@collective
+def test_sinks_values_differing_fail_on_every_rank():
+    q, k, v = (torch.randn(1, 8, 2, 8) for _ in range(3))
+    expect_collective_failure(
+        "sinks differing on the last rank", world, P - 1,
+        lambda bad: bt.burst_attn(q, k, v, comm=world, timeout_seconds=60,
+                                  sinks=torch.full((2,), 1.0 if bad else 0.0)),
+        ba.MismatchError, ba.MismatchError)

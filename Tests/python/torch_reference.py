@@ -5,6 +5,11 @@ float64 copies of the *whole-sequence* tensors, with an explicit boolean mask fo
 visibility rule of include/burst_attention.h (causal, inclusive windows, no attention
 across packed sequences) and GQA heads repeated, and returns out, dq, dk, dv for a given
 output gradient. Tolerances are DESIGN §3's: out 1e-5·max|ref|, gradients 1e-4·max|ref|.
+
+`eager_attention` is attention written out in torch ops with the score modifiers of 0.8
+(softcap: c·tanh(x/c); sinks: a logit per head with no value, as an extra softmax
+column), differentiable in any float dtype; `reference_modified` runs it in float64
+and returns the gradients of q, k, v and the sinks (SDPA has no sinks).
 """
 
 from __future__ import annotations
@@ -67,6 +72,55 @@ def reference(q, k, v, dout, causal=False, window=(-1, -1), softmax_scale=None,
     if layout == "bshd":
         out, dq, dk, dv = (t.transpose(1, 2) for t in (out, dq, dk, dv))
     return out, dq, dk, dv
+
+
+def eager_attention(q, k, v, mask, scale, sinks=None, softcap=None):
+    """out, lse of attention in [B, H, N, d] tensors (k, v already have every query
+    head), written out in torch ops so that autograd differentiates every input:
+    x = scale·q·kᵀ, x = c·tanh(x/c) when softcap c, masked entries -inf, then the softmax
+    over the visible keys plus, with sinks ([H]), one more logit s_h per row that has no
+    value: lse = logsumexp([x, s_h]), out = exp(x − lse)·v. A row that sees no key gets
+    out 0 (lse s_h with sinks, -inf without)."""
+    x = (q @ k.transpose(-1, -2)) * scale
+    if softcap:
+        x = softcap * torch.tanh(x / softcap)
+    x = x.masked_fill(~mask, -math.inf)
+    if sinks is not None:
+        b, h, n, _ = x.shape
+        column = sinks.to(x.dtype).view(1, h, 1, 1).expand(b, h, n, 1)
+        x = torch.cat([x, column], dim=-1)
+    lse = torch.logsumexp(x, dim=-1)
+    p = torch.exp(x - lse.unsqueeze(-1).clamp_min(torch.finfo(x.dtype).min))
+    if sinks is not None:
+        p = p[..., :-1]
+    return (p @ v).nan_to_num(0.0), lse
+
+
+def reference_modified(q, k, v, dout, sinks=None, softcap=None, causal=False, window=(-1, -1),
+                       softmax_scale=None, layout="bshd", cu_seqlens=None):
+    """(out, dq, dk, dv, dsinks, lse) in float64 for whole-sequence tensors in `layout`,
+    from `eager_attention` with sinks ([Hq], or None: dsinks None) and softcap (None or
+    0: off). dsinks is the full gradient (every row of the sequence and batch): a
+    rank's partial sums to it over the ranks."""
+    q, k, v, dout = (t.detach().double() for t in (q, k, v, dout))
+    if layout == "bshd":
+        q, k, v, dout = (t.transpose(1, 2) for t in (q, k, v, dout))
+    q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+    s64 = None if sinks is None else sinks.detach().double().requires_grad_()
+    hq, hkv, n, d = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
+    kr = k.repeat_interleave(hq // hkv, dim=1)
+    vr = v.repeat_interleave(hq // hkv, dim=1)
+    mask = visibility(n, causal, window, cu_seqlens)
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
+    out, lse = eager_attention(q, kr, vr, mask, scale, s64, softcap)
+    inputs = (q, k, v) + (() if s64 is None else (s64,))
+    grads = torch.autograd.grad(out, inputs, dout)
+    dq, dk, dv = grads[:3]
+    dsinks = grads[3] if s64 is not None else None
+    out = out.detach()
+    if layout == "bshd":
+        out, dq, dk, dv = (t.transpose(1, 2) for t in (out, dq, dk, dv))
+    return out, dq, dk, dv, dsinks, lse.detach()
 
 
 def rel_err(got, ref) -> float:

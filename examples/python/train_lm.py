@@ -20,6 +20,22 @@ What each mode does:
   * compare (default) runs both and checks that the loss curves agree to --tolerance
     (relative) at every step; the exit status says whether they did.
 
+--gpt-oss trains the same kind of model with gpt-oss's attention instead:
+  * layers alternate a banded sliding window and full causal attention, starting with
+    the window. gpt-oss's window is 128 tokens: a query sees itself and the 127 keys
+    before it (Hugging Face's sliding_window = 128: key j visible iff i - 128 < j <= i),
+    which is window=(127, 0) in flash-attn's inclusive terms (--window to change it);
+  * GQA: --heads query heads (default 4 here) share --kv-heads key/value heads (2);
+  * learned attention sinks: one nn.Parameter of --heads logits per layer (initialised
+    to 0), burst_attn(sinks=...). Each rank's sinks.grad is its own rows' partial; the
+    allreduce that sums every parameter's gradient over the ranks sums it too;
+  * optional --softcap C (Gemma 2's logit soft-capping; gpt-oss has none).
+  The one-process reference is an eager float32 attention written out with the same
+  mask, the sink as one more logit column in the softmax (and c*tanh(x/c) when
+  softcapped): SDPA has no sinks. compare also checks that every layer's sinks after
+  training agree to --tolerance (|burst - reference| <= tol * max(1, |reference|)) and
+  prints both.
+
 The text is generated (a seeded toy grammar of short English-like sentences with
 numbers), so the repository ships no data file and every machine trains on the same
 characters.
@@ -29,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -86,29 +103,49 @@ def generate_text(n_chars: int, seed: int) -> str:
 # ----------------------------------------------------------------------------- model
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int):
+    """Pre-LN transformer block. kv_heads < heads: GQA; window: (left, right) of its
+    causal attention ((-1, -1): full); sinks: a learned logit per query head (gpt-oss).
+    With the defaults its parameters (and their initialisation) are the plain block's."""
+
+    def __init__(self, width: int, heads: int, kv_heads: "int | None" = None,
+                 window=(-1, -1), sinks: bool = False):
         super().__init__()
         self.heads = heads
+        self.kv_heads = heads if kv_heads is None else kv_heads
+        self.window = tuple(window)
+        d = width // heads
         self.ln1 = nn.LayerNorm(width)
-        self.qkv = nn.Linear(width, 3 * width)
+        self.qkv = nn.Linear(width, (heads + 2 * self.kv_heads) * d)
         self.proj = nn.Linear(width, width)
         self.ln2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(),
                                  nn.Linear(4 * width, width))
+        self.sinks = nn.Parameter(torch.zeros(heads)) if sinks else None
 
     def forward(self, x: torch.Tensor, attend) -> torch.Tensor:
         b, n, w = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, w // self.heads).unbind(2)
-        x = x + self.proj(attend(q, k, v).reshape(b, n, w))  # q, k, v: [b, n, h, d]
+        d = w // self.heads
+        q, k, v = self.qkv(self.ln1(x)).split(
+            [self.heads * d, self.kv_heads * d, self.kv_heads * d], dim=-1)
+        q = q.reshape(b, n, self.heads, d)        # q, k, v: [b, n, heads, d]
+        k = k.reshape(b, n, self.kv_heads, d)
+        v = v.reshape(b, n, self.kv_heads, d)
+        # A plain block calls attend(q, k, v), as generate.py's attentions expect.
+        options = ({} if self.window == (-1, -1) and self.sinks is None
+                   else {"window": self.window, "sinks": self.sinks})
+        x = x + self.proj(attend(q, k, v, **options).reshape(b, n, w))
         return x + self.mlp(self.ln2(x))
 
 
 class TinyLM(nn.Module):
-    def __init__(self, vocab: int, width: int, heads: int, layers: int, max_len: int):
+    def __init__(self, vocab: int, width: int, heads: int, layers: int, max_len: int,
+                 kv_heads: "int | None" = None, windows=None, sinks: bool = False):
         super().__init__()
+        windows = windows or [(-1, -1)] * layers
         self.tok = nn.Embedding(vocab, width)
         self.pos = nn.Embedding(max_len, width)
-        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(width, heads, kv_heads, windows[i], sinks)
+                                    for i in range(layers))
         self.ln = nn.LayerNorm(width)
         self.head = nn.Linear(width, vocab)
 
@@ -119,10 +156,44 @@ class TinyLM(nn.Module):
         return self.head(self.ln(x))
 
 
-def sdpa_attend(q, k, v):
+    def sinks(self) -> "list[torch.Tensor]":
+        """Every layer's sink logits (detached), [] without sinks."""
+        return [b.sinks.detach().clone() for b in self.blocks if b.sinks is not None]
+
+
+def sdpa_attend(q, k, v, window=(-1, -1), sinks=None):
+    assert tuple(window) == (-1, -1) and sinks is None, "SDPA: full causal, no sinks"
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
                                          v.transpose(1, 2), is_causal=True)
     return out.transpose(1, 2)
+
+
+def eager_attend(q, k, v, window=(-1, -1), sinks=None, softcap=0.0):
+    """Causal attention written out in float32 torch ops, the reference of --gpt-oss:
+    x = q.k / sqrt(d), c*tanh(x/c) when softcap c > 0, keys outside the causal window
+    (i - left <= j <= i; left = -1: unbounded) masked, GQA kv heads repeated, and with
+    sinks one more logit s_h per row in the softmax that has no value (its probability
+    is dropped): out = sum_j exp(x_ij - lse_i) v_j, lse_i = log(sum_j exp(x_ij) + exp(s_h))."""
+    b, n, hq, d = q.shape
+    group = hq // k.shape[2]
+    qt = q.transpose(1, 2)
+    kt = k.transpose(1, 2).repeat_interleave(group, dim=1)
+    vt = v.transpose(1, 2).repeat_interleave(group, dim=1)
+    x = (qt @ kt.transpose(-1, -2)) / math.sqrt(d)
+    if softcap:
+        x = softcap * torch.tanh(x / softcap)
+    i = torch.arange(n)[:, None]
+    j = torch.arange(n)[None, :]
+    visible = j <= i
+    if window[0] >= 0:
+        visible &= j >= i - window[0]
+    x = x.masked_fill(~visible, float("-inf"))
+    if sinks is not None:
+        x = torch.cat([x, sinks.view(1, hq, 1, 1).expand(b, hq, n, 1)], dim=-1)
+    p = torch.softmax(x, dim=-1)
+    if sinks is not None:
+        p = p[..., :-1]
+    return (p @ vt).transpose(1, 2)
 
 
 # ----------------------------------------------------------------------------- training
@@ -136,23 +207,38 @@ def batches(text_ids: np.ndarray, steps: int, seq_len: int, batch: int, seed: in
         yield torch.from_numpy(chunk[:, :-1]).long(), torch.from_numpy(chunk[:, 1:]).long()
 
 
+def layer_windows(args) -> list:
+    """Each layer's (left, right) window: --gpt-oss alternates the sliding window
+    (even layers) and full causal attention (odd layers); otherwise every layer is full."""
+    if not args.gpt_oss:
+        return [(-1, -1)] * args.layers
+    return [(args.window, 0) if i % 2 == 0 else (-1, -1) for i in range(args.layers)]
+
+
 def make_model(args, vocab: int) -> tuple:
     torch.manual_seed(args.seed)
-    model = TinyLM(vocab, args.width, args.heads, args.layers, args.seq_len)
+    if args.gpt_oss:
+        model = TinyLM(vocab, args.width, args.heads, args.layers, args.seq_len,
+                       kv_heads=args.kv_heads, windows=layer_windows(args), sinks=True)
+    else:
+        model = TinyLM(vocab, args.width, args.heads, args.layers, args.seq_len)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     return model, opt
 
 
-def train_burst(args, text_ids, vocab, comm, progress) -> list:
+def train_burst(args, text_ids, vocab, comm, progress) -> tuple:
+    """(losses, the model after training)."""
     rank, world = comm.Get_rank(), comm.Get_size()
     model, opt = make_model(args, vocab)
-    params = [p for p in model.parameters()]
+    params = [p for p in model.parameters()]  # the sinks too: summed with the rest below
     n_total = args.batch * args.seq_len
     positions = bt.shard_positions(args.distribution, args.seq_len, world, rank)
+    softcap = args.softcap or None
 
-    def attend(q, k, v):
-        return bt.burst_attn(q, k, v, causal=True, comm=comm, distribution=args.distribution,
-                             num_threads=args.threads)
+    def attend(q, k, v, window=(-1, -1), sinks=None):
+        # sinks.grad is this rank's partial; the allreduce below sums it over the ranks
+        return bt.burst_attn(q, k, v, causal=True, window=window, sinks=sinks, softcap=softcap,
+                             comm=comm, distribution=args.distribution, num_threads=args.threads)
 
     losses = []
     for step, (x, y) in enumerate(batches(text_ids, args.steps, args.seq_len, args.batch,
@@ -172,23 +258,30 @@ def train_burst(args, text_ids, vocab, comm, progress) -> list:
         loss = comm.allreduce(float(local.detach()), op=MPI.SUM) / n_total
         losses.append(loss)
         progress(step, loss)
-    return losses
+    return losses, model
 
 
-def train_sdpa(args, text_ids, vocab, progress) -> list:
+def train_sdpa(args, text_ids, vocab, progress) -> tuple:
+    """(losses, the model after training) in one process: torch SDPA, or with --gpt-oss
+    the eager attention with sinks (SDPA has none)."""
     model, opt = make_model(args, vocab)
     positions = torch.arange(args.seq_len).expand(args.batch, -1)
+    if args.gpt_oss:
+        def attend(q, k, v, window=(-1, -1), sinks=None):
+            return eager_attend(q, k, v, window, sinks, args.softcap)
+    else:
+        attend = sdpa_attend
     losses = []
     for step, (x, y) in enumerate(batches(text_ids, args.steps, args.seq_len, args.batch,
                                           args.seed)):
-        logits = model(x, positions, sdpa_attend)
+        logits = model(x, positions, attend)
         loss = F.cross_entropy(logits.reshape(-1, vocab), y.reshape(-1))
         opt.zero_grad(set_to_none=False)
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
         progress(step, losses[-1])
-    return losses
+    return losses, model
 
 
 def progress_bar(enabled: bool, total: int, desc: str):
@@ -228,12 +321,12 @@ def plot(path: str, burst: list, sdpa: list, args, world: int) -> None:
     steps = np.arange(1, len(burst) + 1)
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True,
                                   gridspec_kw={"height_ratios": [3, 1.4]})
-    ax.plot(steps, sdpa, label="one process, torch SDPA", lw=2.5, color="#bbbbbb")
+    ax.plot(steps, sdpa, label=f"one process, {reference_name(args)}", lw=2.5, color="#bbbbbb")
     ax.plot(steps, burst, label=f"{world} MPI ranks, burst_attn ({args.distribution})",
             lw=1.2, ls="--", color="#1f5fa8")
     ax.set_ylabel("training loss (nats/char)")
     ax.set_title(f"TinyLM {args.layers}x{args.width}, {args.heads} heads, sequence "
-                 f"{args.seq_len}, batch {args.batch}")
+                 f"{args.seq_len}, batch {args.batch}{', gpt-oss attention' if args.gpt_oss else ''}")
     ax.legend()
     rel = np.abs(np.array(burst) - np.array(sdpa)) / np.abs(np.array(sdpa))
     ax2.semilogy(steps, np.maximum(rel, 1e-12), color="#a83a1f")
@@ -246,16 +339,42 @@ def plot(path: str, burst: list, sdpa: list, args, world: int) -> None:
     plt.close(fig)
 
 
+def reference_name(args) -> str:
+    return "eager attention with sinks" if args.gpt_oss else "torch SDPA"
+
+
+def compare_sinks(burst: list, ref: list, tolerance: float) -> "tuple[bool, float]":
+    """(every layer's sinks agree: |burst - ref| <= tol * max(1, |ref|), the largest
+    |burst - ref| / max(1, |ref|))."""
+    worst = 0.0
+    for a, b in zip(burst, ref):
+        worst = max(worst, float(((a - b).abs() / b.abs().clamp_min(1.0)).max()))
+    return worst <= tolerance, worst
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["compare", "burst", "sdpa"], default="compare")
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--seq-len", type=int, default=4096)
+    ap.add_argument("--seq-len", type=int, default=None,
+                    help="tokens per sequence (default 4096; 1024 with --gpt-oss, whose "
+                         "reference attention is eager: [heads, N, N] scores)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--width", type=int, default=128)
-    ap.add_argument("--heads", type=int, default=2)
+    ap.add_argument("--heads", type=int, default=None,
+                    help="query heads (default 2; 4 with --gpt-oss)")
+    ap.add_argument("--gpt-oss", action="store_true",
+                    help="gpt-oss attention: alternating sliding-window / full layers, GQA, "
+                         "learned sinks (see the module docstring)")
+    ap.add_argument("--kv-heads", type=int, default=2,
+                    help="key/value heads with --gpt-oss (a divisor of --heads)")
+    ap.add_argument("--window", type=int, default=127,
+                    help="window_left of the sliding layers with --gpt-oss: 127 = gpt-oss's "
+                         "128-token window (a query and the 127 keys before it)")
+    ap.add_argument("--softcap", type=float, default=0.0,
+                    help="logit soft-capping with --gpt-oss (0: off, as gpt-oss)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--distribution", default="zigzag",
@@ -268,6 +387,14 @@ def main() -> int:
     ap.add_argument("--json", help="write both loss curves and the run's settings here")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
+    if args.seq_len is None:
+        args.seq_len = 1024 if args.gpt_oss else 4096
+    if args.heads is None:
+        args.heads = 4 if args.gpt_oss else 2
+    if not args.gpt_oss and args.softcap:
+        ap.error("--softcap needs --gpt-oss (the SDPA reference has no softcap)")
+    if args.gpt_oss and (args.heads % args.kv_heads or args.width % args.heads):
+        ap.error("--kv-heads must divide --heads, and --heads the width")
 
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
@@ -286,22 +413,28 @@ def main() -> int:
               f"torch {torch.__version__}; vocab {vocab}; {args.layers} layers x width "
               f"{args.width}, {args.heads} heads (d = {args.width // args.heads}); sequence "
               f"{args.seq_len} x batch {args.batch}; {args.steps} steps", flush=True)
+        if args.gpt_oss:
+            print(f"train_lm: gpt-oss attention: layers {layer_windows(args)} (window (left, "
+                  f"right); (-1, -1) = full causal), GQA {args.heads}/{args.kv_heads}, learned "
+                  f"sinks{f', softcap {args.softcap:g}' if args.softcap else ''}", flush=True)
 
     result = {"settings": vars(args), "world": world, "build_info": ba.build_info(),
               "torch": torch.__version__}
     if args.mode in ("compare", "burst"):
         update, close = progress_bar(show, args.steps, f"burst_attn x{world}")
         start = time.perf_counter()
-        result["burst"] = train_burst(args, text_ids, vocab, comm, update)
+        result["burst"], model = train_burst(args, text_ids, vocab, comm, update)
         result["burst_seconds"] = time.perf_counter() - start
+        result["burst_sinks"] = [s.tolist() for s in model.sinks()]
         close()
     if args.mode in ("compare", "sdpa"):
         if rank == 0:
             torch.set_num_threads(min(cores, args.threads * world))
-            update, close = progress_bar(show, args.steps, "torch SDPA x1")
+            update, close = progress_bar(show, args.steps, f"{reference_name(args)} x1")
             start = time.perf_counter()
-            result["sdpa"] = train_sdpa(args, text_ids, vocab, update)
+            result["sdpa"], model = train_sdpa(args, text_ids, vocab, update)
             result["sdpa_seconds"] = time.perf_counter() - start
+            result["sdpa_sinks"] = [s.tolist() for s in model.sinks()]
             close()
         if world > 1:
             sleep_barrier(comm)
@@ -314,11 +447,25 @@ def main() -> int:
             result["max_rel_diff"] = float(rel.max())
             worst = int(rel.argmax())
             ok = bool(rel.max() <= args.tolerance)
-            print(f"loss: first {sdpa[0]:.5f} -> last {sdpa[-1]:.5f} (SDPA) / "
+            label = "eager" if args.gpt_oss else "SDPA"
+            print(f"loss: first {sdpa[0]:.5f} -> last {sdpa[-1]:.5f} ({label}) / "
                   f"{burst[-1]:.5f} (burst_attn); max relative difference "
                   f"{rel.max():.3g} at step {worst + 1} (tolerance {args.tolerance:g}): "
                   f"{'OK' if ok else 'FAILED'}; time {result['burst_seconds']:.1f} s on "
                   f"{world} ranks vs {result['sdpa_seconds']:.1f} s in one process", flush=True)
+            if args.gpt_oss:
+                a = [torch.tensor(x) for x in result["burst_sinks"]]
+                b = [torch.tensor(x) for x in result["sdpa_sinks"]]
+                sinks_ok, sinks_diff = compare_sinks(a, b, args.tolerance)
+                result["max_sinks_diff"] = sinks_diff
+                for layer, (x, y) in enumerate(zip(a, b)):
+                    print(f"sinks after training, layer {layer} {layer_windows(args)[layer]}: "
+                          f"burst_attn {[round(float(t), 6) for t in x]}, eager "
+                          f"{[round(float(t), 6) for t in y]}", flush=True)
+                print(f"sinks: max |difference| / max(1, |eager|) {sinks_diff:.3g} "
+                      f"(tolerance {args.tolerance:g}): {'OK' if sinks_ok else 'FAILED'}",
+                      flush=True)
+                ok = ok and sinks_ok
             status = 0 if ok else 1
             if args.plot:
                 plot(args.plot, result["burst"], result["sdpa"], args, world)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import numbers
 
+import numpy as np
+
 from . import _lib
 from ._enums import parse
 from ._errors import BurstError, Status, _check, last_error, status_string
@@ -38,6 +40,37 @@ def real(problems: list, name: str, value):
         problems.append((TypeError, f"{name}: expected a float, got {type(value).__name__}"))
         return None
     return float(value)
+
+
+def float_vector(problems: list, name: str, value, shape: "tuple | None"):
+    """A C-contiguous float32 copy of `value` (a sequence, numpy array, or anything
+    numpy.asarray takes) for a `const float*` argument the library reads `prod(shape)`
+    floats from, or None after appending the problem. Accepted: exactly `shape`, or the
+    same number of values in one dimension. Only what ctypes needs is checked here (real
+    numbers, the count); the values themselves (NaN, inf) are the library's to judge.
+    shape None (its sizes failed their own checks): the conversion alone is checked."""
+    if isinstance(value, (str, bytes)):
+        problems.append((TypeError, f"{name}: expected a sequence of floats, got {type(value).__name__}"))
+        return None
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # noqa: BLE001 - anything numpy cannot take
+        problems.append((TypeError, f"{name}: expected a sequence of floats: {exc}"))
+        return None
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating)
+                                     or np.issubdtype(arr.dtype, np.integer)):
+        problems.append((TypeError, f"{name}: expected floats, got dtype {arr.dtype}"))
+        return None
+    if shape is not None:
+        count = int(np.prod(shape, dtype=np.int64))
+        if arr.shape != tuple(shape) and arr.shape != (count,):
+            want = f"shape {tuple(shape)}" + (f" or ({count},)" if len(shape) > 1 else "")
+            problems.append((ValueError, f"{name}: expected {want} (one value per query head"
+                                         f"{' of each layer' if len(shape) > 1 else ''}), "
+                                         f"got shape {arr.shape}"))
+            return None
+    with np.errstate(over="ignore"):  # beyond float32: inf, which the library rejects
+        return np.array(arr, dtype=np.float32, order="C").reshape(-1)  # a copy
 
 
 def enum_field(problems: list, name: str, value, kind):

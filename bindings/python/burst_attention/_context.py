@@ -19,7 +19,7 @@ import typing
 import numpy as np
 
 from . import _lib
-from ._args import INT32, INT64, create_collectively, enum_field, integer, real
+from ._args import INT32, INT64, create_collectively, enum_field, float_vector, integer, real
 from ._enums import Compute, DType, Distribution, Layout, Mask, Pattern
 from ._errors import _check
 
@@ -171,7 +171,7 @@ class Context:
              layout="bshd", mask="none", softmax_scale=0.0, num_threads=0,
              timeout_seconds=0.0, distribution="contiguous", pattern="burst",
              window_left=-1, window_right=-1, cu_seqlens=None, intra_group_size=0,
-             dtype="f32", compute=None) -> "Plan":
+             dtype="f32", compute=None, softcap=0.0, sinks=None) -> "Plan":
         """Collective: create a plan for one attention shape on this context.
 
         Every argument except seq_len_local, num_threads and timeout_seconds must be
@@ -202,6 +202,19 @@ class Context:
         to bf16, products accumulated in fp32, softmax and accumulators fp32 —
         FlashAttention's recipe; allowed with any dtype). The header states both
         contracts; `build_info()` says whether "fast" runs on AVX512-BF16 or emulated.
+
+        Score modifiers (0.8; both must agree on all ranks): softcap c (0 = off; else
+        finite and > 0, Gemma 2's logit soft-capping) replaces every scaled score x by
+        c * tanh(x / c) before the softmax. sinks (None = no sinks; else num_heads_q
+        floats, a sequence or array, taken as float32; gpt-oss's attention sinks) adds
+        exp(sinks[h]) to every softmax denominator of query head h, a logit with no
+        value: lse = log(sum_j exp(x_j) + exp(sinks[h])), and a row that sees no key has
+        out 0 and lse sinks[h]. The library copies the values at creation;
+        `Plan.set_sinks` replaces them between calls, and `Plan.sinks_gradient()` returns
+        this rank's dL/dsinks after a backward. A wrong number of sinks raises
+        ValueError here (on every rank, as the other argument problems); a NaN or
+        infinite sink or a negative, NaN or infinite softcap is the library's
+        InvalidArgumentError.
 
         An argument that cannot even be put in the C struct (a wrong type, an unknown
         name) raises TypeError/ValueError; on a context of several ranks the library is
@@ -235,6 +248,7 @@ class Context:
             "intra_group_size": integer(problems, "intra_group_size", intra_group_size, INT32),
             "timeout_seconds": real(problems, "timeout_seconds", timeout_seconds),
             "compute": enum_field(problems, "compute", compute, Compute),
+            "softcap": real(problems, "softcap", softcap),
         }
         for name, value in fields.items():
             if value is not None:
@@ -251,11 +265,20 @@ class Context:
                 cfg.cu_seqlens = seqlens.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
                 cfg.num_sequences = max(len(seqlens) - 1, 0)
 
+        sink_values = None
+        if sinks is not None:
+            heads = fields["num_heads_q"]
+            # The library copies them during burst_plan_create; keep them alive until then.
+            sink_values = float_vector(problems, "sinks", sinks,
+                                       None if heads is None or heads < 0 else (heads,))
+            if sink_values is not None:
+                cfg.sinks = _lib.float_ptr(sink_values)
+
         plan_handle = create_collectively(handle, self._size, problems, cfg,
                                           _lib.lib.burst_plan_create, _lib.lib.burst_plan_destroy,
                                           "burst_plan_create")
         plan = Plan(self, plan_handle, {name: getattr(cfg, name) for name in fields},
-                    None if seqlens is None else seqlens.copy())
+                    None if seqlens is None else seqlens.copy(), has_sinks=sinks is not None)
         self._plans.add(plan)
         return plan
 
@@ -263,7 +286,7 @@ class Context:
     def kv_cache(self, num_layers, num_heads_q, head_dim, num_heads_kv=None, dtype="f32",
                  layout="bshd", softmax_scale=0.0, window_left=-1, block_tokens=0,
                  max_bytes_local=0, num_threads=0, timeout_seconds=0.0,
-                 timeout=None) -> "KVCache":
+                 timeout=None, softcap=0.0, sinks=None) -> "KVCache":
         """Collective: create a KV cache sharded over the ranks of this context, for
         prefill and decode (inference; see `KVCache`).
 
@@ -282,6 +305,12 @@ class Context:
         max_bytes_local; every other argument must be equal on all ranks (else
         MismatchError on every rank naming the field).
 
+        Score modifiers (0.8), as for `plan`: softcap (0 = off, else > 0) and sinks
+        (None, or one float32 logit per query head of every layer: shape [num_layers,
+        num_heads_q], or the same values flat, layer-major), copied at creation. Decode
+        applies them exactly as a plan's forward does; a model that has them prefills
+        with plans created with the same softcap and the layer's sinks.
+
         An argument that cannot be put in the C struct raises TypeError/ValueError; on
         a context of several ranks the library is still called (with an invalid
         config) so that every rank fails together.
@@ -294,7 +323,8 @@ class Context:
                       head_dim=head_dim, num_heads_kv=num_heads_kv, dtype=dtype,
                       layout=layout, softmax_scale=softmax_scale, window_left=window_left,
                       block_tokens=block_tokens, max_bytes_local=max_bytes_local,
-                      num_threads=num_threads, timeout_seconds=timeout_seconds)
+                      num_threads=num_threads, timeout_seconds=timeout_seconds,
+                      softcap=softcap, sinks=sinks)
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:

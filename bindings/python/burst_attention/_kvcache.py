@@ -44,7 +44,8 @@ import numbers
 import numpy as np
 
 from . import _lib
-from ._args import INT32, INT64, create_collectively, enum_field, integer, raise_problems, real
+from ._args import (INT32, INT64, create_collectively, enum_field, float_vector, integer,
+                    raise_problems, real)
 from ._enums import DType, Layout, parse
 from ._errors import _check
 from ._handle import Handle
@@ -53,7 +54,7 @@ from ._plan import STATS_KEYS, Plan, _check_aliasing, _check_array, _output_arra
 # The config fields a KVCache remembers (and exposes as attributes).
 _FIELDS = ("layout", "dtype", "num_threads", "num_layers", "num_heads_q", "num_heads_kv",
            "head_dim", "softmax_scale", "window_left", "block_tokens", "max_bytes_local",
-           "timeout_seconds")
+           "timeout_seconds", "softcap")
 
 
 # --------------------------------------------------------------------------- arguments
@@ -131,7 +132,7 @@ def _one_per_id(problems: list, name: str, values, ids) -> None:
 
 def create(context, *, num_layers, num_heads_q, head_dim, num_heads_kv, dtype, layout,
            softmax_scale, window_left, block_tokens, max_bytes_local, num_threads,
-           timeout_seconds) -> "KVCache":
+           timeout_seconds, softcap=0.0, sinks=None) -> "KVCache":
     """burst_kv_cache_create for `Context.kv_cache` (which documents the arguments)."""
     handle = context._require_handle()
     cfg = _lib.new_kv_cache_config()
@@ -152,10 +153,19 @@ def create(context, *, num_layers, num_heads_q, head_dim, num_heads_kv, dtype, l
         "block_tokens": integer(problems, "block_tokens", block_tokens),
         "max_bytes_local": integer(problems, "max_bytes_local", max_bytes_local),
         "timeout_seconds": real(problems, "timeout_seconds", timeout_seconds),
+        "softcap": real(problems, "softcap", softcap),
     }
     for name, value in fields.items():
         if value is not None:
             setattr(cfg, name, value)
+    sink_values = None
+    if sinks is not None:
+        layers, heads = fields["num_layers"], fields["num_heads_q"]
+        shape = None if layers is None or heads is None or min(layers, heads) < 0 else (layers, heads)
+        # The library copies them during burst_kv_cache_create; keep them alive until then.
+        sink_values = float_vector(problems, "sinks", sinks, shape)
+        if sink_values is not None:
+            cfg.sinks = _lib.float_ptr(sink_values)
 
     cache_handle = create_collectively(handle, context.size, problems, cfg,
                                        _lib.lib.burst_kv_cache_create,

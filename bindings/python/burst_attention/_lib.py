@@ -1,13 +1,13 @@
 """Loading libburst_attention and declaring its C ABI for ctypes.
 
 This is the only module that knows the C signatures. It mirrors
-include/burst_attention.h (version 0.7.0) one declaration at a time; the structs
+include/burst_attention.h (version 0.8.0) one declaration at a time; the structs
 keep the header's field order, and ctypes gives them the same natural alignment as
 the C compiler on the platforms we support (x86-64 / aarch64 Linux), so
-`sizeof(burst_attention_config) == 128` (120 up to timeout_seconds, the 0.4-0.6
-struct the library still accepts), `sizeof(burst_stats) == 112` (88 up to
-tiles_skipped, 0.2; 72 up to total_seconds, 0.1) and
-`sizeof(burst_kv_cache_config) == 88`.
+`sizeof(burst_attention_config) == 136` (128 through softcap, the 0.7 struct; 120 up to
+timeout_seconds, the 0.4-0.6 struct; the library still accepts both),
+`sizeof(burst_stats) == 112` (88 up to tiles_skipped, 0.2; 72 up to total_seconds,
+0.1) and `sizeof(burst_kv_cache_config) == 104` (88 up to timeout_seconds, 0.6-0.7).
 
 Lookup order for the shared library (first hit wins):
   1. the path in the environment variable BURST_ATTENTION_LIBRARY;
@@ -28,7 +28,7 @@ import sys
 
 # The header version this binding was written against (BURST_VERSION_*).
 VERSION_MAJOR = 0
-VERSION_MINOR = 7
+VERSION_MINOR = 8
 VERSION_PATCH = 0
 VERSION_NUMBER = VERSION_MAJOR * 10000 + VERSION_MINOR * 100 + VERSION_PATCH
 # The package version (the wheel's metadata is read from the three lines above).
@@ -105,11 +105,14 @@ class AttentionConfig(ctypes.Structure):
         ("intra_group_size", ctypes.c_int32),
         ("timeout_seconds", ctypes.c_double),
         ("compute", ctypes.c_int32),    # since 0.7: BURST_COMPUTE_*
-        ("reserved0", ctypes.c_int32),  # 0 (padding; a newer header may use it)
+        ("softcap", ctypes.c_float),    # since 0.8 (0.7: reserved0, 0): 0 = off, else > 0
+        ("sinks", ctypes.POINTER(ctypes.c_float)),  # since 0.8: NULL or num_heads_q floats
     ]
 
-# sizeof(burst_attention_config) of versions 0.4-0.6, which ended at timeout_seconds.
+# sizeof(burst_attention_config) of versions 0.4-0.6, which ended at timeout_seconds,
+# and of 0.7, which ended at softcap (then named reserved0).
 CONFIG_SIZE_V0_6 = AttentionConfig.compute.offset
+CONFIG_SIZE_V0_7 = AttentionConfig.sinks.offset
 
 
 class Stats(ctypes.Structure):
@@ -141,7 +144,8 @@ STATS_SIZE_V0_2 = Stats.bytes_sent_inter_group.offset
 
 
 class KVCacheConfig(ctypes.Structure):
-    """`burst_kv_cache_config` (0.6) — field order is ABI; new fields are only appended."""
+    """`burst_kv_cache_config` (0.6; softcap and sinks appended in 0.8) — field order is
+    ABI; new fields are only appended."""
 
     _fields_ = [
         ("struct_size", ctypes.c_uint32),
@@ -157,7 +161,14 @@ class KVCacheConfig(ctypes.Structure):
         ("block_tokens", ctypes.c_int64),
         ("max_bytes_local", ctypes.c_int64),
         ("timeout_seconds", ctypes.c_double),
+        # since 0.8
+        ("softcap", ctypes.c_float),    # 0 = off, else > 0
+        ("reserved0", ctypes.c_int32),  # 0 (padding)
+        ("sinks", ctypes.POINTER(ctypes.c_float)),  # NULL or num_layers x num_heads_q floats
     ]
+
+# sizeof(burst_kv_cache_config) of versions 0.6-0.7, which ended at timeout_seconds.
+KV_CACHE_CONFIG_SIZE_V0_7 = KVCacheConfig.softcap.offset
 
 
 _c_float_p = ctypes.POINTER(ctypes.c_float)
@@ -184,6 +195,9 @@ _SIGNATURES = {
                                       ctypes.c_void_p, ctypes.c_void_p, _c_float_p,
                                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                                       ctypes.c_void_p]),
+    # Score modifiers (0.8): plan, sinks (num_heads_q floats, or NULL) / dsinks (out)
+    "burst_plan_set_sinks": (burst_status, [c_handle, _c_float_p]),
+    "burst_plan_sinks_gradient": (burst_status, [c_handle, _c_float_p]),
     "burst_plan_stats": (burst_status, [c_handle, ctypes.POINTER(Stats)]),
     "burst_plan_destroy": (None, [c_handle]),
     # The KV cache (0.6): cache handles are c_handle too.

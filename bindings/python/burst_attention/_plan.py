@@ -25,8 +25,9 @@ import ctypes
 import numpy as np
 
 from . import _lib
+from ._args import float_vector, raise_problems
 from ._enums import Compute, Distribution, DType, Layout, Mask, Pattern
-from ._errors import _check
+from ._errors import Status, _check
 from ._handle import Handle
 
 try:  # optional: a numpy dtype for bfloat16
@@ -60,9 +61,10 @@ class Plan(Handle):
               "pattern": Pattern, "dtype": DType, "compute": Compute}
     _COMPLETED = "this rank holds no tokens, so the collective call completed on the other ranks"
 
-    def __init__(self, context, handle: int, config: dict, cu_seqlens):
+    def __init__(self, context, handle: int, config: dict, cu_seqlens, has_sinks: bool = False):
         super().__init__(context, handle, config)
         self._cu_seqlens = cu_seqlens
+        self._has_sinks = has_sinks
         b, n, hq, hkv, d = (config[k] for k in
                             ("batch", "seq_len_local", "num_heads_q", "num_heads_kv", "head_dim"))
         if config["layout"] == Layout.BHSD:
@@ -77,6 +79,12 @@ class Plan(Handle):
     def cu_seqlens(self) -> "np.ndarray | None":
         """A copy of the packing offsets (int64) the plan was created with, or None."""
         return None if self._cu_seqlens is None else self._cu_seqlens.copy()
+
+    @property
+    def has_sinks(self) -> bool:
+        """Whether the plan has sink logits now (created with sinks=, or given them by
+        the last successful `set_sinks`)."""
+        return self._has_sinks
 
     @property
     def q_shape(self) -> tuple:
@@ -113,8 +121,9 @@ class Plan(Handle):
         """Collective. Attention of this rank's queries against all ranks' keys/values.
 
         Returns (out, lse); `out`/`lse` are allocated when not given, else filled in
-        place and returned. lse is the natural-log softmax denominator, -inf for a row
-        that sees no key (its out row is 0).
+        place and returned. lse is the natural-log softmax denominator (with sinks, the
+        sink's exp(sinks[h]) included), -inf for a row that sees no key (sinks[h] with
+        sinks); its out row is 0.
         """
         problems: list = []
         t = self._dtypes
@@ -166,6 +175,45 @@ class Plan(Handle):
                 _lib.void_ptr(dq), _lib.void_ptr(dk), _lib.void_ptr(dv))
             _check(status, "burst_backward")
         return dq, dk, dv
+
+    def set_sinks(self, sinks) -> None:
+        """Local. Replace the plan's sink logits for the calls that follow (a training
+        loop calls it after every optimizer step): num_heads_q floats (a sequence or
+        array, taken as float32, copied), or None to remove the sinks. Every rank must
+        set the same values: the next forward or backward compares a digest of them
+        (MismatchError on every rank otherwise).
+
+        A wrong number of values raises ValueError and leaves the plan as it was. A NaN
+        or infinite value raises InvalidArgumentError, and the plan keeps the bad values:
+        its next forward or backward fails with InvalidArgumentError on every rank until
+        valid values are set. BusyError while another thread is inside a call on it."""
+        values = None
+        if sinks is not None:
+            problems: list = []
+            values = float_vector(problems, "sinks", sinks, (self._config["num_heads_q"],))
+            if problems:
+                raise_problems(problems, "burst_plan_set_sinks")
+        with self._in_call() as handle:
+            status = _lib.lib.burst_plan_set_sinks(handle, _lib.float_ptr(values))
+            # Rejected values are kept by the plan (its calls fail until valid ones come).
+            if status == Status.OK or (status == Status.INVALID_ARGUMENT and values is not None):
+                self._has_sinks = values is not None
+            _check(status, "burst_plan_set_sinks")
+
+    def sinks_gradient(self) -> np.ndarray:
+        """Local. dL/dsinks of the last successful backward on this plan: num_heads_q
+        float32 values, THIS RANK'S PARTIAL -sum_i exp(sinks[h] - lse_i) * D_i
+        (D_i = rowsum(dout_i * out_i)) over its own query rows and batch. Sum it over the
+        ranks as any replicated parameter's gradient (the library does not: a job
+        reduces all its gradients in one collective of its own).
+
+        InvalidArgumentError if the plan had no sinks at that backward, or no backward
+        has succeeded since the plan was created or its sinks were last set."""
+        dsinks = np.empty(self._config["num_heads_q"], np.float32)
+        with self._in_call() as handle:
+            _check(_lib.lib.burst_plan_sinks_gradient(handle, _lib.float_ptr(dsinks)),
+                   "burst_plan_sinks_gradient")
+        return dsinks
 
     def stats(self) -> dict:
         """Counters of this rank's last forward/backward on this plan (zeros before the

@@ -25,6 +25,12 @@ for bfloat16 tensors (as torch's bf16 SDPA does) and in fp32 for float32/float16
 "exact" always in fp32, "fast" always in bf16 (include/burst_attention.h, BURST_COMPUTE_*). Gradients flow to every input that requires
 them; double backward is not supported.
 
+Score modifiers (0.8): `softcap=c` (Gemma 2) caps every scaled score x to c·tanh(x/c);
+`sinks=` (gpt-oss) is a [heads_q] tensor of per-head logits with no value that join
+every softmax denominator. sinks is differentiable: its gradient is THIS RANK'S PARTIAL
+(the sum over this rank's query rows), so a training loop sums it over the ranks like
+the gradient of any other parameter replicated on them (the allreduce it already does).
+
 Communicators (`comm=`):
   * an mpi4py communicator (MPI.COMM_WORLD, a split, ...);
   * a `torch.distributed` ProcessGroup (or `torch.distributed.group.WORLD`) of a job
@@ -395,7 +401,14 @@ def _plan_for(group: _Group, key: tuple, lengths: tuple, kwargs: dict):
 # again; num_threads and timeout_seconds may differ between ranks).
 _AGREED = ("batch", "num_heads_q", "num_heads_kv", "head_dim", "layout", "causal",
            "window", "softmax_scale", "distribution", "cu_seqlens", "pattern",
-           "intra_group_size", "dtype", "compute")
+           "intra_group_size", "dtype", "compute", "softcap", "sinks")
+
+
+def _differs(a, b) -> bool:
+    """a != b, except that NaN equals NaN: a NaN softcap on every rank is the library's
+    InvalidArgumentError to raise, not a disagreement."""
+    nan = lambda x: isinstance(x, float) and math.isnan(x)  # noqa: E731
+    return not (nan(a) and nan(b)) and a != b
 
 
 def _agree(group: _Group, n_local: int, agreed: "dict | None", problem: "Exception | None"):
@@ -422,7 +435,7 @@ def _agree(group: _Group, n_local: int, agreed: "dict | None", problem: "Excepti
     diffs = []
     for name in _AGREED:
         values = [item[1][name] for item in items]
-        if any(v != values[0] for v in values):
+        if any(_differs(v, values[0]) for v in values):
             diffs.append(f"{name} differs between ranks: " +
                          ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values)))
     if diffs:
@@ -444,17 +457,27 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 class BurstAttnFunction(torch.autograd.Function):
-    """autograd.Function(q, k, v, plan, group) -> (out, lse). Prefer `burst_attn`."""
+    """autograd.Function(q, k, v, plan, group[, sinks]) -> (out, lse). Prefer `burst_attn`.
+
+    With sinks (a [heads_q] tensor; the plan must have been created with sinks), their
+    float32 values are set on the plan before the forward and again before the backward
+    (one plan serves every layer of a shape, each with its own sinks), and the sinks'
+    gradient is this rank's partial (`Plan.sinks_gradient`), in sinks' dtype."""
 
     @staticmethod
-    def forward(ctx, q, k, v, plan, group):
+    def forward(ctx, q, k, v, plan, group, sinks=None):
         qc, kc, vc = _contiguous(q), _contiguous(k), _contiguous(v)
         out = torch.empty(plan.q_shape, dtype=qc.dtype)
         lse = torch.empty(plan.lse_shape, dtype=torch.float32)
+        sink_values = _sink_values(sinks)
+        if sink_values is not None:
+            plan.set_sinks(sink_values)
         plan.forward(_np(qc), _np(kc), _np(vc), out=_np(out), lse=_np(lse))
         group.last_stats = group.forward_stats = plan.stats()
         ctx.save_for_backward(qc, kc, vc, out, lse)
         ctx.plan, ctx.group = plan, group
+        ctx.sink_values = sink_values
+        ctx.sinks_dtype = None if sinks is None else sinks.dtype
         ctx.mark_non_differentiable(lse)
         return out, lse
 
@@ -467,19 +490,59 @@ class BurstAttnFunction(torch.autograd.Function):
         dq = torch.empty_like(qc)
         dk = torch.empty_like(kc)
         dv = torch.empty_like(vc)
+        if ctx.sink_values is not None:
+            plan.set_sinks(ctx.sink_values)
         plan.backward(_np(qc), _np(kc), _np(vc), _np(out), _np(lse), _np(dout),
                       dq=_np(dq), dk=_np(dk), dv=_np(dv))
         ctx.group.last_stats = ctx.group.backward_stats = plan.stats()
         need = ctx.needs_input_grad
-        return (dq if need[0] else None, dk if need[1] else None,
-                dv if need[2] else None, None, None)
+        dsinks = None
+        if len(need) > 5 and need[5]:
+            dsinks = torch.from_numpy(plan.sinks_gradient()).to(ctx.sinks_dtype)
+        grads = (dq if need[0] else None, dk if need[1] else None,
+                 dv if need[2] else None, None, None, dsinks)
+        return grads[:len(need)]
+
+
+def _softcap(softcap) -> float:
+    """None -> 0.0 (off); a real number as float. Its value (> 0, finite) is the
+    library's to check: it raises InvalidArgumentError on every rank at plan creation."""
+    if softcap is None:
+        return 0.0
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float, np.floating, np.integer)):
+        raise TypeError(f"softcap: expected a float or None, got {type(softcap).__name__}")
+    return float(softcap)
+
+
+def _check_sinks(sinks, heads_q: int) -> None:
+    """sinks: None or a CPU floating tensor of shape [heads_q] (any float dtype)."""
+    if sinks is None:
+        return
+    if not isinstance(sinks, torch.Tensor):
+        raise TypeError(f"sinks: expected a torch.Tensor or None, got {type(sinks).__name__}")
+    if not sinks.dtype.is_floating_point:
+        raise TypeError(f"sinks: expected a floating-point tensor, got {sinks.dtype}")
+    if sinks.device.type != "cpu":
+        raise ValueError(f"sinks: burst_attention runs on CPU tensors; got device {sinks.device}")
+    if tuple(sinks.shape) != (heads_q,):
+        raise ValueError(f"sinks: expected shape ({heads_q},) (one logit per query head), "
+                         f"got {tuple(sinks.shape)}")
+
+
+def _sink_values(sinks) -> "np.ndarray | None":
+    """The values handed to the library: a float32 copy, taken at this call (the
+    optimizer may change the tensor in place before the backward runs)."""
+    if sinks is None:
+        return None
+    return sinks.detach().to(torch.float32, copy=True).contiguous().numpy()
 
 
 def _validate(q, k, v, *, causal, window, softmax_scale, layout, distribution,
               cu_seqlens, num_threads, timeout_seconds, pattern="burst", intra_group_size=0,
-              compute=None):
+              compute=None, softcap=None, sinks=None):
     """(n_local, agreed arguments, plan kwargs, local key) or a raised TypeError /
-    ValueError naming the argument."""
+    ValueError naming the argument. Whether sinks are used is part of the key, not
+    their values (set on the plan before every call)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         _check_tensor(name, t, 4)
     layout_v = Layout(parse(Layout, layout, "layout"))
@@ -507,19 +570,22 @@ def _validate(q, k, v, *, causal, window, softmax_scale, layout, distribution,
         raise TypeError(f"intra_group_size: expected an int, got {type(intra_group_size).__name__}")
     if intra_group_size < 0:
         raise ValueError(f"intra_group_size: must be >= 0 (0 = detect), got {intra_group_size}")
+    cap = _softcap(softcap)
+    _check_sinks(sinks, hq)
     agreed = dict(batch=b, num_heads_q=hq, num_heads_kv=hkv, head_dim=d,
                   layout=layout_v.name.lower(), causal=causal, window=(left, right),
                   softmax_scale=scale, distribution=dist_v.name.lower(), cu_seqlens=cu_seqlens,
                   pattern=pattern_v.name.lower(), intra_group_size=intra_group_size,
-                  dtype=_STORAGE[q.dtype], compute=compute_v.name.lower())
+                  dtype=_STORAGE[q.dtype], compute=compute_v.name.lower(), softcap=cap,
+                  sinks=sinks is not None)
     kwargs = dict(batch=b, num_heads_q=hq, head_dim=d, num_heads_kv=hkv, layout=layout_v,
                   mask="causal" if causal else "none", softmax_scale=scale,
                   distribution=dist_v, window_left=left, window_right=right,
                   cu_seqlens=None if cu_seqlens is None else np.asarray(cu_seqlens, np.int64),
                   num_threads=num_threads, timeout_seconds=timeout_seconds,
                   pattern=pattern_v, intra_group_size=intra_group_size, dtype=_STORAGE[q.dtype],
-                  compute=compute_v)
-    key = tuple(agreed.values()) + (num_threads, timeout_seconds)
+                  compute=compute_v, softcap=cap, sinks=_sink_values(sinks))
+    key = tuple(agreed.values()) + (num_threads, timeout_seconds)  # sinks: used or not
     return n, agreed, kwargs, key
 
 
@@ -537,7 +603,11 @@ def _run(q, k, v, *, comm, return_lse, varlen=False, **options):
         n, agreed, kwargs, key, problem = -1, None, None, None, exc
     lengths = _agree(group, n, agreed, problem)
     plan = _plan_for(group, key, lengths, kwargs)
-    out, lse = BurstAttnFunction.apply(q, k, v, plan, group)
+    sinks = options.get("sinks")
+    if sinks is None:
+        out, lse = BurstAttnFunction.apply(q, k, v, plan, group)
+    else:
+        out, lse = BurstAttnFunction.apply(q, k, v, plan, group, sinks)
     return (out, lse) if return_lse else out
 
 
@@ -546,7 +616,8 @@ def burst_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool =
                layout: str = "bshd", comm: CommLike = None, distribution: str = "contiguous",
                num_threads: int = 0, timeout_seconds: float = 0.0,
                return_lse: bool = False, pattern: str = "burst", intra_group_size: int = 0,
-               compute: "str | None" = None):
+               compute: "str | None" = None, sinks: "torch.Tensor | None" = None,
+               softcap: "float | None" = None):
     """Exact attention over the whole sequence sharded across the ranks of `comm`.
 
     Args:
@@ -577,9 +648,26 @@ def burst_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool =
             or "default" (bf16 products for bfloat16 tensors, fp32 for float32/float16),
             "exact" (fp32) or "fast" (q, k, v, dout and the probabilities rounded to
             bf16, fp32 accumulation and softmax; any dtype). The same on every rank.
+        sinks: None, or attention sinks (gpt-oss): a [heads_q] CPU tensor of any float
+            dtype, one logit per query head with no value, added to every softmax
+            denominator of its head: lse_i = log(sum_j exp(x_ij) + exp(sinks[h])), so a
+            query that sees no key gets out 0 and lse sinks[h]. The same values on
+            every rank (the library compares them: MismatchError). Used as float32; the
+            values are read at every call, so an optimizer may update them between
+            steps. Differentiable: sinks.grad receives THIS RANK'S PARTIAL,
+            -sum_i exp(sinks[h] - lse_i) * rowsum(dout_i * out_i) over this rank's
+            queries (and batch), in sinks' dtype. The full gradient is the sum over the
+            ranks: sum sinks.grad over the ranks together with every other replicated
+            parameter's gradient (e.g. the data-parallel allreduce the loop already
+            does); the layer does not, so nothing is counted twice.
+        softcap: None or 0 (off), or logit soft-capping (Gemma 2): every scaled score x
+            becomes softcap * tanh(x / softcap) before the softmax (and the backward
+            applies its derivative). A float > 0, the same on every rank; a negative,
+            NaN or infinite value raises InvalidArgumentError on every rank.
 
     Returns:
-        out, shaped like q (and lse when return_lse). Differentiable w.r.t. q, k, v.
+        out, shaped like q (and lse when return_lse). Differentiable w.r.t. q, k, v
+        and sinks.
 
     Raises:
         TypeError / ValueError naming the argument for a bad tensor or option;
@@ -590,7 +678,7 @@ def burst_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool =
                 layout=layout, comm=comm, distribution=distribution, cu_seqlens=None,
                 num_threads=num_threads, timeout_seconds=timeout_seconds,
                 return_lse=return_lse, pattern=pattern, intra_group_size=intra_group_size,
-                compute=compute)
+                compute=compute, sinks=sinks, softcap=softcap)
 
 
 def burst_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens,
@@ -599,7 +687,8 @@ def burst_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
                       distribution: str = "contiguous", num_threads: int = 0,
                       timeout_seconds: float = 0.0, return_lse: bool = False,
                       pattern: str = "burst", intra_group_size: int = 0,
-                      compute: "str | None" = None):
+                      compute: "str | None" = None, sinks: "torch.Tensor | None" = None,
+                      softcap: "float | None" = None):
     """Packed sequences (flash-attn varlen): several sequences laid end to end in one
     global token stream, with no attention across sequences.
 
@@ -614,6 +703,9 @@ def burst_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
         return_lse, pattern, intra_group_size, compute: as in `burst_attn` (positions are within each
             sequence's stream, which is the same thing since sequences never see
             each other).
+        sinks, softcap: as in `burst_attn` (every row of every sequence gets its head's
+            sink; sinks.grad is this rank's partial over its tokens of every sequence,
+            summed over the ranks by the training loop).
 
     Returns:
         out [n_local, heads_q, head_dim] (and lse [heads_q, n_local] when return_lse).
@@ -622,7 +714,8 @@ def burst_attn_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
                   softmax_scale=softmax_scale, layout="bshd", comm=comm,
                   distribution=distribution, cu_seqlens=cu_seqlens, num_threads=num_threads,
                   timeout_seconds=timeout_seconds, return_lse=return_lse, pattern=pattern,
-                  intra_group_size=intra_group_size, compute=compute)
+                  intra_group_size=intra_group_size, compute=compute, sinks=sinks,
+                  softcap=softcap)
     if return_lse:
         out, lse = result
         return out.squeeze(0), lse.squeeze(0)
