@@ -289,55 +289,6 @@ public enum RowKernels {
         }
     }
 
-    /// The backward's elementwise step of one tile: on entry `p` holds q_i·k_j
-    /// and `ds` holds dP = dO_i·v_j. On exit, for visible columns
-    /// p = e^(scale·s − lse_i) and ds = scale·p·(dP − D_i); everything else
-    /// (masked columns, rows with lse = −inf, which saw no key) is 0.
-    @inline(never)
-    public static func gradientTile(_ p: UnsafeMutablePointer<Float>, _ ds: UnsafeMutablePointer<Float>,
-                                    ld: Int, width: Int, rows: Int,
-                                    lo: UnsafePointer<Int>, hi: UnsafePointer<Int>, scale: Float,
-                                    lse: UnsafePointer<Float>, delta: UnsafePointer<Float>) {
-        let w = Lanes.scalarCount
-        let offsets = laneOffsets()
-        let scaleLanes = Lanes(repeating: scale)
-        for i in 0..<rows {
-            let pi = p + i * ld, dsi = ds + i * ld
-            let first = lo[i], last = hi[i]
-            let rowLse = lse[i], rowDelta = delta[i]
-            if first >= last || rowLse == -.infinity {
-                pi.update(repeating: 0, count: width)
-                dsi.update(repeating: 0, count: width)
-                continue
-            }
-            let start = first / w * w
-            let vectorEnd = min((last + w - 1) / w * w, width / w * w)
-            if start > 0 { pi.update(repeating: 0, count: start); dsi.update(repeating: 0, count: start) }
-            let shift = Lanes(repeating: -rowLse), deltaLanes = Lanes(repeating: rowDelta)
-            var j = start
-            while j < vectorEnd {
-                var e = expLanes(fused(loadLanes(pi + j), scaleLanes, shift))
-                if j < first || j + w > last { e.replace(with: 0, where: outside(offsets, j, first, last)) }
-                storeLanes(e, pi + j)
-                storeLanes(e * scaleLanes * (loadLanes(dsi + j) - deltaLanes), dsi + j)
-                j += w
-            }
-            if j < first {
-                (pi + j).update(repeating: 0, count: first - j)
-                (dsi + j).update(repeating: 0, count: first - j)
-            }
-            for t in max(j, first)..<max(last, j) {
-                let e = scalarExp(pi[t] * scale - rowLse)
-                pi[t] = e
-                dsi[t] = e * scale * (dsi[t] - rowDelta)
-            }
-            let cleared = max(j, last)
-            if cleared < width {
-                (pi + cleared).update(repeating: 0, count: width - cleared)
-                (dsi + cleared).update(repeating: 0, count: width - cleared)
-            }
-        }
-    }
 }
 
 extension RowKernels {
@@ -359,7 +310,14 @@ extension RowKernels {
             if first >= last { continue }
             var j = first / w * w
             let vectorEnd = min((last + w - 1) / w * w, width / w * w)
-            while j < vectorEnd {
+            // Two vectors a round: two independent tanh chains in flight.
+            while j + 2 * w <= vectorEnd {
+                let a = tanhLanes(loadLanes(row + j) * inner), b = tanhLanes(loadLanes(row + j + w) * inner)
+                storeLanes(outer * a, row + j)
+                storeLanes(outer * b, row + j + w)
+                j += 2 * w
+            }
+            if j < vectorEnd {
                 storeLanes(outer * tanhLanes(loadLanes(row + j) * inner), row + j)
                 j += w
             }
@@ -367,10 +325,22 @@ extension RowKernels {
         }
     }
 
-    /// `gradientTile` for soft-capped scores: on entry `p` holds q_i·k_j and
-    /// `ds` dP; on exit, for visible columns, with t = tanh(scale·s/cap):
-    /// p = e^(cap·t − lse_i) and ds = scale·(1 − t²)·p·(dP − D_i), the
-    /// gradient with respect to q_i·k_j through the cap; everything else 0.
+    /// The backward's elementwise step of one tile: on entry `p` holds q_i·k_j
+    /// and `ds` holds dP = dO_i·v_j. On exit, for visible columns
+    /// p = e^(scale·s − lse_i) and ds = scale·p·(dP − D_i); everything else
+    /// (masked columns, rows with lse = −inf, which saw no key) is 0.
+    @inline(never)
+    public static func gradientTile(_ p: UnsafeMutablePointer<Float>, _ ds: UnsafeMutablePointer<Float>,
+                                    ld: Int, width: Int, rows: Int,
+                                    lo: UnsafePointer<Int>, hi: UnsafePointer<Int>, scale: Float,
+                                    lse: UnsafePointer<Float>, delta: UnsafePointer<Float>) {
+        gradientTileCapped(p, ds, ld: ld, width: width, rows: rows, lo: lo, hi: hi, scale: scale, lse: lse, delta: delta, cap: 0)
+    }
+
+    /// `gradientTile` with logit soft-capping (cap > 0; 0 is `gradientTile`):
+    /// with t = tanh(scale·s/cap), p = e^(cap·t − lse_i) and
+    /// ds = scale·(1 − t²)·p·(dP − D_i), the gradient with respect to q_i·k_j
+    /// through the cap.
     @inline(never)
     public static func gradientTileCapped(_ p: UnsafeMutablePointer<Float>, _ ds: UnsafeMutablePointer<Float>,
                                           ld: Int, width: Int, rows: Int,
@@ -378,7 +348,7 @@ extension RowKernels {
                                           lse: UnsafePointer<Float>, delta: UnsafePointer<Float>, cap: Float) {
         let w = Lanes.scalarCount
         let offsets = laneOffsets()
-        let scaleLanes = Lanes(repeating: scale), inner = Lanes(repeating: scale / cap)
+        let scaleLanes = Lanes(repeating: scale), inner = Lanes(repeating: cap > 0 ? scale / cap : 0)
         let outer2 = Lanes(repeating: cap * log2e)   // e^(c·t − lse) = 2^(t·c·log₂e − lse·log₂e)
         for i in 0..<rows {
             let pi = p + i * ld, dsi = ds + i * ld
@@ -392,28 +362,40 @@ extension RowKernels {
             let start = first / w * w
             let vectorEnd = min((last + w - 1) / w * w, width / w * w)
             if start > 0 { pi.update(repeating: 0, count: start); dsi.update(repeating: 0, count: start) }
-            let shift2 = Lanes(repeating: -rowLse * log2e), deltaLanes = Lanes(repeating: rowDelta)
+            let deltaLanes = Lanes(repeating: rowDelta)
             var j = start
-            while j < vectorEnd {
-                let t = tanhLanes(loadLanes(pi + j) * inner)
-                // c·t − lse ≤ 0 up to rounding (lse covers every visible logit).
-                var e = exp2Softmax(fused(t, outer2, shift2))
-                if j < first || j + w > last { e.replace(with: 0, where: outside(offsets, j, first, last)) }
-                storeLanes(e, pi + j)
-                // scale·(1 − t²) = scale − scale·t·t.
-                let slope = fused(-scaleLanes * t, t, scaleLanes)
-                storeLanes(e * slope * (loadLanes(dsi + j) - deltaLanes), dsi + j)
-                j += w
+            if cap > 0 {
+                let shift2 = Lanes(repeating: -rowLse * log2e)
+                while j < vectorEnd {
+                    let t = tanhLanes(loadLanes(pi + j) * inner)
+                    // c·t − lse ≤ 0 up to rounding (lse covers every visible logit).
+                    var e = exp2Softmax(fused(t, outer2, shift2))
+                    if j < first || j + w > last { e.replace(with: 0, where: outside(offsets, j, first, last)) }
+                    storeLanes(e, pi + j)
+                    // scale·(1 − t²) = scale − scale·t·t.
+                    let slope = fused(-scaleLanes * t, t, scaleLanes)
+                    storeLanes(e * slope * (loadLanes(dsi + j) - deltaLanes), dsi + j)
+                    j += w
+                }
+            } else {
+                let shift = Lanes(repeating: -rowLse)
+                while j < vectorEnd {
+                    var e = expLanes(fused(loadLanes(pi + j), scaleLanes, shift))
+                    if j < first || j + w > last { e.replace(with: 0, where: outside(offsets, j, first, last)) }
+                    storeLanes(e, pi + j)
+                    storeLanes(e * scaleLanes * (loadLanes(dsi + j) - deltaLanes), dsi + j)
+                    j += w
+                }
             }
             if j < first {
                 (pi + j).update(repeating: 0, count: first - j)
                 (dsi + j).update(repeating: 0, count: first - j)
             }
             for c in max(j, first)..<max(last, j) {
-                let t = scalarTanh(pi[c] * (scale / cap))
-                let e = scalarExp(cap * t - rowLse)
+                let t = cap > 0 ? scalarTanh(pi[c] * (scale / cap)) : 0
+                let e = cap > 0 ? scalarExp(cap * t - rowLse) : scalarExp(pi[c] * scale - rowLse)
                 pi[c] = e
-                dsi[c] = e * (scale * (1 - t * t)) * (dsi[c] - rowDelta)
+                dsi[c] = e * (cap > 0 ? scale * (1 - t * t) : scale) * (dsi[c] - rowDelta)
             }
             let cleared = max(j, last)
             if cleared < width {
