@@ -70,7 +70,7 @@ BURST_API uint32_t burst_version(void);
 
 /* A static, never-NULL description of the library loaded and the kernel code
  * paths its run-time dispatch picked for this CPU, e.g.
- * "libburst_attention 0.7.0; kernels cpx+avx512; convert avx512;
+ * "libburst_attention 0.8.0; kernels cpx+avx512; convert avx512;
  * bf16_products avx512_bf16; cpus 2" (tile products: libxsmm's target "cpx",
  * "skx", "hsw", ... or "portable"; row kernels "avx512", "avx2" or "baseline";
  * convert: the bf16/fp16 conversions, "avx512", "avx2" (AVX2 + F16C) or
@@ -243,7 +243,7 @@ enum { BURST_COMPUTE_DEFAULT = 0,
  * non-decreasing (empty sequences are allowed), cu_seqlens[num_sequences] = N;
  * a sequence may span ranks and a rank may hold pieces of several. With
  * batch > 1 every batch row is packed the same way.
- * A query row that sees no key gets out = 0, lse = -inf and zero gradients
+ * A query row that sees no key gets out = 0, lse = -inf (s_h with sinks) and zero gradients
  * (the kernels guard exp(s - lse) for lse = -inf, so no NaN comes from it);
  * with the masks above every query sees at least its own key.
  * GQA/MQA: query head h reads key/value head h / (num_heads_q / num_heads_kv);
@@ -424,8 +424,9 @@ BURST_API burst_status burst_plan_create(burst_context *ctx,
  * layout (BHSD: heads before sequence); k, v: likewise with num_heads_kv;
  * elements of the plan's dtype (float, or uint16_t for BF16 / F16).
  * lse: [batch, num_heads_q, seq_len_local] fp32, natural log of the softmax
- * denominator (logsumexp of the scaled, masked scores); -inf for a row that
- * sees no key (its out row is 0). lse may be NULL if not wanted (backward
+ * denominator (logsumexp of the scaled, masked scores, the sink included);
+ * -inf for a row that sees no key (its out row is 0; with sinks its lse is
+ * the sink). lse may be NULL if not wanted (backward
  * needs it). Buffers may be NULL only when seq_len_local is 0. out and lse
  * must not overlap q, k, v or each other (INVALID_ARGUMENT, checked on the
  * byte ranges; q, k and v may alias one another). NaN or Inf in the inputs is

@@ -22,7 +22,7 @@ if [ "$status" != 0 ]; then echo "Swift tests failed (exit $status)" >&2; exit "
 for path in "LIBXSMM_TARGET=hsw" "BURST_KERNELS=portable"; do
   echo "== Swift correctness tests with $path"
   (cd "$ROOT" && env "$path" swift test -c release --skip-build \
-     --filter 'CorrectnessTests|CommunicationVolumeTests|VariantTests|BackwardSplitTests|StorageTypeTests|StorageConversionTests|DecodeTests|ComputeTests' 2>&1 | grep -E 'Executed|error|failed' | tail -n 3
+     --filter 'CorrectnessTests|CommunicationVolumeTests|VariantTests|BackwardSplitTests|StorageTypeTests|StorageConversionTests|DecodeTests|ComputeTests|ScoreModifierTests' 2>&1 | grep -E 'Executed|error|failed' | tail -n 3
    exit "${PIPESTATUS[0]}")
 done
 

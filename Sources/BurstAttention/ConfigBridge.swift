@@ -6,24 +6,19 @@ import GlobalAttention
 
 /// Reads a caller's burst_attention_config into an `AttentionConfig`,
 /// checking struct_size before touching anything past it: a struct of an
-/// older released size (`configSizeV06`) is copied as far as it goes and the
-/// fields it lacks keep their defaults (zero).
+/// older released size (`configSizeV06`, `configSizeV07`) is copied as far
+/// as it goes and the fields it lacks keep their defaults (zero). The sink
+/// logits are copied (num_heads_q floats).
 func readConfig(_ pointer: UnsafePointer<burst_attention_config>?) -> Result<AttentionConfig, BurstError> {
     guard let pointer else { return .failure(BurstError(.invalidArgument, "config is NULL")) }
     let known = MemoryLayout<burst_attention_config>.size
-    if let error = checkStructSize(pointer, known: known, older: [configSizeV06], what: "config",
+    if let error = checkStructSize(pointer, known: known, older: [configSizeV06, configSizeV07], what: "config",
                                    hint: "call burst_attention_config_init, and check that the header matches the library") {
         return .failure(error)
     }
     var c = burst_attention_config()   // all zero: the defaults of fields an older struct lacks
     let declared = Int(UnsafeRawPointer(pointer).load(as: UInt32.self))
     withUnsafeMutableBytes(of: &c) { $0.baseAddress!.copyMemory(from: pointer, byteCount: min(declared, known)) }
-    // reserved0 pads the struct to a multiple of 8; a newer header may give it
-    // a meaning, which this library would not know: the tail rule applies.
-    guard c.reserved0 == 0 else {
-        return .failure(BurstError(.version,
-            "config reserved0 is \(c.reserved0): this library (version \(versionString)) knows no field there; upgrade the library or leave newer fields at their defaults (0)"))
-    }
     var config = AttentionConfig()
     config.layout = c.layout
     config.dtype = c.dtype
@@ -57,6 +52,13 @@ func readConfig(_ pointer: UnsafePointer<burst_attention_config>?) -> Result<Att
     config.intraGroupSize = c.intra_group_size
     config.timeoutSeconds = c.timeout_seconds
     config.compute = c.compute
+    config.softcap = c.softcap
+    if let sinks = c.sinks {
+        switch copySinks(sinks, count: c.num_heads_q, what: "sinks") {
+        case .success(let values): config.sinks = values
+        case .failure(let error): return .failure(error)
+        }
+    }
     return .success(config)
 }
 
@@ -83,6 +85,24 @@ func checkStructSize(_ pointer: UnsafeRawPointer, known: Int, older: [Int] = [],
     }
     return nil
 }
+
+/// Copies `count` sink logits from a caller's pointer (count is the
+/// caller's num_heads_q: positive, and small enough to be a head count, else
+/// INVALID_ARGUMENT before anything is read).
+func copySinks(_ pointer: UnsafePointer<Float>, count: Int64, what: String) -> Result<[Float], BurstError> {
+    guard count > 0, count <= maxSinkValues else {
+        return .failure(BurstError(.invalidArgument,
+            "\(what) is set but holds num_heads_q = \(count) values: num_heads_q must be in 1...\(maxSinkValues)"))
+    }
+    return .success(Array(UnsafeBufferPointer(start: pointer, count: Int(count))))
+}
+
+/// The most sink values a config may point to (2^24): they are copied.
+let maxSinkValues: Int64 = 1 << 24
+
+/// sizeof(burst_attention_config) of the 0.7 header: it ended at softcap
+/// (then named reserved0, always 0), before sinks.
+let configSizeV07 = MemoryLayout<burst_attention_config>.offset(of: \burst_attention_config.sinks)!
 
 /// sizeof(burst_attention_config) of the headers 0.4 to 0.6 (every one had
 /// this layout): it ended at timeout_seconds. Their clients' configs read

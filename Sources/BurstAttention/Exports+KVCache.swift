@@ -11,11 +11,19 @@ import GlobalAttention
 /// (`checkStructSize`).
 func readCacheConfig(_ pointer: UnsafePointer<burst_kv_cache_config>?) -> Result<KVCacheConfig, BurstError> {
     guard let pointer else { return .failure(invalid("config is NULL")) }
-    if let error = checkStructSize(pointer, known: MemoryLayout<burst_kv_cache_config>.size, what: "cache config",
-                                   hint: "call burst_kv_cache_config_init") {
+    if let error = checkStructSize(pointer, known: MemoryLayout<burst_kv_cache_config>.size, older: [cacheConfigSizeV07],
+                                   what: "cache config", hint: "call burst_kv_cache_config_init") {
         return .failure(error)
     }
-    let c = pointer.pointee
+    var c = burst_kv_cache_config()   // all zero: the defaults of fields an older struct lacks
+    let declared = Int(UnsafeRawPointer(pointer).load(as: UInt32.self))
+    withUnsafeMutableBytes(of: &c) {
+        $0.baseAddress!.copyMemory(from: pointer, byteCount: min(declared, MemoryLayout<burst_kv_cache_config>.size))
+    }
+    guard c.reserved0 == 0 else {
+        return .failure(BurstError(.version,
+            "cache config reserved0 is \(c.reserved0): this library (version \(versionString)) knows no field there; upgrade the library or leave newer fields at their defaults (0)"))
+    }
     var config = KVCacheConfig()
     config.layout = c.layout
     config.dtype = c.dtype
@@ -29,16 +37,29 @@ func readCacheConfig(_ pointer: UnsafePointer<burst_kv_cache_config>?) -> Result
     config.blockTokens = c.block_tokens
     config.maxBytesLocal = c.max_bytes_local
     config.timeoutSeconds = c.timeout_seconds
+    config.softcap = c.softcap
+    if let sinks = c.sinks {
+        // Layers × heads values: both must be in range before anything is read.
+        guard c.num_layers > 0, c.num_layers <= maxSinkValues, c.num_heads_q > 0, c.num_heads_q <= maxSinkValues,
+              c.num_layers * c.num_heads_q <= maxSinkValues else {
+            return .failure(invalid("sinks is set but num_layers × num_heads_q = \(c.num_layers) × \(c.num_heads_q) is not in 1...\(maxSinkValues)"))
+        }
+        config.sinks = Array(UnsafeBufferPointer(start: sinks, count: Int(c.num_layers * c.num_heads_q)))
+    }
     return .success(config)
 }
+
+/// sizeof(burst_kv_cache_config) of the 0.6 and 0.7 headers: it ended at
+/// timeout_seconds.
+let cacheConfigSizeV07 = MemoryLayout<burst_kv_cache_config>.offset(of: \burst_kv_cache_config.softcap)!
 
 @c(burst_kv_cache_config_init_sized)
 public func _burst_kv_cache_config_init_sized(_ config: UnsafeMutablePointer<burst_kv_cache_config>?, _ size: Int) -> burst_status {
     guardedCall {
         guard let config else { throw invalid("config is NULL") }
         let known = MemoryLayout<burst_kv_cache_config>.size
-        guard size >= known, size <= maxStructSize else {
-            throw BurstError(.version, "cache config size \(size) is not one this library (version \(versionString)) knows: \(known) bytes (larger sizes up to \(maxStructSize) from newer headers); pass sizeof(burst_kv_cache_config)")
+        guard size == cacheConfigSizeV07 || (size >= known && size <= maxStructSize) else {
+            throw BurstError(.version, "cache config size \(size) is not one this library (version \(versionString)) knows: \(known) bytes, \(cacheConfigSizeV07) of the 0.6-0.7 headers (larger sizes up to \(maxStructSize) from newer headers); pass sizeof(burst_kv_cache_config)")
         }
         var c = burst_kv_cache_config()
         c.struct_size = UInt32(size)
@@ -46,7 +67,7 @@ public func _burst_kv_cache_config_init_sized(_ config: UnsafeMutablePointer<bur
         c.dtype = Int32(BURST_DTYPE_F32)
         c.window_left = -1
         let target = UnsafeMutableRawPointer(config)
-        withUnsafeBytes(of: &c) { target.copyMemory(from: $0.baseAddress!, byteCount: known) }
+        withUnsafeBytes(of: &c) { target.copyMemory(from: $0.baseAddress!, byteCount: min(size, known)) }
         if size > known { (target + known).initializeMemory(as: UInt8.self, repeating: 0, count: size - known) }
     }
 }

@@ -53,7 +53,7 @@ public func _burst_version() -> UInt32 {
     versionMajor * 10000 + versionMinor * 100 + versionPatch
 }
 
-/// "libburst_attention 0.7.0; kernels <tile>+<rows>; convert <path>; bf16_products <path>; cpus <n>",
+/// "libburst_attention 0.8.0; kernels <tile>+<rows>; convert <path>; bf16_products <path>; cpus <n>",
 /// made once: the version and the kernel code paths the run-time dispatch picked on this
 /// CPU (BURST_KERNELS / LIBXSMM_TARGET are read at the first call); bf16_products: how
 /// BURST_COMPUTE_FAST runs, "avx512_bf16" or "emulated".
@@ -100,10 +100,11 @@ public func _burst_attention_config_init_sized(_ config: UnsafeMutablePointer<bu
         guard let config else { throw invalid("config is NULL") }
         let known = MemoryLayout<burst_attention_config>.size
         // This version's size, the 0.4-0.6 one (it ends at timeout_seconds),
-        // or a newer header's larger one. Anything else is no struct this
-        // library knows: write nothing rather than overrun it.
-        guard size == configSizeV06 || (size >= known && size <= maxStructSize) else {
-            throw BurstError(.version, "config size \(size) is not one this library (version \(versionString)) knows: \(known) bytes, \(configSizeV06) of the 0.4-0.6 headers (larger sizes up to \(maxStructSize) from newer headers); pass sizeof(burst_attention_config)")
+        // the 0.7 one (it ends before sinks), or a newer header's larger one.
+        // Anything else is no struct this library knows: write nothing
+        // rather than overrun it.
+        guard size == configSizeV06 || size == configSizeV07 || (size >= known && size <= maxStructSize) else {
+            throw BurstError(.version, "config size \(size) is not one this library (version \(versionString)) knows: \(known) bytes, \(configSizeV07) of the 0.7 header, \(configSizeV06) of the 0.4-0.6 headers (larger sizes up to \(maxStructSize) from newer headers); pass sizeof(burst_attention_config)")
         }
         var c = burst_attention_config()   // all zero
         c.struct_size = UInt32(size)
@@ -231,6 +232,27 @@ public func _burst_backward(_ plan: OpaquePointer?, _ q: UnsafeRawPointer?, _ k:
             try withMPIAccess(handle.context) {
                 try handle.plan.backward(q: q, k: k, v: v, out: out, lse: lse, dout: dout, dq: dq, dk: dk, dv: dv)
             }
+        }
+    }
+}
+
+@c(burst_plan_set_sinks)
+public func _burst_plan_set_sinks(_ plan: OpaquePointer?, _ sinks: UnsafePointer<Float>?) -> burst_status {
+    guarded {
+        try withPlan(plan) { handle in
+            let plan = handle.plan
+            try plan.setSinks(sinks.map { Array(UnsafeBufferPointer(start: $0, count: Int(plan.config.numHeadsQ))) })
+        }
+    }
+}
+
+@c(burst_plan_sinks_gradient)
+public func _burst_plan_sinks_gradient(_ plan: OpaquePointer?, _ dsinks: UnsafeMutablePointer<Float>?) -> burst_status {
+    guarded {
+        try withPlan(plan) { handle in
+            guard let dsinks else { throw invalid("dsinks is NULL") }
+            let gradient = try handle.plan.sinksGradient()
+            dsinks.update(from: gradient, count: gradient.count)
         }
     }
 }

@@ -242,7 +242,7 @@ final class AllgatherSchedule: TrainingSchedule {
         }
         let gather = try startGather(kv: space.kv, tag: Self.forwardTag, stats: &stats)
         LocalAttention.resetForwardState(heads: zq, rows: n, headDim: d, acc: space.acc.pointer,
-                                         rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer)
+                                         rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer, sinks: env.sinks)
 
         // Transfers progress between tiles (MPI moves large messages only in MPI calls).
         if ScheduleEnvironment.progressPolling {

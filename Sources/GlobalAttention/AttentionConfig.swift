@@ -36,6 +36,13 @@ public struct AttentionConfig: Sendable {
     public var timeoutSeconds: Double = 0
     /// BURST_COMPUTE_* (0 = default; see `products`).
     public var compute: Int32 = Compute.default.rawValue
+    /// Logit soft-capping: 0 = off, else finite and > 0 (scores become
+    /// softcap·tanh(s/softcap), s the scaled score).
+    public var softcap: Float = 0
+    /// Attention sinks: nil = none, else one fp32 logit per query head
+    /// (`numHeadsQ` values; the plan's initial values, `AttentionPlan.setSinks`
+    /// replaces them).
+    public var sinks: [Float]? = nil
 
     public init() {}
 
@@ -112,6 +119,13 @@ public struct AttentionConfig: Sendable {
         guard Compute(rawValue: compute) != nil else {
             throw bad("compute: unknown value \(compute) (BURST_COMPUTE_DEFAULT = 0, BURST_COMPUTE_EXACT = 1, BURST_COMPUTE_FAST = 2)")
         }
+        try Self.checkSoftcap(softcap)
+        if let sinks {
+            guard Int64(sinks.count) == numHeadsQ else {
+                throw bad("sinks must hold num_heads_q = \(numHeadsQ) values (got \(sinks.count))")
+            }
+            try Self.checkSinks(sinks)
+        }
         // Sizes: every tensor must be addressable without overflow.
         for (name, heads) in [("q", numHeadsQ), ("k", numHeadsKV)] {
             var total = batch
@@ -158,6 +172,36 @@ public struct AttentionConfig: Sendable {
         }
     }
 
+    /// softcap: 0 (off) or finite and > 0.
+    static func checkSoftcap(_ cap: Float) throws {
+        guard cap.isFinite, cap >= 0 else {
+            throw BurstError(.invalidArgument, "softcap must be 0 (off) or finite and > 0 (got \(cap))")
+        }
+    }
+
+    /// Sink logits: every value finite (a NaN or infinite sink would make
+    /// every output of its head NaN or 0).
+    public static func checkSinks(_ sinks: [Float], what: String = "sinks") throws {
+        if let i = sinks.firstIndex(where: { !$0.isFinite }) {
+            throw BurstError(.invalidArgument, "\(what)[\(i)] is \(sinks[i]): sink logits must be finite")
+        }
+    }
+
+    /// FNV-1a over the sink values' bits (0 when there are none), for the
+    /// agreement of every call.
+    public static func sinksDigest(_ sinks: [Float]?) -> Int64 {
+        guard let sinks else { return 0 }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325 ^ UInt64(sinks.count)
+        for value in sinks {
+            var v = UInt64(value.bitPattern)
+            for _ in 0..<4 {
+                hash = (hash ^ (v & 0xff)) &* 0x100_0000_01b3
+                v >>= 8
+            }
+        }
+        return Int64(bitPattern: hash | 1)   // never 0 (= no sinks)
+    }
+
     /// timeout_seconds: finite, >= 0 and at most a week (0 = the default).
     static func checkTimeout(_ seconds: Double) throws {
         guard seconds >= 0, seconds <= maxTimeoutSeconds else {
@@ -175,7 +219,8 @@ public struct AttentionConfig: Sendable {
          ("head_dim", headDim), ("softmax_scale", Int64(softmaxScale.bitPattern)),
          ("window_left", windowLeft), ("window_right", windowRight),
          ("cu_seqlens", cuSeqlensDigest), ("num_sequences", numSequences),
-         ("intra_group_size", Int64(intraGroupSize)), ("compute", Int64(compute))]
+         ("intra_group_size", Int64(intraGroupSize)), ("compute", Int64(compute)),
+         ("softcap", Int64(softcap.bitPattern)), ("sinks", Self.sinksDigest(sinks))]
     }
 
     /// FNV-1a over the offsets (0 when absent).

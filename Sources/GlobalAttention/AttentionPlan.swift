@@ -37,6 +37,14 @@ public final class AttentionPlan {
     /// How the calls run, chosen once from the pattern; owns the workspace
     /// and the kernels.
     let schedule: TrainingSchedule
+    /// What the schedule works with; holds the current sink logits.
+    let environment: ScheduleEnvironment
+    /// Why the sinks last set cannot be used (a NaN or infinite value): the
+    /// next collective call fails with it on every rank.
+    private var sinksError: BurstError?
+    /// dL/d sinks of the last successful backward (this rank's partial; nil
+    /// when it had no sinks, or since a failed call or new sinks).
+    private var sinkGradient: [Float]?
 
     init(config: AttentionConfig, transport: Transport, tokens: TokenLayout, threads: Int,
          pattern: AttentionConfig.Pattern = .burst, groupSize: Int = 0) {
@@ -48,6 +56,7 @@ public final class AttentionPlan {
         self.pool = WorkerPool(threadCount: threads)
         self.storage = config.storage
         let environment = ScheduleEnvironment(config: config, tokens: tokens, transport: transport, pool: pool)
+        self.environment = environment
         switch pattern {
         case .allgather: schedule = AllgatherSchedule(environment)
         case .ulysses: schedule = UlyssesSchedule(environment)
@@ -83,9 +92,61 @@ public final class AttentionPlan {
     /// Runs one collective call: busy guard, local checks (argument checks and
     /// workspace), agreement, then `body`. Records stats and poisons the plan
     /// on a transport failure.
+    /// The sink logits are part of every call's agreement (a digest of
+    /// them): ranks whose values differ get MISMATCH, and values that
+    /// `setSinks` refused fail the call on every rank.
     func collective(_ operation: Agreement.Operation, localCheck: () -> BurstError?,
                     _ body: (inout CallStats, Deadline) throws -> Void) throws {
-        try calls.run(operation, localCheck: localCheck) { _, stats, deadline in try body(&stats, deadline) }
+        let sinks = environment.sinks
+        let digest = AttentionConfig.sinksDigest(sinks)
+        try calls.run(operation, localCheck: {
+            // (Under the busy guard.) A backward's sink gradient is the
+            // last successful one's: a failing call leaves none.
+            if operation == .backward { sinkGradient = nil }
+            return sinksError ?? localCheck()
+        }, payload: [digest]) { payloads, stats, deadline in
+            if let differing = payloads.firstIndex(where: { $0.first != digest }) {
+                throw BurstError(.mismatch, "\(operation.cName): the sink logits differ between ranks (rank \(rank) " +
+                    "\(sinks == nil ? "has none" : "has digest \(String(UInt64(bitPattern: digest), radix: 16))"), rank \(differing) " +
+                    "\(payloads[differing].first == 0 ? "has none" : "another"); every rank must set the same values)")
+            }
+            try body(&stats, deadline)
+        }
+    }
+
+    /// burst_plan_set_sinks: the sink logits of the calls that follow (nil
+    /// removes them). Local. A value that is not finite is refused here and
+    /// kept, so the next collective call fails on every rank.
+    public func setSinks(_ values: [Float]?) throws {
+        try calls.locally("burst_plan_set_sinks") {
+            sinkGradient = nil
+            environment.sinks = values
+            sinksError = nil
+            if let values {
+                do {
+                    try AttentionConfig.checkSinks(values)
+                } catch let error as BurstError {
+                    sinksError = BurstError(.invalidArgument, "burst_plan_set_sinks was given invalid sinks: \(error.message)")
+                    throw error
+                }
+            }
+        }
+    }
+
+    /// The sink logits the next call uses (nil: none).
+    public var sinks: [Float]? { environment.sinks }
+
+    /// burst_plan_sinks_gradient: dL/d sinks of the last successful
+    /// backward, this rank's partial. Local.
+    public func sinksGradient() throws -> [Float] {
+        try calls.locally("burst_plan_sinks_gradient") {
+            guard let sinkGradient else {
+                throw BurstError(.invalidArgument, environment.sinks == nil
+                    ? "burst_plan_sinks_gradient: the plan has no sinks (set them in the config or with burst_plan_set_sinks)"
+                    : "burst_plan_sinks_gradient: no burst_backward with these sinks has succeeded on this plan yet")
+            }
+            return sinkGradient
+        }
     }
 
     /// burst_forward. Collective: the argument checks and the schedule's
@@ -135,6 +196,14 @@ public final class AttentionPlan {
         }) { stats, deadline in
             try schedule.backward(q: q, k: k, v: v, out: out, lse: lse, dout: dout, dq: dq, dk: dk, dv: dv,
                                   stats: &stats, deadline: deadline)
+            guard let sinks = environment.sinks else { return }
+            let start = Deadline.seconds()
+            let gradient = localRows == 0 ? [Float](repeating: 0, count: sinks.count)
+                : SinkGradient.partial(sinks: sinks, out: out!, dout: dout!, lse: lse!, layout: environment.layout,
+                                       storage: storage, batch: environment.batch, heads: environment.heads, rows: localRows,
+                                       headDim: environment.headDim, pool: pool)
+            stats.computeSeconds += Deadline.seconds() - start
+            sinkGradient = gradient
         }
     }
 

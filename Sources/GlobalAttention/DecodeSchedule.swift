@@ -50,7 +50,7 @@ final class DecodeSchedule: Schedule {
         layout = AttentionConfig.Layout(rawValue: config.layout) ?? .bshd
         self.pool = pool
         kernel = DecodeKernel(headDim: headDim, blockTokens: config.effectiveBlockTokens,
-                              scale: config.effectiveScale, storage: storage)
+                              scale: config.effectiveScale, storage: storage, softcap: config.softcap)
     }
 
     var workspaceBytes: Int { (workspace?.count ?? 0) * MemoryLayout<Float>.size }
@@ -60,6 +60,7 @@ final class DecodeSchedule: Schedule {
         let sequences: [[KVBlock]]   // this rank's blocks of each sequence, in the layer
         let starts: [Int]            // first new position of each sequence
         let tokens: Int              // T
+        var sinks: [Float]? = nil    // the layer's sink logits, one per query head
         var chunks: [Int] { sequences.map { DecodeSchedule.chunkCount(blocks: $0.count) } }
     }
 
@@ -207,7 +208,9 @@ final class DecodeSchedule: Schedule {
         stats.messagesSent += UInt64(p - 1)
 
         let t2 = Deadline.seconds()
-        Self.merge(gathered, ranks: p, rows: rows, headDim: d, into: partial)
+        let headCount = heads
+        Self.merge(gathered, ranks: p, rows: rows, headDim: d, into: partial,
+                   sink: call.sinks.map { sinks in { row in sinks[(row / t) % headCount] } })
         unpackRows(partial, lseRows: partial + rows * d, sequences: call.sequences.count, tokens: t, out: out, lse: lse)
         stats.computeSeconds += Deadline.seconds() - t2
     }
@@ -230,12 +233,14 @@ final class DecodeSchedule: Schedule {
     /// Merges the ranks' partials (rank r's block: [rows × d] out, [rows] lse)
     /// in rank order, in double precision, into `result` (same layout).
     static func merge(_ gathered: UnsafePointer<Float>, ranks p: Int, rows: Int, headDim d: Int,
-                      into result: UnsafeMutablePointer<Float>) {
+                      into result: UnsafeMutablePointer<Float>, sink: ((Int) -> Float)? = nil) {
         let stride = rows * (d + 1)
         let sum = UnsafeMutablePointer<Double>.allocate(capacity: d)
         defer { sum.deallocate() }
         for r in 0..<rows {
-            var best = -Double.infinity, nan = false
+            // A sink is one more partial: lse = s, out = 0 (no value).
+            let s = sink.map { Double($0(r)) } ?? -.infinity
+            var best = s, nan = false
             for k in 0..<p {
                 let l = Double(gathered[k * stride + rows * d + r])
                 if l.isNaN { nan = true } else if l > best { best = l }
@@ -244,7 +249,7 @@ final class DecodeSchedule: Schedule {
             if nan { out.update(repeating: .nan, count: d); result[rows * d + r] = .nan; continue }
             if best == -.infinity { out.update(repeating: 0, count: d); result[rows * d + r] = -.infinity; continue }
             sum.update(repeating: 0, count: d)
-            var total = 0.0
+            var total = s == -.infinity ? 0.0 : exp(s - best)
             for k in 0..<p {
                 let l = Double(gathered[k * stride + rows * d + r])
                 if l == -.infinity { continue }

@@ -285,8 +285,10 @@ public final class KVCache {
                 store.setLength(id, layer: Int(layer), starts[i] + t)
             }
             do {
+                let heads = Int(config.numHeadsQ)
                 let call = DecodeSchedule.Call(sequences: ids.map { store.shard($0, layer: Int(layer))!.blocks },
-                                               starts: starts, tokens: t)
+                                               starts: starts, tokens: t,
+                                               sinks: config.sinks.map { Array($0[(Int(layer) * heads)..<(Int(layer) + 1) * heads]) })
                 try decoder.run(call, q: q!, out: out!, lse: lse, transport: transport, stats: &stats, deadline: deadline)
             } catch {
                 // The exchange failed (the cache is poisoned anyway): leave no

@@ -15,6 +15,10 @@ public struct KVCacheConfig: Sendable {
     public var blockTokens: Int64 = 0
     public var maxBytesLocal: Int64 = 0
     public var timeoutSeconds: Double = 0
+    /// Logit soft-capping (0 = off), as `AttentionConfig.softcap`.
+    public var softcap: Float = 0
+    /// Sink logits of every layer, layer-major (numLayers × numHeadsQ; nil = none).
+    public var sinks: [Float]? = nil
 
     public init() {}
 
@@ -48,6 +52,13 @@ public struct KVCacheConfig: Sendable {
         }
         guard maxBytesLocal >= 0 else { throw bad("max_bytes_local must be >= 0 (0 = no limit; got \(maxBytesLocal))") }
         try AttentionConfig.checkTimeout(timeoutSeconds)
+        try AttentionConfig.checkSoftcap(softcap)
+        if let sinks {
+            guard Int64(sinks.count) == numLayers * numHeadsQ else {
+                throw bad("sinks must hold num_layers × num_heads_q = \(numLayers * numHeadsQ) values (got \(sinks.count))")
+            }
+            try AttentionConfig.checkSinks(sinks)
+        }
         // A block of every head must be addressable; heads·head_dim bounds every row.
         let (rowElements, o1) = numHeadsQ.multipliedReportingOverflow(by: headDim)
         let (blockElements, o2) = (2 * numHeadsKV).multipliedReportingOverflow(by: headDim * Int64(effectiveBlockTokens))
@@ -63,6 +74,7 @@ public struct KVCacheConfig: Sendable {
         [("layout", Int64(layout)), ("dtype", Int64(dtype)), ("num_layers", numLayers),
          ("num_heads_q", numHeadsQ), ("num_heads_kv", numHeadsKV), ("head_dim", headDim),
          ("softmax_scale", Int64(softmaxScale.bitPattern)), ("window_left", windowLeft),
-         ("block_tokens", blockTokens)]
+         ("block_tokens", blockTokens), ("softcap", Int64(softcap.bitPattern)),
+         ("sinks", AttentionConfig.sinksDigest(sinks))]
     }
 }

@@ -64,7 +64,7 @@ extension RingSchedule {
             env.pack(v, heads: env.kvHeads, into: space.kv.pointer + zkv * n * d, pool: env.pool)
         }
         LocalAttention.resetForwardState(heads: zq, rows: n, headDim: d, acc: space.acc.pointer,
-                                         rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer)
+                                         rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer, sinks: env.sinks)
 
         let pass = keyPass
         try runRing(pass, tags: RingTags(readOnly: Self.kvTag, readOnlyInter: Self.kvInterTag, accumulator: 0, home: 0),

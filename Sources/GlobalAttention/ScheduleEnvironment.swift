@@ -27,6 +27,9 @@ final class ScheduleEnvironment {
     let group: Int
     /// The element type of the caller's tensors (lse is always fp32).
     let storage: StorageType
+    /// The sink logits the next call uses (one per query head; nil = no
+    /// sinks): the config's, replaced by `AttentionPlan.setSinks`.
+    var sinks: [Float]?
 
     init(config: AttentionConfig, tokens: TokenLayout, transport: Transport, pool: WorkerPool) {
         self.config = config
@@ -42,6 +45,7 @@ final class ScheduleEnvironment {
         self.zKV = batch * kvHeads
         self.group = config.group
         self.storage = config.storage
+        self.sinks = config.sinks
     }
 
     var rank: Int { transport.rank }
@@ -62,7 +66,7 @@ final class ScheduleEnvironment {
                                         maxKVHeads: maxKVHeads, maxKeyRows: maxKeyRows,
                                         tileQ: AttentionPlan.tuning("BURST_TILE_Q", 256),
                                         tileK: AttentionPlan.tuning("BURST_TILE_K", 128),
-                                        products: config.products) else {
+                                        products: config.products, softcap: config.softcap) else {
             throw BurstError(.outOfMemory, "cannot allocate the kernels' scratch space")
         }
         return made

@@ -322,8 +322,11 @@ final class UlyssesSchedule: TrainingSchedule {
         }
 
         // Whole-sequence attention of the local heads, rows in position order.
+        // This rank holds query heads r·hs ..< (r+1)·hs of every batch (HeadSlices).
+        let hs = heads / p
         LocalAttention.resetForwardState(heads: zqs, rows: total, headDim: d, acc: space.acc.pointer,
-                                         rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer)
+                                         rowMax: space.rowMax.pointer, rowSum: space.rowSum.pointer,
+                                         sinks: env.sinks, sinkHead: { r * hs + $0 % hs })
         if total > 0 {
             env.foldBlock(kernels, queryHeads: zqs, q: space.q.pointer, rows: total, lo: bounds.lo, hi: bounds.hi,
                           k: space.k.pointer, v: space.v.pointer, keyRows: total, keyPositions: bounds.positions,

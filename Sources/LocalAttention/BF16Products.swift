@@ -196,7 +196,8 @@ extension LocalAttention {
             let valueRows = live == rows ? value
                 : tileProducts.bf16Kernel(m: live, n: d, k: tk, lda: tk, ldb: d, ldc: d, accumulate: true)
             cxsmm_brun(scoreRows, q + top * d, keyPanels + (j0 / tk) * d * tk, s)
-            softmaxTile(s, tk, tk, live, lo + top, hi + top, scale, rowMax + top, rowSum + top, acc + top * d, d)
+            softmaxStep(s, ld: tk, width: tk, rows: live, lo: lo + top, hi: hi + top,
+                        rowMax: rowMax + top, rowSum: rowSum + top, acc: acc + top * d)
             RowKernelsAVX512.BF16Operands.narrowPermuted(s, ld: tk, rows: live, width: tk, into: UnsafeMutableRawPointer(p))
             cxsmm_brun(valueRows, p, valuePairs + (j0 / tk) * d * tk, acc + top * d)
         }
@@ -244,7 +245,7 @@ extension LocalAttention {
                 : tileProducts.bf16Kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, accumulate: false)
             cxsmm_brun(scoreKernel, q + i0 * d, keyPanels + offset, p)
             cxsmm_brun(scoreKernel, dOut + i0 * d, valuePanels + offset, ds)
-            gradientTile(p, ds, tk, tk, rows, lo, hi, scale, lse + i0, delta + i0)
+            gradientStep(p, ds, ld: tk, width: tk, rows: rows, lo: lo, hi: hi, lse: lse + i0, delta: delta + i0)
             RowKernelsAVX512.BF16Operands.interleaveRowPairs(p, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(pPairs))
             RowKernelsAVX512.BF16Operands.interleaveRowPairs(ds, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(dsPairs))
             RowKernelsAVX512.BF16Operands.narrowPermuted(ds, ld: tk, rows: rows, width: tk, into: UnsafeMutableRawPointer(dsPlain))

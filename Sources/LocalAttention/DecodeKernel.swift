@@ -34,12 +34,16 @@ public final class DecodeKernel {
     public let subTile: Int
     private let products: TileProducts
     private let softmaxTile: LocalAttention.SoftmaxTile
+    private let capTile: LocalAttention.CapTile
+    /// Logit soft-capping (0 = off), as `LocalAttention.softcap`.
+    public let softcap: Float
 
-    public init(headDim: Int, blockTokens: Int, scale: Float, storage: StorageType) {
-        precondition(headDim > 0 && blockTokens > 0)
+    public init(headDim: Int, blockTokens: Int, scale: Float, storage: StorageType, softcap: Float = 0) {
+        precondition(headDim > 0 && blockTokens > 0 && softcap >= 0 && softcap.isFinite)
         self.headDim = headDim
         self.blockTokens = blockTokens
         self.scale = scale
+        self.softcap = softcap
         self.storage = storage
         let layout = Self.layout(headDim: headDim, blockTokens: blockTokens, storage: storage)
         subTile = layout.keyTile
@@ -48,6 +52,7 @@ public final class DecodeKernel {
         products = TileProducts()
         let level = TileProducts.vectorLevel
         softmaxTile = LocalAttention.rowKernels(level: level).0
+        capTile = LocalAttention.capKernels(level: level).0
         switch level {
         case 2: (pairedScores, pairedValues) = (RowKernelsAVX512.DecodeRows.scoresBF16, RowKernelsAVX512.DecodeRows.valuesBF16)
         case 1: (pairedScores, pairedValues) = (RowKernelsAVX2.DecodeRows.scoresBF16, RowKernelsAVX2.DecodeRows.valuesBF16)
@@ -139,7 +144,7 @@ public final class DecodeKernel {
         if storage == .f32 {
             let kernels = count == blockTokens ? full : products(rows: rows, count: count)
             products.run(kernels.scores, q, keysT.assumingMemoryBound(to: Float.self), s)
-            softmaxTile(s, b, count, rows, lo, hi, scale, rowMax, rowSum, acc, d)
+            softmax(s, b, count, rows, lo, hi, rowMax, rowSum, acc)
             products.run(kernels.values, s, values.assumingMemoryBound(to: Float.self), acc)
             return
         }
@@ -154,7 +159,7 @@ public final class DecodeKernel {
                              values + t * tileBytes, min(tile, count - t * tile) * d * 2)
                 t += 1
             }
-            softmaxTile(s, b, count, rows, lo, hi, scale, rowMax, rowSum, acc, d)
+            softmax(s, b, count, rows, lo, hi, rowMax, rowSum, acc)
             pairedValues(s, b, rows, count, values, d, acc)
             return
         }
@@ -175,7 +180,7 @@ public final class DecodeKernel {
             products.run(kernels.scores, q, tile, s + j0)
             j0 += sub
         }
-        softmaxTile(s, b, count, rows, lo, hi, scale, rowMax, rowSum, acc, d)
+        softmax(s, b, count, rows, lo, hi, rowMax, rowSum, acc)
         j0 = 0
         while j0 < count {
             let cols = min(sub, count - j0)
@@ -184,6 +189,19 @@ public final class DecodeKernel {
             StorageConversion.widen(storage, halfV + j0 * d, into: tile, count: cols * d)
             products.run(kernels.values, s + j0, tile, acc)
             j0 += sub
+        }
+    }
+
+    /// The training kernels' softmax step, soft-capped first when `softcap` > 0.
+    @inline(__always)
+    private func softmax(_ s: UnsafeMutablePointer<Float>, _ ld: Int, _ count: Int, _ rows: Int,
+                         _ lo: UnsafePointer<Int>, _ hi: UnsafePointer<Int>, _ rowMax: UnsafeMutablePointer<Float>,
+                         _ rowSum: UnsafeMutablePointer<Float>, _ acc: UnsafeMutablePointer<Float>) {
+        if softcap > 0 {
+            capTile(s, ld, count, rows, lo, hi, scale, softcap)
+            softmaxTile(s, ld, count, rows, lo, hi, 1, rowMax, rowSum, acc, headDim)
+        } else {
+            softmaxTile(s, ld, count, rows, lo, hi, scale, rowMax, rowSum, acc, headDim)
         }
     }
 

@@ -33,6 +33,10 @@ import RowKernelsAVX512
 public final class LocalAttention {
     public let headDim: Int
     public let scale: Float
+    /// Logit soft-capping: 0 = off, else scores become
+    /// softcap·tanh(scale·s/softcap) (`RowKernels.capTile`), and the
+    /// backward applies the derivative (`gradientTileCapped`).
+    public let softcap: Float
     public let pool: WorkerPool
     public let tileQ: Int
     public let tileK: Int
@@ -107,6 +111,12 @@ public final class LocalAttention {
                               UnsafePointer<Int>, UnsafePointer<Int>, Float, UnsafePointer<Float>, UnsafePointer<Float>) -> Void
     let softmaxTile: SoftmaxTile
     let gradientTile: GradientTile
+    typealias CapTile = (UnsafeMutablePointer<Float>, Int, Int, Int, UnsafePointer<Int>, UnsafePointer<Int>, Float, Float) -> Void
+    typealias CappedGradientTile = (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, Int, Int, Int,
+                                    UnsafePointer<Int>, UnsafePointer<Int>, Float, UnsafePointer<Float>, UnsafePointer<Float>,
+                                    Float) -> Void
+    let capTile: CapTile
+    let cappedGradientTile: CappedGradientTile
     typealias RoundTile = (UnsafeMutablePointer<Float>, Int, Int, Int) -> Void
     /// Rounds a tile to bf16 values in place (the emulated bf16 products).
     let roundTile: RoundTile
@@ -149,13 +159,15 @@ public final class LocalAttention {
     ///   - products: `.bf16` rounds the products' operands (`Products`).
     ///   - bf16Instructions: false runs `.bf16` through the emulation even
     ///     where the CPU has bf16 instructions (the tests compare the two).
+    ///   - softcap: logit soft-capping (0 = off; else finite and > 0).
     public init?(headDim: Int, scale: Float, pool: WorkerPool,
                  maxKVHeads: Int, maxKeyRows: Int,
                  tileQ: Int = 64, tileK: Int = 64, useJIT: Bool = true, products: Products = .exact,
-                 bf16Instructions: Bool = true) {
-        precondition(headDim > 0 && tileQ > 0 && tileK > 0)
+                 bf16Instructions: Bool = true, softcap: Float = 0) {
+        precondition(headDim > 0 && tileQ > 0 && tileK > 0 && softcap >= 0 && softcap.isFinite)
         self.headDim = headDim
         self.scale = scale
+        self.softcap = softcap
         self.pool = pool
         self.tileQ = tileQ
         self.tileK = tileK
@@ -167,6 +179,7 @@ public final class LocalAttention {
         self.tileProducts = TileProducts(useJIT: useJIT)
         let level = useJIT ? TileProducts.vectorLevel : 0
         (softmaxTile, gradientTile) = Self.rowKernels(level: level)
+        (capTile, cappedGradientTile) = Self.capKernels(level: level)
         roundTile = [RowKernels.roundToBF16, RowKernelsAVX2.RowKernels.roundToBF16, RowKernelsAVX512.RowKernels.roundToBF16][level]
         scratchPerWorker = hardware ? Self.bf16ScratchFloats(tileQ: tileQ, tileK: tileK, headDim: headDim)
             : (2 * tileQ * tileK + 15) / 16 * 16
@@ -210,6 +223,41 @@ public final class LocalAttention {
         }
     }
 
+    /// The soft-capping row kernels of a vector level (as `rowKernels`).
+    static func capKernels(level: Int) -> (CapTile, CappedGradientTile) {
+        switch level {
+        case 2: return (RowKernelsAVX512.RowKernels.capTile, RowKernelsAVX512.RowKernels.gradientTileCapped)
+        case 1: return (RowKernelsAVX2.RowKernels.capTile, RowKernelsAVX2.RowKernels.gradientTileCapped)
+        default: return (RowKernels.capTile, RowKernels.gradientTileCapped)
+        }
+    }
+
+    /// The forward's softmax step of one score tile (`softmaxTile`), the
+    /// scores soft-capped first when `softcap` > 0 (then already scaled).
+    @inline(__always)
+    func softmaxStep(_ s: UnsafeMutablePointer<Float>, ld: Int, width: Int, rows: Int,
+                     lo: UnsafePointer<Int>, hi: UnsafePointer<Int>,
+                     rowMax: UnsafeMutablePointer<Float>, rowSum: UnsafeMutablePointer<Float>, acc: UnsafeMutablePointer<Float>) {
+        if softcap > 0 {
+            capTile(s, ld, width, rows, lo, hi, scale, softcap)
+            softmaxTile(s, ld, width, rows, lo, hi, 1, rowMax, rowSum, acc, headDim)
+        } else {
+            softmaxTile(s, ld, width, rows, lo, hi, scale, rowMax, rowSum, acc, headDim)
+        }
+    }
+
+    /// The backward's elementwise step of one tile (`gradientTile`, or
+    /// `gradientTileCapped` when `softcap` > 0).
+    @inline(__always)
+    func gradientStep(_ p: UnsafeMutablePointer<Float>, _ ds: UnsafeMutablePointer<Float>, ld: Int, width: Int, rows: Int,
+                      lo: UnsafePointer<Int>, hi: UnsafePointer<Int>, lse: UnsafePointer<Float>, delta: UnsafePointer<Float>) {
+        if softcap > 0 {
+            cappedGradientTile(p, ds, ld, width, rows, lo, hi, scale, lse, delta, softcap)
+        } else {
+            gradientTile(p, ds, ld, width, rows, lo, hi, scale, lse, delta)
+        }
+    }
+
     deinit {
         ranges.deallocate()
         counters.deinitialize(count: max(pool.threadCount, 1))
@@ -244,14 +292,28 @@ public final class LocalAttention {
 
     // MARK: Forward
 
-    /// Sets the running state to "no key seen": acc = 0, rowMax = -inf, rowSum = 0.
+    /// Sets the running state to "no key seen": acc = 0, rowMax = -inf,
+    /// rowSum = 0 — or, with attention sinks, "only the sink seen": rowMax =
+    /// s, rowSum = 1 (= e^(s − s)), acc = 0 (the sink has no value), so the
+    /// online softmax adds e^s to the denominator exactly once and a row
+    /// that sees no key ends with O = 0, lse = s. Head z of the state uses
+    /// sinks[z % sinks.count] (heads of every batch on one axis), or
+    /// `sinkHeads(z)` if given (ULYSSES holds a slice of the heads).
     public static func resetForwardState(heads: Int, rows: Int, headDim: Int,
                                          acc: UnsafeMutablePointer<Float>,
                                          rowMax: UnsafeMutablePointer<Float>,
-                                         rowSum: UnsafeMutablePointer<Float>) {
+                                         rowSum: UnsafeMutablePointer<Float>,
+                                         sinks: [Float]? = nil, sinkHead: ((Int) -> Int)? = nil) {
         acc.update(repeating: 0, count: heads * rows * headDim)
-        rowMax.update(repeating: -.infinity, count: heads * rows)
-        rowSum.update(repeating: 0, count: heads * rows)
+        guard let sinks, !sinks.isEmpty else {
+            rowMax.update(repeating: -.infinity, count: heads * rows)
+            rowSum.update(repeating: 0, count: heads * rows)
+            return
+        }
+        for z in 0..<heads {
+            (rowMax + z * rows).update(repeating: sinks[sinkHead?(z) ?? z % sinks.count], count: rows)
+        }
+        rowSum.update(repeating: 1, count: heads * rows)
     }
 
     /// Folds one key/value block into the running softmax state of the queries.
@@ -355,7 +417,8 @@ public final class LocalAttention {
             let scoreRows = live == tileQ ? score
                 : tileProducts.kernel(m: live, n: tk, k: d, lda: d, ldb: tk, ldc: tk, transposedA: false, accumulate: false)
             tileProducts.run(scoreRows, q + top * d, panels + (j0 / tk) * d * tk, s)
-            softmaxTile(s, tk, tk, live, lo + top, hi + top, scale, rowMax + top, rowSum + top, acc + top * d, d)
+            softmaxStep(s, ld: tk, width: tk, rows: live, lo: lo + top, hi: hi + top,
+                        rowMax: rowMax + top, rowSum: rowSum + top, acc: acc + top * d)
             if roundP { roundTile(s, tk, tk, live) }
             let value = cols == tk && live == tileQ ? valueKernel
                 : tileProducts.kernel(m: live, n: d, k: cols, lda: tk, ldb: d, ldc: d, transposedA: false, accumulate: true)
@@ -587,7 +650,7 @@ public final class LocalAttention {
                 : tileProducts.kernel(m: rows, n: tk, k: d, lda: d, ldb: tk, ldc: tk, transposedA: false, accumulate: false)
             tileProducts.run(score, qi, kPanel, p)
             tileProducts.run(score, doi, vPanel, ds)
-            gradientTile(p, ds, tk, tk, rows, lo, hi, scale, lse + i0, delta + i0)
+            gradientStep(p, ds, ld: tk, width: tk, rows: rows, lo: lo, hi: hi, lse: lse + i0, delta: delta + i0)
             if roundPD { roundTile(p, tk, tk, rows); roundTile(ds, tk, tk, rows) }
             // dV[j] += Σ_i P[i,j]·dO[i];  dK[j] += Σ_i dS[i,j]·Q[i];  dQ[i] += Σ_j dS[i,j]·K[j]
             let gradV = full ? gradVKernel

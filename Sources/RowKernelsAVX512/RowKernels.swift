@@ -63,6 +63,39 @@ func exp2Core(_ xc: Lanes) -> Lanes {
 @_transparent
 func expLanes(_ x: Lanes) -> Lanes { exp2Lanes(x * Lanes(repeating: 1.442_695_04)) }
 
+/// tanh lane-wise, as t = E/(E + 2) with E = e^(2|x|) − 1 and the sign of
+/// x: E comes from the exponential's own polynomial written as 2^f − 1 =
+/// f·(c₁ + c₂f + …) (no 1 − 1 cancellation for small x) and 2^n·(2^f − 1) +
+/// (2^n − 1), so neither small nor large |x| loses bits. |x| is clamped to
+/// 9, from where tanh rounds to ±1. Within 2 ulp of |tanh x| (measured
+/// against Double on every path: TanhAccuracyTests); NaN stays NaN; one
+/// division. (A rational minimax form is as cheap but ~5 ulp off near
+/// |x| = 5–8, where the cap's logits sit: c·5 ulp is 1.5e-5 at c = 50.)
+@_transparent
+func tanhLanes(_ a: Lanes) -> Lanes {
+    let negative = a .< 0
+    let magnitude = a.replacing(with: -a, where: negative)
+    let x = magnitude.replacing(with: Lanes(repeating: 9), where: magnitude .> Lanes(repeating: 9))
+    let y = x * Lanes(repeating: 2 * 1.442_695_04)   // 2|x|·log₂e in [0, 26] (or NaN)
+    let n = y.rounded(.toNearestOrEven)
+    let f = y - n   // in [−½, ½]
+    // 2^f − 1 by exp2Core's polynomial without its constant term.
+    let f2 = f * f
+    let a01 = fused(Lanes(repeating: 2.402_264_625e-1), f, Lanes(repeating: 6.931_471_825e-1))
+    let a23 = fused(Lanes(repeating: 9.618_489_072e-3), f, Lanes(repeating: 5.550_327_897e-2))
+    let a45 = fused(Lanes(repeating: 1.534_663_315e-4), f, Lanes(repeating: 1.340_026_269e-3))
+    let q = f * fused(fused(a45, f2, a23), f2, a01)
+    // 2^n (n in 0 … 26) through the exponent bits, then E = 2^n·q + (2^n − 1).
+    let shifted = n + Lanes(repeating: 12_583_039)
+    let power = unsafeBitCast(unsafeBitCast(shifted, to: LaneBits.self) &<< 23, to: Lanes.self)
+    let e = fused(power, q, power - Lanes(repeating: 1))
+    let t = e / (e + Lanes(repeating: 2))
+    return t.replacing(with: -t, where: negative)
+}
+
+@inline(never)
+func scalarTanh(_ x: Float) -> Float { tanhLanes(Lanes(repeating: x))[0] }
+
 @inline(__always)
 func loadLanes(_ p: UnsafePointer<Float>) -> Lanes {
     UnsafeRawPointer(p).loadUnaligned(as: Lanes.self)
@@ -308,6 +341,85 @@ public enum RowKernels {
 }
 
 extension RowKernels {
+    static func tanhProbe(_ x: Float) -> Float { tanhLanes(Lanes(repeating: x))[Lanes.scalarCount - 1] }
+
+    /// Logit soft-capping of a score tile, in place: on the visible columns
+    /// `lo[i]..<hi[i]` of each row, s ← cap·tanh(scale·s/cap) — the capped,
+    /// scaled logit, so `softmaxTile` then runs with scale 1. Columns outside
+    /// may be changed too (the vectors that straddle a bound); `softmaxTile`
+    /// masks them. Rows with nothing visible are left alone.
+    @inline(never)
+    public static func capTile(_ s: UnsafeMutablePointer<Float>, ld: Int, width: Int, rows: Int,
+                               lo: UnsafePointer<Int>, hi: UnsafePointer<Int>, scale: Float, cap: Float) {
+        let w = Lanes.scalarCount
+        let inner = Lanes(repeating: scale / cap), outer = Lanes(repeating: cap)
+        for i in 0..<rows {
+            let row = s + i * ld
+            let first = lo[i], last = hi[i]
+            if first >= last { continue }
+            var j = first / w * w
+            let vectorEnd = min((last + w - 1) / w * w, width / w * w)
+            while j < vectorEnd {
+                storeLanes(outer * tanhLanes(loadLanes(row + j) * inner), row + j)
+                j += w
+            }
+            for t in max(j, first)..<max(last, j) { row[t] = cap * scalarTanh(row[t] * (scale / cap)) }
+        }
+    }
+
+    /// `gradientTile` for soft-capped scores: on entry `p` holds q_i·k_j and
+    /// `ds` dP; on exit, for visible columns, with t = tanh(scale·s/cap):
+    /// p = e^(cap·t − lse_i) and ds = scale·(1 − t²)·p·(dP − D_i), the
+    /// gradient with respect to q_i·k_j through the cap; everything else 0.
+    @inline(never)
+    public static func gradientTileCapped(_ p: UnsafeMutablePointer<Float>, _ ds: UnsafeMutablePointer<Float>,
+                                          ld: Int, width: Int, rows: Int,
+                                          lo: UnsafePointer<Int>, hi: UnsafePointer<Int>, scale: Float,
+                                          lse: UnsafePointer<Float>, delta: UnsafePointer<Float>, cap: Float) {
+        let w = Lanes.scalarCount
+        let offsets = laneOffsets()
+        let scaleLanes = Lanes(repeating: scale), inner = Lanes(repeating: scale / cap), outer = Lanes(repeating: cap)
+        let one = Lanes(repeating: 1)
+        for i in 0..<rows {
+            let pi = p + i * ld, dsi = ds + i * ld
+            let first = lo[i], last = hi[i]
+            let rowLse = lse[i], rowDelta = delta[i]
+            if first >= last || rowLse == -.infinity {
+                pi.update(repeating: 0, count: width)
+                dsi.update(repeating: 0, count: width)
+                continue
+            }
+            let start = first / w * w
+            let vectorEnd = min((last + w - 1) / w * w, width / w * w)
+            if start > 0 { pi.update(repeating: 0, count: start); dsi.update(repeating: 0, count: start) }
+            let shift = Lanes(repeating: -rowLse), deltaLanes = Lanes(repeating: rowDelta)
+            var j = start
+            while j < vectorEnd {
+                let t = tanhLanes(loadLanes(pi + j) * inner)
+                var e = expLanes(fused(t, outer, shift))
+                if j < first || j + w > last { e.replace(with: 0, where: outside(offsets, j, first, last)) }
+                storeLanes(e, pi + j)
+                storeLanes(e * (scaleLanes * (one - t * t)) * (loadLanes(dsi + j) - deltaLanes), dsi + j)
+                j += w
+            }
+            if j < first {
+                (pi + j).update(repeating: 0, count: first - j)
+                (dsi + j).update(repeating: 0, count: first - j)
+            }
+            for c in max(j, first)..<max(last, j) {
+                let t = scalarTanh(pi[c] * (scale / cap))
+                let e = scalarExp(cap * t - rowLse)
+                pi[c] = e
+                dsi[c] = e * (scale * (1 - t * t)) * (dsi[c] - rowDelta)
+            }
+            let cleared = max(j, last)
+            if cleared < width {
+                (pi + cleared).update(repeating: 0, count: width - cleared)
+                (dsi + cleared).update(repeating: 0, count: width - cleared)
+            }
+        }
+    }
+
     /// Rounds `rows` rows of `width` floats (leading dimension `ld`) to the
     /// nearest bf16 value, ties to even, in place (a NaN stays NaN, quieted):
     /// the emulation of bf16 operands (LocalAttention's `.bf16` products

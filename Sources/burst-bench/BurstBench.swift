@@ -51,6 +51,8 @@ struct BurstBench: ParsableCommand {
     @Option(help: "Cache lengths for --decode (tokens per sequence, comma-separated).") var cacheLengths: String = "16384,65536"
     @Option(help: "New tokens per sequence in each --decode step (T).") var decodeTokens: Int = 1
     @Option(help: "The cache's block_tokens for --decode (0 = the library's default).") var blockTokens: Int = 0
+    @Flag(help: "Time plain attention, attention sinks, soft-capping (--softcap) and both on one rank, round-robin (see ModifierBench.swift).") var modifiers = false
+    @Option(help: "The cap of --modifiers' soft-capped plans (Gemma 2 uses 50).") var softcap: Float = 50
 
     mutating func run() throws {
         var worldRank = 0
@@ -64,6 +66,7 @@ struct BurstBench: ParsableCommand {
         }
         defer { if mpi { MPI_Finalize() } }
         if decode { try runDecode(worldRank: worldRank); return }
+        if modifiers { try runModifiers(); return }
         guard ranks >= 1, seqLen >= ranks, repeats >= 1, warmup >= 0 else {
             throw ValidationError("need ranks >= 1, seq-len >= ranks, repeats >= 1, warmup >= 0")
         }

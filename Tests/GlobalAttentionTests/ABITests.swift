@@ -25,7 +25,7 @@ final class ABITests: XCTestCase {
     /// (it ended at timeout_seconds) is an older released size, read as far
     /// as it goes; the unsized init (0.4 binaries) writes exactly that size.
     func testConfigSizesSince07() {
-        XCTAssertEqual(MemoryLayout<burst_attention_config>.size, 128)
+        XCTAssertEqual(MemoryLayout<burst_attention_config>.size, 136)
         XCTAssertEqual(configSizeV06, 120)
         XCTAssertEqual(MemoryLayout<burst_attention_config>.offset(of: \burst_attention_config.compute), configSizeV06)
         let room = UnsafeMutableRawPointer.allocate(byteCount: 256, alignment: 8)
@@ -38,16 +38,23 @@ final class ABITests: XCTestCase {
         room.initializeMemory(as: UInt8.self, repeating: 0xAB, count: 256)
         XCTAssertEqual(_burst_attention_config_init_sized(config, configSizeV06), BURST_OK)
         XCTAssertEqual(room.load(fromByteOffset: configSizeV06, as: UInt8.self), 0xAB)
-        for size in [configSizeV06 - 8, configSizeV06 + 4, 127] {
+        for size in [configSizeV06 - 8, configSizeV06 + 4, 127, 132] {
             room.initializeMemory(as: UInt8.self, repeating: 0xAB, count: 256)
             XCTAssertEqual(_burst_attention_config_init_sized(config, size), BURST_ERROR_VERSION, "size \(size)")
             XCTAssertEqual(room.load(as: UInt8.self), 0xAB)
         }
 
+        // The 0.7 size (128: it ends before sinks) is accepted and written exactly.
+        room.initializeMemory(as: UInt8.self, repeating: 0xAB, count: 256)
+        XCTAssertEqual(_burst_attention_config_init_sized(config, configSizeV07), BURST_OK)
+        XCTAssertEqual(configSizeV07, 128)
+        XCTAssertEqual(room.load(fromByteOffset: configSizeV07, as: UInt8.self), 0xAB, "init wrote past the 0.7 struct")
+
         // readConfig: a 0.6-sized config ignores what lies past it (compute
-        // = 3 there is another object's memory); reserved0 and a newer tail must be 0.
+        // = 3 there is another object's memory); a 0.7-sized one reads
+        // softcap (its reserved0) but not sinks; a newer tail must be 0.
         room.initializeMemory(as: UInt8.self, repeating: 0, count: 256)
-        XCTAssertEqual(_burst_attention_config_init_sized(config, 128), BURST_OK)
+        XCTAssertEqual(_burst_attention_config_init_sized(config, 136), BURST_OK)
         config.pointee.batch = 1; config.pointee.seq_len_local = 3; config.pointee.num_heads_q = 1
         config.pointee.num_heads_kv = 1; config.pointee.head_dim = 4; config.pointee.dtype = Int32(BURST_DTYPE_BF16)
         config.pointee.compute = 3
@@ -55,20 +62,27 @@ final class ABITests: XCTestCase {
         guard case .success(let old) = readConfig(config) else { return XCTFail("a 0.6-sized config must be read") }
         XCTAssertEqual(old.compute, 0)
         XCTAssertEqual(old.products, .bf16, "DEFAULT with bf16 storage")
-        config.pointee.struct_size = 128
+        config.pointee.struct_size = UInt32(configSizeV07)
         guard case .success(let bad) = readConfig(config) else { return XCTFail("compute is read, then validated") }
         XCTAssertThrowsError(try bad.validate())
         config.pointee.compute = Int32(BURST_COMPUTE_EXACT)
         guard case .success(let exact) = readConfig(config) else { return XCTFail("a 0.7 config") }
         XCTAssertEqual(exact.products, .exact)
-        config.pointee.reserved0 = 1
-        guard case .failure(let reserved) = readConfig(config) else { return XCTFail("reserved0 = 1 must fail") }
-        XCTAssertEqual(reserved.status, .version)
-        XCTAssertTrue(reserved.message.contains("reserved0"), reserved.message)
-        config.pointee.reserved0 = 0
+        config.pointee.softcap = 30
+        var sinks: [Float] = [0.5]
+        sinks.withUnsafeBufferPointer { config.pointee.sinks = $0.baseAddress }
+        guard case .success(let v07) = readConfig(config) else { return XCTFail("a 0.7 config with softcap") }
+        XCTAssertEqual(v07.softcap, 30)
+        XCTAssertNil(v07.sinks, "sinks lie past the 0.7 struct")
         config.pointee.struct_size = 136
+        guard case .success(let v08) = readConfig(config) else { return XCTFail("a 0.8 config with sinks") }
+        XCTAssertEqual(v08.sinks, [0.5], "copied")
+        sinks[0] = 2
+        XCTAssertEqual(v08.sinks, [0.5])
+        config.pointee.sinks = nil
+        config.pointee.struct_size = 144
         XCTAssertNotNil(try? readConfig(config).get(), "a newer header's zero tail")
-        room.storeBytes(of: 1, toByteOffset: 135, as: UInt8.self)
+        room.storeBytes(of: 1, toByteOffset: 143, as: UInt8.self)
         guard case .failure(let tail) = readConfig(config) else { return XCTFail("a non-zero tail must fail") }
         XCTAssertEqual(tail.status, .version)
         config.pointee.struct_size = 124

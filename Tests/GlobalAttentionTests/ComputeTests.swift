@@ -31,8 +31,8 @@ func assertWithinFastTolerance(_ p: Problem, _ results: [RankResult], file: Stat
     let (out, lse) = ref.forward(q: q, k: k, v: v)
     let backward = results.contains { !$0.dq.isEmpty }
     let given = p.unshard(results.map(\.out), heads: p.heads)
-    let grads: (dq: [Double], dk: [Double], dv: [Double]) = backward
-        ? ref.backward(q: q, k: k, v: v, out: given, lse: lse, dout: dout) : ([], [], [])
+    let grads: (dq: [Double], dk: [Double], dv: [Double], dsinks: [Double]) = backward
+        ? ref.backwardWithSinks(q: q, k: k, v: v, out: given, lse: lse, dout: dout) : ([], [], [], [])
     func check(_ name: String, _ got: [[Float]], _ want: [Double], heads h: Int, tolerance: Double, floor: Double = 0) {
         let allowed = tolerance * max(maxAbs(want), floor)
         var worst = 0.0, worstAt = ""
@@ -57,6 +57,7 @@ func assertWithinFastTolerance(_ p: Problem, _ results: [RankResult], file: Stat
     check("dq", results.map(\.dq), grads.dq, heads: p.heads, tolerance: FastTolerance.gradients, floor: 1e-3)
     check("dk", results.map(\.dk), grads.dk, heads: p.hkv, tolerance: FastTolerance.gradients, floor: 1e-3)
     check("dv", results.map(\.dv), grads.dv, heads: p.hkv, tolerance: FastTolerance.gradients, floor: 1e-3)
+    assertSinkGradient(p, results, grads.dsinks, relative: FastTolerance.gradients, file: file, line: line)
 }
 
 /// burst_attention_config.compute (BURST_COMPUTE_*): which tile products a

@@ -20,8 +20,11 @@ final class DecodeTests: XCTestCase {
         var steps = 3
         var blockTokens: Int64 = 16
         var threads: Int32 = 1
+        /// Score modifiers: soft-capping (0 = off) and per-layer sinks ([2 × heads]; nil = none).
+        var softcap: Float = 0
+        var sinks: [Float]? = nil
         var description: String {
-            "P=\(ranks) h=\(heads)/\(kvHeads) d=\(headDim) W=\(window) T=\(tokens) \(dtype) \(layout) prompt=\(prompt) block=\(blockTokens) threads=\(threads)"
+            "P=\(ranks) h=\(heads)/\(kvHeads) d=\(headDim) W=\(window) T=\(tokens) \(dtype) \(layout) prompt=\(prompt) block=\(blockTokens) threads=\(threads) softcap=\(softcap) sinks=\(sinks.map { "\($0)" } ?? "-")"
         }
         var sequences: Int { prompt.count + 1 }
 
@@ -37,6 +40,8 @@ final class DecodeTests: XCTestCase {
             c.blockTokens = blockTokens
             c.numThreads = threads
             c.timeoutSeconds = 60
+            c.softcap = softcap
+            c.sinks = sinks
             return c
         }
 
@@ -167,11 +172,14 @@ final class DecodeTests: XCTestCase {
                         for j in lowest...position {
                             var dot = 0.0
                             for c in 0..<d { dot += Double(q[index(s, i, t, h, c, heads: s.heads)]) * keys[i][j][kh * d + c] }
-                            scores.append(dot * scale)
+                            let x = dot * scale
+                            scores.append(s.softcap > 0 ? Double(s.softcap) * tanh(x / Double(s.softcap)) : x)
                         }
-                        let m = scores.max()!
+                        // Decode runs layer 1: its sinks are the second row.
+                        let sink = s.sinks.map { Double($0[s.heads + h]) } ?? -.infinity
+                        let m = max(scores.max()!, sink)
                         let weights = scores.map { exp($0 - m) }
-                        let total = weights.reduce(0, +)
+                        let total = weights.reduce(0, +) + exp(sink - m)
                         for c in 0..<d {
                             var acc = 0.0
                             for (n, j) in (lowest...position).enumerated() { acc += weights[n] * values[i][j][kh * d + c] }
@@ -229,6 +237,25 @@ final class DecodeTests: XCTestCase {
                             check(s)
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Sinks (a different row per layer: layer 1 is checked, layer 0's
+    /// values must not leak in) and soft-capping, alone and together, P 1–4,
+    /// GQA, windows, T = 1 and 3, f32 and bf16 (the fused kernels: d = 32).
+    func testScoreModifiers() {
+        for ranks in 1...4 {
+            for (kv, window, tokens, dtype) in [(4, -1, 1, StorageType.f32), (2, 20, 3, .f32), (1, -1, 3, .bf16), (2, 9, 1, .bf16)] {
+                for (softcap, sinks) in [(Float(0), true), (1.5, false), (2.5, true)] {
+                    var s = Scenario(ranks: ranks)
+                    s.kvHeads = kv; s.window = window; s.tokens = tokens; s.dtype = dtype
+                    s.headDim = dtype == .bf16 ? 32 : 16
+                    s.softcap = softcap
+                    if sinks { s.sinks = [5, 5, 5, 5, 0.5, -1, 2.5, 0] }
+                    s.steps = 2
+                    check(s)
                 }
             }
         }

@@ -33,6 +33,10 @@ struct Problem {
     /// up DEFAULT's bf16 products for bf16 storage; ComputeTests runs FAST
     /// and DEFAULT against `FastTolerance`.
     var compute: AttentionConfig.Compute = .exact
+    /// Score modifiers: logit soft-capping (0 = off) and sink logits (one
+    /// per query head; nil = none).
+    var softcap: Float = 0
+    var sinks: [Float]? = nil
 
     var ranks: Int { counts.count }
     var total: Int { counts.reduce(0, +) }
@@ -50,7 +54,7 @@ struct Problem {
     func positions(rank: Int) -> [Int] { tokenDistribution.positions(rank: rank, counts: rankCounts) }
 
     var label: String {
-        "\(dtype) compute=\(compute) P=\(ranks) counts=\(rankCounts) dist=\(distribution) B=\(batch) H=\(heads)/\(hkv) d=\(headDim) causal=\(causal) window=\(window) cu=\(cuSeqlens.map { "\($0)" } ?? "-") layout=\(layout) pattern=\(pattern) G=\(intraGroupSize)"
+        "\(dtype) compute=\(compute) P=\(ranks) counts=\(rankCounts) dist=\(distribution) B=\(batch) H=\(heads)/\(hkv) d=\(headDim) causal=\(causal) window=\(window) cu=\(cuSeqlens.map { "\($0)" } ?? "-") layout=\(layout) pattern=\(pattern) G=\(intraGroupSize) softcap=\(softcap) sinks=\(sinks.map { "\($0)" } ?? "-")"
     }
 
     func config(rank: Int) -> AttentionConfig {
@@ -76,6 +80,8 @@ struct Problem {
         c.timeoutSeconds = 60
         c.dtype = dtype.rawValue
         c.compute = compute.rawValue
+        c.softcap = softcap
+        c.sinks = sinks
         return c
     }
 
@@ -128,9 +134,12 @@ struct Problem {
     /// The float64 reference for this problem (its own, brute-force mask).
     var reference: ReferenceAttention {
         let scale = self.scale != 0 ? Double(self.scale) : 1 / Double(headDim).squareRoot()
-        return ReferenceAttention(batch: batch, heads: heads, kvHeads: hkv, n: total, d: headDim, scale: scale,
-                                  mask: ReferenceMask(causal: causal, windowLeft: window.left, windowRight: window.right,
-                                                      cuSeqlens: cuSeqlens, n: total))
+        var reference = ReferenceAttention(batch: batch, heads: heads, kvHeads: hkv, n: total, d: headDim, scale: scale,
+                                           mask: ReferenceMask(causal: causal, windowLeft: window.left, windowRight: window.right,
+                                                               cuSeqlens: cuSeqlens, n: total))
+        reference.softcap = Double(softcap)
+        reference.sinks = sinks.map { $0.map(Double.init) }
+        return reference
     }
 
     /// Global inputs (canonical): q and dout at `heads`, k and v at `kvHeads`.
@@ -148,6 +157,8 @@ struct Problem {
 
 struct RankResult {
     var out: [Float] = [], lse: [Float] = [], dq: [Float] = [], dk: [Float] = [], dv: [Float] = []
+    /// This rank's partial dL/d sinks (empty without sinks).
+    var dsinks: [Float] = []
     var forwardStats = CallStats(), backwardStats = CallStats()
     var error: BurstError?
     /// The tile products of the kernels the plan's schedule made (nil: it made none).
@@ -218,6 +229,7 @@ func runProblem(_ p: Problem, backward: Bool = true) -> [RankResult] {
                                       dq: dq.mutableRaw, dk: dk.mutableRaw, dv: dv.mutableRaw)
                 }
                 result.dq = dq.floats; result.dk = dk.floats; result.dv = dv.floats; result.backwardStats = plan.lastStats
+                if p.sinks != nil { result.dsinks = try plan.sinksGradient() }
             }
         } catch let error as BurstError {
             result.error = error
@@ -231,6 +243,8 @@ func runProblem(_ p: Problem, backward: Bool = true) -> [RankResult] {
 struct Errors {
     var out = 0.0, lse = 0.0, dq = 0.0, dk = 0.0, dv = 0.0
     var outScale = 0.0, gradScale = (0.0, 0.0, 0.0)
+    /// dL/d sinks summed over the ranks against the reference (0 without sinks).
+    var dsinks = 0.0, dsinksScale = 0.0
 }
 
 /// Max-abs errors of all ranks against the float64 reference.
@@ -239,7 +253,7 @@ func referenceErrors(_ p: Problem, _ results: [RankResult], file: StaticString =
     let ref = p.reference
     let (out, lse) = ref.forward(q: q, k: k, v: v)
     let backwardWanted = !(results.first?.dq.isEmpty ?? true) || results.contains { !$0.dq.isEmpty }
-    let grads = backwardWanted ? ref.backward(q: q, k: k, v: v, out: out, lse: lse, dout: dout) : ([], [], [])
+    let grads = backwardWanted ? ref.backwardWithSinks(q: q, k: k, v: v, out: out, lse: lse, dout: dout) : ([], [], [], [])
     var e = Errors()
     e.outScale = maxAbs(out)
     if backwardWanted { e.gradScale = (maxAbs(grads.0), maxAbs(grads.1), maxAbs(grads.2)) }
@@ -263,6 +277,16 @@ func referenceErrors(_ p: Problem, _ results: [RankResult], file: StaticString =
             e.dv = max(e.dv, worst(r.dv, p.shard(grads.2, rank: rank, heads: p.hkv)))
         }
     }
+    if backwardWanted, p.sinks != nil, results.allSatisfy({ $0.error == nil }) {
+        // The partials summed over the ranks (what a training loop does).
+        var total = [Double](repeating: 0, count: p.heads)
+        for r in results {
+            guard r.dsinks.count == p.heads else { e.dsinks = .infinity; return e }
+            for h in 0..<p.heads { total[h] += Double(r.dsinks[h]) }
+        }
+        e.dsinksScale = maxAbs(grads.3)
+        e.dsinks = zip(total, grads.3).reduce(0) { max($0, abs($1.0 - $1.1)) }
+    }
     return e
 }
 
@@ -278,6 +302,27 @@ func assertWithinTolerance(_ p: Problem, _ e: Errors, file: StaticString = #file
     XCTAssertLessThanOrEqual(e.dq, 1e-4 * e.gradScale.0, "dq error \(e.dq) vs \(e.gradScale.0) — \(label)", file: file, line: line)
     XCTAssertLessThanOrEqual(e.dk, 1e-4 * e.gradScale.1, "dk error \(e.dk) vs \(e.gradScale.1) — \(label)", file: file, line: line)
     XCTAssertLessThanOrEqual(e.dv, 1e-4 * e.gradScale.2, "dv error \(e.dv) vs \(e.gradScale.2) — \(label)", file: file, line: line)
+    XCTAssertLessThanOrEqual(e.dsinks, 1e-4 * max(e.dsinksScale, 1e-3), "dsinks error \(e.dsinks) vs \(e.dsinksScale) — \(label)",
+                             file: file, line: line)
+}
+
+/// The ranks' partial dL/d sinks, summed (what a training loop does),
+/// within `relative` · max(max|want|, 1e-3) of the reference's (nothing to
+/// check without sinks).
+func assertSinkGradient(_ p: Problem, _ results: [RankResult], _ want: [Double], relative: Double,
+                        file: StaticString = #filePath, line: UInt = #line) {
+    guard p.sinks != nil, !want.isEmpty else { return }
+    var total = [Double](repeating: 0, count: p.heads)
+    for (rank, r) in results.enumerated() {
+        guard r.dsinks.count == p.heads else {
+            XCTFail("rank \(rank) returned \(r.dsinks.count) sink gradients, not \(p.heads) — \(p.label)", file: file, line: line)
+            return
+        }
+        for h in 0..<p.heads { total[h] += Double(r.dsinks[h]) }
+    }
+    let error = zip(total, want).reduce(0.0) { max($0, abs($1.0 - $1.1)) }
+    XCTAssertLessThanOrEqual(error, relative * max(maxAbs(want), 1e-3), "dsinks error \(error): \(total) vs \(want) — \(p.label)",
+                             file: file, line: line)
 }
 
 /// Splits N tokens over P ranks unevenly but deterministically; with P ≥ 3

@@ -33,15 +33,32 @@ struct ReferenceMask {
 /// [batch·heads, N, d] for q/out/dout and [batch·kvHeads, N, d] for k/v
 /// (query head h of a batch reads kv head h / (heads / kvHeads)). The oracle
 /// the tests compare against.
+///
+/// Score modifiers (header, "Score modifiers"): `softcap` c > 0 replaces
+/// the scaled score x by c·tanh(x/c); `sinks` (one logit per query head of
+/// a batch) adds e^(s_h) to every denominator of head h.
 struct ReferenceAttention {
     let batch: Int, heads: Int, kvHeads: Int, n: Int, d: Int
     let scale: Double
     let mask: ReferenceMask
+    var softcap = 0.0
+    var sinks: [Double]? = nil
 
     init(batch: Int = 1, heads: Int, kvHeads: Int? = nil, n: Int, d: Int, scale: Double, mask: ReferenceMask) {
         self.batch = batch; self.heads = heads; self.kvHeads = kvHeads ?? heads
         self.n = n; self.d = d; self.scale = scale; self.mask = mask
     }
+
+    /// The logit of a raw dot product (scaled, then capped).
+    func logit(_ dot: Double) -> Double { softcap > 0 ? softcap * tanh(dot * scale / softcap) : dot * scale }
+    /// d logit / d dot.
+    func logitSlope(_ dot: Double) -> Double {
+        guard softcap > 0 else { return scale }
+        let t = tanh(dot * scale / softcap)
+        return scale * (1 - t * t)
+    }
+    /// The sink of canonical query head h (-inf: none).
+    func sink(_ h: Int) -> Double { sinks.map { $0[h % heads] } ?? -.infinity }
 
     /// MHA over z = batch·heads heads with a plain causal (or no) mask.
     init(z: Int, n: Int, d: Int, scale: Double, causal: Bool) {
@@ -66,11 +83,13 @@ struct ReferenceAttention {
                 for j in 0..<n where visible(i, j) {
                     var dot = 0.0
                     for c in 0..<d { dot += q[base + i * d + c] * k[kvBase + j * d + c] }
-                    s[j] = dot * scale
+                    s[j] = logit(dot)
                     m = max(m, s[j])
                 }
+                let sink = sink(h)
+                m = max(m, sink)
                 if m == -.infinity { continue }
-                var l = 0.0
+                var l = sink == -.infinity ? 0.0 : exp(sink - m)
                 for j in 0..<n where visible(i, j) { s[j] = exp(s[j] - m); l += s[j] }
                 for j in 0..<n where visible(i, j) {
                     let w = s[j] / l
@@ -85,6 +104,14 @@ struct ReferenceAttention {
     /// dq [Zq, N, d]; dk, dv [Zkv, N, d] (summed over the query heads of a group).
     func backward(q: [Double], k: [Double], v: [Double], out: [Double], lse: [Double], dout: [Double])
         -> (dq: [Double], dk: [Double], dv: [Double]) {
+        let all = backwardWithSinks(q: q, k: k, v: v, out: out, lse: lse, dout: dout)
+        return (all.dq, all.dk, all.dv)
+    }
+
+    /// `backward` and dL/d sinks ([heads], summed over batch and rows; zeros without sinks).
+    func backwardWithSinks(q: [Double], k: [Double], v: [Double], out: [Double], lse: [Double], dout: [Double])
+        -> (dq: [Double], dk: [Double], dv: [Double], dsinks: [Double]) {
+        var dsinks = [Double](repeating: 0, count: heads)
         let z = batch * heads
         var dq = [Double](repeating: 0, count: z * n * d)
         var dk = [Double](repeating: 0, count: batch * kvHeads * n * d), dv = dk
@@ -95,14 +122,15 @@ struct ReferenceAttention {
                 if rowLse == -.infinity { continue }
                 var delta = 0.0
                 for c in 0..<d { delta += dout[base + i * d + c] * out[base + i * d + c] }
+                if sinks != nil { dsinks[h % heads] -= exp(sink(h) - rowLse) * delta }
                 for j in 0..<n where visible(i, j) {
                     var dot = 0.0, dp = 0.0
                     for c in 0..<d {
                         dot += q[base + i * d + c] * k[kvBase + j * d + c]
                         dp += dout[base + i * d + c] * v[kvBase + j * d + c]
                     }
-                    let p = exp(dot * scale - rowLse)
-                    let ds = p * (dp - delta) * scale
+                    let p = exp(logit(dot) - rowLse)
+                    let ds = p * (dp - delta) * logitSlope(dot)
                     for c in 0..<d {
                         dv[kvBase + j * d + c] += p * dout[base + i * d + c]
                         dk[kvBase + j * d + c] += ds * q[base + i * d + c]
@@ -111,7 +139,7 @@ struct ReferenceAttention {
                 }
             }
         }
-        return (dq, dk, dv)
+        return (dq, dk, dv, dsinks)
     }
 }
 

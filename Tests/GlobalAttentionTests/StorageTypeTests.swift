@@ -13,7 +13,7 @@ final class StorageTypeTests: XCTestCase {
     /// (bf16) or 2^-11 (fp16), plus 2^-24 (fp16's subnormal step). The
     /// reference gets the same rounded q, k, v, dout, and for the backward
     /// the rounded out the library was given.
-    func assertWithinHalfTolerance(_ p: Problem, _ results: [RankResult], file: StaticString = #filePath, line: UInt = #line) {
+    static func assertWithinHalfTolerance(_ p: Problem, _ results: [RankResult], file: StaticString = #filePath, line: UInt = #line) {
         for (rank, r) in results.enumerated() {
             if let error = r.error { XCTFail("rank \(rank): \(error) — \(p.label)", file: file, line: line); return }
         }
@@ -22,7 +22,8 @@ final class StorageTypeTests: XCTestCase {
         let (out, lse) = ref.forward(q: q, k: k, v: v)
         let backward = results.contains { !$0.dq.isEmpty }
         let given = p.unshard(results.map(\.out), heads: p.heads)   // the rounded out the backward was given
-        let grads: (dq: [Double], dk: [Double], dv: [Double]) = backward ? ref.backward(q: q, k: k, v: v, out: given, lse: lse, dout: dout) : ([], [], [])
+        let grads: (dq: [Double], dk: [Double], dv: [Double], dsinks: [Double]) = backward
+            ? ref.backwardWithSinks(q: q, k: k, v: v, out: given, lse: lse, dout: dout) : ([], [], [], [])
         let u = p.dtype.unitRoundoff, subnormal = p.dtype == .f16 ? 0x1p-24 : 0
         func check(_ name: String, _ got: [[Float]], _ want: [Double], heads h: Int, relative: Double, floor: Double = 0) {
             let scale = max(maxAbs(want), floor), fp32 = relative * scale
@@ -52,6 +53,7 @@ final class StorageTypeTests: XCTestCase {
         check("dq", results.map(\.dq), grads.dq, heads: p.heads, relative: 1e-4, floor: 1e-3)
         check("dk", results.map(\.dk), grads.dk, heads: p.hkv, relative: 1e-4, floor: 1e-3)
         check("dv", results.map(\.dv), grads.dv, heads: p.hkv, relative: 1e-4, floor: 1e-3)
+        assertSinkGradient(p, results, grads.dsinks, relative: 1e-4, file: file, line: line)
     }
 
     /// The variants of the sweep: plain, causal zigzag, GQA, a window, packed sequences.
@@ -90,7 +92,7 @@ final class StorageTypeTests: XCTestCase {
                         var h = p
                         h.dtype = type
                         let results = runProblem(h)
-                        assertWithinHalfTolerance(h, results)
+                        Self.assertWithinHalfTolerance(h, results)
                         checkBytes(h, results, fp32: runProblem(h.withDtype(.f32)))
                     }
                 }
@@ -161,7 +163,7 @@ final class StorageTypeTests: XCTestCase {
                     p.pattern = pattern; p.intraGroupSize = Int32(groupSize); p.dtype = type
                     p.network = SimulatedNetwork(groupSize: groupSize)
                     let results = runProblem(p)
-                    assertWithinHalfTolerance(p, results)
+                    Self.assertWithinHalfTolerance(p, results)
                     let needs = bruteForceNeeds(p), counts = p.rankCounts, d = p.headDim
                     let forward = expectedRingBytes(p, groupSize: groupSize, holderNeeds: { needs[$0][$1] },
                                                     readOnly: { p.zkv * counts[$0] * d }, accumulator: nil)
@@ -214,7 +216,7 @@ final class StorageTypeTests: XCTestCase {
     }
 
     func assertWithinHalfToleranceOrFP32(_ p: Problem, _ results: [RankResult]) {
-        if p.dtype == .f32 { assertWithinTolerance(p, referenceErrors(p, results)) } else { assertWithinHalfTolerance(p, results) }
+        if p.dtype == .f32 { assertWithinTolerance(p, referenceErrors(p, results)) } else { Self.assertWithinHalfTolerance(p, results) }
     }
 
     /// Same inputs, same world → the same bits, run after run.
@@ -243,7 +245,7 @@ final class StorageTypeTests: XCTestCase {
             XCTAssertNil(r.error)
             XCTAssertTrue(r.out.allSatisfy { $0.isFinite }, "large logits must stay finite")
         }
-        assertWithinHalfTolerance(p, results)
+        Self.assertWithinHalfTolerance(p, results)
     }
 
     /// dtype out of range is INVALID_ARGUMENT naming the known values.
