@@ -5,9 +5,21 @@
  *
  * Run under mpirun with any world size (registered at 1, 2 and 3 ranks; the
  * cross-rank MISMATCH and "bad on one rank only" cases need >= 2 ranks).
+ *
+ * Since 0.8 (score modifiers): softcap negative / NaN / inf and sinks with a
+ * NaN or an infinity refused by plan_create on every rank (also when only the
+ * last rank has them), softcap or sinks differing by rank -> MISMATCH naming
+ * the field, the 0.7 size (softcap read, sinks not); burst_plan_set_sinks
+ * with a NaN or inf on rank 0 (that call INVALID_ARGUMENT, every following
+ * forward and backward INVALID_ARGUMENT on every rank until valid values are
+ * set), with values differing by rank (MISMATCH on every rank),
+ * burst_plan_sinks_gradient before any backward, after a forward only, after
+ * set_sinks, after a failed backward, without sinks, with NULL arguments
+ * (INVALID_ARGUMENT); the KV cache config's softcap, reserved0 and sinks.
  */
 #include <mpi.h>
 
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -142,6 +154,11 @@ static burst_status shifted_status(int32_t distribution, int64_t total_tokens, i
 static int apply_case(int i, burst_attention_config *cfg, int64_t total_tokens,
                       config_case *c) {
   static int64_t cu[2], cu_decreasing[3], cu_start[2], cu_end[2];
+  static float sinks_nan[2], sinks_inf[2], sinks_minf[2], sinks_ok[2] = {0.5f, -1.25f},
+               sinks_huge[2] = {FLT_MAX, -FLT_MAX};
+  sinks_nan[0] = 0.5f; sinks_nan[1] = (float)NAN;
+  sinks_inf[0] = (float)INFINITY; sinks_inf[1] = 0.5f;
+  sinks_minf[0] = 0.5f; sinks_minf[1] = -(float)INFINITY;
   cu[0] = 0;
   cu[1] = total_tokens;
   cu_decreasing[0] = 0; cu_decreasing[1] = total_tokens; cu_decreasing[2] = total_tokens - 1;
@@ -283,10 +300,39 @@ static int apply_case(int i, burst_attention_config *cfg, int64_t total_tokens,
          (cfg->struct_size = (uint32_t)offsetof(burst_attention_config, compute), cfg->compute = 3))
     CASE(74, "struct_size = the 0.6 size - 8", BURST_ERROR_VERSION,
          cfg->struct_size = (uint32_t)offsetof(burst_attention_config, compute) - 8u)
-    CASEM(75, "reserved0 = 1", BURST_ERROR_VERSION, "reserved0", cfg->reserved0 = 1)
-    CASEM(76, "struct_size = sizeof + 8 with compute's successor set", BURST_ERROR_VERSION, "does not know",
+    /* 0.7 required these 4 bytes (reserved0) to be 0; since 0.8 they are softcap */
+    CASE(75, "softcap = 30 (0.7's reserved0)", BURST_OK, cfg->softcap = 30.0f)
+    CASEM(76, "struct_size = sizeof + 8 with sinks' successor set", BURST_ERROR_VERSION, "does not know",
           (cfg->struct_size = (uint32_t)sizeof(burst_attention_config) + 8u,
            ((unsigned char *)cfg)[sizeof(burst_attention_config)] = 1))
+    /* since 0.8: softcap (0 = off, else finite and > 0) and sinks (num_heads_q
+     * finite logits; base_config has 2 query heads) */
+    CASEM(77, "softcap = -1", BURST_ERROR_INVALID_ARGUMENT, "softcap", cfg->softcap = -1.0f)
+    CASEM(78, "softcap = NaN", BURST_ERROR_INVALID_ARGUMENT, "softcap", cfg->softcap = (float)NAN)
+    CASEM(79, "softcap = +inf", BURST_ERROR_INVALID_ARGUMENT, "softcap", cfg->softcap = (float)INFINITY)
+    CASEM(80, "softcap = -inf", BURST_ERROR_INVALID_ARGUMENT, "softcap", cfg->softcap = -(float)INFINITY)
+    CASEM(81, "softcap = -1e-30", BURST_ERROR_INVALID_ARGUMENT, "softcap", cfg->softcap = -1e-30f)
+    CASEM(82, "sinks = {0.5, NaN}", BURST_ERROR_INVALID_ARGUMENT, "sinks", cfg->sinks = sinks_nan)
+    CASEM(83, "sinks = {+inf, 0.5}", BURST_ERROR_INVALID_ARGUMENT, "sinks", cfg->sinks = sinks_inf)
+    CASEM(84, "sinks = {0.5, -inf}", BURST_ERROR_INVALID_ARGUMENT, "sinks", cfg->sinks = sinks_minf)
+    CASE(85, "sinks = {0.5, -1.25}", BURST_OK, cfg->sinks = sinks_ok)
+    CASE(86, "softcap = 50, sinks = {0.5, -1.25}, BF16, causal ZIGZAG", BURST_OK,
+         (cfg->softcap = 50.0f, cfg->sinks = sinks_ok, cfg->dtype = BURST_DTYPE_BF16,
+          cfg->distribution = BURST_DISTRIBUTION_ZIGZAG, cfg->mask = BURST_MASK_CAUSAL,
+          cfg->seq_len_local = rule_count(BURST_DISTRIBUTION_ZIGZAG, total_tokens)))
+    CASE(87, "softcap = 1e-30 (tiny but > 0)", BURST_OK, cfg->softcap = 1e-30f)
+    CASE(88, "sinks = {FLT_MAX, -FLT_MAX} (finite)", BURST_OK, cfg->sinks = sinks_huge)
+    /* the 0.7 size ends at softcap: softcap is read, sinks are not */
+    CASEM(89, "struct_size = the 0.7 size, softcap = NaN", BURST_ERROR_INVALID_ARGUMENT, "softcap",
+          (cfg->struct_size = (uint32_t)offsetof(burst_attention_config, sinks), cfg->softcap = (float)NAN))
+    CASE(90, "struct_size = the 0.7 size, softcap = 30", BURST_OK,
+         (cfg->struct_size = (uint32_t)offsetof(burst_attention_config, sinks), cfg->softcap = 30.0f))
+    CASE(91, "struct_size = the 0.7 size, sinks = {0.5, NaN} past it (not read)", BURST_OK,
+         (cfg->struct_size = (uint32_t)offsetof(burst_attention_config, sinks), cfg->sinks = sinks_nan))
+    CASE(92, "struct_size = the 0.6 size, softcap = NaN past it (not read)", BURST_OK,
+         (cfg->struct_size = (uint32_t)offsetof(burst_attention_config, compute), cfg->softcap = (float)NAN))
+    CASE(93, "struct_size = the 0.7 size - 4 (no released header had it)", BURST_ERROR_VERSION,
+         cfg->struct_size = (uint32_t)offsetof(burst_attention_config, sinks) - 4u)
 #undef CASEM
 #undef CASE
   default:
@@ -455,12 +501,13 @@ static void check_config_cases(burst_context *ctx, int64_t total_tokens) {
 static void check_mismatch(burst_context *ctx) {
   const int odd = (g_rank == g_size - 1);
   int i;
-  for (i = 0; i < 9; ++i) {
+  for (i = 0; i < 12; ++i) {
     burst_attention_config cfg;
     burst_plan *plan = NULL;
     burst_status st;
     const char *field = "";
     int64_t cu[3];
+    const float sinks_a[2] = {0.5f, -1.25f}, sinks_b[2] = {0.5f, -1.0f};
     base_config(&cfg, 3);
     cu[0] = 0; cu[1] = odd ? 2 : 1; cu[2] = 3 * (int64_t)g_size;
     switch (i) {
@@ -474,6 +521,10 @@ static void check_mismatch(burst_context *ctx) {
     case 7: field = "compute"; if (odd) cfg.compute = BURST_COMPUTE_FAST; break;
     /* DEFAULT and FAST resolve alike for BF16, but the field is compared as set. */
     case 8: field = "compute"; cfg.dtype = BURST_DTYPE_BF16; cfg.compute = odd ? BURST_COMPUTE_DEFAULT : BURST_COMPUTE_FAST; break;
+    /* since 0.8 */
+    case 9: field = "softcap"; cfg.softcap = odd ? 2.0f : 30.0f; break;
+    case 10: field = "sinks"; cfg.sinks = odd ? sinks_b : sinks_a; break;
+    case 11: field = "sinks"; cfg.sinks = odd ? NULL : sinks_a; break; /* none on the last rank only */
     default: break;
     }
     {
@@ -508,6 +559,24 @@ static void check_mismatch(burst_context *ctx) {
     st = burst_plan_create(ctx, &cfg, &plan);
     expect_msg(st, BURST_ERROR_INVALID_ARGUMENT, "compute", "burst_plan_create(compute = 3 on the last rank only)");
     if (st == BURST_OK) burst_plan_destroy(plan);
+  }
+  /* A NaN sink, a negative softcap on the last rank only: INVALID_ARGUMENT on every rank, naming it. */
+  {
+    const float sinks_nan_last[2] = {0.5f, (float)NAN}, sinks_ok[2] = {0.5f, -1.25f};
+    int which;
+    for (which = 0; which < 2; ++which) {
+      burst_attention_config cfg;
+      burst_plan *plan = NULL;
+      burst_status st;
+      base_config(&cfg, 2);
+      if (which == 0) cfg.sinks = odd ? sinks_nan_last : sinks_ok;
+      else cfg.softcap = odd ? -30.0f : 30.0f;
+      st = burst_plan_create(ctx, &cfg, &plan);
+      expect_msg(st, BURST_ERROR_INVALID_ARGUMENT, which == 0 ? "sinks" : "softcap",
+                 which == 0 ? "burst_plan_create(a NaN sink on the last rank only)"
+                            : "burst_plan_create(softcap = -30 on the last rank only)");
+      if (st == BURST_OK) burst_plan_destroy(plan);
+    }
   }
   /* A config that is invalid on one rank only: every rank gets an error. */
   {
@@ -605,13 +674,27 @@ static void check_handles_and_overlaps(burst_context *ctx) {
              (unsigned)pc.cfg.struct_size, ((unsigned char *)&pc.cfg)[v06] == 0xab ? "untouched" : "WRITTEN");
     }
   }
+  /* Since 0.8 the 0.7 size (up to softcap, then named reserved0) is an older
+   * released size too: exactly its bytes are written, softcap = 0. */
+  {
+    const size_t v07 = offsetof(burst_attention_config, sinks);
+    memset(&pc, 0xab, sizeof pc);
+    if (expect(burst_attention_config_init_sized(&pc.cfg, v07), BURST_OK, "burst_attention_config_init_sized(0.7 size)")) {
+      ++g_checks;
+      if (pc.cfg.struct_size != v07 || ((unsigned char *)&pc.cfg)[v07] != 0xab || pc.cfg.softcap != 0 ||
+          pc.cfg.compute != BURST_COMPUTE_DEFAULT || pc.cfg.window_left != -1)
+        fail("config_init_sized(0.7 size): struct_size %u, softcap %g, byte past the 0.7 struct %s",
+             (unsigned)pc.cfg.struct_size, (double)pc.cfg.softcap,
+             ((unsigned char *)&pc.cfg)[v07] == 0xab ? "untouched" : "WRITTEN");
+    }
+  }
   if (expect(burst_attention_config_init_sized(&pc.cfg, sizeof cfg + 16), BURST_OK,
              "burst_attention_config_init_sized(sizeof + 16)")) {
     int j, bad = 0;
     for (j = 0; j < 16; ++j) bad += pc.pad[j] != 0;
     ++g_checks;
     if (pc.cfg.struct_size != sizeof cfg + 16 || bad || pc.pad[16] != 0xab || pc.cfg.window_left != -1 ||
-        pc.cfg.compute != BURST_COMPUTE_DEFAULT || pc.cfg.reserved0 != 0)
+        pc.cfg.compute != BURST_COMPUTE_DEFAULT || pc.cfg.softcap != 0 || pc.cfg.sinks != NULL)
       fail("config_init_sized(sizeof + 16): struct_size %u, %d nonzero tail bytes, byte past the size %s",
            (unsigned)pc.cfg.struct_size, bad, pc.pad[16] == 0xab ? "untouched" : "WRITTEN");
   }
@@ -826,6 +909,214 @@ done:
   free(dq); free(dk); free(dv);
 }
 
+/* Since 0.8: burst_plan_set_sinks and burst_plan_sinks_gradient. A bad
+ * value set on one rank fails that call there and the next collective call
+ * on every rank (until valid values are set); values that differ by rank
+ * make the next forward and backward MISMATCH on every rank; the gradient
+ * exists only after a successful backward with sinks since they were set. */
+static void check_sinks_calls(burst_context *ctx) {
+  const int64_t n = 3;                /* tokens on every rank; 2 heads, head_dim 16 */
+  const size_t nq = (size_t)n * 2 * 16, nl = (size_t)n * 2;
+  const int me_bad = (g_rank == 0), odd = (g_rank == g_size - 1);
+  const float good[2] = {0.5f, -1.25f}, other[2] = {0.25f, -1.25f};
+  float bad_nan[2], bad_inf[2], dsinks[2], first[2] = {0, 0};
+  float *q, *k, *v, *out, *lse, *dout, *dq, *dk, *dv;
+  burst_attention_config cfg;
+  burst_plan *plan = NULL, *plain = NULL, *dead = NULL;
+  size_t i;
+
+  bad_nan[0] = 0.5f; bad_nan[1] = (float)NAN;
+  bad_inf[0] = (float)INFINITY; bad_inf[1] = 0.5f;
+  q = alloc_floats(nq); k = alloc_floats(nq); v = alloc_floats(nq); out = alloc_floats(nq);
+  dout = alloc_floats(nq); dq = alloc_floats(nq); dk = alloc_floats(nq); dv = alloc_floats(nq);
+  lse = alloc_floats(nl);
+  for (i = 0; i < nq; ++i) {
+    q[i] = (float)((i * 37 + (size_t)g_rank) % 11) / 11.0f - 0.5f;
+    k[i] = (float)((i * 17 + 3) % 13) / 13.0f - 0.5f;
+    v[i] = (float)((i * 7 + 1) % 9) / 9.0f - 0.5f;
+    dout[i] = (float)((i * 5 + 2) % 7) / 7.0f - 0.5f;
+  }
+  base_config(&cfg, n);
+  cfg.mask = BURST_MASK_CAUSAL;
+  cfg.softcap = 20.0f;
+  cfg.sinks = good;
+  cfg.timeout_seconds = 60;
+  if (!expect(burst_plan_create(ctx, &cfg, &plan), BURST_OK, "burst_plan_create(softcap 20, sinks)")) goto done;
+
+  expect(burst_plan_sinks_gradient(plan, dsinks), BURST_ERROR_INVALID_ARGUMENT,
+         "burst_plan_sinks_gradient before any call");
+  expect(burst_forward(plan, q, k, v, out, lse), BURST_OK, "burst_forward (sinks)");
+  expect(burst_plan_sinks_gradient(plan, dsinks), BURST_ERROR_INVALID_ARGUMENT,
+         "burst_plan_sinks_gradient after a forward only");
+  expect(burst_backward(plan, q, k, v, out, lse, dout, dq, dk, dv), BURST_OK, "burst_backward (sinks)");
+  if (expect(burst_plan_sinks_gradient(plan, dsinks), BURST_OK, "burst_plan_sinks_gradient after a backward")) {
+    first[0] = dsinks[0]; first[1] = dsinks[1];
+    ++g_checks;
+    if (!isfinite(first[0]) || !isfinite(first[1]))
+      fail("burst_plan_sinks_gradient gave %g %g: not finite", (double)first[0], (double)first[1]);
+  }
+  expect(burst_plan_sinks_gradient(plan, NULL), BURST_ERROR_INVALID_ARGUMENT,
+         "burst_plan_sinks_gradient(dsinks = NULL)");
+  expect(burst_plan_sinks_gradient(NULL, dsinks), BURST_ERROR_INVALID_ARGUMENT,
+         "burst_plan_sinks_gradient(plan = NULL)");
+  expect(burst_plan_set_sinks(NULL, good), BURST_ERROR_INVALID_ARGUMENT, "burst_plan_set_sinks(plan = NULL)");
+
+  /* Setting them (even to the same values) forgets the gradient until the next backward. */
+  expect(burst_plan_set_sinks(plan, good), BURST_OK, "burst_plan_set_sinks(the same values)");
+  expect(burst_plan_sinks_gradient(plan, dsinks), BURST_ERROR_INVALID_ARGUMENT,
+         "burst_plan_sinks_gradient after burst_plan_set_sinks, before a backward");
+  expect(burst_backward(plan, q, k, v, out, lse, dout, dq, dk, dv), BURST_OK, "burst_backward (sinks set again)");
+  if (expect(burst_plan_sinks_gradient(plan, dsinks), BURST_OK, "burst_plan_sinks_gradient after that backward")) {
+    ++g_checks;
+    if (memcmp(dsinks, first, sizeof first) != 0)
+      fail("burst_plan_sinks_gradient: the same backward gave %.9g %.9g, before %.9g %.9g (not the same bits)",
+           (double)dsinks[0], (double)dsinks[1], (double)first[0], (double)first[1]);
+  }
+  /* A failed backward clears it. */
+  expect_error(burst_backward(plan, q, k, v, out, lse, dout, dq, dk, me_bad ? NULL : dv),
+               "burst_backward(dv = NULL on rank 0 only), sinks");
+  expect(burst_plan_sinks_gradient(plan, dsinks), BURST_ERROR_INVALID_ARGUMENT,
+         "burst_plan_sinks_gradient after a failed backward");
+
+  /* A NaN, then an infinity, set on rank 0 only: that call fails there, and
+   * every collective call after it fails on every rank (no hang) until
+   * valid values are set. */
+  {
+    int which;
+    for (which = 0; which < 2; ++which) {
+      const char *label = which == 0 ? "NaN" : "+inf";
+      char what[160];
+      if (me_bad) {
+        snprintf(what, sizeof what, "burst_plan_set_sinks(a %s on rank 0)", label);
+        expect_msg(burst_plan_set_sinks(plan, which == 0 ? bad_nan : bad_inf), BURST_ERROR_INVALID_ARGUMENT,
+                   "sinks", what);
+      } else {
+        snprintf(what, sizeof what, "burst_plan_set_sinks(valid values; a %s on rank 0)", label);
+        expect(burst_plan_set_sinks(plan, good), BURST_OK, what);
+      }
+      snprintf(what, sizeof what, "burst_forward after a %s sink was set on rank 0", label);
+      if (me_bad)
+        expect_msg(burst_forward(plan, q, k, v, out, lse), BURST_ERROR_INVALID_ARGUMENT, "sinks", what);
+      else
+        expect(burst_forward(plan, q, k, v, out, lse), BURST_ERROR_INVALID_ARGUMENT, what);
+      snprintf(what, sizeof what, "burst_forward again after a %s sink was set on rank 0 (the plan keeps it)", label);
+      expect(burst_forward(plan, q, k, v, out, lse), BURST_ERROR_INVALID_ARGUMENT, what);
+      snprintf(what, sizeof what, "burst_backward after a %s sink was set on rank 0", label);
+      expect(burst_backward(plan, q, k, v, out, lse, dout, dq, dk, dv), BURST_ERROR_INVALID_ARGUMENT, what);
+      expect(burst_plan_sinks_gradient(plan, dsinks), BURST_ERROR_INVALID_ARGUMENT,
+             "burst_plan_sinks_gradient after the refused sinks");
+      expect(burst_plan_set_sinks(plan, good), BURST_OK, "burst_plan_set_sinks(valid values again)");
+      snprintf(what, sizeof what, "burst_forward once valid sinks replace the %s", label);
+      expect(burst_forward(plan, q, k, v, out, lse), BURST_OK, what);
+    }
+  }
+  /* Values that differ by rank (the last rank's): MISMATCH on every rank. */
+  if (g_size >= 2) {
+    int which;
+    for (which = 0; which < 2; ++which) {
+      const char *label = which == 0 ? "other values" : "none (NULL)";
+      char what[160];
+      snprintf(what, sizeof what, "burst_plan_set_sinks(%s on the last rank)", label);
+      expect(burst_plan_set_sinks(plan, odd ? (which == 0 ? other : NULL) : good), BURST_OK, what);
+      snprintf(what, sizeof what, "burst_forward with sinks that differ on the last rank (%s)", label);
+      expect(burst_forward(plan, q, k, v, out, lse), BURST_ERROR_MISMATCH, what);
+      snprintf(what, sizeof what, "burst_backward with sinks that differ on the last rank (%s)", label);
+      expect(burst_backward(plan, q, k, v, out, lse, dout, dq, dk, dv), BURST_ERROR_MISMATCH, what);
+      expect(burst_plan_set_sinks(plan, good), BURST_OK, "burst_plan_set_sinks(the same values everywhere)");
+      expect(burst_forward(plan, q, k, v, out, lse), BURST_OK, "burst_forward once the sinks agree again");
+    }
+  }
+  /* NULL removes them: the calls work, the gradient is refused. */
+  expect(burst_plan_set_sinks(plan, NULL), BURST_OK, "burst_plan_set_sinks(NULL)");
+  expect(burst_forward(plan, q, k, v, out, lse), BURST_OK, "burst_forward after the sinks were removed");
+  expect(burst_backward(plan, q, k, v, out, lse, dout, dq, dk, dv), BURST_OK,
+         "burst_backward after the sinks were removed");
+  expect(burst_plan_sinks_gradient(plan, dsinks), BURST_ERROR_INVALID_ARGUMENT,
+         "burst_plan_sinks_gradient after a backward without sinks");
+
+  /* A plan created without sinks: no gradient; sinks set later are used. */
+  cfg.sinks = NULL;
+  cfg.softcap = 0;
+  if (expect(burst_plan_create(ctx, &cfg, &plain), BURST_OK, "burst_plan_create(no sinks)")) {
+    expect(burst_forward(plain, q, k, v, out, lse), BURST_OK, "burst_forward (plan without sinks)");
+    expect(burst_backward(plain, q, k, v, out, lse, dout, dq, dk, dv), BURST_OK, "burst_backward (plan without sinks)");
+    expect(burst_plan_sinks_gradient(plain, dsinks), BURST_ERROR_INVALID_ARGUMENT,
+           "burst_plan_sinks_gradient on a plan without sinks");
+    expect(burst_plan_set_sinks(plain, good), BURST_OK, "burst_plan_set_sinks on a plan created without sinks");
+    expect(burst_forward(plain, q, k, v, out, lse), BURST_OK, "burst_forward (sinks set after creation)");
+    expect(burst_backward(plain, q, k, v, out, lse, dout, dq, dk, dv), BURST_OK,
+           "burst_backward (sinks set after creation)");
+    expect(burst_plan_sinks_gradient(plain, dsinks), BURST_OK,
+           "burst_plan_sinks_gradient (sinks set after creation)");
+  }
+  /* A destroyed plan is not a live handle. */
+  if (expect(burst_plan_create(ctx, &cfg, &dead), BURST_OK, "burst_plan_create (to destroy)")) {
+    burst_plan_destroy(dead);
+    expect_msg(burst_plan_set_sinks(dead, good), BURST_ERROR_INVALID_ARGUMENT, "live plan",
+               "burst_plan_set_sinks(destroyed plan)");
+    expect_msg(burst_plan_sinks_gradient(dead, dsinks), BURST_ERROR_INVALID_ARGUMENT, "live plan",
+               "burst_plan_sinks_gradient(destroyed plan)");
+  }
+done:
+  burst_plan_destroy(plan);
+  burst_plan_destroy(plain);
+  free(q); free(k); free(v); free(out); free(dout); free(dq); free(dk); free(dv); free(lse);
+}
+
+/* Since 0.8: the KV cache config's softcap, reserved0 and sinks
+ * ([num_layers x num_heads_q]). */
+static void check_kvcache_config(burst_context *ctx) {
+  const int odd = (g_rank == g_size - 1);
+  const float sinks_ok[4] = {0.5f, -1.0f, 2.0f, 0.0f}, sinks_other[4] = {0.5f, -1.0f, 2.5f, 0.0f};
+  float sinks_nan[4], sinks_inf[4], sinks_minf[4];
+  burst_kv_cache_config base;
+  int i;
+  for (i = 0; i < 4; ++i) sinks_nan[i] = sinks_inf[i] = sinks_minf[i] = sinks_ok[i];
+  sinks_nan[2] = (float)NAN;       /* layer 1, head 0 */
+  sinks_inf[3] = (float)INFINITY;  /* layer 1, head 1 */
+  sinks_minf[0] = -(float)INFINITY;
+  burst_kv_cache_config_init(&base);
+  base.num_layers = 2; base.num_heads_q = 2; base.num_heads_kv = 1; base.head_dim = 16; base.timeout_seconds = 60;
+#define KV_CASE(stmt, want, needle, label)                                      \
+  do {                                                                          \
+    burst_kv_cache_config c_ = base;                                            \
+    burst_kv_cache *cache_ = NULL;                                              \
+    burst_status st_;                                                           \
+    stmt;                                                                       \
+    st_ = burst_kv_cache_create(ctx, &c_, &cache_);                             \
+    expect_msg(st_, (want), (needle), (label));                                 \
+    burst_kv_cache_destroy(cache_);                                             \
+  } while (0)
+  KV_CASE(c_.sinks = sinks_nan, BURST_ERROR_INVALID_ARGUMENT, "sinks",
+          "burst_kv_cache_create(a NaN sink in layer 1)");
+  KV_CASE(c_.sinks = sinks_inf, BURST_ERROR_INVALID_ARGUMENT, "sinks",
+          "burst_kv_cache_create(a +inf sink in layer 1)");
+  KV_CASE(c_.sinks = sinks_minf, BURST_ERROR_INVALID_ARGUMENT, "sinks",
+          "burst_kv_cache_create(a -inf sink in layer 0)");
+  KV_CASE(c_.softcap = -1.0f, BURST_ERROR_INVALID_ARGUMENT, "softcap", "burst_kv_cache_create(softcap = -1)");
+  KV_CASE(c_.softcap = (float)NAN, BURST_ERROR_INVALID_ARGUMENT, "softcap", "burst_kv_cache_create(softcap = NaN)");
+  KV_CASE(c_.softcap = (float)INFINITY, BURST_ERROR_INVALID_ARGUMENT, "softcap",
+          "burst_kv_cache_create(softcap = +inf)");
+  KV_CASE(c_.reserved0 = 1, BURST_ERROR_VERSION, "reserved0", "burst_kv_cache_create(reserved0 = 1)");
+  KV_CASE((c_.softcap = 30.0f, c_.sinks = sinks_ok), BURST_OK, NULL,
+          "burst_kv_cache_create(softcap = 30, per-layer sinks)");
+  /* The 0.6-0.7 size ends at timeout_seconds: nothing after it is read. */
+  KV_CASE((c_.struct_size = (uint32_t)offsetof(burst_kv_cache_config, softcap), c_.softcap = (float)NAN,
+           c_.reserved0 = 7, c_.sinks = sinks_nan),
+          BURST_OK, NULL, "burst_kv_cache_create(the 0.6 size; NaN softcap, reserved0 7, NaN sinks past it)");
+  if (g_size >= 2) {
+    KV_CASE(c_.sinks = odd ? sinks_other : sinks_ok, BURST_ERROR_MISMATCH, "sinks",
+            "burst_kv_cache_create(sinks differ on the last rank)");
+    KV_CASE(c_.sinks = odd ? NULL : sinks_ok, BURST_ERROR_MISMATCH, "sinks",
+            "burst_kv_cache_create(no sinks on the last rank only)");
+    KV_CASE(c_.softcap = odd ? 20.0f : 30.0f, BURST_ERROR_MISMATCH, "softcap",
+            "burst_kv_cache_create(softcap differs on the last rank)");
+    KV_CASE(c_.sinks = odd ? sinks_nan : sinks_ok, BURST_ERROR_INVALID_ARGUMENT, NULL,
+            "burst_kv_cache_create(a NaN sink on the last rank only)");
+  }
+#undef KV_CASE
+}
+
 int main(int argc, char **argv) {
   burst_context *ctx = NULL;
   int local_fail, global_fail = 0;
@@ -857,6 +1148,8 @@ int main(int argc, char **argv) {
     check_plan_churn(ctx);
     check_plan_calls(ctx);
     check_handles_and_overlaps(ctx);
+    check_sinks_calls(ctx);
+    check_kvcache_config(ctx);
     burst_context_destroy(ctx);
   }
 

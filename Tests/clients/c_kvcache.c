@@ -41,6 +41,11 @@
  * more with num_threads 2 on even ranks (1 on odd ones; the header: results
  * do not depend on it) and lse = NULL at odd steps: the same out bytes.
  *
+ * Score modifiers (0.8): six more scenarios whose cache config has a softcap
+ * and/or sinks for both layers (different per layer; one sink dominates its
+ * rows), against the same float64 model with every score capped
+ * (c * tanh(s / c)) and exp(s_h) added once to each new row's denominator.
+ *
  * Bad inputs (bad_inputs()): each must give an error on every rank with a
  * non-empty message, and leave the cache unchanged (lengths and bytes the
  * same after); then good calls still work and match the reference.
@@ -127,7 +132,20 @@ typedef struct scenario {
   int dtype, layout, dist;
   int64_t hkv, window_left, block_tokens;
   float softmax_scale;
+  float softcap; /* 0.8: 0 = off */
+  int sinks;     /* 0.8: 1 = the cache's config has k_sinks (per layer, per query head) */
 } scenario;
+
+/* Sink logits [NLAYER][HQ] (0.8): the two layers differ, and one sink
+ * dominates its rows (3.5), so a layer read with the other's sinks fails. */
+static const float k_sinks[NLAYER * HQ] = {-1.5f, 0.25f, 1.0f, 3.5f, 2.0f, -0.75f, 0.5f, -3.0f};
+
+static const float *sinks_of(const scenario *sc, int layer) { return sc->sinks ? k_sinks + layer * HQ : NULL; }
+
+/* The score the softmax sees: softcap * tanh(s / softcap) when capped. */
+static double capped(const scenario *sc, double s) {
+  return sc->softcap > 0 ? (double)sc->softcap * tanh(s / (double)sc->softcap) : s;
+}
 
 typedef struct model {
   int alive[NSLOT];
@@ -341,6 +359,8 @@ static void prefill(run *R, int layer, int plan_layout, int64_t batch, int64_t N
   cfg.head_dim = HEAD_DIM; cfg.cu_seqlens = cu; cfg.num_sequences = nseq; cfg.num_threads = 1;
   cfg.timeout_seconds = 120;
   cfg.compute = BURST_COMPUTE_EXACT; /* the exact bounds below; DEFAULT may be FAST for BF16 */
+  cfg.softcap = sc->softcap;          /* the layer's modifiers, as a model prefills (header) */
+  cfg.sinks = sinks_of(sc, layer);
   if (ok(burst_plan_create(R->ctx, &cfg, &plan), "burst_plan_create") &&
       ok(burst_forward(plan, lq, lk, lv, lout, llse), "burst_forward")) {
     int64_t ids[8];
@@ -448,21 +468,25 @@ static void decode(run *R, int layer, const int *slots, int ns, int64_t T, const
           const int64_t ip = p0[s] + t, hk = h / g;
           const int64_t lo = sc->window_left < 0 || ip - sc->window_left < 0 ? 0 : ip - sc->window_left;
           const size_t iq = ref_index(L, T, HQ, HEAD_DIM, s, t, h, 0);
-          double mx = -INFINITY, l = 0;
+          const float *sinks = sinks_of(sc, layer);
+          /* softcap: every score capped; sinks: exp(s_h) once in the denominator */
+          double mx = sinks ? (double)sinks[h] : -INFINITY, l = 0;
           for (i = lo; i <= ip; ++i)
             if (m->present[layer][sl][i]) {
               double sc_ = 0;
               for (x = 0; x < HEAD_DIM; ++x) sc_ += qd[iq + (size_t)x] * m->k[layer][sl][kv_at(hk, i) + (size_t)x];
-              if (sc_ * scale > mx) mx = sc_ * scale;
+              sc_ = capped(sc, sc_ * scale);
+              if (sc_ > mx) mx = sc_;
             }
           for (i = lo; i <= ip; ++i)
             if (m->present[layer][sl][i]) {
               double sc_ = 0, p;
               for (x = 0; x < HEAD_DIM; ++x) sc_ += qd[iq + (size_t)x] * m->k[layer][sl][kv_at(hk, i) + (size_t)x];
-              p = exp(sc_ * scale - mx);
+              p = exp(capped(sc, sc_ * scale) - mx);
               l += p;
               for (x = 0; x < HEAD_DIM; ++x) ref[iq + (size_t)x] += p * m->v[layer][sl][kv_at(hk, i) + (size_t)x];
             }
+          if (sinks) l += exp((double)sinks[h] - mx);
           for (x = 0; x < HEAD_DIM; ++x) ref[iq + (size_t)x] /= l;
           ref_lse[ref_lse_index(T, HQ, s, h, t)] = mx + log(l);
         }
@@ -537,6 +561,7 @@ static burst_status create_cache(burst_context *ctx, const scenario *sc, int64_t
   cfg.num_heads_q = HQ; cfg.num_heads_kv = sc->hkv; cfg.head_dim = HEAD_DIM;
   cfg.softmax_scale = sc->softmax_scale; cfg.window_left = sc->window_left;
   cfg.block_tokens = sc->block_tokens; cfg.max_bytes_local = max_bytes; cfg.timeout_seconds = 120;
+  cfg.softcap = sc->softcap; cfg.sinks = sc->sinks ? k_sinks : NULL;
   return burst_kv_cache_create(ctx, &cfg, out);
 }
 
@@ -658,7 +683,7 @@ static burst_status make_plan(burst_context *ctx, int dt, int64_t hkv, int64_t d
 
 static void bad_inputs(burst_context *ctx) {
   /* F32, BSHD, MQA (hkv 1), blocks of 4 tokens; rank 0 may hold at most 10.5 blocks. */
-  const scenario sc = {BURST_DTYPE_F32, BURST_LAYOUT_BSHD, BURST_DISTRIBUTION_CONTIGUOUS, 1, -1, 4, 0.0f};
+  const scenario sc = {BURST_DTYPE_F32, BURST_LAYOUT_BSHD, BURST_DISTRIBUTION_CONTIGUOUS, 1, -1, 4, 0.0f, 0.0f, 0};
   const int64_t block_bytes = 4 * (int64_t)token_bytes(&sc), limit = 10 * block_bytes + block_bytes / 2;
   const int P = g_size, r0 = g_rank == 0;
   run run_, *R = &run_;
@@ -963,6 +988,43 @@ int main(int argc, char **argv) {
             run_scenario(&R);
             ++n_scen;
           }
+  /* Score modifiers (0.8): softcap and per-layer sinks (the two layers'
+   * differ), alone and together, over the dtypes, layouts, distributions,
+   * head counts and windows; each scenario 3 times as above. */
+  {
+    static const struct { int dtype, layout, dist, hi, win; float softcap; int sinks; } mods[] = {
+        {BURST_DTYPE_F32, BURST_LAYOUT_BSHD, BURST_DISTRIBUTION_CONTIGUOUS, 0, 0, 0.0f, 1},
+        {BURST_DTYPE_F32, BURST_LAYOUT_BHSD, BURST_DISTRIBUTION_ZIGZAG, 1, 1, 0.5f, 0},
+        {BURST_DTYPE_F32, BURST_LAYOUT_BSHD, BURST_DISTRIBUTION_STRIPED, 2, 0, 0.75f, 1},
+        {BURST_DTYPE_BF16, BURST_LAYOUT_BHSD, BURST_DISTRIBUTION_CONTIGUOUS, 1, 1, 1.0f, 1},
+        {BURST_DTYPE_F16, BURST_LAYOUT_BSHD, BURST_DISTRIBUTION_ZIGZAG, 0, 1, 0.5f, 1},
+        {BURST_DTYPE_F16, BURST_LAYOUT_BHSD, BURST_DISTRIBUTION_STRIPED, 2, 0, 0.0f, 1},
+    };
+    size_t j;
+    for (j = 0; j < sizeof mods / sizeof mods[0]; ++j) {
+      run R;
+      static const int64_t blocks[] = {4, 1, 0};
+      memset(&R, 0, sizeof R);
+      R.ctx = ctx;
+      R.sc.dtype = mods[j].dtype; R.sc.layout = mods[j].layout; R.sc.dist = mods[j].dist;
+      R.sc.hkv = hkvs[mods[j].hi]; R.sc.window_left = mods[j].win ? 6 : -1;
+      R.sc.softmax_scale = mods[j].win ? 0.3f : 0.0f; R.sc.block_tokens = blocks[j % 3];
+      R.sc.softcap = mods[j].softcap; R.sc.sinks = mods[j].sinks;
+      R.seed = 5000u + (uint64_t)j;
+      snprintf(g_case, sizeof g_case, "%s %s %s heads %d/%lld window %lld blocks %lld softcap %g sinks %s P=%d",
+               R.sc.dtype == BURST_DTYPE_F32 ? "F32" : R.sc.dtype == BURST_DTYPE_BF16 ? "BF16" : "F16",
+               R.sc.layout == BURST_LAYOUT_BSHD ? "BSHD" : "BHSD",
+               R.sc.dist == BURST_DISTRIBUTION_ZIGZAG ? "ZIGZAG" : R.sc.dist ? "STRIPED" : "CONTIGUOUS", HQ,
+               (long long)R.sc.hkv, (long long)R.sc.window_left, (long long)R.sc.block_tokens,
+               (double)R.sc.softcap, R.sc.sinks ? "per layer" : "off", g_size);
+      run_scenario(&R);
+      R.replay = 1;
+      run_scenario(&R);
+      R.replay = 2;
+      run_scenario(&R);
+      ++n_scen;
+    }
+  }
   bad_inputs(ctx);
   burst_context_destroy(ctx);
   MPI_Allreduce(&g_failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);

@@ -4,6 +4,8 @@
 // user would: RAII owners for contexts and plans, std::vector buffers. It also
 // checks the numerics contract "error at P ranks <= 2x error at P = 1 +
 // 1e-6 max|ref|" by running the full sequence on a self context (P = 1).
+// Since 0.8: one bf16 case with softcap and sinks (forward, backward and
+// dL/d sinks against the float64 reference).
 #define OMPI_SKIP_MPICXX 1 // use the C API of MPI only
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
@@ -315,11 +317,20 @@ double from_storage(int dtype, uint16_t h) {
   return (h & 0x8000u) ? -v : v;
 }
 
-void run_half(burst_context *ctx, int dtype, int pattern, int compute = BURST_COMPUTE_EXACT) {
+// Since 0.8 also with score modifiers: softcap > 0 and/or sinks (one logit
+// per query head); then dL/d sinks too (burst_plan_sinks_gradient, summed
+// over the ranks) against the reference's, within the gradient tolerance.
+// compute DEFAULT with BF16 storage is FAST where the CPU has bf16 products
+// (EXACT elsewhere, which meets the FAST bounds): checked with the FAST bounds.
+void run_half(burst_context *ctx, int dtype, int pattern, int compute = BURST_COMPUTE_EXACT, float softcap = 0.0f,
+              bool with_sinks = false) {
   static const char *const patterns[] = {"BURST", "RING", "ALLGATHER", "ULYSSES", "AUTO"};
-  const bool fast = compute == BURST_COMPUTE_FAST;
-  const std::string label = std::string(dtype == BURST_DTYPE_BF16 ? "bf16" : "fp16") + (fast ? " FAST" : "") +
-                            " zigzag causal window(6,0) GQA 4/2 BHSD N=45 " + patterns[pattern];
+  const bool fast = compute == BURST_COMPUTE_FAST || (compute == BURST_COMPUTE_DEFAULT && dtype == BURST_DTYPE_BF16);
+  std::string label = std::string(dtype == BURST_DTYPE_BF16 ? "bf16" : "fp16") +
+                      (compute == BURST_COMPUTE_FAST ? " FAST" : compute == BURST_COMPUTE_DEFAULT ? " DEFAULT" : "") +
+                      " zigzag causal window(6,0) GQA 4/2 BHSD N=45 " + patterns[pattern];
+  if (softcap > 0) label += " softcap " + std::to_string(softcap);
+  if (with_sinks) label += " sinks";
   const char *name = label.c_str();
   vcase c{name, BURST_DISTRIBUTION_ZIGZAG, BURST_LAYOUT_BHSD, 1, 6, 0, 4, 2, 1, 16, 45, nullptr, 0};
   const size_t nq = size_t(c.batch * c.hq * c.N * c.d), nk = size_t(c.batch * c.hkv * c.N * c.d);
@@ -327,15 +338,21 @@ void run_half(burst_context *ctx, int dtype, int pattern, int compute = BURST_CO
   std::vector<double> q(nq), k(nk), v(nk), dout(nq), out(nq), lse(size_t(c.batch * c.hq * c.N)), dq(nq), dk(nk), dv(nk);
   for (size_t i = 0; i < nq; ++i) { q[i] = rounded(vref_value(1, i)); dout[i] = rounded(vref_value(4, i)); }
   for (size_t i = 0; i < nk; ++i) { k[i] = rounded(vref_value(2, i)); v[i] = rounded(vref_value(3, i)); }
-  vref_reference(&c, q.data(), k.data(), v.data(), dout.data(), out.data(), lse.data(), dq.data(), dk.data(), dv.data());
+  // Sink logits as the library gets them (fp32), widened for the reference.
+  std::vector<float> sinks(size_t(c.hq));
+  std::vector<double> sinks_d(sinks.size()), ref_dsinks(sinks.size());
+  for (size_t h = 0; h < sinks.size(); ++h) { sinks[h] = -1.0f + 1.25f * float(h); sinks_d[h] = sinks[h]; }
+  const vmods mods{double(softcap), with_sinks ? sinks_d.data() : nullptr};
+  vref_reference_mods(&c, &mods, q.data(), k.data(), v.data(), dout.data(), nullptr, out.data(), lse.data(), dq.data(),
+                      dk.data(), dv.data(), nullptr, nullptr);
   std::vector<double> given(nq);
   for (size_t i = 0; i < nq; ++i) given[i] = rounded(out[i]);
   std::fill(out.begin(), out.end(), 0.0);
   std::fill(dq.begin(), dq.end(), 0.0);
   std::fill(dk.begin(), dk.end(), 0.0);
   std::fill(dv.begin(), dv.end(), 0.0);
-  vref_reference_given_out(&c, q.data(), k.data(), v.data(), dout.data(), given.data(), out.data(), lse.data(),
-                           dq.data(), dk.data(), dv.data());
+  vref_reference_mods(&c, &mods, q.data(), k.data(), v.data(), dout.data(), given.data(), out.data(), lse.data(),
+                      dq.data(), dk.data(), dv.data(), ref_dsinks.data(), nullptr);
   int64_t n = 0;
   check(burst_shard_positions(c.dist, c.N, nullptr, 0, g_size, g_rank, nullptr, 0, &n), "burst_shard_positions");
   // Rows of head_dim elements: 2 bytes each in the storage type, 8 for the reference.
@@ -360,6 +377,8 @@ void run_half(burst_context *ctx, int dtype, int pattern, int compute = BURST_CO
   cfg.batch = c.batch; cfg.seq_len_local = n; cfg.num_heads_q = c.hq; cfg.num_heads_kv = c.hkv;
   cfg.head_dim = c.d; cfg.window_left = c.wl; cfg.window_right = c.wr; cfg.num_threads = 1; cfg.pattern = pattern;
   cfg.compute = compute;
+  cfg.softcap = softcap;
+  cfg.sinks = with_sinks ? sinks.data() : nullptr;
   burst_plan *raw = nullptr;
   check(burst_plan_create(ctx, &cfg, &raw), "burst_plan_create");
   plan_ptr plan(raw);
@@ -391,6 +410,22 @@ void run_half(burst_context *ctx, int dtype, int pattern, int compute = BURST_CO
     if (!(worst <= 1.0)) fail(name, std::string(what) + ": error / allowed = " + std::to_string(worst));
   };
   const double out_tol = fast ? VREF_FAST_OUT_TOL : 1e-5, grad_tol = fast ? VREF_FAST_GRAD_TOL : 1e-4;
+  // dL/d sinks: every rank's partial, summed over the ranks, against the reference's.
+  if (with_sinks) {
+    std::vector<float> part(sinks.size());
+    std::vector<double> mine(sinks.size()), total(sinks.size());
+    const burst_status st = burst_plan_sinks_gradient(plan.get(), part.data());
+    if (st != BURST_OK) fail(name, std::string("burst_plan_sinks_gradient: ") + burst_status_string(st) + ": " + burst_last_error());
+    for (size_t h = 0; h < part.size(); ++h) mine[h] = st == BURST_OK ? double(part[h]) : NAN;
+    MPI_Allreduce(mine.data(), total.data(), int(mine.size()), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    double scale = 1e-3;
+    for (double y : ref_dsinks) scale = std::fmax(scale, std::fabs(y));
+    for (size_t h = 0; h < total.size(); ++h)
+      if (!(std::fabs(total[h] - ref_dsinks[h]) <= grad_tol * scale))
+        fail(name, "dsinks[" + std::to_string(h) + "]: sum of the partials over the ranks " + std::to_string(total[h]) +
+                       ", reference " + std::to_string(ref_dsinks[h]) + " (tolerance " + std::to_string(grad_tol) +
+                       " * " + std::to_string(scale) + ")");
+  }
   within("out", o, out, local_ref(out, c.hq), out_tol, 0);
   within("dq", gq, dq, local_ref(dq, c.hq), grad_tol, 1e-3);
   within("dk", gk, dk, local_ref(dk, c.hkv), grad_tol, 1e-3);
@@ -489,6 +524,9 @@ int main(int argc, char **argv) {
       }
     // BURST_COMPUTE_FAST (0.7): bf16 products.
     run_half(world.get(), BURST_DTYPE_BF16, BURST_PATTERN_BURST, BURST_COMPUTE_FAST);
+    ++cases;
+    // Score modifiers (0.8): bf16 storage, compute DEFAULT, softcap and sinks.
+    run_half(world.get(), BURST_DTYPE_BF16, BURST_PATTERN_BURST, BURST_COMPUTE_DEFAULT, 0.75f, true);
     ++cases;
   } catch (const burst_error &e) {
     fail("setup", e.what());

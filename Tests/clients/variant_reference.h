@@ -3,7 +3,9 @@
  * c_variants.c (C99) and cpp_client.cpp (C++17): the header's visibility rule
  * written out (causal, windows, packing), GQA, inputs, and the schedule's
  * exact byte rules over a brute-force needs matrix. Canonical tensors are
- * [batch][heads][N][head_dim] doubles.
+ * [batch][heads][N][head_dim] doubles. Since 0.8 the reference also takes
+ * the score modifiers (softcap, sinks) and gives dL/d sinks
+ * (vref_reference_mods).
  */
 #ifndef BURST_TESTS_VARIANT_REFERENCE_H
 #define BURST_TESTS_VARIANT_REFERENCE_H
@@ -54,49 +56,86 @@ static inline double vref_value(uint64_t seed, uint64_t index) {
 
 #define CI(c, h, b, t, x, H) ((((size_t)(b) * (size_t)(H) + (size_t)(h)) * (size_t)(c)->N + (size_t)(t)) * (size_t)(c)->d + (size_t)(x))
 
-/* As vref_reference, but D = rowsum(dout * given_out) when given_out is not
- * NULL (a backward handed a rounded out, as with bf16/fp16 storage). */
-static inline void vref_reference_given_out(const vcase *c, const double *q, const double *k, const double *v,
-                                            const double *dout, const double *given_out, double *out, double *lse,
-                                            double *dq, double *dk, double *dv) {
+/* Score modifiers (0.8): logit soft-capping and attention sinks.
+ *  softcap c > 0: the scaled score s becomes x = c * tanh(s / c); the
+ *    backward multiplies dS by its derivative 1 - (x / c)^2.
+ *  sinks: one logit s_h per query head (NULL = none); exp(s_h) joins every
+ *    softmax denominator of head h: lse = log(sum_j exp(x_j) + exp(s_h)), so
+ *    a row that sees no key has out = 0 and lse = s_h; dL/ds_h =
+ *    -sum_i exp(s_h - lse_i) * D_i.
+ * Both are what the library is given: the float values, widened. */
+typedef struct vmods {
+  double softcap;        /* 0 = off */
+  const double *sinks;   /* NULL = none; else c->hq logits */
+} vmods;
+
+static inline double vref_capped(const vmods *m, double s) {
+  return m && m->softcap > 0 ? m->softcap * tanh(s / m->softcap) : s;
+}
+
+/* The float64 reference with modifiers (mods may be NULL: none).
+ * D = rowsum(dout * given_out) when given_out is not NULL (a backward handed
+ * a rounded out, as with bf16/fp16 storage or bf16 products), else the
+ * reference's own out. out, dq, dk, dv must be zeroed by the caller (they
+ * are accumulated). dsinks (may be NULL; c->hq values, overwritten) receives
+ * dL/ds_h summed over every batch row and query; dsink_rows (may be NULL;
+ * canonical [b][h][t] like lse, overwritten) receives each row's term
+ * -exp(s_h - lse_i) * D_i, so a rank's partial is the sum over its rows. */
+static inline void vref_reference_mods(const vcase *c, const vmods *mods, const double *q, const double *k,
+                                       const double *v, const double *dout, const double *given_out, double *out,
+                                       double *lse, double *dq, double *dk, double *dv, double *dsinks,
+                                       double *dsink_rows) {
   const int64_t g = c->hq / c->hkv, N = c->N, D = c->d;
   const double scale = 1.0 / sqrt((double)D);
+  const double *sinks = mods ? mods->sinks : NULL;
   int64_t b, h, i, j, x;
+  if (dsinks)
+    for (h = 0; h < c->hq; ++h) dsinks[h] = 0;
   for (b = 0; b < c->batch; ++b)
     for (h = 0; h < c->hq; ++h) {
       const int64_t hk = h / g;
       for (i = 0; i < N; ++i) {
-        double m = -INFINITY, l = 0, delta = 0, L;
+        const size_t row = ((size_t)b * c->hq + h) * N + i;
+        double m = sinks ? sinks[h] : -INFINITY, l = 0, delta = 0, L;
         for (j = 0; j < N; ++j)
           if (vref_visible(c, i, j)) {
             double s = 0;
             for (x = 0; x < D; ++x) s += q[CI(c, h, b, i, x, c->hq)] * k[CI(c, hk, b, j, x, c->hkv)];
-            s *= scale;
+            s = vref_capped(mods, s * scale);
             if (s > m) m = s;
           }
-        if (m == -INFINITY) { lse[((size_t)b * c->hq + h) * N + i] = -INFINITY; continue; }
+        if (dsink_rows) dsink_rows[row] = 0;
+        if (m == -INFINITY) { lse[row] = -INFINITY; continue; }
         for (j = 0; j < N; ++j)
           if (vref_visible(c, i, j)) {
             double s = 0, p;
             for (x = 0; x < D; ++x) s += q[CI(c, h, b, i, x, c->hq)] * k[CI(c, hk, b, j, x, c->hkv)];
-            p = exp(s * scale - m);
+            p = exp(vref_capped(mods, s * scale) - m);
             l += p;
             for (x = 0; x < D; ++x) out[CI(c, h, b, i, x, c->hq)] += p * v[CI(c, hk, b, j, x, c->hkv)];
           }
+        if (sinks) l += exp(sinks[h] - m);
         for (x = 0; x < D; ++x) out[CI(c, h, b, i, x, c->hq)] /= l;
         L = m + log(l);
-        lse[((size_t)b * c->hq + h) * N + i] = L;
+        lse[row] = L;
         for (x = 0; x < D; ++x)
           delta += dout[CI(c, h, b, i, x, c->hq)] * (given_out ? given_out : out)[CI(c, h, b, i, x, c->hq)];
+        if (sinks) {
+          const double term = -exp(sinks[h] - L) * delta;
+          if (dsinks) dsinks[h] += term;
+          if (dsink_rows) dsink_rows[row] = term;
+        }
         for (j = 0; j < N; ++j)
           if (vref_visible(c, i, j)) {
-            double s = 0, dp = 0, p, ds;
+            double s = 0, dp = 0, p, ds, xc;
             for (x = 0; x < D; ++x) {
               s += q[CI(c, h, b, i, x, c->hq)] * k[CI(c, hk, b, j, x, c->hkv)];
               dp += dout[CI(c, h, b, i, x, c->hq)] * v[CI(c, hk, b, j, x, c->hkv)];
             }
-            p = exp(s * scale - L);
+            xc = vref_capped(mods, s * scale);
+            p = exp(xc - L);
             ds = p * (dp - delta) * scale;
+            if (mods && mods->softcap > 0) ds *= 1.0 - (xc / mods->softcap) * (xc / mods->softcap);
             for (x = 0; x < D; ++x) {
               dq[CI(c, h, b, i, x, c->hq)] += ds * k[CI(c, hk, b, j, x, c->hkv)];
               dk[CI(c, hk, b, j, x, c->hkv)] += ds * q[CI(c, h, b, i, x, c->hq)];
@@ -105,6 +144,14 @@ static inline void vref_reference_given_out(const vcase *c, const double *q, con
           }
       }
     }
+}
+
+/* As vref_reference, but D = rowsum(dout * given_out) when given_out is not
+ * NULL (a backward handed a rounded out, as with bf16/fp16 storage). */
+static inline void vref_reference_given_out(const vcase *c, const double *q, const double *k, const double *v,
+                                            const double *dout, const double *given_out, double *out, double *lse,
+                                            double *dq, double *dk, double *dv) {
+  vref_reference_mods(c, NULL, q, k, v, dout, given_out, out, lse, dq, dk, dv, NULL, NULL);
 }
 
 /* ---- the schedule's byte rules with a brute-force needs matrix ------------- */

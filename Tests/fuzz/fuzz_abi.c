@@ -13,13 +13,18 @@
  *     overflowing sizes, NaN / Inf scales and timeouts, struct_size off by a
  *     few or random, cu_seqlens valid / invalid / NULL with num_sequences
  *     mismatches, windows, GQA, dtypes, patterns incl. AUTO, distributions,
- *     num_threads, intra_group_size, compute and reserved0; the 0.4-0.6
- *     struct_size, whose config ends before compute);
+ *     num_threads, intra_group_size, compute, softcap (0, valid, negative,
+ *     NaN, inf) and sinks (NULL, ordinary, huge finite, one NaN / inf; set
+ *     only when num_heads_q <= SINK_CAP so the array always holds
+ *     num_heads_q values); the 0.4-0.6 struct_size, whose config ends before
+ *     compute, and the 0.7 one, which ends before sinks);
  *   - up to 16 operations run in the same order on every rank (plan_create,
  *     forward, backward with lse/out from a forward or garbage, plan_stats
  *     with random struct_size, plan_destroy, context_rank, the shard helpers,
  *     status_string, last_error, an early context destroy, two threads on
- *     one plan, and deliberately divergent collective calls).
+ *     one plan, deliberately divergent collective calls, and (0.8)
+ *     burst_plan_set_sinks with valid / NULL / NaN / inf / rank-dependent
+ *     values and burst_plan_sinks_gradient).
  * Ranks pass a barrier after every operation, so every operation's outcome
  * can be compared across ranks.
  *
@@ -41,6 +46,13 @@
  *      a message naming the field; ULYSSES with num_heads_kv not divisible by
  *      the world gives UNSUPPORTED; forward/backward with a NULL non-empty
  *      buffer fails everywhere; after TIMEOUT a plan returns that error.
+ *      0.8: softcap must be 0 or finite and > 0, sinks finite; after
+ *      burst_plan_set_sinks with a NaN / inf on some rank (that call
+ *      INVALID_ARGUMENT there) forward and backward fail with
+ *      INVALID_ARGUMENT on every rank, with values differing by rank with
+ *      MISMATCH on every rank; burst_plan_sinks_gradient is OK exactly when
+ *      the last backward since plan_create / set_sinks succeeded with sinks
+ *      (a failed backward clears it), and then gives that backward's values.
  *   O4 numerics: a successful forward with unit-scale inputs matches a
  *      float64 reference (out 1e-5·max|ref| plus the storage rounding, lse
  *      1e-4); a successful backward on a forward's out/lse matches the
@@ -49,7 +61,11 @@
  *      rounded to bf16 and the FAST bounds of Tests/clients/variant_reference.h
  *      apply instead; with tame (finite,
  *      moderate) inputs out, lse and (fp32/bf16) gradients are finite; two
- *      identical calls give bitwise identical results.
+ *      identical calls give bitwise identical results. 0.8: the reference
+ *      caps the scores (c * tanh(s / c)) and adds exp(s_h) to every
+ *      denominator; each rank's dL/d sinks partial is checked against the
+ *      reference's sum over that rank's rows (gradient tolerance plus a
+ *      cancellation floor over the terms' absolute values).
  *   O5 memory: no byte past any caller buffer is written (guard bytes), no
  *      input buffer is modified, plan_stats writes nothing past the
  *      struct_size it was given; the shard helpers agree with the header's
@@ -92,10 +108,12 @@
 #define REF_CAP 4000000 /* reference multiply-adds per check */
 #define GUARD 64        /* guard bytes after every buffer */
 #define SHARD_BYTES_CAP (1 << 20)
+#define SINK_CAP 64     /* sinks only for plans of up to this many query heads */
 
 static int g_verbose = 0, g_strict_timeout = 0, g_huge_plans = 0;
 static double g_margin = 5.0;
 static uint64_t g_execs = 0, g_timeout_exempt = 0, g_ref_checks = 0, g_bwd_ref_checks = 0, g_huge_skipped = 0;
+static uint64_t g_sink_ref_checks = 0, g_cap_ref_checks = 0; /* 0.8: reference checks with sinks / softcap */
 
 static double now_s(void) {
   struct timespec ts;
@@ -352,20 +370,21 @@ static int visible(int causal, int64_t wl, int64_t wr, const int64_t *cu, int64_
 /* Program                                                                   */
 enum {
   OP_PLAN_CREATE, OP_FORWARD, OP_BACKWARD, OP_STATS, OP_PLAN_DESTROY, OP_CTX_RANK, OP_SHARD,
-  OP_STATUS_STRING, OP_LAST_ERROR, OP_CTX_DESTROY, OP_CONCURRENT, OP_DIVERGE, OP_KINDS
+  OP_STATUS_STRING, OP_LAST_ERROR, OP_CTX_DESTROY, OP_CONCURRENT, OP_DIVERGE, OP_SET_SINKS, OP_SINKS_GRAD, OP_KINDS
 };
 static const char *k_op_names[OP_KINDS] = {"plan_create", "forward", "backward", "plan_stats",
                                            "plan_destroy", "context_rank", "shard", "status_string",
-                                           "last_error", "context_destroy", "concurrent", "diverge"};
-/* Weights: 64 entries. */
+                                           "last_error", "context_destroy", "concurrent", "diverge", "set_sinks",
+                                           "sinks_gradient"};
+/* Weights: 64 entries (0.8: four forwards became set_sinks / sinks_gradient). */
 static const uint8_t k_op_table[64] = {
-  OP_FORWARD, OP_PLAN_CREATE, OP_BACKWARD, OP_FORWARD, OP_SHARD, OP_STATS, OP_FORWARD, OP_PLAN_CREATE,
+  OP_FORWARD, OP_PLAN_CREATE, OP_BACKWARD, OP_FORWARD, OP_SHARD, OP_STATS, OP_SET_SINKS, OP_PLAN_CREATE,
   OP_BACKWARD, OP_FORWARD, OP_PLAN_CREATE, OP_SHARD, OP_FORWARD, OP_BACKWARD, OP_PLAN_DESTROY, OP_FORWARD,
   OP_PLAN_CREATE, OP_STATS, OP_BACKWARD, OP_SHARD, OP_FORWARD, OP_CTX_RANK, OP_PLAN_CREATE, OP_BACKWARD,
-  OP_FORWARD, OP_SHARD, OP_STATUS_STRING, OP_FORWARD, OP_PLAN_CREATE, OP_BACKWARD, OP_DIVERGE, OP_STATS,
-  OP_FORWARD, OP_PLAN_DESTROY, OP_SHARD, OP_BACKWARD, OP_CONCURRENT, OP_FORWARD, OP_PLAN_CREATE, OP_LAST_ERROR,
+  OP_FORWARD, OP_SHARD, OP_STATUS_STRING, OP_SINKS_GRAD, OP_PLAN_CREATE, OP_BACKWARD, OP_DIVERGE, OP_STATS,
+  OP_FORWARD, OP_PLAN_DESTROY, OP_SHARD, OP_BACKWARD, OP_CONCURRENT, OP_SINKS_GRAD, OP_PLAN_CREATE, OP_LAST_ERROR,
   OP_FORWARD, OP_BACKWARD, OP_SHARD, OP_CTX_RANK, OP_FORWARD, OP_PLAN_CREATE, OP_DIVERGE, OP_BACKWARD,
-  OP_FORWARD, OP_STATS, OP_SHARD, OP_CTX_DESTROY, OP_FORWARD, OP_BACKWARD, OP_PLAN_CREATE, OP_CONCURRENT,
+  OP_FORWARD, OP_STATS, OP_SHARD, OP_CTX_DESTROY, OP_SET_SINKS, OP_BACKWARD, OP_PLAN_CREATE, OP_CONCURRENT,
   OP_FORWARD, OP_SHARD, OP_BACKWARD, OP_STATUS_STRING, OP_FORWARD, OP_PLAN_DESTROY, OP_DIVERGE, OP_FORWARD};
 
 /* Expected outcome of a collective call, from the header's rules. */
@@ -376,11 +395,12 @@ typedef struct {
   /* Storage behind each rank's config; the struct is at the start. */
   union { burst_attention_config c; uint8_t raw[CFG_BUF]; } u[MAXR];
   int64_t cu[MAXR][CU_CAP];
+  float sinks[MAXR][SINK_CAP]; /* 0.8: what cfg.sinks points at (num_heads_q values) */
   int null_cfg[MAXR];
   /* classification (see classify_cfg) */
   int expect;
   int bad_rank_status[MAXR]; /* status a rank must return itself, or -1 */
-  const char *field, *field2; /* MISMATCH: the field the message must name */
+  const char *field, *field2, *field3; /* MISMATCH: the message must name one of them */
   int short_tmo;              /* every rank: struct readable and timeout in (0, 0.3] */
   int huge;                   /* some rank asks for > 2^20 tokens (known bug: see below) */
 } cfgvar_t;
@@ -399,6 +419,10 @@ typedef struct {
   uint32_t stats_size[MAXR];
   int div_rank, div_kind; /* diverge: rank, and 0 = forward vs backward, 1 = skip */
   int32_t status_value;
+  /* set_sinks: mode (see gen_prog), the rank it concerns, a value seed;
+   * sinks_gradient: dsinks = NULL on that rank */
+  int sk_mode, sk_rank, sk_null;
+  uint64_t sk_seed;
   /* shard */
   int32_t sh_dist, sh_ws, sh_rank;
   int64_t sh_total, sh_nseq, sh_outer, sh_rowb;
@@ -432,6 +456,13 @@ typedef struct {
   int fwd_op;               /* index of that forward op */
   uint64_t in_seed[3];
   int in_mode;
+  /* 0.8: the plan's sinks at the call (kind 0 none, 1 valid, 2 refused
+   * values kept by set_sinks), and after a successful backward with sinks
+   * the partial dL/d sinks it returned */
+  int sk_kind;
+  float sk_vals[SINK_CAP];
+  int has_dsinks;
+  float dsinks[SINK_CAP];
 } res_t;
 
 typedef struct {
@@ -442,6 +473,12 @@ typedef struct {
   int64_t plan_cu[NSLOTS][CU_CAP];
   burst_status poison[NSLOTS]; /* TIMEOUT / COMMUNICATION seen on the plan */
   int last_fwd[NSLOTS];        /* op index of the last forward on the slot, -1 */
+  /* 0.8: the plan's sinks (as res_t's sk_*), and the gradient
+   * burst_plan_sinks_gradient must give (grad_ready) */
+  int sk_kind[NSLOTS];
+  float sk_vals[NSLOTS][SINK_CAP];
+  int grad_ready[NSLOTS];
+  float grad_vals[NSLOTS][SINK_CAP];
 } rank_t;
 
 typedef struct {
@@ -504,21 +541,27 @@ static int tmo_short(double t) { return t > 0 && t <= 0.3; }
 static double tmo_effective(double t) { return t > 0 && isfinite(t) ? t : 300.0; }
 
 /* The 0.4-0.6 struct_size: the config ended at timeout_seconds (since 0.7 an
- * older released size; compute and reserved0 are then not read: defaults). */
+ * older released size; compute and softcap are then not read: defaults).
+ * The 0.7 size ended at softcap (0.7's reserved0): sinks are not read. */
 #define CFG_SIZE_V06 offsetof(burst_attention_config, compute)
+#define CFG_SIZE_V07 offsetof(burst_attention_config, sinks)
+static int cfg_size_known(uint32_t sz) { return sz == sizeof(burst_attention_config) || sz == CFG_SIZE_V06 || sz == CFG_SIZE_V07; }
 static int32_t cfg_compute(const burst_attention_config *c) { return c->struct_size == CFG_SIZE_V06 ? 0 : c->compute; }
-static int32_t cfg_reserved0(const burst_attention_config *c) { return c->struct_size == CFG_SIZE_V06 ? 0 : c->reserved0; }
+static float cfg_softcap(const burst_attention_config *c) { return c->struct_size == CFG_SIZE_V06 ? 0.0f : c->softcap; }
+static const float *cfg_sinks(const burst_attention_config *c) {
+  return c->struct_size == CFG_SIZE_V06 || c->struct_size == CFG_SIZE_V07 ? NULL : c->sinks;
+}
 /* Whether a (valid) config runs bf16 products: FAST, or DEFAULT with BF16 storage. */
 static int cfg_bf16_products(const burst_attention_config *c) {
   return cfg_compute(c) == BURST_COMPUTE_FAST || (cfg_compute(c) == BURST_COMPUTE_DEFAULT && c->dtype == BURST_DTYPE_BF16);
 }
 
 /* The agreed fields in ABI order (header: all but seq_len_local, num_threads, timeout). */
-#define NAGREED 16
+#define NAGREED 18
 static const char *k_agreed[NAGREED] = {"layout", "dtype", "mask", "distribution", "pattern", "batch",
                                         "num_heads_q", "num_heads_kv", "head_dim", "softmax_scale",
                                         "window_left", "window_right", "cu_seqlens", "num_sequences",
-                                        "intra_group_size", "compute"};
+                                        "intra_group_size", "compute", "softcap", "sinks"};
 
 static int cfg_fields_differ(const burst_attention_config *a, const burst_attention_config *b, int f) {
   switch (f) {
@@ -541,7 +584,15 @@ static int cfg_fields_differ(const burst_attention_config *a, const burst_attent
       return memcmp(a->cu_seqlens, b->cu_seqlens, (size_t)(a->num_sequences + 1) * 8) != 0;
     case 13: return a->num_sequences != b->num_sequences;
     case 14: return a->intra_group_size != b->intra_group_size;
-    default: return cfg_compute(a) != cfg_compute(b);
+    case 15: return cfg_compute(a) != cfg_compute(b);
+    case 16: { float x = cfg_softcap(a), y = cfg_softcap(b); return memcmp(&x, &y, 4) != 0; }
+    default: {
+      const float *x = cfg_sinks(a), *y = cfg_sinks(b);
+      if ((x == NULL) != (y == NULL)) return 1;
+      if (!x) return 0;
+      if (a->num_heads_q != b->num_heads_q) return 1;
+      return memcmp(x, y, (size_t)a->num_heads_q * 4) != 0;
+    }
   }
 }
 
@@ -578,6 +629,16 @@ static int cfg_local_valid(const burst_attention_config *c) {
     }
   }
   if (c->num_threads < 0 || c->intra_group_size < 0) unknown = 1;
+  /* 0.8: softcap 0 = off, else finite and > 0; sinks finite (the harness
+   * attaches them only with 1 <= num_heads_q <= SINK_CAP) */
+  {
+    float sc = cfg_softcap(c);
+    const float *sk = cfg_sinks(c);
+    if (sc != 0 && !(isfinite(sc) && sc > 0)) return 0;
+    if (sk)
+      for (int64_t h = 0; h < c->num_heads_q; ++h)
+        if (!isfinite(sk[h])) return 0;
+  }
   /* Sizes the header does not bound; far beyond any real shape. */
   {
     int64_t hs[2] = {c->num_heads_q, c->num_heads_kv};
@@ -604,15 +665,14 @@ static void classify_cfg(cfgvar_t *v, int P, const int *null_out) {
     if (out_null) { ++problems; status = BURST_ERROR_INVALID_ARGUMENT; }
     if (v->null_cfg[r]) {
       ++problems; status = BURST_ERROR_INVALID_ARGUMENT;
-    } else if ((c->struct_size < sizeof(burst_attention_config) && c->struct_size != CFG_SIZE_V06) ||
+    } else if ((c->struct_size < sizeof(burst_attention_config) && !cfg_size_known(c->struct_size)) ||
                c->struct_size > 4096 ||
                (c->struct_size > sizeof(burst_attention_config) &&
-                !tail_zero(v->u[r].raw, sizeof(burst_attention_config), c->struct_size)) ||
-               cfg_reserved0(c) != 0) {
+                !tail_zero(v->u[r].raw, sizeof(burst_attention_config), c->struct_size))) {
       /* 0.5 rules (header, burst_attention_config_init_sized): this size or an
-       * older released one (0.7: the 0.4-0.6 size); a newer, larger one
-       * (<= 4096) is read when every byte past the known fields is 0, and
-       * reserved0 must be 0 for the same reason; anything else VERSION. */
+       * older released one (0.7: the 0.4-0.6 size; 0.8: the 0.7 size); a
+       * newer, larger one (<= 4096) is read when every byte past the known
+       * fields is 0; anything else VERSION. */
       ++problems; status = BURST_ERROR_VERSION;
     } else {
       int lv = cfg_local_valid(c);
@@ -623,7 +683,7 @@ static void classify_cfg(cfgvar_t *v, int P, const int *null_out) {
     /* With two problems on a rank the header does not say which is reported. */
     v->bad_rank_status[r] = problems == 1 ? status : -1;
   }
-  v->field = v->field2 = NULL;
+  v->field = v->field2 = v->field3 = NULL;
   if (any_bad) { v->expect = EXP_FAIL; return; }
   if (any_unknown) { v->expect = EXP_UNKNOWN; return; }
   /* All ranks valid alone: they must agree. */
@@ -634,6 +694,11 @@ static void classify_cfg(cfgvar_t *v, int P, const int *null_out) {
         v->field = k_agreed[f];
         /* cu_seqlens' length is num_sequences: either name is fine */
         v->field2 = f == 12 ? "num_sequences" : f == 13 ? "cu_seqlens" : NULL;
+        /* A head count that differs changes the sinks' length too (0.8): the
+         * header does not say which of two differing fields is named. */
+        for (int f2 = f + 1; f2 < NAGREED && !v->field3; ++f2)
+          for (int r2 = 1; r2 < P; ++r2)
+            if (f2 != 13 && cfg_fields_differ(&v->u[0].c, &v->u[r2].c, f2)) { v->field3 = k_agreed[f2]; break; }
         return;
       }
   const burst_attention_config *c = &v->u[0].c;
@@ -687,7 +752,6 @@ static void gen_cfgvar(rd_t *r, cfgvar_t *v, int P, uint64_t *seed) {
     base.intra_group_size = s < 200 ? 0 : s < 240 ? (int32_t)(s % 4) : k_weird_enum[s % 16];
   }
   base.compute = gen_enum(r, 3); /* 0.7 */
-  if (rd_rare(r, 3)) base.reserved0 = 1;
   /* Global sequence and its split. */
   int64_t N;
   {
@@ -775,21 +839,24 @@ static void gen_cfgvar(rd_t *r, cfgvar_t *v, int P, uint64_t *seed) {
     static const int32_t deltas[8] = {-1, 1, -4, 4, -8, 8, -16, 16};
     unsigned s = rd_u8(r);
     uint32_t sz;
-    switch (s % 7) {
-      case 0: sz = (uint32_t)((int32_t)sizeof(burst_attention_config) + deltas[(s / 7) % 8]); break;
+    switch (s % 8) {
+      case 0: sz = (uint32_t)((int32_t)sizeof(burst_attention_config) + deltas[(s / 8) % 8]); break;
       case 1: sz = 0; break;
       case 2: sz = (uint32_t)(rd_u8(r) | (rd_u8(r) & 1) << 8); break; /* 0..511: inside the buffer */
       case 3: sz = UINT32_MAX; break;
       case 4: sz = 1u << 20; break;
       case 5: sz = (uint32_t)offsetof(burst_attention_config, timeout_seconds); break;
-      default: sz = (uint32_t)CFG_SIZE_V06; break; /* a 0.6 client: compute and reserved0 not read */
+      case 6: sz = (uint32_t)CFG_SIZE_V06; break; /* a 0.6 client: compute and softcap not read */
+      default: sz = (uint32_t)CFG_SIZE_V07; break; /* a 0.7 client: sinks not read */
     }
     int only = rd_u8(r) % (P + 1);
     for (int i = 0; i < P; ++i)
       if (only == P || only == i) v->u[i].c.struct_size = sz;
   }
   /* One field mutated on one rank (P > 1): valid alone, but disagreeing. */
+  int mutated = 0;
   if (P > 1 && rd_rare(r, 20)) {
+    mutated = 1;
     int who = (int)(rd_u8(r) % (unsigned)P);
     burst_attention_config *c = &v->u[who].c;
     unsigned f = rd_u8(r);
@@ -818,6 +885,42 @@ static void gen_cfgvar(rd_t *r, cfgvar_t *v, int P, uint64_t *seed) {
       default: c->num_heads_q = c->num_heads_kv * 2 + 1; break; /* not a multiple (invalid) */
     }
   }
+  /* 0.8: softcap and sinks, read after everything else so the older fields
+   * keep their bytes. Sinks are attached where 1 <= num_heads_q <= SINK_CAP
+   * (the array must hold num_heads_q values: the ABI cannot tell). */
+  {
+    static const float valid_cap[12] = {30.0f, 50.0f, 1.0f, 5.0f, 0.5f, 2.0f, 0.25f, 1e-3f, 1e4f, FLT_MIN, 20.0f, 0.75f};
+    static const float bad_cap[6] = {-1.0f, NAN, INFINITY, -INFINITY, -1e-30f, -FLT_MAX};
+    unsigned s = rd_u8(r);
+    float softcap = s < 170 ? 0.0f : s < 236 ? valid_cap[s % 12] : bad_cap[s % 6];
+    unsigned sk = rd_u8(r), sk_seed = rd_u8(r);
+    int sinks_on = sk >= 170;
+    for (int i = 0; i < P; ++i) {
+      burst_attention_config *c = &v->u[i].c;
+      c->softcap = softcap;
+      for (int h = 0; h < SINK_CAP; ++h) {
+        uint64_t m = mix64(sk_seed * 131u + (uint64_t)h);
+        switch (sk % 8) {
+          case 6: { static const float big[4] = {FLT_MAX, -FLT_MAX, 80.0f, -1e30f}; v->sinks[i][h] = big[m % 4]; break; }
+          default: v->sinks[i][h] = (float)((int)(m % 33) - 16) / 4.0f; break; /* -4 .. 4 */
+        }
+      }
+      if (sk % 8 == 7) { static const float bad[3] = {NAN, INFINITY, -INFINITY}; v->sinks[i][sk_seed % 3] = bad[sk_seed % 3]; }
+    }
+    /* Rare, one rank (P > 1, no other field mutated): a sink changed, sinks
+     * on or off, another softcap, or a NaN sink on that rank alone. */
+    int who = -1, how = 0;
+    if (P > 1 && !mutated && rd_rare(r, 10)) { who = (int)(rd_u8(r) % (unsigned)P); how = rd_u8(r) % 4; }
+    for (int i = 0; i < P; ++i) {
+      burst_attention_config *c = &v->u[i].c;
+      int on = sinks_on;
+      if (i == who && how == 1) on = !on;
+      if (i == who && how == 0) v->sinks[i][0] += 0.5f;
+      if (i == who && how == 2) c->softcap = c->softcap == 30.0f ? 20.0f : 30.0f;
+      if (i == who && how == 3) v->sinks[i][0] = NAN;
+      c->sinks = on && c->num_heads_q >= 1 && c->num_heads_q <= SINK_CAP ? v->sinks[i] : NULL;
+    }
+  }
   (void)seed;
   /* Short timeouts everywhere? (needed before a rank is left waiting) */
   /* Known bug (Tests/fuzz/repro/plan_huge_seq.c): plan_create with a huge
@@ -837,18 +940,25 @@ static void gen_cfgvar(rd_t *r, cfgvar_t *v, int P, uint64_t *seed) {
 static void describe_cfg(const burst_attention_config *c, const int64_t *cu, int null_cfg) {
   if (null_cfg) { note("      (NULL config)\n"); return; }
   note("      size=%u layout=%d dtype=%d mask=%d dist=%d pattern=%d B=%lld S=%lld Hq=%lld Hkv=%lld d=%lld scale=%g "
-       "wl=%lld wr=%lld nseq=%lld cu=%s threads=%d igs=%d timeout=%g compute=%d reserved0=%d",
+       "wl=%lld wr=%lld nseq=%lld cu=%s threads=%d igs=%d timeout=%g compute=%d softcap=%g",
        c->struct_size, c->layout, c->dtype, c->mask, c->distribution, c->pattern, (long long)c->batch,
        (long long)c->seq_len_local, (long long)c->num_heads_q, (long long)c->num_heads_kv, (long long)c->head_dim,
        (double)c->softmax_scale, (long long)c->window_left, (long long)c->window_right,
-       (long long)c->num_sequences, c->cu_seqlens ? "[" : "NULL", c->num_threads, c->intra_group_size,
-       c->timeout_seconds, c->compute, c->reserved0);
+       (long long)c->num_sequences, c->cu_seqlens ? "set" : "NULL", c->num_threads, c->intra_group_size,
+       c->timeout_seconds, c->compute, (double)c->softcap);
   if (c->cu_seqlens) {
     int64_t n = c->num_sequences;
     if (n < 0) n = 0;
     if (n > CU_CAP - 1) n = CU_CAP - 1;
+    note(" cu_seqlens=[");
     for (int64_t i = 0; i <= n; ++i) note("%s%lld", i ? "," : "", (long long)cu[i]);
     note("]");
+  }
+  note(" sinks=");
+  if (!c->sinks) note("NULL");
+  else {
+    for (int64_t h = 0; h < c->num_heads_q && h < SINK_CAP; ++h) note("%s%g", h ? "," : "{", (double)c->sinks[h]);
+    note("}");
   }
   note("\n");
 }
@@ -974,6 +1084,20 @@ static void gen_prog(const uint8_t *data, size_t size, prog_t *pg) {
         o->div_kind = rd_u8(r) % 2;
         o->in_mode = IN_UNIT;
         break;
+      case OP_SET_SINKS: {
+        /* 0-3 the same valid values everywhere (3: huge finite ones), 4 NULL
+         * everywhere, 5 a NaN on sk_rank, 6 an infinity on sk_rank, 7 other
+         * values on sk_rank, 8 NULL on sk_rank only */
+        unsigned m = rd_u8(r);
+        o->sk_mode = m < 160 ? (int)(m % 4) : m < 190 ? 4 : 5 + (int)(m % 4);
+        o->sk_rank = (int)(rd_u8(r) % (unsigned)pg->P);
+        o->sk_seed = rd_u8(r);
+        break;
+      }
+      case OP_SINKS_GRAD:
+        o->sk_null = rd_rare(r, 5);
+        o->sk_rank = (int)(rd_u8(r) % (unsigned)pg->P);
+        break;
       default: break;
     }
     ++n;
@@ -1017,6 +1141,8 @@ static void describe_prog(const prog_t *pg) {
       for (int r = 0; r < pg->P; ++r) note(" size[%d]=%u", r, o->stats_size[r]);
     if (o->kind == OP_DIVERGE) note(" rank=%d kind=%s", o->div_rank, o->div_kind ? "skip" : "forward-vs-backward");
     if (o->kind == OP_STATUS_STRING) note(" value=%d", o->status_value);
+    if (o->kind == OP_SET_SINKS) note(" mode=%d rank=%d seed=%llu", o->sk_mode, o->sk_rank, (unsigned long long)o->sk_seed);
+    if (o->kind == OP_SINKS_GRAD && o->sk_null) note(" dsinks=NULL on rank %d", o->sk_rank);
     if (o->kind == OP_SHARD) {
       note(" dist=%d total=%lld ws=%d rank=%d outer=%lld row_bytes=%lld nseq=%lld cu=%s", o->sh_dist,
            (long long)o->sh_total, o->sh_ws, o->sh_rank, (long long)o->sh_outer, (long long)o->sh_rowb,
@@ -1127,14 +1253,16 @@ static void do_plan_create(world_t *w, int rank, int op) {
   /* The config is read only during the call: keep a copy to check it is not written. */
   uint8_t before[CFG_BUF];
   memcpy(before, v->u[rank].raw, CFG_BUF);
+  uint64_t sinks_before = hash_bytes(v->sinks[rank], sizeof v->sinks[rank]);
   rs->called = rs->collective = 1;
-  rs->tmo = c && (c->struct_size == sizeof(burst_attention_config) || c->struct_size == CFG_SIZE_V06) ? tmo_effective(c->timeout_seconds) : 300.0;
+  rs->tmo = c && cfg_size_known(c->struct_size) ? tmo_effective(c->timeout_seconds) : 300.0;
   double t0 = now_s();
   rs->st = burst_plan_create(rk->ctx, c, o->null_out[rank] ? NULL : &p);
   rs->secs = now_s() - t0;
   check_status(rs->st, what, rank, rs->msg, sizeof rs->msg);
   check_time(rs->secs, rs->tmo, what, rank);
   if (memcmp(before, v->u[rank].raw, CFG_BUF) != 0) die("%s (rank %d) wrote into the caller's config", what, rank);
+  if (hash_bytes(v->sinks[rank], sizeof v->sinks[rank]) != sinks_before) die("%s (rank %d) wrote into the caller's sinks", what, rank);
   if (rs->st == BURST_OK && !o->null_out[rank]) {
     if (!p) die("%s (rank %d): OK but *out is NULL", what, rank);
     rk->plan[o->slot] = p;
@@ -1144,6 +1272,10 @@ static void do_plan_create(world_t *w, int rank, int op) {
     if (v->u[rank].c.cu_seqlens) rk->plan_cfg[o->slot].cu_seqlens = rk->plan_cu[o->slot];
     rk->poison[o->slot] = BURST_OK;
     rk->last_fwd[o->slot] = -1;
+    /* copied at plan_create (a valid config: finite values) */
+    rk->sk_kind[o->slot] = cfg_sinks(&v->u[rank].c) != NULL;
+    if (rk->sk_kind[o->slot]) memcpy(rk->sk_vals[o->slot], v->sinks[rank], (size_t)v->u[rank].c.num_heads_q * 4);
+    rk->grad_ready[o->slot] = 0;
   } else if (rs->st != BURST_OK && p) {
     die("%s (rank %d): failed with %s but left a plan in *out", what, rank, burst_status_string(rs->st));
   }
@@ -1216,6 +1348,8 @@ static void do_attention(world_t *w, int rank, int op, int backward, int slot_ov
   rs->called = 1;
   rs->collective = !poisoned;
   rs->tmo = tmo_effective(c->timeout_seconds);
+  rs->sk_kind = rk->sk_kind[slot];
+  memcpy(rs->sk_vals, rk->sk_vals[slot], sizeof rs->sk_vals);
   double t0 = now_s();
   if (backward)
     rs->st = burst_backward(plan, tptr(rs, T_Q), tptr(rs, T_K), tptr(rs, T_V), tptr(rs, T_OUT),
@@ -1231,6 +1365,33 @@ static void do_attention(world_t *w, int rank, int op, int backward, int slot_ov
     die("%s (rank %d) on a plan that failed with %s returned %s (header: unusable, further calls return that error)",
         what, rank, burst_status_string(rk->poison[slot]), burst_status_string(rs->st));
   if (rs->st == BURST_ERROR_TIMEOUT || rs->st == BURST_ERROR_COMMUNICATION) rk->poison[slot] = rs->st;
+  /* 0.8: the gradient of the sinks exists after a successful backward with
+   * sinks; a failed backward clears it. */
+  if (backward && !poisoned) {
+    rk->grad_ready[slot] = 0;
+    if (rs->st == BURST_OK && rs->sk_kind == 1 && c->num_heads_q <= SINK_CAP) {
+      float buf[SINK_CAP + 16];
+      for (int i = 0; i < SINK_CAP + 16; ++i) buf[i] = -7.0f;
+      burst_status gs = burst_plan_sinks_gradient(plan, buf);
+      check_status(gs, "sinks_gradient after backward", rank, NULL, 0);
+      if (gs != BURST_OK) die("%s (rank %d): burst_plan_sinks_gradient after a successful backward with sinks: %s (%s)", what,
+                              rank, burst_status_string(gs), burst_last_error());
+      for (int64_t i = c->num_heads_q; i < SINK_CAP + 16; ++i)
+        if (buf[i] != -7.0f) die("%s (rank %d): burst_plan_sinks_gradient wrote past num_heads_q (%lld) values", what, rank,
+                                 (long long)c->num_heads_q);
+      memcpy(rs->dsinks, buf, sizeof rs->dsinks);
+      memcpy(rk->grad_vals[slot], buf, sizeof rk->grad_vals[slot]);
+      rs->has_dsinks = 1;
+      rk->grad_ready[slot] = 1;
+    } else if (rs->st == BURST_OK && rs->sk_kind == 0) {
+      float buf[1];
+      burst_status gs = burst_plan_sinks_gradient(plan, buf);
+      check_status(gs, "sinks_gradient after backward", rank, NULL, 0);
+      if (gs != BURST_ERROR_INVALID_ARGUMENT)
+        die("%s (rank %d): burst_plan_sinks_gradient after a backward without sinks gave %s, expected INVALID_ARGUMENT",
+            what, rank, burst_status_string(gs));
+    }
+  }
   for (int t = 0; t < T_COUNT; ++t) {
     char n2[80];
     snprintf(n2, sizeof n2, "%s (rank %d) tensor %s", what, rank, k_tnames[t]);
@@ -1261,6 +1422,14 @@ static void do_attention(world_t *w, int rank, int op, int backward, int slot_ov
     check_status(rs->st2, what, rank, NULL, 0);
     check_time(now_s() - t0, rs->tmo, what, rank);
     if (rs->st2 == BURST_ERROR_TIMEOUT || rs->st2 == BURST_ERROR_COMMUNICATION) rk->poison[slot] = rs->st2;
+    if (backward && rs->st2 != BURST_OK) rk->grad_ready[slot] = 0;
+    if (backward && rs->st2 == BURST_OK && rs->has_dsinks) { /* the same backward: the same gradient bits */
+      float buf[SINK_CAP];
+      burst_status gs = burst_plan_sinks_gradient(plan, buf);
+      check_status(gs, "sinks_gradient after the repeated backward", rank, NULL, 0);
+      if (gs != BURST_OK || memcmp(buf, rs->dsinks, (size_t)c->num_heads_q * 4) != 0)
+        die("%s (rank %d): the repeated backward's sinks gradient differs (%s)", what, rank, burst_status_string(gs));
+    }
     if (rs->st2 == BURST_OK)
       for (int t = 0; t < T_COUNT; ++t)
         if (save[t].p && memcmp(save[t].p, rs->t[t].p, save[t].bytes) != 0)
@@ -1498,6 +1667,84 @@ static void do_shard(world_t *w, int rank, int op) {
   }
 }
 
+/* burst_plan_set_sinks (0.8), local: a NaN or an infinity is refused
+ * (INVALID_ARGUMENT) and kept, so that the plan's next collective calls fail;
+ * anything else (NULL too) is OK, and the gradient is forgotten. */
+static void do_set_sinks(world_t *w, int rank, int op) {
+  op_t *o = &w->prog->ops[op];
+  rank_t *rk = &w->rk[rank];
+  res_t *rs = &w->res[op][rank];
+  burst_plan *plan = rk->plan[o->slot];
+  float vals[SINK_CAP];
+  int64_t hq = plan ? rk->plan_cfg[o->slot].num_heads_q : 1;
+  int mine = rank == o->sk_rank, null = 0, bad = 0;
+  if (hq > SINK_CAP) return; /* the array could not hold num_heads_q values: every rank skips alike */
+  for (int h = 0; h < SINK_CAP; ++h) {
+    uint64_t m = mix64(o->sk_seed * 7919u + (uint64_t)h);
+    vals[h] = o->sk_mode == 3 ? (m & 1 ? 1e30f : -FLT_MAX) : (float)((int)(m % 41) - 20) / 5.0f;
+  }
+  switch (o->sk_mode) {
+    case 4: null = 1; break;
+    case 5: if (mine) { vals[hq - 1] = NAN; bad = 1; } break;
+    case 6: if (mine) { vals[0] = (o->sk_seed & 1) ? INFINITY : -INFINITY; bad = 1; } break;
+    case 7: if (mine) vals[0] += 0.25f; break;
+    case 8: null = mine; break;
+    default: break;
+  }
+  rs->called = 1;
+  rs->st = burst_plan_set_sinks(plan, null ? NULL : vals);
+  check_status(rs->st, "set_sinks", rank, rs->msg, sizeof rs->msg);
+  if (!plan) {
+    if (rs->st != BURST_ERROR_INVALID_ARGUMENT) die("set_sinks(NULL plan) gave %s", burst_status_string(rs->st));
+    return;
+  }
+  if (rk->poison[o->slot] != BURST_OK) return; /* unusable: any error */
+  if (bad && rs->st != BURST_ERROR_INVALID_ARGUMENT)
+    die("op %d set_sinks (rank %d) with a NaN / infinite value gave %s, expected INVALID_ARGUMENT", op, rank,
+        burst_status_string(rs->st));
+  if (!bad && rs->st != BURST_OK)
+    die("op %d set_sinks (rank %d) with %s gave %s (%s)", op, rank, null ? "NULL" : "finite values",
+        burst_status_string(rs->st), rs->msg);
+  rk->sk_kind[o->slot] = bad ? 2 : null ? 0 : 1;
+  memcpy(rk->sk_vals[o->slot], vals, sizeof vals);
+  rk->grad_ready[o->slot] = 0;
+}
+
+/* burst_plan_sinks_gradient (0.8), local: OK with the last backward's values
+ * exactly when that backward succeeded with sinks since they were set. */
+static void do_sinks_grad(world_t *w, int rank, int op) {
+  op_t *o = &w->prog->ops[op];
+  rank_t *rk = &w->rk[rank];
+  res_t *rs = &w->res[op][rank];
+  burst_plan *plan = rk->plan[o->slot];
+  int64_t hq = plan ? rk->plan_cfg[o->slot].num_heads_q : 1;
+  buf_t out = {0};
+  if (hq > (1 << 16)) return;
+  buf_alloc(&out, (size_t)hq * 4, 0xEE);
+  int null = o->sk_null && rank == o->sk_rank;
+  rs->called = 1;
+  rs->st = burst_plan_sinks_gradient(plan, null ? NULL : (float *)out.p);
+  check_status(rs->st, "sinks_gradient", rank, rs->msg, sizeof rs->msg);
+  buf_check_guard(&out, "sinks_gradient dsinks");
+  if (!plan || null) {
+    if (rs->st != BURST_ERROR_INVALID_ARGUMENT)
+      die("op %d sinks_gradient (rank %d) with %s gave %s, expected INVALID_ARGUMENT", op, rank,
+          plan ? "dsinks = NULL" : "plan = NULL", burst_status_string(rs->st));
+  } else if (rk->poison[o->slot] != BURST_OK) {
+    /* unusable plan: an error, or the gradient it had */
+  } else if (rk->grad_ready[o->slot]) {
+    if (rs->st != BURST_OK)
+      die("op %d sinks_gradient (rank %d) after a successful backward with sinks gave %s (%s)", op, rank,
+          burst_status_string(rs->st), rs->msg);
+    if (memcmp(out.p, rk->grad_vals[o->slot], (size_t)hq * 4) != 0)
+      die("op %d sinks_gradient (rank %d): not the values it gave right after the backward", op, rank);
+  } else if (rs->st != BURST_ERROR_INVALID_ARGUMENT) {
+    die("op %d sinks_gradient (rank %d) with no backward with sinks since plan_create / set_sinks (or after a failed "
+        "one) gave %s, expected INVALID_ARGUMENT", op, rank, burst_status_string(rs->st));
+  }
+  buf_free(&out);
+}
+
 typedef struct { burst_plan *plan; res_t *rs; const burst_attention_config *c; burst_status st; buf_t out, lse; } conc_t;
 static void *conc_thread(void *p) {
   conc_t *a = p;
@@ -1515,7 +1762,7 @@ static void do_concurrent(world_t *w, int rank, int op) {
   rank_t *rk = &w->rk[rank];
   res_t *rs = &w->res[op][rank];
   burst_plan *plan = rk->plan[o->slot];
-  if (pg->P != 1 || !plan || rk->poison[o->slot] != BURST_OK) return;
+  if (pg->P != 1 || !plan || rk->poison[o->slot] != BURST_OK || rk->sk_kind[o->slot] == 2) return;
   const burst_attention_config *c = &rk->plan_cfg[o->slot];
   sizes_t sz = plan_sizes(c);
   if (!sz.ok || sz.n[T_Q] > ELEM_CAP || sz.n[T_K] > ELEM_CAP) return;
@@ -1614,6 +1861,8 @@ static void run_op(world_t *w, int rank, int op) {
       rk->ctx = NULL;
       break;
     case OP_CONCURRENT: do_concurrent(w, rank, op); break;
+    case OP_SET_SINKS: do_set_sinks(w, rank, op); break;
+    case OP_SINKS_GRAD: do_sinks_grad(w, rank, op); break;
     default: break;
   }
 }
@@ -1658,6 +1907,9 @@ static void check_reference(world_t *w, int op, int backward) {
       if (t != T_LSE && S[r] > 0 && !R[r]->has_t[t]) return;
   float fscale = c->softmax_scale != 0 ? c->softmax_scale : 1.0f / (float)sqrt((double)d);
   double scale = (double)fscale;
+  /* 0.8: x = cap * tanh(s / cap) (cap > 0), and exp(sink_h) in every
+   * denominator (the plan's sinks at the call, the same on every rank) */
+  const double cap = (double)cfg_softcap(c);
   int tame = R[0]->in_mode == IN_UNIT || R[0]->in_mode == IN_LARGE;
   int unit = R[0]->in_mode == IN_UNIT && fabs(scale) <= 1.0001 / sqrt((double)d);
   for (int r = 1; r < P; ++r) if (R[r]->in_mode != R[0]->in_mode) return;
@@ -1699,6 +1951,8 @@ static void check_reference(world_t *w, int op, int backward) {
   }
   if (!unit) goto done;
   ++*(backward ? &g_bwd_ref_checks : &g_ref_checks);
+  if (R[0]->sk_kind == 1) ++g_sink_ref_checks;
+  if (cap > 0) ++g_cap_ref_checks;
   {
     /* Reference. Canonical arrays per rank: out [b][h][t][x], lse [b][h][t]. */
     /* m*: the same sums over the terms' absolute values. fp32 accumulation
@@ -1714,13 +1968,20 @@ static void check_reference(world_t *w, int op, int backward) {
     }
     double *srow = malloc((size_t)(N ? N : 1) * 8);
     double max_out = 0, max_dq = 0, max_dk = 0, max_dv = 0;
+    /* dL/d sinks: each rank's partial over its rows, and the sums of the
+     * terms' absolute values (the cancellation floor, as for dq) */
+    double ds_ref[MAXR][SINK_CAP], ds_abs[MAXR][SINK_CAP], max_ds = 0;
+    memset(ds_ref, 0, sizeof ds_ref);
+    memset(ds_abs, 0, sizeof ds_abs);
     for (int r = 0; r < P; ++r)
       for (int64_t b = 0; b < B; ++b)
         for (int64_t h = 0; h < Hq; ++h) {
           int64_t hk = h / g;
+          const int has_sink = R[r]->sk_kind == 1;
+          const double sink = has_sink ? (double)R[r]->sk_vals[h] : -INFINITY;
           for (int64_t i = 0; i < S[r]; ++i) {
             int64_t pi = pos[r][i];
-            double m = -INFINITY, l = 0;
+            double m = sink, l = 0;
             int64_t col = 0;
             for (int s = 0; s < P; ++s)
               for (int64_t j = 0; j < S[s]; ++j, ++col) {
@@ -1729,7 +1990,7 @@ static void check_reference(world_t *w, int op, int backward) {
                 double acc = 0;
                 for (int64_t x = 0; x < d; ++x)
                   acc += elem_in(R[r]->t[T_Q].p, dt, tidx(c, S[r], Hq, b, i, h, x), fast) * elem_in(R[s]->t[T_K].p, dt, tidx(c, S[s], Hkv, b, j, hk, x), fast);
-                srow[col] = acc * scale;
+                srow[col] = cap > 0 ? cap * tanh(acc * scale / cap) : acc * scale;
                 if (srow[col] > m) m = srow[col];
               }
             double *o = ro[r] + (size_t)(((b * Hq + h) * S[r] + i) * d);
@@ -1746,6 +2007,7 @@ static void check_reference(world_t *w, int op, int backward) {
                   oa[x] += p * fabs(vx);
                 }
               }
+            if (has_sink) l += exp(sink - m);
             for (int64_t x = 0; x < d; ++x) {
               o[x] /= l;
               mo[r][(size_t)(((b * Hq + h) * S[r] + i) * d) + (size_t)x] /= l;
@@ -1761,6 +2023,10 @@ static void check_reference(world_t *w, int op, int backward) {
               D += g * o;
               Da += fabs(g * o);
             }
+            if (has_sink && h < SINK_CAP) {
+              ds_ref[r][h] -= exp(sink - L) * D;
+              ds_abs[r][h] += exp(sink - L) * Da * (1 + fabs(sink - L));
+            }
             col = 0;
             for (int s = 0; s < P; ++s)
               for (int64_t j = 0; j < S[s]; ++j, ++col) {
@@ -1771,8 +2037,12 @@ static void check_reference(world_t *w, int op, int backward) {
                   dp += t;
                   dpa += fabs(t);
                 }
-                /* the absolute terms of dS: fp32 dot products err by a few ulps of these */
+                /* the absolute terms of dS: fp32 dot products err by a few ulps of
+                 * these. softcap: dS gains the factor 1 - (x / cap)^2; the floor
+                 * keeps the uncapped terms (the library's fp32 factor errs by a
+                 * few ulps of 1 where the exact one is near 0). */
                 double ds = p * (dp - D) * scale, dsa = p * (dpa + Da) * fabs(scale);
+                if (cap > 0) ds *= 1.0 - (srow[col] / cap) * (srow[col] / cap);
                 size_t iq = (size_t)(((b * Hq + h) * S[r] + i) * d), ik = (size_t)(((b * Hkv + hk) * S[s] + j) * d);
                 for (int64_t x = 0; x < d; ++x) {
                   double kx = elem_in(R[s]->t[T_K].p, dt, tidx(c, S[s], Hkv, b, j, hk, x), fast);
@@ -1816,6 +2086,28 @@ static void check_reference(world_t *w, int op, int backward) {
               }
             }
     } else {
+      /* dL/d sinks: each rank's partial (the gradient tolerance of the
+       * largest partial, plus the cancellation floor; exp(s - lse) in fp32
+       * errs by |s - lse| ulps, hence the (1 + |s - lse|) in ds_abs) */
+      for (int r = 0; r < P; ++r)
+        for (int64_t h = 0; h < Hq && h < SINK_CAP; ++h)
+          if (fabs(ds_ref[r][h]) > max_ds) max_ds = fabs(ds_ref[r][h]);
+      for (int r = 0; r < P; ++r) {
+        /* Only where the forward that made lse had the same sinks: after a
+         * set_sinks in between, lse lacks the new sink and exp(s - lse)
+         * may overflow (a huge sink: inf * D, NaN for D = 0) — garbage in. */
+        const res_t *f = &w->res[R[r]->fwd_op][r];
+        if (!R[r]->has_dsinks || f->sk_kind != R[r]->sk_kind ||
+            memcmp(f->sk_vals, R[r]->sk_vals, (size_t)(Hq < SINK_CAP ? Hq : SINK_CAP) * 4) != 0)
+          continue;
+        for (int64_t h = 0; h < Hq && h < SINK_CAP; ++h) {
+            double got = R[r]->dsinks[h], ref = ds_ref[r][h];
+            double tol = grad_rel * max_ds + (fast ? 1e-2 : 1e-4) * ds_abs[r][h] + 1e-30;
+            if (!(fabs(got - ref) <= tol))
+              die("op %d backward (rank %d): dsinks[h=%lld] = %.9g, float64 reference of this rank's partial %.9g "
+                  "(tolerance %.3g)", op, r, (long long)h, got, ref, tol);
+        }
+      }
       for (int r = 0; r < P; ++r) {
         size_t nq = (size_t)(B * Hq * S[r] * d), nk = (size_t)(B * Hkv * S[r] * d);
         for (size_t i = 0; i < nq; ++i) if (fabs(rdq[r][i]) > max_dq) max_dq = fabs(rdq[r][i]);
@@ -1942,6 +2234,33 @@ static void check_op(world_t *w, int op) {
         if (t != T_LSE || backward)
           if (!rs->has_t[t] && sz.n[t] > 0) { any_null = 1; if (null_rank < 0) null_rank = r; }
     }
+    /* 0.8: sinks refused by set_sinks on some rank (kept: INVALID_ARGUMENT on
+     * every rank), or sinks that differ by rank (MISMATCH on every rank). */
+    {
+      int sk_bad = 0, sk_differ = 0, first = -1;
+      for (int r = 0; r < P; ++r) {
+        const res_t *rs = &w->res[op][r];
+        if (rs->sk_kind == 2) { sk_bad = 1; continue; }
+        if (first < 0) { first = r; continue; }
+        const res_t *f = &w->res[op][first];
+        if (rs->sk_kind != f->sk_kind ||
+            (rs->sk_kind == 1 && memcmp(rs->sk_vals, f->sk_vals, (size_t)rs->cfg.num_heads_q * 4) != 0))
+          sk_differ = 1;
+      }
+      if (sk_bad || sk_differ) {
+        const burst_status want = sk_bad ? BURST_ERROR_INVALID_ARGUMENT : BURST_ERROR_MISMATCH;
+        if (n_ok)
+          die("op %d %s: the plan's sinks %s, yet %d rank(s) returned OK", op, k_op_names[o->kind],
+              sk_bad ? "hold a refused value on some rank" : "differ across ranks", n_ok);
+        if (!any_null && !(sk_bad && sk_differ))
+          for (int r = 0; r < P; ++r)
+            if (w->res[op][r].st != want && w->res[op][r].st != BURST_ERROR_OUT_OF_MEMORY)
+              die("op %d %s: the plan's sinks %s; rank %d got %s (%s), expected %s on every rank", op,
+                  k_op_names[o->kind], sk_bad ? "hold a refused value on some rank" : "differ across ranks", r,
+                  burst_status_string(w->res[op][r].st), w->res[op][r].msg, burst_status_string(want));
+        return;
+      }
+    }
     if (any_null && n_ok) die("op %d %s: a NULL non-empty buffer on rank %d, yet OK", op, k_op_names[o->kind], null_rank);
     if (any_null && w->res[op][null_rank].st != BURST_ERROR_INVALID_ARGUMENT)
       die("op %d %s: NULL non-empty buffer on rank %d gave %s there, expected INVALID_ARGUMENT", op,
@@ -2005,7 +2324,8 @@ static void check_config_init(uint64_t seed) {
       c->mask != BURST_MASK_NONE || c->distribution != BURST_DISTRIBUTION_CONTIGUOUS || c->pattern != BURST_PATTERN_BURST ||
       c->window_left != -1 || c->window_right != -1 || c->batch || c->seq_len_local || c->num_heads_q || c->num_heads_kv ||
       c->head_dim || c->softmax_scale != 0 || c->cu_seqlens || c->num_sequences || c->num_threads ||
-      c->intra_group_size || c->timeout_seconds != 0 || c->compute != BURST_COMPUTE_DEFAULT || c->reserved0)
+      c->intra_group_size || c->timeout_seconds != 0 || c->compute != BURST_COMPUTE_DEFAULT || c->softcap != 0 ||
+      c->sinks)
     die("burst_attention_config_init does not set the documented defaults");
 }
 
@@ -2022,9 +2342,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 static void print_summary(void) {
-  fprintf(stderr, "fuzz_abi: %llu programs, %llu forward and %llu backward reference checks, %llu timeout-exempt "
-          "disagreements, %llu huge plans not created (FUZZ_HUGE_PLANS=0)\n",
+  fprintf(stderr, "fuzz_abi: %llu programs, %llu forward and %llu backward reference checks (%llu with sinks, %llu "
+          "with softcap), %llu timeout-exempt disagreements, %llu huge plans not created (FUZZ_HUGE_PLANS=0)\n",
           (unsigned long long)g_execs, (unsigned long long)g_ref_checks, (unsigned long long)g_bwd_ref_checks,
+          (unsigned long long)g_sink_ref_checks, (unsigned long long)g_cap_ref_checks,
           (unsigned long long)g_timeout_exempt, (unsigned long long)g_huge_skipped);
 }
 
