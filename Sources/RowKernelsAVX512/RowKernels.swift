@@ -73,8 +73,11 @@ func expLanes(_ x: Lanes) -> Lanes { exp2Lanes(x * Lanes(repeating: 1.442_695_04
 /// |x| = 5–8, where the cap's logits sit: c·5 ulp is 1.5e-5 at c = 50.)
 @_transparent
 func tanhLanes(_ a: Lanes) -> Lanes {
-    let negative = a .< 0
-    let magnitude = a.replacing(with: -a, where: negative)
+    // |a| and the sign through the bits (two logic operations instead of a
+    // compare, a negation and two blends).
+    let bits = unsafeBitCast(a, to: LaneBits.self)
+    let sign = bits & LaneBits(repeating: 0x8000_0000)
+    let magnitude = unsafeBitCast(bits & LaneBits(repeating: 0x7FFF_FFFF), to: Lanes.self)
     let x = magnitude.replacing(with: Lanes(repeating: 9), where: magnitude .> Lanes(repeating: 9))
     let y = x * Lanes(repeating: 2 * 1.442_695_04)   // 2|x|·log₂e in [0, 26] (or NaN)
     let n = y.rounded(.toNearestOrEven)
@@ -89,8 +92,8 @@ func tanhLanes(_ a: Lanes) -> Lanes {
     let shifted = n + Lanes(repeating: 12_583_039)
     let power = unsafeBitCast(unsafeBitCast(shifted, to: LaneBits.self) &<< 23, to: Lanes.self)
     let e = fused(power, q, power - Lanes(repeating: 1))
-    let t = e / (e + Lanes(repeating: 2))
-    return t.replacing(with: -t, where: negative)
+    let t = e / (e + Lanes(repeating: 2))   // ≥ 0 (or NaN)
+    return unsafeBitCast(unsafeBitCast(t, to: LaneBits.self) | sign, to: Lanes.self)
 }
 
 @inline(never)
@@ -366,6 +369,19 @@ extension RowKernels {
             var j = start
             if cap > 0 {
                 let shift2 = Lanes(repeating: -rowLse * log2e)
+                // Two wholly visible vectors a round (two independent chains
+                // of tanh and exponential in flight), then the rest one by one.
+                if j >= first {
+                    while j + 2 * w <= min(vectorEnd, last) {
+                        let ta = tanhLanes(loadLanes(pi + j) * inner), tb = tanhLanes(loadLanes(pi + j + w) * inner)
+                        let ea = exp2Softmax(fused(ta, outer2, shift2)), eb = exp2Softmax(fused(tb, outer2, shift2))
+                        storeLanes(ea, pi + j)
+                        storeLanes(eb, pi + j + w)
+                        storeLanes(ea * fused(-scaleLanes * ta, ta, scaleLanes) * (loadLanes(dsi + j) - deltaLanes), dsi + j)
+                        storeLanes(eb * fused(-scaleLanes * tb, tb, scaleLanes) * (loadLanes(dsi + j + w) - deltaLanes), dsi + j + w)
+                        j += 2 * w
+                    }
+                }
                 while j < vectorEnd {
                     let t = tanhLanes(loadLanes(pi + j) * inner)
                     // c·t − lse ≤ 0 up to rounding (lse covers every visible logit).
