@@ -194,9 +194,13 @@ public final class AttentionPlan {
                          BufferRange(dout, "dout", bytes: elements * e), BufferRange(lse, "lse", bytes: lseElements * 4)]) { return error }
             return schedule.prepareBackward()
         }) { stats, deadline in
+            environment.sinkGradient = nil
             try schedule.backward(q: q, k: k, v: v, out: out, lse: lse, dout: dout, dq: dq, dk: dk, dv: dv,
                                   stats: &stats, deadline: deadline)
             guard let sinks = environment.sinks else { return }
+            // BURST, RING, ALLGATHER: from the D they computed; ULYSSES (D of
+            // head slices, elsewhere): from the caller's out, dout and lse.
+            if let fromSchedule = environment.sinkGradient { sinkGradient = fromSchedule; return }
             let start = Deadline.seconds()
             let gradient = localRows == 0 ? [Float](repeating: 0, count: sinks.count)
                 : SinkGradient.partial(sinks: sinks, out: out!, dout: dout!, lse: lse!, layout: environment.layout,

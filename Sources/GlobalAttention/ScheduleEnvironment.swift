@@ -30,6 +30,10 @@ final class ScheduleEnvironment {
     /// The sink logits the next call uses (one per query head; nil = no
     /// sinks): the config's, replaced by `AttentionPlan.setSinks`.
     var sinks: [Float]?
+    /// dL/d sinks of the backward that just ran, when its schedule had D and
+    /// lse of this rank's rows at hand (`sinkGradient(delta:lse:)`); nil
+    /// otherwise (the plan then computes it from the caller's tensors).
+    var sinkGradient: [Float]?
 
     init(config: AttentionConfig, tokens: TokenLayout, transport: Transport, pool: WorkerPool) {
         self.config = config
@@ -70,6 +74,27 @@ final class ScheduleEnvironment {
             throw BurstError(.outOfMemory, "cannot allocate the kernels' scratch space")
         }
         return made
+    }
+
+    /// dL/d sinks of this rank's rows from their D (the backward's rowDot,
+    /// canonical [Z, n]) and lse ([batch, heads, n], the same order):
+    /// −Σ e^(s_h − lse)·D per head, in Double, rows in order — no second read
+    /// of out and dout (the plan's fallback, `SinkGradient.partial`, costs
+    /// 2% of a 4K-token fwd+bwd on fp32 and more on bf16). Stored in
+    /// `sinkGradient` for the plan.
+    func sinkGradient(delta: UnsafePointer<Float>, lse: UnsafePointer<Float>) {
+        guard let sinks else { return }
+        let n = localRows
+        var gradient = [Double](repeating: 0, count: heads)
+        for z in 0..<zHeads {
+            let h = z % heads, sink = Double(sinks[h])
+            var sum = 0.0
+            for i in 0..<n where lse[z * n + i] != -.infinity {
+                sum -= exp(sink - Double(lse[z * n + i])) * Double(delta[z * n + i])
+            }
+            gradient[h] += sum
+        }
+        sinkGradient = gradient.map { Float($0) }
     }
 
     /// This rank's rows of a caller's tensor with `heads` heads per batch
