@@ -456,7 +456,10 @@ BURST_API burst_status burst_backward(burst_plan *plan, const void *q,
  * here, and the plan keeps it, so that its next collective call fails with
  * INVALID_ARGUMENT on every rank too until valid values are set (never a
  * hang, never a silent old value). BUSY while another thread is inside a
- * call on the plan. */
+ * call on the plan. A backward must run with the sinks of the forward whose
+ * out and lse it is given (set them back if they changed in between): with
+ * other values its gradients are those of inconsistent inputs, computed
+ * through like any other (a huge new sink can make d sinks inf or NaN). */
 BURST_API burst_status burst_plan_set_sinks(burst_plan *plan, const float *sinks);
 
 /* dL/d sinks of the last successful burst_backward on this plan (since 0.8):
