@@ -34,7 +34,7 @@ public final class DecodeKernel {
     public let subTile: Int
     private let products: TileProducts
     private let softmaxTile: LocalAttention.SoftmaxTile
-    private let cappedSoftmaxTile: LocalAttention.CappedSoftmaxTile
+    private let capTile: LocalAttention.CapTile
     /// Logit soft-capping (0 = off), as `LocalAttention.softcap`.
     public let softcap: Float
 
@@ -52,7 +52,7 @@ public final class DecodeKernel {
         products = TileProducts()
         let level = TileProducts.vectorLevel
         softmaxTile = LocalAttention.rowKernels(level: level).0
-        cappedSoftmaxTile = LocalAttention.capKernels(level: level).0
+        capTile = LocalAttention.capKernels(level: level).0
         switch level {
         case 2: (pairedScores, pairedValues) = (RowKernelsAVX512.DecodeRows.scoresBF16, RowKernelsAVX512.DecodeRows.valuesBF16)
         case 1: (pairedScores, pairedValues) = (RowKernelsAVX2.DecodeRows.scoresBF16, RowKernelsAVX2.DecodeRows.valuesBF16)
@@ -198,7 +198,8 @@ public final class DecodeKernel {
                          _ lo: UnsafePointer<Int>, _ hi: UnsafePointer<Int>, _ rowMax: UnsafeMutablePointer<Float>,
                          _ rowSum: UnsafeMutablePointer<Float>, _ acc: UnsafeMutablePointer<Float>) {
         if softcap > 0 {
-            cappedSoftmaxTile(s, ld, count, rows, lo, hi, scale, softcap, rowMax, rowSum, acc, headDim)
+            capTile(s, ld, count, rows, lo, hi, scale, softcap)
+            softmaxTile(s, ld, count, rows, lo, hi, 1, rowMax, rowSum, acc, headDim)
         } else {
             softmaxTile(s, ld, count, rows, lo, hi, scale, rowMax, rowSum, acc, headDim)
         }

@@ -34,7 +34,7 @@ public final class LocalAttention {
     public let headDim: Int
     public let scale: Float
     /// Logit soft-capping: 0 = off, else scores become
-    /// softcap·tanh(scale·s/softcap) (`RowKernels.softmaxTileCapped`), and the
+    /// softcap·tanh(scale·s/softcap) (`RowKernels.capTile`), and the
     /// backward applies the derivative (`gradientTileCapped`).
     public let softcap: Float
     public let pool: WorkerPool
@@ -111,12 +111,11 @@ public final class LocalAttention {
                               UnsafePointer<Int>, UnsafePointer<Int>, Float, UnsafePointer<Float>, UnsafePointer<Float>) -> Void
     let softmaxTile: SoftmaxTile
     let gradientTile: GradientTile
-    typealias CappedSoftmaxTile = (UnsafeMutablePointer<Float>, Int, Int, Int, UnsafePointer<Int>, UnsafePointer<Int>, Float, Float,
-                                   UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, Int) -> Void
+    typealias CapTile = (UnsafeMutablePointer<Float>, Int, Int, Int, UnsafePointer<Int>, UnsafePointer<Int>, Float, Float) -> Void
     typealias CappedGradientTile = (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, Int, Int, Int,
                                     UnsafePointer<Int>, UnsafePointer<Int>, Float, UnsafePointer<Float>, UnsafePointer<Float>,
                                     Float) -> Void
-    let cappedSoftmaxTile: CappedSoftmaxTile
+    let capTile: CapTile
     let cappedGradientTile: CappedGradientTile
     typealias RoundTile = (UnsafeMutablePointer<Float>, Int, Int, Int) -> Void
     /// Rounds a tile to bf16 values in place (the emulated bf16 products).
@@ -180,7 +179,7 @@ public final class LocalAttention {
         self.tileProducts = TileProducts(useJIT: useJIT)
         let level = useJIT ? TileProducts.vectorLevel : 0
         (softmaxTile, gradientTile) = Self.rowKernels(level: level)
-        (cappedSoftmaxTile, cappedGradientTile) = Self.capKernels(level: level)
+        (capTile, cappedGradientTile) = Self.capKernels(level: level)
         roundTile = [RowKernels.roundToBF16, RowKernelsAVX2.RowKernels.roundToBF16, RowKernelsAVX512.RowKernels.roundToBF16][level]
         scratchPerWorker = hardware ? Self.bf16ScratchFloats(tileQ: tileQ, tileK: tileK, headDim: headDim)
             : (2 * tileQ * tileK + 15) / 16 * 16
@@ -225,11 +224,11 @@ public final class LocalAttention {
     }
 
     /// The soft-capping row kernels of a vector level (as `rowKernels`).
-    static func capKernels(level: Int) -> (CappedSoftmaxTile, CappedGradientTile) {
+    static func capKernels(level: Int) -> (CapTile, CappedGradientTile) {
         switch level {
-        case 2: return (RowKernelsAVX512.RowKernels.softmaxTileCapped, RowKernelsAVX512.RowKernels.gradientTileCapped)
-        case 1: return (RowKernelsAVX2.RowKernels.softmaxTileCapped, RowKernelsAVX2.RowKernels.gradientTileCapped)
-        default: return (RowKernels.softmaxTileCapped, RowKernels.gradientTileCapped)
+        case 2: return (RowKernelsAVX512.RowKernels.capTile, RowKernelsAVX512.RowKernels.gradientTileCapped)
+        case 1: return (RowKernelsAVX2.RowKernels.capTile, RowKernelsAVX2.RowKernels.gradientTileCapped)
+        default: return (RowKernels.capTile, RowKernels.gradientTileCapped)
         }
     }
 
@@ -240,7 +239,8 @@ public final class LocalAttention {
                      lo: UnsafePointer<Int>, hi: UnsafePointer<Int>,
                      rowMax: UnsafeMutablePointer<Float>, rowSum: UnsafeMutablePointer<Float>, acc: UnsafeMutablePointer<Float>) {
         if softcap > 0 {
-            cappedSoftmaxTile(s, ld, width, rows, lo, hi, scale, softcap, rowMax, rowSum, acc, headDim)
+            capTile(s, ld, width, rows, lo, hi, scale, softcap)
+            softmaxTile(s, ld, width, rows, lo, hi, 1, rowMax, rowSum, acc, headDim)
         } else {
             softmaxTile(s, ld, width, rows, lo, hi, scale, rowMax, rowSum, acc, headDim)
         }

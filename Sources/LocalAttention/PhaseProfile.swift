@@ -69,13 +69,14 @@ extension LocalAttention {
             s.pointer.update(from: scores.pointer, count: tq * tk)
             ds.pointer.update(from: scores.pointer, count: tq * tk)
         }))
-        // Soft-capping (cap 50): the forward's capped softmax, and
+        // Soft-capping (cap 50): the forward's capTile before the softmax, and
         // the backward's capped gradient pass in place of the plain one.
-        let (cappedSoftmaxTile, cappedGradientTile) = capKernels(level: TileProducts.vectorLevel)
+        let (capTile, cappedGradientTile) = capKernels(level: TileProducts.vectorLevel)
         for i in 0..<tq { rowMax[i] = -.infinity; rowSum[i] = 0 }
         result.append(("fwd.softmax_capped", time {
             s.pointer.update(from: scores.pointer, count: tq * tk)
-            cappedSoftmaxTile(s.pointer, tk, tk, tq, lo, lo + tq, scale, 50, rowMax, rowSum, acc.pointer, d)
+            capTile(s.pointer, tk, tk, tq, lo, lo + tq, scale, 50)
+            softmaxTile(s.pointer, tk, tk, tq, lo, lo + tq, 1, rowMax, rowSum, acc.pointer, d)
         }))
         result.append(("bwd.gradient_capped", time {
             s.pointer.update(from: scores.pointer, count: tq * tk)

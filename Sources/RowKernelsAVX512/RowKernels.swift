@@ -195,48 +195,14 @@ public enum RowKernels {
                                    lo: UnsafePointer<Int>, hi: UnsafePointer<Int>, scale: Float,
                                    rowMax: UnsafeMutablePointer<Float>, rowSum: UnsafeMutablePointer<Float>,
                                    acc: UnsafeMutablePointer<Float>, headDim d: Int) {
-        softmaxRows(s, ld: ld, width: width, rows: rows, lo: lo, hi: hi, scale: scale, capped: false, cap: 0,
-                    rowMax: rowMax, rowSum: rowSum, acc: acc, headDim: d)
-    }
-
-    /// `softmaxTile` with logit soft-capping (cap > 0): the max phase turns
-    /// each visible score s into the capped logit x = cap·tanh(scale·s/cap),
-    /// keeps it in the tile for the exponential phase, and that phase runs on
-    /// x (no second pass over the tile for the cap).
-    @inline(never)
-    public static func softmaxTileCapped(_ s: UnsafeMutablePointer<Float>, ld: Int, width: Int, rows: Int,
-                                         lo: UnsafePointer<Int>, hi: UnsafePointer<Int>, scale: Float, cap: Float,
-                                         rowMax: UnsafeMutablePointer<Float>, rowSum: UnsafeMutablePointer<Float>,
-                                         acc: UnsafeMutablePointer<Float>, headDim d: Int) {
-        softmaxRows(s, ld: ld, width: width, rows: rows, lo: lo, hi: hi, scale: scale, capped: true, cap: cap,
-                    rowMax: rowMax, rowSum: rowSum, acc: acc, headDim: d)
-    }
-
-    /// The body of both: `capped` is a constant at each call, so each gets
-    /// its own loops.
-    @inline(__always)
-    static func softmaxRows(_ s: UnsafeMutablePointer<Float>, ld: Int, width: Int, rows: Int,
-                            lo: UnsafePointer<Int>, hi: UnsafePointer<Int>, scale: Float, capped: Bool, cap: Float,
-                            rowMax: UnsafeMutablePointer<Float>, rowSum: UnsafeMutablePointer<Float>,
-                            acc: UnsafeMutablePointer<Float>, headDim d: Int) {
         let w = Lanes.scalarCount
         let offsets = laneOffsets()
-        // The exponential phase reads scale·s (plain) or the stored x (capped).
-        let logitScale: Float = capped ? 1 : scale
-        let scaleLanes = Lanes(repeating: scale), scale2 = Lanes(repeating: logitScale * log2e)
-        let inner = Lanes(repeating: capped ? scale / cap : 0), outer = Lanes(repeating: cap)
+        let scaleLanes = Lanes(repeating: scale), scale2 = Lanes(repeating: scale * log2e)
         withUnsafeTemporaryAllocation(of: Float.self, capacity: rows) { newMax in
             for i in 0..<rows {
                 let row = s + i * ld
                 let first = lo[i], last = hi[i]
                 if first >= last { row.update(repeating: 0, count: width); newMax[i] = -.infinity; continue }
-                /// The logits of the vector at j: scale·s, or the capped x (stored).
-                @inline(__always) func logits(_ j: Int) -> Lanes {
-                    guard capped else { return loadLanes(row + j) * scaleLanes }
-                    let x = outer * tanhLanes(loadLanes(row + j) * inner)
-                    storeLanes(x, row + j)
-                    return x
-                }
                 // Vectors from the one holding `first`, while inside the row; a
                 // scalar tail only when `width` is not a multiple of the lanes.
                 let start = first / w * w
@@ -246,18 +212,18 @@ public enum RowKernels {
                 var j = start
                 let fullEnd = min(last / w * w, vectorEnd)   // vectors wholly visible end here
                 if j < first && j < vectorEnd {
-                    let a = logits(j).replacing(with: -.infinity, where: outside(offsets, j, first, last))
+                    let a = (loadLanes(row + j) * scaleLanes).replacing(with: -.infinity, where: outside(offsets, j, first, last))
                     best0.replace(with: a, where: a .> best0)
                     j += w
                 }
                 while j + 2 * w <= fullEnd {
-                    let a = logits(j), b = logits(j + w)
+                    let a = loadLanes(row + j) * scaleLanes, b = loadLanes(row + j + w) * scaleLanes
                     best0.replace(with: a, where: a .> best0)
                     best1.replace(with: b, where: b .> best1)
                     j += 2 * w
                 }
                 while j < vectorEnd {
-                    var a = logits(j)
+                    var a = loadLanes(row + j) * scaleLanes
                     if j < first || j + w > last { a.replace(with: -.infinity, where: outside(offsets, j, first, last)) }
                     best0.replace(with: a, where: a .> best0)
                     j += w
@@ -265,11 +231,7 @@ public enum RowKernels {
                 best0.replace(with: best1, where: best1 .> best0)
                 var tileMax = laneMaxOrdered(best0)   // the compares above never keep a NaN
                 let tail = max(j, first)
-                for t in tail..<max(tail, last) {
-                    if capped { row[t] = cap * scalarTanh(row[t] * (scale / cap)) }
-                    let x = capped ? row[t] : row[t] * scale
-                    if x > tileMax { tileMax = x }
-                }
+                for t in tail..<max(tail, last) where row[t] * scale > tileMax { tileMax = row[t] * scale }
                 if tileMax == -.infinity {
                     // Nothing above −inf: either every visible score is −inf or
                     // some are NaN (which the compares above pass over).
@@ -323,7 +285,7 @@ public enum RowKernels {
                 if j < first { (row + j).update(repeating: 0, count: first - j) }
                 var tailSum: Float = 0
                 for t in max(j, first)..<max(last, j) {
-                    let e = scalarExp(row[t] * logitScale - mNew)
+                    let e = scalarExp(row[t] * scale - mNew)
                     row[t] = e
                     tailSum += e
                 }
@@ -347,6 +309,37 @@ public enum RowKernels {
 
 extension RowKernels {
     static func tanhProbe(_ x: Float) -> Float { tanhLanes(Lanes(repeating: x))[Lanes.scalarCount - 1] }
+
+    /// Logit soft-capping of a score tile, in place: on the visible columns
+    /// `lo[i]..<hi[i]` of each row, s ← cap·tanh(scale·s/cap) — the capped,
+    /// scaled logit, so `softmaxTile` then runs with scale 1. Columns outside
+    /// may be changed too (the vectors that straddle a bound); `softmaxTile`
+    /// masks them. Rows with nothing visible are left alone.
+    @inline(never)
+    public static func capTile(_ s: UnsafeMutablePointer<Float>, ld: Int, width: Int, rows: Int,
+                               lo: UnsafePointer<Int>, hi: UnsafePointer<Int>, scale: Float, cap: Float) {
+        let w = Lanes.scalarCount
+        let inner = Lanes(repeating: scale / cap), outer = Lanes(repeating: cap)
+        for i in 0..<rows {
+            let row = s + i * ld
+            let first = lo[i], last = hi[i]
+            if first >= last { continue }
+            var j = first / w * w
+            let vectorEnd = min((last + w - 1) / w * w, width / w * w)
+            // Two vectors a round: two independent tanh chains in flight.
+            while j + 2 * w <= vectorEnd {
+                let a = tanhLanes(loadLanes(row + j) * inner), b = tanhLanes(loadLanes(row + j + w) * inner)
+                storeLanes(outer * a, row + j)
+                storeLanes(outer * b, row + j + w)
+                j += 2 * w
+            }
+            if j < vectorEnd {
+                storeLanes(outer * tanhLanes(loadLanes(row + j) * inner), row + j)
+                j += w
+            }
+            for t in max(j, first)..<max(last, j) { row[t] = cap * scalarTanh(row[t] * (scale / cap)) }
+        }
+    }
 
     /// The backward's elementwise step of one tile: on entry `p` holds q_i·k_j
     /// and `ds` holds dP = dO_i·v_j. On exit, for visible columns
