@@ -304,6 +304,9 @@ public final class LocalAttention {
                                          rowMax: UnsafeMutablePointer<Float>,
                                          rowSum: UnsafeMutablePointer<Float>,
                                          sinks: [Float]? = nil, sinkHead: ((Int) -> Int)? = nil) {
+        // No rows: nothing to set (and no loop over the heads, which may
+        // number batch × heads = 2^34 for an empty shard — the fuzzer's case).
+        guard heads > 0, rows > 0 else { return }
         acc.update(repeating: 0, count: heads * rows * headDim)
         guard let sinks, !sinks.isEmpty else {
             rowMax.update(repeating: -.infinity, count: heads * rows)
