@@ -227,6 +227,34 @@ final class ScoreModifierTests: XCTestCase {
         }
     }
 
+    /// An empty shard with a huge batch (2^33 × 2 heads, no token) and sinks:
+    /// the forward and backward return at once (the fuzzer's case: setting
+    /// the sink state looped over batch × heads).
+    func testEmptyShardHugeBatch() throws {
+        var c = AttentionConfig()
+        c.batch = 1 << 33; c.seqLenLocal = 0; c.numHeadsQ = 2; c.numHeadsKV = 1; c.headDim = 4
+        c.pattern = AttentionConfig.Pattern.allgather.rawValue; c.sinks = [-2.25, -3.75]; c.softcap = 10_000
+        c.timeoutSeconds = 60
+        for pattern in [AttentionConfig.Pattern.burst, .ring, .allgather, .ulysses] {
+            c.pattern = pattern.rawValue
+            let outcomes = runRanks(2) { _, transport -> String? in
+                do {
+                    let plan = try AttentionContext(transport: transport, defaultThreads: 1).makePlan(.success(c))
+                    let start = Date()
+                    try plan.forward(q: nil, k: nil, v: nil, out: nil, lse: nil)
+                    try plan.backward(q: nil, k: nil, v: nil, out: nil, lse: nil, dout: nil, dq: nil, dk: nil, dv: nil)
+                    let seconds = Date().timeIntervalSince(start)
+                    XCTAssertEqual(try plan.sinksGradient(), [0, 0], "no rows: a zero partial")
+                    return seconds < 10 ? nil : "took \(seconds) s"
+                } catch let e as BurstError {
+                    // ULYSSES may refuse the shape (1 kv head on 2 ranks): a clear error is fine.
+                    return pattern == .ulysses && e.status == .unsupported ? nil : "\(e)"
+                } catch { return "\(error)" }
+            }
+            for (rank, outcome) in outcomes.enumerated() { XCTAssertNil(outcome, "rank \(rank) \(pattern)") }
+        }
+    }
+
     /// Config checks on one rank (INVALID_ARGUMENT naming the field).
     func testValidation() {
         var c = Problem().config(rank: 0)
