@@ -38,11 +38,16 @@ if [ ! -s "$supp" ]; then
     --log-file="$gen/bare.%p.log" "$bare" >"$gen/bare.out" 2>&1 \
     || { echo "memcheck.sh: the bare MPI program failed under valgrind (see $gen)" >&2; exit 1; }
   # Valgrind writes each suppression as a {...} block between its own log lines; name
-  # them and drop duplicates (the ranks lose the same things).
+  # them and drop duplicates (the ranks lose the same things). A leak's kind is widened
+  # to every kind: the same OpenMPI block (e.g. orte_init's strdup'd strings behind
+  # unsymbolised plugin frames) is "definitely" lost in one run and "possibly" in the
+  # next, depending on whether a stale pointer into it is still on the stack at exit
+  # (seen once in memcheck_c_variants_np2: 689 bytes "possibly lost", all under MPI_Init).
   awk -v tag="openmpi_np$ranks" '
     /^\{$/ { body = ""; inside = 1; next }
     inside && /^\}$/ { inside = 0; if (!(body in seen)) { seen[body] = 1; n++; printf "{\n   %s_%d\n%s}\n", tag, n, body } next }
     inside && /<insert_a_suppression_name_here>/ { next }
+    inside && /match-leak-kinds:/ { body = body "   match-leak-kinds: definite,indirect,possible\n"; next }
     inside { body = body $0 "\n" }
   ' "$gen"/bare.*.log >"$gen/openmpi.supp"
   mv "$gen/openmpi.supp" "$supp.tmp.$$" && mv "$supp.tmp.$$" "$supp"
