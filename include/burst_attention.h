@@ -466,10 +466,9 @@ BURST_API burst_status burst_plan_set_sinks(burst_plan *plan, const float *sinks
  * num_heads_q fp32 values written to dsinks, this rank's partial
  * -sum_{b, i} exp(s_h - lse_{b,h,i}) * D_{b,h,i} over its query rows (summed
  * in double; see "Score modifiers": the caller sums the partials over the
- * ranks). D is computed from the out and dout passed to that backward (BURST,
- * RING and ALLGATHER use the fp32 D their backward computes anyway and give
- * the same bits; ULYSSES, whose D lives with the head slices, recomputes it
- * from out and dout in double). INVALID_ARGUMENT if the plan had no sinks at
+ * ranks). D is the fp32 rowsum(dout * out) the backward computes anyway from
+ * the out and dout passed to it, so for the same inputs every pattern gives
+ * the same bits. INVALID_ARGUMENT if the plan had no sinks at
  * that backward, or no backward has succeeded since the plan was created or
  * since its sinks were last set (a failed backward clears it). Local. */
 BURST_API burst_status burst_plan_sinks_gradient(const burst_plan *plan, float *dsinks);

@@ -289,7 +289,7 @@ final class AllgatherSchedule: TrainingSchedule {
             env.pack(o, heads: env.heads, into: space.dq.pointer, pool: nil)
             env.timed(&stats.computeSeconds) {
                 LocalAttention.rowDot(count: zq * n, headDim: d, space.dOut.pointer, space.dq.pointer, into: space.delta.pointer)
-                env.sinkGradient(delta: space.delta.pointer, lse: lse)
+                env.sinkGradient(lse: lse) { UnsafePointer(space.delta.pointer + $0 * n) }
             }
             packOwnBlock(k: k, v: v, kv: space.kv, gathered: space.gathered)
             lsePointer = lse

@@ -133,9 +133,6 @@ public final class AttentionPlan {
         }
     }
 
-    /// The sink logits the next call uses (nil: none).
-    public var sinks: [Float]? { environment.sinks }
-
     /// burst_plan_sinks_gradient: dL/d sinks of the last successful
     /// backward, this rank's partial. Local.
     public func sinksGradient() throws -> [Float] {
@@ -197,17 +194,10 @@ public final class AttentionPlan {
             environment.sinkGradient = nil
             try schedule.backward(q: q, k: k, v: v, out: out, lse: lse, dout: dout, dq: dq, dk: dk, dv: dv,
                                   stats: &stats, deadline: deadline)
+            // The schedule computed it from its D (`ScheduleEnvironment.sinkGradient`);
+            // a rank with no rows contributes 0.
             guard let sinks = environment.sinks else { return }
-            // BURST, RING, ALLGATHER: from the D they computed; ULYSSES (D of
-            // head slices, elsewhere): from the caller's out, dout and lse.
-            if let fromSchedule = environment.sinkGradient { sinkGradient = fromSchedule; return }
-            let start = Deadline.seconds()
-            let gradient = localRows == 0 ? [Float](repeating: 0, count: sinks.count)
-                : SinkGradient.partial(sinks: sinks, out: out!, dout: dout!, lse: lse!, layout: environment.layout,
-                                       storage: storage, batch: environment.batch, heads: environment.heads, rows: localRows,
-                                       headDim: environment.headDim, pool: pool)
-            stats.computeSeconds += Deadline.seconds() - start
-            sinkGradient = gradient
+            sinkGradient = environment.sinkGradient ?? [Float](repeating: 0, count: sinks.count)
         }
     }
 

@@ -83,7 +83,8 @@ extension RingSchedule {
                                       into: bundle + 2 * zq * n * d)
             }
             (bundle + 2 * zq * n * d + zq * n).update(from: lse, count: zq * n)
-            env.timed(&stats.computeSeconds) { env.sinkGradient(delta: bundle + 2 * zq * n * d, lse: lse) }
+            let delta = UnsafePointer(bundle + 2 * zq * n * d)
+            env.timed(&stats.computeSeconds) { env.sinkGradient(lse: lse) { z in delta + z * n } }
             env.pack(k, heads: env.kvHeads, into: space.kv.pointer, pool: pool)
             env.pack(v, heads: env.kvHeads, into: space.kv.pointer + zkv * n * d, pool: pool)
         }

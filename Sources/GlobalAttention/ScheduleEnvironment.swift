@@ -30,9 +30,8 @@ final class ScheduleEnvironment {
     /// The sink logits the next call uses (one per query head; nil = no
     /// sinks): the config's, replaced by `AttentionPlan.setSinks`.
     var sinks: [Float]?
-    /// dL/d sinks of the backward that just ran, when its schedule had D and
-    /// lse of this rank's rows at hand (`sinkGradient(delta:lse:)`); nil
-    /// otherwise (the plan then computes it from the caller's tensors).
+    /// dL/d sinks of the backward that just ran (`sinkGradient(lse:delta:)`;
+    /// nil when it had no sinks or no rows here).
     var sinkGradient: [Float]?
 
     init(config: AttentionConfig, tokens: TokenLayout, transport: Transport, pool: WorkerPool) {
@@ -76,22 +75,23 @@ final class ScheduleEnvironment {
         return made
     }
 
-    /// dL/d sinks of this rank's rows from their D (the backward's rowDot,
-    /// canonical [Z, n]) and lse ([batch, heads, n], the same order):
-    /// −Σ e^(s_h − lse)·D per head, in Double, rows in order — no second read
-    /// of out and dout (the plan's fallback, `SinkGradient.partial`, costs
-    /// 2% of a 4K-token fwd+bwd on fp32 and more on bf16). Stored in
-    /// `sinkGradient` for the plan.
-    func sinkGradient(delta: UnsafePointer<Float>, lse: UnsafePointer<Float>) {
+    /// The sinks' gradient (header, "Score modifiers"): a sink s_h is one
+    /// more logit of every row of head h with no value, so the softmax's
+    /// backward at its column (dP = 0) gives dL/ds_h = −Σ_i e^(s_h − lse_i)·D_i
+    /// over this rank's rows and batch. Every schedule's backward computes D
+    /// of this rank's rows at home (rowDot: same values, same order, so every
+    /// pattern gives the same bits) and calls this with the caller's lse
+    /// ([batch, heads, n]) and `delta(z)`, the n values of D of head z =
+    /// b·heads + h wherever the schedule keeps them. Summed in Double, rows
+    /// in order; stored in `sinkGradient` for the plan.
+    func sinkGradient(lse: UnsafePointer<Float>, delta: (_ z: Int) -> UnsafePointer<Float>) {
         guard let sinks else { return }
         let n = localRows
         var gradient = [Double](repeating: 0, count: heads)
         for z in 0..<zHeads {
-            let h = z % heads, sink = Double(sinks[h])
+            let h = z % heads, sink = Double(sinks[h]), d = delta(z), l = lse + z * n
             var sum = 0.0
-            for i in 0..<n where lse[z * n + i] != -.infinity {
-                sum -= exp(sink - Double(lse[z * n + i])) * Double(delta[z * n + i])
-            }
+            for i in 0..<n where l[i] != -.infinity { sum -= exp(sink - Double(l[i])) * Double(d[i]) }
             gradient[h] += sum
         }
         sinkGradient = gradient.map { Float($0) }

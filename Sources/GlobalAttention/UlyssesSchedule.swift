@@ -421,6 +421,13 @@ final class UlyssesSchedule: TrainingSchedule {
                     (base + (h / hs) * slice + mine.lse + (b * hs + h % hs) * n).update(from: lse + (b * heads + h) * n, count: n)
                 }
             }
+            // D of head z = b·heads + h sits in slice h / hs, at local head b·hs + h mod hs.
+            env.timed(&stats.computeSeconds) {
+                env.sinkGradient(lse: lse) { z in
+                    let b = z / heads, h = z % heads
+                    return UnsafePointer(base + (h / hs) * slice + mine.delta + (b * hs + h % hs) * n)
+                }
+            }
         }
         let formats = wireFormats
         try exchange(tag: Self.backwardTag, outgoing: { space.send.pointer + $0 * slice }, outRows: { _ in n },

@@ -188,6 +188,38 @@ final class ScoreModifierTests: XCTestCase {
         }
     }
 
+    /// Every pattern computes d sinks from the same D of the rank's own rows
+    /// (the backward's rowDot over the out and dout it is given) and the lse
+    /// it is given, so for the same inputs the partials agree bit for bit.
+    func testSinkGradientSameBitsEveryPattern() {
+        var p = Problem()
+        p.counts = [17, 15, 16]; p.heads = 6; p.kvHeads = 3; p.causal = true; p.batch = 2
+        p.sinks = Self.sinks(6); p.softcap = 3
+        let forward = runProblem(p, backward: false)   // BURST's out and lse, given to every pattern
+        let inputs = p.inputs
+        var partials: [[[Float]]] = []
+        for pattern in [AttentionConfig.Pattern.burst, .ring, .allgather, .ulysses] {
+            var c = p
+            c.pattern = pattern
+            partials.append(runRanks(c.ranks) { rank, transport -> [Float] in
+                do {
+                    let plan = try AttentionContext(transport: transport, defaultThreads: 1).makePlan(.success(c.config(rank: rank)))
+                    let q = c.shard(inputs.q, rank: rank, heads: c.heads), k = c.shard(inputs.k, rank: rank, heads: c.hkv)
+                    let v = c.shard(inputs.v, rank: rank, heads: c.hkv), dO = c.shard(inputs.dout, rank: rank, heads: c.heads)
+                    var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count), dv = dk
+                    try plan.backward(q: q, k: k, v: v, out: forward[rank].out, lse: forward[rank].lse, dout: dO,
+                                      dq: &dq, dk: &dk, dv: &dv)
+                    return try plan.sinksGradient()
+                } catch {
+                    XCTFail("rank \(rank) \(pattern): \(error)")
+                    return []
+                }
+            })
+        }
+        for (i, other) in partials.enumerated().dropFirst() { XCTAssertEqual(other, partials[0], "pattern \(i) vs BURST") }
+        XCTAssertEqual(partials[0].count, 3)
+    }
+
     /// Sinks replaced between calls (setSinks) are what the next calls use;
     /// removing them gives plain attention; the gradient follows.
     func testSetSinksBetweenCalls() throws {
