@@ -17,8 +17,7 @@ func readConfig(_ pointer: UnsafePointer<burst_attention_config>?) -> Result<Att
         return .failure(error)
     }
     var c = burst_attention_config()   // all zero: the defaults of fields an older struct lacks
-    let declared = Int(UnsafeRawPointer(pointer).load(as: UInt32.self))
-    withUnsafeMutableBytes(of: &c) { $0.baseAddress!.copyMemory(from: pointer, byteCount: min(declared, known)) }
+    copyDeclared(pointer, into: &c)
     var config = AttentionConfig()
     config.layout = c.layout
     config.dtype = c.dtype
@@ -54,7 +53,7 @@ func readConfig(_ pointer: UnsafePointer<burst_attention_config>?) -> Result<Att
     config.compute = c.compute
     config.softcap = c.softcap
     if let sinks = c.sinks {
-        switch copySinks(sinks, count: c.num_heads_q, what: "sinks") {
+        switch copySinks(sinks, count: c.num_heads_q, counted: "num_heads_q") {
         case .success(let values): config.sinks = values
         case .failure(let error): return .failure(error)
         }
@@ -86,13 +85,24 @@ func checkStructSize(_ pointer: UnsafeRawPointer, known: Int, older: [Int] = [],
     return nil
 }
 
-/// Copies `count` sink logits from a caller's pointer (count is the
-/// caller's num_heads_q: positive, and small enough to be a head count, else
-/// INVALID_ARGUMENT before anything is read).
-func copySinks(_ pointer: UnsafePointer<Float>, count: Int64, what: String) -> Result<[Float], BurstError> {
+/// Copies a caller's config struct into `value` as far as its struct_size
+/// goes (checked by `checkStructSize` first); the fields an older struct
+/// lacks keep what `value` holds (zero: their defaults).
+func copyDeclared<T>(_ pointer: UnsafePointer<T>, into value: inout T) {
+    let declared = Int(UnsafeRawPointer(pointer).load(as: UInt32.self))
+    withUnsafeMutableBytes(of: &value) {
+        $0.baseAddress!.copyMemory(from: pointer, byteCount: min(declared, MemoryLayout<T>.size))
+    }
+}
+
+/// Copies `count` sink logits from a caller's pointer (`counted` names what
+/// the count comes from: num_heads_q, or num_layers × num_heads_q). The
+/// count must be positive and at most `maxSinkValues`, else INVALID_ARGUMENT
+/// before anything is read.
+func copySinks(_ pointer: UnsafePointer<Float>, count: Int64, counted: String) -> Result<[Float], BurstError> {
     guard count > 0, count <= maxSinkValues else {
         return .failure(BurstError(.invalidArgument,
-            "\(what) is set but holds num_heads_q = \(count) values: num_heads_q must be in 1...\(maxSinkValues)"))
+            "sinks is set but \(counted) = \(count): it must be in 1...\(maxSinkValues) (the sinks are copied)"))
     }
     return .success(Array(UnsafeBufferPointer(start: pointer, count: Int(count))))
 }

@@ -16,10 +16,7 @@ func readCacheConfig(_ pointer: UnsafePointer<burst_kv_cache_config>?) -> Result
         return .failure(error)
     }
     var c = burst_kv_cache_config()   // all zero: the defaults of fields an older struct lacks
-    let declared = Int(UnsafeRawPointer(pointer).load(as: UInt32.self))
-    withUnsafeMutableBytes(of: &c) {
-        $0.baseAddress!.copyMemory(from: pointer, byteCount: min(declared, MemoryLayout<burst_kv_cache_config>.size))
-    }
+    copyDeclared(pointer, into: &c)
     guard c.reserved0 == 0 else {
         return .failure(BurstError(.version,
             "cache config reserved0 is \(c.reserved0): this library (version \(versionString)) knows no field there; upgrade the library or leave newer fields at their defaults (0)"))
@@ -39,12 +36,14 @@ func readCacheConfig(_ pointer: UnsafePointer<burst_kv_cache_config>?) -> Result
     config.timeoutSeconds = c.timeout_seconds
     config.softcap = c.softcap
     if let sinks = c.sinks {
-        // Layers × heads values: both must be in range before anything is read.
-        guard c.num_layers > 0, c.num_layers <= maxSinkValues, c.num_heads_q > 0, c.num_heads_q <= maxSinkValues,
-              c.num_layers * c.num_heads_q <= maxSinkValues else {
-            return .failure(invalid("sinks is set but num_layers × num_heads_q = \(c.num_layers) × \(c.num_heads_q) is not in 1...\(maxSinkValues)"))
+        // Layers × heads values (an overflowing product counts as out of range).
+        let (count, overflow) = c.num_layers.multipliedReportingOverflow(by: c.num_heads_q)
+        let sign = c.num_layers > 0 && c.num_heads_q > 0
+        switch copySinks(sinks, count: overflow || !sign ? -1 : count,
+                         counted: "num_layers × num_heads_q (\(c.num_layers) × \(c.num_heads_q))") {
+        case .success(let values): config.sinks = values
+        case .failure(let error): return .failure(error)
         }
-        config.sinks = Array(UnsafeBufferPointer(start: sinks, count: Int(c.num_layers * c.num_heads_q)))
     }
     return .success(config)
 }
