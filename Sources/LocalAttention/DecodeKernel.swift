@@ -33,8 +33,7 @@ public final class DecodeKernel {
     /// Keys per tile of a half block's transposed keys (`layout`).
     public let subTile: Int
     private let products: TileProducts
-    private let softmaxTile: LocalAttention.SoftmaxTile
-    private let capTile: LocalAttention.CapTile
+    private let softmax: LocalAttention.SoftmaxStep
     /// Logit soft-capping (0 = off), as `LocalAttention.softcap`.
     public let softcap: Float
 
@@ -51,8 +50,7 @@ public final class DecodeKernel {
         scoreStride = (blockTokens + subTile - 1) / subTile * subTile
         products = TileProducts()
         let level = TileProducts.vectorLevel
-        softmaxTile = LocalAttention.rowKernels(level: level).0
-        capTile = LocalAttention.capKernels(level: level).0
+        softmax = LocalAttention.SoftmaxStep(level: level, scale: scale, softcap: softcap, headDim: headDim)
         switch level {
         case 2: (pairedScores, pairedValues) = (RowKernelsAVX512.DecodeRows.scoresBF16, RowKernelsAVX512.DecodeRows.valuesBF16)
         case 1: (pairedScores, pairedValues) = (RowKernelsAVX2.DecodeRows.scoresBF16, RowKernelsAVX2.DecodeRows.valuesBF16)
@@ -144,7 +142,7 @@ public final class DecodeKernel {
         if storage == .f32 {
             let kernels = count == blockTokens ? full : products(rows: rows, count: count)
             products.run(kernels.scores, q, keysT.assumingMemoryBound(to: Float.self), s)
-            softmax(s, b, count, rows, lo, hi, rowMax, rowSum, acc)
+            softmax(s, ld: b, width: count, rows: rows, lo: lo, hi: hi, rowMax: rowMax, rowSum: rowSum, acc: acc)
             products.run(kernels.values, s, values.assumingMemoryBound(to: Float.self), acc)
             return
         }
@@ -159,7 +157,7 @@ public final class DecodeKernel {
                              values + t * tileBytes, min(tile, count - t * tile) * d * 2)
                 t += 1
             }
-            softmax(s, b, count, rows, lo, hi, rowMax, rowSum, acc)
+            softmax(s, ld: b, width: count, rows: rows, lo: lo, hi: hi, rowMax: rowMax, rowSum: rowSum, acc: acc)
             pairedValues(s, b, rows, count, values, d, acc)
             return
         }
@@ -180,7 +178,7 @@ public final class DecodeKernel {
             products.run(kernels.scores, q, tile, s + j0)
             j0 += sub
         }
-        softmax(s, b, count, rows, lo, hi, rowMax, rowSum, acc)
+        softmax(s, ld: b, width: count, rows: rows, lo: lo, hi: hi, rowMax: rowMax, rowSum: rowSum, acc: acc)
         j0 = 0
         while j0 < count {
             let cols = min(sub, count - j0)
@@ -189,19 +187,6 @@ public final class DecodeKernel {
             StorageConversion.widen(storage, halfV + j0 * d, into: tile, count: cols * d)
             products.run(kernels.values, s + j0, tile, acc)
             j0 += sub
-        }
-    }
-
-    /// The training kernels' softmax step, soft-capped first when `softcap` > 0.
-    @inline(__always)
-    private func softmax(_ s: UnsafeMutablePointer<Float>, _ ld: Int, _ count: Int, _ rows: Int,
-                         _ lo: UnsafePointer<Int>, _ hi: UnsafePointer<Int>, _ rowMax: UnsafeMutablePointer<Float>,
-                         _ rowSum: UnsafeMutablePointer<Float>, _ acc: UnsafeMutablePointer<Float>) {
-        if softcap > 0 {
-            capTile(s, ld, count, rows, lo, hi, scale, softcap)
-            softmaxTile(s, ld, count, rows, lo, hi, 1, rowMax, rowSum, acc, headDim)
-        } else {
-            softmaxTile(s, ld, count, rows, lo, hi, scale, rowMax, rowSum, acc, headDim)
         }
     }
 

@@ -34,7 +34,7 @@ public final class LocalAttention {
     public let headDim: Int
     public let scale: Float
     /// Logit soft-capping: 0 = off, else scores become
-    /// softcap·tanh(scale·s/softcap) (`RowKernels.capTile`), and the
+    /// softcap·tanh(scale·s/softcap) (`SoftmaxStep`), and the
     /// backward applies the derivative (`gradientTileCapped`).
     public let softcap: Float
     public let pool: WorkerPool
@@ -109,13 +109,13 @@ public final class LocalAttention {
                              UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, Int) -> Void
     typealias GradientTile = (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, Int, Int, Int,
                               UnsafePointer<Int>, UnsafePointer<Int>, Float, UnsafePointer<Float>, UnsafePointer<Float>) -> Void
-    let softmaxTile: SoftmaxTile
+    /// The forward's softmax step (with the cap when there is one).
+    let softmaxStep: SoftmaxStep
     let gradientTile: GradientTile
     typealias CapTile = (UnsafeMutablePointer<Float>, Int, Int, Int, UnsafePointer<Int>, UnsafePointer<Int>, Float, Float) -> Void
     typealias CappedGradientTile = (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, Int, Int, Int,
                                     UnsafePointer<Int>, UnsafePointer<Int>, Float, UnsafePointer<Float>, UnsafePointer<Float>,
                                     Float) -> Void
-    let capTile: CapTile
     let cappedGradientTile: CappedGradientTile
     typealias RoundTile = (UnsafeMutablePointer<Float>, Int, Int, Int) -> Void
     /// Rounds a tile to bf16 values in place (the emulated bf16 products).
@@ -178,8 +178,9 @@ public final class LocalAttention {
             && headDim % 2 == 0 && tileK % RowKernelsAVX512.BF16Operands.group == 0
         self.tileProducts = TileProducts(useJIT: useJIT)
         let level = useJIT ? TileProducts.vectorLevel : 0
-        (softmaxTile, gradientTile) = Self.rowKernels(level: level)
-        (capTile, cappedGradientTile) = Self.capKernels(level: level)
+        gradientTile = Self.rowKernels(level: level).1
+        cappedGradientTile = Self.capKernels(level: level).1
+        softmaxStep = SoftmaxStep(level: level, scale: scale, softcap: softcap, headDim: headDim)
         roundTile = [RowKernels.roundToBF16, RowKernelsAVX2.RowKernels.roundToBF16, RowKernelsAVX512.RowKernels.roundToBF16][level]
         scratchPerWorker = hardware ? Self.bf16ScratchFloats(tileQ: tileQ, tileK: tileK, headDim: headDim)
             : (2 * tileQ * tileK + 15) / 16 * 16
@@ -232,17 +233,33 @@ public final class LocalAttention {
         }
     }
 
-    /// The forward's softmax step of one score tile (`softmaxTile`), the
-    /// scores soft-capped first when `softcap` > 0 (then already scaled).
-    @inline(__always)
-    func softmaxStep(_ s: UnsafeMutablePointer<Float>, ld: Int, width: Int, rows: Int,
-                     lo: UnsafePointer<Int>, hi: UnsafePointer<Int>,
-                     rowMax: UnsafeMutablePointer<Float>, rowSum: UnsafeMutablePointer<Float>, acc: UnsafeMutablePointer<Float>) {
-        if softcap > 0 {
-            capTile(s, ld, width, rows, lo, hi, scale, softcap)
-            softmaxTile(s, ld, width, rows, lo, hi, 1, rowMax, rowSum, acc, headDim)
-        } else {
-            softmaxTile(s, ld, width, rows, lo, hi, scale, rowMax, rowSum, acc, headDim)
+    /// The forward's softmax step of one score tile, for the training
+    /// kernels and decode alike: `softmaxTile` of the row kernels picked for
+    /// the CPU, the scores soft-capped first (`capTile`) when `softcap` > 0
+    /// (then already scaled, so the softmax runs at scale 1).
+    struct SoftmaxStep {
+        let softmaxTile: SoftmaxTile
+        let capTile: CapTile
+        let scale: Float, softcap: Float, headDim: Int
+
+        init(level: Int, scale: Float, softcap: Float, headDim: Int) {
+            softmaxTile = LocalAttention.rowKernels(level: level).0
+            capTile = LocalAttention.capKernels(level: level).0
+            self.scale = scale
+            self.softcap = softcap
+            self.headDim = headDim
+        }
+
+        @inline(__always)
+        func callAsFunction(_ s: UnsafeMutablePointer<Float>, ld: Int, width: Int, rows: Int,
+                            lo: UnsafePointer<Int>, hi: UnsafePointer<Int>, rowMax: UnsafeMutablePointer<Float>,
+                            rowSum: UnsafeMutablePointer<Float>, acc: UnsafeMutablePointer<Float>) {
+            if softcap > 0 {
+                capTile(s, ld, width, rows, lo, hi, scale, softcap)
+                softmaxTile(s, ld, width, rows, lo, hi, 1, rowMax, rowSum, acc, headDim)
+            } else {
+                softmaxTile(s, ld, width, rows, lo, hi, scale, rowMax, rowSum, acc, headDim)
+            }
         }
     }
 
