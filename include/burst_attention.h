@@ -44,6 +44,7 @@
 #ifndef BURST_ATTENTION_H
 #define BURST_ATTENTION_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #if defined(_WIN32)
@@ -59,7 +60,7 @@ extern "C" {
 #endif
 
 #define BURST_VERSION_MAJOR 0
-#define BURST_VERSION_MINOR 8
+#define BURST_VERSION_MINOR 9
 #define BURST_VERSION_PATCH 0
 #define BURST_VERSION_NUMBER \
   (BURST_VERSION_MAJOR * 10000 + BURST_VERSION_MINOR * 100 + BURST_VERSION_PATCH)
@@ -70,7 +71,7 @@ BURST_API uint32_t burst_version(void);
 
 /* A static, never-NULL description of the library loaded and the kernel code
  * paths its run-time dispatch picked for this CPU, e.g.
- * "libburst_attention 0.8.0; kernels cpx+avx512; convert avx512;
+ * "libburst_attention 0.9.0; kernels cpx+avx512; convert avx512;
  * bf16_products avx512_bf16; cpus 2" (tile products: libxsmm's target "cpx",
  * "skx", "hsw", ... or "portable"; row kernels "avx512", "avx2" or "baseline";
  * convert: the bf16/fp16 conversions, "avx512", "avx2" (AVX2 + F16C) or
@@ -400,6 +401,107 @@ BURST_API burst_status burst_context_create_self(burst_context **out);
  * each one. */
 BURST_API burst_status burst_context_create_loopback(int32_t world_size,
                                                      burst_context **out);
+
+/* ------------------------------------------------------------------------ */
+/* Transports the caller supplies (since 0.9).
+ *
+ * A context can talk through the caller's own communication stack (its
+ * sockets, UCX, gRPC, torch.distributed) instead of MPI. The caller fills a
+ * burst_transport with its rank, the world size and five callbacks; the
+ * library copies the struct at burst_context_create_transport and calls the
+ * callbacks until the context and every plan and cache made on it are
+ * destroyed, then calls destroy(user) once. The MPI transport stays the
+ * default and the fast path; the Python package builds one of these from a
+ * torch.distributed process group (gloo) for torchrun jobs.
+ *
+ * Threads. The library calls the callbacks only from the thread that is
+ * inside a library call on the context, one of its plans or caches — never
+ * from a compute thread — and a callback must not call back into the
+ * library. Plans of one context driven from two threads at once make
+ * concurrent callbacks (each plan has its own tags); a transport that cannot
+ * take that sets BURST_TRANSPORT_SINGLE_THREADED, and a second thread then
+ * gets BURST_ERROR_BUSY instead.
+ *
+ * Requests. isend, irecv and iallgather START an operation and return at
+ * once with *request set to a non-NULL handle of the caller's choosing; they
+ * must not wait for the peer. test(user, request, &done) reports whether it
+ * has completed (done = 1: the request is finished, its buffer is the
+ * caller's again, and the library never passes it again; done = 0: not yet).
+ * test may make progress but must not block for long: the library calls it
+ * in a loop (with naps) until every request of a step is done or the call's
+ * deadline (burst_attention_config.timeout_seconds) passes, so a peer that
+ * never answers becomes BURST_ERROR_TIMEOUT, never a hang. A request the
+ * library stops waiting for (the call failed) is passed to release(user,
+ * request) exactly once: after release returns the transport must never
+ * touch that request's buffer again (cancel it, or wait for it, or keep
+ * its own copy); a request that test reported done is never released.
+ *
+ * Messages. Byte buffers of any size (0 too), to or from peer in
+ * [0, size), never to oneself. tag is in [0, 2^31): messages between the
+ * same two ranks with the same tag must be matched in the order they were
+ * started (as MPI does); the library never has two messages with one tag
+ * outstanding between two ranks unless they are started in that order on
+ * both. Tags encode a channel (one per plan and cache, as MPI_Comm_dup would
+ * give) and the message kind; the transport treats them as opaque numbers.
+ * iallgather: every rank contributes `bytes` bytes (the same count on every
+ * rank, a few KiB at most); receive gets size * bytes in rank order. Its tag
+ * names the channel: allgathers with one tag are started in the same order
+ * on every rank (allgathers of different plans driven from different
+ * threads may be started in different orders on different ranks).
+ *
+ * Failures. A callback returns 0 for success and anything else for failure;
+ * the library then fails the call with BURST_ERROR_COMMUNICATION on that
+ * rank, with the text of error_message(user) when that callback is given,
+ * and the plan (or context) is unusable as after any COMMUNICATION error.
+ * Its peers, waiting for messages the failed rank will not send, fail with
+ * BURST_ERROR_COMMUNICATION if their own transport reports the failure (a
+ * closed connection) or BURST_ERROR_TIMEOUT when the deadline passes: every
+ * rank returns an error, none hangs.
+ */
+typedef struct burst_transport {
+  uint32_t struct_size;  /* sizeof(burst_transport)                          */
+  int32_t  rank;         /* this process's rank in [0, size)                */
+  int32_t  size;         /* ranks in the group, 1..1024                     */
+  uint32_t flags;        /* 0, or BURST_TRANSPORT_SINGLE_THREADED           */
+  const int32_t *nodes;  /* NULL, or `size` ids: ranks with equal ids share a
+                            node (groups for intra_group_size = 0 and the
+                            inter-group byte counters; copied). NULL: the
+                            library allgathers a host id at creation        */
+  void    *user;         /* passed to every callback                        */
+  int (*isend)(void *user, const void *buffer, size_t bytes, int32_t peer,
+               int32_t tag, void **request);
+  int (*irecv)(void *user, void *buffer, size_t bytes, int32_t peer,
+               int32_t tag, void **request);
+  int (*iallgather)(void *user, const void *send, size_t bytes,
+                    void *receive, int32_t tag, void **request);
+  int (*test)(void *user, void *request, int32_t *done);
+  void (*release)(void *user, void *request);      /* NULL: nothing to do   */
+  const char *(*error_message)(void *user);        /* NULL: a generic text  */
+  void (*destroy)(void *user);                     /* NULL: nothing to do   */
+  double   timeout_seconds;  /* for burst_context_create_transport's own
+                                rounds; 0 = the library's default (300 s)   */
+} burst_transport;
+
+enum {
+  /* The callbacks are not thread-safe: a second thread entering a call on
+   * any plan or cache of this context while one is inside gets
+   * BURST_ERROR_BUSY (as MPI contexts without MPI_THREAD_MULTIPLE do). */
+  BURST_TRANSPORT_SINGLE_THREADED = 1
+};
+
+/* Collective over the ranks the transport connects: each calls it with its
+ * own rank. Validates the struct (callbacks present, 0 <= rank < size <=
+ * 1024, nodes in range), then runs one iallgather round in which every rank
+ * checks that all ranks agree on size and hold distinct ranks 0..size-1
+ * (BURST_ERROR_MISMATCH on every rank otherwise) and, when nodes is NULL,
+ * learns every rank's host. A struct with an unknown struct_size gives
+ * BURST_ERROR_VERSION; a NULL or incomplete struct gives
+ * BURST_ERROR_INVALID_ARGUMENT on the calling rank only (with no transport
+ * there is nobody to tell; its peers time out in their round). On any
+ * failure destroy(user) has NOT been called: the transport is still the
+ * caller's. */
+BURST_API burst_status burst_context_create_transport(const burst_transport *transport,
+                                                      burst_context **out);
 
 /* This context's rank and world size. Either pointer may be NULL. Local. */
 BURST_API burst_status burst_context_rank(const burst_context *ctx,

@@ -53,7 +53,7 @@ public func _burst_version() -> UInt32 {
     versionMajor * 10000 + versionMinor * 100 + versionPatch
 }
 
-/// "libburst_attention 0.8.0; kernels <tile>+<rows>; convert <path>; bf16_products <path>; cpus <n>",
+/// "libburst_attention 0.9.0; kernels <tile>+<rows>; convert <path>; bf16_products <path>; cpus <n>",
 /// made once: the version and the kernel code paths the run-time dispatch picked on this
 /// CPU (BURST_KERNELS / LIBXSMM_TARGET are read at the first call); bf16_products: how
 /// BURST_COMPUTE_FAST runs, "avx512_bf16" or "emulated".

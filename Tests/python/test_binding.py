@@ -174,9 +174,9 @@ def test_library_lookup_failure_lists_what_was_tried(tmp_path):
 
 
 def test_version_matches_header():
-    assert ba.version() == ba.VERSION_NUMBER == 800
-    assert ba.version_info() == (ba.VERSION_MAJOR, ba.VERSION_MINOR, ba.VERSION_PATCH) == (0, 8, 0)
-    assert ba.__version__ == "0.8.0"
+    assert ba.version() == ba.VERSION_NUMBER == 900
+    assert ba.version_info() == (ba.VERSION_MAJOR, ba.VERSION_MINOR, ba.VERSION_PATCH) == (0, 9, 0)
+    assert ba.__version__ == "0.9.0"
 
 
 def test_status_string_every_code():

@@ -54,7 +54,7 @@ def version() -> int:
 
 def build_info() -> str:
     """burst_build_info(): the loaded library's version and the kernel code paths its
-    run-time dispatch picked for this CPU, e.g. "libburst_attention 0.8.0; kernels
+    run-time dispatch picked for this CPU, e.g. "libburst_attention 0.9.0; kernels
     cpx+avx512; convert avx512; bf16_products avx512_bf16; cpus 2" (bf16_products: how
     compute="fast" runs, "avx512_bf16" or "emulated")."""
     return _cdll.burst_build_info().decode("utf-8", "replace")

@@ -1,7 +1,7 @@
 """Loading libburst_attention and declaring its C ABI for ctypes.
 
 This is the only module that knows the C signatures. It mirrors
-include/burst_attention.h (version 0.8.0) one declaration at a time; the structs
+include/burst_attention.h (version 0.9.0) one declaration at a time; the structs
 keep the header's field order, and ctypes gives them the same natural alignment as
 the C compiler on the platforms we support (x86-64 / aarch64 Linux), so
 `sizeof(burst_attention_config) == 136` (128 through softcap, the 0.7 struct; 120 up to
@@ -28,7 +28,7 @@ import sys
 
 # The header version this binding was written against (BURST_VERSION_*).
 VERSION_MAJOR = 0
-VERSION_MINOR = 8
+VERSION_MINOR = 9
 VERSION_PATCH = 0
 VERSION_NUMBER = VERSION_MAJOR * 10000 + VERSION_MINOR * 100 + VERSION_PATCH
 # The package version (the wheel's metadata is read from the three lines above).
