@@ -39,15 +39,16 @@ final class CallbackTransportTests: XCTestCase {
 
     final class Mailboxes {
         let size: Int32
-        private var lock = pthread_mutex_t()
+        private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
         private var boxes: [[Int64]: [[UInt8]]] = [:]
-        init(size: Int32) { self.size = size; pthread_mutex_init(&lock, nil) }
+        init(size: Int32) { self.size = size; pthread_mutex_init(lock, nil) }
+        deinit { pthread_mutex_destroy(lock); lock.deallocate() }
         func post(_ key: [Int64], _ bytes: [UInt8]) {
-            pthread_mutex_lock(&lock); defer { pthread_mutex_unlock(&lock) }
+            pthread_mutex_lock(lock); defer { pthread_mutex_unlock(lock) }
             boxes[key, default: []].append(bytes)
         }
         func take(_ key: [Int64]) -> [UInt8]? {
-            pthread_mutex_lock(&lock); defer { pthread_mutex_unlock(&lock) }
+            pthread_mutex_lock(lock); defer { pthread_mutex_unlock(lock) }
             guard var queue = boxes[key], !queue.isEmpty else { return nil }
             let first = queue.removeFirst()
             boxes[key] = queue.isEmpty ? nil : queue
