@@ -228,7 +228,7 @@ def write_table(path: Path, headers, measurements, checks, report_command: str) 
                 "torch's bfloat16 SDPA, same shapes and threads. Errors: max|x − ref| / max|ref| "
                 "with ref the float64 attention of the same bf16-rounded inputs (the worst of "
                 "dq, dk, dv for forward+backward). Bytes: a bf16 plan moves half the fp32 "
-                "bytes of the storage-typed tensors (see README, Storage types).", "",
+                "bytes of the storage-typed tensors (see docs/storage-types.md).", "",
                 "| shape B×H×N×d | mask | threads | mode | compute | ours f32 s | ours bf16 s "
                 "| torch bf16 s | ours bf16 err | torch bf16 err |",
                 "|---|---|--:|---|---|--:|--:|--:|--:|--:|", *half_rows, ""]

@@ -128,7 +128,7 @@ enum { BURST_LAYOUT_BSHD = 0,  /* q/k/v/out: [batch, seq_len_local, heads, head_
  * correctly). The tile products are fp32 with BURST_COMPUTE_EXACT (the
  * default for F32 and F16) and bf16 with BURST_COMPUTE_FAST (the default for
  * BF16 since 0.7; see burst_attention_config.compute).
- * Numerics contract with BURST_COMPUTE_EXACT (README "Storage types"; FAST
+ * Numerics contract with BURST_COMPUTE_EXACT (docs/storage-types.md; FAST
  * has its own, at BURST_COMPUTE_*): against a float64 reference
  * computed from the same rounded inputs (for the backward: the same rounded
  * q, k, v, out and dout), every element of out, dq, dk, dv is within the
@@ -138,8 +138,8 @@ enum { BURST_LAYOUT_BSHD = 0,  /* q/k/v/out: [batch, seq_len_local, heads, head_
  * On the wire the tensors that came in the storage type (K, V, Q, dO, and
  * ULYSSES' results, which are final where they are computed) travel in it, 2
  * bytes an element; lse, D and partial sums travel as fp32, so the forward
- * of BURST, RING and ALLGATHER moves exactly half the bytes of F32 (README:
- * Communication patterns, for the exact formulas). */
+ * of BURST, RING and ALLGATHER moves exactly half the bytes of F32 (docs/patterns.md
+ * has the exact formulas). */
 enum { BURST_DTYPE_F32 = 0, BURST_DTYPE_BF16 = 1, BURST_DTYPE_F16 = 2 };
 enum { BURST_MASK_NONE = 0, BURST_MASK_CAUSAL = 1 /* in global positions */ };
 /* How the global sequence (positions 0 .. N-1, N = total tokens) is dealt to
@@ -176,7 +176,7 @@ enum { BURST_DISTRIBUTION_CONTIGUOUS = 0,
        BURST_DISTRIBUTION_ZIGZAG = 1,
        BURST_DISTRIBUTION_STRIPED = 2 };
 /* Communication patterns: what travels between the ranks (exact per-rank
- * byte formulas in README, "Communication patterns"). All give the same
+ * byte formulas in docs/patterns.md). All give the same
  * results within the numerics contract; each is bitwise reproducible.
  *  BURST     default. Forward: K,V blocks travel the ring. Backward: the
  *            query side (Q, dO, D, lse and the partial dQ) travels, K, V,
@@ -191,7 +191,7 @@ enum { BURST_DISTRIBUTION_CONTIGUOUS = 0,
  *            divisible by the number of ranks, else burst_plan_create
  *            returns BURST_ERROR_UNSUPPORTED naming the condition.
  *  AUTO      burst_plan_create picks one of the above by the cost model in
- *            README; burst_stats.pattern reports the choice.
+ *            docs/patterns.md; burst_stats.pattern reports the choice.
  * The ring patterns run a double ring when intra_group_size < world size. */
 enum { BURST_PATTERN_BURST = 0,
        BURST_PATTERN_RING = 1,
@@ -251,7 +251,7 @@ enum { BURST_COMPUTE_DEFAULT = 0,
  * K, V, dK and dV are stored and sent at num_heads_kv heads, never repeated.
  * Work whose keys are all hidden is skipped: a ring step (steps_skipped), a
  * tile (tiles_skipped), and a transfer that no rank further along the ring
- * needs (see README: Communication patterns).                              */
+ * needs (see docs/patterns.md).                              */
 
 /* One attention shape. Field order is ABI; new fields are only appended.
  * Always call burst_attention_config_init first, then set fields. */

@@ -61,7 +61,7 @@ func readConfig(_ pointer: UnsafePointer<burst_attention_config>?) -> Result<Att
     return .success(config)
 }
 
-/// The struct_size rules of every config struct (README "ABI stability"):
+/// The struct_size rules of every config struct (include/burst_attention.h: "Config structs carry their own size"):
 /// this version's size; an older released header's (`older`: its fields
 /// are read, the ones appended since keep their defaults); or a newer
 /// header's larger one (up to 4096 bytes) whose bytes past this layout are

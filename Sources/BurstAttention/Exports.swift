@@ -40,6 +40,13 @@ private let mpiSerializer: UnsafeMutablePointer<pthread_mutex_t> = {
 }()
 
 func withMPIAccess<T>(_ context: ContextHandle, _ body: () throws -> T) throws -> T {
+    if let exclusive = context.exclusive {
+        guard pthread_mutex_trylock(exclusive) == 0 else {
+            throw BurstError(.busy, "another thread is inside a call on this context, whose transport is BURST_TRANSPORT_SINGLE_THREADED")
+        }
+        defer { pthread_mutex_unlock(exclusive) }
+        return try body()
+    }
     guard context.usesMPI, !MPITransport.threadMultiple else { return try body() }
     guard pthread_mutex_trylock(mpiSerializer) == 0 else {
         throw BurstError(.busy, "another thread is inside an MPI call of this library and MPI was not initialised with MPI_THREAD_MULTIPLE")
@@ -169,6 +176,20 @@ public func _burst_context_create_loopback(_ worldSize: Int32, _ out: UnsafeMuta
             let context = AttentionContext(transport: transport, defaultThreads: threads)
             out[rank] = HandleRegistry.publish(ContextHandle(context: context, usesMPI: false), as: .context)
         }
+    }
+}
+
+@c(burst_context_create_transport)
+public func _burst_context_create_transport(_ transport: UnsafePointer<burst_transport>?,
+                                            _ out: UnsafeMutablePointer<OpaquePointer?>?) -> burst_status {
+    guarded {
+        guard let out else { throw invalid("out is NULL") }
+        out.pointee = nil
+        let (callbacks, localRanks) = try CallbackTransport.create(transport)
+        let singleThreaded = callbacks.core.callbacks.flags & UInt32(BURST_TRANSPORT_SINGLE_THREADED) != 0
+        let context = AttentionContext(transport: callbacks, defaultThreads: defaultThreads(ranksOnNode: localRanks))
+        out.pointee = HandleRegistry.publish(ContextHandle(context: context, usesMPI: false, singleThreaded: singleThreaded),
+                                             as: .context)
     }
 }
 

@@ -7,9 +7,25 @@ import GlobalAttention
 final class ContextHandle {
     let context: AttentionContext
     let usesMPI: Bool
-    init(context: AttentionContext, usesMPI: Bool) {
+    /// For a caller's transport flagged BURST_TRANSPORT_SINGLE_THREADED: held
+    /// for the whole of each call on the context, its plans and caches, so a
+    /// second thread gets BUSY instead of running the callbacks concurrently.
+    let exclusive: UnsafeMutablePointer<pthread_mutex_t>?
+    init(context: AttentionContext, usesMPI: Bool, singleThreaded: Bool = false) {
         self.context = context
         self.usesMPI = usesMPI
+        if singleThreaded {
+            exclusive = .allocate(capacity: 1)
+            pthread_mutex_init(exclusive!, nil)
+        } else {
+            exclusive = nil
+        }
+    }
+    deinit {
+        if let exclusive {
+            pthread_mutex_destroy(exclusive)
+            exclusive.deallocate()
+        }
     }
 }
 

@@ -15,7 +15,7 @@ final class LoopbackWorld {
     private let posted: UnsafeMutablePointer<pthread_cond_t>
     private var mailboxes: [MailKey: [Message]] = [:]
     /// Simulated network: when each rank's outgoing and incoming port is
-    /// free again, per link class (index 2·rank + (inter-group ? 1 : 0)).
+    /// free again, per port (SimulatedNetwork.ports: 2·rank, 2·rank + 1 for inter-group).
     private var egressFree: [UInt64], ingressFree: [UInt64]
 
     struct MailKey: Hashable {
@@ -65,8 +65,7 @@ final class LoopbackWorld {
             // incoming port of its class for bytes / bandwidth, once both are
             // free, and arrives a latency after its last byte left.
             let now = Deadline.now()
-            let inter = network.group(of: key.source, ranks: size) != network.group(of: key.destination, ranks: size)
-            let out = 2 * key.source + (inter ? 1 : 0), into = 2 * key.destination + (inter ? 1 : 0)
+            let (out, into) = network.ports(from: key.source, to: key.destination, ranks: size)
             let (seconds, latency) = network.cost(bytes: bytes.count, from: key.source, to: key.destination, ranks: size)
             let start = max(now, egressFree[out], ingressFree[into])
             let done = start &+ UInt64(seconds * 1e9)

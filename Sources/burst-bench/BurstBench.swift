@@ -171,8 +171,9 @@ struct BurstBench: ParsableCommand {
         let blockBytes = 2 * batch * (headsKv ?? heads) * counts[0] * headDim * MemoryLayout<Float>.size
         let bandwidth = Double(blockBytes) / (ratio * step)
         let interRatio = base.bandwidth > 0 ? base.interGroupBandwidth / base.bandwidth : 1
-        let calibrated = SimulatedNetwork(latency: base.latency, bandwidth: bandwidth, interGroupLatency: base.interGroupLatency,
+        var calibrated = SimulatedNetwork(latency: base.latency, bandwidth: bandwidth, interGroupLatency: base.interGroupLatency,
                                           interGroupBandwidth: bandwidth * interRatio, groupSize: base.groupSize)
+        calibrated.interPort = base.interPort
         let line = JSON.object([
             ("bench", "\"calibration\""), ("ratio", JSON.number(ratio)), ("ranks", "\(counts.count)"), ("seq_len", "\(seqLen)"),
             ("heads", "\(heads)"), ("heads_kv", "\(headsKv ?? heads)"), ("head_dim", "\(headDim)"), ("threads", "\(threads)"),

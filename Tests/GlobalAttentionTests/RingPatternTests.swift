@@ -196,6 +196,15 @@ final class RingPatternTests: XCTestCase {
         }
         XCTAssertEqual(try SimulatedNetwork(parsing: "latency=5e-6, bandwidth=2e9,inter_bandwidth=2.5e8,group=4"),
                        SimulatedNetwork(latency: 5e-6, bandwidth: 2e9, interGroupBandwidth: 2.5e8, groupSize: 4))
+        // Inter-group ports: per rank (default), per node, one shared link.
+        let link = try? SimulatedNetwork(parsing: "bandwidth=1e9,inter_bandwidth=1e8,group=2,inter_port=link")
+        XCTAssertEqual(link?.interPort, .link)
+        XCTAssertEqual(link?.ports(from: 0, to: 3, ranks: 4).0, 1)
+        XCTAssertEqual(link?.ports(from: 3, to: 0, ranks: 4).1, 1, "both directions share the link")
+        XCTAssertEqual(link?.ports(from: 2, to: 3, ranks: 4).0, 4, "intra-group traffic keeps the rank's own port")
+        let node = try? SimulatedNetwork(parsing: "group=2,inter_port=node")
+        XCTAssertEqual(node.map { [$0.ports(from: 1, to: 2, ranks: 4).0, $0.ports(from: 1, to: 2, ranks: 4).1] }, [1, 5])
+        XCTAssertThrowsError(try SimulatedNetwork(parsing: "inter_port=bus"))
     }
 }
 

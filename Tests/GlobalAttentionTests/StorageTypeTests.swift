@@ -6,7 +6,7 @@ import LocalAttention
 /// float64 reference of the same rounded inputs, and the bytes each pattern
 /// moves (storage-typed parts at 2 bytes an element, fp32 parts at 4).
 final class StorageTypeTests: XCTestCase {
-    /// The numerics contract for a half storage type (README "Storage
+    /// The numerics contract for a half storage type (docs/storage-types.md "Storage
     /// types"): every element within the fp32 tolerance of DESIGN §3 (1e-5
     /// of max|ref| for out, 1e-4 for gradients, lse 1e-4 absolute) plus the
     /// rounding of the result: u·|ref| + u·(fp32 tolerance), u = 2^-8

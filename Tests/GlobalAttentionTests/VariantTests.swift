@@ -14,7 +14,7 @@ func bruteForceNeeds(_ p: Problem) -> [[Bool]] {
 }
 
 /// Bytes (sent, received) per rank of forward and backward, from the
-/// schedule's rules written out directly (README "bytes per call").
+/// schedule's rules written out directly (docs/patterns.md, "bytes per call").
 func expectedBytes(_ p: Problem) -> (fwdSent: [UInt64], fwdRecv: [UInt64], bwdSent: [UInt64], bwdRecv: [UInt64]) {
     let P = p.ranks, counts = p.rankCounts, d = p.headDim
     let needs = bruteForceNeeds(p)

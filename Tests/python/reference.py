@@ -561,7 +561,7 @@ def from_storage(x, dtype: str) -> np.ndarray:
 
 def half_excess(got, want, dtype: str, tol: float, floor: float = 0.0) -> float:
     """max |got - want| / (tol*max|want|*(1+u) + u*|want| + sub) over the elements: the
-    storage-type contract (README "Storage types") holds when it is <= 1."""
+    storage-type contract (docs/storage-types.md) holds when it is <= 1."""
     want = np.asarray(want, np.float64)
     if want.size == 0:
         return 0.0

@@ -168,7 +168,7 @@ def reference_given_out(q, k, v, dout, given_out, causal=False, window=(-1, -1),
 
 def half_excess(got, ref, dtype, tol) -> float:
     """max over elements of |got - ref| / (tol*max|ref|*(1+u) + u*|ref| + sub): the
-    numerics contract of a storage type is <= 1 (README "Storage types"). max|ref| is
+    numerics contract of a storage type is <= 1 (docs/storage-types.md). max|ref| is
     floored at 1e-3 as in the Swift tests."""
     ref = ref.detach().double()
     u, sub = UNIT_ROUNDOFF[dtype], SUBNORMAL_STEP[dtype]
