@@ -5,9 +5,10 @@ at every step (and the same learned sinks with --gpt-oss).
 
     python3 Tests/python/train_lm_launchers.py --nproc 2 -- --gpt-oss --steps 10 --seq-len 512
 
-The torchrun run is train_lm's compare mode (sharded training against the one-process
-reference, its own exit status), the mpirun run its burst mode; then the two runs' JSON
-are compared here. Arguments after `--` go to train_lm.py (both runs). The losses are
+Both runs are train_lm's burst mode (sharded training only; --torchrun-mode compare
+adds the one-process reference to the torchrun run, which python_train_lm_gpt_oss_np2
+checks under mpirun already: equal losses here make it hold under torchrun too); then
+the two runs' JSON are compared here. Arguments after `--` go to train_lm.py (both runs). The losses are
 printed side by side. With 2 ranks they are expected to be bitwise equal (the same
 schedule runs over either transport, and a sum of two floats is exact in any order);
 --tolerance bounds the relative difference allowed (default 1e-6, for 3 or more ranks,
@@ -42,6 +43,7 @@ def main() -> int:
     ap.add_argument("--mpiexec", default="mpirun",
                     help="the MPI launcher (given --allow-run-as-root --oversubscribe)")
     ap.add_argument("--tolerance", type=float, default=1e-6)
+    ap.add_argument("--torchrun-mode", choices=["burst", "compare"], default="burst")
     ap.add_argument("train_lm_args", nargs=argparse.REMAINDER)
     args = ap.parse_args()
     extra = [a for a in args.train_lm_args if a != "--"]
@@ -56,7 +58,7 @@ def main() -> int:
         torch_json = os.path.join(tmp, "torchrun.json")
         mpi_json = os.path.join(tmp, "mpirun.json")
         run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-             f"--nproc-per-node={args.nproc}", TRAIN_LM, "--mode", "compare", "--quiet",
+             f"--nproc-per-node={args.nproc}", TRAIN_LM, "--mode", args.torchrun_mode, "--quiet",
              "--json", torch_json] + extra, env)
         run([args.mpiexec, "--allow-run-as-root", "--oversubscribe", "-n", str(args.nproc),
              sys.executable, TRAIN_LM, "--mode", "burst", "--quiet", "--json", mpi_json]
