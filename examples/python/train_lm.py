@@ -110,6 +110,14 @@ def detect_launcher() -> str:
     return "none"
 
 
+def sleep_barrier(comm) -> None:
+    """A barrier over an mpi4py communicator that does not spin (OpenMPI's blocking
+    barrier would take a core from the rank still computing). generate.py uses it too."""
+    req = comm.Ibarrier()
+    while not req.Test():
+        time.sleep(0.02)
+
+
 class MpiRanks:
     """MPI.COMM_WORLD: burst_attn talks MPI; gradients summed with MPI_Allreduce."""
 
@@ -133,11 +141,7 @@ class MpiRanks:
         return self.comm.allreduce(x, op=self.MPI.SUM)
 
     def wait_for_all(self) -> None:
-        """A barrier that does not spin (OpenMPI's blocking barrier would take a core
-        from the rank still computing)."""
-        req = self.comm.Ibarrier()
-        while not req.Test():
-            time.sleep(0.02)
+        sleep_barrier(self.comm)
 
     def bcast(self, obj):
         return self.comm.bcast(obj, root=0)
