@@ -270,13 +270,19 @@ def test_bf16_zigzag_causal():
 
 
 @collective
-def test_a_context_from_torch_as_comm():
-    ctx = ba.Context.from_torch()
+@pytest.mark.parametrize("dedicated", [True, False])
+def test_a_context_from_torch_as_comm(dedicated):
+    """Context.from_torch over its own gloo group (default) or over the default group
+    itself (dedicated=False)."""
+    ctx = ba.Context.from_torch(dedicated=dedicated)
     try:
         if ctx.size != P or ctx.kind != "torch":
             fail(f"Context.from_torch(): {ctx}")
-        run_case("comm = Context.from_torch()", ctx, n=64, hq=4, hkv=2, causal=True,
-                 distribution="zigzag")
+        if (ctx._transport.group is dist.group.WORLD) == dedicated:
+            fail(f"dedicated={dedicated}: the transport's group is "
+                 f"{'' if dedicated else 'not '}the default group")
+        run_case(f"comm = Context.from_torch(dedicated={dedicated})", ctx, n=64, hq=4,
+                 hkv=2, causal=True, distribution="zigzag")
     finally:
         ctx.close()
 
