@@ -114,7 +114,9 @@ if ((!inside)); then
   cleanup() { ((keep)) && echo "cluster.sh: state kept in $state" >&2 || rm -rf "$state"; }
   trap cleanup EXIT
   guard=()
-  [[ -n $timeout_s ]] && guard=(timeout --kill-after=5 "$timeout_s")
+  # SIGKILL at once: unshare ignores SIGTERM while it waits for its child, and the
+  # namespace's init (bash) gets no signal it has no handler for from outside.
+  [[ -n $timeout_s ]] && guard=(timeout -s KILL "$timeout_s")
   # PID namespace: when its first process (the bash below) exits or is killed, the
   # kernel kills every process left in it (orteds, ranks, fault runners); --kill-child
   # kills that process when unshare itself is killed (by --timeout, or ctest's).

@@ -348,6 +348,24 @@ static int check_topology(void) {
 }
 
 /* ------------------------------------------------------------------ faults */
+static FILE *g_report; /* $C_CLUSTER_REPORT.R, or NULL */
+
+/* A line on stdout and, with C_CLUSTER_REPORT set, in this rank's report file
+ * (stdout reaches mpirun through the orted over lo: not while lo is down). */
+static void say(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vprintf(fmt, ap);
+  va_end(ap);
+  fflush(stdout);
+  if (g_report) {
+    va_start(ap, fmt);
+    vfprintf(g_report, fmt, ap);
+    va_end(ap);
+    fflush(g_report);
+  }
+}
+
 static int fault_mode(burst_context *ctx, double timeout, int64_t N) {
   burst_attention_config cfg;
   burst_plan *plan = NULL;
@@ -358,7 +376,13 @@ static int fault_mode(burst_context *ctx, double timeout, int64_t N) {
   double start = 0, t0;
   long call;
   const char *kind = "fwd";
-  const char *trigger = getenv("BURST_CLUSTER_TRIGGER");
+  const char *trigger = getenv("BURST_CLUSTER_TRIGGER"), *report = getenv("C_CLUSTER_REPORT");
+
+  if (report && *report) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s.%d", report, g_rank);
+    g_report = fopen(path, "w");
+  }
 
   burst_shard_positions(BURST_DISTRIBUTION_ZIGZAG, N, NULL, 0, g_size, g_rank, NULL, 0, &n);
   burst_attention_config_init(&cfg);
@@ -376,8 +400,7 @@ static int fault_mode(burst_context *ctx, double timeout, int64_t N) {
   t0 = now();
   st = burst_forward(plan, x, x, x, out, lse);
   if (st == BURST_OK) st = burst_backward(plan, x, x, x, out, lse, x, dq, dk, dv);
-  printf("rank %d: first forward+backward %s in %.2f s\n", g_rank, burst_status_string(st), now() - t0);
-  fflush(stdout);
+  say("rank %d: first forward+backward %s in %.2f s\n", g_rank, burst_status_string(st), now() - t0);
   if (st != BURST_OK) return 1;
   MPI_Barrier(MPI_COMM_WORLD);
   if (g_rank == 0 && trigger) {
@@ -397,21 +420,18 @@ static int fault_mode(burst_context *ctx, double timeout, int64_t N) {
     if (st != BURST_OK) break;
   }
   if (st == BURST_OK) {
-    printf("rank %d: no error in %ld calls over 120 s\n", g_rank, call);
-    fflush(stdout);
+    say("rank %d: no error in %ld calls over 120 s\n", g_rank, call);
     _exit(1);
   }
-  printf("survivor rank %d: %s after %.2f s (call %ld, %s): %s\n", g_rank, burst_status_string(st), now() - start,
-         call, kind, burst_last_error());
-  fflush(stdout);
+  say("survivor rank %d: %s after %.2f s (call %ld, %s): %s\n", g_rank, burst_status_string(st), now() - start, call,
+      kind, burst_last_error());
   start = now();
   st = burst_forward(plan, x, x, x, out, lse);
-  printf("survivor rank %d: again %s after %.2f s\n", g_rank, burst_status_string(st), now() - start);
-  fflush(stdout);
+  say("survivor rank %d: again %s after %.2f s\n", g_rank, burst_status_string(st), now() - start);
   burst_plan_destroy(plan);
   burst_context_destroy(ctx);
-  printf("survivor rank %d: destroyed\n", g_rank);
-  fflush(stdout);
+  say("survivor rank %d: destroyed\n", g_rank);
+  if (g_report) fclose(g_report);
   free(x); free(out); free(lse); free(dq); free(dk); free(dv);
   /* mpirun ends the whole job when the first rank leaves without
    * MPI_Finalize: give the other survivors, whose deadline is the same, time
