@@ -3,8 +3,8 @@
 # `c_cluster fault T` (Tests/clients/c_cluster.c: a double-ring BURST plan, causal zigzag,
 # N = 4096, 4 heads, d = 64, timeout_seconds = T, forward + backward in a loop; the fault
 # fires 1 s after rank 0 creates the trigger file, after the first round and a barrier):
-#   link-down   the namespace's lo taken down (ip link set lo down) for T + 6 s
-#   link-cut    lo's tbf rate set to 8 bit/s for T + 6 s
+#   link-down   the namespace's lo taken down (ip link set lo down) for T + 3 s
+#   link-cut    lo's tbf rate set to 8 bit/s for T + 3 s
 #   kill-ranks  nodeB's two ranks SIGKILLed (its orted lives; mpirun runs with
 #               orte_abort_on_non_zero_status 0, so the survivors keep running)
 #   kill-node   nodeB's orted and ranks SIGKILLed (a node that vanishes)
@@ -46,7 +46,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 out=$work/out
 fail=0
-outage=$(awk -v t="$T" 'BEGIN { print t + 6 }')
+outage=$(awk -v t="$T" 'BEGIN { print t + 3 }')
 
 for scenario in ${only//,/ }; do
   guard=$(awk -v t="$T" 'BEGIN { print t + 60 }') expect_hang=0
