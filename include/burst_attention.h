@@ -434,7 +434,10 @@ BURST_API burst_status burst_context_create_loopback(int32_t world_size,
  * library stops waiting for (the call failed) is passed to release(user,
  * request) exactly once: after release returns the transport must never
  * touch that request's buffer again (cancel it, or wait for it, or keep
- * its own copy); a request that test reported done is never released.
+ * its own copy); a request that test reported done is never released, and
+ * one whose test returned an error is released. A transport that cannot
+ * cancel (gloo) must therefore copy: receive into its own buffer and copy
+ * out when done, so a late message never lands in memory the library freed.
  *
  * Messages. Byte buffers of any size (0 too), to or from peer in
  * [0, size), never to oneself. tag is in [0, 2^31): messages between the
@@ -451,8 +454,11 @@ BURST_API burst_status burst_context_create_loopback(int32_t world_size,
  *
  * Failures. A callback returns 0 for success and anything else for failure;
  * the library then fails the call with BURST_ERROR_COMMUNICATION on that
- * rank, with the text of error_message(user) when that callback is given,
- * and the plan (or context) is unusable as after any COMMUNICATION error.
+ * rank, with the text of error_message(user) when that callback is given
+ * (copied at once: the string need only stay valid until the transport's
+ * next callback), and the plan (or context) is unusable as after any
+ * COMMUNICATION error. The transport is not told the call's deadline: the
+ * library enforces it by no longer testing (and releasing) what is late.
  * Its peers, waiting for messages the failed rank will not send, fail with
  * BURST_ERROR_COMMUNICATION if their own transport reports the failure (a
  * closed connection) or BURST_ERROR_TIMEOUT when the deadline passes: every
@@ -477,7 +483,11 @@ typedef struct burst_transport {
   int (*test)(void *user, void *request, int32_t *done);
   void (*release)(void *user, void *request);      /* NULL: nothing to do   */
   const char *(*error_message)(void *user);        /* NULL: a generic text  */
-  void (*destroy)(void *user);                     /* NULL: nothing to do   */
+  void (*destroy)(void *user);  /* NULL: nothing to do. Runs once, inside the
+                                   burst_*_destroy call that drops the last
+                                   plan, cache or context of the transport,
+                                   on that thread; no callback of this
+                                   transport runs after it starts         */
   double   timeout_seconds;  /* for burst_context_create_transport's own
                                 rounds; 0 = the library's default (300 s)   */
 } burst_transport;

@@ -369,6 +369,23 @@ def test_last_stats_and_context_for():
     assert bt.context_for(None).size == 1
 
 
+def test_comm_none_under_torchrun_without_torch_distributed_refuses_one_rank(monkeypatch):
+    """WORLD_SIZE > 1 (torchrun's environment) and torch.distributed not initialised:
+    comm=None must not quietly attend over this process's shard alone."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        pytest.skip("torch.distributed is initialised in this process")
+    q, k, v, _ = make(1, 8, 2, 2, 8)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        bt.burst_attn(q, k, v)
+    with pytest.raises(RuntimeError, match="WORLD_SIZE=2"):
+        bt.context_for(None)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert bt.context_for(None).size == 1
+    bt.burst_attn(q, k, v)
+
+
 def test_last_stats_bytes_on_two_ranks():
     def fn(rank, ctx):
         q, k, v, dout = make(1, 64, 2, 1, 8)

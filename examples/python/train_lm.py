@@ -1,10 +1,23 @@
 #!/usr/bin/env python3
-"""Train a small causal transformer language model with the sequence sharded over MPI
-ranks (burst_attention.torch), next to the same model trained in one process with torch
-SDPA from the same seed, and compare the loss curves step by step.
+"""Train a small causal transformer language model with the sequence sharded over ranks
+(burst_attention.torch), next to the same model trained in one process with torch SDPA
+from the same seed, and compare the loss curves step by step.
 
     mpirun --allow-run-as-root --oversubscribe -n 2 python3 examples/python/train_lm.py
     # or: ./scripts/mpirun.sh -n 2 python3 examples/python/train_lm.py --plot docs/train_lm.png
+    # or, with no MPI at all:
+    torchrun --nproc-per-node 2 examples/python/train_lm.py
+
+The launcher decides how the ranks talk (--launcher auto, the default, looks at the
+environment): under mpirun (or mpiexec) the ranks are MPI.COMM_WORLD, burst_attn talks
+MPI and the gradients are summed with an MPI allreduce; under torchrun the ranks are the
+default torch.distributed group (gloo), burst_attn talks through it (the 0.9 callback
+transport, docs/torchrun.md) and the gradients are summed with dist.all_reduce. Both
+give the same losses (the same schedule runs; with 2 ranks a sum of two is exact in
+any order). With neither, one process trains alone (world size 1). A launcher whose
+world size cannot be read, or that disagrees with what the ranks see (an mpi4py built
+against another MPI, a torchrun env without its rendezvous), is an error, never a
+silent unsharded run.
 
 What each mode does:
   * burst (every rank): the character sequence of one step (--seq-len tokens) is dealt to
@@ -12,7 +25,7 @@ What each mode does:
     tokens (with their global positions), runs every layer on its shard — attention is
     burst_attn over the whole sequence, the rest is per token — and computes the
     cross-entropy of its tokens, divided by the whole sequence's token count. The
-    parameter gradients are summed over the ranks (one MPI allreduce per step), so
+    parameter gradients are summed over the ranks (one allreduce per step), so
     every rank takes the same Adam step and the parameters stay identical.
   * sdpa (rank 0, after the burst run; the other ranks sleep): the same model from the
     same seed on the whole sequence in one process with
@@ -64,10 +77,132 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from mpi4py import MPI  # noqa: E402
 
 import burst_attention as ba  # noqa: E402
 import burst_attention.torch as bt  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- ranks
+
+# The environment an MPI launcher gives its processes: (world size, rank) variables.
+MPI_LAUNCH_ENV = (("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
+                  ("PMI_SIZE", "PMI_RANK"), ("MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK"))
+
+
+def env_int(name: str) -> "int | None":
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        sys.exit(f"train_lm: {name}={value!r} is not an integer: cannot tell the world size")
+
+
+def detect_launcher() -> str:
+    """"torch" (torchrun / torch.distributed.launch), "mpi" (mpirun) or "none"."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return "torch"
+    if any(os.environ.get(size) for size, _ in MPI_LAUNCH_ENV):
+        return "mpi"
+    if "WORLD_SIZE" in os.environ or "RANK" in os.environ:
+        return "torch"
+    return "none"
+
+
+def sleep_barrier(comm) -> None:
+    """A barrier over an mpi4py communicator that does not spin (OpenMPI's blocking
+    barrier would take a core from the rank still computing). generate.py uses it too."""
+    req = comm.Ibarrier()
+    while not req.Test():
+        time.sleep(0.02)
+
+
+class MpiRanks:
+    """MPI.COMM_WORLD: burst_attn talks MPI; gradients summed with MPI_Allreduce."""
+
+    def __init__(self):
+        from mpi4py import MPI
+        self.MPI, self.comm = MPI, MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.attn_comm = self.comm
+        self.name = "MPI ranks"
+        launched = next((env_int(size) for size, _ in MPI_LAUNCH_ENV
+                         if os.environ.get(size)), None)
+        if launched is not None and launched != self.size:
+            sys.exit(f"train_lm: the MPI launcher started {launched} processes but mpi4py's "
+                     f"MPI.COMM_WORLD has {self.size} (is mpi4py built against another MPI "
+                     "than the launcher's?); refusing to train unsharded copies")
+
+    def sum_(self, flat: torch.Tensor) -> None:
+        self.comm.Allreduce(self.MPI.IN_PLACE, flat.numpy(), op=self.MPI.SUM)
+
+    def sum_float(self, x: float) -> float:
+        return self.comm.allreduce(x, op=self.MPI.SUM)
+
+    def wait_for_all(self) -> None:
+        sleep_barrier(self.comm)
+
+    def bcast(self, obj):
+        return self.comm.bcast(obj, root=0)
+
+    def close(self) -> None:
+        pass
+
+
+class TorchRanks:
+    """The default torch.distributed group (gloo), as torchrun sets it up: burst_attn
+    talks through it (no MPI); gradients summed with dist.all_reduce."""
+
+    def __init__(self):
+        import datetime
+        import torch.distributed as dist
+        self.dist = dist
+        want = env_int("WORLD_SIZE")
+        if want is None or env_int("RANK") is None:
+            sys.exit("train_lm: a torch.distributed launch without WORLD_SIZE and RANK in the "
+                     "environment: cannot tell the world size (run under torchrun)")
+        # A long timeout: the other ranks wait in a barrier while rank 0 trains the
+        # one-process reference (gloo's default would end that wait at 30 minutes).
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=6))
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        if self.size != want:
+            sys.exit(f"train_lm: WORLD_SIZE={want} but torch.distributed has {self.size} ranks")
+        self.attn_comm = dist.group.WORLD
+        self.name = "torchrun ranks"
+
+    def sum_(self, flat: torch.Tensor) -> None:
+        self.dist.all_reduce(flat, op=self.dist.ReduceOp.SUM)
+
+    def sum_float(self, x: float) -> float:
+        t = torch.tensor([x], dtype=torch.float64)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.SUM)
+        return float(t)
+
+    def wait_for_all(self) -> None:
+        self.dist.barrier()  # gloo waits on a condition variable: it does not spin
+
+    def bcast(self, obj):
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        bt.clear_plan_cache()
+        self.dist.destroy_process_group()
+
+
+def make_ranks(launcher: str):
+    if launcher == "auto":
+        launcher = detect_launcher()
+    if launcher == "torch":
+        return TorchRanks()
+    if launcher == "mpi":
+        return MpiRanks()
+    ranks = MpiRanks()  # one process: mpi4py's singleton world of 1
+    if ranks.size != 1:
+        sys.exit(f"train_lm: no launcher in the environment but MPI has {ranks.size} ranks")
+    return ranks
 
 
 # ----------------------------------------------------------------------------- data
@@ -226,9 +361,9 @@ def make_model(args, vocab: int) -> tuple:
     return model, opt
 
 
-def train_burst(args, text_ids, vocab, comm, progress) -> tuple:
+def train_burst(args, text_ids, vocab, ranks, progress) -> tuple:
     """(losses, the model after training)."""
-    rank, world = comm.Get_rank(), comm.Get_size()
+    rank, world = ranks.rank, ranks.size
     model, opt = make_model(args, vocab)
     params = [p for p in model.parameters()]  # the sinks too: summed with the rest below
     n_total = args.batch * args.seq_len
@@ -238,7 +373,8 @@ def train_burst(args, text_ids, vocab, comm, progress) -> tuple:
     def attend(q, k, v, window=(-1, -1), sinks=None):
         # sinks.grad is this rank's partial; the allreduce below sums it over the ranks
         return bt.burst_attn(q, k, v, causal=True, window=window, sinks=sinks, softcap=softcap,
-                             comm=comm, distribution=args.distribution, num_threads=args.threads)
+                             comm=ranks.attn_comm, distribution=args.distribution,
+                             num_threads=args.threads)
 
     losses = []
     for step, (x, y) in enumerate(batches(text_ids, args.steps, args.seq_len, args.batch,
@@ -249,13 +385,13 @@ def train_burst(args, text_ids, vocab, comm, progress) -> tuple:
         opt.zero_grad(set_to_none=False)
         (local / n_total).backward()
         flat = torch.cat([p.grad.reshape(-1) for p in params])
-        comm.Allreduce(MPI.IN_PLACE, flat.numpy(), op=MPI.SUM)
+        ranks.sum_(flat)
         offset = 0
         for p in params:
             p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
             offset += p.numel()
         opt.step()
-        loss = comm.allreduce(float(local.detach()), op=MPI.SUM) / n_total
+        loss = ranks.sum_float(float(local.detach())) / n_total
         losses.append(loss)
         progress(step, loss)
     return losses, model
@@ -305,15 +441,7 @@ def progress_bar(enabled: bool, total: int, desc: str):
         return update, (lambda: None)
 
 
-def sleep_barrier(comm) -> None:
-    """A barrier that does not spin (OpenMPI's blocking barrier would take a core from
-    the rank still computing)."""
-    req = comm.Ibarrier()
-    while not req.Test():
-        time.sleep(0.02)
-
-
-def plot(path: str, burst: list, sdpa: list, args, world: int) -> None:
+def plot(path: str, burst: list, sdpa: list, args, world: int, name: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -322,7 +450,7 @@ def plot(path: str, burst: list, sdpa: list, args, world: int) -> None:
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True,
                                   gridspec_kw={"height_ratios": [3, 1.4]})
     ax.plot(steps, sdpa, label=f"one process, {reference_name(args)}", lw=2.5, color="#bbbbbb")
-    ax.plot(steps, burst, label=f"{world} MPI ranks, burst_attn ({args.distribution})",
+    ax.plot(steps, burst, label=f"{world} {name}, burst_attn ({args.distribution})",
             lw=1.2, ls="--", color="#1f5fa8")
     ax.set_ylabel("training loss (nats/char)")
     ax.set_title(f"TinyLM {args.layers}x{args.width}, {args.heads} heads, sequence "
@@ -385,6 +513,9 @@ def main() -> int:
                     help="largest relative loss difference allowed at any step (compare)")
     ap.add_argument("--plot", help="write a PNG of both loss curves here (compare)")
     ap.add_argument("--json", help="write both loss curves and the run's settings here")
+    ap.add_argument("--launcher", choices=["auto", "mpi", "torch"], default="auto",
+                    help="how the ranks talk: mpi (mpirun), torch (torchrun: gloo, no MPI) "
+                         "or auto (from the environment)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     if args.seq_len is None:
@@ -396,8 +527,8 @@ def main() -> int:
     if args.gpt_oss and (args.heads % args.kv_heads or args.width % args.heads):
         ap.error("--kv-heads must divide --heads, and --heads the width")
 
-    comm = MPI.COMM_WORLD
-    rank, world = comm.Get_rank(), comm.Get_size()
+    ranks = make_ranks(args.launcher)
+    rank, world = ranks.rank, ranks.size
     cores = os.cpu_count() or 1
     if args.threads == 0:
         args.threads = max(1, cores // world)
@@ -409,7 +540,7 @@ def main() -> int:
     vocab = len(vocab_chars)
     show = rank == 0 and not args.quiet
     if show:
-        print(f"train_lm: {world} rank(s) x {args.threads} thread(s); {ba.build_info()}; "
+        print(f"train_lm: {world} {ranks.name} x {args.threads} thread(s); {ba.build_info()}; "
               f"torch {torch.__version__}; vocab {vocab}; {args.layers} layers x width "
               f"{args.width}, {args.heads} heads (d = {args.width // args.heads}); sequence "
               f"{args.seq_len} x batch {args.batch}; {args.steps} steps", flush=True)
@@ -418,12 +549,13 @@ def main() -> int:
                   f"right); (-1, -1) = full causal), GQA {args.heads}/{args.kv_heads}, learned "
                   f"sinks{f', softcap {args.softcap:g}' if args.softcap else ''}", flush=True)
 
-    result = {"settings": vars(args), "world": world, "build_info": ba.build_info(),
+    result = {"settings": vars(args), "world": world, "launcher": ranks.name,
+              "build_info": ba.build_info(),
               "torch": torch.__version__}
     if args.mode in ("compare", "burst"):
         update, close = progress_bar(show, args.steps, f"burst_attn x{world}")
         start = time.perf_counter()
-        result["burst"], model = train_burst(args, text_ids, vocab, comm, update)
+        result["burst"], model = train_burst(args, text_ids, vocab, ranks, update)
         result["burst_seconds"] = time.perf_counter() - start
         result["burst_sinks"] = [s.tolist() for s in model.sinks()]
         close()
@@ -437,7 +569,7 @@ def main() -> int:
             result["sdpa_sinks"] = [s.tolist() for s in model.sinks()]
             close()
         if world > 1:
-            sleep_barrier(comm)
+            ranks.wait_for_all()
 
     status = 0
     if rank == 0:
@@ -452,7 +584,7 @@ def main() -> int:
                   f"{burst[-1]:.5f} (burst_attn); max relative difference "
                   f"{rel.max():.3g} at step {worst + 1} (tolerance {args.tolerance:g}): "
                   f"{'OK' if ok else 'FAILED'}; time {result['burst_seconds']:.1f} s on "
-                  f"{world} ranks vs {result['sdpa_seconds']:.1f} s in one process", flush=True)
+                  f"{world} {ranks.name} vs {result['sdpa_seconds']:.1f} s in one process", flush=True)
             if args.gpt_oss:
                 a = [torch.tensor(x) for x in result["burst_sinks"]]
                 b = [torch.tensor(x) for x in result["sdpa_sinks"]]
@@ -468,13 +600,15 @@ def main() -> int:
                 ok = ok and sinks_ok
             status = 0 if ok else 1
             if args.plot:
-                plot(args.plot, result["burst"], result["sdpa"], args, world)
+                plot(args.plot, result["burst"], result["sdpa"], args, world, ranks.name)
                 print(f"wrote {args.plot}")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=1)
             print(f"wrote {args.json}")
-    return comm.bcast(status, root=0)
+    status = ranks.bcast(status)
+    ranks.close()
+    return status
 
 
 if __name__ == "__main__":

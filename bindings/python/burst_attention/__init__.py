@@ -9,6 +9,10 @@ BurstAttention, arXiv 2403.09347) over its C ABI, with ctypes and numpy.
             out, lse = plan.forward(q, k, v)
             dq, dk, dv = plan.backward(q, k, v, out, lse, dout)
 
+Without MPI (0.9): `ba.Context.from_torch(group)` talks through a torch.distributed process
+group (torchrun, gloo); `ba.Context.from_transport(obj)` through a transport of your own
+(docs/torchrun.md, docs/transports.md).
+
 Inference: `ctx.kv_cache(num_layers, heads, head_dim, ...)` gives a `KVCache` sharded
 over the ranks: `cache.prefill(layer, plan, seq_ids, k, v)` stores a prompt's K,V where
 the plan's forward had them, `cache.decode(layer, seq_ids, q, k, v)` attends new tokens

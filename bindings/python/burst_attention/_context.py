@@ -1,4 +1,5 @@
-"""`Context`: a group of ranks (an MPI communicator, one process, or in-process threads).
+"""`Context`: a group of ranks (an MPI communicator, a transport the caller supplies such
+as a torch.distributed process group, one process, or in-process threads).
 
 Ownership: a Context owns its C handle; every `Plan` and `KVCache` keeps a reference to
 its Context, so a context is never destroyed under a live plan or cache, and
@@ -52,14 +53,17 @@ def _close_all_at_exit() -> None:
 class Context:
     """A group of ranks that computes attention together.
 
-    Create one with `Context.from_mpi(comm)`, `Context.self()` or
-    `Context.loopback(world_size)`; never call the constructor directly.
+    Create one with `Context.from_mpi(comm)`, `Context.from_torch(group)` (a
+    torch.distributed process group: torchrun without MPI), `Context.from_transport(obj)`
+    (callbacks of your own), `Context.self()` or `Context.loopback(world_size)`; never
+    call the constructor directly.
     Use as a context manager or call `close()`; `__del__` closes a forgotten one.
     """
 
     def __init__(self, handle: int, kind: str, _token=None):
         if _token is not _PRIVATE:
-            raise TypeError("use Context.from_mpi(), Context.self() or Context.loopback()")
+            raise TypeError("use Context.from_mpi(), Context.from_torch(), "
+                            "Context.from_transport(), Context.self() or Context.loopback()")
         self._handle = handle
         self._kind = kind
         self._lock = threading.Lock()
@@ -74,6 +78,7 @@ class Context:
             self._handle = None
             raise
         self._rank, self._size = rank.value, size.value
+        self._transport = None  # the Python transport of a "transport"/"torch" context
         self._serial = next(_serial)
         with _open_lock:
             _open_contexts[self._serial] = weakref.ref(self)
@@ -101,6 +106,73 @@ class Context:
         _check(_lib.lib.burst_context_create_mpi(fhandle, ctypes.byref(out)),
                "burst_context_create_mpi")
         return cls(out.value, "mpi", _PRIVATE)
+
+    @classmethod
+    def from_transport(cls, transport, nodes=None, timeout_seconds: float = 0.0,
+                       single_threaded: bool = True, _kind: str = "transport") -> "Context":
+        """Collective over the ranks `transport` connects: a context that talks through
+        the caller's own Python transport (C ABI 0.9, burst_context_create_transport).
+
+        `transport` has `rank`, `size` and the methods isend, irecv, iallgather, test,
+        release and close described in burst_attention._transport (addresses as ints,
+        requests as any Python object); include/burst_attention.h, "Transports the
+        caller supplies", is the contract. nodes: None (the library allgathers a host id)
+        or `size` ints, equal for ranks that share a node. timeout_seconds bounds the
+        creation round (0 = 300 s). single_threaded (default): one library call at a
+        time on the context and its plans (another thread gets BusyError).
+
+        The library calls the methods only from the thread inside a library call on
+        this context; an exception raised by one fails that call with
+        CommunicationError carrying its text (never escapes into C). `close()` is
+        called once the context and everything made on it are destroyed; if creation
+        fails the transport is closed here (the library did not take it).
+        """
+        from . import _transport
+
+        for name in ("rank", "size", "isend", "irecv", "iallgather", "test", "release", "close"):
+            if not hasattr(transport, name):
+                raise TypeError(f"transport: {type(transport).__name__} has no {name!r}")
+        adapter = _transport._Adapter(transport, nodes=nodes, timeout_seconds=timeout_seconds,
+                                      single_threaded=single_threaded)
+        adapter.register()
+        out = _lib.c_handle()
+        status = _lib.lib.burst_context_create_transport(ctypes.byref(adapter.struct),
+                                                         ctypes.byref(out))
+        if status != 0:
+            message = _lib.lib.burst_last_error()
+            adapter._destroy(None)  # the library did not take it: ours to close
+            from ._errors import BurstError
+            raise BurstError(status, message.decode("utf-8", "replace") if message else "",
+                             "burst_context_create_transport")
+        ctx = cls(out.value, _kind, _PRIVATE)
+        ctx._transport = transport
+        return ctx
+
+    @classmethod
+    def from_torch(cls, group=None, dedicated: "bool | None" = None,
+                   timeout_seconds: float = 0.0) -> "Context":
+        """Collective over a torch.distributed process group (None: the default group):
+        a context whose messages travel through torch.distributed (gloo) — for jobs
+        started by torchrun, with no MPI at all. torch.distributed must be initialised
+        (init_process_group("gloo")).
+
+        dedicated (default True): the context talks over a new gloo group of the same
+        ranks, made here (collective over the world when `group` is the whole world,
+        else among its members), so that its traffic never mixes with the caller's on
+        `group`; False: over `group` itself, which must be a gloo group.
+
+        Costs and limits (docs/torchrun.md): every message is copied once into or out
+        of the transport's own buffer and waited for by a helper thread; one library
+        call at a time per context; gloo cannot cancel a message, so after a
+        TIMEOUT or COMMUNICATION error destroy the plan (and rather the context too).
+        """
+        from . import _torchdist
+
+        pg, owned = _torchdist.make_group(group, dedicated)
+        transport = _torchdist.TorchTransport(pg, owned=owned)
+        ctx = cls.from_transport(transport, timeout_seconds=timeout_seconds, _kind="torch")
+        ctx._torch_group = group
+        return ctx
 
     @classmethod
     def self(cls) -> "Context":
@@ -149,7 +221,8 @@ class Context:
 
     @property
     def kind(self) -> str:
-        """"mpi", "self" or "loopback"."""
+        """"mpi", "torch" (`from_torch`), "transport" (`from_transport`), "self" or
+        "loopback"."""
         return self._kind
 
     @property

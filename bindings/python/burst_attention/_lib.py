@@ -7,7 +7,9 @@ the C compiler on the platforms we support (x86-64 / aarch64 Linux), so
 `sizeof(burst_attention_config) == 136` (128 through softcap, the 0.7 struct; 120 up to
 timeout_seconds, the 0.4-0.6 struct; the library still accepts both),
 `sizeof(burst_stats) == 112` (88 up to tiles_skipped, 0.2; 72 up to total_seconds,
-0.1) and `sizeof(burst_kv_cache_config) == 104` (88 up to timeout_seconds, 0.6-0.7).
+0.1), `sizeof(burst_kv_cache_config) == 104` (88 up to timeout_seconds, 0.6-0.7) and
+`sizeof(burst_transport) == 96` (0.9: the callbacks of a caller-supplied transport,
+see `Transport` and _transport.py).
 
 Lookup order for the shared library (first hit wins):
   1. the path in the environment variable BURST_ATTENTION_LIBRARY;
@@ -171,6 +173,58 @@ class KVCacheConfig(ctypes.Structure):
 KV_CACHE_CONFIG_SIZE_V0_7 = KVCacheConfig.softcap.offset
 
 
+# Transports the caller supplies (0.9): the five callbacks (plus release, error_message
+# and destroy) of `burst_transport`, as ctypes function types. The library calls them
+# only from the thread that is inside a library call on the context (ctypes takes the
+# GIL for the callback's duration); a Python exception must never escape one (ctypes
+# would print it and return 0, i.e. success): _transport.py catches everything.
+#   int  isend(void *user, const void *buffer, size_t bytes, int32_t peer, int32_t tag, void **request)
+#   int  irecv(void *user, void *buffer, size_t bytes, int32_t peer, int32_t tag, void **request)
+#   int  iallgather(void *user, const void *send, size_t bytes, void *receive, int32_t tag, void **request)
+#   int  test(void *user, void *request, int32_t *done)
+#   void release(void *user, void *request)
+#   const char *error_message(void *user)   -- declared c_void_p here: a c_char_p result of
+#        a ctypes callback would point into a bytes object freed on return; the binding
+#        returns the address of a buffer it keeps alive instead
+#   void destroy(void *user)
+TRANSPORT_ISEND = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                                   ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p))
+TRANSPORT_IRECV = TRANSPORT_ISEND
+TRANSPORT_IALLGATHER = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                        ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int32,
+                                        ctypes.POINTER(ctypes.c_void_p))
+TRANSPORT_TEST = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                  ctypes.POINTER(ctypes.c_int32))
+TRANSPORT_RELEASE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+TRANSPORT_ERROR_MESSAGE = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)
+TRANSPORT_DESTROY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+# burst_transport.flags
+TRANSPORT_SINGLE_THREADED = 1
+
+
+class Transport(ctypes.Structure):
+    """`burst_transport` (0.9) — copied by burst_context_create_transport (and `nodes`
+    with it); the callbacks must stay alive until destroy(user) is called."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("rank", ctypes.c_int32),
+        ("size", ctypes.c_int32),
+        ("flags", ctypes.c_uint32),
+        ("nodes", ctypes.POINTER(ctypes.c_int32)),  # NULL or `size` node ids
+        ("user", ctypes.c_void_p),
+        ("isend", TRANSPORT_ISEND),
+        ("irecv", TRANSPORT_IRECV),
+        ("iallgather", TRANSPORT_IALLGATHER),
+        ("test", TRANSPORT_TEST),
+        ("release", TRANSPORT_RELEASE),              # NULL: nothing to do
+        ("error_message", TRANSPORT_ERROR_MESSAGE),  # NULL: a generic text
+        ("destroy", TRANSPORT_DESTROY),              # NULL: nothing to do
+        ("timeout_seconds", ctypes.c_double),        # creation round; 0 = 300 s
+    ]
+
+
 _c_float_p = ctypes.POINTER(ctypes.c_float)
 _c_int64_p = ctypes.POINTER(ctypes.c_int64)
 
@@ -184,6 +238,9 @@ _SIGNATURES = {
     "burst_context_create_mpi": (burst_status, [ctypes.c_int64, ctypes.POINTER(c_handle)]),
     "burst_context_create_self": (burst_status, [ctypes.POINTER(c_handle)]),
     "burst_context_create_loopback": (burst_status, [ctypes.c_int32, ctypes.POINTER(c_handle)]),
+    # 0.9: a context over the caller's callbacks (the struct is copied during the call)
+    "burst_context_create_transport": (burst_status, [ctypes.POINTER(Transport),
+                                                      ctypes.POINTER(c_handle)]),
     "burst_context_rank": (burst_status, [c_handle, ctypes.POINTER(ctypes.c_int32),
                                           ctypes.POINTER(ctypes.c_int32)]),
     "burst_context_destroy": (None, [c_handle]),

@@ -33,16 +33,27 @@ the gradient of any other parameter replicated on them (the allreduce it already
 
 Communicators (`comm=`):
   * an mpi4py communicator (MPI.COMM_WORLD, a split, ...);
-  * a `torch.distributed` ProcessGroup (or `torch.distributed.group.WORLD`) of a job
-    started under mpirun: the library talks MPI, so the group is mapped to the MPI
-    communicator of the same processes. This requires that torch.distributed ranks are
-    the MPI ranks (init_process_group with rank = MPI rank, which is what
-    init_method="env://" with RANK=$OMPI_COMM_WORLD_RANK gives); otherwise ValueError
-    says which ranks disagree. The gloo/nccl group itself carries no traffic of ours;
-  * a `burst_attention.Context` (MPI, self, or one of `Context.loopback(n)`'s ranks);
+  * a `torch.distributed` ProcessGroup (or `torch.distributed.group.WORLD`):
+      - under mpirun (MPI already initialised in this process, or an MPI launcher's
+        environment for a world of torch's size, where importing mpi4py.MPI initialises
+        it as before 0.9) and with torch.distributed ranks = MPI ranks
+        (init_process_group with rank = MPI rank, e.g. RANK=$OMPI_COMM_WORLD_RANK): the
+        group is mapped to the MPI communicator of the same processes, the fast path;
+        the gloo group itself carries no traffic of ours;
+      - otherwise — a torchrun job, where nothing ever initialises MPI — the library
+        talks through torch.distributed itself: a `burst_transport` (C ABI 0.9) over a
+        gloo group of the same ranks (`Context.from_torch`; docs/torchrun.md has what
+        it costs and its limits).
+    The members of the group decide together (one all_gather_object over the group the
+    first time it is used), so they never take different paths;
+  * a `burst_attention.Context` (MPI, torch, self, or one of `Context.loopback(n)`'s ranks);
   * None: the default torch.distributed group when torch.distributed is initialised;
     else MPI.COMM_WORLD when mpi4py has initialised MPI and COMM_WORLD has more than one
-    rank; else a one-rank context (whole-sequence attention in this process).
+    rank; else, in a job whose environment says WORLD_SIZE > 1 (torchrun) with
+    torch.distributed not initialised, RuntimeError (call
+    torch.distributed.init_process_group("gloo") first: a silent one-rank run would
+    train an unsharded copy per process); else a one-rank context (whole-sequence
+    attention in this process).
 
 Inference over a `burst_attention.KVCache` (`ctx.kv_cache(...)`): `prefill(cache, layer,
 plan, seq_ids, k, v)` stores a prompt shard's K,V, `decode(cache, layer, seq_ids, q, k,
@@ -51,7 +62,8 @@ v)` returns (out, lse) as tensors (no autograd: inference).
 Plans (the library's per-shape workspace) are cached per context and shape, least
 recently used first out (`set_plan_cache_size`, `clear_plan_cache`). On contexts of
 several ranks each call first agrees on every rank's shard length (one small allgather
-through mpi4py for MPI contexts, an in-process exchange for loopback ones), so ranks
+through mpi4py for MPI contexts, torch.distributed.all_gather_object for torch ones, an
+in-process exchange for loopback ones), so ranks
 never disagree on whether a plan is cached, even when shard lengths repeat across
 different global lengths.
 """
@@ -60,9 +72,11 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import sys
 import threading
 import typing
+import warnings
 import weakref
 
 import numpy as np
@@ -109,17 +123,6 @@ _plan_cache_size = 8
 _self_group: "_Group | None" = None
 
 
-def _mpi_module():
-    mpi4py = sys.modules.get("mpi4py.MPI")
-    if mpi4py is None:
-        try:
-            from mpi4py import MPI as mpi4py
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ImportError("burst_attention.torch: this communicator needs mpi4py "
-                              "(pip install mpi4py)") from exc
-    return mpi4py
-
-
 def _mpi_group(comm) -> _Group:
     fhandle = int(comm.py2f())
     key = ("mpi", fhandle)
@@ -141,7 +144,57 @@ def _mpi_group(comm) -> _Group:
     return group
 
 
+# The environment an MPI launcher gives its processes: (world size, rank) variables.
+_MPI_LAUNCH_ENV = (("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),  # Open MPI
+                   ("PMI_SIZE", "PMI_RANK"),                          # MPICH, Intel MPI
+                   ("MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK"))    # MVAPICH
+
+
+def _mpi_initialised():
+    """mpi4py's MPI module if MPI is initialised (and not finalised) in this process,
+    else None. Never imports mpi4py.MPI (importing it initialises MPI)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    try:
+        if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+            return mpi
+    except Exception:  # noqa: BLE001 - a broken mpi4py is no MPI
+        pass
+    return None
+
+
+def _mpi_launch_size() -> "int | None":
+    """The world size an MPI launcher (mpirun, mpiexec) gave this process, or None."""
+    for size_var, _ in _MPI_LAUNCH_ENV:
+        value = os.environ.get(size_var)
+        if value:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _mpi_for_torch(world_size: int):
+    """mpi4py's MPI when this process's MPI may carry a torch world of `world_size`:
+    MPI is initialised already, or an MPI launcher started this process in a world of
+    that size (then importing mpi4py.MPI initialises MPI, as this layer always did under
+    mpirun). None otherwise: under torchrun MPI is never initialised here."""
+    mpi = _mpi_initialised()
+    if mpi is not None:
+        return mpi
+    if _mpi_launch_size() != world_size:
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return None
+    return _mpi_initialised()
+
+
 def _torch_group(pg) -> _Group:
+    """The _Group of a torch.distributed process group: its MPI communicator when every
+    member's torch rank is its MPI rank (mpirun), else a torch.distributed transport.
+    Collective over the group's members the first time."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
@@ -150,27 +203,57 @@ def _torch_group(pg) -> _Group:
         entry = _by_torch_group.get(id(pg))
         if entry is not None and entry[0] is pg and not entry[1].context.closed:
             return entry[1]
-    MPI = _mpi_module()
-    world = MPI.COMM_WORLD
-    if dist.get_world_size() != world.Get_size() or dist.get_rank() != world.Get_rank():
-        raise ValueError(
-            f"comm: torch.distributed rank {dist.get_rank()} of {dist.get_world_size()} is "
-            f"MPI rank {world.Get_rank()} of {world.Get_size()}; burst_attention maps a "
-            "process group to MPI by rank, so start torch.distributed with rank = MPI rank "
-            "(e.g. RANK=$OMPI_COMM_WORLD_RANK, WORLD_SIZE=$OMPI_COMM_WORLD_SIZE) or pass an "
-            "mpi4py communicator")
-    ranks = list(dist.get_process_group_ranks(pg))
-    if world.Get_rank() not in ranks:
-        raise ValueError(f"comm: this process (rank {world.Get_rank()}) is not a member of "
-                         f"the process group (ranks {ranks})")
-    if ranks == list(range(world.Get_size())):
-        comm = world
+    ranks = [int(r) for r in dist.get_process_group_ranks(pg)]
+    me = dist.get_rank()
+    if me not in ranks:
+        raise ValueError(f"comm: this process (rank {me}) is not a member of the process "
+                         f"group (ranks {ranks})")
+    MPI = _mpi_for_torch(dist.get_world_size())
+    vote = None  # no MPI here
+    if MPI is not None:
+        world = MPI.COMM_WORLD
+        vote = (world.Get_size(), world.Get_rank())
+    votes = [None] * len(ranks)
+    dist.all_gather_object(votes, vote, group=pg)  # every member decides alike
+    if all(v == (dist.get_world_size(), r) for v, r in zip(votes, ranks)):
+        world = MPI.COMM_WORLD
+        if ranks == list(range(world.Get_size())):
+            comm = world
+        else:
+            # MPI_Comm_create_group: collective over the group's members only.
+            comm = world.Create_group(world.Get_group().Incl(ranks))
+        group = _mpi_group(comm)
     else:
-        # MPI_Comm_create_group: collective over the group's members only.
-        comm = world.Create_group(world.Get_group().Incl(ranks))
-    group = _mpi_group(comm)
+        if any(v is not None for v in votes):
+            warnings.warn(
+                "burst_attention.torch: the process group's torch.distributed ranks are not "
+                f"its MPI ranks (MPI world size and rank per member: {votes}); using the "
+                "torch.distributed transport instead of MPI (slower; start torch.distributed "
+                "with rank = MPI rank, e.g. RANK=$OMPI_COMM_WORLD_RANK, for the MPI path)",
+                RuntimeWarning, stacklevel=4)
+        group = _transport_group(pg)
     with _lock:
         _by_torch_group[id(pg)] = (pg, group)
+    return group
+
+
+def _transport_group(pg) -> _Group:
+    """A context over the process group's own torch.distributed (gloo) traffic, and the
+    shard-length agreement over the same (dedicated) group. Collective over the group."""
+    context = Context.from_torch(pg)
+    transport = context._transport
+
+    def exchange(item) -> list:
+        try:
+            return transport.allgather_object(item)
+        except RuntimeError as exc:  # a closed group (after a failure): as the library says
+            raise BurstError(int(Status.COMMUNICATION),
+                             f"torch.distributed all_gather_object: {exc}",
+                             "burst_attention.torch") from exc
+
+    group = _Group(context, keepalive=pg, exchange=exchange)
+    with _lock:
+        _by_context[context] = group
     return group
 
 
@@ -181,7 +264,10 @@ def _context_group(context: Context) -> _Group:
         group = _by_context.get(context)
         if group is None:
             exchange = None
-            if context.size > 1:
+            transport = getattr(context, "_transport", None)
+            if context.size > 1 and hasattr(transport, "allgather_object"):
+                exchange = transport.allgather_object  # Context.from_torch
+            elif context.size > 1:
                 exchange = _LoopbackExchange.for_context(context)
             group = _Group(context, exchange=exchange)
             _by_context[context] = group
@@ -208,7 +294,7 @@ class _LoopbackExchange:
         token = getattr(context, "_loopback_group", None)
         if context.kind != "loopback" or token is None:
             raise ValueError(f"comm: a {context.size}-rank {context.kind} Context: pass the "
-                             "mpi4py communicator it was made from instead")
+                             "communicator or process group it was made from instead")
         with cls._tokens_lock:
             ex = cls._by_token.get(token)
             if ex is None:
@@ -252,10 +338,16 @@ def _group_for(comm: CommLike) -> _Group:
                 return _torch_group(dist.group.WORLD)
         except ImportError:  # pragma: no cover
             pass
-        mpi = sys.modules.get("mpi4py.MPI")
-        if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized() \
-                and mpi.COMM_WORLD.Get_size() > 1:
+        mpi = _mpi_initialised()
+        if mpi is not None and mpi.COMM_WORLD.Get_size() > 1:
             return _mpi_group(mpi.COMM_WORLD)
+        size = _launcher_world_size()
+        if size is not None and size > 1:
+            raise RuntimeError(
+                f"comm=None: this process is one of WORLD_SIZE={size} (torchrun) but "
+                "torch.distributed is not initialised; call "
+                "torch.distributed.init_process_group('gloo') first (or pass comm=), "
+                "else every process would attend over its own shard alone")
         with _lock:
             if _self_group is None or _self_group.context.closed:
                 _self_group = _Group(Context.self())
@@ -272,6 +364,17 @@ def _group_for(comm: CommLike) -> _Group:
                     f"ProcessGroup, a burst_attention.Context or None, got {type(comm).__name__}")
 
 
+def _launcher_world_size() -> "int | None":
+    """WORLD_SIZE from the environment (torchrun, torch.distributed.launch), or None."""
+    value = os.environ.get("WORLD_SIZE")
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
 def set_plan_cache_size(n: int) -> None:
     """How many plans each communicator keeps (default 8, at least 1). Plans hold the
     library's workspace for one shape; a plan still needed by a pending backward stays
@@ -284,8 +387,10 @@ def set_plan_cache_size(n: int) -> None:
 
 def clear_plan_cache() -> None:
     """Drop every cached plan and forget every communicator (local; pending backwards
-    keep their plans). The next call on an MPI communicator creates its context again,
-    collectively."""
+    keep their plans). The next call on an MPI communicator or a process group creates
+    its context again, collectively — which is how a torchrun job starts over after a
+    TIMEOUT or COMMUNICATION error (the torch transport's context is finished then:
+    call this on every rank)."""
     global _self_group
     with _lock:
         for group in set(_by_key.values()) | set(_by_context.values()):

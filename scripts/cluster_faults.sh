@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Faults on the two-node cluster of scripts/cluster.sh (issue 20), each during a call of
+# `c_cluster fault T` (Tests/clients/c_cluster.c: a double-ring BURST plan, causal zigzag,
+# N = 4096, 4 heads, d = 64, timeout_seconds = T, forward + backward in a loop; the fault
+# fires 1 s after rank 0 creates the trigger file, after the first round and a barrier):
+#   link-down   the namespace's lo taken down (ip link set lo down) for T + 3 s
+#   link-cut    lo's tbf rate set to 8 bit/s for T + 3 s
+#   kill-ranks  nodeB's two ranks SIGKILLed (its orted lives; mpirun runs with
+#               orte_abort_on_non_zero_status 0, so the survivors keep running)
+#   kill-node   nodeB's orted and ranks SIGKILLed (a node that vanishes)
+#   link-gone   lo taken down for good: the ranks fail and exit as for link-down, but
+#               mpirun's own control traffic (and the ranks' stdout, which reaches it
+#               through their orted) crosses the same lo: mpirun never hears that they
+#               exited and hangs; cluster.sh's guard (T + 8 s) ends it. The ranks' lines
+#               are read from the files c_cluster writes (C_CLUSTER_REPORT).
+# Checked: every surviving rank (all four for the link faults, ranks 0 and 1 for
+# kill-ranks) returns BURST_ERROR_TIMEOUT or BURST_ERROR_COMMUNICATION within T + 2 s of
+# the start of the call that failed (the deadline is per call), a second call on the
+# poisoned plan fails within 1 s, and it destroys its plan and context ("destroyed"); the
+# job ends on its own (no hang: cluster.sh's --timeout guard must not fire; link-gone:
+# it must fire, the hang is mpirun's, and the ranks' own lines are checked). kill-node:
+# OpenMPI's mpirun ends the whole job when a daemon is lost (the survivors are killed
+# before their deadline, as with kill_peer.sh's default case): only "the job ends within
+# T + 20 s" is checked, and what the survivors printed is reported.
+#
+#   scripts/cluster_faults.sh [--timeout T] [--only SCENARIO[,SCENARIO...]] [C_CLUSTER]
+# T defaults to 10 s; C_CLUSTER to build/clients/c_cluster. Exit 0 when every check
+# passes, 1 otherwise, 77 when cluster.sh cannot run here (not root, no namespaces).
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+T=10 only="link-down,link-cut,kill-ranks,kill-node,link-gone"
+while (($#)); do
+  case $1 in
+    --timeout) T=$2; shift ;;
+    --only) only=$2; shift ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -*) echo "cluster_faults.sh: unknown option $1" >&2; exit 2 ;;
+    *) break ;;
+  esac
+  shift
+done
+program=${1:-$ROOT/build/clients/c_cluster}
+[[ -x $program ]] || { echo "cluster_faults.sh: $program is missing (build Tests/clients)" >&2; exit 2; }
+gt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a > b) }'; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+out=$work/out
+fail=0
+outage=$(awk -v t="$T" 'BEGIN { print t + 3 }')
+
+for scenario in ${only//,/ }; do
+  guard=$(awk -v t="$T" 'BEGIN { print t + 60 }') expect_hang=0
+  rm -f "$work"/report.*
+  case $scenario in
+    link-down)  fault=link-down@1+$outage;  survivors="0 1 2 3"; extra=(--mca orte_abort_on_non_zero_status 0) ;;
+    link-cut)   fault=link-cut@1+$outage;   survivors="0 1 2 3"; extra=(--mca orte_abort_on_non_zero_status 0) ;;
+    kill-ranks) fault=kill-ranks:nodeB@1;   survivors="0 1";     extra=(--mca orte_abort_on_non_zero_status 0) ;;
+    kill-node)  fault=kill-node:nodeB@1;    survivors="";        extra=() ;;
+    link-gone)  fault=link-down@1;          survivors="0 1 2 3"; extra=(--mca orte_abort_on_non_zero_status 0)
+                guard=$(awk -v t="$T" 'BEGIN { print t + 8 }') expect_hang=1 ;;
+    *) echo "cluster_faults.sh: unknown scenario $scenario" >&2; exit 2 ;;
+  esac
+  start=$SECONDS
+  C_CLUSTER_REPORT=$work/report "$ROOT/scripts/cluster.sh" --timeout "$guard" --trigger "$work/trigger" --fault "$fault" "${extra[@]}" -- "$program" fault "$T" >"$out" 2>&1
+  rc=$? took=$((SECONDS - start))
+  ((rc == 77)) && { cat "$out"; exit 77; }
+  echo "== $scenario (--fault $fault, timeout_seconds $T): job exit $rc after ${took} s"
+  # The ranks' own lines (written to files too: stdout may not get through).
+  cat "$work"/report.* 2>/dev/null | grep -E '^(survivor|rank [0-9]: no error)' >>"$out"
+  grep -E '^(survivor|cluster.sh: (fault|killed)|rank [0-9]: no error)' "$out" | awk '!seen[$0]++' | sed 's/^/   /'
+  if ((expect_hang)); then
+    if ((rc == 124)); then echo "   (mpirun hung as expected and was killed by the ${guard} s guard)"
+    else echo "   note: the job ended by itself (exit $rc)"; fi
+  elif ((rc == 124)); then echo "   FAIL: the job hung (cluster.sh's ${guard} s guard killed it)"; fail=1; continue; fi
+  if grep -q 'first forward+backward BURST_ERROR' "$out" "$work"/report.* 2>/dev/null || ! grep -q 'cluster.sh: fault' "$out"; then
+    echo "   FAIL: the fault did not fire during the calls"; fail=1; continue
+  fi
+  if [[ -z $survivors ]]; then
+    limit=$(awk -v t="$T" 'BEGIN { print t + 20 }')
+    if gt "$took" "$limit"; then echo "   FAIL: the job took ${took} s to end (> $limit)"; fail=1; fi
+    continue
+  fi
+  for r in $survivors; do
+    line=$(grep -E "^survivor rank $r: BURST_" "$out" | head -1)
+    again=$(grep -E "^survivor rank $r: again" "$out" | head -1)
+    if ! [[ $line =~ (BURST_ERROR_TIMEOUT|BURST_ERROR_COMMUNICATION)\ after\ ([0-9.]+)\ s\ \(call\ ([0-9]+) ]]; then
+      echo "   FAIL: rank $r did not report TIMEOUT/COMMUNICATION: '${line}'"; fail=1; continue
+    fi
+    waited=${BASH_REMATCH[2]}
+    if gt "$waited" "$(awk -v t="$T" 'BEGIN { print t + 2 }')"; then
+      echo "   FAIL: rank $r returned ${waited} s after its call started (timeout_seconds $T)"; fail=1
+    fi
+    if ! [[ $again =~ again\ BURST_ERROR_(TIMEOUT|COMMUNICATION)\ after\ ([0-9.]+)\ s ]] || gt "${BASH_REMATCH[2]}" 1; then
+      echo "   FAIL: rank $r's later call on the poisoned plan: '${again}'"; fail=1
+    fi
+    grep -qx "survivor rank $r: destroyed" "$out" || { echo "   FAIL: rank $r did not destroy its plan and context"; fail=1; }
+  done
+done
+((fail)) && echo "cluster_faults: FAILED" || echo "cluster_faults: passed"
+exit "$fail"
