@@ -141,6 +141,7 @@ static treq *new_req(tport *t, int kind) {
 
 static int enter(tport *t, const char *callback) {
   ++t->n_calls;
+  if (t->n_destroy > 0) violation(t, "%s called after destroy(user) started", callback);
   if (!pthread_equal(pthread_self(), t->thread)) {
     violation(t, "%s called from a thread that is not rank %d's", callback, t->rank);
     return 0;
@@ -309,7 +310,7 @@ static int tp_test(void *user, void *request, int32_t *done) {
     }
   }
   if (rc == 0 && *done) r->state = S_DONE;
-  if (rc != 0) { snprintf(t->message, sizeof t->message, "mailbox: test failed"); r->state = S_DONE; }
+  if (rc != 0) snprintf(t->message, sizeof t->message, "mailbox: test failed"); /* stays active: released next */
   pthread_mutex_unlock(&mb->mu);
   return rc;
 }
