@@ -90,11 +90,18 @@ def main():
                        f"{fmt(wait(m))} | {fmt(wait(p))} | {fmt(ratio(wait(p), wait(m)), 2)} | "
                        f"{fmt(share, 2)} | `{get(p, 'network') or '–'}` |")
     out.append("")
-    out.append("Notes: tbf on lo is one token bucket for all inter-node traffic in both directions; the simulated "
-               "network gives every rank its own port each way, so its `inter_bandwidth` is the link's rate divided "
-               "by the ranks that send across at once (2 for the single ring, 4 otherwise), and capped by what TCP "
-               "over lo carried in the probe. All ranks share the machine's cores in both columns (4 processes, or 4 "
-               "threads, on the same CPUs). See docs/cluster.md.\n")
+    if header.get("model", "link") in ("link", ""):
+        model = ("the simulated network's `inter_port=link`: every inter-node message, both directions, "
+                 "queues for one port whose bandwidth is the link's rate (capped by what TCP over lo carried "
+                 "in the probe) — the bucket itself")
+    else:
+        model = ("each rank its own inter-node port each way (the simulated network's default), with the "
+                 "link's rate (capped by what TCP over lo carried in the probe) divided by the ranks that "
+                 "send across at once (2 for the single ring, 4 otherwise)")
+    out.append("Notes: tbf on lo is one token bucket for all inter-node traffic in both directions; the "
+               f"prediction models it as {model}. All ranks share the machine's cores in both columns "
+               "(4 processes, or 4 threads, on the same CPUs). G = burst_stats.intra_group_size (ALLGATHER "
+               "and ULYSSES run no ring: the world size since 0.9). See docs/cluster.md.\n")
     text = "\n".join(out)
     print(text)
     if a.md:

@@ -15,13 +15,16 @@
 #   predicted  burst-bench --ranks 4 --network "latency=Li,bandwidth=Bi,inter_latency=Le,
 #              inter_bandwidth=Be,group=2" (in-process loopback ranks, the same shape)
 # with Li, Bi, Le from the probe at that rate (intra-node latency and per-flow bandwidth
-# of vader with every rank transferring at once; inter-node latency) and
-# Be = min(R, C) / F: the link's capacity — the tbf rate R, or C = what TCP over lo
-# carried in the probe (all four flows) if that is lower (the CPU's limit) — shared by
-# the F ranks that send across nodes at once (single ring: 2, the ranks whose successor
-# is on the other node; the other cases: all 4). tbf on lo is one bucket for both
-# directions and every flow, where the simulated network gives each rank its own port:
-# dividing by F is that translation (docs/cluster.md).
+# of vader with every rank transferring at once; inter-node latency) and the link's
+# capacity L = min(R, C): the tbf rate R, or C = what TCP over lo carried in the probe
+# (all four flows) if that is lower (the CPU's limit). tbf on lo is one bucket for both
+# directions and every flow. --model says how the prediction models that:
+#   link     (default) inter_port=link, inter_bandwidth=L: every inter-node message
+#            queues for one port of capacity L in both directions — the bucket itself
+#            (SimulatedNetwork's `link` port, added for this comparison);
+#   perflow  the first approximation: each rank keeps its own inter-node port (the
+#            simulated network's default) with L / F, F = the ranks that send across
+#            nodes at once (single ring: 2; the other cases: 4).
 # Lines go to $OUT/results.jsonl (tagged run, part "cluster", rate, case, kind), then
 # bench/cluster_report.py writes $OUT/cluster20.md and prints the table: per case the
 # fwd+bwd time and the exposed communication wait (max over ranks), measured and
@@ -30,13 +33,14 @@
 #   bench/run_cluster.sh --quick         # N = 2048, 1 call, no warm-up, into build/cluster20-quick
 # Options: --quick, --out DIR (default docs/perf/cluster20; --quick: build/cluster20-quick),
 #   --rates "10gbit 2500mbit 1gbit", --cases "single double ulysses allgather", --n N,
-#   --repeats R (2), --warmup W (1), --no-build. Needs root (scripts/cluster.sh).
+#   --repeats R (2), --warmup W (1), --model link|perflow (link), --no-build.
+#   Needs root (scripts/cluster.sh).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 command_line="bench/run_cluster.sh $*"
-quick=0 build=1 out="" n="" repeats="" warmup=""
+quick=0 build=1 out="" n="" repeats="" warmup="" model=link
 rates="10gbit 2500mbit 1gbit" cases="single double ulysses allgather"
 while (($#)); do
   case $1 in
@@ -48,7 +52,8 @@ while (($#)); do
     --n) n=$2; shift ;;
     --repeats) repeats=$2; shift ;;
     --warmup) warmup=$2; shift ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    --model) model=$2; shift ;;
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     *) echo "run_cluster.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -72,7 +77,7 @@ mpicc -O2 -std=c99 -o "$TMP/cluster_probe" "$ROOT/bench/cluster_probe.c"
 CLUSTER=("$ROOT/scripts/cluster.sh" --nodes $NODES --ranks-per-node $RPN --timeout 3600)
 
 RUN="$(date -u +%Y%m%dT%H%M%SZ)-$$"
-python3 - "$RUN" "$command_line" "$n" "$rates" "$cases" "$repeats" "$warmup" >>"$JSONL" <<'EOF'
+BURST_CLUSTER_MODEL=$model python3 - "$RUN" "$command_line" "$n" "$rates" "$cases" "$repeats" "$warmup" >>"$JSONL" <<'EOF'
 import json, subprocess, sys, datetime, os
 run, command, n, rates, cases, repeats, warmup = sys.argv[1:8]
 def sh(*a):
@@ -85,7 +90,8 @@ print(json.dumps({"run": run, "part": "cluster", "bench": "header",
     "cpu": cpu, "cpus": os.cpu_count(), "mpirun": (sh("mpirun", "--version").splitlines() or [""])[0],
     "kernel": sh("uname", "-r"), "load_average": os.getloadavg(),
     "command": command, "seq_len": int(n), "ranks": 4, "nodes": 2, "heads": 8, "head_dim": 128,
-    "rates": rates.split(), "cases": cases.split(), "repeats": int(repeats), "warmup": int(warmup)}))
+    "rates": rates.split(), "cases": cases.split(), "repeats": int(repeats), "warmup": int(warmup),
+    "model": os.environ.get("BURST_CLUSTER_MODEL", "")}))
 EOF
 tail -n 1 "$JSONL"
 
@@ -126,8 +132,13 @@ for rate in $rates; do
     "${CLUSTER[@]}" --rate "$rate" -- "$BIN" --mpi "${shape[@]}" "${args[@]}" >"$TMP/m" 2>"$TMP/m.err" ||
       { cat "$TMP/m.err" >&2; exit 1; }
     tag "$rate" "$c" measured "$TMP/m" >/dev/null
-    net=$(awk -v li="$li" -v bi="$bi" -v le="$le" -v l="$link" -v f="$F" -v g=$RPN \
-      'BEGIN { printf "latency=%.6g,bandwidth=%.6g,inter_latency=%.6g,inter_bandwidth=%.6g,group=%d", li, bi, le, l / f, g }')
+    case $model in
+      link) net=$(awk -v li="$li" -v bi="$bi" -v le="$le" -v l="$link" -v g=$RPN \
+        'BEGIN { printf "latency=%.6g,bandwidth=%.6g,inter_latency=%.6g,inter_bandwidth=%.6g,group=%d,inter_port=link", li, bi, le, l, g }') ;;
+      perflow) net=$(awk -v li="$li" -v bi="$bi" -v le="$le" -v l="$link" -v f="$F" -v g=$RPN \
+        'BEGIN { printf "latency=%.6g,bandwidth=%.6g,inter_latency=%.6g,inter_bandwidth=%.6g,group=%d", li, bi, le, l / f, g }') ;;
+      *) echo "run_cluster.sh: --model must be link or perflow" >&2; exit 2 ;;
+    esac
     echo "run_cluster.sh: $rate $c: predicted (--ranks $P --network $net)" >&2
     "$BIN" --ranks $P "${shape[@]}" "${args[@]}" --network "$net" >"$TMP/p" 2>"$TMP/p.err" ||
       { cat "$TMP/p.err" >&2; exit 1; }

@@ -371,7 +371,8 @@ typedef struct burst_stats {
    * network groups) */
   uint64_t bytes_sent_inter_group, bytes_received_inter_group;
   int32_t  pattern;          /* since 0.3: the pattern the plan runs (AUTO resolved) */
-  int32_t  intra_group_size; /* since 0.3: ranks per group of the ring (world size: one ring) */
+  int32_t  intra_group_size; /* since 0.3: ranks per group of the ring (world size: one ring;
+                                since 0.9 also for ALLGATHER and ULYSSES, which run no ring) */
 } burst_stats;
 
 /* ------------------------------------------------------------------------ */

@@ -64,7 +64,8 @@ public final class AttentionPlan {
         }
         var base = CallStats()
         base.pattern = pattern.rawValue
-        base.intraGroupSize = Int32(self.groupSize)
+        // ALLGATHER and ULYSSES run no ring: one group of every rank.
+        base.intraGroupSize = Int32(pattern == .allgather || pattern == .ulysses ? transport.size : self.groupSize)
         calls = CollectiveGuard(owner: "the plan", transport: transport, timeoutSeconds: config.effectiveTimeout, baseStats: base)
     }
 

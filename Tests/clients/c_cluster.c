@@ -467,8 +467,8 @@ int main(int argc, char **argv) {
     run_case(ctx, &t, BURST_PATTERN_RING, g_size, g_size);
     run_case(ctx, &t, BURST_PATTERN_BURST, 0, g_rpn);         /* the double ring, groups detected */
     run_case(ctx, &t, BURST_PATTERN_RING, 0, g_rpn);
-    run_case(ctx, &t, BURST_PATTERN_ALLGATHER, 0, 0);
-    if (t.c.hkv % g_size == 0) run_case(ctx, &t, BURST_PATTERN_ULYSSES, 0, 0);
+    run_case(ctx, &t, BURST_PATTERN_ALLGATHER, 0, g_size);
+    if (t.c.hkv % g_size == 0) run_case(ctx, &t, BURST_PATTERN_ULYSSES, 0, g_size);
     free_data(&t);
     if (g_rank == 0) printf("c_cluster: largest lo overhead over the payload: %.0f B\n", g_worst_overhead);
   }
