@@ -788,8 +788,7 @@ static void section_correctness(burst_context *ctx_mpi) {
     for (c = 0; c < 2; ++c) {
       if (patterns[p] == BURST_PATTERN_ULYSSES && cases[c]->hkv % g_size) continue;
       /* one host: MPI and nodes = NULL both detect a single ring */
-      run_pair(ctx_mpi, 0, ctx_host, 0, "nodes NULL", cases[c], patterns[p],
-               patterns[p] == BURST_PATTERN_BURST || patterns[p] == BURST_PATTERN_RING ? g_size : -1, INTER_ZERO, NULL);
+      run_pair(ctx_mpi, 0, ctx_host, 0, "nodes NULL", cases[c], patterns[p], g_size, INTER_ZERO, NULL);
     }
   for (p = 0; p < 2; ++p)
     for (c = 0; c < 2; ++c) {
@@ -801,11 +800,11 @@ static void section_correctness(burst_context *ctx_mpi) {
   run_pair(ctx_mpi, g_size, ctx_nodes, g_size, "two declared nodes", &k_zigzag, BURST_PATTERN_BURST, g_size, INTER_RING,
            nodes);
   run_pair(ctx_mpi, g_size, ctx_nodes, g_size, "two declared nodes", &k_gqa, BURST_PATTERN_RING, g_size, INTER_RING, nodes);
-  /* ALLGATHER and ULYSSES over the nodes: consistent inter-group counts (the
-   * stats still report the detected intra_group_size: the MPI plan is given it) */
-  run_pair(ctx_mpi, detect, ctx_nodes, 0, "two declared nodes", &k_gqa, BURST_PATTERN_ALLGATHER, -1, INTER_SPLIT, nodes);
+  /* ALLGATHER and ULYSSES over the nodes: consistent inter-group counts; they
+   * run no ring, so the stats report intra_group_size = the world size */
+  run_pair(ctx_mpi, 0, ctx_nodes, 0, "two declared nodes", &k_gqa, BURST_PATTERN_ALLGATHER, g_size, INTER_SPLIT, nodes);
   if (k_zigzag.hkv % g_size == 0)
-    run_pair(ctx_mpi, detect, ctx_nodes, 0, "two declared nodes", &k_zigzag, BURST_PATTERN_ULYSSES, -1, INTER_SPLIT, nodes);
+    run_pair(ctx_mpi, 0, ctx_nodes, 0, "two declared nodes", &k_zigzag, BURST_PATTERN_ULYSSES, g_size, INTER_SPLIT, nodes);
 
   g_case = "destroy";
   if (t_host.violations || t_nodes.violations) fail("transport contract violations (above)");
