@@ -501,16 +501,22 @@ enum {
 };
 
 /* Collective over the ranks the transport connects: each calls it with its
- * own rank. Validates the struct (callbacks present, 0 <= rank < size <=
- * 1024, nodes in range), then runs one iallgather round in which every rank
- * checks that all ranks agree on size and hold distinct ranks 0..size-1
- * (BURST_ERROR_MISMATCH on every rank otherwise) and, when nodes is NULL,
- * learns every rank's host. A struct with an unknown struct_size gives
- * BURST_ERROR_VERSION; a NULL or incomplete struct gives
- * BURST_ERROR_INVALID_ARGUMENT on the calling rank only (with no transport
- * there is nobody to tell; its peers time out in their round). On any
- * failure destroy(user) has NOT been called: the transport is still the
- * caller's. */
+ * own rank. Local checks first: a NULL struct, a NULL isend, irecv,
+ * iallgather or test, or a rank/size outside 0 <= rank < size <= 1024 give
+ * BURST_ERROR_INVALID_ARGUMENT, and a struct_size this library does not
+ * know BURST_ERROR_VERSION (a newer header's larger struct is accepted when
+ * its unknown tail is zero), on the calling rank only (with no usable
+ * transport there is nobody to tell; its peers time out in their round).
+ * Then one iallgather round, in which
+ *  - an unknown flag, a timeout_seconds that is negative, NaN or above
+ *    604800, or a negative node id on any rank gives
+ *    BURST_ERROR_INVALID_ARGUMENT on every rank;
+ *  - sizes that differ, ranks that are not distinct and in rank order, or
+ *    nodes arrays that differ across ranks give BURST_ERROR_MISMATCH on
+ *    every rank;
+ *  - when nodes is NULL every rank learns every rank's host.
+ * Node ids are any values >= 0; equal ids mean one node. On any failure
+ * destroy(user) has NOT been called: the transport is still the caller's. */
 BURST_API burst_status burst_context_create_transport(const burst_transport *transport,
                                                       burst_context **out);
 

@@ -184,7 +184,7 @@ private final class CallbackPending: PendingTransfer {
         let started = Deadline.now()
         while try !testAll() {
             if deadline.hasPassed {
-                throw BurstError(.timeout, "rank \(core.callbacks.rank) timed out waiting for \(what); the plan is now unusable")
+                throw BurstError(.timeout, "rank \(core.callbacks.rank) timed out waiting for \(what); the plan (or, in a creation, the context) is now unusable")
             }
             spins += 1
             if spins < 64 { continue }

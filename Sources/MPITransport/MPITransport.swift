@@ -165,7 +165,7 @@ public final class MPITransport: Transport {
             try Self.check(code, "MPI_Testall")
             if done != 0 { return }
             if deadline.hasPassed {
-                throw BurstError(.timeout, "rank \(rank) timed out waiting for \(what); the plan is now unusable")
+                throw BurstError(.timeout, "rank \(rank) timed out waiting for \(what); the plan (or, in a creation, the context) is now unusable")
             }
             spins += 1
             if spins < 64 { continue }
