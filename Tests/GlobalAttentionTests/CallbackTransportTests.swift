@@ -307,11 +307,53 @@ final class CallbackTransportTests: XCTestCase {
             XCTAssertEqual(states.map(\.destroyed), [0, 0])
         }
 
-        // SINGLE_THREADED: a second thread gets BUSY (checked through the
-        // handle's lock directly: two real concurrent calls would race the test).
-        var single = Self.make(one, size: 1)
-        single.flags = UInt32(BURST_TRANSPORT_SINGLE_THREADED)
-        XCTAssertEqual(_burst_context_create_transport(&single, &context), BURST_OK)
-        _burst_context_destroy(context)
+    }
+
+    /// BURST_TRANSPORT_SINGLE_THREADED: while rank 0's first thread is inside
+    /// a forward (waiting for rank 1, which comes late), a second thread's
+    /// call on another plan of the same context gets BUSY at once.
+    func testSingleThreadedGivesBusy() {
+        do {
+            let flagged = true
+            let mail = Mailboxes(size: 2)
+            let states = (0..<2).map { Rank(mail: mail, rank: Int32($0)) }
+            let second = UnsafeMutablePointer<burst_status>.allocate(capacity: 1)
+            defer { second.deallocate() }
+            second.pointee = BURST_OK
+            let results = runRanks(2) { rank, _ -> burst_status in
+                var t = Self.make(states[rank], size: 2)
+                if flagged { t.flags = UInt32(BURST_TRANSPORT_SINGLE_THREADED) }
+                var context: OpaquePointer?
+                guard _burst_context_create_transport(&t, &context) == BURST_OK else { return BURST_ERROR_INTERNAL }
+                defer { _burst_context_destroy(context) }
+                var c = burst_attention_config()
+                _ = _burst_attention_config_init_sized(&c, MemoryLayout<burst_attention_config>.size)
+                c.batch = 1; c.seq_len_local = 4; c.num_heads_q = 1; c.num_heads_kv = 1; c.head_dim = 8
+                c.timeout_seconds = 20; c.num_threads = 1
+                var plans: [OpaquePointer?] = [nil, nil]
+                guard _burst_plan_create(context, &c, &plans[0]) == BURST_OK,
+                      _burst_plan_create(context, &c, &plans[1]) == BURST_OK else { return BURST_ERROR_INTERNAL }
+                defer { plans.forEach { _burst_plan_destroy($0) } }
+                let x = [Float](repeating: 0.5, count: 32)
+                var out = [Float](repeating: 0, count: 32), lse = [Float](repeating: 0, count: 4)
+                if rank == 1 {
+                    Thread.sleep(forTimeInterval: 1.0)   // rank 0's first call now waits for us
+                    return _burst_forward(plans[0], x, x, x, &out, &lse)
+                }
+                let finished = DispatchSemaphore(value: 0)
+                let probe = Thread {
+                    defer { finished.signal() }
+                    Thread.sleep(forTimeInterval: 0.4)
+                    var o = [Float](repeating: 0, count: 32), l = [Float](repeating: 0, count: 4)
+                    second.pointee = _burst_forward(plans[1], x, x, x, &o, &l)   // BUSY at once
+                }
+                probe.start()
+                let status = _burst_forward(plans[0], x, x, x, &out, &lse)
+                finished.wait()
+                return status
+            }
+            XCTAssertEqual(results, [BURST_OK, BURST_OK])
+            XCTAssertEqual(second.pointee, BURST_ERROR_BUSY)
+        }
     }
 }

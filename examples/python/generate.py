@@ -219,6 +219,12 @@ def main() -> int:
 
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
+    launched = int(os.environ.get("WORLD_SIZE", "1") or "1")
+    if world != launched and launched > 1:
+        # torchrun (or another launcher) started several processes that MPI does not
+        # connect: each would generate alone on the whole prompt. Fail loudly.
+        sys.exit(f"generate.py: the launcher asked for WORLD_SIZE={launched} ranks but MPI has "
+                 f"{world}; this example shards over MPI: start it with mpirun -n {launched}")
     cores = os.cpu_count() or 1
     if args.threads == 0:
         args.threads = max(1, cores // world)
