@@ -177,23 +177,14 @@ private final class CallbackPending: PendingTransfer {
         try wait(until: deadline, what: "a ring transfer")
     }
 
-    /// Spins briefly, then yields, then naps (ranks sharing a core still
-    /// progress), as the MPI transport does.
+    /// Tests until done or the deadline, pausing as the MPI transport does.
     func wait(until deadline: Deadline, what: String) throws {
-        var spins = 0
-        let started = Deadline.now()
+        var backoff = WaitBackoff()
         while try !testAll() {
             if deadline.hasPassed {
                 throw BurstError(.timeout, "rank \(core.callbacks.rank) timed out waiting for \(what); the plan (or, in a creation, the context) is now unusable")
             }
-            spins += 1
-            if spins < 64 { continue }
-            if Deadline.now() - started < 2_000_000 {
-                sched_yield()
-            } else {
-                var nap = timespec(tv_sec: 0, tv_nsec: 50_000)
-                nanosleep(&nap, nil)
-            }
+            backoff.pause()
         }
     }
 

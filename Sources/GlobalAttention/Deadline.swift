@@ -26,3 +26,25 @@ public struct Deadline: Sendable {
     /// Seconds since some fixed point, for timing.
     public static func seconds() -> Double { Double(now()) * 1e-9 }
 }
+
+/// The pause between two tests of a non-blocking wait (the MPI and callback
+/// transports' test loops): spins for the first 64 rounds, then yields for
+/// 2 ms, then naps 50 µs at a time, so that ranks sharing a core still
+/// progress.
+public struct WaitBackoff {
+    private var spins = 0
+    private let started = Deadline.now()
+
+    public init() {}
+
+    public mutating func pause() {
+        spins += 1
+        if spins < 64 { return }
+        if Deadline.now() - started < 2_000_000 {
+            sched_yield()
+        } else {
+            var nap = timespec(tv_sec: 0, tv_nsec: 50_000)
+            nanosleep(&nap, nil)
+        }
+    }
+}

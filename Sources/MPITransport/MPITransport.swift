@@ -155,8 +155,7 @@ public final class MPITransport: Transport {
     /// a core still progress.
     fileprivate func waitAll(_ requests: inout [MPI_Request?], deadline: Deadline, what: String) throws {
         if requests.isEmpty { return }
-        var spins = 0
-        let started = Deadline.now()
+        var backoff = WaitBackoff()
         while true {
             var done: Int32 = 0
             let code = requests.withUnsafeMutableBufferPointer {
@@ -167,14 +166,7 @@ public final class MPITransport: Transport {
             if deadline.hasPassed {
                 throw BurstError(.timeout, "rank \(rank) timed out waiting for \(what); the plan (or, in a creation, the context) is now unusable")
             }
-            spins += 1
-            if spins < 64 { continue }
-            if Deadline.now() - started < 2_000_000 {
-                sched_yield()
-            } else {
-                var nap = timespec(tv_sec: 0, tv_nsec: 50_000)
-                nanosleep(&nap, nil)
-            }
+            backoff.pause()
         }
     }
 

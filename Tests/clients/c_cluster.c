@@ -132,24 +132,6 @@ static int shard(const vcase *c, int64_t H, size_t elem, const void *full, void 
   return 1;
 }
 
-static double max_err(const float *got, const double *want, size_t n) {
-  double worst = 0;
-  size_t i;
-  for (i = 0; i < n; ++i) {
-    double e = fabs((double)got[i] - want[i]);
-    if (e != e) e = INFINITY;
-    if (e > worst) worst = e;
-  }
-  return worst;
-}
-
-static double max_abs(const double *x, size_t n) {
-  double m = 0;
-  size_t i;
-  for (i = 0; i < n; ++i) if (fabs(x[i]) > m) m = fabs(x[i]);
-  return m;
-}
-
 /* The test data: global inputs, the float64 reference (BSHD doubles) and
  * this rank's shards of all of them. */
 typedef struct data {

@@ -406,24 +406,6 @@ static void to_user(const vcase *c, int64_t H, const double *canon, float *f, do
         }
 }
 
-static double max_abs(const double *x, size_t n) {
-  double m = 0;
-  size_t i;
-  for (i = 0; i < n; ++i) if (fabs(x[i]) > m) m = fabs(x[i]);
-  return m;
-}
-
-static double max_err(const float *got, const double *want, size_t n) {
-  double worst = 0;
-  size_t i;
-  for (i = 0; i < n; ++i) {
-    double e = (got[i] == want[i]) ? 0 : fabs((double)got[i] - want[i]);
-    if (e != e) e = INFINITY;
-    if (e > worst) worst = e;
-  }
-  return worst;
-}
-
 static void make_case(shared_case *s, const vcase *c) {
   const size_t nq = (size_t)(c->batch * c->hq * c->N * c->d), nk = (size_t)(c->batch * c->hkv * c->N * c->d);
   const size_t nl = (size_t)(c->batch * c->hq * c->N);

@@ -94,23 +94,6 @@ static int shard(const vcase *c, int64_t H, size_t elem, const void *full, void 
   return 1;
 }
 
-static double max_err(const float *got, const double *want, size_t n) {
-  double worst = 0;
-  size_t i;
-  for (i = 0; i < n; ++i) {
-    double e = (got[i] == want[i]) ? 0 : fabs((double)got[i] - want[i]);
-    if (e != e) e = INFINITY;
-    if (e > worst) worst = e;
-  }
-  return worst;
-}
-
-static double max_abs(const double *x, size_t n) {
-  double m = 0;
-  size_t i;
-  for (i = 0; i < n; ++i) if (fabs(x[i]) > m) m = fabs(x[i]);
-  return m;
-}
 
 static uint64_t ceil_div(int64_t a, int64_t b) { return (uint64_t)((a + b - 1) / b); }
 

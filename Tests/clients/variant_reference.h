@@ -199,4 +199,24 @@ static inline void vref_expected_bytes(const vcase *c, int64_t *const *pos, cons
   }
 }
 
+/* The largest |got - want| (a NaN counts as infinite; equal values, infinities
+ * included, as 0), and the largest |x|: the clients' error and scale. */
+static inline double max_err(const float *got, const double *want, size_t n) {
+  double worst = 0;
+  size_t i;
+  for (i = 0; i < n; ++i) {
+    double e = (got[i] == want[i]) ? 0 : fabs((double)got[i] - want[i]);
+    if (e != e) e = INFINITY;
+    if (e > worst) worst = e;
+  }
+  return worst;
+}
+
+static inline double max_abs(const double *x, size_t n) {
+  double m = 0;
+  size_t i;
+  for (i = 0; i < n; ++i) if (fabs(x[i]) > m) m = fabs(x[i]);
+  return m;
+}
+
 #endif /* BURST_TESTS_VARIANT_REFERENCE_H */
