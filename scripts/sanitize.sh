@@ -8,7 +8,9 @@
 #     (thread); the sanitizer must report each, else this script fails.
 #  3. Builds libburst_attention.so with the sanitizer (CMake, -sanitize=<kind>, into
 #     build/<kind>-install) and the C clients of Tests/clients with clang -fsanitize=<kind>
-#     against it, and runs c_client, c_bad_input, c_variants, c_half and c_kvcache under
+#     against it, and runs c_client, c_bad_input, c_variants, c_half, c_kvcache and
+#     c_transport (a caller-supplied transport over MPI; --no-failures: an abandoned
+#     MPI_Iallgather is OpenMPI memory never freed) under
 #     mpirun -n 1 (two compute threads) and -n 2 (MPI traffic). address also runs
 #     Tests/valgrind/mpi_bare.c (must be clean with the OpenMPI suppressions) and
 #     Tests/valgrind/mpi_leak.c (its planted leaks must be reported).
@@ -148,7 +150,7 @@ if [[ " $PARTS " == *" clients "* ]]; then
     -DCMAKE_EXE_LINKER_FLAGS="$ldflags" -DCMAKE_PREFIX_PATH="$prefix" \
     -DPYTHON_EXECUTABLE=/nonexistent >/dev/null
   # (gold warns once per ASan symbol it cannot export; nothing to act on)
-  cmake --build "$ROOT/build/$KIND-clients" --target c_client c_bad_input c_variants c_half c_kvcache 2>&1 \
+  cmake --build "$ROOT/build/$KIND-clients" --target c_client c_bad_input c_variants c_half c_kvcache c_transport c_transport_threads 2>&1 \
     | grep -v "Cannot export local symbol\|^\[" || true
   clients=$ROOT/build/$KIND-clients
 
@@ -178,13 +180,24 @@ if [[ " $PARTS " == *" clients "* ]]; then
     lsan=""
   fi
 
-  for ranks in 1 2; do
-    for client in c_client c_bad_input c_variants c_half c_kvcache; do
+  # (c_transport_threads: P ranks as threads of one process over an in-memory
+  # mailbox, no MPI — run once, outside mpirun.)
+  for ranks in 1 2 threads; do
+    for client in c_client c_bad_input c_variants c_half c_kvcache c_transport; do
       name=$client-np$ranks
+      args=()
+      [ "$client" = c_transport ] && args=(--no-failures)
       t0=$(date +%s)
       set +e
-      "${MPIRUN[@]}" -n "$ranks" env "$RUNTIME_OPTIONS=$opts:log_path=$OUT/$name.log" ${lsan:+"LSAN_OPTIONS=$lsan"} \
-        "$clients/$client" >"$OUT/$name.out" 2>&1
+      if [ "$ranks" = threads ]; then
+        [ "$client" = c_client ] || continue
+        name=c_transport_threads
+        env "$RUNTIME_OPTIONS=$opts:log_path=$OUT/$name.log" ${lsan:+"LSAN_OPTIONS=$lsan"} \
+          "$clients/c_transport_threads" >"$OUT/$name.out" 2>&1
+      else
+        "${MPIRUN[@]}" -n "$ranks" env "$RUNTIME_OPTIONS=$opts:log_path=$OUT/$name.log" ${lsan:+"LSAN_OPTIONS=$lsan"} \
+          "$clients/$client" "${args[@]}" >"$OUT/$name.out" 2>&1
+      fi
       status=$?
       set -e
       found=$(reports_in "$OUT/$name.log")
