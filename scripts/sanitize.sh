@@ -21,7 +21,7 @@
 # Suppressions: Tests/sanitizers/lsan-openmpi.supp (OpenMPI's MPI_Init/MPI_Finalize
 # leaks, for the C clients); the XCTest harness's own leaks are sorted out by
 # Tests/sanitizers/lsan_xctest_filter.py (why it is a filter: see that file). A
-# Tests/sanitizers/tsan.supp is used if present (none is needed today).
+# Tests/sanitizers/tsan.supp: the swift_once initialisation reports (see the file).
 #
 # PARTS="xctest controls clients" (default: all three) runs a subset.
 set -euo pipefail
