@@ -443,7 +443,7 @@ BURST_API burst_status burst_context_create_loopback(int32_t world_size,
  * Messages. Byte buffers of any size (0 too), to or from peer in
  * [0, size), never to oneself. tag is in [0, 2^31): messages between the
  * same two ranks with the same tag must be matched in the order they were
- * started (as MPI does); the library never has two messages with one tag
+ * started (as MPI does), whatever order the library then tests them in; the library never has two messages with one tag
  * outstanding between two ranks unless they are started in that order on
  * both. Tags encode a channel (one per plan and cache, as MPI_Comm_dup would
  * give) and the message kind; the transport treats them as opaque numbers.

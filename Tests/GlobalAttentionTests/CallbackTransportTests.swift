@@ -21,7 +21,22 @@ final class CallbackTransportTests: XCTestCase {
         var released = 0
         var destroyed = 0
         var open = Set<UnsafeMutableRawPointer>()
+        /// Receives not yet matched, per (source, destination, tag), in the
+        /// order they were started: the header asks for MPI's matching order,
+        /// and the library tests requests in any order.
+        var posted: [[Int64]: [Request]] = [:]
         init(mail: Mailboxes, rank: Int32) { self.mail = mail; self.rank = rank }
+
+        /// Matches arrived messages to the posted receives of `key`, oldest first.
+        func deliver(_ key: [Int64]) -> Int32 {
+            while let first = posted[key]?.first, let message = mail.take(key) {
+                posted[key]!.removeFirst()
+                guard message.count == first.bytes else { return -3 }
+                if first.bytes > 0 { first.buffer!.copyMemory(from: message, byteCount: first.bytes) }
+                first.matched = true
+            }
+            return 0
+        }
     }
 
     final class Request {
@@ -32,6 +47,7 @@ final class CallbackTransportTests: XCTestCase {
         let peer: Int32
         let tag: Int32
         var gathered = Set<Int32>()
+        var matched = false
         init(_ kind: Kind, _ buffer: UnsafeMutableRawPointer?, _ bytes: Int, _ peer: Int32, _ tag: Int32) {
             self.kind = kind; self.buffer = buffer; self.bytes = bytes; self.peer = peer; self.tag = tag
         }
@@ -81,7 +97,9 @@ final class CallbackTransportTests: XCTestCase {
         }
         t.irecv = { user, buffer, bytes, peer, tag, request in
             let r = CallbackTransportTests.state(user)
-            let box = Unmanaged.passRetained(Request(.receive, buffer, bytes, peer, tag)).toOpaque()
+            let q = Request(.receive, buffer, bytes, peer, tag)
+            r.posted[[Int64(peer), Int64(r.rank), Int64(tag)], default: []].append(q)
+            let box = Unmanaged.passRetained(q).toOpaque()
             r.open.insert(box)
             request!.pointee = box
             return 0
@@ -106,11 +124,9 @@ final class CallbackTransportTests: XCTestCase {
             case .sent:
                 complete = !r.neverComplete
             case .receive:
-                if let message = r.mail.take([Int64(q.peer), Int64(r.rank), Int64(q.tag)]) {
-                    guard message.count == q.bytes else { return -3 }
-                    if q.bytes > 0 { q.buffer!.copyMemory(from: message, byteCount: q.bytes) }
-                    complete = true
-                }
+                let code = r.deliver([Int64(q.peer), Int64(r.rank), Int64(q.tag)])
+                guard code == 0 else { return code }
+                complete = q.matched
             case .gather:
                 for peer in 0..<r.mail.size where peer != r.rank && !q.gathered.contains(peer) {
                     if let message = r.mail.take([Int64(peer), Int64(r.rank), -1 - Int64(q.tag)]) {
@@ -131,6 +147,8 @@ final class CallbackTransportTests: XCTestCase {
             let r = CallbackTransportTests.state(user)
             r.released += 1
             r.open.remove(request!)
+            let q = Unmanaged<Request>.fromOpaque(request!).takeUnretainedValue()
+            if q.kind == .receive { r.posted[[Int64(q.peer), Int64(r.rank), Int64(q.tag)]]?.removeAll { $0 === q } }
             Unmanaged<Request>.fromOpaque(request!).release()
         }
         t.error_message = { _ in UnsafePointer(CallbackTransportTests.injected) }

@@ -47,6 +47,10 @@ class MailboxTransport:
         self.closed = 0
         self.released = 0
         self.fail_on: "str | None" = None  # a method name that raises
+        # Receives not yet matched, per (source, destination, tag), in the order they
+        # were started: the header asks for MPI's matching order, and the library
+        # tests requests in any order.
+        self.posted: "dict[tuple, collections.deque]" = collections.defaultdict(collections.deque)
 
     def _maybe_fail(self, name: str) -> None:
         if self.fail_on == name:
@@ -61,7 +65,9 @@ class MailboxTransport:
 
     def irecv(self, address, nbytes, peer, tag):
         self._maybe_fail("irecv")
-        return ["recv", (peer, self.rank, tag), address, nbytes]
+        request = ["recv", (peer, self.rank, tag), address, nbytes, False]
+        self.posted[request[1]].append(request)
+        return request
 
     def iallgather(self, send, nbytes, receive, tag):
         self._maybe_fail("iallgather")
@@ -80,15 +86,21 @@ class MailboxTransport:
         with self.box.lock:
             if kind == "recv":
                 queue = self.box.messages.get(request[1])
-                if not queue:
-                    return False
-                data = queue.popleft()
+                posted = self.posted[request[1]]
+                while posted and queue:  # oldest receive first
+                    first, data = posted.popleft(), queue.popleft()
+                    if len(data) != first[3]:
+                        raise ValueError(f"recv: {len(data)} bytes for a {first[3]}-byte request")
+                    if data:
+                        ctypes.memmove(first[2], data, len(data))
+                    first[4] = True
+                return request[4]
             else:
                 parts = self.box.rounds.get(request[1], {})
                 if len(parts) < self.size:
                     return False
                 data = b"".join(parts[r] for r in range(self.size))
-        if len(data) != (request[3] if kind == "recv" else request[3] * self.size):
+        if len(data) != request[3] * self.size:
             raise ValueError(f"{kind}: {len(data)} bytes for a {request[3]}-byte request")
         if data:
             ctypes.memmove(request[2], data, len(data))
@@ -96,6 +108,12 @@ class MailboxTransport:
 
     def release(self, request):
         self.released += 1
+        if request[0] == "recv":
+            posted = self.posted[request[1]]
+            for i, r in enumerate(posted):
+                if r is request:
+                    del posted[i]
+                    break
 
     def close(self):
         self.closed += 1
