@@ -61,6 +61,7 @@ import ctypes
 import datetime
 import queue
 import threading
+import time
 import weakref
 
 
@@ -74,6 +75,7 @@ class _Waiters:
     def __init__(self):
         self._jobs: "queue.SimpleQueue" = queue.SimpleQueue()
         self._idle = 0
+        self._waiting = 0  # jobs submitted whose wait() has not returned
         self._lock = threading.Lock()
 
     def submit(self, job) -> None:
@@ -81,6 +83,7 @@ class _Waiters:
             spawn = self._idle == 0
             if not spawn:
                 self._idle -= 1
+            self._waiting += 1
         self._jobs.put(job)
         if spawn:
             threading.Thread(target=self._run, name="burst_attention-waiter",
@@ -96,6 +99,19 @@ class _Waiters:
             job = None
             with self._lock:
                 self._idle += 1
+                self._waiting -= 1
+
+    def drain(self, seconds: float) -> bool:
+        """Waits up to `seconds` until no waiter thread is inside a Work.wait().
+        Returns whether none is."""
+        deadline = time.monotonic() + seconds
+        while True:
+            with self._lock:
+                if self._waiting == 0:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
 
 _waiters = _Waiters()
@@ -142,14 +158,21 @@ _transports: "weakref.WeakSet[TorchTransport]" = weakref.WeakSet()
 @atexit.register
 def _poison_stuck_at_exit() -> None:
     """A waiter thread still inside gloo's Work.wait() when the interpreter exits makes
-    the process abort; end every such wait first (the process's connections close at
-    exit anyway)."""
+    the process abort (at finalisation a daemon thread that comes back from C++ and
+    takes the GIL is ended with pthread_exit, which unwinds through a noexcept frame:
+    SIGABRT). End every such wait first — poison the groups whose released requests
+    are stuck (the process's connections close at exit anyway) — and then wait, a
+    bounded time, until every waiter thread is back in Python: a poisoned wait returns
+    at once on a quiet machine but can take seconds on a loaded one (python_torchrun_np3
+    had a rank abort at exit under heavy load after all its tests had passed — most
+    likely this, though its message was not captured)."""
     for transport in list(_transports):
         try:
             if transport.stuck():
                 transport.poison()
         except Exception:  # noqa: BLE001 - nothing sensible to do at exit
             pass
+    _waiters.drain(10.0)
 
 
 class TorchTransport:
