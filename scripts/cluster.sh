@@ -34,6 +34,10 @@
 #                           lo's MTU is 64 KiB)
 #   --tc-latency L          tbf latency, the queue's length in time (default 50ms)
 #   --timeout S             kill the whole job after S seconds (exit status 124)
+#   --stacks-at S           S seconds after mpirun starts, if the job still runs, print on
+#                           stderr every process left (ps) and, with gdb, the stack of
+#                           every thread of each process that is not mpirun/orted/a shell
+#                           (for a --timeout that should not fire: why did it hang?)
 #   --fault SPEC            inject a fault during the job (see below); repeatable
 #   --trigger FILE          the fault clock starts when FILE exists (the job creates it;
 #                           default: when mpirun starts); exported as BURST_CLUSTER_TRIGGER
@@ -66,7 +70,7 @@ skip() { echo "cluster.sh: cannot run here: $*" >&2; exit 77; }
 
 # ---------------------------------------------------------------- options
 ARGS_ORIG=("$@")
-nodes=2 rpn=2 rate="" burst="" tclat=50ms timeout_s="" trigger="" keep=0 verbose=0 lostats=0
+nodes=2 rpn=2 rate="" burst="" tclat=50ms timeout_s="" stacks_at="" trigger="" keep=0 verbose=0 lostats=0
 faults=() mpi_extra=() inside=0
 while (($#)); do
   case $1 in
@@ -76,6 +80,7 @@ while (($#)); do
     --burst) burst=$2; shift ;;
     --tc-latency) tclat=$2; shift ;;
     --timeout) timeout_s=$2; shift ;;
+    --stacks-at) stacks_at=$2; shift ;;
     --fault) faults+=("$2"); shift ;;
     --trigger) trigger=$2; shift ;;
     --mca) mpi_extra+=(--mca "$2" "$3"); shift 2 ;;
@@ -230,6 +235,21 @@ cmd=(mpirun --oversubscribe --bind-to none -n $((nodes * rpn)) --host "$hosts" -
      --mca if_base_do_not_resolve 1   # else nodeA and nodeB resolve to lo's address: "local", one node
      --mca pml ob1 --mca btl self,vader,tcp --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo
      "${mpi_extra[@]}" "$@")
+# --stacks-at: what is left, and where each program's threads are.
+stacks() {
+  sleep "$1"
+  echo "cluster.sh: still running after $1 s:" >&2
+  ps -eo pid,ppid,stat,etime,comm,args --sort pid | sed 's/^/cluster.sh:   /' >&2
+  command -v gdb >/dev/null || { echo "cluster.sh: (no gdb: no stacks)" >&2; return; }
+  local p
+  for p in $(pgrep -d ' ' .); do
+    case $(cat /proc/$p/comm 2>/dev/null) in mpirun|orted|bash|sh|sleep|ps|pgrep|timeout|gdb|tee) continue ;; esac
+    echo "cluster.sh: stacks of $p ($(tr '\0' ' ' </proc/$p/cmdline 2>/dev/null)), $(tr '\0' '\n' </proc/$p/environ 2>/dev/null | grep -m1 '^OMPI_COMM_WORLD_RANK=')" >&2
+    timeout 60 gdb -p "$p" -batch -nx -ex 'set pagination off' -ex 'thread apply all bt 30' 2>&1 |
+      grep -E '^(#|Thread )' | sed 's/^/cluster.sh:   /' >&2
+  done
+}
+[[ -n $stacks_at ]] && { stacks "$stacks_at" & }
 log "${cmd[*]}"
 "${cmd[@]}"
 rc=$?

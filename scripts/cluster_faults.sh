@@ -60,8 +60,12 @@ for scenario in ${only//,/ }; do
                 guard=$(awk -v t="$T" 'BEGIN { print t + 8 }') expect_hang=1 ;;
     *) echo "cluster_faults.sh: unknown scenario $scenario" >&2; exit 2 ;;
   esac
+  # A job that should end but still runs 15 s before the guard: cluster.sh prints what is
+  # left and every rank's stacks (shown below when the check fails).
+  stacks=()
+  ((expect_hang)) || stacks=(--stacks-at "$(awk -v g="$guard" 'BEGIN { print g - 15 }')")
   start=$SECONDS
-  C_CLUSTER_REPORT=$work/report "$ROOT/scripts/cluster.sh" --timeout "$guard" --trigger "$work/trigger" --fault "$fault" "${extra[@]}" -- "$program" fault "$T" >"$out" 2>&1
+  C_CLUSTER_REPORT=$work/report "$ROOT/scripts/cluster.sh" --timeout "$guard" "${stacks[@]}" --trigger "$work/trigger" --fault "$fault" "${extra[@]}" -- "$program" fault "$T" >"$out" 2>&1
   rc=$? took=$((SECONDS - start))
   ((rc == 77)) && { cat "$out"; exit 77; }
   echo "== $scenario (--fault $fault, timeout_seconds $T): job exit $rc after ${took} s"
@@ -71,7 +75,11 @@ for scenario in ${only//,/ }; do
   if ((expect_hang)); then
     if ((rc == 124)); then echo "   (mpirun hung as expected and was killed by the ${guard} s guard)"
     else echo "   note: the job ended by itself (exit $rc)"; fi
-  elif ((rc == 124)); then echo "   FAIL: the job hung (cluster.sh's ${guard} s guard killed it)"; fail=1; continue; fi
+  elif ((rc == 124)); then
+    echo "   FAIL: the job hung (cluster.sh's ${guard} s guard killed it); what it printed:"
+    tail -n 400 "$out" | sed 's/^/   | /'
+    fail=1; continue
+  fi
   if grep -q 'first forward+backward BURST_ERROR' "$out" "$work"/report.* 2>/dev/null || ! grep -q 'cluster.sh: fault' "$out"; then
     echo "   FAIL: the fault did not fire during the calls"; fail=1; continue
   fi
