@@ -40,17 +40,27 @@
  *   "survivor rank R: STATUS after S s (call K, fwd|bwd): MESSAGE"
  * (S = seconds since that call started), calls once more on the poisoned
  * plan ("survivor rank R: again STATUS after S s"), destroys the plan and the
- * context, prints "survivor rank R: destroyed" and, 2 s later (mpirun ends
- * the job when the first rank leaves: the others report first), exits with
- * _exit(0) without MPI_Finalize (a communicator with a dead or unreachable
- * member cannot be finalized). A rank that sees no error within 120 s exits 1.
+ * context, prints "survivor rank R: destroyed" and exits with _exit(0)
+ * without MPI_Finalize (a communicator with a dead or unreachable member
+ * cannot be finalized). mpirun ends the whole job when the first rank leaves
+ * that way, so a survivor first waits (at most TIMEOUT + 5 s) until every
+ * rank listed in $C_CLUSTER_SURVIVORS has written "destroyed" (or "HUNG") to
+ * its report file; without that list it waits 2 s. A rank that sees no error
+ * within 120 s exits 1. A watchdog (SIGALRM, TIMEOUT + 10 s after a call
+ * started) catches a call that does not return: it prints
+ *   "survivor rank R: HUNG: call K (fwd|bwd) has not returned after S s"
+ * and the stack (backtrace_symbols_fd: exported names only, enough to tell
+ * MPI's frames from the library's) and exits 3.
  * scripts/cluster_faults.sh runs the faults and checks the lines.
  */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* backtrace */
 #include <burst_attention.h>
 #include <mpi.h>
 
+#include <execinfo.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -348,6 +358,64 @@ static void say(const char *fmt, ...) {
   }
 }
 
+/* The watchdog: what the call in flight is, for the SIGALRM handler. */
+static volatile sig_atomic_t g_call_number;
+static volatile sig_atomic_t g_call_backward;
+static int g_report_fd = -1;
+
+static void write_both(const char *text, size_t length) {
+  ssize_t ignored = write(STDOUT_FILENO, text, length);
+  if (g_report_fd >= 0) ignored = write(g_report_fd, text, length);
+  (void)ignored;
+}
+
+/* SIGALRM: a call has not returned TIMEOUT + 10 s after it started (its
+ * deadline is TIMEOUT): say so, with the stack, and leave. snprintf is not
+ * async-signal-safe in theory; this rank is stuck and about to exit anyway. */
+static void on_watchdog(int sig) {
+  char line[256];
+  void *frames[64];
+  int n, count;
+  (void)sig;
+  n = snprintf(line, sizeof line, "survivor rank %d: HUNG: call %d (%s) has not returned (watchdog)\n", g_rank,
+               (int)g_call_number, g_call_backward ? "bwd" : "fwd");
+  if (n > 0) write_both(line, (size_t)n);
+  count = backtrace(frames, 64);
+  backtrace_symbols_fd(frames, count, STDOUT_FILENO);
+  if (g_report_fd >= 0) backtrace_symbols_fd(frames, count, g_report_fd);
+  _exit(3);
+}
+
+static void arm_watchdog(double timeout, long call, int backward) {
+  g_call_number = (sig_atomic_t)call;
+  g_call_backward = backward;
+  alarm((unsigned)(timeout + 10.5));
+}
+
+/* Whether every rank listed in $C_CLUSTER_SURVIVORS ("0 1") has written
+ * "destroyed" or "HUNG" to its report file (true without a list). */
+static int survivors_done(const char *report) {
+  const char *list = getenv("C_CLUSTER_SURVIVORS"), *p;
+  char path[4096], line[512];
+  if (!list || !report || !*report) return 1;
+  for (p = list; *p;) {
+    char *end;
+    long r = strtol(p, &end, 10);
+    FILE *f;
+    int done = 0;
+    if (end == p) { ++p; continue; }
+    p = end;
+    snprintf(path, sizeof path, "%s.%ld", report, r);
+    f = fopen(path, "r");
+    if (f) {
+      while (!done && fgets(line, sizeof line, f)) done = strstr(line, ": destroyed") || strstr(line, ": HUNG:");
+      fclose(f);
+    }
+    if (!done) return 0;
+  }
+  return 1;
+}
+
 static int fault_mode(burst_context *ctx, double timeout, int64_t N) {
   burst_attention_config cfg;
   burst_plan *plan = NULL;
@@ -364,6 +432,15 @@ static int fault_mode(burst_context *ctx, double timeout, int64_t N) {
     char path[4096];
     snprintf(path, sizeof path, "%s.%d", report, g_rank);
     g_report = fopen(path, "w");
+    if (g_report) g_report_fd = fileno(g_report);
+  }
+  {
+    struct sigaction sa;
+    void *frame[1];
+    backtrace(frame, 1); /* loads libgcc now, not in the handler */
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_watchdog;
+    sigaction(SIGALRM, &sa, NULL);
   }
 
   burst_shard_positions(BURST_DISTRIBUTION_ZIGZAG, N, NULL, 0, g_size, g_rank, NULL, 0, &n);
@@ -394,11 +471,15 @@ static int fault_mode(burst_context *ctx, double timeout, int64_t N) {
   for (call = 1; now() - t0 < 120; ++call) {
     kind = "fwd";
     start = now();
+    arm_watchdog(timeout, call, 0);
     st = burst_forward(plan, x, x, x, out, lse);
+    alarm(0);
     if (st != BURST_OK) break;
     kind = "bwd";
     start = now();
+    arm_watchdog(timeout, call, 1);
     st = burst_backward(plan, x, x, x, out, lse, x, dq, dk, dv);
+    alarm(0);
     if (st != BURST_OK) break;
   }
   if (st == BURST_OK) {
@@ -408,17 +489,24 @@ static int fault_mode(burst_context *ctx, double timeout, int64_t N) {
   say("survivor rank %d: %s after %.2f s (call %ld, %s): %s\n", g_rank, burst_status_string(st), now() - start, call,
       kind, burst_last_error());
   start = now();
+  arm_watchdog(timeout, call + 1, 0);
   st = burst_forward(plan, x, x, x, out, lse);
+  alarm(0);
   say("survivor rank %d: again %s after %.2f s\n", g_rank, burst_status_string(st), now() - start);
   burst_plan_destroy(plan);
   burst_context_destroy(ctx);
   say("survivor rank %d: destroyed\n", g_rank);
-  if (g_report) fclose(g_report);
   free(x); free(out); free(lse); free(dq); free(dk); free(dv);
   /* mpirun ends the whole job when the first rank leaves without
-   * MPI_Finalize: give the other survivors, whose deadline is the same, time
-   * to report first. */
-  sleep(2);
+   * MPI_Finalize: let the other survivors report first. */
+  if (getenv("C_CLUSTER_SURVIVORS") && report && *report) {
+    t0 = now();
+    while (!survivors_done(report) && now() - t0 < timeout + 5) usleep(20000);
+    usleep(200000); /* their last lines on their way through the orted */
+  } else {
+    sleep(2);
+  }
+  if (g_report) fclose(g_report);
   _exit(0);
 }
 
