@@ -332,7 +332,6 @@ final class CallbackTransportTests: XCTestCase {
     /// call on another plan of the same context gets BUSY at once.
     func testSingleThreadedGivesBusy() {
         do {
-            let flagged = true
             let mail = Mailboxes(size: 2)
             let states = (0..<2).map { Rank(mail: mail, rank: Int32($0)) }
             let second = UnsafeMutablePointer<burst_status>.allocate(capacity: 1)
@@ -340,7 +339,7 @@ final class CallbackTransportTests: XCTestCase {
             second.pointee = BURST_OK
             let results = runRanks(2) { rank, _ -> burst_status in
                 var t = Self.make(states[rank], size: 2)
-                if flagged { t.flags = UInt32(BURST_TRANSPORT_SINGLE_THREADED) }
+                t.flags = UInt32(BURST_TRANSPORT_SINGLE_THREADED)
                 var context: OpaquePointer?
                 guard _burst_context_create_transport(&t, &context) == BURST_OK else { return BURST_ERROR_INTERNAL }
                 defer { _burst_context_destroy(context) }

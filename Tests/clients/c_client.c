@@ -19,24 +19,13 @@
 
 #include "burst_attention.h"
 #include "reference.h"
+#define CLIENT_NAME "c_client"
+#include "mpi_client.h"
 
 #define OUT_TOL 1e-5  /* relative to max |ref out| */
 #define LSE_TOL 1e-4  /* absolute */
 #define GRAD_TOL 1e-4 /* relative to max |ref grad| */
 
-static int g_rank = 0, g_size = 1;
-static int g_failures = 0;
-static const char *g_case = "";
-
-static void fail(const char *fmt, ...) {
-  va_list ap;
-  ++g_failures;
-  fprintf(stderr, "c_client rank %d/%d FAIL [%s]: ", g_rank, g_size, g_case);
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fputc('\n', stderr);
-}
 
 /* Checks a library status; prints the status name and burst_last_error(). */
 static int check_status(burst_status st, const char *what) {

@@ -71,30 +71,14 @@
 #include <unistd.h>
 
 #include "variant_reference.h"
+#define CLIENT_NAME "c_cluster"
+#include "mpi_client.h"
 
 #define LO_SLACK_FACTOR 1.10
 #define LO_SLACK_BYTES 65536.0
 
-static int g_rank, g_size, g_failures;
-static const char *g_case = "";
 static int g_node[16];   /* node of each rank (the world rank of its node's first rank) */
 static int g_rpn;        /* ranks per node */
-
-static void fail(const char *fmt, ...) {
-  va_list ap;
-  ++g_failures;
-  fprintf(stderr, "c_cluster rank %d/%d FAIL [%s]: ", g_rank, g_size, g_case);
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fputc('\n', stderr);
-}
-
-static void *xcalloc(size_t count, size_t size) {
-  void *p = calloc(count ? count : 1, size);
-  if (!p) { fprintf(stderr, "out of memory\n"); MPI_Abort(MPI_COMM_WORLD, 2); }
-  return p;
-}
 
 static double now(void) {
   struct timespec ts;

@@ -31,30 +31,15 @@
 #include "burst_attention.h"
 #include "reference.h"
 #include "storage_reference.h"
+#define CLIENT_NAME "c_half"
+#include "mpi_client.h"
 
-static int g_rank = 0, g_size = 1, g_failures = 0;
-static char g_case[160] = "";
-
-static void fail(const char *fmt, ...) {
-  va_list ap;
-  ++g_failures;
-  fprintf(stderr, "c_half rank %d/%d FAIL [%s]: ", g_rank, g_size, g_case);
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fputc('\n', stderr);
-}
+static char g_case_text[160] = ""; /* g_case points here */
 
 static int ok(burst_status st, const char *what) {
   if (st == BURST_OK) return 1;
   fail("%s returned %s: %s", what, burst_status_string(st), burst_last_error());
   return 0;
-}
-
-static void *xcalloc(size_t n, size_t size) {
-  void *p = calloc(n ? n : 1, size);
-  if (!p) { fprintf(stderr, "out of memory\n"); MPI_Abort(MPI_COMM_WORLD, 2); }
-  return p;
 }
 
 static int g_dtype = BURST_DTYPE_BF16;
@@ -123,7 +108,7 @@ static void run_case(burst_context *ctx, int dtype, int pattern, int mask, int l
   double lse_worst = 0;
 
   g_dtype = dtype;
-  snprintf(g_case, sizeof g_case, "%s %s mask=%d layout=%d P=%d", dtype == BURST_DTYPE_BF16 ? "bf16" : "f16",
+  snprintf(g_case_text, sizeof g_case_text, "%s %s mask=%d layout=%d P=%d", dtype == BURST_DTYPE_BF16 ? "bf16" : "f16",
            pattern_names[pattern], mask, layout, P);
   sh.layout = layout; sh.mask = mask; sh.batch = 1; sh.heads = 12; sh.head_dim = 16;
   for (j = 0; j < P; ++j) counts[j] = 9 + j;   /* uneven, none empty */
@@ -257,6 +242,7 @@ int main(int argc, char **argv) {
   burst_context *ctx = NULL;
   int dtype, pattern, mask, layout, total_failures = 0;
   MPI_Init(&argc, &argv);
+  g_case = g_case_text;
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &g_size);
   /* The test's own conversions against known values. */

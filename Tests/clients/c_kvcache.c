@@ -63,31 +63,17 @@
 #include "burst_attention.h"
 #include "reference.h"
 #include "storage_reference.h"
+#define CLIENT_NAME "c_kvcache"
+#include "mpi_client.h"
 
-static int g_rank = 0, g_size = 1, g_failures = 0, g_checks = 0, g_verbose = 0;
-static char g_case[200] = "";
-
-static void fail(const char *fmt, ...) {
-  va_list ap;
-  ++g_failures;
-  fprintf(stderr, "c_kvcache rank %d/%d FAIL [%s]: ", g_rank, g_size, g_case);
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fputc('\n', stderr);
-}
+static int g_checks = 0, g_verbose = 0;
+static char g_case_text[200] = ""; /* g_case points here */
 
 static int ok(burst_status st, const char *what) {
   ++g_checks;
   if (st == BURST_OK) return 1;
   fail("%s returned %s: %s", what, burst_status_string(st), burst_last_error());
   return 0;
-}
-
-static void *xcalloc(size_t n, size_t size) {
-  void *p = calloc(n ? n : 1, size);
-  if (!p) { fprintf(stderr, "out of memory\n"); MPI_Abort(MPI_COMM_WORLD, 2); }
-  return p;
 }
 
 /* ---- storage elements ------------------------------------------------------ */
@@ -700,7 +686,7 @@ static void bad_inputs(burst_context *ctx) {
   size_t i;
   static const int s0[] = {0}, s1[] = {1}, s2[] = {2};
 
-  snprintf(g_case, sizeof g_case, "bad inputs P=%d", P);
+  snprintf(g_case_text, sizeof g_case_text, "bad inputs P=%d", P);
   memset(R, 0, sizeof *R);
   R->ctx = ctx; R->sc = sc; R->seed = 777;
   model_init(&R->m, &sc);
@@ -955,6 +941,7 @@ int main(int argc, char **argv) {
   const char *env = getenv("BURST_TEST_VERBOSE");
   g_verbose = env && env[0] == '1';
   MPI_Init(&argc, &argv);
+  g_case = g_case_text;
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &g_size);
   if (g_size > 64) { if (g_rank == 0) fprintf(stderr, "at most 64 ranks\n"); MPI_Abort(MPI_COMM_WORLD, 2); }
@@ -975,7 +962,7 @@ int main(int argc, char **argv) {
             R.sc.softmax_scale = win ? 0.3f : 0.0f;
             R.sc.block_tokens = blocks[n_scen % 3];
             R.seed = 1000u + (uint64_t)n_scen;
-            snprintf(g_case, sizeof g_case, "%s %s %s heads %d/%lld window %lld blocks %lld P=%d",
+            snprintf(g_case_text, sizeof g_case_text, "%s %s %s heads %d/%lld window %lld blocks %lld P=%d",
                      dtype == BURST_DTYPE_F32 ? "F32" : dtype == BURST_DTYPE_BF16 ? "BF16" : "F16",
                      layout == BURST_LAYOUT_BSHD ? "BSHD" : "BHSD",
                      dist == BURST_DISTRIBUTION_ZIGZAG ? "ZIGZAG" : dist ? "STRIPED" : "CONTIGUOUS", HQ,
@@ -1011,7 +998,7 @@ int main(int argc, char **argv) {
       R.sc.softmax_scale = mods[j].win ? 0.3f : 0.0f; R.sc.block_tokens = blocks[j % 3];
       R.sc.softcap = mods[j].softcap; R.sc.sinks = mods[j].sinks;
       R.seed = 5000u + (uint64_t)j;
-      snprintf(g_case, sizeof g_case, "%s %s %s heads %d/%lld window %lld blocks %lld softcap %g sinks %s P=%d",
+      snprintf(g_case_text, sizeof g_case_text, "%s %s %s heads %d/%lld window %lld blocks %lld softcap %g sinks %s P=%d",
                R.sc.dtype == BURST_DTYPE_F32 ? "F32" : R.sc.dtype == BURST_DTYPE_BF16 ? "BF16" : "F16",
                R.sc.layout == BURST_LAYOUT_BSHD ? "BSHD" : "BHSD",
                R.sc.dist == BURST_DISTRIBUTION_ZIGZAG ? "ZIGZAG" : R.sc.dist ? "STRIPED" : "CONTIGUOUS", HQ,

@@ -80,50 +80,31 @@
 #include <string.h>
 
 #include "variant_reference.h"
+#define CLIENT_NAME "c_transport"
+#include "mpi_client.h"
 
-static int g_rank, g_size, g_failures, g_notes;
-static const char *g_case = "";
+static int g_notes;
 static int g_tag_ub = 0;
 static int g_verbose = 0;
 
 /* Each failing call must return within its timeout plus this (2 busy cores). */
 #define SLACK_SECONDS 30.0
 
-static void fail(const char *fmt, ...) {
-  va_list ap;
-  ++g_failures;
-  fprintf(stderr, "c_transport rank %d/%d FAIL [%s]: ", g_rank, g_size, g_case);
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fputc('\n', stderr);
-}
-
 /* Behaviour the header leaves open: printed, not a failure. */
 static void note(const char *fmt, ...) {
   va_list ap;
   ++g_notes;
-  fprintf(stderr, "c_transport rank %d/%d NOTE [%s]: ", g_rank, g_size, g_case);
   va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
+  client_vreport("NOTE ", fmt, ap);
   va_end(ap);
-  fputc('\n', stderr);
 }
 
 static void info(const char *fmt, ...) {
   va_list ap;
   if (!g_verbose) return;
-  fprintf(stderr, "c_transport rank %d/%d [%s]: ", g_rank, g_size, g_case);
   va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
+  client_vreport("", fmt, ap);
   va_end(ap);
-  fputc('\n', stderr);
-}
-
-static void *xcalloc(size_t count, size_t size) {
-  void *p = calloc(count ? count : 1, size);
-  if (!p) { fprintf(stderr, "out of memory\n"); MPI_Abort(MPI_COMM_WORLD, 2); }
-  return p;
 }
 
 /* Buffers MPI may still own (a send released before it completed, an

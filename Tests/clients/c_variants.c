@@ -47,25 +47,9 @@
 
 #include "storage_reference.h"
 #include "variant_reference.h"
+#define CLIENT_NAME "c_variants"
+#include "mpi_client.h"
 
-static int g_rank, g_size, g_failures;
-static const char *g_case = "";
-
-static void fail(const char *fmt, ...) {
-  va_list ap;
-  ++g_failures;
-  fprintf(stderr, "c_variants rank %d/%d FAIL [%s]: ", g_rank, g_size, g_case);
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fputc('\n', stderr);
-}
-
-static void *xcalloc(size_t count, size_t size) {
-  void *p = calloc(count ? count : 1, size);
-  if (!p) { fprintf(stderr, "out of memory\n"); MPI_Abort(MPI_COMM_WORLD, 2); }
-  return p;
-}
 
 /* canonical [b][h][t][x] (double) -> the user's layout, as float or double. */
 static void to_user(const vcase *c, int64_t H, const double *canon, float *f, double *dd) {
