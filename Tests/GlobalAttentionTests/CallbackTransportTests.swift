@@ -357,16 +357,14 @@ final class CallbackTransportTests: XCTestCase {
                     Thread.sleep(forTimeInterval: 1.0)   // rank 0's first call now waits for us
                     return _burst_forward(plans[0], x, x, x, &out, &lse)
                 }
-                let finished = DispatchSemaphore(value: 0)
-                let probe = Thread {
-                    defer { finished.signal() }
+                let probePlan = UInt(bitPattern: plans[1])   // threads take no pointers
+                let probe = Background { () -> burst_status in
                     Thread.sleep(forTimeInterval: 0.4)
                     var o = [Float](repeating: 0, count: 32), l = [Float](repeating: 0, count: 4)
-                    second.pointee = _burst_forward(plans[1], x, x, x, &o, &l)   // BUSY at once
+                    return _burst_forward(OpaquePointer(bitPattern: probePlan), x, x, x, &o, &l)   // BUSY at once
                 }
-                probe.start()
                 let status = _burst_forward(plans[0], x, x, x, &out, &lse)
-                finished.wait()
+                second.pointee = probe.wait()
                 return status
             }
             XCTAssertEqual(results, [BURST_OK, BURST_OK])

@@ -356,8 +356,10 @@ final class ScoreModifierTests: XCTestCase {
             } catch { seen.append(.internalError) }
             do {
                 try q.withUnsafeBufferPointer { qb in
-                    try plan.backward(q: qb.baseAddress, k: k, v: k, out: out, lse: lse, dout: q,
-                                      dq: rank == 1 ? nil : UnsafeMutableRawPointer(mutating: dq), dk: &dk, dv: &dv)
+                    try dq.withUnsafeMutableBytes { dqb in
+                        try plan.backward(q: qb.baseAddress, k: k, v: k, out: out, lse: lse, dout: q,
+                                          dq: rank == 1 ? nil : dqb.baseAddress, dk: &dk, dv: &dv)
+                    }
                 }
                 seen.append(nil)
             } catch let e as BurstError { seen.append(e.status) } catch { seen.append(.internalError) }
