@@ -54,6 +54,8 @@
 #   kill-ranks:NODE    SIGKILL the MPI ranks of NODE (its orted lives on: the rest of the
 #                      job goes on unless mpirun tears it down; add
 #                      --mca orte_abort_on_non_zero_status 0 to keep the survivors alive)
+#   stop-ranks:NODE    SIGSTOP the MPI ranks of NODE (a node that hangs: its sockets stay
+#                      open and nothing fails, it just never answers; until the job ends)
 #   kill-node:NODE     SIGKILL NODE's orted and its ranks (a node that vanishes; mpirun
 #                      then ends the job)
 # Every fault prints "cluster: fault ACTION at T s" on stderr (T since the trigger).
@@ -108,7 +110,7 @@ if ((!inside)); then
   for tool in unshare ip tc mpirun orted; do command -v $tool >/dev/null || skip "$tool not found"; done
   unshare --net --mount --pid --fork --mount-proc true 2>/dev/null || skip "unshare --net --mount --pid fails"
   for f in "${faults[@]}"; do
-    [[ $f =~ ^(link-down|link-cut|kill-ranks:node[A-Z]|kill-node:node[A-Z])(@[0-9.]+)?(\+[0-9.]+)?$ ]] ||
+    [[ $f =~ ^(link-down|link-cut|kill-ranks:node[A-Z]|stop-ranks:node[A-Z]|kill-node:node[A-Z])(@[0-9.]+)?(\+[0-9.]+)?$ ]] ||
       die "bad --fault '$f' (ACTION[@SECONDS][+DURATION], see --help)"
   done
   # On tmpfs: the vader backing files of both nodes live here (shared memory).
@@ -196,7 +198,7 @@ fault_runner() {
   case $action in
     link-down) ip link set lo down ;;
     link-cut) shape 8bit ;;
-    kill-ranks:*|kill-node:*)
+    kill-ranks:*|stop-ranks:*|kill-node:*)
       node=${action#*:}
       # The orted daemonizes (it leaves the agent): find it, and the ranks it started,
       # by the session directory in their environment.
@@ -206,8 +208,13 @@ fault_runner() {
         if [[ $(cat /proc/$p/comm 2>/dev/null) == orted ]]; then orted+=" $p"; else ranks+=" $p"; fi
       done
       [[ $action == kill-node:* && -n $orted ]] && kill -KILL $orted 2>/dev/null
-      [[ -n $ranks ]] && kill -KILL $ranks 2>/dev/null
-      echo "cluster.sh: killed ${action%%:*} of $node: ranks${ranks:- none}$([[ $action == kill-node:* ]] && echo ", orted${orted:- none}")" >&2 ;;
+      if [[ $action == stop-ranks:* ]]; then
+        [[ -n $ranks ]] && kill -STOP $ranks 2>/dev/null
+        echo "cluster.sh: stopped ranks of $node:${ranks:- none}" >&2
+      else
+        [[ -n $ranks ]] && kill -KILL $ranks 2>/dev/null
+        echo "cluster.sh: killed ${action%%:*} of $node: ranks${ranks:- none}$([[ $action == kill-node:* ]] && echo ", orted${orted:- none}")" >&2
+      fi ;;
   esac
   if [[ -n $dur ]]; then
     sleep "$dur"
