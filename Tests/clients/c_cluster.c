@@ -107,19 +107,6 @@ static double lo_bytes(void) {
 
 static const char *const pattern_names[] = {"BURST", "RING", "ALLGATHER", "ULYSSES", "AUTO"};
 
-/* canonical [b][h][t][x] (double) -> BSHD float (f) or double (dd). */
-static void to_user(const vcase *c, int64_t H, const double *canon, float *f, double *dd) {
-  int64_t b, h, t, x;
-  for (b = 0; b < c->batch; ++b)
-    for (h = 0; h < H; ++h)
-      for (t = 0; t < c->N; ++t)
-        for (x = 0; x < c->d; ++x) {
-          size_t u = (((size_t)b * c->N + t) * H + h) * c->d + x;
-          if (f) f[u] = (float)canon[CI(c, h, b, t, x, H)];
-          if (dd) dd[u] = canon[CI(c, h, b, t, x, H)];
-        }
-}
-
 static int shard(const vcase *c, int64_t H, size_t elem, const void *full, void *local) {
   burst_status st = burst_shard(c->dist, c->N, NULL, 0, g_size, g_rank, c->batch, (int64_t)elem * c->d * H, full, local);
   if (st != BURST_OK) { fail("burst_shard: %s", burst_last_error()); return 0; }
@@ -157,14 +144,14 @@ static void make_data(data *t, int64_t N) {
   t->q = xcalloc(t->lq, 4); t->k = xcalloc(t->lq, 4); t->v = xcalloc(t->lq, 4); t->dout = xcalloc(t->lq, 4);
   t->wout = xcalloc(t->lq, 8); t->wdq = xcalloc(t->lq, 8); t->wdk = xcalloc(t->lq, 8); t->wdv = xcalloc(t->lq, 8);
   t->wlse = xcalloc(t->ll, 8);
-  to_user(&t->c, c.hq, cq, uf, NULL); shard(&t->c, c.hq, 4, uf, t->q);
-  to_user(&t->c, c.hq, ck, uf, NULL); shard(&t->c, c.hq, 4, uf, t->k);
-  to_user(&t->c, c.hq, cv, uf, NULL); shard(&t->c, c.hq, 4, uf, t->v);
-  to_user(&t->c, c.hq, cdo, uf, NULL); shard(&t->c, c.hq, 4, uf, t->dout);
-  to_user(&t->c, c.hq, cout, NULL, ud); shard(&t->c, c.hq, 8, ud, t->wout);
-  to_user(&t->c, c.hq, cdq, NULL, ud); shard(&t->c, c.hq, 8, ud, t->wdq);
-  to_user(&t->c, c.hq, cdk, NULL, ud); shard(&t->c, c.hq, 8, ud, t->wdk);
-  to_user(&t->c, c.hq, cdv, NULL, ud); shard(&t->c, c.hq, 8, ud, t->wdv);
+  vref_to_user(&t->c, c.hq, cq, uf, NULL); shard(&t->c, c.hq, 4, uf, t->q);
+  vref_to_user(&t->c, c.hq, ck, uf, NULL); shard(&t->c, c.hq, 4, uf, t->k);
+  vref_to_user(&t->c, c.hq, cv, uf, NULL); shard(&t->c, c.hq, 4, uf, t->v);
+  vref_to_user(&t->c, c.hq, cdo, uf, NULL); shard(&t->c, c.hq, 4, uf, t->dout);
+  vref_to_user(&t->c, c.hq, cout, NULL, ud); shard(&t->c, c.hq, 8, ud, t->wout);
+  vref_to_user(&t->c, c.hq, cdq, NULL, ud); shard(&t->c, c.hq, 8, ud, t->wdq);
+  vref_to_user(&t->c, c.hq, cdk, NULL, ud); shard(&t->c, c.hq, 8, ud, t->wdk);
+  vref_to_user(&t->c, c.hq, cdv, NULL, ud); shard(&t->c, c.hq, 8, ud, t->wdv);
   /* lse is [b][h][t] in both the reference and the library */
   if (burst_shard(c.dist, N, NULL, 0, g_size, g_rank, c.batch * c.hq, 8, clse, t->wlse) != BURST_OK)
     fail("burst_shard lse: %s", burst_last_error());

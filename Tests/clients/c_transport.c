@@ -508,20 +508,6 @@ static void check_destroyed(mtrans *t, const char *what) {
 /* ======================================================================== */
 /* 1. Correctness: the MPI context and the transport context, bit for bit.  */
 
-static void to_user(const vcase *c, int64_t H, const double *canon, float *f, double *dd) {
-  int64_t b, h, t, x;
-  for (b = 0; b < c->batch; ++b)
-    for (h = 0; h < H; ++h)
-      for (t = 0; t < c->N; ++t)
-        for (x = 0; x < c->d; ++x) {
-          size_t u = c->layout == BURST_LAYOUT_BHSD ? (((size_t)b * H + h) * c->N + t) * c->d + x
-                                                    : (((size_t)b * c->N + t) * H + h) * c->d + x;
-          double val = canon[CI(c, h, b, t, x, H)];
-          if (f) f[u] = (float)val;
-          if (dd) dd[u] = val;
-        }
-}
-
 static void shard(const vcase *c, int64_t H, size_t elem, const void *full, void *local) {
   int64_t outer = c->layout == BURST_LAYOUT_BHSD ? c->batch * H : c->batch;
   int64_t row = (int64_t)elem * c->d * (c->layout == BURST_LAYOUT_BHSD ? 1 : H);
@@ -655,10 +641,10 @@ static void run_pair(burst_context *ctx_mpi, int intra_mpi, burst_context *ctx_t
   for (i = 0; i < nq; ++i) { cq[i] = (double)(float)cq[i]; cdo[i] = (double)(float)cdo[i]; }
   for (i = 0; i < nk; ++i) { ck[i] = (double)(float)ck[i]; cv[i] = (double)(float)cv[i]; }
   vref_reference(c, cq, ck, cv, cdo, cout, clse, cdq, cdk, cdv);
-  to_user(c, c->hq, cq, uq, NULL); to_user(c, c->hkv, ck, uk, NULL);
-  to_user(c, c->hkv, cv, uv, NULL); to_user(c, c->hq, cdo, udo, NULL);
-  to_user(c, c->hq, cout, NULL, rout); to_user(c, c->hq, cdq, NULL, rdq);
-  to_user(c, c->hkv, cdk, NULL, rdk); to_user(c, c->hkv, cdv, NULL, rdv);
+  vref_to_user(c, c->hq, cq, uq, NULL); vref_to_user(c, c->hkv, ck, uk, NULL);
+  vref_to_user(c, c->hkv, cv, uv, NULL); vref_to_user(c, c->hq, cdo, udo, NULL);
+  vref_to_user(c, c->hq, cout, NULL, rout); vref_to_user(c, c->hq, cdq, NULL, rdq);
+  vref_to_user(c, c->hkv, cdk, NULL, rdk); vref_to_user(c, c->hkv, cdv, NULL, rdv);
   lq = (size_t)(c->batch * c->hq * n * D); lk = (size_t)(c->batch * c->hkv * n * D); ll = (size_t)(c->batch * c->hq * n);
   q = xcalloc(lq, 4); dout = xcalloc(lq, 4); k = xcalloc(lk, 4); v = xcalloc(lk, 4);
   wout = xcalloc(lq, 8); wdq = xcalloc(lq, 8); wdk = xcalloc(lk, 8); wdv = xcalloc(lk, 8); wlse = xcalloc(ll, 8);

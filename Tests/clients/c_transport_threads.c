@@ -392,20 +392,6 @@ typedef struct rank_job {
   int ncases;
 } rank_job;
 
-static void to_user(const vcase *c, int64_t H, const double *canon, float *f, double *dd) {
-  int64_t b, h, t, x;
-  for (b = 0; b < c->batch; ++b)
-    for (h = 0; h < H; ++h)
-      for (t = 0; t < c->N; ++t)
-        for (x = 0; x < c->d; ++x) {
-          size_t u = c->layout == BURST_LAYOUT_BHSD ? (((size_t)b * H + h) * c->N + t) * c->d + x
-                                                    : (((size_t)b * c->N + t) * H + h) * c->d + x;
-          double val = canon[CI(c, h, b, t, x, H)];
-          if (f) f[u] = (float)val;
-          if (dd) dd[u] = val;
-        }
-}
-
 static void make_case(shared_case *s, const vcase *c) {
   const size_t nq = (size_t)(c->batch * c->hq * c->N * c->d), nk = (size_t)(c->batch * c->hkv * c->N * c->d);
   const size_t nl = (size_t)(c->batch * c->hq * c->N);
@@ -419,10 +405,10 @@ static void make_case(shared_case *s, const vcase *c) {
   vref_reference(c, cq, ck, cv, cdo, cout, s->clse, cdq, cdk, cdv);
   s->uq = xcalloc(nq, 4); s->uk = xcalloc(nk, 4); s->uv = xcalloc(nk, 4); s->udo = xcalloc(nq, 4);
   s->rout = xcalloc(nq, 8); s->rdq = xcalloc(nq, 8); s->rdk = xcalloc(nk, 8); s->rdv = xcalloc(nk, 8);
-  to_user(c, c->hq, cq, s->uq, NULL); to_user(c, c->hkv, ck, s->uk, NULL);
-  to_user(c, c->hkv, cv, s->uv, NULL); to_user(c, c->hq, cdo, s->udo, NULL);
-  to_user(c, c->hq, cout, NULL, s->rout); to_user(c, c->hq, cdq, NULL, s->rdq);
-  to_user(c, c->hkv, cdk, NULL, s->rdk); to_user(c, c->hkv, cdv, NULL, s->rdv);
+  vref_to_user(c, c->hq, cq, s->uq, NULL); vref_to_user(c, c->hkv, ck, s->uk, NULL);
+  vref_to_user(c, c->hkv, cv, s->uv, NULL); vref_to_user(c, c->hq, cdo, s->udo, NULL);
+  vref_to_user(c, c->hq, cout, NULL, s->rout); vref_to_user(c, c->hq, cdq, NULL, s->rdq);
+  vref_to_user(c, c->hkv, cdk, NULL, s->rdk); vref_to_user(c, c->hkv, cdv, NULL, s->rdv);
   s->mo = max_abs(cout, nq); s->mq = max_abs(cdq, nq); s->mk = max_abs(cdk, nk); s->mv = max_abs(cdv, nk);
   free(cq); free(ck); free(cv); free(cdo); free(cout); free(cdq); free(cdk); free(cdv);
 }

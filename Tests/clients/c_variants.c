@@ -50,23 +50,6 @@
 #define CLIENT_NAME "c_variants"
 #include "mpi_client.h"
 
-
-/* canonical [b][h][t][x] (double) -> the user's layout, as float or double. */
-static void to_user(const vcase *c, int64_t H, const double *canon, float *f, double *dd) {
-  int64_t b, h, t, x;
-  for (b = 0; b < c->batch; ++b)
-    for (h = 0; h < H; ++h)
-      for (t = 0; t < c->N; ++t)
-        for (x = 0; x < c->d; ++x) {
-          size_t u = c->layout == BURST_LAYOUT_BHSD
-                         ? (((size_t)b * H + h) * c->N + t) * c->d + x
-                         : (((size_t)b * c->N + t) * H + h) * c->d + x;
-          double val = canon[CI(c, h, b, t, x, H)];
-          if (f) f[u] = (float)val;
-          if (dd) dd[u] = val;
-        }
-}
-
 /* burst_shard of a user-layout tensor with H heads and `elem` bytes per value. */
 static int shard(const vcase *c, int64_t H, size_t elem, const void *full, void *local, int rank, int unshard) {
   int64_t outer = c->layout == BURST_LAYOUT_BHSD ? c->batch * H : c->batch;
@@ -113,10 +96,10 @@ static void run_case(burst_context *ctx, const vcase *c) {
   for (i = 0; i < nq; ++i) { cq[i] = vref_value(1, i); cdo[i] = vref_value(4, i); }
   for (i = 0; i < nk; ++i) { ck[i] = vref_value(2, i); cv[i] = vref_value(3, i); }
   vref_reference(c, cq, ck, cv, cdo, cout, clse, cdq, cdk, cdv);
-  to_user(c, c->hq, cq, uq, NULL); to_user(c, c->hkv, ck, uk, NULL);
-  to_user(c, c->hkv, cv, uv, NULL); to_user(c, c->hq, cdo, udo, NULL);
-  to_user(c, c->hq, cout, NULL, rout); to_user(c, c->hq, cdq, NULL, rdq);
-  to_user(c, c->hkv, cdk, NULL, rdk); to_user(c, c->hkv, cdv, NULL, rdv);
+  vref_to_user(c, c->hq, cq, uq, NULL); vref_to_user(c, c->hkv, ck, uk, NULL);
+  vref_to_user(c, c->hkv, cv, uv, NULL); vref_to_user(c, c->hq, cdo, udo, NULL);
+  vref_to_user(c, c->hq, cout, NULL, rout); vref_to_user(c, c->hq, cdq, NULL, rdq);
+  vref_to_user(c, c->hkv, cdk, NULL, rdk); vref_to_user(c, c->hkv, cdv, NULL, rdv);
 
   lq = (size_t)(c->batch * c->hq * n * D); lk = (size_t)(c->batch * c->hkv * n * D); ll = (size_t)(c->batch * c->hq * n);
   q = xcalloc(lq, 4); dout = xcalloc(lq, 4); out = xcalloc(lq, 4); dq = xcalloc(lq, 4);
@@ -257,8 +240,8 @@ static void run_fast_case(burst_context *ctx, const fcase *f) {
    * ones are rounded here) and the reference's inputs: all rounded to bf16. */
   for (i = 0; i < nq; ++i) { cq[i] = vref_value(1, i); cdo[i] = vref_value(4, i); }
   for (i = 0; i < nk; ++i) { ck[i] = vref_value(2, i); cv[i] = vref_value(3, i); }
-  to_user(c, c->hq, cq, fq, NULL); to_user(c, c->hkv, ck, fk, NULL);
-  to_user(c, c->hkv, cv, fv, NULL); to_user(c, c->hq, cdo, fdo, NULL);
+  vref_to_user(c, c->hq, cq, fq, NULL); vref_to_user(c, c->hkv, ck, fk, NULL);
+  vref_to_user(c, c->hkv, cv, fv, NULL); vref_to_user(c, c->hq, cdo, fdo, NULL);
   for (i = 0; i < nq; ++i) { cq[i] = bf16_round(cq[i]); cdo[i] = bf16_round(cdo[i]); }
   for (i = 0; i < nk; ++i) { ck[i] = bf16_round(ck[i]); cv[i] = bf16_round(cv[i]); }
   if (f->dtype == BURST_DTYPE_BF16) {
@@ -311,8 +294,8 @@ static void run_fast_case(burst_context *ctx, const fcase *f) {
                                                           : (((size_t)b * N + t) * c->hq + h) * D + x];
   }
   vref_reference_given_out(c, cq, ck, cv, cdo, given, cout, clse, cdq, cdk, cdv);
-  to_user(c, c->hq, cout, NULL, rout); to_user(c, c->hq, cdq, NULL, rdq);
-  to_user(c, c->hkv, cdk, NULL, rdk); to_user(c, c->hkv, cdv, NULL, rdv);
+  vref_to_user(c, c->hq, cout, NULL, rout); vref_to_user(c, c->hq, cdq, NULL, rdq);
+  vref_to_user(c, c->hkv, cdk, NULL, rdk); vref_to_user(c, c->hkv, cdv, NULL, rdv);
   shard(c, c->hq, 8, rout, wout, g_rank, 0); shard(c, c->hq, 8, rdq, wdq, g_rank, 0);
   shard(c, c->hkv, 8, rdk, wdk, g_rank, 0); shard(c, c->hkv, 8, rdv, wdv, g_rank, 0);
   if (burst_shard(c->dist, N, c->cu, c->nseq, g_size, g_rank, c->batch * c->hq, 8, clse, wlse) != BURST_OK)
@@ -452,8 +435,8 @@ static void run_mod_case(burst_context *ctx, const mcase *m) {
    * those, rounded to bf16 when the library multiplies in bf16. */
   for (i = 0; i < nq; ++i) { cq[i] = round_storage(m->dtype, vref_value(1, i)); cdo[i] = round_storage(m->dtype, vref_value(4, i)); }
   for (i = 0; i < nk; ++i) { ck[i] = round_storage(m->dtype, vref_value(2, i)); cv[i] = round_storage(m->dtype, vref_value(3, i)); }
-  to_user(c, c->hq, cq, NULL, uq); to_user(c, c->hkv, ck, NULL, uk);
-  to_user(c, c->hkv, cv, NULL, uv); to_user(c, c->hq, cdo, NULL, udo);
+  vref_to_user(c, c->hq, cq, NULL, uq); vref_to_user(c, c->hkv, ck, NULL, uk);
+  vref_to_user(c, c->hkv, cv, NULL, uv); vref_to_user(c, c->hq, cdo, NULL, udo);
   for (i = 0; i < nq; ++i) { put_storage(m->dtype, sq, i, uq[i]); put_storage(m->dtype, sdo, i, udo[i]); }
   for (i = 0; i < nk; ++i) { put_storage(m->dtype, sk, i, uk[i]); put_storage(m->dtype, sv, i, uv[i]); }
   if (fast) {
@@ -527,8 +510,8 @@ static void run_mod_case(burst_context *ctx, const mcase *m) {
     from_user(c, c->hq, sum_out, given);
     memset(cout, 0, nq * 8); memset(cdq, 0, nq * 8); memset(cdk, 0, nk * 8); memset(cdv, 0, nk * 8);
     vref_reference_mods(c, &mods, cq, ck, cv, cdo, given, cout, clse, cdq, cdk, cdv, ref_dsinks, crows);
-    to_user(c, c->hq, cout, NULL, rout); to_user(c, c->hq, cdq, NULL, rdq);
-    to_user(c, c->hkv, cdk, NULL, rdk); to_user(c, c->hkv, cdv, NULL, rdv);
+    vref_to_user(c, c->hq, cout, NULL, rout); vref_to_user(c, c->hq, cdq, NULL, rdq);
+    vref_to_user(c, c->hkv, cdk, NULL, rdk); vref_to_user(c, c->hkv, cdv, NULL, rdv);
     shard(c, c->hq, 8, rout, wout, g_rank, 0); shard(c, c->hq, 8, rdq, wdq, g_rank, 0);
     shard(c, c->hkv, 8, rdk, wdk, g_rank, 0); shard(c, c->hkv, 8, rdv, wdv, g_rank, 0);
     if (burst_shard(c->dist, N, c->cu, c->nseq, g_size, g_rank, c->batch * c->hq, 8, clse, wlse) != BURST_OK ||

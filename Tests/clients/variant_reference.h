@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "burst_attention.h"
+
 typedef struct vcase {
   const char *name;
   int dist, layout, causal;
@@ -55,6 +57,22 @@ static inline double vref_value(uint64_t seed, uint64_t index) {
 #define VREF_FAST_LSE_TOL 1e-4  /* lse: absolute */
 
 #define CI(c, h, b, t, x, H) ((((size_t)(b) * (size_t)(H) + (size_t)(h)) * (size_t)(c)->N + (size_t)(t)) * (size_t)(c)->d + (size_t)(x))
+
+/* canonical [b][h][t][x] (double) -> the user's layout (BSHD or BHSD), as float
+ * (f) and/or double (dd); either may be NULL. */
+static inline void vref_to_user(const vcase *c, int64_t H, const double *canon, float *f, double *dd) {
+  int64_t b, h, t, x;
+  for (b = 0; b < c->batch; ++b)
+    for (h = 0; h < H; ++h)
+      for (t = 0; t < c->N; ++t)
+        for (x = 0; x < c->d; ++x) {
+          size_t u = c->layout == BURST_LAYOUT_BHSD ? (((size_t)b * H + h) * c->N + t) * c->d + x
+                                                    : (((size_t)b * c->N + t) * H + h) * c->d + x;
+          double val = canon[CI(c, h, b, t, x, H)];
+          if (f) f[u] = (float)val;
+          if (dd) dd[u] = val;
+        }
+}
 
 /* Score modifiers (0.8): logit soft-capping and attention sinks.
  *  softcap c > 0: the scaled score s becomes x = c * tanh(s / c); the
